@@ -1,0 +1,178 @@
+"""The storage interface: a small async API over checkpoints, pending writes and thread leases.
+
+Storage knows nothing about graphs. It keeps opaque JSON text (writes, next tasks, snapshots)
+and enforces two things itself: one writer per thread (a lease with an owner token), and that
+every write is atomic and fenced — a write by an owner that lost its lease is refused with
+`ThreadBusyError` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+
+from statemachine.errors import ThreadBusyError
+
+DEFAULT_LEASE_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRecord:
+    """One stored checkpoint. `writes`, `next`, `snapshot` and `extra` are JSON text."""
+
+    id: str
+    thread_id: str
+    parent_id: str | None
+    step: int
+    kind: str
+    status: str
+    next: str
+    writes: str | None
+    snapshot: str | None
+    extra: str | None
+    error: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewCheckpoint:
+    """What the executor asks storage to commit as one checkpoint."""
+
+    parent_id: str | None
+    step: int
+    kind: str
+    status: str
+    next: str
+    writes: str | None = None
+    snapshot: str | None = None
+    extra: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWrite:
+    """A task's update committed before its step finished (keyed by the step's checkpoint)."""
+
+    checkpoint_id: str
+    node: str
+    index: int
+    writes: str
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """A checkpoint with what is needed to rebuild its state.
+
+    `records` runs from the nearest ancestor holding a snapshot to the checkpoint itself
+    (oldest first); `pending` holds the pending writes of every checkpoint in the chain.
+    """
+
+    records: list[CheckpointRecord]
+    pending: dict[str, list[PendingWrite]]
+
+    @property
+    def head(self) -> CheckpointRecord:
+        return self.records[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadInfo:
+    thread_id: str
+    status: str
+    step: int
+    checkpoint_id: str
+    updated_at: float
+    error: str | None
+    busy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who holds a thread: a token unique to one run, plus where that run lives."""
+
+    token: str
+    pid: int
+    host: str
+
+    @classmethod
+    def new(cls) -> Owner:
+        return cls(os.urandom(12).hex(), os.getpid(), socket.gethostname())
+
+
+class Checkpointer(ABC):
+    """Async storage for checkpoints. Implementations: memory, SQLite (later PostgreSQL)."""
+
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+
+    @abstractmethod
+    async def acquire(self, thread_id: str, owner: Owner) -> None:
+        """Take the thread for `owner`, or raise `ThreadBusyError` if a live run holds it."""
+
+    @abstractmethod
+    async def release(self, thread_id: str, owner: Owner) -> None:
+        """Give the thread up (no-op if `owner` no longer holds it)."""
+
+    @abstractmethod
+    async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint) -> str:
+        """Commit a checkpoint atomically and return its id."""
+
+    @abstractmethod
+    async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite) -> None:
+        """Commit one task's update for the step leaving `write.checkpoint_id`."""
+
+    @abstractmethod
+    async def mark(self, thread_id: str, owner: Owner, checkpoint_id: str, *, status: str,
+                   error: str | None = None, snapshot: str | None = None,
+                   extra: str | None = None) -> None:
+        """Set the status of the thread's step at `checkpoint_id` (failed, interrupted)."""
+
+    @abstractmethod
+    async def load(self, thread_id: str, checkpoint_id: str | None = None) -> Chain | None:
+        """The latest (or given) checkpoint of a thread with its replay chain; None if absent."""
+
+    @abstractmethod
+    async def list(self, thread_id: str) -> list[CheckpointRecord]:
+        """Every checkpoint of the thread, newest first."""
+
+    @abstractmethod
+    async def list_pending(self, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
+        """Pending writes of the given checkpoints."""
+
+    @abstractmethod
+    async def threads(self) -> list[ThreadInfo]:
+        """Every thread in the store with its latest status, most recently updated first."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release resources; the checkpointer cannot be used afterwards."""
+
+    def close(self) -> None:
+        from statemachine._sync import run_sync
+
+        run_sync(self.aclose)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def busy_error(thread_id: str, *, lost: bool = False) -> ThreadBusyError:
+    if lost:
+        return ThreadBusyError(
+            f"thread {thread_id!r} was taken over by another run (this run's lease expired); "
+            "nothing was committed by this step.")
+    return ThreadBusyError(
+        f"thread {thread_id!r} is being run by another run right now; wait for it to finish "
+        "(or for its lease to expire if its process died), then try again.")

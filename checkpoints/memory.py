@@ -1,0 +1,131 @@
+"""`MemoryCheckpointer`: the SQLite checkpointer's behaviour without a file (tests, notebooks)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .base import (
+    DEFAULT_LEASE_SECONDS,
+    Chain,
+    Checkpointer,
+    CheckpointRecord,
+    NewCheckpoint,
+    Owner,
+    PendingWrite,
+    ThreadInfo,
+    busy_error,
+)
+
+
+@dataclass
+class _Thread:
+    checkpoints: list[str] = field(default_factory=list)
+    owner: str | None = None
+    lease_expires: float = 0.0
+
+
+class MemoryCheckpointer(Checkpointer):
+    """Keeps checkpoints in this process's memory; same semantics as `SQLiteCheckpointer`."""
+
+    def __init__(self, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        self.lease_seconds = lease_seconds
+        self._lock = threading.Lock()
+        self._threads: dict[str, _Thread] = {}
+        self._records: dict[str, CheckpointRecord] = {}
+        self._pending: dict[str, list[PendingWrite]] = {}
+        self._next_id = 0
+
+    async def acquire(self, thread_id: str, owner: Owner) -> None:
+        now = time.time()
+        with self._lock:
+            thread = self._threads.setdefault(thread_id, _Thread())
+            if thread.owner is not None and thread.owner != owner.token \
+                    and thread.lease_expires > now:
+                raise busy_error(thread_id)
+            thread.owner, thread.lease_expires = owner.token, now + self.lease_seconds
+
+    async def release(self, thread_id: str, owner: Owner) -> None:
+        with self._lock:
+            thread = self._threads.get(thread_id)
+            if thread is not None and thread.owner == owner.token:
+                thread.owner = None
+
+    def _fenced(self, thread_id: str, owner: Owner) -> _Thread:
+        thread = self._threads.get(thread_id)
+        if thread is None or thread.owner != owner.token:
+            raise busy_error(thread_id, lost=True)
+        thread.lease_expires = time.time() + self.lease_seconds
+        return thread
+
+    async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint) -> str:
+        with self._lock:
+            thread = self._fenced(thread_id, owner)
+            self._next_id += 1
+            cid = str(self._next_id)
+            self._records[cid] = CheckpointRecord(
+                cid, thread_id, checkpoint.parent_id, checkpoint.step, checkpoint.kind,
+                checkpoint.status, checkpoint.next, checkpoint.writes, checkpoint.snapshot,
+                checkpoint.extra, checkpoint.error, time.time())
+            thread.checkpoints.append(cid)
+            return cid
+
+    async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite) -> None:
+        with self._lock:
+            self._fenced(thread_id, owner)
+            self._pending.setdefault(write.checkpoint_id, []).append(write)
+
+    async def mark(self, thread_id: str, owner: Owner, checkpoint_id: str, *, status: str,
+                   error: str | None = None, snapshot: str | None = None,
+                   extra: str | None = None) -> None:
+        with self._lock:
+            self._fenced(thread_id, owner)
+            old = self._records[checkpoint_id]
+            self._records[checkpoint_id] = CheckpointRecord(
+                old.id, old.thread_id, old.parent_id, old.step, old.kind, status, old.next,
+                old.writes, old.snapshot or snapshot, extra if extra is not None else old.extra,
+                error, old.created_at)
+
+    async def load(self, thread_id: str, checkpoint_id: str | None = None) -> Chain | None:
+        with self._lock:
+            thread = self._threads.get(thread_id)
+            if thread is None or not thread.checkpoints:
+                return None
+            cid = thread.checkpoints[-1] if checkpoint_id is None else checkpoint_id
+            record = self._records.get(cid)
+            if record is None or record.thread_id != thread_id:
+                return None
+            records = [record]
+            while records[-1].snapshot is None:
+                assert records[-1].parent_id is not None, "a root checkpoint has a snapshot"
+                records.append(self._records[records[-1].parent_id])
+            records.reverse()
+            pending = {r.id: list(self._pending[r.id]) for r in records if r.id in self._pending}
+            return Chain(records, pending)
+
+    async def list(self, thread_id: str) -> list[CheckpointRecord]:
+        with self._lock:
+            thread = self._threads.get(thread_id)
+            return [self._records[c] for c in reversed(thread.checkpoints)] if thread else []
+
+    async def list_pending(self, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
+        with self._lock:
+            return {c: list(self._pending[c]) for c in checkpoint_ids if c in self._pending}
+
+    async def threads(self) -> list[ThreadInfo]:
+        now = time.time()
+        with self._lock:
+            infos = []
+            for thread_id, thread in self._threads.items():
+                if not thread.checkpoints:
+                    continue
+                head = self._records[thread.checkpoints[-1]]
+                infos.append(ThreadInfo(
+                    thread_id, head.status, head.step, head.id, head.created_at, head.error,
+                    busy=thread.owner is not None and thread.lease_expires > now))
+        return sorted(infos, key=lambda t: t.updated_at, reverse=True)
+
+    async def aclose(self) -> None:
+        return None

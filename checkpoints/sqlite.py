@@ -1,0 +1,398 @@
+"""`SQLiteCheckpointer`: checkpoints in one SQLite file, through aiosqlite.
+
+Commit protocol: every write is a single SQL statement, hence its own atomic transaction, and
+each one is fenced — it only takes effect if the thread is still owned by the writing run
+(`INSERT ... SELECT ... FROM threads WHERE owner = ?`). So a committed step costs one round
+trip to the database thread, a half-written checkpoint cannot exist, and a run that lost its
+lease cannot fork the history. The file runs in WAL mode with synchronous=NORMAL: a commit
+survives a killed process; the last commits before a power loss may roll back, never corrupt.
+
+Layout (readable with the `sqlite3` shell; all payloads are JSON):
+
+    schema_version(version)                       one row; migrations step it up
+    threads(key, thread_id, owner, owner_pid, owner_host, lease_expires, created_at)
+    checkpoints(id, thread, parent, step, kind, status, next, writes, snapshot, extra, error,
+                created_at)                       one row per committed step
+    pending_writes(checkpoint, node, idx, writes) task updates of a step not yet committed
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiosqlite
+
+from statemachine.errors import CheckpointError
+
+from .base import (
+    DEFAULT_LEASE_SECONDS,
+    Chain,
+    Checkpointer,
+    CheckpointRecord,
+    NewCheckpoint,
+    Owner,
+    PendingWrite,
+    ThreadInfo,
+    busy_error,
+)
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x53544D43  # "STMC": marks a file as ours, so a foreign database is refused
+
+_SCHEMA = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE threads (
+    key INTEGER PRIMARY KEY,
+    thread_id TEXT NOT NULL UNIQUE,
+    owner TEXT,
+    owner_pid INTEGER,
+    owner_host TEXT,
+    lease_expires REAL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE checkpoints (
+    id INTEGER PRIMARY KEY,
+    thread INTEGER NOT NULL REFERENCES threads(key),
+    parent INTEGER,
+    step INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    next TEXT NOT NULL,
+    writes TEXT,
+    snapshot TEXT,
+    extra TEXT,
+    error TEXT,
+    created_at REAL NOT NULL
+);
+CREATE INDEX checkpoints_by_thread ON checkpoints(thread, id);
+CREATE TABLE pending_writes (
+    checkpoint INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    writes TEXT NOT NULL,
+    PRIMARY KEY (checkpoint, node, idx)
+) WITHOUT ROWID;
+"""
+
+# version -> SQL that upgrades a file from that version to the next one
+_MIGRATIONS: dict[int, str] = {}
+
+_COLUMNS = "c.id, t.thread_id, c.parent, c.step, c.kind, c.status, c.next, c.writes, " \
+           "c.snapshot, c.extra, c.error, c.created_at"
+
+_LOAD = f"""
+WITH RECURSIVE chain(n, id) AS (
+    SELECT 0, c.id FROM checkpoints c
+    WHERE c.thread = (SELECT key FROM threads WHERE thread_id = :thread)
+      AND c.id = coalesce(:checkpoint, (SELECT max(id) FROM checkpoints
+                  WHERE thread = (SELECT key FROM threads WHERE thread_id = :thread)))
+    UNION ALL
+    SELECT chain.n + 1, cur.parent FROM chain JOIN checkpoints cur ON cur.id = chain.id
+    WHERE cur.snapshot IS NULL AND cur.parent IS NOT NULL
+)
+SELECT {_COLUMNS} FROM chain JOIN checkpoints c ON c.id = chain.id
+JOIN threads t ON t.key = c.thread ORDER BY chain.n DESC
+"""
+
+_FENCE = "SELECT key FROM threads WHERE thread_id = ? AND owner = ?"
+
+
+class SQLiteCheckpointer(Checkpointer):
+    """Checkpoints in a SQLite file. Many threads and graphs can share one file.
+
+    The file is checked when the checkpointer is made: a file that is not SQLite, belongs to
+    another application or has a newer schema is refused with `CheckpointError`, untouched.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *,
+                 lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        from statemachine._sync import run_sync
+
+        self.path = Path(path)
+        self.lease_seconds = lease_seconds
+        _prepare_file(self.path)
+        self._conn: aiosqlite.Connection = run_sync(self._connect)
+        self._closed = False
+        self._heartbeat = _LeaseHeartbeat(self.path, lease_seconds)
+
+    async def _connect(self) -> aiosqlite.Connection:
+        pending = aiosqlite.connect(self.path, isolation_level=None)
+        # aiosqlite's worker thread is not a daemon: a program that forgot close() would hang
+        # at exit. Every commit is awaited, so at exit no write of ours is in flight.
+        pending._thread.daemon = True
+        conn = await pending
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        await conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
+    def __repr__(self) -> str:
+        return f"SQLiteCheckpointer({str(self.path)!r})"
+
+    # -- leases ------------------------------------------------------------------------------
+
+    async def acquire(self, thread_id: str, owner: Owner) -> None:
+        now = time.time()
+        values = (thread_id, owner.token, owner.pid, owner.host, now + self.lease_seconds, now)
+        cursor = await self._db().execute(
+            "INSERT INTO threads(thread_id, owner, owner_pid, owner_host, lease_expires, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(thread_id) DO UPDATE SET "
+            "owner = excluded.owner, owner_pid = excluded.owner_pid, "
+            "owner_host = excluded.owner_host, lease_expires = excluded.lease_expires "
+            "WHERE threads.owner IS NULL OR threads.lease_expires < ?", (*values, now))
+        if cursor.rowcount != 1 and not await self._take_from_dead_owner(thread_id, owner):
+            raise busy_error(thread_id)
+        self._heartbeat.hold(thread_id, owner.token)
+
+    async def _take_from_dead_owner(self, thread_id: str, owner: Owner) -> bool:
+        """A holder on this machine whose process is gone need not be waited for."""
+        rows = await self._db().execute_fetchall(
+            "SELECT owner, owner_pid, owner_host FROM threads WHERE thread_id = ?", (thread_id,))
+        if not rows:
+            return False
+        token, pid, host = rows[0]
+        if host != owner.host or pid == owner.pid or _process_alive(pid):
+            return False
+        cursor = await self._db().execute(
+            "UPDATE threads SET owner = ?, owner_pid = ?, owner_host = ?, lease_expires = ? "
+            "WHERE thread_id = ? AND owner = ?",
+            (owner.token, owner.pid, owner.host, time.time() + self.lease_seconds, thread_id,
+             token))
+        return cursor.rowcount == 1
+
+    async def release(self, thread_id: str, owner: Owner) -> None:
+        self._heartbeat.drop(thread_id, owner.token)
+        await self._db().execute(
+            "UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, "
+            "lease_expires = NULL WHERE thread_id = ? AND owner = ?", (thread_id, owner.token))
+
+    # -- writes (each one statement: atomic and fenced) ---------------------------------------
+
+    async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint) -> str:
+        cp = checkpoint
+        cursor = await self._db().execute(
+            "INSERT INTO checkpoints(thread, parent, step, kind, status, next, writes, snapshot, "
+            "extra, error, created_at) SELECT key, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM threads "
+            "WHERE thread_id = ? AND owner = ?",
+            (None if cp.parent_id is None else int(cp.parent_id), cp.step, cp.kind, cp.status,
+             cp.next, cp.writes, cp.snapshot, cp.extra, cp.error, time.time(), thread_id,
+             owner.token))
+        if cursor.rowcount != 1:
+            raise busy_error(thread_id, lost=True)
+        return str(cursor.lastrowid)
+
+    async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite) -> None:
+        cursor = await self._db().execute(
+            "INSERT INTO pending_writes(checkpoint, node, idx, writes) SELECT ?, ?, ?, ? "
+            f"WHERE EXISTS ({_FENCE})",
+            (int(write.checkpoint_id), write.node, write.index, write.writes, thread_id,
+             owner.token))
+        if cursor.rowcount != 1:
+            raise busy_error(thread_id, lost=True)
+
+    async def mark(self, thread_id: str, owner: Owner, checkpoint_id: str, *, status: str,
+                   error: str | None = None, snapshot: str | None = None,
+                   extra: str | None = None) -> None:
+        cursor = await self._db().execute(
+            "UPDATE checkpoints SET status = ?, error = ?, snapshot = coalesce(snapshot, ?), "
+            f"extra = coalesce(?, extra) WHERE id = ? AND thread = ({_FENCE})",
+            (status, error, snapshot, extra, int(checkpoint_id), thread_id, owner.token))
+        if cursor.rowcount != 1:
+            raise busy_error(thread_id, lost=True)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def load(self, thread_id: str, checkpoint_id: str | None = None) -> Chain | None:
+        if checkpoint_id is not None and not str(checkpoint_id).isdigit():
+            return None
+        rows = await self._db().execute_fetchall(
+            _LOAD, {"thread": thread_id,
+                    "checkpoint": None if checkpoint_id is None else int(checkpoint_id)})
+        if not rows:
+            return None
+        records = [_record(row) for row in rows]
+        return Chain(records, await self.list_pending([r.id for r in records]))
+
+    async def list(self, thread_id: str) -> list[CheckpointRecord]:
+        rows = await self._db().execute_fetchall(
+            f"SELECT {_COLUMNS} FROM checkpoints c JOIN threads t ON t.key = c.thread "
+            "WHERE t.thread_id = ? ORDER BY c.id DESC", (thread_id,))
+        return [_record(row) for row in rows]
+
+    async def list_pending(self, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
+        if not checkpoint_ids:
+            return {}
+        marks = ",".join("?" * len(checkpoint_ids))
+        rows = await self._db().execute_fetchall(
+            f"SELECT checkpoint, node, idx, writes FROM pending_writes WHERE checkpoint IN "
+            f"({marks})", [int(c) for c in checkpoint_ids])
+        pending: dict[str, list[PendingWrite]] = {}
+        for checkpoint, node, idx, writes in rows:
+            pending.setdefault(str(checkpoint), []).append(
+                PendingWrite(str(checkpoint), node, idx, writes))
+        return pending
+
+    async def threads(self) -> list[ThreadInfo]:
+        rows = await self._db().execute_fetchall(
+            "SELECT t.thread_id, c.status, c.step, c.id, c.created_at, c.error, "
+            "t.owner IS NOT NULL AND t.lease_expires > ? FROM threads t JOIN checkpoints c "
+            "ON c.id = (SELECT max(id) FROM checkpoints WHERE thread = t.key) "
+            "ORDER BY c.id DESC", (time.time(),))
+        return [ThreadInfo(r[0], r[1], r[2], str(r[3]), r[4], r[5], bool(r[6])) for r in rows]
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._heartbeat.stop()
+            await self._conn.close()
+
+    def _db(self) -> aiosqlite.Connection:
+        if self._closed:
+            raise CheckpointError(f"{self!r} is closed.")
+        return self._conn
+
+
+def _record(row: sqlite3.Row | tuple) -> CheckpointRecord:
+    return CheckpointRecord(
+        str(row[0]), row[1], None if row[2] is None else str(row[2]), row[3], row[4], row[5],
+        row[6], row[7], row[8], row[9], row[10], row[11])
+
+
+def _process_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _prepare_file(path: Path) -> None:
+    """Check that `path` is a fresh file or one of our databases; create or migrate the schema.
+
+    Nothing is written to a file that is not ours or is from a newer version.
+    """
+    if path.exists() and path.is_dir():
+        raise CheckpointError(f"{str(path)!r} is a directory, not a checkpoint database file.")
+    if path.exists() and path.stat().st_size > 0:
+        with path.open("rb") as handle:
+            if handle.read(16) != b"SQLite format 3\x00":
+                raise CheckpointError(
+                    f"{str(path)!r} is not a SQLite database; give a new file name or an "
+                    "existing checkpoint database.")
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+    try:
+        app_id, tables = _identify(conn)
+        if not tables and app_id == 0:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if not _identify(conn)[1]:  # another process may have won the race
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute("INSERT INTO schema_version(version) VALUES (?)",
+                                 (SCHEMA_VERSION,))
+                    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return
+        if app_id != APPLICATION_ID:
+            raise CheckpointError(
+                f"{str(path)!r} is a SQLite database of another application (tables: "
+                f"{', '.join(sorted(tables))}); it was not modified. Use a separate file for "
+                "checkpoints.")
+        version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise CheckpointError(
+                f"{str(path)!r} was written by a newer statemachine (schema version {version}, "
+                f"this one reads up to {SCHEMA_VERSION}); it was not modified. Upgrade "
+                "statemachine to read it.")
+        conn.execute("PRAGMA journal_mode=WAL")
+        while version < SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("UPDATE schema_version SET version = ?", (version + 1,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            version += 1
+    except sqlite3.DatabaseError as exc:
+        raise CheckpointError(f"cannot open {str(path)!r} as a checkpoint database: {exc}") \
+            from exc
+    finally:
+        conn.close()
+
+
+def _identify(conn: sqlite3.Connection) -> tuple[int, set[str]]:
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    tables = {row[0] for row in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return app_id, tables
+
+
+class _LeaseHeartbeat:
+    """Renews the leases this process holds, from a thread of its own.
+
+    A thread (not a task on the event loop) so that a long synchronous node cannot starve the
+    renewal: a lease expires only when its process is gone or stuck for `lease_seconds`.
+    """
+
+    def __init__(self, path: Path, lease_seconds: float) -> None:
+        self._path, self._lease = path, lease_seconds
+        self._held: dict[tuple[str, str], None] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def hold(self, thread_id: str, token: str) -> None:
+        with self._lock:
+            self._held[(thread_id, token)] = None
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"statemachine-lease:{self._path.name}", daemon=True)
+                self._thread.start()
+
+    def drop(self, thread_id: str, token: str) -> None:
+        with self._lock:
+            self._held.pop((thread_id, token), None)
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, timeout=10,
+                               check_same_thread=False)
+        try:
+            while not self._wake.wait(self._lease / 3):
+                with self._lock:
+                    held = list(self._held)
+                for thread_id, token in held:
+                    try:
+                        conn.execute(
+                            "UPDATE threads SET lease_expires = ? WHERE thread_id = ? AND "
+                            "owner = ?", (time.time() + self._lease, thread_id, token))
+                    except sqlite3.Error:
+                        continue  # busy: the next beat tries again, well before expiry
+        finally:
+            conn.close()
+
+
+__all__ = ["SQLiteCheckpointer"]

@@ -1,0 +1,137 @@
+"""`CompiledGraph`: a validated graph, ready to run. Every method has an async twin.
+
+The sync methods wrap the async ones (see `_sync`). In `invoke`/`stream`, a step that runs a
+single sync node calls it directly in the calling thread, as a plain function call would;
+nodes of a parallel step, and every sync node under `ainvoke`/`astream`, run in worker threads
+so they overlap and never block your event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import networkx as nx
+from pydantic import BaseModel
+
+from checkpoints.base import Checkpointer, ThreadInfo
+
+from ._sync import iterate_sync, run_sync
+from .compiler import GraphSpec
+from .executor import Executor
+from .types import Snapshot, StepEvent
+
+DEFAULT_MAX_STEPS = 10_000
+
+
+class CompiledGraph:
+    """A graph that passed validation. Run it with `invoke`, `stream`, `resume`."""
+
+    def __init__(self, spec: GraphSpec, *, checkpointer: Checkpointer | None = None,
+                 name: str | None = None) -> None:
+        self.spec = spec
+        self.checkpointer = checkpointer
+        self.name = name or f"{spec.schema.model.__name__}Graph"
+        self._executor = Executor(spec, checkpointer)
+
+    def __repr__(self) -> str:
+        return (f"<CompiledGraph {self.name!r}: {len(self.spec.nodes)} nodes, "
+                f"checkpointer={self.checkpointer!r}>")
+
+    @property
+    def state_schema(self) -> type[BaseModel]:
+        return self.spec.schema.model
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return tuple(self.spec.nodes)
+
+    def to_networkx(self) -> nx.DiGraph:
+        """The graph as a networkx DiGraph (START and END included), a copy you may change."""
+        return self.spec.digraph.copy()
+
+    # -- running ------------------------------------------------------------------------------
+
+    def invoke(self, input: Any, thread_id: str | None = None, *,
+               checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS) -> Any:
+        """Run to the end (or to an interrupt) and return the final state."""
+        return run_sync(lambda: self._ainvoke(input, thread_id, checkpoint_id, max_steps,
+                                              inline_sync=True))
+
+    async def ainvoke(self, input: Any, thread_id: str | None = None, *,
+                      checkpoint_id: str | None = None,
+                      max_steps: int = DEFAULT_MAX_STEPS) -> Any:
+        return await self._ainvoke(input, thread_id, checkpoint_id, max_steps, inline_sync=False)
+
+    def stream(self, input: Any, thread_id: str | None = None, *,
+               checkpoint_id: str | None = None,
+               max_steps: int = DEFAULT_MAX_STEPS) -> Iterator[StepEvent]:
+        """Run, yielding one `StepEvent` per step as it is committed."""
+        return iterate_sync(lambda: self._astream(input, thread_id, checkpoint_id, max_steps,
+                                                  inline_sync=True))
+
+    def astream(self, input: Any, thread_id: str | None = None, *,
+                checkpoint_id: str | None = None,
+                max_steps: int = DEFAULT_MAX_STEPS) -> AsyncIterator[StepEvent]:
+        return self._astream(input, thread_id, checkpoint_id, max_steps, inline_sync=False)
+
+    def resume(self, thread_id: str, *, max_steps: int = DEFAULT_MAX_STEPS) -> Any:
+        """Continue a failed, interrupted or crashed run; returns the state it ends in."""
+        return run_sync(lambda: self._ainvoke(None, thread_id, None, max_steps,
+                                              inline_sync=True, resume=True))
+
+    async def aresume(self, thread_id: str, *, max_steps: int = DEFAULT_MAX_STEPS) -> Any:
+        return await self._ainvoke(None, thread_id, None, max_steps, inline_sync=False,
+                                   resume=True)
+
+    async def _ainvoke(self, input: Any, thread_id: str | None, checkpoint_id: str | None,
+                       max_steps: int, *, inline_sync: bool, resume: bool = False) -> Any:
+        run = self._executor.new_run(thread_id, max_steps=max_steps, inline_sync=inline_sync)
+        async for _ in run.execute(input, checkpoint_id=checkpoint_id, resume=resume):
+            pass
+        return run.state
+
+    async def _astream(self, input: Any, thread_id: str | None, checkpoint_id: str | None,
+                       max_steps: int, *, inline_sync: bool) -> AsyncIterator[StepEvent]:
+        run = self._executor.new_run(thread_id, max_steps=max_steps, inline_sync=inline_sync)
+        async for event in run.execute(input, checkpoint_id=checkpoint_id):
+            yield event
+
+    # -- threads and checkpoints ----------------------------------------------------------------
+
+    def get_state(self, thread_id: str, checkpoint_id: str | None = None) -> Snapshot:
+        """The latest (or given) checkpoint of a thread; `ThreadNotFoundError` if there is none."""
+        return run_sync(lambda: self.aget_state(thread_id, checkpoint_id))
+
+    async def aget_state(self, thread_id: str, checkpoint_id: str | None = None) -> Snapshot:
+        return await self._executor.get_state(thread_id, checkpoint_id)
+
+    def history(self, thread_id: str, *, limit: int | None = None) -> list[Snapshot]:
+        """Every checkpoint of a thread (all branches), newest first."""
+        return run_sync(lambda: self.ahistory(thread_id, limit=limit))
+
+    async def ahistory(self, thread_id: str, *, limit: int | None = None) -> list[Snapshot]:
+        return await self._executor.history(thread_id, limit)
+
+    def update_state(self, thread_id: str, values: Any, as_node: str | None = None, *,
+                     checkpoint_id: str | None = None) -> Snapshot:
+        """Commit `values` as a new checkpoint (through the reducers) and return it.
+
+        With `as_node`, the values count as that node's output and `next` follows its edges;
+        without, `next` and the thread's status stay as they were. With `checkpoint_id`, the
+        new checkpoint branches off that older one.
+        """
+        return run_sync(lambda: self.aupdate_state(thread_id, values, as_node,
+                                                   checkpoint_id=checkpoint_id))
+
+    async def aupdate_state(self, thread_id: str, values: Any, as_node: str | None = None, *,
+                            checkpoint_id: str | None = None) -> Snapshot:
+        return await self._executor.update_state(thread_id, values, as_node=as_node,
+                                                 checkpoint_id=checkpoint_id)
+
+    def threads(self) -> list[ThreadInfo]:
+        """Every thread in the checkpointer's store with its status, newest first."""
+        return run_sync(self.athreads)
+
+    async def athreads(self) -> list[ThreadInfo]:
+        return await self._executor.threads()

@@ -1,0 +1,120 @@
+"""Every error the library raises on purpose. All subclass `StateMachineError`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from difflib import get_close_matches
+
+
+class StateMachineError(Exception):
+    """Base class of every error raised by statemachine."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a graph, as data first and prose second.
+
+    `code` is stable and machine-readable (see `GraphValidationError`), `nodes` are the node
+    names involved, `message` says what is wrong and `hint` how to fix it.
+    """
+
+    code: str
+    message: str
+    nodes: tuple[str, ...] = ()
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message}" + (f" Hint: {self.hint}" if self.hint else "")
+
+
+class GraphValidationError(StateMachineError, ValueError):
+    """`compile()` found problems; `.problems` lists every one of them, not just the first."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems: list[Problem] = list(problems)
+        count = len(self.problems)
+        lines = [f"the graph has {count} problem{'s' if count != 1 else ''}:"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        super().__init__("\n".join(lines))
+
+    @property
+    def codes(self) -> list[str]:
+        return [problem.code for problem in self.problems]
+
+
+class InvalidUpdateError(StateMachineError, ValueError):
+    """A node returned something that is not a valid update of the state."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: str | None = None,
+        field: str | None = None,
+        step: int | None = None,
+        thread_id: str | None = None,
+    ) -> None:
+        self.node, self.field, self.step, self.thread_id = node, field, step, thread_id
+        super().__init__(message)
+
+
+class InvalidRouteError(StateMachineError, ValueError):
+    """A router returned a route that is not among the ones it declared."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: str,
+        returned: object,
+        allowed: Iterable[str],
+        step: int | None = None,
+        thread_id: str | None = None,
+    ) -> None:
+        self.node, self.returned, self.allowed = node, returned, tuple(allowed)
+        self.step, self.thread_id = step, thread_id
+        super().__init__(message)
+
+
+class StepLimitError(StateMachineError):
+    """A call ran `max_steps` steps and the graph still had nodes to run."""
+
+    def __init__(self, message: str, *, next_nodes: Sequence[str], max_steps: int) -> None:
+        self.next_nodes, self.max_steps = tuple(next_nodes), max_steps
+        super().__init__(message)
+
+
+class ThreadBusyError(StateMachineError):
+    """Another run owns this thread right now (one writer per thread)."""
+
+
+class ThreadNotFoundError(StateMachineError, KeyError):
+    """No checkpoint exists for this thread (or this checkpoint id in this thread)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ThreadStateError(StateMachineError):
+    """The thread is not in a state that allows what was asked (e.g. new input on a failed run)."""
+
+
+class CheckpointError(StateMachineError):
+    """Stored data cannot be read back: wrong file, newer schema, or data that no longer fits."""
+
+
+class CheckpointerRequiredError(StateMachineError):
+    """The operation needs a graph compiled with a checkpointer."""
+
+
+def closest_name(name: object, known: Iterable[str]) -> str | None:
+    """The known name closest to `name` (for typos), or None."""
+    matches = get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def did_you_mean(name: object, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' when a known name is close to `name`, else ''."""
+    match = closest_name(name, known)
+    return f" (did you mean {match!r}?)" if match else ""

@@ -1,0 +1,694 @@
+"""The executor: runs a compiled graph step by step and commits each step.
+
+One step (superstep) runs every triggered task concurrently, applies their updates through
+the reducers in a fixed order (declaration order, then task index — never completion order),
+evaluates the routers on the new state, and commits one checkpoint. With a checkpointer the
+commit protocol is the one in shared/DURABILITY.md:
+
+- when a step has several tasks, each task's update is committed as a *pending write* the
+  moment it finishes (the last one rides in the checkpoint itself), so a failing sibling or a
+  crash cannot lose it;
+- a failed node, a failing router or an invalid merge leaves the step uncommitted: its
+  finished tasks' writes stay pending and the step's checkpoint is marked failed; resume runs
+  only the tasks without a pending write, then merges as if nothing had happened;
+- the thread is held through a lease (one writer per thread) and every write is fenced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from checkpoints.base import (
+    Chain,
+    Checkpointer,
+    CheckpointRecord,
+    NewCheckpoint,
+    Owner,
+    PendingWrite,
+)
+
+from .compiler import Branch, CallableInfo, GraphSpec
+from .constants import END, START
+from .errors import (
+    CheckpointError,
+    InvalidRouteError,
+    StateMachineError,
+    StepLimitError,
+    ThreadBusyError,
+    ThreadNotFoundError,
+    ThreadStateError,
+    did_you_mean,
+)
+from .types import RunContext, Snapshot, StepEvent
+
+INPUT = "__input__"
+"""The pseudo-node that writes a run's input."""
+UPDATE = "__update__"
+"""The pseudo-node that writes `update_state` values given without `as_node`."""
+
+MAX_REPLAY_STEPS = 1000
+"""A snapshot is stored at least this often, so rebuilding a state replays at most this many
+steps. More often when the writes since the last snapshot outweigh the snapshot itself: storage
+stays proportional to what changed, and replay proportional to the state."""
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One execution of one node in a step."""
+
+    node: str
+    index: int = 0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.node, self.index)
+
+
+class Executor:
+    """Runs one compiled graph, with or without a checkpointer."""
+
+    def __init__(self, spec: GraphSpec, checkpointer: Checkpointer | None) -> None:
+        self.spec = spec
+        self.saver = checkpointer
+
+    # -- running ----------------------------------------------------------------------------
+
+    def new_run(self, thread_id: str | None, *, max_steps: int = 10_000,
+                inline_sync: bool = False) -> Run:
+        """A call on one thread: iterate `run.execute(...)`, then read `run.state`."""
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {max_steps}.")
+        return Run(self, thread_id, max_steps, inline_sync)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def get_state(self, thread_id: str, checkpoint_id: str | None = None) -> Snapshot:
+        saver = self._require_saver("read a thread's state")
+        chain = await saver.load(thread_id, checkpoint_id)
+        if chain is None:
+            raise _not_found(thread_id, checkpoint_id)
+        return self.snapshot(chain.head, self.rebuild(chain), chain.pending.get(chain.head.id, []))
+
+    async def history(self, thread_id: str, limit: int | None = None) -> list[Snapshot]:
+        saver = self._require_saver("read a thread's history")
+        records = await saver.list(thread_id)
+        if not records:
+            raise _not_found(thread_id, None)
+        pending = await saver.list_pending([r.id for r in records])
+        by_id = {r.id: r for r in records}
+        states: dict[str, BaseModel] = {}
+        for record in reversed(records):  # oldest first: each state from its parent's
+            parent = by_id.get(record.parent_id) if record.parent_id else None
+            if record.snapshot is not None or parent is None:
+                states[record.id] = self._decode_snapshot(record)
+            else:
+                states[record.id] = self._apply_record(
+                    states[parent.id], parent, record, pending.get(parent.id, []))
+        chosen = records if limit is None else records[:limit]
+        return [self.snapshot(r, states[r.id], pending.get(r.id, [])) for r in chosen]
+
+    async def threads(self) -> list[Any]:
+        return await self._require_saver("list threads").threads()
+
+    # -- editing ------------------------------------------------------------------------------
+
+    async def update_state(self, thread_id: str, values: Any, *, as_node: str | None = None,
+                           checkpoint_id: str | None = None) -> Snapshot:
+        saver = self._require_saver("update a thread's state")
+        spec = self.spec
+        if as_node is not None and as_node not in spec.nodes:
+            raise ThreadStateError(
+                f"update_state(as_node={as_node!r}): no such node"
+                f"{did_you_mean(as_node, list(spec.nodes))}; nodes: {', '.join(spec.nodes)}.")
+        owner = Owner.new()
+        await saver.acquire(thread_id, owner)
+        try:
+            chain = await saver.load(thread_id, checkpoint_id)
+            if chain is None:
+                raise _not_found(thread_id, checkpoint_id)
+            head, state = chain.head, self.rebuild(chain)
+            head_extra = _extra(head)
+            writer = as_node or UPDATE
+            update = spec.schema.validate_update(values, node=writer, step=head.step,
+                                                 thread_id=thread_id)
+            new_state = spec.schema.apply(state, [(writer, update)], step=head.step,
+                                          thread_id=thread_id)
+            encoded = spec.schema.encode_update(update, node=writer, step=head.step,
+                                                thread_id=thread_id)
+            extra: dict[str, Any] = {}
+            if as_node is not None:
+                run = Run(self, thread_id, 1, False)
+                tasks, joins = await run.route([Task(as_node)], new_state, head.step,
+                                               _joins(head_extra))
+                step, next_json, error = head.step + 1, _encode_tasks(tasks), None
+                status = "interrupted" if tasks else "done"
+                if tasks:
+                    extra["interrupt"] = "after"
+            else:
+                step, next_json, status, error = head.step, head.next, head.status, head.error
+                joins = _joins(head_extra)
+                carried = [*head_extra.get("carried", ()),
+                           *([w.node, w.index, json.loads(w.writes)]
+                             for w in chain.pending.get(head.id, []))]
+                if carried:
+                    extra["carried"] = carried
+                if "interrupt" in head_extra:
+                    extra["interrupt"] = head_extra["interrupt"]
+            if joins:
+                extra["joins"] = _encode_joins(joins)
+            new_id = await saver.put(thread_id, owner, NewCheckpoint(
+                parent_id=head.id, step=step, kind="update", status=status, next=next_json,
+                writes=spec.schema.encode_writes([(writer, 0, encoded)]),
+                snapshot=spec.schema.encode_state(new_state),
+                extra=json.dumps(extra) if extra else None, error=error))
+        finally:
+            await saver.release(thread_id, owner)
+        return await self.get_state(thread_id, new_id)
+
+    # -- state reconstruction ---------------------------------------------------------------------
+
+    def rebuild(self, chain: Chain) -> BaseModel:
+        """The state at `chain.head`: its nearest snapshot plus the writes since, replayed."""
+        state = self._decode_snapshot(chain.records[0])
+        for parent, record in pairwise(chain.records):
+            state = self._apply_record(state, parent, record, chain.pending.get(parent.id, []))
+        return state
+
+    def _apply_record(self, state: BaseModel, parent: CheckpointRecord, record: CheckpointRecord,
+                      parent_pending: Sequence[PendingWrite]) -> BaseModel:
+        writes: list[tuple[str, int, dict[str, Any]]] = []
+        try:
+            if record.kind == "step":
+                writes += self._carried(parent)
+                writes += [(w.node, w.index, self.spec.schema.decode_update(w.writes))
+                           for w in parent_pending]
+            if record.kind != "fork" and record.writes:
+                writes += self.spec.schema.decode_writes(record.writes)
+        except ValidationError as exc:
+            raise _stale(record, exc) from exc
+        writes.sort(key=self._write_order)
+        return self.spec.schema.apply(state, [(n, u) for n, _, u in writes], step=record.step,
+                                      thread_id=record.thread_id)
+
+    def _carried(self, record: CheckpointRecord) -> list[tuple[str, int, dict[str, Any]]]:
+        carried = _extra(record).get("carried")
+        if not carried:
+            return []
+        return self.spec.schema.decode_writes(json.dumps(carried))
+
+    def _decode_snapshot(self, record: CheckpointRecord) -> BaseModel:
+        if record.snapshot is None:
+            raise CheckpointError(
+                f"checkpoint {record.id} of thread {record.thread_id!r} has no stored state and "
+                "no parent to rebuild it from; the file is damaged.")
+        try:
+            return self.spec.schema.decode_state(record.snapshot)
+        except ValidationError as exc:
+            raise _stale(record, exc) from exc
+
+    def _write_order(self, write: tuple[str, int, Any]) -> tuple[int, int]:
+        node, index = write[0], write[1]
+        if node in (INPUT, UPDATE):
+            return (-1, index)
+        return (self.spec.order.get(node, len(self.spec.order)), index)
+
+    def snapshot(self, record: CheckpointRecord, state: BaseModel,
+                 pending: Sequence[PendingWrite]) -> Snapshot:
+        done = {(w.node, w.index) for w in pending}
+        carried = self._carried(record)
+        done |= {(n, i) for n, i, _ in carried}
+        tasks = [t for t in _decode_tasks(record.next) if t.key not in done]
+        pending_updates: dict[str, Any] = {}
+        for node, _, update in sorted(
+                [*carried, *((w.node, w.index, self.spec.schema.decode_update(w.writes))
+                             for w in pending)], key=self._write_order):
+            _add_update(pending_updates, node, update)
+        return Snapshot(
+            thread_id=record.thread_id, checkpoint_id=record.id, parent_id=record.parent_id,
+            step=record.step, state=state, next=tuple(t.node for t in tasks),
+            status=record.status,  # type: ignore[arg-type]
+            error=record.error, created_at=record.created_at, pending_writes=pending_updates,
+            kind=record.kind)
+
+    def _require_saver(self, what: str) -> Checkpointer:
+        if self.saver is None:
+            raise _needs_checkpointer(what)
+        return self.saver
+
+
+class Run:
+    """The mutable state of one call on one thread."""
+
+    def __init__(self, executor: Executor, thread_id: str | None, max_steps: int,
+                 inline_sync: bool) -> None:
+        self.executor = executor
+        self.spec = executor.spec
+        self.saver = executor.saver
+        self.thread_id = thread_id
+        self.max_steps = max_steps
+        self.inline_sync = inline_sync
+        self.owner = Owner.new()
+        self.state: BaseModel
+        self.step = 0
+        self.head_id: str | None = None
+        self.tasks: list[Task] = []
+        self.joins: dict[int, set[str]] = {}
+        self.pending: dict[tuple[str, int], dict[str, Any]] = {}
+        self.committed_pending: set[tuple[str, int]] = set()
+        self.head_has_snapshot = False
+        self.skip_interrupt_before = False
+        self.snapshot_bytes = 0
+        self.bytes_since_snapshot = 0
+        self.steps_since_snapshot = 0
+
+    async def execute(self, input: Any, *, checkpoint_id: str | None = None,
+                      resume: bool = False) -> AsyncIterator[StepEvent]:
+        """Run (or resume) the thread; yields one event per committed step."""
+        if self.saver is None:
+            if resume or checkpoint_id is not None:
+                raise _needs_checkpointer("resume or fork a run")
+            await self.start_fresh(input)
+            async for event in self.steps():
+                yield event
+            return
+        if not isinstance(self.thread_id, str) or not self.thread_id:
+            raise ThreadStateError(
+                "this graph has a checkpointer, so every run needs a thread: pass "
+                "thread_id='...' (any text naming the run, e.g. an order id).")
+        if resume and input is not None:
+            raise ThreadStateError("resume takes no input; use invoke(input, thread_id=...).")
+        await self.saver.acquire(self.thread_id, self.owner)
+        try:
+            await self.start_on_thread(input, checkpoint_id, resume)
+            async for event in self.steps():
+                yield event
+        finally:
+            await asyncio.shield(self.saver.release(self.thread_id, self.owner))
+
+    # -- starting -----------------------------------------------------------------------------
+
+    async def start_fresh(self, input: Any) -> None:
+        if input is None:
+            raise ThreadStateError(
+                "invoke(None) continues a stored thread, but this graph has no checkpointer; "
+                "pass the input state.")
+        self.state = self.spec.schema.validate_input(input, thread_id=self.thread_id)
+        self.tasks, self.joins = await self.route([Task(START)], self.state, 0, {})
+
+    async def start_on_thread(self, input: Any, checkpoint_id: str | None, resume: bool) -> None:
+        assert self.saver is not None and self.thread_id is not None
+        chain = await self.saver.load(self.thread_id, checkpoint_id)
+        if chain is None:
+            if checkpoint_id is not None or resume:
+                raise _not_found(self.thread_id, checkpoint_id)
+            if input is None:
+                raise ThreadStateError(
+                    f"thread {self.thread_id!r} does not exist yet, so there is nothing to "
+                    "continue; start it with an input: invoke({...}, thread_id=...).")
+            self.state = self.spec.schema.validate_input(input, thread_id=self.thread_id)
+            await self._commit_run_start(None, 0, {})
+            return
+        head = chain.head
+        state = self.executor.rebuild(chain)
+        extra = _extra(head)
+        if input is not None:
+            if checkpoint_id is None and head.status != "done":
+                raise ThreadStateError(_unfinished_message(head))
+            update = self.spec.schema.validate_update(input, node=INPUT, step=head.step,
+                                                      thread_id=self.thread_id)
+            self.state = self.spec.schema.apply(state, [(INPUT, update)], step=head.step,
+                                                thread_id=self.thread_id)
+            await self._commit_run_start(head.id, head.step, _joins(extra), update=update)
+            return
+        self.state, self.step = state, head.step
+        self.joins = _joins(extra)
+        self.skip_interrupt_before = head.status == "interrupted" and \
+            extra.get("interrupt") == "before"
+        if checkpoint_id is not None:  # a fork: a new branch that runs the tasks again
+            self.tasks = _decode_tasks(head.next)
+            self.head_id = await self.saver.put(self.thread_id, self.owner, NewCheckpoint(
+                parent_id=head.id, step=head.step, kind="fork", status="running",
+                next=head.next, snapshot=self._snapshot_now(), extra=self._extra_json()))
+            self.head_has_snapshot = True
+            return
+        self.head_id = head.id
+        self.head_has_snapshot = head.snapshot is not None
+        self.tasks = _decode_tasks(head.next)
+        schema = self.spec.schema
+        for node, index, update in self.executor._carried(head):
+            self.pending[(node, index)] = update
+        for write in chain.pending.get(head.id, []):
+            self.pending[(write.node, write.index)] = schema.decode_update(write.writes)
+        self.committed_pending = set(self.pending)
+        self._count_replay(chain)
+
+    async def _commit_run_start(self, parent_id: str | None, step: int,
+                                joins: dict[int, set[str]],
+                                update: dict[str, Any] | None = None) -> None:
+        assert self.saver is not None and self.thread_id is not None
+        self.step = step
+        self.tasks, self.joins = await self.route([Task(START)], self.state, step, joins)
+        writes = None
+        if update is not None:
+            encoded = self.spec.schema.encode_update(update, node=INPUT, step=step,
+                                                     thread_id=self.thread_id)
+            writes = self.spec.schema.encode_writes([(INPUT, 0, encoded)])
+        status = "running" if self.tasks else "done"
+        self.head_id = await self.saver.put(self.thread_id, self.owner, NewCheckpoint(
+            parent_id=parent_id, step=step, kind="input", status=status,
+            next=_encode_tasks(self.tasks), writes=writes, snapshot=self._snapshot_now(),
+            extra=self._extra_json()))
+        self.head_has_snapshot = True
+
+    def _count_replay(self, chain: Chain) -> None:
+        self.snapshot_bytes = len(chain.records[0].snapshot or "")
+        self.bytes_since_snapshot = sum(len(r.writes or "") for r in chain.records[1:])
+        self.steps_since_snapshot = len(chain.records) - 1
+
+    # -- the step loop ------------------------------------------------------------------------
+
+    async def steps(self) -> AsyncIterator[StepEvent]:
+        steps_run = 0
+        while self.tasks:
+            if steps_run >= self.max_steps:
+                await self._fail_step_limit()
+            if not self.skip_interrupt_before and self.spec.interrupt_before and any(
+                    t.node in self.spec.interrupt_before for t in self.tasks):
+                await self._pause_before()
+                return
+            self.skip_interrupt_before = False
+            event = await self._run_step()
+            steps_run += 1
+            yield event
+            if event.status == "interrupted":
+                return
+
+    async def _run_step(self) -> StepEvent:
+        step, state = self.step, self.state
+        to_run = [t for t in self.tasks if t.key not in self.pending]
+        results = await self._run_tasks(to_run, state, step)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            await self._fail(_pick_error(failures))
+        ordered = [(t, self.pending[t.key]) for t in self.tasks]
+        try:
+            new_state = self.spec.schema.apply(
+                state, [(t.node, update) for t, update in ordered], step=step,
+                thread_id=self.thread_id)
+            tasks, joins = await self.route([t for t, _ in ordered], new_state, step,
+                                            self.joins)
+        except Exception as exc:
+            await self._fail(exc)
+        status = "done" if not tasks else "running"
+        if self.spec.interrupt_after and any(
+                t.node in self.spec.interrupt_after for t, _ in ordered) and tasks:
+            status = "interrupted"
+        if self.saver is not None:
+            await self._commit_step(ordered, new_state, tasks, joins, status)
+        self.state, self.tasks, self.joins, self.step = new_state, tasks, joins, step + 1
+        self.pending, self.committed_pending = {}, set()
+        updates: dict[str, Any] = {}
+        for task, update in ordered:
+            _add_update(updates, task.node, update)
+        return StepEvent(step=step, nodes=tuple(dict.fromkeys(t.node for t, _ in ordered)),
+                         updates=updates, state=new_state, status=status,  # type: ignore[arg-type]
+                         thread_id=self.thread_id, checkpoint_id=self.head_id)
+
+    async def _run_tasks(self, tasks: list[Task], state: BaseModel,
+                         step: int) -> list[BaseException | None]:
+        if len(tasks) == 1:
+            try:
+                self.pending[tasks[0].key] = await self._execute(
+                    tasks[0], state, step, inline=self.inline_sync)
+                return [None]
+            except Exception as exc:
+                return [exc]
+        remaining = len(tasks)
+
+        async def run_one(task: Task) -> None:
+            nonlocal remaining
+            try:
+                update = await self._execute(task, state, step, inline=False)
+            finally:
+                remaining -= 1
+            self.pending[task.key] = update
+            if self.saver is not None and remaining > 0:
+                await self._commit_pending(task, update)
+
+        outcomes = await asyncio.gather(*(run_one(t) for t in tasks), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # cancellation, KeyboardInterrupt: not a node failure
+        return [o if isinstance(o, BaseException) else None for o in outcomes]
+
+    async def _execute(self, task: Task, state: BaseModel, step: int, *,
+                       inline: bool) -> dict[str, Any]:
+        info = self.spec.nodes[task.node]
+        args = (state, self._context(task, step)) if info.wants_context else (state,)
+        try:
+            result = await _call(info, args, inline)
+        except Exception as exc:
+            exc.add_note(f"raised by node {task.node!r} at step {step}{self._of_thread()}")
+            raise
+        return self.spec.schema.validate_update(result, node=task.node, step=step,
+                                                thread_id=self.thread_id)
+
+    def _context(self, task: Task, step: int) -> RunContext:
+        origin = self.head_id if self.head_id is not None else f"{id(self):x}-{step}"
+        digest = hashlib.sha256(
+            f"{self.thread_id}\x1f{origin}\x1f{task.node}\x1f{task.index}".encode()).hexdigest()
+        return RunContext(self.thread_id, step, task.node, digest[:32])
+
+    # -- routing ------------------------------------------------------------------------------
+
+    async def route(self, ran: Sequence[Task], state: BaseModel, step: int,
+                    joins: dict[int, set[str]]) -> tuple[list[Task], dict[int, set[str]]]:
+        """The tasks of the next step, after `ran` produced `state`."""
+        spec = self.spec
+        targets: list[str] = []
+        progress = joins
+        for task in ran:
+            node = task.node
+            targets.extend(spec.edges.get(node, ()))
+            for branch in spec.branches.get(node, ()):
+                targets.extend(await self._take_branch(branch, state, step))
+            for join in spec.joins_by_source.get(node, ()):
+                if progress is joins:
+                    progress = {k: set(v) for k, v in joins.items()}
+                seen = progress.setdefault(join.index, set())
+                seen.add(node)
+                if len(seen) == len(join.sources):
+                    targets.append(join.target)
+                    del progress[join.index]
+        if len(targets) == 1:
+            return ([] if targets[0] == END else [Task(targets[0])]), progress
+        unique = sorted({t for t in targets if t != END}, key=spec.order.__getitem__)
+        return [Task(t) for t in unique], progress
+
+    async def _take_branch(self, branch: Branch, state: BaseModel, step: int) -> list[str]:
+        info = branch.router
+        args = (state, self._context(Task(branch.source), step)) if info.wants_context \
+            else (state,)
+        try:
+            result = await _call(info, args, inline=True)
+        except Exception as exc:
+            exc.add_note(f"raised by router {info.name!r} after node {branch.source!r} at "
+                         f"step {step}{self._of_thread()}")
+            raise
+        items: Iterable[Any] = result if isinstance(result, (list, tuple, set, frozenset)) \
+            else (result,)
+        return [self._resolve(branch, item, step) for item in items]
+
+    def _resolve(self, branch: Branch, item: Any, step: int) -> str:
+        if branch.mapping is not None:
+            try:
+                return branch.mapping[item]
+            except (KeyError, TypeError):
+                allowed = list(branch.mapping)
+        elif branch.allowed is not None:
+            if item in branch.allowed:
+                return item
+            allowed = sorted(branch.allowed)
+        else:
+            if isinstance(item, str) and (item in self.spec.nodes or item == END):
+                return item
+            allowed = [*self.spec.nodes, END]
+        raise InvalidRouteError(
+            f"router {branch.router.name!r} after node {branch.source!r} returned {item!r}"
+            f"{did_you_mean(item, [str(a) for a in allowed])}, which is not one of its routes "
+            f"({', '.join(repr(a) for a in allowed)}) at step {step}{self._of_thread()}.",
+            node=branch.source, returned=item, allowed=[str(a) for a in allowed], step=step,
+            thread_id=self.thread_id)
+
+    # -- committing ---------------------------------------------------------------------------
+
+    async def _commit_pending(self, task: Task, update: dict[str, Any]) -> None:
+        assert self.saver is not None and self.head_id is not None and self.thread_id
+        encoded = self.spec.schema.encode_update(update, node=task.node, step=self.step,
+                                                 thread_id=self.thread_id)
+        await self.saver.put_pending(self.thread_id, self.owner,
+                                     PendingWrite(self.head_id, task.node, task.index, encoded))
+        self.committed_pending.add(task.key)
+
+    async def _commit_step(self, ordered: list[tuple[Task, dict[str, Any]]],
+                           new_state: BaseModel, tasks: list[Task],
+                           joins: dict[int, set[str]], status: str) -> None:
+        assert self.saver is not None and self.thread_id is not None
+        schema = self.spec.schema
+        inline = [(t.node, t.index, schema.encode_update(u, node=t.node, step=self.step,
+                                                          thread_id=self.thread_id))
+                  for t, u in ordered if t.key not in self.committed_pending]
+        writes = schema.encode_writes(inline) if inline else None
+        self.bytes_since_snapshot += len(writes or "")
+        self.steps_since_snapshot += 1
+        snapshot = None
+        if status != "running" or self.steps_since_snapshot >= MAX_REPLAY_STEPS or \
+                self.bytes_since_snapshot >= self.snapshot_bytes:
+            snapshot = schema.encode_state(new_state)
+            self.snapshot_bytes, self.bytes_since_snapshot = len(snapshot), 0
+            self.steps_since_snapshot = 0
+        self.joins = joins
+        self.head_id = await self.saver.put(self.thread_id, self.owner, NewCheckpoint(
+            parent_id=self.head_id, step=self.step + 1, kind="step", status=status,
+            next=_encode_tasks(tasks), writes=writes, snapshot=snapshot,
+            extra=self._extra_json(interrupt="after" if status == "interrupted" else None)))
+        self.head_has_snapshot = snapshot is not None
+
+    async def _fail(self, exc: BaseException) -> None:
+        """Keep what finished, mark the step failed, and raise `exc`."""
+        if self.saver is not None and not isinstance(exc, ThreadBusyError):
+            assert self.thread_id is not None and self.head_id is not None
+            for task in self.tasks:
+                if task.key in self.pending and task.key not in self.committed_pending:
+                    await self._commit_pending(task, self.pending[task.key])
+            await self.saver.mark(
+                self.thread_id, self.owner, self.head_id, status="failed",
+                error=f"{type(exc).__name__}: {exc}",
+                snapshot=None if self.head_has_snapshot else self._snapshot_now())
+        raise exc
+
+    async def _fail_step_limit(self) -> None:
+        nodes = [t.node for t in self.tasks]
+        error = StepLimitError(
+            f"the run reached max_steps={self.max_steps} steps{self._of_thread()} and still had "
+            f"node(s) {', '.join(map(repr, nodes))} to run at step {self.step}. If the graph "
+            "loops on purpose, pass a larger max_steps" +
+            ("; resume the thread to continue." if self.saver else "; otherwise check the "
+             "router that should end the loop."), next_nodes=nodes, max_steps=self.max_steps)
+        await self._fail(error)
+
+    async def _pause_before(self) -> None:
+        if self.saver is not None:
+            assert self.thread_id is not None and self.head_id is not None
+            await self.saver.mark(
+                self.thread_id, self.owner, self.head_id, status="interrupted",
+                snapshot=None if self.head_has_snapshot else self._snapshot_now(),
+                extra=self._extra_json(interrupt="before"))
+
+    def _snapshot_now(self) -> str:
+        snapshot = self.spec.schema.encode_state(self.state)
+        self.snapshot_bytes, self.bytes_since_snapshot, self.steps_since_snapshot = \
+            len(snapshot), 0, 0
+        return snapshot
+
+    def _extra_json(self, *, interrupt: str | None = None) -> str | None:
+        extra: dict[str, Any] = {}
+        if self.joins:
+            extra["joins"] = _encode_joins(self.joins)
+        if interrupt:
+            extra["interrupt"] = interrupt
+        return json.dumps(extra) if extra else None
+
+    def _of_thread(self) -> str:
+        return f" of thread {self.thread_id!r}" if self.thread_id is not None else ""
+
+
+async def _call(info: CallableInfo, args: tuple[Any, ...], inline: bool) -> Any:
+    if info.is_async:
+        return await info.fn(*args)
+    result = info.fn(*args) if inline else await asyncio.to_thread(info.fn, *args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _pick_error(failures: list[BaseException]) -> BaseException:
+    """The first failure in task order, preferring a lost lease (nothing else can be saved)."""
+    for failure in failures:
+        if isinstance(failure, ThreadBusyError):
+            return failure
+    return failures[0]
+
+
+def _add_update(updates: dict[str, Any], node: str, update: dict[str, Any]) -> None:
+    if node not in updates:
+        updates[node] = update
+    elif isinstance(updates[node], list):
+        updates[node].append(update)
+    else:
+        updates[node] = [updates[node], update]
+
+
+def _encode_tasks(tasks: Sequence[Task]) -> str:
+    return json.dumps([t.node if t.index == 0 else [t.node, t.index] for t in tasks])
+
+
+def _decode_tasks(text: str) -> list[Task]:
+    return [Task(item) if isinstance(item, str) else Task(item[0], item[1])
+            for item in json.loads(text)]
+
+
+def _encode_joins(joins: dict[int, set[str]]) -> dict[str, list[str]]:
+    return {str(k): sorted(v) for k, v in joins.items() if v}
+
+
+def _joins(extra: dict[str, Any]) -> dict[int, set[str]]:
+    return {int(k): set(v) for k, v in extra.get("joins", {}).items()}
+
+
+def _extra(record: CheckpointRecord) -> dict[str, Any]:
+    return json.loads(record.extra) if record.extra else {}
+
+
+def _unfinished_message(head: CheckpointRecord) -> str:
+    what = {"failed": f"failed at step {head.step} ({head.error})",
+            "interrupted": f"is paused before step {head.step}",
+            "running": f"stopped at step {head.step} without finishing (its process ended)"}
+    return (f"thread {head.thread_id!r} {what.get(head.status, head.status)}, so new input "
+            "would drop its pending work. Continue it with app.resume(thread_id) (after "
+            "app.update_state(...) if the state needs fixing), or start a new branch from a "
+            "checkpoint with invoke(input, thread_id=..., checkpoint_id=...).")
+
+
+def _not_found(thread_id: str, checkpoint_id: str | None) -> ThreadNotFoundError:
+    if checkpoint_id is not None:
+        return ThreadNotFoundError(
+            f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}; app.history(thread_id) "
+            "lists its checkpoints.")
+    return ThreadNotFoundError(
+        f"no thread {thread_id!r} in this store; app.threads() lists the threads there are.")
+
+
+def _needs_checkpointer(what: str) -> StateMachineError:
+    return ThreadStateError(
+        f"to {what} the graph needs a checkpointer: compile(checkpointer=SQLiteCheckpointer("
+        "'runs.db')) (or MemoryCheckpointer() for tests).")
+
+
+def _stale(record: CheckpointRecord, exc: ValidationError) -> CheckpointError:
+    fields = sorted({str(e["loc"][0]) for e in exc.errors() if e.get("loc")})
+    return CheckpointError(
+        f"checkpoint {record.id} of thread {record.thread_id!r} no longer fits the state "
+        f"schema (field{'s' if len(fields) != 1 else ''} {', '.join(fields) or '?'}): "
+        f"{exc.errors(include_url=False)[0]['msg']}. The schema changed since it was written; "
+        "make the change backwards compatible (a default, a wider type) or migrate the data.")
+

@@ -1,0 +1,269 @@
+"""What the executor knows about a state schema: its fields, their reducers, and fast per-update
+validation and JSON encoding.
+
+Each step validates only the update a node returned (one pydantic-core call through a cached
+`TypeAdapter` of a total=False TypedDict mirroring the fields), never the whole state, and
+builds the next state with a shallow `model_copy`, so a step costs what its writes cost.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError
+from typing_extensions import TypedDict
+
+from .errors import InvalidUpdateError, Problem, did_you_mean
+
+Reducer = Callable[[Any, Any], Any]
+Write = tuple[str, dict[str, Any]]
+"""(node name, validated update) — one task's contribution to a step."""
+
+_CONFIG_KEYS = ("strict", "arbitrary_types_allowed", "str_strip_whitespace", "ser_json_bytes",
+                "val_json_bytes", "ser_json_timedelta", "coerce_numbers_to_str")
+
+
+def is_state_model(schema: object) -> bool:
+    return isinstance(schema, type) and issubclass(schema, BaseModel)
+
+
+def reducer_problems(schema: type[BaseModel]) -> list[Problem]:
+    """Problems with the reducers declared on `schema` (each must take two arguments)."""
+    problems = []
+    for name, info in schema.model_fields.items():
+        found = [m for m in info.metadata if _looks_like_reducer(m)]
+        if len(found) > 1:
+            problems.append(Problem(
+                "invalid_reducer", f"field {name!r} declares {len(found)} reducers; a field "
+                "takes at most one.", hint=f"keep one of {[_name_of(f) for f in found]}."))
+        for reducer in found:
+            if not _takes_two_arguments(reducer):
+                problems.append(Problem(
+                    "invalid_reducer", f"the reducer {_name_of(reducer)} of field {name!r} must "
+                    "take two arguments (current, update).",
+                    hint="write it as `def merge(current, update): ...`."))
+    return problems
+
+
+class StateSchema:
+    """A pydantic state model, read once: fields, reducers, adapters for updates and writes."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self.model = model
+        self.fields: tuple[str, ...] = tuple(model.model_fields)
+        self.reducers: dict[str, Reducer] = {}
+        annotations: dict[str, Any] = {}
+        for name, info in model.model_fields.items():
+            constraints = [m for m in info.metadata if not _looks_like_reducer(m)]
+            reducers = [m for m in info.metadata if _looks_like_reducer(m)]
+            if reducers:
+                self.reducers[name] = reducers[0]
+            annotations[name] = (
+                Annotated[(info.annotation, *constraints)] if constraints else info.annotation
+            )
+        update_type = TypedDict(f"{model.__name__}Update", annotations, total=False)  # type: ignore[misc]
+        update_type.__pydantic_config__ = ConfigDict(  # type: ignore[attr-defined]
+            **{k: model.model_config[k] for k in _CONFIG_KEYS if k in model.model_config}
+        )
+        self._annotations = annotations
+        self._update = TypeAdapter(update_type)
+        self._writes = TypeAdapter(list[tuple[str, int, update_type]])  # type: ignore[valid-type]
+
+    # -- validation -------------------------------------------------------------------------
+
+    def validate_input(self, value: object, *, thread_id: str | None = None) -> BaseModel:
+        """The full state for a new run: a dict or an instance of the model."""
+        if isinstance(value, self.model):
+            return value
+        if not isinstance(value, Mapping):
+            raise InvalidUpdateError(
+                f"the input must be a dict or a {self.model.__name__}, not "
+                f"{type(value).__name__}{_where(None, thread_id)}.", thread_id=thread_id)
+        self._reject_unknown_keys(value, "the input", node=None, step=None, thread_id=thread_id)
+        try:
+            return self.model.model_validate(dict(value))
+        except ValidationError as exc:
+            field = _first_field(exc)
+            raise InvalidUpdateError(
+                f"the input is not a valid {self.model.__name__}"
+                f"{_where(None, thread_id)}: {_reasons(exc)}",
+                field=field, thread_id=thread_id) from exc
+
+    def validate_update(
+        self,
+        update: object,
+        *,
+        node: str | None,
+        step: int | None = None,
+        thread_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A node's return value as a validated update dict (None means no update)."""
+        if update is None:
+            return {}
+        if isinstance(update, self.model):
+            update = {name: getattr(update, name) for name in update.model_fields_set}
+        elif not isinstance(update, Mapping):
+            who = f"node {node!r}" if node else "the update"
+            raise InvalidUpdateError(
+                f"{who} returned {type(update).__name__} ({_short(update)}), expected a dict "
+                f"of state fields, an instance of {self.model.__name__} or None"
+                f"{_where(step, thread_id)}.",
+                node=node, step=step, thread_id=thread_id)
+        if not update:
+            return {}
+        what = f"node {node!r}" if node else "the update"
+        self._reject_unknown_keys(update, what, node=node, step=step, thread_id=thread_id)
+        try:
+            return self._update.validate_python(update)
+        except ValidationError as exc:
+            field = _first_field(exc)
+            raise InvalidUpdateError(
+                f"{what} returned an invalid value for field {field!r}"
+                f"{_where(step, thread_id)}: {_reasons(exc)}",
+                node=node, field=field, step=step, thread_id=thread_id) from exc
+
+    def _reject_unknown_keys(
+        self, update: Mapping[Any, Any], what: str, *, node: str | None, step: int | None,
+        thread_id: str | None,
+    ) -> None:
+        unknown = [key for key in update if key not in self.model.model_fields]
+        if unknown:
+            key = unknown[0]
+            raise InvalidUpdateError(
+                f"{what} returned unknown field {key!r}{did_you_mean(key, self.fields)}"
+                f"{_where(step, thread_id)}; the fields of {self.model.__name__} are: "
+                f"{', '.join(self.fields)}.",
+                node=node, field=str(key), step=step, thread_id=thread_id)
+
+    # -- applying updates -------------------------------------------------------------------
+
+    def apply(
+        self,
+        state: BaseModel,
+        writes: Sequence[Write],
+        *,
+        step: int | None = None,
+        thread_id: str | None = None,
+    ) -> BaseModel:
+        """The state after `writes`, applied in the given order through the reducers.
+
+        Two writers of one field without a reducer in the same step is an error: there is no
+        way to choose between them that would not depend on timing.
+        """
+        changes: dict[str, Any] = {}
+        writers: dict[str, str] = {}
+        for node, update in writes:
+            for name, value in update.items():
+                reducer = self.reducers.get(name)
+                if reducer is None:
+                    if name in writers:
+                        raise InvalidUpdateError(
+                            f"nodes {writers[name]!r} and {node!r} both wrote field {name!r} in "
+                            f"one step{_where(step, thread_id)}, and it has no reducer to "
+                            f"merge them. Give it one (Annotated[..., reducer]) or let one "
+                            f"node write it.", node=node, field=name, step=step,
+                            thread_id=thread_id)
+                    writers[name] = node
+                    changes[name] = value
+                else:
+                    current = changes[name] if name in changes else getattr(state, name)
+                    try:
+                        changes[name] = reducer(current, value)
+                    except Exception as exc:
+                        exc.add_note(f"while merging the update of node {node!r} into field "
+                                     f"{name!r}{_where(step, thread_id)}")
+                        raise
+        return state.model_copy(update=changes) if changes else state
+
+    # -- JSON encoding (checkpoints) --------------------------------------------------------
+
+    def encode_update(self, update: Mapping[str, Any], *, node: str, step: int | None,
+                      thread_id: str | None) -> str:
+        """An update as JSON text; unserializable values fail here, before any commit."""
+        try:
+            return self._update.dump_json(update).decode()
+        except (PydanticSerializationError, TypeError, ValueError) as exc:
+            field = self._unserializable_field(update)
+            raise InvalidUpdateError(
+                f"node {node!r} returned a value for field {field!r} that cannot be stored as "
+                f"JSON{_where(step, thread_id)}: {exc}", node=node, field=field, step=step,
+                thread_id=thread_id) from exc
+
+    def encode_writes(self, writes: Sequence[tuple[str, int, str]]) -> str:
+        """A step's writes [(node, index, update JSON)] as one JSON array."""
+        return "[" + ",".join(f"[{json.dumps(n)},{i},{u}]" for n, i, u in writes) + "]"
+
+    def decode_writes(self, text: str) -> list[tuple[str, int, dict[str, Any]]]:
+        return self._writes.validate_json(text)
+
+    def decode_update(self, text: str) -> dict[str, Any]:
+        return self._update.validate_json(text)
+
+    def encode_state(self, state: BaseModel) -> str:
+        return state.model_dump_json(round_trip=True)
+
+    def decode_state(self, text: str) -> BaseModel:
+        return self.model.model_validate_json(text)
+
+    def _unserializable_field(self, update: Mapping[str, Any]) -> str | None:
+        for name, value in update.items():
+            try:
+                TypeAdapter(self._annotations[name]).dump_json(value)
+            except Exception:
+                return name
+        return None
+
+
+def _looks_like_reducer(obj: object) -> bool:
+    return callable(obj) and not isinstance(obj, type) and type(obj).__module__ not in (
+        "annotated_types", "pydantic.functional_validators", "pydantic.functional_serializers",
+        "pydantic.fields", "pydantic.types")
+
+
+def _takes_two_arguments(fn: Callable[..., Any]) -> bool:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return True  # cannot tell (some builtins): trust the user
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    has_varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
+    required_kw = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    return len(required) <= 2 and (len(positional) >= 2 or has_varargs) and not required_kw
+
+
+def _name_of(obj: object) -> str:
+    return getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or repr(obj)
+
+
+def _first_field(exc: ValidationError) -> str | None:
+    for error in exc.errors():
+        if error.get("loc"):
+            return str(error["loc"][0])
+    return None
+
+
+def _reasons(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in error.get("loc", ()))
+        parts.append(f"{loc}: {error['msg']} (got {_short(error.get('input'))})")
+    return "; ".join(parts)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _where(step: int | None, thread_id: str | None) -> str:
+    parts = []
+    if step is not None:
+        parts.append(f"step {step}")
+    if thread_id is not None:
+        parts.append(f"thread {thread_id!r}")
+    return (" (" + ", ".join(parts) + ")") if parts else ""

@@ -1,0 +1,60 @@
+"""The values the executor hands to users: run context, step events and snapshots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel
+
+StateT = TypeVar("StateT", bound=BaseModel)
+Status = Literal["running", "done", "failed", "interrupted"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """What a node may know about the task it is running (its optional second parameter).
+
+    `task_id` is the same every time this task runs, including after a crash and resume: use it
+    as an idempotency key for side effects (a payment, an email).
+    """
+
+    thread_id: str | None
+    step: int
+    node: str
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepEvent(Generic[StateT]):
+    """One finished step: which nodes ran, what each returned, and the state after it."""
+
+    step: int
+    nodes: tuple[str, ...]
+    updates: dict[str, Any]
+    """node -> its validated update (a list of updates when a node ran several times)."""
+    state: StateT
+    status: Status
+    thread_id: str | None = None
+    checkpoint_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot(Generic[StateT]):
+    """A committed checkpoint of a thread, as `get_state` and `history` return it."""
+
+    thread_id: str
+    checkpoint_id: str
+    parent_id: str | None
+    step: int
+    """The step the thread is at: the one `next` would run (for a failed run, the failed one)."""
+    state: StateT
+    next: tuple[str, ...]
+    """Nodes still to run from here (without those whose writes are already pending)."""
+    status: Status
+    error: str | None
+    created_at: float
+    pending_writes: dict[str, Any] = field(default_factory=dict)
+    """Updates of tasks of this step that finished before the step failed: applied on resume."""
+    kind: str = "step"
+    """How this checkpoint was made: input, step, update or fork."""
