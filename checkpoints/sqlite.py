@@ -248,6 +248,8 @@ class SQLiteCheckpointer(Checkpointer):
         if not self._closed:
             self._closed = True
             self._heartbeat.stop()
+            # fold the write-ahead log back into the file, so it is whole and compact at rest
+            await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             await self._conn.close()
 
     def _db(self) -> aiosqlite.Connection:
