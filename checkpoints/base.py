@@ -146,6 +146,14 @@ class Checkpointer(ABC):
     async def threads(self) -> list[ThreadInfo]:
         """Every thread in the store with its latest status, most recently updated first."""
 
+    def in_caller_thread(self) -> Checkpointer:
+        """A view of this checkpointer that may do its I/O in the calling thread.
+
+        The sync API asks for it because its event loop is private: nothing else waits on it.
+        Backends without a faster blocking path return themselves.
+        """
+        return self
+
     @abstractmethod
     async def aclose(self) -> None:
         """Release resources; the checkpointer cannot be used afterwards."""

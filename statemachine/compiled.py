@@ -101,14 +101,15 @@ class CompiledGraph:
 
     def get_state(self, thread_id: str, checkpoint_id: str | None = None) -> Snapshot:
         """The latest (or given) checkpoint of a thread; `ThreadNotFoundError` if there is none."""
-        return run_sync(lambda: self.aget_state(thread_id, checkpoint_id))
+        return run_sync(lambda: self._executor.get_state(thread_id, checkpoint_id,
+                                                          blocking=True))
 
     async def aget_state(self, thread_id: str, checkpoint_id: str | None = None) -> Snapshot:
         return await self._executor.get_state(thread_id, checkpoint_id)
 
     def history(self, thread_id: str, *, limit: int | None = None) -> list[Snapshot]:
         """Every checkpoint of a thread (all branches), newest first."""
-        return run_sync(lambda: self.ahistory(thread_id, limit=limit))
+        return run_sync(lambda: self._executor.history(thread_id, limit, blocking=True))
 
     async def ahistory(self, thread_id: str, *, limit: int | None = None) -> list[Snapshot]:
         return await self._executor.history(thread_id, limit)
@@ -121,8 +122,8 @@ class CompiledGraph:
         without, `next` and the thread's status stay as they were. With `checkpoint_id`, the
         new checkpoint branches off that older one.
         """
-        return run_sync(lambda: self.aupdate_state(thread_id, values, as_node,
-                                                   checkpoint_id=checkpoint_id))
+        return run_sync(lambda: self._executor.update_state(
+            thread_id, values, as_node=as_node, checkpoint_id=checkpoint_id, blocking=True))
 
     async def aupdate_state(self, thread_id: str, values: Any, as_node: str | None = None, *,
                             checkpoint_id: str | None = None) -> Snapshot:
@@ -131,7 +132,7 @@ class CompiledGraph:
 
     def threads(self) -> list[ThreadInfo]:
         """Every thread in the checkpointer's store with its status, newest first."""
-        return run_sync(self.athreads)
+        return run_sync(lambda: self._executor.threads(blocking=True))
 
     async def athreads(self) -> list[ThreadInfo]:
         return await self._executor.threads()

@@ -91,15 +91,17 @@ class Executor:
 
     # -- reading ------------------------------------------------------------------------------
 
-    async def get_state(self, thread_id: str, checkpoint_id: str | None = None) -> Snapshot:
-        saver = self._require_saver("read a thread's state")
+    async def get_state(self, thread_id: str, checkpoint_id: str | None = None, *,
+                        blocking: bool = False) -> Snapshot:
+        saver = self._require_saver("read a thread's state", blocking)
         chain = await saver.load(thread_id, checkpoint_id)
         if chain is None:
             raise _not_found(thread_id, checkpoint_id)
         return self.snapshot(chain.head, self.rebuild(chain), chain.pending.get(chain.head.id, []))
 
-    async def history(self, thread_id: str, limit: int | None = None) -> list[Snapshot]:
-        saver = self._require_saver("read a thread's history")
+    async def history(self, thread_id: str, limit: int | None = None, *,
+                      blocking: bool = False) -> list[Snapshot]:
+        saver = self._require_saver("read a thread's history", blocking)
         records = await saver.list(thread_id)
         if not records:
             raise _not_found(thread_id, None)
@@ -116,14 +118,14 @@ class Executor:
         chosen = records if limit is None else records[:limit]
         return [self.snapshot(r, states[r.id], pending.get(r.id, [])) for r in chosen]
 
-    async def threads(self) -> list[Any]:
-        return await self._require_saver("list threads").threads()
+    async def threads(self, *, blocking: bool = False) -> list[Any]:
+        return await self._require_saver("list threads", blocking).threads()
 
     # -- editing ------------------------------------------------------------------------------
 
     async def update_state(self, thread_id: str, values: Any, *, as_node: str | None = None,
-                           checkpoint_id: str | None = None) -> Snapshot:
-        saver = self._require_saver("update a thread's state")
+                           checkpoint_id: str | None = None, blocking: bool = False) -> Snapshot:
+        saver = self._require_saver("update a thread's state", blocking)
         spec = self.spec
         if as_node is not None and as_node not in spec.nodes:
             raise ThreadStateError(
@@ -172,7 +174,7 @@ class Executor:
                 extra=json.dumps(extra) if extra else None, error=error))
         finally:
             await saver.release(thread_id, owner)
-        return await self.get_state(thread_id, new_id)
+        return await self.get_state(thread_id, new_id, blocking=blocking)
 
     # -- state reconstruction ---------------------------------------------------------------------
 
@@ -239,10 +241,11 @@ class Executor:
             error=record.error, created_at=record.created_at, pending_writes=pending_updates,
             kind=record.kind)
 
-    def _require_saver(self, what: str) -> Checkpointer:
+    def _require_saver(self, what: str, blocking: bool) -> Checkpointer:
+        """The checkpointer; with `blocking`, its view that does I/O in the calling thread."""
         if self.saver is None:
             raise _needs_checkpointer(what)
-        return self.saver
+        return self.saver.in_caller_thread() if blocking else self.saver
 
 
 class Run:
@@ -253,6 +256,8 @@ class Run:
         self.executor = executor
         self.spec = executor.spec
         self.saver = executor.saver
+        if self.saver is not None and inline_sync:  # the sync API: our loop, nothing to block
+            self.saver = self.saver.in_caller_thread()
         self.thread_id = thread_id
         self.max_steps = max_steps
         self.inline_sync = inline_sync
@@ -263,6 +268,8 @@ class Run:
         self.tasks: list[Task] = []
         self.joins: dict[int, set[str]] = {}
         self.pending: dict[tuple[str, int], dict[str, Any]] = {}
+        self.encoded: dict[tuple[str, int], str] = {}
+        """JSON of each pending update, made when the task finished (with a checkpointer)."""
         self.committed_pending: set[tuple[str, int]] = set()
         self.head_has_snapshot = False
         self.skip_interrupt_before = False
@@ -327,11 +334,12 @@ class Run:
                                                       thread_id=self.thread_id)
             self.state = self.spec.schema.apply(state, [(INPUT, update)], step=head.step,
                                                 thread_id=self.thread_id)
-            await self._commit_run_start(head.id, head.step, _joins(extra), update=update)
+            await self._commit_run_start(head.id, head.step, {}, update=update)
             return
         self.state, self.step = state, head.step
         self.joins = _joins(extra)
-        self.skip_interrupt_before = head.status == "interrupted" and \
+        # paused before these tasks (or paused, resumed, then failed in them): run them now
+        self.skip_interrupt_before = head.status in ("interrupted", "failed") and \
             extra.get("interrupt") == "before"
         if checkpoint_id is not None:  # a fork: a new branch that runs the tasks again
             self.tasks = _decode_tasks(head.next)
@@ -348,6 +356,7 @@ class Run:
             self.pending[(node, index)] = update
         for write in chain.pending.get(head.id, []):
             self.pending[(write.node, write.index)] = schema.decode_update(write.writes)
+            self.encoded[(write.node, write.index)] = write.writes
         self.committed_pending = set(self.pending)
         self._count_replay(chain)
 
@@ -415,7 +424,7 @@ class Run:
         if self.saver is not None:
             await self._commit_step(ordered, new_state, tasks, joins, status)
         self.state, self.tasks, self.joins, self.step = new_state, tasks, joins, step + 1
-        self.pending, self.committed_pending = {}, set()
+        self.pending, self.encoded, self.committed_pending = {}, {}, set()
         updates: dict[str, Any] = {}
         for task, update in ordered:
             _add_update(updates, task.node, update)
@@ -427,8 +436,7 @@ class Run:
                          step: int) -> list[BaseException | None]:
         if len(tasks) == 1:
             try:
-                self.pending[tasks[0].key] = await self._execute(
-                    tasks[0], state, step, inline=self.inline_sync)
+                await self._execute(tasks[0], state, step, inline=self.inline_sync)
                 return [None]
             except Exception as exc:
                 return [exc]
@@ -437,12 +445,11 @@ class Run:
         async def run_one(task: Task) -> None:
             nonlocal remaining
             try:
-                update = await self._execute(task, state, step, inline=False)
+                await self._execute(task, state, step, inline=False)
             finally:
                 remaining -= 1
-            self.pending[task.key] = update
             if self.saver is not None and remaining > 0:
-                await self._commit_pending(task, update)
+                await self._commit_pending(task)
 
         outcomes = await asyncio.gather(*(run_one(t) for t in tasks), return_exceptions=True)
         for outcome in outcomes:
@@ -450,8 +457,8 @@ class Run:
                 raise outcome  # cancellation, KeyboardInterrupt: not a node failure
         return [o if isinstance(o, BaseException) else None for o in outcomes]
 
-    async def _execute(self, task: Task, state: BaseModel, step: int, *,
-                       inline: bool) -> dict[str, Any]:
+    async def _execute(self, task: Task, state: BaseModel, step: int, *, inline: bool) -> None:
+        """Run one task; its validated update (and, to be stored, its JSON) become pending."""
         info = self.spec.nodes[task.node]
         args = (state, self._context(task, step)) if info.wants_context else (state,)
         try:
@@ -459,8 +466,13 @@ class Run:
         except Exception as exc:
             exc.add_note(f"raised by node {task.node!r} at step {step}{self._of_thread()}")
             raise
-        return self.spec.schema.validate_update(result, node=task.node, step=step,
-                                                thread_id=self.thread_id)
+        schema = self.spec.schema
+        update = schema.validate_update(result, node=task.node, step=step,
+                                        thread_id=self.thread_id)
+        if self.saver is not None:  # unstorable values fail here, as this node's failure
+            self.encoded[task.key] = schema.encode_update(update, node=task.node, step=step,
+                                                          thread_id=self.thread_id)
+        self.pending[task.key] = update
 
     def _context(self, task: Task, step: int) -> RunContext:
         origin = self.head_id if self.head_id is not None else f"{id(self):x}-{step}"
@@ -531,12 +543,10 @@ class Run:
 
     # -- committing ---------------------------------------------------------------------------
 
-    async def _commit_pending(self, task: Task, update: dict[str, Any]) -> None:
+    async def _commit_pending(self, task: Task) -> None:
         assert self.saver is not None and self.head_id is not None and self.thread_id
-        encoded = self.spec.schema.encode_update(update, node=task.node, step=self.step,
-                                                 thread_id=self.thread_id)
-        await self.saver.put_pending(self.thread_id, self.owner,
-                                     PendingWrite(self.head_id, task.node, task.index, encoded))
+        await self.saver.put_pending(self.thread_id, self.owner, PendingWrite(
+            self.head_id, task.node, task.index, self.encoded[task.key]))
         self.committed_pending.add(task.key)
 
     async def _commit_step(self, ordered: list[tuple[Task, dict[str, Any]]],
@@ -544,9 +554,8 @@ class Run:
                            joins: dict[int, set[str]], status: str) -> None:
         assert self.saver is not None and self.thread_id is not None
         schema = self.spec.schema
-        inline = [(t.node, t.index, schema.encode_update(u, node=t.node, step=self.step,
-                                                          thread_id=self.thread_id))
-                  for t, u in ordered if t.key not in self.committed_pending]
+        inline = [(t.node, t.index, self.encoded[t.key])
+                  for t, _ in ordered if t.key not in self.committed_pending]
         writes = schema.encode_writes(inline) if inline else None
         self.bytes_since_snapshot += len(writes or "")
         self.steps_since_snapshot += 1
@@ -569,7 +578,7 @@ class Run:
             assert self.thread_id is not None and self.head_id is not None
             for task in self.tasks:
                 if task.key in self.pending and task.key not in self.committed_pending:
-                    await self._commit_pending(task, self.pending[task.key])
+                    await self._commit_pending(task)
             await self.saver.mark(
                 self.thread_id, self.owner, self.head_id, status="failed",
                 error=f"{type(exc).__name__}: {exc}",
