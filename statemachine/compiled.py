@@ -9,17 +9,17 @@ so they overlap and never block your event loop.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 from pydantic import BaseModel
 
-from checkpoints.base import Checkpointer, ThreadInfo
-
 from ._sync import iterate_sync, run_sync
 from .compiler import GraphSpec
-from .executor import Executor
 from .types import Snapshot, StepEvent
+
+if TYPE_CHECKING:
+    from checkpoints.base import Checkpointer, ThreadInfo
 
 DEFAULT_MAX_STEPS = 10_000
 
@@ -32,6 +32,10 @@ class CompiledGraph:
         self.spec = spec
         self.checkpointer = checkpointer
         self.name = name or f"{spec.schema.model.__name__}Graph"
+        # imported here: the executor needs checkpoints.base, which needs statemachine.errors,
+        # so importing it with the package would make `import checkpoints` circular
+        from .executor import Executor
+
         self._executor = Executor(spec, checkpointer)
 
     def __repr__(self) -> str:

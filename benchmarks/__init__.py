@@ -1,0 +1,1 @@
+"""Benchmarks of the statemachine engine (`python -m benchmarks`)."""
