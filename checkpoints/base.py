@@ -13,7 +13,7 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from statemachine.errors import ThreadBusyError
 
@@ -61,6 +61,8 @@ class PendingWrite:
     node: str
     index: int
     writes: str
+    meta: str | None = None
+    """JSON: what else the task decided (Command targets, attempts, cache hit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,15 @@ class Owner:
     @classmethod
     def new(cls) -> Owner:
         return cls(os.urandom(12).hex(), os.getpid(), socket.gethostname())
+
+
+class CacheStore(Protocol):
+    """Where cached node results live (JSON text under a namespace and key)."""
+
+    async def cache_get(self, namespace: str, key: str) -> str | None: ...
+
+    async def cache_put(self, namespace: str, key: str, value: str,
+                        ttl: float | None) -> None: ...
 
 
 class Checkpointer(ABC):
@@ -145,6 +156,15 @@ class Checkpointer(ABC):
     @abstractmethod
     async def threads(self) -> list[ThreadInfo]:
         """Every thread in the store with its latest status, most recently updated first."""
+
+    @abstractmethod
+    async def cache_get(self, namespace: str, key: str) -> str | None:
+        """A cached value that has not expired, or None."""
+
+    @abstractmethod
+    async def cache_put(self, namespace: str, key: str, value: str,
+                        ttl: float | None) -> None:
+        """Store a value for `ttl` seconds (None: until replaced)."""
 
     def in_caller_thread(self) -> Checkpointer:
         """A view of this checkpointer that may do its I/O in the calling thread.

@@ -27,12 +27,36 @@ class _Thread:
     lease_expires: float = 0.0
 
 
-class MemoryCheckpointer(Checkpointer):
+class MemoryCache:
+    """Cached node results in this process, with expiry."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], tuple[str, float | None]] = {}
+        self._lock = threading.Lock()
+
+    async def cache_get(self, namespace: str, key: str) -> str | None:
+        with self._lock:
+            entry = self._entries.get((namespace, key))
+            if entry is None:
+                return None
+            value, expires = entry
+            if expires is not None and expires <= time.time():
+                del self._entries[(namespace, key)]
+                return None
+            return value
+
+    async def cache_put(self, namespace: str, key: str, value: str,
+                        ttl: float | None) -> None:
+        with self._lock:
+            self._entries[(namespace, key)] = (value, None if ttl is None else time.time() + ttl)
+
+
+class MemoryCheckpointer(MemoryCache, Checkpointer):
     """Keeps checkpoints in this process's memory; same semantics as `SQLiteCheckpointer`."""
 
     def __init__(self, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        super().__init__()
         self.lease_seconds = lease_seconds
-        self._lock = threading.Lock()
         self._threads: dict[str, _Thread] = {}
         self._records: dict[str, CheckpointRecord] = {}
         self._pending: dict[str, list[PendingWrite]] = {}

@@ -13,7 +13,8 @@ Layout (readable with the `sqlite3` shell; all payloads are JSON):
     threads(key, thread_id, owner, owner_pid, owner_host, lease_expires, created_at)
     checkpoints(id, thread, parent, step, kind, status, next, writes, snapshot, extra, error,
                 created_at)                       one row per committed step
-    pending_writes(checkpoint, node, idx, writes) task updates of a step not yet committed
+    pending_writes(checkpoint, node, idx, writes, meta)  task updates of an unfinished step
+    cache(namespace, key, value, expires_at)      cached node results (CachePolicy)
 """
 
 from __future__ import annotations
@@ -76,7 +77,15 @@ CREATE TABLE pending_writes (
     node TEXT NOT NULL,
     idx INTEGER NOT NULL,
     writes TEXT NOT NULL,
+    meta TEXT,
     PRIMARY KEY (checkpoint, node, idx)
+) WITHOUT ROWID;
+CREATE TABLE cache (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    expires_at REAL,
+    PRIMARY KEY (namespace, key)
 ) WITHOUT ROWID;
 """
 
@@ -193,10 +202,10 @@ class SQLiteCheckpointer(Checkpointer):
 
     async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite) -> None:
         cursor = await self._execute(
-            "INSERT INTO pending_writes(checkpoint, node, idx, writes) SELECT ?, ?, ?, ? "
-            f"WHERE EXISTS ({_FENCE})",
-            (int(write.checkpoint_id), write.node, write.index, write.writes, thread_id,
-             owner.token))
+            "INSERT INTO pending_writes(checkpoint, node, idx, writes, meta) "
+            f"SELECT ?, ?, ?, ?, ? WHERE EXISTS ({_FENCE})",
+            (int(write.checkpoint_id), write.node, write.index, write.writes, write.meta,
+             thread_id, owner.token))
         if cursor[0] != 1:
             raise busy_error(thread_id, lost=True)
 
@@ -234,13 +243,25 @@ class SQLiteCheckpointer(Checkpointer):
             return {}
         marks = ",".join("?" * len(checkpoint_ids))
         rows = await self._fetchall(
-            f"SELECT checkpoint, node, idx, writes FROM pending_writes WHERE checkpoint IN "
-            f"({marks})", [int(c) for c in checkpoint_ids])
+            f"SELECT checkpoint, node, idx, writes, meta FROM pending_writes WHERE checkpoint "
+            f"IN ({marks})", [int(c) for c in checkpoint_ids])
         pending: dict[str, list[PendingWrite]] = {}
-        for checkpoint, node, idx, writes in rows:
+        for checkpoint, node, idx, writes, meta in rows:
             pending.setdefault(str(checkpoint), []).append(
-                PendingWrite(str(checkpoint), node, idx, writes))
+                PendingWrite(str(checkpoint), node, idx, writes, meta))
         return pending
+
+    async def cache_get(self, namespace: str, key: str) -> str | None:
+        rows = await self._fetchall(
+            "SELECT value FROM cache WHERE namespace = ? AND key = ? AND "
+            "(expires_at IS NULL OR expires_at > ?)", (namespace, key, time.time()))
+        return rows[0][0] if rows else None
+
+    async def cache_put(self, namespace: str, key: str, value: str,
+                        ttl: float | None) -> None:
+        await self._execute(
+            "INSERT OR REPLACE INTO cache(namespace, key, value, expires_at) VALUES (?, ?, ?, ?)",
+            (namespace, key, value, None if ttl is None else time.time() + ttl))
 
     async def threads(self) -> list[ThreadInfo]:
         rows = await self._fetchall(

@@ -6,6 +6,7 @@ with `invoke`/`stream`, checkpointed to SQLite step by step when you give it a c
 """
 
 from . import reducers
+from .commands import Command, Send
 from .compiled import CompiledGraph
 from .compiler import GraphSpec, RouterWithoutPathMapWarning
 from .constants import END, START
@@ -14,6 +15,7 @@ from .errors import (
     GraphValidationError,
     InvalidRouteError,
     InvalidUpdateError,
+    NodeTimeoutError,
     Problem,
     StateMachineError,
     StepLimitError,
@@ -22,20 +24,28 @@ from .errors import (
     ThreadStateError,
 )
 from .graph import StateGraph
-from .types import RunContext, Snapshot, StepEvent
+from .policies import CachePolicy, RetryPolicy
+from .types import NodeFailure, RunContext, Snapshot, StepEvent
+from .waiting import wait_for
 
 __all__ = [
     "END",
     "START",
+    "CachePolicy",
     "CheckpointError",
+    "Command",
     "CompiledGraph",
     "GraphSpec",
     "GraphValidationError",
     "InvalidRouteError",
     "InvalidUpdateError",
+    "NodeFailure",
+    "NodeTimeoutError",
     "Problem",
+    "RetryPolicy",
     "RouterWithoutPathMapWarning",
     "RunContext",
+    "Send",
     "Snapshot",
     "StateGraph",
     "StateMachineError",
@@ -45,4 +55,5 @@ __all__ = [
     "ThreadNotFoundError",
     "ThreadStateError",
     "reducers",
+    "wait_for",
 ]

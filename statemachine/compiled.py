@@ -36,7 +36,7 @@ class CompiledGraph:
         # so importing it with the package would make `import checkpoints` circular
         from .executor import Executor
 
-        self._executor = Executor(spec, checkpointer)
+        self._executor = Executor(spec, checkpointer, name=self.name)
 
     def __repr__(self) -> str:
         return (f"<CompiledGraph {self.name!r}: {len(self.spec.nodes)} nodes, "
@@ -57,49 +57,94 @@ class CompiledGraph:
     # -- running ------------------------------------------------------------------------------
 
     def invoke(self, input: Any, thread_id: str | None = None, *,
-               checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS) -> Any:
+               checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
+               max_concurrency: int | None = None) -> Any:
         """Run to the end (or to an interrupt) and return the final state."""
-        return run_sync(lambda: self._ainvoke(input, thread_id, checkpoint_id, max_steps,
-                                              inline_sync=True))
+        return run_sync(lambda: self._ainvoke(
+            input, thread_id, checkpoint_id=checkpoint_id, max_steps=max_steps,
+            max_concurrency=max_concurrency, inline_sync=True))
 
     async def ainvoke(self, input: Any, thread_id: str | None = None, *,
-                      checkpoint_id: str | None = None,
-                      max_steps: int = DEFAULT_MAX_STEPS) -> Any:
-        return await self._ainvoke(input, thread_id, checkpoint_id, max_steps, inline_sync=False)
+                      checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
+                      max_concurrency: int | None = None) -> Any:
+        return await self._ainvoke(input, thread_id, checkpoint_id=checkpoint_id,
+                                   max_steps=max_steps, max_concurrency=max_concurrency,
+                                   inline_sync=False)
 
     def stream(self, input: Any, thread_id: str | None = None, *,
-               checkpoint_id: str | None = None,
-               max_steps: int = DEFAULT_MAX_STEPS) -> Iterator[StepEvent]:
+               checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
+               max_concurrency: int | None = None) -> Iterator[StepEvent]:
         """Run, yielding one `StepEvent` per step as it is committed."""
-        return iterate_sync(lambda: self._astream(input, thread_id, checkpoint_id, max_steps,
-                                                  inline_sync=True))
+        return iterate_sync(lambda: self._astream(
+            input, thread_id, checkpoint_id=checkpoint_id, max_steps=max_steps,
+            max_concurrency=max_concurrency, inline_sync=True))
 
     def astream(self, input: Any, thread_id: str | None = None, *,
-                checkpoint_id: str | None = None,
-                max_steps: int = DEFAULT_MAX_STEPS) -> AsyncIterator[StepEvent]:
-        return self._astream(input, thread_id, checkpoint_id, max_steps, inline_sync=False)
+                checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
+                max_concurrency: int | None = None) -> AsyncIterator[StepEvent]:
+        return self._astream(input, thread_id, checkpoint_id=checkpoint_id,
+                             max_steps=max_steps, max_concurrency=max_concurrency,
+                             inline_sync=False)
 
-    def resume(self, thread_id: str, *, max_steps: int = DEFAULT_MAX_STEPS) -> Any:
-        """Continue a failed, interrupted or crashed run; returns the state it ends in."""
-        return run_sync(lambda: self._ainvoke(None, thread_id, None, max_steps,
-                                              inline_sync=True, resume=True))
+    def resume(self, thread_id: str, *, event: dict[str, Any] | None = None,
+               max_steps: int = DEFAULT_MAX_STEPS, max_concurrency: int | None = None) -> Any:
+        """Continue a failed, interrupted, waiting or crashed run; returns its final state.
 
-    async def aresume(self, thread_id: str, *, max_steps: int = DEFAULT_MAX_STEPS) -> Any:
-        return await self._ainvoke(None, thread_id, None, max_steps, inline_sync=False,
-                                   resume=True)
+        `event` delivers values to a run paused in `wait_for`: {event name: value}.
+        """
+        return run_sync(lambda: self._ainvoke(
+            None, thread_id, max_steps=max_steps, max_concurrency=max_concurrency,
+            inline_sync=True, resume=True, event=event))
 
-    async def _ainvoke(self, input: Any, thread_id: str | None, checkpoint_id: str | None,
-                       max_steps: int, *, inline_sync: bool, resume: bool = False) -> Any:
-        run = self._executor.new_run(thread_id, max_steps=max_steps, inline_sync=inline_sync)
-        async for _ in run.execute(input, checkpoint_id=checkpoint_id, resume=resume):
+    async def aresume(self, thread_id: str, *, event: dict[str, Any] | None = None,
+                      max_steps: int = DEFAULT_MAX_STEPS,
+                      max_concurrency: int | None = None) -> Any:
+        return await self._ainvoke(None, thread_id, max_steps=max_steps,
+                                   max_concurrency=max_concurrency, inline_sync=False,
+                                   resume=True, event=event)
+
+    async def _ainvoke(self, input: Any, thread_id: str | None, *, inline_sync: bool,
+                       checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
+                       max_concurrency: int | None = None, resume: bool = False,
+                       event: dict[str, Any] | None = None) -> Any:
+        run = self._executor.new_run(thread_id, max_steps=max_steps, inline_sync=inline_sync,
+                                     max_concurrency=max_concurrency)
+        async for _ in run.execute(input, checkpoint_id=checkpoint_id, resume=resume,
+                                   event=event):
             pass
         return run.state
 
-    async def _astream(self, input: Any, thread_id: str | None, checkpoint_id: str | None,
-                       max_steps: int, *, inline_sync: bool) -> AsyncIterator[StepEvent]:
-        run = self._executor.new_run(thread_id, max_steps=max_steps, inline_sync=inline_sync)
+    async def _astream(self, input: Any, thread_id: str | None, *, inline_sync: bool,
+                       checkpoint_id: str | None, max_steps: int,
+                       max_concurrency: int | None) -> AsyncIterator[StepEvent]:
+        run = self._executor.new_run(thread_id, max_steps=max_steps, inline_sync=inline_sync,
+                                     max_concurrency=max_concurrency)
         async for event in run.execute(input, checkpoint_id=checkpoint_id):
             yield event
+
+    # -- sagas and observability ------------------------------------------------------------------
+
+    def rollback(self, thread_id: str) -> Any:
+        """Undo a failed run: run the compensations of its completed nodes, newest first.
+
+        Each compensation commits its own checkpoint, so a rollback that crashes resumes where
+        it stopped; the thread ends "compensated" and rolling back again does nothing.
+        Returns the state after the compensations.
+        """
+        return run_sync(lambda: self._executor.rollback(thread_id, blocking=True))
+
+    async def arollback(self, thread_id: str) -> Any:
+        return await self._executor.rollback(thread_id)
+
+    def add_listener(self, listener: Any) -> None:
+        """Call `listener`'s hooks (on_step_start, on_node_end, ...) as runs progress.
+
+        See `statemachine.observe` for the hooks; a listener may define any of them.
+        """
+        self._executor.observer.add(listener)
+
+    def remove_listener(self, listener: Any) -> None:
+        self._executor.observer.remove(listener)
 
     # -- threads and checkpoints ----------------------------------------------------------------
 

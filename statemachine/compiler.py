@@ -12,6 +12,8 @@ Problem codes (stable, for tools and tests):
     invalid_edge       an edge into START or out of END, or START inside a join
     unknown_node       an edge, path map or interrupt names a node that does not exist
     invalid_path_map   a path map that is not a dict or list of node names
+    invalid_option     a node or compile option of the wrong kind (retry, timeout, cache, ...)
+    invalid_error_field  on_error="capture" names a field that is missing or has no reducer
     no_entry           nothing leaves START
     unreachable_node   no path leads from START to the node
     dead_end           the node has no outgoing edge
@@ -31,7 +33,9 @@ import networkx as nx
 
 from .constants import END, START
 from .errors import GraphValidationError, Problem, closest_name, did_you_mean
+from .policies import CachePolicy, RetryPolicy
 from .state import StateSchema, is_state_model, reducer_problems
+from .state import looks_like_reducer as _is_reducer
 
 if TYPE_CHECKING:
     from checkpoints.base import Checkpointer
@@ -52,6 +56,21 @@ class CallableInfo:
     name: str
     is_async: bool
     wants_context: bool
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A node with its options, as the executor runs it."""
+
+    name: str
+    call: CallableInfo
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    cache: CachePolicy | None = None
+    compensate: CallableInfo | None = None
+    destinations: tuple[str, ...] = ()
+    on_error: str = "raise"
+    error_field: str = "errors"
 
 
 @dataclass(frozen=True)
@@ -87,7 +106,7 @@ class GraphSpec:
     """A validated, frozen graph: everything the executor and the diagrams read."""
 
     schema: StateSchema
-    nodes: Mapping[str, CallableInfo]
+    nodes: Mapping[str, NodeSpec]
     order: Mapping[str, int]
     edges: Mapping[str, tuple[str, ...]]
     branches: Mapping[str, tuple[Branch, ...]]
@@ -96,6 +115,9 @@ class GraphSpec:
     interrupt_before: frozenset[str]
     interrupt_after: frozenset[str]
     digraph: nx.DiGraph = field(repr=False)
+    retry: RetryPolicy | None = None
+    max_concurrency: int | None = None
+    on_failure: str = "raise"
 
 
 def compile_graph(
@@ -105,8 +127,12 @@ def compile_graph(
     interrupt_before: Sequence[str] | str,
     interrupt_after: Sequence[str] | str,
     name: str | None,
+    retry: RetryPolicy | None = None,
+    max_concurrency: int | None = None,
+    on_failure: str = "raise",
 ) -> CompiledGraph:
-    spec = build_spec(builder, interrupt_before=interrupt_before, interrupt_after=interrupt_after)
+    spec = build_spec(builder, interrupt_before=interrupt_before, interrupt_after=interrupt_after,
+                      retry=retry, max_concurrency=max_concurrency, on_failure=on_failure)
     from .compiled import CompiledGraph
 
     return CompiledGraph(spec, checkpointer=checkpointer, name=name)
@@ -117,9 +143,13 @@ def build_spec(
     *,
     interrupt_before: Sequence[str] | str = (),
     interrupt_after: Sequence[str] | str = (),
+    retry: RetryPolicy | None = None,
+    max_concurrency: int | None = None,
+    on_failure: str = "raise",
 ) -> GraphSpec:
     """Check every declaration of `builder`; return the frozen graph or raise with all problems."""
     problems: list[Problem] = []
+    problems += _check_compile_options(retry, max_concurrency, on_failure)
     schema = None
     if not is_state_model(builder.state_schema):
         problems.append(Problem(
@@ -205,6 +235,14 @@ def build_spec(
             for target in branch.allowed if branch.allowed is not None else (*names, END):
                 add_nx_edge(branch.source, target, "conditional")
 
+    for spec_node in nodes.values():
+        for target in spec_node.destinations:
+            if check_name(target, f"the destinations of node {spec_node.name!r}",
+                          allow_end=True):
+                add_nx_edge(spec_node.name, target, "command")
+        if spec_node.on_error == "capture" and is_state_model(builder.state_schema):
+            problems += _check_error_field(builder.state_schema, spec_node)
+
     before = _check_interrupts(interrupt_before, "interrupt_before", names, check_name)
     after = _check_interrupts(interrupt_after, "interrupt_after", names, check_name)
 
@@ -229,6 +267,9 @@ def build_spec(
         interrupt_before=frozenset(before),
         interrupt_after=frozenset(after),
         digraph=digraph,
+        retry=retry,
+        max_concurrency=max_concurrency,
+        on_failure=on_failure,
     )
 
 
@@ -255,8 +296,8 @@ def inspect_callable(fn: Callable[..., Any], name: str) -> CallableInfo | str:
     return CallableInfo(fn, name, is_async, wants_context=len(required) == 2)
 
 
-def _check_nodes(builder: StateGraph, problems: list[Problem]) -> dict[str, CallableInfo]:
-    nodes: dict[str, CallableInfo] = {}
+def _check_nodes(builder: StateGraph, problems: list[Problem]) -> dict[str, NodeSpec]:
+    nodes: dict[str, NodeSpec] = {}
     seen: set[object] = set()
     for decl in builder.node_declarations:
         name = decl.name
@@ -276,7 +317,7 @@ def _check_nodes(builder: StateGraph, problems: list[Problem]) -> dict[str, Call
             problems.append(Problem(
                 "node_not_callable", f"node {name!r} is {decl.fn!r}, which is not callable.",
                 nodes=(name,), hint="pass a function: add_node(name, fn)."))
-            nodes[name] = CallableInfo(decl.fn, name, False, False)  # keeps edges checkable
+            nodes[name] = NodeSpec(name, CallableInfo(decl.fn, name, False, False))
             continue
         info = inspect_callable(decl.fn, name)
         if isinstance(info, str):
@@ -284,8 +325,77 @@ def _check_nodes(builder: StateGraph, problems: list[Problem]) -> dict[str, Call
                 "bad_signature", f"node {name!r} cannot be called with the state: {info}.",
                 nodes=(name,), hint="write it as `def node(state)` or `def node(state, context)`."))
             info = CallableInfo(decl.fn, name, False, False)
-        nodes[name] = info
+        nodes[name] = NodeSpec(name, info, **_check_node_options(decl, name, problems))
     return nodes
+
+
+def _check_node_options(decl: Any, name: str, problems: list[Problem]) -> dict[str, Any]:
+    def bad(option: str, expected: str, value: object) -> None:
+        problems.append(Problem(
+            "invalid_option", f"node {name!r}: {option} must be {expected}, got {value!r}.",
+            nodes=(name,)))
+
+    options: dict[str, Any] = {"destinations": decl.destinations}
+    if decl.retry is not None and not isinstance(decl.retry, RetryPolicy):
+        bad("retry", "a RetryPolicy", decl.retry)
+    else:
+        options["retry"] = decl.retry
+    if decl.timeout is not None and (isinstance(decl.timeout, bool) or not isinstance(
+            decl.timeout, (int, float)) or decl.timeout <= 0):
+        bad("timeout", "a positive number of seconds", decl.timeout)
+    else:
+        options["timeout"] = decl.timeout
+    if decl.cache is not None and not isinstance(decl.cache, CachePolicy):
+        bad("cache", "a CachePolicy", decl.cache)
+    else:
+        options["cache"] = decl.cache
+    if decl.on_error not in ("raise", "capture"):
+        bad("on_error", "'raise' or 'capture'", decl.on_error)
+    else:
+        options["on_error"] = decl.on_error
+    options["error_field"] = decl.error_field
+    if decl.compensate is not None:
+        info = inspect_callable(decl.compensate, f"compensate of {name}") \
+            if callable(decl.compensate) else "it is not callable"
+        if isinstance(info, str):
+            problems.append(Problem(
+                "bad_signature", f"the compensation of node {name!r} cannot be called with the "
+                f"state: {info}.", nodes=(name,), hint="write it as `def undo(state)`."))
+        else:
+            options["compensate"] = info
+    return options
+
+
+def _check_error_field(schema: Any, node: NodeSpec) -> list[Problem]:
+    field_name = node.error_field
+    info = schema.model_fields.get(field_name)
+    hint = (f"declare `{field_name}: Annotated[list[NodeFailure], operator.add] = []` on "
+            f"{schema.__name__}.")
+    if info is None:
+        return [Problem("invalid_error_field", f"node {node.name!r} captures its errors into "
+                        f"field {field_name!r}, which {schema.__name__} does not have.",
+                        nodes=(node.name,), hint=hint)]
+    if not any(_is_reducer(m) for m in info.metadata):
+        return [Problem("invalid_error_field", f"node {node.name!r} captures its errors into "
+                        f"field {field_name!r}, which has no reducer, so parallel failures "
+                        "would overwrite each other.", nodes=(node.name,), hint=hint)]
+    return []
+
+
+def _check_compile_options(retry: object, max_concurrency: object,
+                           on_failure: object) -> list[Problem]:
+    problems = []
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        problems.append(Problem("invalid_option", f"compile(retry=...) must be a RetryPolicy, "
+                                f"got {retry!r}."))
+    if max_concurrency is not None and (not isinstance(max_concurrency, int)
+                                        or max_concurrency < 1):
+        problems.append(Problem("invalid_option", "compile(max_concurrency=...) must be a "
+                                f"positive integer, got {max_concurrency!r}."))
+    if on_failure not in ("raise", "compensate"):
+        problems.append(Problem("invalid_option", "compile(on_failure=...) must be 'raise' or "
+                                f"'compensate', got {on_failure!r}."))
+    return problems
 
 
 def _check_branch(decl: Any, names: list[str], check_name: Callable[..., bool],

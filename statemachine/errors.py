@@ -85,6 +85,15 @@ class StepLimitError(StateMachineError):
         super().__init__(message)
 
 
+class NodeTimeoutError(StateMachineError, TimeoutError):
+    """A node ran longer than its `timeout`. A `TimeoutError`, so retry policies can match it."""
+
+    def __init__(self, message: str, *, node: str, timeout: float, step: int | None = None,
+                 thread_id: str | None = None) -> None:
+        self.node, self.timeout, self.step, self.thread_id = node, timeout, step, thread_id
+        super().__init__(message)
+
+
 class ThreadBusyError(StateMachineError):
     """Another run owns this thread right now (one writer per thread)."""
 

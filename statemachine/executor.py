@@ -20,14 +20,18 @@ import asyncio
 import hashlib
 import inspect
 import json
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from checkpoints.base import (
+    CacheStore,
     Chain,
     Checkpointer,
     CheckpointRecord,
@@ -35,12 +39,17 @@ from checkpoints.base import (
     Owner,
     PendingWrite,
 )
+from checkpoints.memory import MemoryCache
 
-from .compiler import Branch, CallableInfo, GraphSpec
+from .commands import Command, Send
+from .compensation import COMPENSATE, rollback
+from .compiler import Branch, CallableInfo, GraphSpec, NodeSpec
 from .constants import END, START
 from .errors import (
     CheckpointError,
     InvalidRouteError,
+    InvalidUpdateError,
+    NodeTimeoutError,
     StateMachineError,
     StepLimitError,
     ThreadBusyError,
@@ -48,7 +57,10 @@ from .errors import (
     ThreadStateError,
     did_you_mean,
 )
-from .types import RunContext, Snapshot, StepEvent
+from .observe import Observer
+from .policies import CachePolicy
+from .types import NodeFailure, RunContext, Snapshot, StepEvent
+from .waiting import TaskAnswers, WaitingForEvent, current_answers
 
 INPUT = "__input__"
 """The pseudo-node that writes a run's input."""
@@ -61,12 +73,17 @@ steps. More often when the writes since the last snapshot outweigh the snapshot 
 stays proportional to what changed, and replay proportional to the state."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Task:
-    """One execution of one node in a step."""
+    """One execution of one node in a step.
+
+    A task made by a `Send` (`sent`) gets `payload` as its input instead of the state.
+    """
 
     node: str
     index: int = 0
+    payload: Any = None
+    sent: bool = False
 
     @property
     def key(self) -> tuple[str, int]:
@@ -76,18 +93,28 @@ class Task:
 class Executor:
     """Runs one compiled graph, with or without a checkpointer."""
 
-    def __init__(self, spec: GraphSpec, checkpointer: Checkpointer | None) -> None:
+    def __init__(self, spec: GraphSpec, checkpointer: Checkpointer | None, *,
+                 name: str = "graph") -> None:
         self.spec = spec
         self.saver = checkpointer
+        self.name = name
+        self.observer = Observer()
+        self._memory_cache = MemoryCache()
 
     # -- running ----------------------------------------------------------------------------
 
     def new_run(self, thread_id: str | None, *, max_steps: int = 10_000,
-                inline_sync: bool = False) -> Run:
+                inline_sync: bool = False, max_concurrency: int | None = None) -> Run:
         """A call on one thread: iterate `run.execute(...)`, then read `run.state`."""
         if max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}.")
-        return Run(self, thread_id, max_steps, inline_sync)
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}.")
+        return Run(self, thread_id, max_steps, inline_sync, max_concurrency)
+
+    def cache_store(self) -> CacheStore:
+        """Where cached node results live: the checkpointer's store, else this process."""
+        return self.saver if self.saver is not None else self._memory_cache
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -218,10 +245,30 @@ class Executor:
             raise _stale(record, exc) from exc
 
     def _write_order(self, write: tuple[str, int, Any]) -> tuple[int, int]:
-        node, index = write[0], write[1]
-        if node in (INPUT, UPDATE):
+        return self.task_order((write[0], write[1]))
+
+    def task_order(self, key: tuple[str, int]) -> tuple[int, int]:
+        """Where a task's write goes in its step: declaration order, then task index."""
+        node, index = key
+        if node in (INPUT, UPDATE, COMPENSATE):
             return (-1, index)
         return (self.spec.order.get(node, len(self.spec.order)), index)
+
+    def decode_record_writes(self, record: CheckpointRecord
+                             ) -> list[tuple[str, int, dict[str, Any]]]:
+        """The writes stored inline in a checkpoint."""
+        if not record.writes:
+            return []
+        try:
+            return self.spec.schema.decode_writes(record.writes)
+        except ValidationError as exc:
+            raise _stale(record, exc) from exc
+
+    async def rollback(self, thread_id: str, *, owner: Owner | None = None,
+                       saver: Checkpointer | None = None, blocking: bool = False) -> BaseModel:
+        """Run the compensations of the failed run's completed nodes (see `compensation`)."""
+        saver = saver or self._require_saver("roll a run back", blocking)
+        return await rollback(self, thread_id, saver=saver, owner=owner)
 
     def snapshot(self, record: CheckpointRecord, state: BaseModel,
                  pending: Sequence[PendingWrite]) -> Snapshot:
@@ -239,7 +286,7 @@ class Executor:
             step=record.step, state=state, next=tuple(t.node for t in tasks),
             status=record.status,  # type: ignore[arg-type]
             error=record.error, created_at=record.created_at, pending_writes=pending_updates,
-            kind=record.kind)
+            kind=record.kind, metadata=_metadata(record))
 
     def _require_saver(self, what: str, blocking: bool) -> Checkpointer:
         """The checkpointer; with `blocking`, its view that does I/O in the calling thread."""
@@ -252,8 +299,9 @@ class Run:
     """The mutable state of one call on one thread."""
 
     def __init__(self, executor: Executor, thread_id: str | None, max_steps: int,
-                 inline_sync: bool) -> None:
+                 inline_sync: bool, max_concurrency: int | None = None) -> None:
         self.executor = executor
+        self.max_concurrency = max_concurrency
         self.spec = executor.spec
         self.saver = executor.saver
         if self.saver is not None and inline_sync:  # the sync API: our loop, nothing to block
@@ -271,6 +319,15 @@ class Run:
         self.encoded: dict[tuple[str, int], str] = {}
         """JSON of each pending update, made when the task finished (with a checkpointer)."""
         self.committed_pending: set[tuple[str, int]] = set()
+        self.gotos: dict[tuple[str, int], list[str | Send]] = {}
+        """`Command.goto` targets of finished tasks of this step."""
+        self.meta: dict[tuple[str, int], dict[str, Any]] = {}
+        """Per finished task: attempts, cache hit, goto (stored with its pending write)."""
+        self.timings: dict[str, float] = {}
+        self.waiting: dict[tuple[str, int], str] = {}
+        """Tasks of this step paused in `wait_for`, with the event each waits for."""
+        self.answers: dict[tuple[str, int], list[Any]] = {}
+        """Events delivered to tasks of this step, in order (what `wait_for` returns)."""
         self.head_has_snapshot = False
         self.skip_interrupt_before = False
         self.snapshot_bytes = 0
@@ -278,10 +335,14 @@ class Run:
         self.steps_since_snapshot = 0
 
     async def execute(self, input: Any, *, checkpoint_id: str | None = None,
-                      resume: bool = False) -> AsyncIterator[StepEvent]:
-        """Run (or resume) the thread; yields one event per committed step."""
+                      resume: bool = False, event: dict[str, Any] | None = None
+                      ) -> AsyncIterator[StepEvent]:
+        """Run (or resume) the thread; yields one event per committed step.
+
+        `event` delivers values to tasks paused in `wait_for` ({event name: value}).
+        """
         if self.saver is None:
-            if resume or checkpoint_id is not None:
+            if resume or checkpoint_id is not None or event is not None:
                 raise _needs_checkpointer("resume or fork a run")
             await self.start_fresh(input)
             async for event in self.steps():
@@ -296,8 +357,9 @@ class Run:
         await self.saver.acquire(self.thread_id, self.owner)
         try:
             await self.start_on_thread(input, checkpoint_id, resume)
-            async for event in self.steps():
-                yield event
+            await self._deliver(event)
+            async for step_event in self.steps():
+                yield step_event
         finally:
             await asyncio.shield(self.saver.release(self.thread_id, self.owner))
 
@@ -328,7 +390,7 @@ class Run:
         state = self.executor.rebuild(chain)
         extra = _extra(head)
         if input is not None:
-            if checkpoint_id is None and head.status != "done":
+            if checkpoint_id is None and head.status not in ("done", "compensated"):
                 raise ThreadStateError(_unfinished_message(head))
             update = self.spec.schema.validate_update(input, node=INPUT, step=head.step,
                                                       thread_id=self.thread_id)
@@ -355,10 +417,43 @@ class Run:
         for node, index, update in self.executor._carried(head):
             self.pending[(node, index)] = update
         for write in chain.pending.get(head.id, []):
-            self.pending[(write.node, write.index)] = schema.decode_update(write.writes)
-            self.encoded[(write.node, write.index)] = write.writes
+            key = (write.node, write.index)
+            self.pending[key] = schema.decode_update(write.writes)
+            self.encoded[key] = write.writes
+            if write.meta:
+                meta = json.loads(write.meta)
+                self.meta[key] = meta
+                if "goto" in meta:
+                    self.gotos[key] = _decode_goto(meta["goto"])
         self.committed_pending = set(self.pending)
+        self.answers = {_task_key(k): list(v) for k, v in extra.get("answers", {}).items()}
+        self.head_status, self.head_extra = head.status, extra
         self._count_replay(chain)
+
+    async def _deliver(self, event: dict[str, Any] | None) -> None:
+        """Hand delivered event values to the tasks waiting for them, durably, before running."""
+        waiting = getattr(self, "head_extra", {}).get("waiting") \
+            if getattr(self, "head_status", None) == "interrupted" else None
+        if not waiting:
+            if event is not None:
+                raise ThreadStateError(
+                    f"thread {self.thread_id!r} is not waiting for an event, so event="
+                    f"{event!r} has nowhere to go; resume it without one.")
+            return
+        missing = [name for _, _, name in waiting if event is None or name not in event]
+        if missing:
+            raise ThreadStateError(
+                f"thread {self.thread_id!r} is waiting for event {missing[0]!r} (node "
+                f"{waiting[0][0]!r}); resume it with app.resume({self.thread_id!r}, "
+                f"event={{{missing[0]!r}: ...}}).")
+        assert event is not None and self.saver is not None and self.thread_id is not None
+        for node, index, name in waiting:
+            self.answers.setdefault((node, index), []).append(to_jsonable_python(event[name]))
+        self.skip_interrupt_before = True
+        extra = {k: v for k, v in self.head_extra.items() if k not in ("waiting", "interrupt")}
+        extra["answers"] = {f"{n}|{i}": v for (n, i), v in self.answers.items()}
+        await self.saver.mark(self.thread_id, self.owner, self.head_id or "", status="running",
+                              extra=json.dumps(extra))
 
     async def _commit_run_start(self, parent_id: str | None, step: int,
                                 joins: dict[int, set[str]],
@@ -396,18 +491,28 @@ class Run:
                 return
             self.skip_interrupt_before = False
             event = await self._run_step()
+            if event is None:  # a task waits for an event
+                return
             steps_run += 1
             yield event
             if event.status == "interrupted":
                 return
 
-    async def _run_step(self) -> StepEvent:
+    async def _run_step(self) -> StepEvent | None:
+        """Run one step and commit it; None when it paused for an event instead."""
         step, state = self.step, self.state
+        observer = self.executor.observer
+        if observer.active:
+            await observer.step_start(self.thread_id, step, tuple(t.node for t in self.tasks))
+        self.timings = {}
         to_run = [t for t in self.tasks if t.key not in self.pending]
         results = await self._run_tasks(to_run, state, step)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             await self._fail(_pick_error(failures))
+        if self.waiting:
+            await self._pause_for_events()
+            return None
         ordered = [(t, self.pending[t.key]) for t in self.tasks]
         try:
             new_state = self.spec.schema.apply(
@@ -421,34 +526,87 @@ class Run:
         if self.spec.interrupt_after and any(
                 t.node in self.spec.interrupt_after for t, _ in ordered) and tasks:
             status = "interrupted"
+        metadata = self._step_metadata()
         if self.saver is not None:
-            await self._commit_step(ordered, new_state, tasks, joins, status)
+            await self._commit_step(ordered, new_state, tasks, joins, status, metadata)
         self.state, self.tasks, self.joins, self.step = new_state, tasks, joins, step + 1
         self.pending, self.encoded, self.committed_pending = {}, {}, set()
+        self.gotos, self.meta, self.answers = {}, {}, {}
         updates: dict[str, Any] = {}
         for task, update in ordered:
             _add_update(updates, task.node, update)
-        return StepEvent(step=step, nodes=tuple(dict.fromkeys(t.node for t, _ in ordered)),
-                         updates=updates, state=new_state, status=status,  # type: ignore[arg-type]
-                         thread_id=self.thread_id, checkpoint_id=self.head_id)
+        event = StepEvent(
+            step=step, nodes=tuple(dict.fromkeys(t.node for t, _ in ordered)),
+            updates=updates, state=new_state, status=status,  # type: ignore[arg-type]
+            thread_id=self.thread_id, checkpoint_id=self.head_id, timings=self.timings,
+            attempts=metadata.get("attempts", {}),
+            cache_hits=tuple(metadata.get("cache_hits", ())))
+        if observer.active:
+            await observer.step_end(event)
+        return event
+
+    def _step_metadata(self) -> dict[str, Any]:
+        """What the step's checkpoint records about its tasks: retries and cache hits."""
+        attempts: dict[str, int] = {}
+        hits: list[str] = []
+        for (node, _), meta in self.meta.items():
+            if meta.get("attempts", 1) > 1:
+                attempts[node] = max(attempts.get(node, 1), meta["attempts"])
+            if meta.get("cache_hit") and node not in hits:
+                hits.append(node)
+        metadata: dict[str, Any] = {}
+        if attempts:
+            metadata["attempts"] = attempts
+        if hits:
+            metadata["cache_hits"] = hits
+        return metadata
+
+    async def _pause_for_events(self) -> None:
+        """End the run here: finished tasks' writes stay pending, the step waits for events."""
+        if self.saver is None:
+            node, event = next(iter(self.waiting.items()))
+            raise ThreadStateError(
+                f"node {node[0]!r} called wait_for({event!r}), which pauses the run until the "
+                "event is delivered with resume(); that needs a checkpointer to keep the run: "
+                "compile(checkpointer=...).")
+        assert self.thread_id is not None and self.head_id is not None
+        for task in self.tasks:
+            if task.key in self.pending and task.key not in self.committed_pending:
+                await self._commit_pending(task)
+        extra = json.loads(self._extra_json() or "{}")
+        extra["interrupt"] = "wait"
+        extra["waiting"] = [[n, i, e] for (n, i), e in self.waiting.items()]
+        if self.answers:
+            extra["answers"] = {f"{n}|{i}": v for (n, i), v in self.answers.items()}
+        await self.saver.mark(
+            self.thread_id, self.owner, self.head_id, status="interrupted",
+            snapshot=None if self.head_has_snapshot else self._snapshot_now(),
+            extra=json.dumps(extra))
 
     async def _run_tasks(self, tasks: list[Task], state: BaseModel,
                          step: int) -> list[BaseException | None]:
+        """Run the tasks; each outcome is None (finished or waiting) or its exception."""
         if len(tasks) == 1:
             try:
                 await self._execute(tasks[0], state, step, inline=self.inline_sync)
-                return [None]
             except Exception as exc:
                 return [exc]
+            return [None]
         remaining = len(tasks)
+        limit = self.max_concurrency or self.spec.max_concurrency
+        gate = asyncio.Semaphore(limit) if limit else None
 
         async def run_one(task: Task) -> None:
             nonlocal remaining
             try:
-                await self._execute(task, state, step, inline=False)
+                if gate is None:
+                    await self._execute(task, state, step, inline=False)
+                else:
+                    async with gate:
+                        await self._execute(task, state, step, inline=False)
             finally:
                 remaining -= 1
-            if self.saver is not None and remaining > 0:
+            if self.saver is not None and remaining > 0 and task.key in self.pending:
                 await self._commit_pending(task)
 
         outcomes = await asyncio.gather(*(run_one(t) for t in tasks), return_exceptions=True)
@@ -458,21 +616,126 @@ class Run:
         return [o if isinstance(o, BaseException) else None for o in outcomes]
 
     async def _execute(self, task: Task, state: BaseModel, step: int, *, inline: bool) -> None:
-        """Run one task; its validated update (and, to be stored, its JSON) become pending."""
-        info = self.spec.nodes[task.node]
-        args = (state, self._context(task, step)) if info.wants_context else (state,)
+        """Run one task through its cache, timeout and retry policy.
+
+        Its validated update (and, to be stored, its JSON) become pending; a task that calls
+        `wait_for` for an event not yet delivered is recorded as waiting instead.
+        """
+        node = self.spec.nodes[task.node]
+        arg = task.payload if task.sent else state
+        cache_key = None
+        if node.cache is not None:
+            cache_key = _cache_key(node.cache, arg)
+            hit = await self.executor.cache_store().cache_get(self._cache_space(node), cache_key)
+            if hit is not None:
+                cached = json.loads(hit)
+                update = self.spec.schema.decode_update(json.dumps(cached["update"]))
+                await self._finish(task, update, _decode_goto(cached["goto"]),
+                                   {"cache_hit": True}, step, 0.0)
+                return
+        policy = node.retry or self.spec.retry
+        context = self._context(task, step) if node.call.wants_context else None
+        observer = self.executor.observer
+        attempt = 0
+        started = time.perf_counter()
+        if observer.active:
+            await observer.node_start(self.thread_id, step, task.node)
+        while True:
+            attempt += 1
+            try:
+                result = await self._call_node(node, task, arg, context, inline, step)
+                break
+            except WaitingForEvent as waiting:
+                self.waiting[task.key] = waiting.event
+                return
+            except Exception as exc:
+                if policy is not None and attempt < policy.max_attempts and \
+                        policy.should_retry(exc):
+                    delay = policy.delay(attempt)
+                    await observer.node_retry(self.thread_id, step, task.node, attempt, exc,
+                                              delay)
+                    await asyncio.sleep(delay)
+                    continue
+                await observer.node_error(self.thread_id, step, task.node, exc, attempt)
+                if node.on_error == "capture":
+                    result = {node.error_field: [NodeFailure(
+                        node=task.node, error_type=type(exc).__name__, message=str(exc),
+                        step=step, thread_id=self.thread_id)]}
+                    break
+                if attempt > 1:
+                    exc.add_note(f"node {task.node!r} failed {attempt} attempts")
+                exc.add_note(f"raised by node {task.node!r} at step {step}{self._of_thread()}")
+                raise
+        seconds = time.perf_counter() - started
+        update, goto = self._split_result(node, result, step)
+        if cache_key is not None:
+            value = json.dumps({"update": json.loads(self.spec.schema.encode_update(
+                update, node=task.node, step=step, thread_id=self.thread_id)),
+                "goto": _encode_goto(goto)})
+            await self.executor.cache_store().cache_put(self._cache_space(node), cache_key,
+                                                        value, node.cache.ttl)
+        await self._finish(task, update, goto, {"attempts": attempt} if attempt > 1 else {},
+                           step, seconds)
+
+    async def _call_node(self, node: NodeSpec, task: Task, arg: Any, context: RunContext | None,
+                         inline: bool, step: int) -> Any:
+        info = node.call
+        args = (arg, context) if info.wants_context else (arg,)
+        answers = self.answers.get(task.key)
+        token = current_answers.set(TaskAnswers(list(answers or ())))
         try:
-            result = await _call(info, args, inline)
-        except Exception as exc:
-            exc.add_note(f"raised by node {task.node!r} at step {step}{self._of_thread()}")
-            raise
-        schema = self.spec.schema
-        update = schema.validate_update(result, node=task.node, step=step,
-                                        thread_id=self.thread_id)
+            if node.timeout is None:
+                return await call_user_function(info, args, inline)
+            try:
+                return await asyncio.wait_for(call_user_function(info, args, inline=False),
+                                              node.timeout)
+            except TimeoutError:
+                raise NodeTimeoutError(
+                    f"node {task.node!r} ran longer than its timeout of {node.timeout} s at "
+                    f"step {step}{self._of_thread()}", node=task.node, timeout=node.timeout,
+                    step=step, thread_id=self.thread_id) from None
+        finally:
+            current_answers.reset(token)
+
+    def _split_result(self, node: NodeSpec, result: Any, step: int
+                      ) -> tuple[dict[str, Any], list[str | Send]]:
+        """A node's return value as (validated update, Command targets)."""
+        goto: list[str | Send] = []
+        if isinstance(result, Command):
+            goto = result.targets()
+            for target in goto:
+                name = target.node if isinstance(target, Send) else target
+                if name not in node.destinations and not (name == END
+                                                           and not isinstance(target, Send)):
+                    raise InvalidRouteError(
+                        f"node {node.name!r} returned Command(goto={name!r}), but its declared "
+                        f"destinations are {list(node.destinations)} (step {step}"
+                        f"{self._of_thread()}); add it: add_node(..., destinations=[...]).",
+                        node=node.name, returned=name, allowed=node.destinations, step=step,
+                        thread_id=self.thread_id)
+            result = result.update
+        update = self.spec.schema.validate_update(result, node=node.name, step=step,
+                                                  thread_id=self.thread_id)
+        return update, goto
+
+    async def _finish(self, task: Task, update: dict[str, Any], goto: list[str | Send],
+                meta: dict[str, Any], step: int, seconds: float) -> None:
         if self.saver is not None:  # unstorable values fail here, as this node's failure
-            self.encoded[task.key] = schema.encode_update(update, node=task.node, step=step,
-                                                          thread_id=self.thread_id)
+            self.encoded[task.key] = self.spec.schema.encode_update(
+                update, node=task.node, step=step, thread_id=self.thread_id)
+        if goto:
+            self.gotos[task.key] = goto
+            meta = {**meta, "goto": _encode_goto(goto)}
+        if meta:
+            self.meta[task.key] = meta
+        self.timings[task.node] = self.timings.get(task.node, 0.0) + seconds
         self.pending[task.key] = update
+        observer = self.executor.observer
+        if observer.active:
+            await observer.node_end(self.thread_id, step, task.node, update, seconds, meta)
+
+    def _cache_space(self, node: NodeSpec) -> str:
+        return f"{self.executor.name}:{node.name}"
 
     def _context(self, task: Task, step: int) -> RunContext:
         origin = self.head_id if self.head_id is not None else f"{id(self):x}-{step}"
@@ -486,13 +749,14 @@ class Run:
                     joins: dict[int, set[str]]) -> tuple[list[Task], dict[int, set[str]]]:
         """The tasks of the next step, after `ran` produced `state`."""
         spec = self.spec
-        targets: list[str] = []
+        targets: list[str | Send] = []
         progress = joins
         for task in ran:
             node = task.node
             targets.extend(spec.edges.get(node, ()))
             for branch in spec.branches.get(node, ()):
                 targets.extend(await self._take_branch(branch, state, step))
+            targets.extend(self.gotos.get(task.key, ()))
             for join in spec.joins_by_source.get(node, ()):
                 if progress is joins:
                     progress = {k: set(v) for k, v in joins.items()}
@@ -501,17 +765,36 @@ class Run:
                 if len(seen) == len(join.sources):
                     targets.append(join.target)
                     del progress[join.index]
-        if len(targets) == 1:
+        if len(targets) == 1 and isinstance(targets[0], str):
             return ([] if targets[0] == END else [Task(targets[0])]), progress
-        unique = sorted({t for t in targets if t != END}, key=spec.order.__getitem__)
-        return [Task(t) for t in unique], progress
+        names = {t for t in targets if isinstance(t, str) and t != END}
+        tasks = [Task(t) for t in names]
+        sent = Counter(names)
+        for target in targets:
+            if isinstance(target, Send):
+                payload = target.payload if self.saver is None else \
+                    self._storable_payload(target)
+                tasks.append(Task(target.node, sent[target.node], payload, sent=True))
+                sent[target.node] += 1
+        tasks.sort(key=lambda t: (spec.order[t.node], t.index))
+        return tasks, progress
 
-    async def _take_branch(self, branch: Branch, state: BaseModel, step: int) -> list[str]:
+    def _storable_payload(self, send: Send) -> Any:
+        """A Send's payload as it will be stored, so a resumed task gets the same input."""
+        try:
+            return to_jsonable_python(send.payload)
+        except PydanticSerializationError as exc:
+            raise InvalidUpdateError(
+                f"the payload of Send({send.node!r}, ...) cannot be stored as JSON: {exc}",
+                node=send.node, thread_id=self.thread_id) from exc
+
+    async def _take_branch(self, branch: Branch, state: BaseModel,
+                           step: int) -> list[str | Send]:
         info = branch.router
         args = (state, self._context(Task(branch.source), step)) if info.wants_context \
             else (state,)
         try:
-            result = await _call(info, args, inline=True)
+            result = await call_user_function(info, args, inline=True)
         except Exception as exc:
             exc.add_note(f"raised by router {info.name!r} after node {branch.source!r} at "
                          f"step {step}{self._of_thread()}")
@@ -520,7 +803,18 @@ class Run:
             else (result,)
         return [self._resolve(branch, item, step) for item in items]
 
-    def _resolve(self, branch: Branch, item: Any, step: int) -> str:
+    def _resolve(self, branch: Branch, item: Any, step: int) -> str | Send:
+        if isinstance(item, Send):
+            targets = branch.targets if (branch.mapping is not None or
+                                         branch.allowed is not None) else tuple(self.spec.nodes)
+            if item.node in targets and item.node in self.spec.nodes:
+                return item
+            raise InvalidRouteError(
+                f"router {branch.router.name!r} after node {branch.source!r} returned "
+                f"Send({item.node!r}, ...), but {item.node!r} is not one of its targets "
+                f"({', '.join(map(repr, targets))}) at step {step}{self._of_thread()}.",
+                node=branch.source, returned=item, allowed=targets, step=step,
+                thread_id=self.thread_id)
         if branch.mapping is not None:
             try:
                 return branch.mapping[item]
@@ -545,13 +839,16 @@ class Run:
 
     async def _commit_pending(self, task: Task) -> None:
         assert self.saver is not None and self.head_id is not None and self.thread_id
+        meta = self.meta.get(task.key)
         await self.saver.put_pending(self.thread_id, self.owner, PendingWrite(
-            self.head_id, task.node, task.index, self.encoded[task.key]))
+            self.head_id, task.node, task.index, self.encoded[task.key],
+            json.dumps(meta) if meta else None))
         self.committed_pending.add(task.key)
 
     async def _commit_step(self, ordered: list[tuple[Task, dict[str, Any]]],
                            new_state: BaseModel, tasks: list[Task],
-                           joins: dict[int, set[str]], status: str) -> None:
+                           joins: dict[int, set[str]], status: str,
+                           metadata: dict[str, Any]) -> None:
         assert self.saver is not None and self.thread_id is not None
         schema = self.spec.schema
         inline = [(t.node, t.index, self.encoded[t.key])
@@ -569,7 +866,8 @@ class Run:
         self.head_id = await self.saver.put(self.thread_id, self.owner, NewCheckpoint(
             parent_id=self.head_id, step=self.step + 1, kind="step", status=status,
             next=_encode_tasks(tasks), writes=writes, snapshot=snapshot,
-            extra=self._extra_json(interrupt="after" if status == "interrupted" else None)))
+            extra=self._extra_json(interrupt="after" if status == "interrupted" else None,
+                                   metadata=metadata)))
         self.head_has_snapshot = snapshot is not None
 
     async def _fail(self, exc: BaseException) -> None:
@@ -583,6 +881,8 @@ class Run:
                 self.thread_id, self.owner, self.head_id, status="failed",
                 error=f"{type(exc).__name__}: {exc}",
                 snapshot=None if self.head_has_snapshot else self._snapshot_now())
+            if self.spec.on_failure == "compensate":
+                await self.executor.rollback(self.thread_id, owner=self.owner, saver=self.saver)
         raise exc
 
     async def _fail_step_limit(self) -> None:
@@ -609,8 +909,9 @@ class Run:
             len(snapshot), 0, 0
         return snapshot
 
-    def _extra_json(self, *, interrupt: str | None = None) -> str | None:
-        extra: dict[str, Any] = {}
+    def _extra_json(self, *, interrupt: str | None = None,
+                    metadata: dict[str, Any] | None = None) -> str | None:
+        extra: dict[str, Any] = dict(metadata or {})
         if self.joins:
             extra["joins"] = _encode_joins(self.joins)
         if interrupt:
@@ -621,7 +922,8 @@ class Run:
         return f" of thread {self.thread_id!r}" if self.thread_id is not None else ""
 
 
-async def _call(info: CallableInfo, args: tuple[Any, ...], inline: bool) -> Any:
+async def call_user_function(info: CallableInfo, args: tuple[Any, ...], inline: bool) -> Any:
+    """Call a node, router or compensation: awaited if async, else inline or in a thread."""
     if info.is_async:
         return await info.fn(*args)
     result = info.fn(*args) if inline else await asyncio.to_thread(info.fn, *args)
@@ -648,12 +950,41 @@ def _add_update(updates: dict[str, Any], node: str, update: dict[str, Any]) -> N
 
 
 def _encode_tasks(tasks: Sequence[Task]) -> str:
-    return json.dumps([t.node if t.index == 0 else [t.node, t.index] for t in tasks])
+    return json.dumps([[t.node, t.index, t.payload] if t.sent else
+                       t.node if t.index == 0 else [t.node, t.index] for t in tasks])
 
 
 def _decode_tasks(text: str) -> list[Task]:
-    return [Task(item) if isinstance(item, str) else Task(item[0], item[1])
-            for item in json.loads(text)]
+    return [Task(item) if isinstance(item, str) else
+            Task(item[0], item[1], item[2], sent=True) if len(item) == 3 else
+            Task(item[0], item[1]) for item in json.loads(text)]
+
+
+def _encode_goto(goto: Sequence[str | Send]) -> list[Any]:
+    return [{"send": t.node, "payload": to_jsonable_python(t.payload)} if isinstance(t, Send)
+            else t for t in goto]
+
+
+def _decode_goto(items: Sequence[Any]) -> list[str | Send]:
+    return [Send(item["send"], item["payload"]) if isinstance(item, dict) else item
+            for item in items]
+
+
+def _task_key(text: str) -> tuple[str, int]:
+    node, _, index = text.rpartition("|")
+    return node, int(index)
+
+
+def _cache_key(policy: CachePolicy, arg: Any) -> str:
+    if policy.key is not None:
+        raw = policy.key(arg)
+        text = raw if isinstance(raw, str) else json.dumps(to_jsonable_python(raw),
+                                                           sort_keys=True)
+    elif isinstance(arg, BaseModel):
+        text = arg.model_dump_json()
+    else:
+        text = json.dumps(to_jsonable_python(arg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _encode_joins(joins: dict[int, set[str]]) -> dict[str, list[str]]:
@@ -662,6 +993,14 @@ def _encode_joins(joins: dict[int, set[str]]) -> dict[str, list[str]]:
 
 def _joins(extra: dict[str, Any]) -> dict[int, set[str]]:
     return {int(k): set(v) for k, v in extra.get("joins", {}).items()}
+
+
+def _metadata(record: CheckpointRecord) -> dict[str, Any]:
+    extra = _extra(record)
+    metadata = {k: extra[k] for k in ("attempts", "cache_hits", "compensates") if k in extra}
+    if "waiting" in extra:
+        metadata["waits_for"] = [event for _, _, event in extra["waiting"]]
+    return metadata
 
 
 def _extra(record: CheckpointRecord) -> dict[str, Any]:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 if TYPE_CHECKING:
     from checkpoints.base import Checkpointer
 
     from .compiled import CompiledGraph
+    from .policies import CachePolicy, RetryPolicy
 
 PathMap = Mapping[Hashable, str] | Sequence[str]
 
@@ -22,6 +23,13 @@ PathMap = Mapping[Hashable, str] | Sequence[str]
 class NodeDeclaration:
     name: Any
     fn: Any
+    retry: Any = None
+    timeout: Any = None
+    cache: Any = None
+    compensate: Any = None
+    destinations: Any = ()
+    on_error: Any = "raise"
+    error_field: Any = "errors"
 
 
 @dataclass(frozen=True)
@@ -49,17 +57,39 @@ class StateGraph:
         self.branches: list[BranchDeclaration] = []
 
     def add_node(
-        self, node: str | Callable[..., Any], fn: Callable[..., Any] | None = None
+        self,
+        node: str | Callable[..., Any],
+        fn: Callable[..., Any] | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        cache: CachePolicy | None = None,
+        compensate: Callable[..., Any] | None = None,
+        destinations: Sequence[str] = (),
+        on_error: Literal["raise", "capture"] = "raise",
+        error_field: str = "errors",
     ) -> Self:
         """Add a node: `add_node("name", fn)` or `add_node(fn)` (named after the function).
 
-        `fn(state)` or `fn(state, context)`, sync or async, returns a dict of updates or None.
+        `fn(state)` or `fn(state, context)`, sync or async, returns a dict of updates, an
+        instance of the state model, a `Command`, or None.
+
+        - `retry`: a `RetryPolicy` (default: the one given to `compile`, else none).
+        - `timeout`: seconds; past them the node fails with `NodeTimeoutError`.
+        - `cache`: a `CachePolicy`; a hit skips the node and reuses its update.
+        - `compensate`: `fn(state)` that undoes this node's effect, run by `rollback`.
+        - `destinations`: the nodes a returned `Command(goto=...)` may go to.
+        - `on_error="capture"`: a failure becomes a `NodeFailure` appended to `error_field`
+          instead of failing the step.
         """
+        options = dict(retry=retry, timeout=timeout, cache=cache, compensate=compensate,
+                       destinations=tuple(destinations) if not isinstance(destinations, str)
+                       else (destinations,), on_error=on_error, error_field=error_field)
         if fn is None and not isinstance(node, str):
             name = getattr(node, "__name__", None) or repr(node)
-            self.node_declarations.append(NodeDeclaration(name, node))
+            self.node_declarations.append(NodeDeclaration(name, node, **options))
         else:
-            self.node_declarations.append(NodeDeclaration(node, fn))
+            self.node_declarations.append(NodeDeclaration(node, fn, **options))
         return self
 
     def add_edge(self, source: str | Sequence[str], target: str) -> Self:
@@ -99,8 +129,16 @@ class StateGraph:
         interrupt_before: Sequence[str] | str = (),
         interrupt_after: Sequence[str] | str = (),
         name: str | None = None,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int | None = None,
+        on_failure: Literal["raise", "compensate"] = "raise",
     ) -> CompiledGraph:
-        """Check the whole graph and freeze it; raises `GraphValidationError` with every problem."""
+        """Check the whole graph and freeze it; raises `GraphValidationError` with every problem.
+
+        `retry` is the default policy of nodes without their own; `max_concurrency` bounds
+        how many tasks of a step run at once (overridable per call); `on_failure="compensate"`
+        rolls a failed run back (see `CompiledGraph.rollback`) before the error propagates.
+        """
         from .compiler import compile_graph
 
         return compile_graph(
@@ -109,4 +147,7 @@ class StateGraph:
             interrupt_before=interrupt_before,
             interrupt_after=interrupt_after,
             name=name,
+            retry=retry,
+            max_concurrency=max_concurrency,
+            on_failure=on_failure,
         )

@@ -35,7 +35,7 @@ def reducer_problems(schema: type[BaseModel]) -> list[Problem]:
     """Problems with the reducers declared on `schema` (each must take two arguments)."""
     problems = []
     for name, info in schema.model_fields.items():
-        found = [m for m in info.metadata if _looks_like_reducer(m)]
+        found = [m for m in info.metadata if looks_like_reducer(m)]
         if len(found) > 1:
             problems.append(Problem(
                 "invalid_reducer", f"field {name!r} declares {len(found)} reducers; a field "
@@ -58,8 +58,8 @@ class StateSchema:
         self.reducers: dict[str, Reducer] = {}
         annotations: dict[str, Any] = {}
         for name, info in model.model_fields.items():
-            constraints = [m for m in info.metadata if not _looks_like_reducer(m)]
-            reducers = [m for m in info.metadata if _looks_like_reducer(m)]
+            constraints = [m for m in info.metadata if not looks_like_reducer(m)]
+            reducers = [m for m in info.metadata if looks_like_reducer(m)]
             if reducers:
                 self.reducers[name] = reducers[0]
             annotations[name] = (
@@ -218,7 +218,7 @@ class StateSchema:
         return None
 
 
-def _looks_like_reducer(obj: object) -> bool:
+def looks_like_reducer(obj: object) -> bool:
     return callable(obj) and not isinstance(obj, type) and type(obj).__module__ not in (
         "annotated_types", "pydantic.functional_validators", "pydantic.functional_serializers",
         "pydantic.fields", "pydantic.types")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 StateT = TypeVar("StateT", bound=BaseModel)
-Status = Literal["running", "done", "failed", "interrupted"]
+Status = Literal["running", "done", "failed", "interrupted", "compensated"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,12 @@ class StepEvent(Generic[StateT]):
     status: Status
     thread_id: str | None = None
     checkpoint_id: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    """node -> seconds it ran in this step (summed over its tasks)."""
+    attempts: dict[str, int] = field(default_factory=dict)
+    """node -> attempts it took, for nodes that were retried."""
+    cache_hits: tuple[str, ...] = ()
+    """Nodes whose update came from the cache instead of running."""
 
 
 @dataclass(frozen=True)
@@ -57,4 +63,21 @@ class Snapshot(Generic[StateT]):
     pending_writes: dict[str, Any] = field(default_factory=dict)
     """Updates of tasks of this step that finished before the step failed: applied on resume."""
     kind: str = "step"
-    """How this checkpoint was made: input, step, update or fork."""
+    """How this checkpoint was made: input, step, update, fork or compensation."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """What the step recorded: `attempts` of retried nodes, `cache_hits`, what it `waits_for`."""
+
+
+class NodeFailure(BaseModel):
+    """A node's failure, captured into the state by `add_node(..., on_error="capture")`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    node: str
+    error_type: str
+    message: str
+    step: int
+    thread_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"node {self.node!r} failed at step {self.step}: {self.error_type}: {self.message}"

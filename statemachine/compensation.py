@@ -1,0 +1,138 @@
+"""Sagas: undo a failed run by running the compensations of the nodes it completed.
+
+Each compensation runs in reverse order of completion and commits its own checkpoint (kind
+"compensation", recording which task it undid), so a rollback that crashes half-way resumes
+where it stopped and never undoes a task twice once that undo is committed. The last one marks
+the thread "compensated"; rolling back again does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from checkpoints.base import Checkpointer, CheckpointRecord, NewCheckpoint, Owner
+
+from .errors import ThreadNotFoundError, ThreadStateError
+from .types import RunContext
+
+if TYPE_CHECKING:
+    from .executor import Executor
+
+COMPENSATE = "__compensate__"
+"""The pseudo-node that writes a compensation's update."""
+
+TaskRef = tuple[int, str, int]
+"""(step, node, task index): one completed task."""
+
+
+async def rollback(executor: Executor, thread_id: str, *, saver: Checkpointer,
+                   owner: Owner | None = None) -> BaseModel:
+    """Compensate the completed nodes of the thread's failed run; returns the final state."""
+    held = owner is not None
+    owner = owner or Owner.new()
+    if not held:
+        await saver.acquire(thread_id, owner)
+    try:
+        return await _rollback(executor, thread_id, saver, owner)
+    finally:
+        if not held:
+            await saver.release(thread_id, owner)
+
+
+async def _rollback(executor: Executor, thread_id: str, saver: Checkpointer,
+                    owner: Owner) -> BaseModel:
+    records = await saver.list(thread_id)
+    if not records:
+        raise ThreadNotFoundError(f"no thread {thread_id!r} in this store.")
+    head = records[0]
+    chain = await saver.load(thread_id)
+    assert chain is not None
+    state = executor.rebuild(chain)
+    if head.status == "compensated":
+        return state
+    if head.status == "done":
+        raise ThreadStateError(
+            f"thread {thread_id!r} finished its run, so there is no failed run to roll back.")
+    line = _current_run(records)
+    failed = next(r for r in reversed(line) if r.kind != "compensation")
+    pending = await saver.list_pending([r.id for r in line])
+    completed: list[TaskRef] = []
+    undone: set[TaskRef] = set()
+    for parent, record in pairwise(line):
+        if record.kind == "step":
+            tasks = [(w.node, w.index) for w in pending.get(parent.id, [])]
+            tasks += [(n, i) for n, i, _ in executor.decode_record_writes(record)]
+            tasks.sort(key=executor.task_order)
+            completed += [(parent.step, n, i) for n, i in tasks]
+        elif record.kind == "compensation":
+            step, node, index = json.loads(record.extra or "{}")["compensates"]
+            undone.add((step, node, index))
+    finished = sorted(((w.node, w.index) for w in pending.get(failed.id, [])),
+                      key=executor.task_order)
+    completed += [(failed.step, n, i) for n, i in finished]
+    spec = executor.spec
+    todo = [t for t in reversed(completed)
+            if t[1] in spec.nodes and spec.nodes[t[1]].compensate is not None and t not in undone]
+    head_id = head.id
+    for position, (step, node, index) in enumerate(todo):
+        state, head_id = await _compensate_one(
+            executor, saver, owner, thread_id, state, head_id, failed, (step, node, index),
+            last=position == len(todo) - 1)
+    if not todo:
+        await saver.put(thread_id, owner, NewCheckpoint(
+            parent_id=head_id, step=failed.step, kind="compensation", status="compensated",
+            next="[]", snapshot=spec.schema.encode_state(state), error=failed.error))
+    return state
+
+
+async def _compensate_one(executor: Executor, saver: Checkpointer, owner: Owner, thread_id: str,
+                          state: BaseModel, head_id: str, failed: CheckpointRecord,
+                          task: TaskRef, *, last: bool) -> tuple[BaseModel, str]:
+    from .executor import call_user_function
+
+    step, node, index = task
+    spec = executor.spec
+    compensate = spec.nodes[node].compensate
+    assert compensate is not None
+    args: tuple[Any, ...] = (state,)
+    if compensate.wants_context:
+        digest = hashlib.sha256(
+            f"{thread_id}\x1f{failed.id}\x1f{node}\x1f{index}\x1fcompensate".encode()).hexdigest()
+        args = (state, RunContext(thread_id, step, node, digest[:32]))
+    try:
+        result = await call_user_function(compensate, args, inline=False)
+    except Exception as exc:
+        exc.add_note(f"raised by the compensation of node {node!r} (step {step}) of thread "
+                     f"{thread_id!r}; rollback again to retry the remaining compensations")
+        raise
+    schema = spec.schema
+    writer = f"{node} (compensation)"
+    update = schema.validate_update(result, node=writer, step=step, thread_id=thread_id)
+    state = schema.apply(state, [(COMPENSATE, update)], step=step, thread_id=thread_id)
+    encoded = schema.encode_update(update, node=writer, step=step, thread_id=thread_id)
+    new_id = await saver.put(thread_id, owner, NewCheckpoint(
+        parent_id=head_id, step=failed.step, kind="compensation",
+        status="compensated" if last else "failed", next="[]",
+        writes=schema.encode_writes([(COMPENSATE, 0, encoded)]),
+        snapshot=schema.encode_state(state), extra=json.dumps({"compensates": [step, node, index]}),
+        error=failed.error))
+    return state, new_id
+
+
+def _current_run(records: list[CheckpointRecord]) -> list[CheckpointRecord]:
+    """The head's line back to the checkpoint that started its run, oldest first."""
+    by_id = {r.id: r for r in records}
+    line: list[CheckpointRecord] = []
+    record: CheckpointRecord | None = records[0]
+    while record is not None:
+        line.append(record)
+        if record.kind in ("input", "fork"):
+            break
+        record = by_id.get(record.parent_id) if record.parent_id else None
+    line.reverse()
+    return line
