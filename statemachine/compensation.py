@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -58,20 +57,15 @@ async def _rollback(executor: Executor, thread_id: str, saver: Checkpointer,
     if head.status == "done":
         raise ThreadStateError(
             f"thread {thread_id!r} finished its run, so there is no failed run to roll back.")
-    line = _current_run(records)
+    line, writes, pending = await executor.run_writes(thread_id, saver)
     failed = next(r for r in reversed(line) if r.kind != "compensation")
-    pending = await saver.list_pending([r.id for r in line])
-    completed: list[TaskRef] = []
+    completed: list[TaskRef] = [(step, node, index) for step, node, index, _ in writes]
     undone: set[TaskRef] = set()
-    for parent, record in pairwise(line):
-        if record.kind == "step":
-            tasks = [(w.node, w.index) for w in pending.get(parent.id, [])]
-            tasks += [(n, i) for n, i, _ in executor.decode_record_writes(record)]
-            tasks.sort(key=executor.task_order)
-            completed += [(parent.step, n, i) for n, i in tasks]
-        elif record.kind == "compensation":
-            step, node, index = json.loads(record.extra or "{}")["compensates"]
-            undone.add((step, node, index))
+    for record in line:
+        if record.kind == "compensation" and record.extra:
+            step, node, index = json.loads(record.extra).get("compensates", (None, "", 0))
+            if step is not None:
+                undone.add((step, node, index))
     finished = sorted(((w.node, w.index) for w in pending.get(failed.id, [])),
                       key=executor.task_order)
     completed += [(failed.step, n, i) for n, i in finished]
@@ -124,7 +118,7 @@ async def _compensate_one(executor: Executor, saver: Checkpointer, owner: Owner,
     return state, new_id
 
 
-def _current_run(records: list[CheckpointRecord]) -> list[CheckpointRecord]:
+def current_run(records: list[CheckpointRecord]) -> list[CheckpointRecord]:
     """The head's line back to the checkpoint that started its run, oldest first."""
     by_id = {r.id: r for r in records}
     line: list[CheckpointRecord] = []

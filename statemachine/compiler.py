@@ -14,6 +14,7 @@ Problem codes (stable, for tools and tests):
     invalid_path_map   a path map that is not a dict or list of node names
     invalid_option     a node or compile option of the wrong kind (retry, timeout, cache, ...)
     invalid_error_field  on_error="capture" names a field that is missing or has no reducer
+    subgraph_schema    a subgraph with another state schema lacks input/output mapping functions
     no_entry           nothing leaves START
     unreachable_node   no path leads from START to the node
     dead_end           the node has no outgoing edge
@@ -71,6 +72,22 @@ class NodeSpec:
     destinations: tuple[str, ...] = ()
     on_error: str = "raise"
     error_field: str = "errors"
+    subgraph: Subgraph | None = None
+
+
+@dataclass(frozen=True)
+class Subgraph:
+    """A compiled graph used as a node. Same schema: it runs on the parent's state and its
+    writes pass up; otherwise `input(parent_state)` makes its input and `output(final_state)`
+    the parent's update."""
+
+    graph: Any
+    input: Callable[[Any], Any] | None = None
+    output: Callable[[Any], Any] | None = None
+
+    @property
+    def same_schema(self) -> bool:
+        return self.input is None and self.output is None
 
 
 @dataclass(frozen=True)
@@ -313,6 +330,9 @@ def _check_nodes(builder: StateGraph, problems: list[Problem]) -> dict[str, Node
                 hint="give each node its own name."))
             continue
         seen.add(name)
+        if _is_compiled_graph(decl.fn):
+            nodes[name] = _check_subgraph(builder, decl, name, problems)
+            continue
         if not callable(decl.fn):
             problems.append(Problem(
                 "node_not_callable", f"node {name!r} is {decl.fn!r}, which is not callable.",
@@ -327,6 +347,35 @@ def _check_nodes(builder: StateGraph, problems: list[Problem]) -> dict[str, Node
             info = CallableInfo(decl.fn, name, False, False)
         nodes[name] = NodeSpec(name, info, **_check_node_options(decl, name, problems))
     return nodes
+
+
+def _is_compiled_graph(obj: object) -> bool:
+    from .compiled import CompiledGraph
+
+    return isinstance(obj, CompiledGraph)
+
+
+def _check_subgraph(builder: StateGraph, decl: Any, name: str,
+                    problems: list[Problem]) -> NodeSpec:
+    child = decl.fn
+    mapped = decl.subgraph_input is not None or decl.subgraph_output is not None
+    if not mapped and child.state_schema is not builder.state_schema:
+        problems.append(Problem(
+            "subgraph_schema", f"subgraph node {name!r} has state {child.state_schema.__name__}"
+            f", not {getattr(builder.state_schema, '__name__', builder.state_schema)}.",
+            nodes=(name,), hint="pass add_node(name, subgraph, input=parent_state -> child "
+            "input, output=child_final_state -> parent update)."))
+    elif mapped and not (callable(decl.subgraph_input) and callable(decl.subgraph_output)):
+        problems.append(Problem(
+            "subgraph_schema", f"subgraph node {name!r} needs both input= and output= mapping "
+            "functions (or neither, for a subgraph with the parent's schema).", nodes=(name,)))
+
+    async def run_subgraph(state: Any) -> Any:  # never called: the executor runs subgraphs
+        raise AssertionError("subgraphs are run by the executor")
+
+    options = _check_node_options(decl, name, problems)
+    options["subgraph"] = Subgraph(child, decl.subgraph_input, decl.subgraph_output)
+    return NodeSpec(name, CallableInfo(run_subgraph, name, True, False), **options)
 
 
 def _check_node_options(decl: Any, name: str, problems: list[Problem]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from checkpoints.base import (
 from checkpoints.memory import MemoryCache
 
 from .commands import Command, Send
-from .compensation import COMPENSATE, rollback
+from .compensation import COMPENSATE, current_run, rollback
 from .compiler import Branch, CallableInfo, GraphSpec, NodeSpec
 from .constants import END, START
 from .errors import (
@@ -60,7 +60,7 @@ from .errors import (
 from .observe import Observer
 from .policies import CachePolicy
 from .types import NodeFailure, RunContext, Snapshot, StepEvent
-from .waiting import TaskAnswers, WaitingForEvent, current_answers
+from .waiting import TaskAnswers, WaitingForEvent, current_answers, wait_for
 
 INPUT = "__input__"
 """The pseudo-node that writes a run's input."""
@@ -100,6 +100,7 @@ class Executor:
         self.name = name
         self.observer = Observer()
         self._memory_cache = MemoryCache()
+        self._children: dict[str, Executor] = {}
 
     # -- running ----------------------------------------------------------------------------
 
@@ -264,6 +265,41 @@ class Executor:
         except ValidationError as exc:
             raise _stale(record, exc) from exc
 
+    def child_executor(self, node: NodeSpec) -> Executor:
+        """The executor of a subgraph node: its graph, this store, these listeners."""
+        assert node.subgraph is not None
+        child = self._children.get(node.name)
+        if child is None:
+            graph = node.subgraph.graph
+            child = Executor(graph.spec, self.saver, name=f"{self.name}/{graph.name}")
+            child.observer = self.observer
+            child._memory_cache = self._memory_cache
+            self._children[node.name] = child
+        return child
+
+    async def run_writes(self, thread_id: str, saver: Checkpointer
+                         ) -> tuple[list[CheckpointRecord],
+                                    list[tuple[int, str, int, dict[str, Any]]],
+                                    dict[str, list[PendingWrite]]]:
+        """The latest run of a thread: its checkpoints (oldest first), the writes of its
+        committed steps in order as (step, node, index, update), and its pending writes."""
+        line = current_run(await saver.list(thread_id))
+        pending = await saver.list_pending([r.id for r in line])
+        writes: list[tuple[int, str, int, dict[str, Any]]] = []
+        for parent, record in pairwise(line):
+            if record.kind != "step":
+                continue
+            try:
+                step_writes = [*self._carried(parent), *(
+                    (w.node, w.index, self.spec.schema.decode_update(w.writes))
+                    for w in pending.get(parent.id, []))]
+            except ValidationError as exc:
+                raise _stale(parent, exc) from exc
+            step_writes += self.decode_record_writes(record)
+            step_writes.sort(key=self._write_order)
+            writes += [(parent.step, n, i, u) for n, i, u in step_writes]
+        return line, writes, pending
+
     async def rollback(self, thread_id: str, *, owner: Owner | None = None,
                        saver: Checkpointer | None = None, blocking: bool = False) -> BaseModel:
         """Run the compensations of the failed run's completed nodes (see `compensation`)."""
@@ -328,6 +364,8 @@ class Run:
         """Tasks of this step paused in `wait_for`, with the event each waits for."""
         self.answers: dict[tuple[str, int], list[Any]] = {}
         """Events delivered to tasks of this step, in order (what `wait_for` returns)."""
+        self.collected: list[tuple[str, dict[str, Any]]] | None = None
+        """When a list, every step's writes are added to it (subgraphs without storage)."""
         self.head_has_snapshot = False
         self.skip_interrupt_before = False
         self.snapshot_bytes = 0
@@ -514,6 +552,8 @@ class Run:
             await self._pause_for_events()
             return None
         ordered = [(t, self.pending[t.key]) for t in self.tasks]
+        if self.collected is not None:
+            self.collected += [(t.node, update) for t, update in ordered]
         try:
             new_state = self.spec.schema.apply(
                 state, [(t.node, update) for t, update in ordered], step=step,
@@ -684,11 +724,14 @@ class Run:
         answers = self.answers.get(task.key)
         token = current_answers.set(TaskAnswers(list(answers or ())))
         try:
+            if node.subgraph is not None:
+                call = self._run_subgraph(node, task, arg)
+            else:  # with a timeout a sync node runs in a thread, so it can be abandoned
+                call = call_user_function(info, args, inline and node.timeout is None)
             if node.timeout is None:
-                return await call_user_function(info, args, inline)
+                return await call
             try:
-                return await asyncio.wait_for(call_user_function(info, args, inline=False),
-                                              node.timeout)
+                return await asyncio.wait_for(call, node.timeout)
             except TimeoutError:
                 raise NodeTimeoutError(
                     f"node {task.node!r} ran longer than its timeout of {node.timeout} s at "
@@ -696,6 +739,56 @@ class Run:
                     step=step, thread_id=self.thread_id) from None
         finally:
             current_answers.reset(token)
+
+    async def _run_subgraph(self, node: NodeSpec, task: Task, arg: Any) -> Any:
+        """Run a subgraph node to its end; its update for the parent.
+
+        With a checkpointer it runs as its own thread (`parent::node:index@checkpoint`, the
+        same for every re-run of this task), so a resumed parent resumes it where it stopped,
+        and a subgraph that waits for an event pauses the parent until the parent's resume
+        delivers it.
+        """
+        sub = node.subgraph
+        assert sub is not None
+        child = self.executor.child_executor(node)
+        child_input = arg if sub.same_schema else sub.input(arg)
+        if self.saver is None:
+            run = child.new_run(self.thread_id, inline_sync=self.inline_sync)
+            run.collected = []
+            async for _ in run.execute(child_input):
+                pass
+            writes = [update for _, update in run.collected]
+            final = run.state
+        else:
+            thread = f"{self.thread_id}::{node.name}:{task.index}@{self.head_id}"
+            chain = await self.saver.load(thread)
+            head = chain.head if chain is not None else None
+            extra = _extra(head) if head is not None else {}
+            if head is not None and head.status in ("done", "compensated"):
+                final = child.rebuild(chain)  # type: ignore[arg-type]
+            else:
+                event = None
+                if head is not None and head.status == "interrupted" and "waiting" in extra:
+                    name = extra["waiting"][0][2]
+                    event = {name: wait_for(name)}  # the parent's answer, or pause the parent
+                run = child.new_run(thread, inline_sync=self.inline_sync)
+                async for _ in run.execute(child_input if head is None else None,
+                                           resume=head is not None, event=event):
+                    pass
+                final = run.state
+                ended = await self.saver.load(thread)
+                assert ended is not None
+                waiting = _extra(ended.head).get("waiting")
+                if ended.head.status == "interrupted":
+                    if waiting:
+                        raise WaitingForEvent(waiting[0][2])
+                    raise ThreadStateError(
+                        f"subgraph node {node.name!r} paused on an interrupt of its own; "
+                        "interrupts inside subgraphs are not supported: use wait_for().")
+            writes = [update for *_, update in (await child.run_writes(thread, self.saver))[1]]
+        if sub.same_schema:
+            return self.spec.schema.combine(writes)
+        return sub.output(final)
 
     def _split_result(self, node: NodeSpec, result: Any, step: int
                       ) -> tuple[dict[str, Any], list[str | Send]]:

@@ -30,6 +30,8 @@ class NodeDeclaration:
     destinations: Any = ()
     on_error: Any = "raise"
     error_field: Any = "errors"
+    subgraph_input: Any = None
+    subgraph_output: Any = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class StateGraph:
         destinations: Sequence[str] = (),
         on_error: Literal["raise", "capture"] = "raise",
         error_field: str = "errors",
+        input: Callable[[Any], Any] | None = None,
+        output: Callable[[Any], Any] | None = None,
     ) -> Self:
         """Add a node: `add_node("name", fn)` or `add_node(fn)` (named after the function).
 
@@ -81,10 +85,15 @@ class StateGraph:
         - `destinations`: the nodes a returned `Command(goto=...)` may go to.
         - `on_error="capture"`: a failure becomes a `NodeFailure` appended to `error_field`
           instead of failing the step.
+
+        `fn` may also be a compiled graph (a subgraph). With the parent's state schema it runs
+        on the parent's state and its nodes' writes pass up; with another schema give
+        `input(parent_state)` (its input) and `output(final_state)` (the parent's update).
         """
         options = dict(retry=retry, timeout=timeout, cache=cache, compensate=compensate,
                        destinations=tuple(destinations) if not isinstance(destinations, str)
-                       else (destinations,), on_error=on_error, error_field=error_field)
+                       else (destinations,), on_error=on_error, error_field=error_field,
+                       subgraph_input=input, subgraph_output=output)
         if fn is None and not isinstance(node, str):
             name = getattr(node, "__name__", None) or repr(node)
             self.node_declarations.append(NodeDeclaration(name, node, **options))

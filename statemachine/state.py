@@ -179,6 +179,17 @@ class StateSchema:
                         raise
         return state.model_copy(update=changes) if changes else state
 
+    def combine(self, updates: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Several successive updates as one: reducer fields folded through their reducer
+        (exact for associative reducers, as all stock ones are), other fields last-wins."""
+        combined: dict[str, Any] = {}
+        for update in updates:
+            for name, value in update.items():
+                reducer = self.reducers.get(name)
+                combined[name] = reducer(combined[name], value) \
+                    if reducer is not None and name in combined else value
+        return combined
+
     # -- JSON encoding (checkpoints) --------------------------------------------------------
 
     def encode_update(self, update: Mapping[str, Any], *, node: str, step: int | None,
