@@ -1,9 +1,10 @@
 """Running the async engine from synchronous code, inside or outside a running event loop.
 
 Outside a loop, each thread keeps one private event loop (an `asyncio.Runner`) and reuses it.
-Inside a running loop (a notebook, an async web handler calling the sync API), the work runs
-on one shared background loop thread and the caller blocks until it is done: that works, but
-it blocks the caller's loop meanwhile, so async code should call `ainvoke`/`astream` instead.
+Inside a running loop (a notebook, an async handler, or a sync node of another run calling
+`invoke`), the work runs on a new event loop in a thread of its own while the caller waits:
+that works at any depth of nesting, but it blocks the caller's loop meanwhile, so async code
+should call `ainvoke`/`astream` instead.
 """
 
 from __future__ import annotations
@@ -12,24 +13,35 @@ import asyncio
 import atexit
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TypeVar
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 _local = threading.local()
-_portal_lock = threading.Lock()
-_portal_loop: asyncio.AbstractEventLoop | None = None
 
 
 def run_sync(make: Callable[[], Awaitable[T]]) -> T:
     """Run the awaitable made by `make()` to completion and return its result."""
-    return _runner_for_caller()(make)
+    if not _loop_running():
+        return _thread_runner().run(_as_coroutine(make))
+    with _LoopThread() as loop:
+        return loop.run(make)
 
 
 def iterate_sync(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
     """Drive an async iterator from sync code; closing the iterator closes it too."""
-    run = _runner_for_caller()
-    iterator = make()
+    if not _loop_running():
+        runner = _thread_runner()
+        yield from _drive(make, lambda step: runner.run(_as_coroutine(step)))
+        return
+    with _LoopThread() as loop:
+        yield from _drive(make, loop.run)
+
+
+def _drive(make: Callable[[], AsyncIterator[T]],
+           run: Callable[[Callable[[], Awaitable[Any]]], Any]) -> Iterator[T]:
+    iterator = run(_async_value(make))
     try:
         while True:
             try:
@@ -43,37 +55,53 @@ def iterate_sync(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
             run(aclose)
 
 
-def _runner_for_caller() -> Callable[[Callable[[], Awaitable[T]]], T]:
+def _async_value(make: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    async def value() -> T:  # made on the loop that will drive it
+        return make()
+    return value
+
+
+def _loop_running() -> bool:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return _run_on_thread_loop
-    return _run_on_portal
+        return False
+    return True
 
 
-def _run_on_thread_loop(make: Callable[[], Awaitable[T]]) -> T:
+def _thread_runner() -> asyncio.Runner:
     runner = getattr(_local, "runner", None)
     if runner is None:
         runner = _local.runner = asyncio.Runner()
         if threading.current_thread() is threading.main_thread():
             atexit.register(runner.close)
-    return runner.run(_as_coroutine(make))
-
-
-def _run_on_portal(make: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run_coroutine_threadsafe(_as_coroutine(make), _portal()).result()
+    return runner
 
 
 async def _as_coroutine(make: Callable[[], Awaitable[T]]) -> T:
     return await make()
 
 
-def _portal() -> asyncio.AbstractEventLoop:
-    global _portal_loop
-    with _portal_lock:
-        if _portal_loop is None:
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="statemachine-sync",
-                             daemon=True).start()
-            _portal_loop = loop
-        return _portal_loop
+class _LoopThread:
+    """An event loop on a thread of its own, for the lifetime of one sync call."""
+
+    def __enter__(self) -> _LoopThread:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever,
+                                        name="statemachine-sync", daemon=True)
+        self._thread.start()
+        return self
+
+    def run(self, make: Callable[[], Awaitable[T]]) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(_as_coroutine(make), self._loop)
+        return future.result()
+
+    def __exit__(self, *exc: object) -> None:
+        async def shutdown() -> None:
+            await self._loop.shutdown_asyncgens()
+            await self._loop.shutdown_default_executor()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()

@@ -182,6 +182,12 @@ def build_spec(
 
     def check_name(ref: object, where: str, *, allow_start: bool = False,
                    allow_end: bool = False) -> bool:
+        if not isinstance(ref, str):
+            problems.append(Problem(
+                "invalid_edge", f"{where} must name one node (text), got {ref!r}.",
+                hint="to run several nodes after one, add an edge to each of them, or use a "
+                "join: add_edge([a, b], c)." if isinstance(ref, (list, tuple, set)) else None))
+            return False
         if (ref == START and allow_start) or (ref == END and allow_end):
             return True
         if ref in (START, END):

@@ -831,7 +831,7 @@ class Run:
         return f"{self.executor.name}:{node.name}"
 
     def _context(self, task: Task, step: int) -> RunContext:
-        origin = self.head_id if self.head_id is not None else f"{id(self):x}-{step}"
+        origin = self.head_id if self.head_id is not None else f"{self.owner.token}-{step}"
         digest = hashlib.sha256(
             f"{self.thread_id}\x1f{origin}\x1f{task.node}\x1f{task.index}".encode()).hexdigest()
         return RunContext(self.thread_id, step, task.node, digest[:32])
@@ -1019,10 +1019,23 @@ async def call_user_function(info: CallableInfo, args: tuple[Any, ...], inline: 
     """Call a node, router or compensation: awaited if async, else inline or in a thread."""
     if info.is_async:
         return await info.fn(*args)
-    result = info.fn(*args) if inline else await asyncio.to_thread(info.fn, *args)
+    result = _call_sync(info.fn, args) if inline else \
+        await asyncio.to_thread(_call_sync, info.fn, args)
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+def _call_sync(fn: Any, args: tuple[Any, ...]) -> Any:
+    """Call a sync function; a StopIteration it raises becomes a RuntimeError from it.
+
+    A StopIteration cannot cross a coroutine (PEP 479) nor be set on a future (it would hang
+    the run), so it is turned into the RuntimeError Python itself would make of it.
+    """
+    try:
+        return fn(*args)
+    except StopIteration as exc:
+        raise RuntimeError(f"{getattr(fn, '__name__', fn)!s} raised StopIteration") from exc
 
 
 def _pick_error(failures: list[BaseException]) -> BaseException:

@@ -13,7 +13,16 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    WrapValidator,
+)
 from pydantic_core import PydanticSerializationError
 from typing_extensions import TypedDict
 
@@ -57,8 +66,10 @@ class StateSchema:
         self.fields: tuple[str, ...] = tuple(model.model_fields)
         self.reducers: dict[str, Reducer] = {}
         annotations: dict[str, Any] = {}
+        validators = _field_validators(model)
         for name, info in model.model_fields.items():
             constraints = [m for m in info.metadata if not looks_like_reducer(m)]
+            constraints += validators.get(name, [])
             reducers = [m for m in info.metadata if looks_like_reducer(m)]
             if reducers:
                 self.reducers[name] = reducers[0]
@@ -70,6 +81,8 @@ class StateSchema:
             **{k: model.model_config[k] for k in _CONFIG_KEYS if k in model.model_config}
         )
         self._annotations = annotations
+        self._aliases = {info.alias: name for name, info in model.model_fields.items()
+                         if info.alias}
         self._update = TypeAdapter(update_type)
         self._writes = TypeAdapter(list[tuple[str, int, update_type]])  # type: ignore[valid-type]
 
@@ -85,7 +98,7 @@ class StateSchema:
                 f"{type(value).__name__}{_where(None, thread_id)}.", thread_id=thread_id)
         self._reject_unknown_keys(value, "the input", node=None, step=None, thread_id=thread_id)
         try:
-            return self.model.model_validate(dict(value))
+            return self.model.model_validate(dict(value), by_alias=True, by_name=True)
         except ValidationError as exc:
             field = _first_field(exc)
             raise InvalidUpdateError(
@@ -117,6 +130,8 @@ class StateSchema:
             return {}
         what = f"node {node!r}" if node else "the update"
         self._reject_unknown_keys(update, what, node=node, step=step, thread_id=thread_id)
+        if self._aliases and any(key in self._aliases for key in update):
+            update = {self._aliases.get(key, key): value for key, value in update.items()}
         try:
             return self._update.validate_python(update)
         except ValidationError as exc:
@@ -130,11 +145,13 @@ class StateSchema:
         self, update: Mapping[Any, Any], what: str, *, node: str | None, step: int | None,
         thread_id: str | None,
     ) -> None:
-        unknown = [key for key in update if key not in self.model.model_fields]
+        unknown = [key for key in update if key not in self.model.model_fields
+                   and key not in self._aliases]
         if unknown:
             key = unknown[0]
+            verb = "has" if what == "the input" else "returned"
             raise InvalidUpdateError(
-                f"{what} returned unknown field {key!r}{did_you_mean(key, self.fields)}"
+                f"{what} {verb} unknown field {key!r}{did_you_mean(key, self.fields)}"
                 f"{_where(step, thread_id)}; the fields of {self.model.__name__} are: "
                 f"{', '.join(self.fields)}.",
                 node=node, field=str(key), step=step, thread_id=thread_id)
@@ -218,7 +235,7 @@ class StateSchema:
         return state.model_dump_json(round_trip=True)
 
     def decode_state(self, text: str) -> BaseModel:
-        return self.model.model_validate_json(text)
+        return self.model.model_validate_json(text, by_alias=True, by_name=True)
 
     def _unserializable_field(self, update: Mapping[str, Any]) -> str | None:
         for name, value in update.items():
@@ -227,6 +244,22 @@ class StateSchema:
             except Exception:
                 return name
         return None
+
+
+_VALIDATOR_KINDS = {"before": BeforeValidator, "after": AfterValidator, "wrap": WrapValidator,
+                    "plain": PlainValidator}
+
+
+def _field_validators(model: type[BaseModel]) -> dict[str, list[Any]]:
+    """The model's @field_validator functions per field, as Annotated validators, so that
+    updates are checked by the same validators as whole states."""
+    found: dict[str, list[Any]] = {}
+    for decorator in model.__pydantic_decorators__.field_validators.values():
+        kind = _VALIDATOR_KINDS[decorator.info.mode]
+        fields = decorator.info.fields
+        for name in model.model_fields if "*" in fields else fields:
+            found.setdefault(name, []).append(kind(decorator.func))
+    return found
 
 
 def looks_like_reducer(obj: object) -> bool:

@@ -533,8 +533,6 @@ def test_to_networkx_returns_a_copy_that_does_not_change_the_app():
     assert app.invoke({}).count == 3
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: unhashable edge target makes compile raise "
-                   "TypeError instead of reporting a Problem")
 def test_list_given_as_an_edge_target_is_reported_not_crashed_on():
     g = valid_graph()
     g.add_edge("work", ["work", END])  # type: ignore[arg-type]  # a common mistake

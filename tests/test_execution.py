@@ -180,8 +180,6 @@ class Aliased(BaseModel):
     visits: int = 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an aliased field given by name in the input is "
-                   "silently dropped (and by alias it is rejected as unknown)")
 def test_input_sets_an_aliased_field_given_by_its_field_name():
     g = StateGraph(Aliased)
     g.add_node("visit", lambda s: {"visits": s.visits + 1})
@@ -392,8 +390,6 @@ def test_task_id_is_the_same_when_a_failed_task_is_resumed():
     assert re.fullmatch(r"[0-9a-f]{32}", ids[0])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: without a checkpointer task_id hashes id(Run), "
-                   "so separate runs can get the same task_id")
 def test_separate_runs_never_share_a_task_id():
     ids: list[str] = []
 
@@ -793,8 +789,6 @@ SUBGRAPH_IN_LOOP = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: sync invoke inside a running loop deadlocks when "
-                   "a sync node calls invoke again (both on the one portal loop)")
 def test_subgraph_invoke_inside_a_node_works_when_called_from_a_running_loop():
     # run in a child process: the deadlock would otherwise wedge the shared portal loop
     try:
