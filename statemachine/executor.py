@@ -60,7 +60,7 @@ from .errors import (
 from .observe import Observer
 from .policies import CachePolicy
 from .types import NodeFailure, RunContext, Snapshot, StepEvent
-from .waiting import TaskAnswers, WaitingForEvent, current_answers, wait_for
+from .waiting import NO_ANSWERS, TaskAnswers, WaitingForEvent, current_answers, wait_for
 
 INPUT = "__input__"
 """The pseudo-node that writes a run's input."""
@@ -366,6 +366,7 @@ class Run:
         """Events delivered to tasks of this step, in order (what `wait_for` returns)."""
         self.collected: list[tuple[str, dict[str, Any]]] | None = None
         """When a list, every step's writes are added to it (subgraphs without storage)."""
+        self.observing = False
         self.head_has_snapshot = False
         self.skip_interrupt_before = False
         self.snapshot_bytes = 0
@@ -540,7 +541,8 @@ class Run:
         """Run one step and commit it; None when it paused for an event instead."""
         step, state = self.step, self.state
         observer = self.executor.observer
-        if observer.active:
+        self.observing = observing = observer.active  # asked once a step: it is on the hot path
+        if observing:
             await observer.step_start(self.thread_id, step, tuple(t.node for t in self.tasks))
         self.timings = {}
         to_run = [t for t in self.tasks if t.key not in self.pending]
@@ -581,7 +583,7 @@ class Run:
             thread_id=self.thread_id, checkpoint_id=self.head_id, timings=self.timings,
             attempts=metadata.get("attempts", {}),
             cache_hits=tuple(metadata.get("cache_hits", ())))
-        if observer.active:
+        if observing:
             await observer.step_end(event)
         return event
 
@@ -678,7 +680,7 @@ class Run:
         observer = self.executor.observer
         attempt = 0
         started = time.perf_counter()
-        if observer.active:
+        if self.observing:
             await observer.node_start(self.thread_id, step, task.node)
         while True:
             attempt += 1
@@ -722,7 +724,7 @@ class Run:
         info = node.call
         args = (arg, context) if info.wants_context else (arg,)
         answers = self.answers.get(task.key)
-        token = current_answers.set(TaskAnswers(list(answers or ())))
+        token = current_answers.set(TaskAnswers(list(answers)) if answers else NO_ANSWERS)
         try:
             if node.subgraph is not None:
                 call = self._run_subgraph(node, task, arg)
@@ -823,9 +825,9 @@ class Run:
             self.meta[task.key] = meta
         self.timings[task.node] = self.timings.get(task.node, 0.0) + seconds
         self.pending[task.key] = update
-        observer = self.executor.observer
-        if observer.active:
-            await observer.node_end(self.thread_id, step, task.node, update, seconds, meta)
+        if self.observing:
+            await self.executor.observer.node_end(self.thread_id, step, task.node, update,
+                                                  seconds, meta)
 
     def _cache_space(self, node: NodeSpec) -> str:
         return f"{self.executor.name}:{node.name}"

@@ -15,6 +15,9 @@ class TaskAnswers:
     position: int = 0
 
 
+NO_ANSWERS = TaskAnswers()
+"""Shared by tasks with no delivered events: `wait_for` reads it and pauses, never changes it."""
+
 current_answers: ContextVar[TaskAnswers | None] = ContextVar("statemachine_answers", default=None)
 
 
