@@ -6,6 +6,7 @@ with `invoke`/`stream`, checkpointed to SQLite step by step when you give it a c
 """
 
 from . import reducers
+from .clock import FakeClock, use_clock
 from .commands import Command, Send
 from .compiled import CompiledGraph
 from .compiler import GraphSpec, RouterWithoutPathMapWarning
@@ -35,6 +36,7 @@ __all__ = [
     "CheckpointError",
     "Command",
     "CompiledGraph",
+    "FakeClock",
     "GraphSpec",
     "GraphValidationError",
     "InvalidRouteError",
@@ -55,5 +57,6 @@ __all__ = [
     "ThreadNotFoundError",
     "ThreadStateError",
     "reducers",
+    "use_clock",
     "wait_for",
 ]

@@ -41,6 +41,7 @@ from checkpoints.base import (
 )
 from checkpoints.memory import MemoryCache
 
+from .clock import get_clock
 from .commands import Command, Send
 from .compensation import COMPENSATE, current_run, rollback
 from .compiler import Branch, CallableInfo, GraphSpec, NodeSpec
@@ -696,7 +697,7 @@ class Run:
                     delay = policy.delay(attempt)
                     await observer.node_retry(self.thread_id, step, task.node, attempt, exc,
                                               delay)
-                    await asyncio.sleep(delay)
+                    await get_clock().sleep(delay)
                     continue
                 await observer.node_error(self.thread_id, step, task.node, exc, attempt)
                 if node.on_error == "capture":
