@@ -8,6 +8,7 @@ so they overlap and never block your event loop.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,24 @@ class CompiledGraph:
     @property
     def nodes(self) -> tuple[str, ...]:
         return tuple(self.spec.nodes)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        """Jupyter shows the diagram: SVG when Graphviz's `dot` is installed, else Mermaid."""
+        import visualize
+
+        bundle = {"text/plain": repr(self),
+                  "text/markdown": f"```mermaid\n{visualize.to_mermaid(self)}```"}
+        with contextlib.suppress(visualize.GraphvizNotFoundError):
+            bundle["image/svg+xml"] = visualize.render_bytes(self, "svg").decode()
+        return bundle
+
+    def _repr_svg_(self) -> str | None:
+        import visualize
+
+        try:
+            return visualize.render_bytes(self, "svg").decode()
+        except visualize.GraphvizNotFoundError:
+            return None
 
     def to_networkx(self) -> nx.DiGraph:
         """The graph as a networkx DiGraph (START and END included), a copy you may change."""

@@ -23,7 +23,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any
 
@@ -145,7 +145,24 @@ class Executor:
                 states[record.id] = self._apply_record(
                     states[parent.id], parent, record, pending.get(parent.id, []))
         chosen = records if limit is None else records[:limit]
-        return [self.snapshot(r, states[r.id], pending.get(r.id, [])) for r in chosen]
+        return [replace(self.snapshot(r, states[r.id], pending.get(r.id, [])),
+                        ran=self._ran(r, by_id.get(r.parent_id) if r.parent_id else None,
+                                      pending))
+                for r in chosen]
+
+    def _ran(self, record: CheckpointRecord, parent: CheckpointRecord | None,
+             pending: dict[str, list[PendingWrite]]) -> tuple[str, ...]:
+        """The nodes whose writes made `record`."""
+        if record.kind == "update":
+            nodes = [n for n, _, _ in self.decode_record_writes(record) if n != UPDATE]
+            return tuple(nodes)
+        if record.kind != "step" or parent is None:
+            return ()
+        keys = [(n, i) for n, i, _ in self._carried(parent)]
+        keys += [(w.node, w.index) for w in pending.get(parent.id, [])]
+        keys += [(n, i) for n, i, _ in self.decode_record_writes(record)]
+        keys.sort(key=self.task_order)
+        return tuple(dict.fromkeys(n for n, _ in keys))
 
     async def threads(self, *, blocking: bool = False) -> list[Any]:
         return await self._require_saver("list threads", blocking).threads()

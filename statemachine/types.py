@@ -64,6 +64,8 @@ class Snapshot(Generic[StateT]):
     """Updates of tasks of this step that finished before the step failed: applied on resume."""
     kind: str = "step"
     """How this checkpoint was made: input, step, update, fork or compensation."""
+    ran: tuple[str, ...] = ()
+    """Nodes whose updates made this checkpoint, in merge order (filled in by `history`)."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """What the step recorded: `attempts` of retried nodes, `cache_hits`, what it `waits_for`."""
 

@@ -1,0 +1,76 @@
+"""Mermaid flowchart output: paste it into Markdown (GitHub, docs) to get the diagram."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .diagram import MARKERS, Diagram, Node, build
+
+
+def to_mermaid(app: Any, *, thread_id: str | None = None, xray: bool = False) -> str:
+    """The graph as a Mermaid flowchart; with `thread_id`, that thread's run is highlighted."""
+    diagram = build(app, thread_id=thread_id, xray=xray)
+    lines = ["---", f"title: {diagram.title}", "---", "flowchart TD"]
+    _body(diagram, lines, "    ")
+    lines += [
+        "    classDef visited fill:#e5f5e0,stroke:#2ca02c",
+        "    classDef next stroke:#1f77b4,stroke-width:3px",
+        "    classDef failed fill:#fde0dd,stroke:#d62728,color:#d62728,stroke-width:3px",
+        "    classDef terminal fill:#222,color:#fff",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _body(diagram: Diagram, lines: list[str], indent: str) -> None:
+    expanded = {c.id: c for c in diagram.clusters}
+    for node in diagram.nodes:
+        if node.id not in expanded:
+            lines.append(indent + _node(node))
+    for cluster in diagram.clusters:
+        lines.append(f"{indent}subgraph {_id(cluster.id)} [\"subgraph {cluster.label}\"]")
+        _body(cluster.diagram, lines, indent + "    ")
+        lines.append(f"{indent}end")
+    taken = []
+    for index, edge in enumerate(diagram.edges):
+        arrow = {"conditional": "-.->", "command": "-.->", "join": "==>"}.get(edge.kind, "-->")
+        label = ", ".join(edge.labels)
+        if edge.taken > 1:
+            label = f"{label} ×{edge.taken}".strip()
+        text = f"|{_escape(label)}|" if label else ""
+        lines.append(f"{indent}{_id(edge.source)} {arrow}{text} {_id(edge.target)}")
+        if edge.taken:
+            taken.append(index)
+    if taken:
+        lines.append(f"{indent}linkStyle {','.join(map(str, taken))} "
+                     "stroke:#2ca02c,stroke-width:3px")
+    for node in diagram.nodes:
+        classes = [c for c, on in (("visited", node.visits), ("next", node.next),
+                                   ("failed", node.failed)) if on]
+        if node.kind in ("start", "end"):
+            classes.append("terminal")
+        if classes:
+            lines.append(f"{indent}class {_id(node.id)} {','.join(classes)}")
+
+
+def _node(node: Node) -> str:
+    if node.kind == "start":
+        return f"{_id(node.id)}((START))"
+    if node.kind == "end":
+        return f"{_id(node.id)}(((END)))"
+    if node.kind == "join":
+        return f"{_id(node.id)}{{{{\"all of\"}}}}"
+    label = node.label + "".join(f" {MARKERS[m]}" for m in node.markers)
+    if node.visits:
+        label += f" ×{node.visits}"
+    if node.kind == "subgraph":
+        return f"{_id(node.id)}[[\"{_escape(label)}\"]]"
+    return f"{_id(node.id)}[\"{_escape(label)}\"]"
+
+
+def _id(name: str) -> str:
+    return "n_" + re.sub(r"[^0-9A-Za-z_]", lambda m: f"_{ord(m.group()):x}_", name)
+
+
+def _escape(text: str) -> str:
+    return text.replace('"', "#quot;").replace("|", "#124;")
