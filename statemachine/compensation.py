@@ -8,7 +8,6 @@ the thread "compensated"; rolling back again does nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +16,7 @@ from pydantic import BaseModel
 from checkpoints.base import Checkpointer, CheckpointRecord, NewCheckpoint, Owner
 
 from .errors import ThreadNotFoundError, ThreadStateError
-from .types import RunContext
+from .types import RunContext, task_id
 
 if TYPE_CHECKING:
     from .executor import Executor
@@ -95,9 +94,8 @@ async def _compensate_one(executor: Executor, saver: Checkpointer, owner: Owner,
     assert compensate is not None
     args: tuple[Any, ...] = (state,)
     if compensate.wants_context:
-        digest = hashlib.sha256(
-            f"{thread_id}\x1f{failed.id}\x1f{node}\x1f{index}\x1fcompensate".encode()).hexdigest()
-        args = (state, RunContext(thread_id, step, node, digest[:32]))
+        args = (state, RunContext(thread_id, step, node,
+                                  task_id(thread_id, failed.id, node, index, "compensate")))
     try:
         result = await call_user_function(compensate, args, inline=False)
     except Exception as exc:

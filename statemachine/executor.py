@@ -60,7 +60,7 @@ from .errors import (
 )
 from .observe import Observer
 from .policies import CachePolicy
-from .types import NodeFailure, RunContext, Snapshot, StepEvent
+from .types import NodeFailure, RunContext, Snapshot, StepEvent, task_id
 from .waiting import NO_ANSWERS, TaskAnswers, WaitingForEvent, current_answers, wait_for
 
 INPUT = "__input__"
@@ -852,9 +852,8 @@ class Run:
 
     def _context(self, task: Task, step: int) -> RunContext:
         origin = self.head_id if self.head_id is not None else f"{self.owner.token}-{step}"
-        digest = hashlib.sha256(
-            f"{self.thread_id}\x1f{origin}\x1f{task.node}\x1f{task.index}".encode()).hexdigest()
-        return RunContext(self.thread_id, step, task.node, digest[:32])
+        return RunContext(self.thread_id, step, task.node,
+                          task_id(self.thread_id, origin, task.node, task.index))
 
     # -- routing ------------------------------------------------------------------------------
 

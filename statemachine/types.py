@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -9,6 +10,12 @@ from pydantic import BaseModel, ConfigDict
 
 StateT = TypeVar("StateT", bound=BaseModel)
 Status = Literal["running", "done", "failed", "interrupted", "compensated"]
+
+
+def task_id(*parts: object) -> str:
+    """A stable id for a task: the same parts (thread, step origin, node, index) always give
+    the same 32 hex digits, so a task re-run after a crash keeps its id."""
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
