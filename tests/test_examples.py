@@ -5,6 +5,7 @@ run as a script, the way a user would first meet it.
 """
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from types import ModuleType
 import pytest
 
 from checkpoints import SQLiteCheckpointer
+from statemachine import END, START, CachePolicy, StateGraph, ThreadStateError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -60,15 +62,22 @@ SCRIPT_OUTPUT = {
     "decision_tree": "Eve  review    intake -> income_check -> amount_check -> manual_review",
     "parallel_analysis": "verdict: hold: risks need review\n",
     "resume_after_crash": "nodes that ran: charge, ship\n",  # imports checkpoints first
+    "agent_coordination": "translator: FAILED (ConnectionError: translator unavailable (call 2))",
+    "order_saga": "ran: refund, release\nstatus: compensated\n",
+    "map_reduce": "merge order: ['q1', 'incident', 'roadmap', 'survey']\n",
+    "approval": "decided by another process: True\n",
 }
 """A line each example prints only if it did its job."""
+TAKES_A_PATH = {"resume_after_crash", "order_saga", "approval"}
+"""Examples that keep their SQLite file at the path given as their argument."""
 
 
 @pytest.mark.parametrize("name", list(SCRIPT_OUTPUT))
 def test_example_runs_as_a_script(name, tmp_path):
-    args = [str(tmp_path / "runs.db")] if name == "resume_after_crash" else []
+    args = [str(tmp_path / "runs.db")] if name in TAKES_A_PATH else []
     result = run_script(name, *args)
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
     assert SCRIPT_OUTPUT[name] in result.stdout
 
 
@@ -289,3 +298,310 @@ def test_resume_without_a_path_uses_a_temporary_file_and_removes_it(capsys):
     assert path.name == "runs.db"
     assert not path.exists()
     assert not path.parent.exists()
+
+
+# -- agent_coordination -------------------------------------------------------------------------
+
+def test_agents_are_routed_on_the_analyzers_classification(capsys):
+    module = load("agent_coordination")
+    simple, complex_ = module.main().routed
+    assert simple.category == "simple"
+    assert simple.trail == ["analyzer", "general", "formatter"]
+    assert simple.final == "[SIMPLE] Quick answer: How do I change my invoice address?"
+    assert complex_.category == "complex"
+    assert complex_.topics == ["integrate", "legal"]
+    assert complex_.trail == ["analyzer", "specialist", "formatter"]
+    assert complex_.final.startswith("[COMPLEX] Specialist plan for 12-word request")
+    # each request reached exactly one of the two agents
+    assert (module.general_agent.calls, module.specialist_agent.calls) == (1, 1)
+    out = capsys.readouterr().out
+    assert "  path:  analyzer -> general -> formatter\n" in out
+    assert "  path:  analyzer -> specialist -> formatter\n" in out
+
+
+def test_agent_panel_runs_in_one_step_retries_the_flaky_agent_and_captures_the_failure(capsys):
+    module = load("agent_coordination")
+    panel = module.main().panel
+    out = capsys.readouterr().out
+    assert ("step 0: summarizer, sentiment, fact_checker, translator  "
+            "attempts={'fact_checker': 3, 'translator': 2}\nstep 1: aggregator\n") in out
+    assert {name: agent.calls for name, agent in module.PANEL.items()} == {
+        "summarizer": 1, "sentiment": 1, "fact_checker": 3, "translator": 2}
+    assert "  retried fact_checker after attempt 2: TimeoutError: fact_checker unavailable " \
+           "(call 2)\n" in out
+    # the flaky agent's third attempt succeeded; the translator's failure became a record
+    assert list(panel.results) == ["summarizer", "sentiment", "fact_checker"]
+    assert panel.results["fact_checker"] == "claims consistent with the account"
+    (failure,) = panel.errors
+    assert isinstance(failure, module.NodeFailure)
+    assert (failure.node, failure.error_type, failure.step) == ("translator", "ConnectionError", 0)
+    assert failure.message == "translator unavailable (call 2)"
+    assert panel.report.splitlines() == [
+        "3 of 4 agents answered",
+        "summarizer: 12 words about a customer request",
+        "sentiment: tone: urgent",
+        "fact_checker: claims consistent with the account",
+        "translator: FAILED (ConnectionError: translator unavailable (call 2))",
+    ]
+
+
+def test_agent_panel_reports_no_error_when_every_agent_answers():
+    module = load("agent_coordination")
+    module.PANEL["translator"].failures = 0
+    panel = module.main().panel
+    assert panel.errors == []
+    assert panel.results["translator"] == "translated"
+    assert panel.report.startswith("4 of 4 agents answered\n")
+
+
+def test_agent_panel_fails_when_an_uncaptured_agent_exhausts_its_retries():
+    module = load("agent_coordination")
+    module.PANEL["fact_checker"].failures = 5  # more than its 3 attempts; it captures nothing
+    with pytest.raises(TimeoutError, match="fact_checker unavailable"):
+        module.main()
+    assert module.PANEL["fact_checker"].calls == 3
+
+
+# -- order_saga -----------------------------------------------------------------------------------
+
+def test_saga_rollback_runs_the_compensations_in_reverse_order(tmp_path, capsys):
+    module = load("order_saga")
+    final = module.main(tmp_path / "orders.db")
+    out = capsys.readouterr().out
+    run, rollback, _again = out.split("== rollback")
+    assert "ran: reserve, charge, ship\n" in run
+    assert "snapshot: status=failed step=2 next=['ship']\n" in run
+    assert "error=\"CarrierError: carrier does not deliver to '1 Nowhere Lane, Atlantis'\"" in run
+    assert "side effects: stock={'desk-lamp': 3} charges=[59.8]\n" in run
+    # newest first: the charge is refunded before the reservation is released
+    assert "ran: refund, release\nstatus: compensated\n" in rollback
+    assert "side effects: stock={'desk-lamp': 5} refunds=[59.8]\n" in rollback
+    assert rollback.split("history (oldest first):\n")[1].splitlines() == [
+        "  step 0 input        running",
+        "  step 1 step         running",
+        "  step 2 step         failed",
+        "  step 2 compensation failed       undid charge (step 1)",
+        "  step 2 compensation compensated  undid reserve (step 0)",
+    ]
+    assert final.log[2:] == [f"refunded 59.80 of {final.payment}", "released res-7"]
+    assert final.reservation is None
+    assert module.warehouse.reservations == {}
+    assert module.gateway.refunds == {final.payment: 59.80}
+
+
+def test_saga_rollback_again_does_nothing(tmp_path, capsys):
+    module = load("order_saga")
+    path = tmp_path / "orders.db"
+    final = module.main(path)
+    assert "== rollback again\nran: nothing; status: compensated; checkpoints: 5 -> 5; " \
+           "state unchanged: True\n" in capsys.readouterr().out
+    with SQLiteCheckpointer(path) as saver:  # and once more, from another opening of the file
+        app = module.graph.compile(checkpointer=saver)
+        assert app.rollback(module.THREAD) == final
+        assert module.calls == []
+        assert len(app.history(module.THREAD)) == 5
+        assert app.get_state(module.THREAD).status == "compensated"
+    assert module.warehouse.stock == {"desk-lamp": 5}
+    assert list(module.gateway.refunds.values()) == [59.80]  # refunded once
+
+
+def test_saga_rollback_interrupted_by_a_crash_resumes_without_refunding_twice(tmp_path):
+    module = load("order_saga")
+    module.calls.clear()
+    with SQLiteCheckpointer(tmp_path / "orders.db") as saver:
+        app = module.graph.compile(checkpointer=saver)
+        with pytest.raises(module.CarrierError):
+            app.invoke(module.ORDER, thread_id=module.THREAD)
+        release = module.warehouse.release
+        module.warehouse.release = lambda reservation: (_ for _ in ()).throw(
+            OSError("warehouse API down"))
+        with pytest.raises(OSError, match="warehouse API down"):
+            app.rollback(module.THREAD)
+        assert module.calls == ["reserve", "charge", "ship", "refund", "release"]
+        assert app.get_state(module.THREAD).status == "failed"
+        module.warehouse.release = release
+        final = app.rollback(module.THREAD)
+    assert module.calls[5:] == ["release"]  # the committed refund does not run again
+    assert final.log[2:] == [f"refunded 59.80 of {final.payment}", "released res-7"]
+    assert module.warehouse.stock == {"desk-lamp": 5}
+
+
+def test_saga_without_a_path_uses_a_temporary_file_and_removes_it(capsys):
+    final = load("order_saga").main()
+    assert final.reservation is None
+    path = Path(capsys.readouterr().out.splitlines()[0].removeprefix("checkpoints: "))
+    assert path.name == "orders.db"
+    assert not path.parent.exists()
+
+
+# -- map_reduce -----------------------------------------------------------------------------------
+
+def test_map_reduce_merges_summaries_in_document_order(capsys):
+    module = load("map_reduce")
+    final = module.main()
+    assert [s.id for s in final.summaries] == [d.id for d in module.DOCUMENTS]
+    assert final.summaries[1].text == "Incident review: The checkout was down for 40 minutes."
+    assert final.digest.splitlines()[:2] == ["4 documents, 49 words",  # 46 + 3 edited in
+                                             "- Q1 report: Revenue grew 12 percent."]
+    out = capsys.readouterr().out
+    assert out.startswith("== first run\nstep 0: summarize x4\nstep 1: reduce x1\n")
+    assert "merge order: ['q1', 'incident', 'roadmap', 'survey']\n" in out
+
+
+def test_map_reduce_order_is_the_send_order_not_the_finishing_order():
+    module = load("map_reduce")
+    docs = [module.Document(id="long", title="Long", text=" ".join(["word"] * 60) + "."),
+            *(module.Document(id=f"short{i}", title="Short", text="A few words.")
+              for i in range(3))]
+    module.tracker = module.Tracker()
+    final = module.graph.compile(max_concurrency=2).invoke({"documents": docs})
+    assert module.tracker.summarized[-1] == "long"  # it finished last...
+    assert [s.id for s in final.summaries] == ["long", "short0", "short1", "short2"]  # ...first
+    assert final.digest.startswith("4 documents, 69 words\n- Long: word")
+
+
+def test_map_reduce_second_run_comes_from_the_cache(capsys):
+    module = load("map_reduce")
+    module.main()
+    runs = capsys.readouterr().out.split("== ")[1:]
+    first, same, edited = runs
+    assert "cache_hits" not in first
+    assert "summarized: q1, incident, roadmap, survey;" in first
+    assert same.splitlines()[1:] == ["step 0: summarize x4  cache_hits=['summarize']",
+                                     "step 1: reduce x1",
+                                     "summarized: nothing, every summary came from the cache"]
+    # the cache key is the document: only the edited one is summarized again
+    assert "summarized: survey; at most 1 at once (limit 2)" in edited
+    assert module.tracker.summarized == ["survey"]
+
+
+def test_map_reduce_cache_hits_show_in_the_step_event():
+    module = load("map_reduce")
+    app = module.graph.compile()
+    input = {"documents": list(module.DOCUMENTS)}
+    cold = list(app.stream(input))
+    module.tracker = module.Tracker()
+    warm = list(app.stream(input))
+    assert (cold[0].cache_hits, warm[0].cache_hits) == ((), ("summarize",))
+    assert warm[0].timings["summarize"] == 0.0
+    assert module.tracker.summarized == []
+    assert warm[-1].state == cold[-1].state
+
+
+def test_map_reduce_never_runs_more_summaries_at_once_than_allowed(capsys):
+    module = load("map_reduce")
+    module.main()
+    peaks = re.findall(r"at most (\d) at once \(limit 2\)", capsys.readouterr().out)
+    assert peaks and all(1 <= int(p) <= 2 for p in peaks)
+    module.tracker = module.Tracker()
+    module.graph.compile(max_concurrency=2).invoke(
+        {"documents": list(module.DOCUMENTS)}, max_concurrency=1)  # the per-call override
+    assert module.tracker.peak == 1
+    assert len(module.tracker.summarized) == 4
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: with a checkpointer a Send payload reaches the "
+                   "node as its JSON (a dict), without one as the object sent")
+def test_map_reduce_send_payload_keeps_its_type_with_a_checkpointer(tmp_path):
+    module = load("map_reduce")
+    received = []
+    graph = StateGraph(module.State)
+    graph.add_node("summarize", lambda doc: received.append(type(doc).__name__))
+    graph.add_conditional_edges(START, module.fan_out, ["summarize"])
+    graph.add_edge("summarize", END)
+    graph.compile().invoke({"documents": list(module.DOCUMENTS[:1])})
+    with SQLiteCheckpointer(tmp_path / "docs.db") as saver:
+        graph.compile(checkpointer=saver).invoke({"documents": list(module.DOCUMENTS[:1])},
+                                                 thread_id="t")
+    assert received == ["Document", "Document"]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: the cache namespace is '<State class>Graph:<node>', "
+                   "so two graphs sharing a store serve each other's cached results")
+def test_map_reduce_cache_is_not_shared_with_another_graph_in_the_same_store(tmp_path):
+    module = load("map_reduce")
+    other = StateGraph(module.State)  # same state class and node name, another summarizer
+    other.add_node("summarize", lambda doc: {"summaries": [module.Summary(
+        id="other", text="another summarizer", words=0)]}, cache=CachePolicy())
+    other.add_node("reduce", module.reduce)
+    other.add_conditional_edges(START, module.fan_out, ["summarize"])
+    other.add_edge("summarize", "reduce")
+    other.add_edge("reduce", END)
+    input = {"documents": list(module.DOCUMENTS[:1])}
+    with SQLiteCheckpointer(tmp_path / "docs.db") as saver:
+        module.graph.compile(checkpointer=saver).invoke(input, thread_id="a")
+        final = other.compile(checkpointer=saver).invoke(input, thread_id="b")
+    assert [s.id for s in final.summaries] == ["other"]
+
+
+# -- approval -------------------------------------------------------------------------------------
+
+def test_approval_pauses_and_a_second_process_approves(tmp_path, capsys):
+    module = load("approval")
+    path = tmp_path / "approvals.db"
+    final = module.main(path)
+    out = capsys.readouterr().out
+    assert "snapshot: status=interrupted next=['approval'] waits_for=['approval']\n" in out
+    assert "waits for ['approval']\n" in out  # what the approver saw
+    assert "decided by another process: True\n" in out
+    # the decision came from the approver's process, which also ran the rest of the run
+    approver = final.decision.pid
+    assert approver != os.getpid()
+    assert final.decision.approved and final.decision.by == "manager Grace"
+    assert final.outcome == "paid 1250.00 to Ada"
+    assert final.log == [f"submitted in pid {os.getpid()}",
+                         f"approved by manager Grace (pid {approver})",
+                         f"paid in pid {approver}"]
+    with SQLiteCheckpointer(path) as saver:
+        snapshot = module.graph.compile(checkpointer=saver).get_state(module.THREAD)
+    assert (snapshot.status, snapshot.next, snapshot.state) == ("done", (), final)
+
+
+def test_approval_rejected_by_the_second_process_takes_the_other_branch(tmp_path):
+    final = load("approval").main(tmp_path / "approvals.db", approve=False)
+    assert final.decision.approved is False
+    assert final.decision.pid != os.getpid()
+    assert final.outcome == "told Ada: rejected (over the travel budget)"
+    assert final.log[-1] == f"notified in pid {final.decision.pid}"
+
+
+def test_approval_waits_until_the_event_is_delivered(tmp_path):
+    module = load("approval")
+    with SQLiteCheckpointer(tmp_path / "approvals.db") as saver:
+        app = module.graph.compile(checkpointer=saver)
+        paused = app.invoke(module.EXPENSE, thread_id="e")
+        assert paused.decision is None and paused.outcome == ""
+        with pytest.raises(ThreadStateError, match="waiting for event 'approval'"):
+            app.resume("e")  # no event: still waiting
+        snapshot = app.get_state("e")
+        assert (snapshot.status, snapshot.metadata["waits_for"]) == ("interrupted", ["approval"])
+        final = app.resume("e", event={"approval": {"approved": True, "by": "me", "pid": 1}})
+    assert final.outcome == "paid 1250.00 to Ada"
+    assert final.log[0].startswith("submitted")  # submit ran once, before the pause
+    assert len(final.log) == 3
+
+
+def test_approval_a_late_second_decision_is_refused(tmp_path):
+    module = load("approval")
+    path = tmp_path / "approvals.db"
+    final = module.main(path)
+    result = run_script("approval", "--reject", str(path), module.THREAD)
+    assert result.returncode != 0
+    assert "is not waiting for an event" in result.stderr
+    with SQLiteCheckpointer(path) as saver:
+        snapshot = module.graph.compile(checkpointer=saver).get_state(module.THREAD)
+    assert snapshot.state == final  # still approved and paid
+
+
+def test_approval_without_a_path_uses_a_temporary_file_and_removes_it(capsys):
+    final = load("approval").main()
+    assert final.outcome == "paid 1250.00 to Ada"
+    path = Path(capsys.readouterr().out.splitlines()[0].removeprefix("checkpoints: "))
+    assert path.name == "approvals.db"
+    assert not path.parent.exists()
+
+
+def test_approval_script_refuses_unknown_arguments():
+    result = run_script("approval", "--approve", "only-a-path")
+    assert result.returncode == 1
+    assert "--approve DB THREAD" in result.stderr
