@@ -23,6 +23,7 @@ Problem codes (stable, for tools and tests):
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import typing
 import warnings
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
+from pydantic import TypeAdapter
 
 from .constants import END, START
 from .errors import GraphValidationError, Problem, closest_name, did_you_mean
@@ -73,6 +75,10 @@ class NodeSpec:
     on_error: str = "raise"
     error_field: str = "errors"
     subgraph: Subgraph | None = None
+    payload_type: TypeAdapter[Any] | None = None
+    """Validates a Send's payload into the type the node's parameter declares."""
+    code_fingerprint: str = ""
+    """Changes when the node's code changes: part of its cache namespace."""
 
 
 @dataclass(frozen=True)
@@ -351,8 +357,38 @@ def _check_nodes(builder: StateGraph, problems: list[Problem]) -> dict[str, Node
                 "bad_signature", f"node {name!r} cannot be called with the state: {info}.",
                 nodes=(name,), hint="write it as `def node(state)` or `def node(state, context)`."))
             info = CallableInfo(decl.fn, name, False, False)
-        nodes[name] = NodeSpec(name, info, **_check_node_options(decl, name, problems))
+        nodes[name] = NodeSpec(name, info, **_check_node_options(decl, name, problems),
+                               payload_type=_payload_type(decl.fn, builder.state_schema),
+                               code_fingerprint=_fingerprint(decl.fn))
     return nodes
+
+
+def _payload_type(fn: Callable[..., Any], state_schema: object) -> TypeAdapter[Any] | None:
+    """A TypeAdapter of the node's first parameter's annotation, unless it is the state."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        return None
+    if not params or params[0].name not in hints:
+        return None
+    annotation = hints[params[0].name]
+    if annotation is state_schema or annotation is Any:
+        return None
+    try:
+        return TypeAdapter(annotation)
+    except Exception:
+        return None
+
+
+def _fingerprint(fn: Callable[..., Any]) -> str:
+    code = getattr(fn, "__code__", None) or getattr(type(fn).__call__, "__code__", None)
+    name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    parts = [name]
+    if code is not None:
+        consts = [c for c in code.co_consts if isinstance(c, (str, int, float, bytes, tuple))]
+        parts += [code.co_code.hex(), repr(code.co_names), repr(consts)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _is_compiled_graph(obj: object) -> bool:

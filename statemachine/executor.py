@@ -609,7 +609,8 @@ class Run:
         """What the step's checkpoint records about its tasks: retries and cache hits."""
         attempts: dict[str, int] = {}
         hits: list[str] = []
-        for (node, _), meta in self.meta.items():
+        for (node, _), meta in sorted(self.meta.items(),
+                                      key=lambda item: self.executor.task_order(item[0])):
             if meta.get("attempts", 1) > 1:
                 attempts[node] = max(attempts.get(node, 1), meta["attempts"])
             if meta.get("cache_hit") and node not in hits:
@@ -682,7 +683,7 @@ class Run:
         `wait_for` for an event not yet delivered is recorded as waiting instead.
         """
         node = self.spec.nodes[task.node]
-        arg = task.payload if task.sent else state
+        arg = self._payload_input(node, task) if task.sent else state
         cache_key = None
         if node.cache is not None:
             cache_key = _cache_key(node.cache, arg)
@@ -847,8 +848,22 @@ class Run:
             await self.executor.observer.node_end(self.thread_id, step, task.node, update,
                                                   seconds, meta)
 
+    def _payload_input(self, node: NodeSpec, task: Task) -> Any:
+        """A Send's stored payload, validated into the type the node's parameter declares."""
+        if node.payload_type is None:
+            return task.payload
+        try:
+            return node.payload_type.validate_python(task.payload)
+        except ValidationError as exc:
+            raise InvalidUpdateError(
+                f"a Send to node {node.name!r} carried a payload that does not fit the type of "
+                f"its parameter: {exc.errors(include_url=False)[0]['msg']} (got "
+                f"{task.payload!r:.80}){self._of_thread()}.", node=node.name,
+                thread_id=self.thread_id) from exc
+
     def _cache_space(self, node: NodeSpec) -> str:
-        return f"{self.executor.name}:{node.name}"
+        """Cache entries of different code never mix, even in graphs of the same name."""
+        return f"{self.executor.name}:{node.name}:{node.code_fingerprint}"
 
     def _context(self, task: Task, step: int) -> RunContext:
         origin = self.head_id if self.head_id is not None else f"{self.owner.token}-{step}"
@@ -884,15 +899,15 @@ class Run:
         sent = Counter(names)
         for target in targets:
             if isinstance(target, Send):
-                payload = target.payload if self.saver is None else \
-                    self._storable_payload(target)
+                payload = self._storable_payload(target)
                 tasks.append(Task(target.node, sent[target.node], payload, sent=True))
                 sent[target.node] += 1
         tasks.sort(key=lambda t: (spec.order[t.node], t.index))
         return tasks, progress
 
     def _storable_payload(self, send: Send) -> Any:
-        """A Send's payload as it will be stored, so a resumed task gets the same input."""
+        """A Send's payload in its JSON form, as it is stored: with or without a checkpointer,
+        first run or resume, the node then gets the same input (see `_payload_input`)."""
         try:
             return to_jsonable_python(send.payload)
         except PydanticSerializationError as exc:

@@ -500,13 +500,16 @@ def test_map_reduce_never_runs_more_summaries_at_once_than_allowed(capsys):
     assert len(module.tracker.summarized) == 4
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with a checkpointer a Send payload reaches the "
-                   "node as its JSON (a dict), without one as the object sent")
 def test_map_reduce_send_payload_keeps_its_type_with_a_checkpointer(tmp_path):
+    # a node declaring its payload type gets that type, with or without a checkpointer
     module = load("map_reduce")
     received = []
+
+    def summarize(doc: module.Document) -> None:
+        received.append(type(doc).__name__)
+
     graph = StateGraph(module.State)
-    graph.add_node("summarize", lambda doc: received.append(type(doc).__name__))
+    graph.add_node("summarize", summarize)
     graph.add_conditional_edges(START, module.fan_out, ["summarize"])
     graph.add_edge("summarize", END)
     graph.compile().invoke({"documents": list(module.DOCUMENTS[:1])})
@@ -516,8 +519,21 @@ def test_map_reduce_send_payload_keeps_its_type_with_a_checkpointer(tmp_path):
     assert received == ["Document", "Document"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the cache namespace is '<State class>Graph:<node>', "
-                   "so two graphs sharing a store serve each other's cached results")
+def test_map_reduce_untyped_send_payload_is_the_same_with_and_without_a_checkpointer(tmp_path):
+    module = load("map_reduce")
+    received = []
+    graph = StateGraph(module.State)
+    graph.add_node("summarize", lambda doc: received.append(doc))
+    graph.add_conditional_edges(START, module.fan_out, ["summarize"])
+    graph.add_edge("summarize", END)
+    graph.compile().invoke({"documents": list(module.DOCUMENTS[:1])})
+    with SQLiteCheckpointer(tmp_path / "docs.db") as saver:
+        graph.compile(checkpointer=saver).invoke({"documents": list(module.DOCUMENTS[:1])},
+                                                 thread_id="t")
+    assert received[0] == received[1]
+    assert received[0] == module.DOCUMENTS[0].model_dump()
+
+
 def test_map_reduce_cache_is_not_shared_with_another_graph_in_the_same_store(tmp_path):
     module = load("map_reduce")
     other = StateGraph(module.State)  # same state class and node name, another summarizer
