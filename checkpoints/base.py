@@ -83,6 +83,8 @@ class Chain:
 
 @dataclass(frozen=True, slots=True)
 class ThreadInfo:
+    """A thread as listed: its latest checkpoint's status and when it last changed."""
+
     thread_id: str
     status: str
     step: int

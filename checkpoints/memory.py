@@ -24,7 +24,7 @@ from .base import (
 class _Thread:
     checkpoints: list[str] = field(default_factory=list)
     owner: str | None = None
-    lease_expires: float = 0.0
+    updated_at: float = 0.0
 
 
 class MemoryCache:
@@ -55,6 +55,8 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
     """Keeps checkpoints in this process's memory; same semantics as `SQLiteCheckpointer`."""
 
     def __init__(self, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        """`lease_seconds` is accepted so code can make either checkpointer alike; in memory a
+        thread is held until its run ends, since a crash would take the memory with it."""
         super().__init__()
         self.lease_seconds = lease_seconds
         self._threads: dict[str, _Thread] = {}
@@ -63,13 +65,13 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
         self._next_id = 0
 
     async def acquire(self, thread_id: str, owner: Owner) -> None:
-        now = time.time()
+        # A run can only end with this process, and then its memory ends too: a thread is held
+        # until its run releases it, however long that takes (no lease to expire).
         with self._lock:
             thread = self._threads.setdefault(thread_id, _Thread())
-            if thread.owner is not None and thread.owner != owner.token \
-                    and thread.lease_expires > now:
+            if thread.owner is not None and thread.owner != owner.token:
                 raise busy_error(thread_id)
-            thread.owner, thread.lease_expires = owner.token, now + self.lease_seconds
+            thread.owner = owner.token
 
     async def release(self, thread_id: str, owner: Owner) -> None:
         with self._lock:
@@ -81,7 +83,7 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
         thread = self._threads.get(thread_id)
         if thread is None or thread.owner != owner.token:
             raise busy_error(thread_id, lost=True)
-        thread.lease_expires = time.time() + self.lease_seconds
+        thread.updated_at = time.time()
         return thread
 
     async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint) -> str:
@@ -139,7 +141,6 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
             return {c: list(self._pending[c]) for c in checkpoint_ids if c in self._pending}
 
     async def threads(self) -> list[ThreadInfo]:
-        now = time.time()
         with self._lock:
             infos = []
             for thread_id, thread in self._threads.items():
@@ -147,8 +148,8 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
                     continue
                 head = self._records[thread.checkpoints[-1]]
                 infos.append(ThreadInfo(
-                    thread_id, head.status, head.step, head.id, head.created_at, head.error,
-                    busy=thread.owner is not None and thread.lease_expires > now))
+                    thread_id, head.status, head.step, head.id, thread.updated_at, head.error,
+                    busy=thread.owner is not None))
         return sorted(infos, key=lambda t: t.updated_at, reverse=True)
 
     async def aclose(self) -> None:

@@ -12,7 +12,7 @@ Layout (readable with the `sqlite3` shell; all payloads are JSON):
     schema_version(version)                       one row; migrations step it up
     threads(key, thread_id, owner, owner_pid, owner_host, lease_expires, created_at)
     checkpoints(id, thread, parent, step, kind, status, next, writes, snapshot, extra, error,
-                created_at)                       one row per committed step
+                created_at, marked_at)            one row per committed step
     pending_writes(checkpoint, node, idx, writes, meta)  task updates of an unfinished step
     cache(namespace, key, value, expires_at)      cached node results (CachePolicy)
 """
@@ -69,7 +69,8 @@ CREATE TABLE checkpoints (
     snapshot TEXT,
     extra TEXT,
     error TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    marked_at REAL
 );
 CREATE INDEX checkpoints_by_thread ON checkpoints(thread, id);
 CREATE TABLE pending_writes (
@@ -214,8 +215,9 @@ class SQLiteCheckpointer(Checkpointer):
                    extra: str | None = None) -> None:
         cursor = await self._execute(
             "UPDATE checkpoints SET status = ?, error = ?, snapshot = coalesce(snapshot, ?), "
-            f"extra = coalesce(?, extra) WHERE id = ? AND thread = ({_FENCE})",
-            (status, error, snapshot, extra, int(checkpoint_id), thread_id, owner.token))
+            f"extra = coalesce(?, extra), marked_at = ? WHERE id = ? AND thread = ({_FENCE})",
+            (status, error, snapshot, extra, time.time(), int(checkpoint_id), thread_id,
+             owner.token))
         if cursor[0] != 1:
             raise busy_error(thread_id, lost=True)
 
@@ -265,10 +267,10 @@ class SQLiteCheckpointer(Checkpointer):
 
     async def threads(self) -> list[ThreadInfo]:
         rows = await self._fetchall(
-            "SELECT t.thread_id, c.status, c.step, c.id, c.created_at, c.error, "
-            "t.owner IS NOT NULL AND t.lease_expires > ? FROM threads t JOIN checkpoints c "
-            "ON c.id = (SELECT max(id) FROM checkpoints WHERE thread = t.key) "
-            "ORDER BY c.id DESC", (time.time(),))
+            "SELECT t.thread_id, c.status, c.step, c.id, coalesce(c.marked_at, c.created_at), "
+            "c.error, t.owner IS NOT NULL AND t.lease_expires > ? FROM threads t JOIN "
+            "checkpoints c ON c.id = (SELECT max(id) FROM checkpoints WHERE thread = t.key) "
+            "ORDER BY coalesce(c.marked_at, c.created_at) DESC, c.id DESC", (time.time(),))
         return [ThreadInfo(r[0], r[1], r[2], str(r[3]), r[4], r[5], bool(r[6])) for r in rows]
 
     async def aclose(self) -> None:

@@ -65,27 +65,39 @@ async def _rollback(executor: Executor, thread_id: str, saver: Checkpointer,
             step, node, index = json.loads(record.extra).get("compensates", (None, "", 0))
             if step is not None:
                 undone.add((step, node, index))
-    finished = sorted(((w.node, w.index) for w in pending.get(failed.id, [])),
-                      key=executor.task_order)
-    completed += [(failed.step, n, i) for n, i in finished]
     spec = executor.spec
+    finished = sorted([*executor._carried(failed), *(
+        (w.node, w.index, spec.schema.decode_update(w.writes))
+        for w in pending.get(failed.id, []))], key=lambda w: executor.task_order(w[:2]))
+    completed += [(failed.step, n, i) for n, i, _ in finished]
+    # the failed step's finished tasks completed too: their compensations must see their
+    # writes (a refund needs the charge id), so the first compensation commits them as well
+    carried_in: list[tuple[str, int, str]] = []
+    if head.id == failed.id and finished:
+        state = spec.schema.apply(state, [(n, u) for n, _, u in finished], step=failed.step,
+                                  thread_id=thread_id)
+        carried_in = [(n, i, spec.schema.encode_update(u, node=n, step=failed.step,
+                                                        thread_id=thread_id))
+                      for n, i, u in finished]
     todo = [t for t in reversed(completed)
             if t[1] in spec.nodes and spec.nodes[t[1]].compensate is not None and t not in undone]
     head_id = head.id
     for position, (step, node, index) in enumerate(todo):
         state, head_id = await _compensate_one(
             executor, saver, owner, thread_id, state, head_id, failed, (step, node, index),
-            last=position == len(todo) - 1)
+            last=position == len(todo) - 1, carried_in=carried_in if position == 0 else [])
     if not todo:
         await saver.put(thread_id, owner, NewCheckpoint(
             parent_id=head_id, step=failed.step, kind="compensation", status="compensated",
-            next="[]", snapshot=spec.schema.encode_state(state), error=failed.error))
+            next="[]", writes=spec.schema.encode_writes(carried_in) if carried_in else None,
+            snapshot=spec.schema.encode_state(state), error=failed.error))
     return state
 
 
 async def _compensate_one(executor: Executor, saver: Checkpointer, owner: Owner, thread_id: str,
                           state: BaseModel, head_id: str, failed: CheckpointRecord,
-                          task: TaskRef, *, last: bool) -> tuple[BaseModel, str]:
+                          task: TaskRef, *, last: bool,
+                          carried_in: list[tuple[str, int, str]]) -> tuple[BaseModel, str]:
     from .executor import call_user_function
 
     step, node, index = task
@@ -110,7 +122,7 @@ async def _compensate_one(executor: Executor, saver: Checkpointer, owner: Owner,
     new_id = await saver.put(thread_id, owner, NewCheckpoint(
         parent_id=head_id, step=failed.step, kind="compensation",
         status="compensated" if last else "failed", next="[]",
-        writes=schema.encode_writes([(COMPENSATE, 0, encoded)]),
+        writes=schema.encode_writes([*carried_in, (COMPENSATE, 0, encoded)]),
         snapshot=schema.encode_state(state), extra=json.dumps({"compensates": [step, node, index]}),
         error=failed.error))
     return state, new_id

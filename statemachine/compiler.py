@@ -155,7 +155,8 @@ def compile_graph(
     on_failure: str = "raise",
 ) -> CompiledGraph:
     spec = build_spec(builder, interrupt_before=interrupt_before, interrupt_after=interrupt_after,
-                      retry=retry, max_concurrency=max_concurrency, on_failure=on_failure)
+                      retry=retry, max_concurrency=max_concurrency, on_failure=on_failure,
+                      has_checkpointer=checkpointer is not None)
     from .compiled import CompiledGraph
 
     return CompiledGraph(spec, checkpointer=checkpointer, name=name)
@@ -169,10 +170,17 @@ def build_spec(
     retry: RetryPolicy | None = None,
     max_concurrency: int | None = None,
     on_failure: str = "raise",
+    has_checkpointer: bool = True,
 ) -> GraphSpec:
     """Check every declaration of `builder`; return the frozen graph or raise with all problems."""
     problems: list[Problem] = []
     problems += _check_compile_options(retry, max_concurrency, on_failure)
+    if on_failure == "compensate" and not has_checkpointer:
+        problems.append(Problem(
+            "invalid_option", "compile(on_failure='compensate') needs a checkpointer: the "
+            "rollback reads which nodes completed from the thread's checkpoints and commits "
+            "each compensation.", hint="compile(checkpointer=SQLiteCheckpointer('runs.db'), "
+            "on_failure='compensate')."))
     schema = None
     if not is_state_model(builder.state_schema):
         problems.append(Problem(
@@ -364,7 +372,7 @@ def _check_nodes(builder: StateGraph, problems: list[Problem]) -> dict[str, Node
 
 
 def _payload_type(fn: Callable[..., Any], state_schema: object) -> TypeAdapter[Any] | None:
-    """A TypeAdapter of the node's first parameter's annotation, unless it is the state."""
+    """A TypeAdapter of the node's first parameter's annotation (for Send payloads)."""
     try:
         params = list(inspect.signature(fn).parameters.values())
         hints = typing.get_type_hints(fn)
@@ -373,7 +381,7 @@ def _payload_type(fn: Callable[..., Any], state_schema: object) -> TypeAdapter[A
     if not params or params[0].name not in hints:
         return None
     annotation = hints[params[0].name]
-    if annotation is state_schema or annotation is Any:
+    if annotation is Any:
         return None
     try:
         return TypeAdapter(annotation)
@@ -382,13 +390,39 @@ def _payload_type(fn: Callable[..., Any], state_schema: object) -> TypeAdapter[A
 
 
 def _fingerprint(fn: Callable[..., Any]) -> str:
-    code = getattr(fn, "__code__", None) or getattr(type(fn).__call__, "__code__", None)
-    name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
-    parts = [name]
-    if code is not None:
-        consts = [c for c in code.co_consts if isinstance(c, (str, int, float, bytes, tuple))]
-        parts += [code.co_code.hex(), repr(code.co_names), repr(consts)]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    """Stable across processes for the same code and captured constants, different otherwise:
+    module, name, bytecode, constants, and the plain values (text, numbers, tuples) and
+    functions among its default arguments and closure cells."""
+    return hashlib.sha256(_describe(fn, depth=0).encode()).hexdigest()[:16]
+
+
+def _describe(value: object, depth: int) -> str:
+    if isinstance(value, (str, int, float, bytes, bool, type(None))):
+        return repr(value)
+    if isinstance(value, (tuple, frozenset)) and depth < 3:
+        return "(" + ",".join(_describe(v, depth + 1) for v in value) + ")"
+    fn = value if callable(value) else None
+    code = getattr(fn, "__code__", None)
+    if code is None and fn is not None and not isinstance(fn, type):
+        code = getattr(type(fn).__call__, "__code__", None)
+    if code is None or depth >= 3:
+        # a mutable or opaque object (a client, a counter): its type, not its changing value
+        return f"<{type(value).__module__}.{type(value).__qualname__}>"
+    name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+    consts = [c for c in code.co_consts if isinstance(c, (str, int, float, bytes, tuple))]
+    cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())
+             if _has_contents(c)]
+    defaults = getattr(fn, "__defaults__", None) or ()
+    return "|".join([name, code.co_code.hex(), repr(code.co_names), repr(consts),
+                     _describe(tuple(defaults), depth + 1), _describe(tuple(cells), depth + 1)])
+
+
+def _has_contents(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty cell raises
+    except ValueError:
+        return False
+    return True
 
 
 def _is_compiled_graph(obj: object) -> bool:

@@ -61,7 +61,7 @@ from .errors import (
 from .observe import Observer
 from .policies import CachePolicy
 from .types import NodeFailure, RunContext, Snapshot, StepEvent, task_id
-from .waiting import NO_ANSWERS, TaskAnswers, WaitingForEvent, current_answers, wait_for
+from .waiting import NO_ANSWERS, TaskAnswers, WaitingForEvent, current_answers
 
 INPUT = "__input__"
 """The pseudo-node that writes a run's input."""
@@ -193,10 +193,22 @@ class Executor:
             encoded = spec.schema.encode_update(update, node=writer, step=head.step,
                                                 thread_id=thread_id)
             extra: dict[str, Any] = {}
+            kind, index = "update", 0
             if as_node is not None:
                 run = Run(self, thread_id, 1, False)
-                tasks, joins = await run.route([Task(as_node)], new_state, head.step,
-                                               _joins(head_extra))
+                missing = run.load_pending(head, chain)
+                if run.pending and [t.node for t in missing] == [as_node]:
+                    # the update stands in for the one task the failed step still lacked:
+                    # the step commits whole, its finished tasks' writes included
+                    kind, index = "step", missing[0].index
+                    run.pending[missing[0].key] = update
+                    ran = sorted(_decode_tasks(head.next), key=lambda t: self.task_order(t.key))
+                    new_state = spec.schema.apply(
+                        state, [(t.node, run.pending[t.key]) for t in ran], step=head.step,
+                        thread_id=thread_id)
+                else:
+                    ran = [Task(as_node)]
+                tasks, joins = await run.route(ran, new_state, head.step, _joins(head_extra))
                 step, next_json, error = head.step + 1, _encode_tasks(tasks), None
                 status = "interrupted" if tasks else "done"
                 if tasks:
@@ -211,11 +223,13 @@ class Executor:
                     extra["carried"] = carried
                 if "interrupt" in head_extra:
                     extra["interrupt"] = head_extra["interrupt"]
+                # the same tasks stay due: they keep their ids (idempotency keys)
+                extra["origin"] = head_extra.get("origin", head.id)
             if joins:
                 extra["joins"] = _encode_joins(joins)
             new_id = await saver.put(thread_id, owner, NewCheckpoint(
-                parent_id=head.id, step=step, kind="update", status=status, next=next_json,
-                writes=spec.schema.encode_writes([(writer, 0, encoded)]),
+                parent_id=head.id, step=step, kind=kind, status=status, next=next_json,
+                writes=spec.schema.encode_writes([(writer, index, encoded)]),
                 snapshot=spec.schema.encode_state(new_state),
                 extra=json.dumps(extra) if extra else None, error=error))
         finally:
@@ -269,8 +283,10 @@ class Executor:
     def task_order(self, key: tuple[str, int]) -> tuple[int, int]:
         """Where a task's write goes in its step: declaration order, then task index."""
         node, index = key
-        if node in (INPUT, UPDATE, COMPENSATE):
+        if node in (INPUT, UPDATE):
             return (-1, index)
+        if node == COMPENSATE:  # after the writes it may be committed with (see compensation)
+            return (len(self.spec.order) + 1, index)
         return (self.spec.order.get(node, len(self.spec.order)), index)
 
     def decode_record_writes(self, record: CheckpointRecord
@@ -385,6 +401,8 @@ class Run:
         self.collected: list[tuple[str, dict[str, Any]]] | None = None
         """When a list, every step's writes are added to it (subgraphs without storage)."""
         self.observing = False
+        self.step_origin: str | None = None
+        """Set when the head was made by update_state: the checkpoint the tasks came from."""
         self.head_has_snapshot = False
         self.skip_interrupt_before = False
         self.snapshot_bytes = 0
@@ -468,11 +486,21 @@ class Run:
             self.head_has_snapshot = True
             return
         self.head_id = head.id
+        self.step_origin = extra.get("origin")
         self.head_has_snapshot = head.snapshot is not None
         self.tasks = _decode_tasks(head.next)
+        self.load_pending(head, chain)
+        self.answers = {_task_key(k): list(v) for k, v in extra.get("answers", {}).items()}
+        self.head_status, self.head_extra = head.status, extra
+        self._count_replay(chain)
+
+    def load_pending(self, head: CheckpointRecord, chain: Chain) -> list[Task]:
+        """Take in the writes the head's step already has; returns its tasks still to run."""
         schema = self.spec.schema
         for node, index, update in self.executor._carried(head):
             self.pending[(node, index)] = update
+            self.encoded[(node, index)] = schema.encode_update(
+                update, node=node, step=head.step, thread_id=self.thread_id)
         for write in chain.pending.get(head.id, []):
             key = (write.node, write.index)
             self.pending[key] = schema.decode_update(write.writes)
@@ -483,9 +511,7 @@ class Run:
                 if "goto" in meta:
                     self.gotos[key] = _decode_goto(meta["goto"])
         self.committed_pending = set(self.pending)
-        self.answers = {_task_key(k): list(v) for k, v in extra.get("answers", {}).items()}
-        self.head_status, self.head_extra = head.status, extra
-        self._count_replay(chain)
+        return [t for t in _decode_tasks(head.next) if t.key not in self.pending]
 
     async def _deliver(self, event: dict[str, Any] | None) -> None:
         """Hand delivered event values to the tasks waiting for them, durably, before running."""
@@ -592,6 +618,7 @@ class Run:
         self.state, self.tasks, self.joins, self.step = new_state, tasks, joins, step + 1
         self.pending, self.encoded, self.committed_pending = {}, {}, set()
         self.gotos, self.meta, self.answers = {}, {}, {}
+        self.step_origin = None
         updates: dict[str, Any] = {}
         for task, update in ordered:
             _add_update(updates, task.node, update)
@@ -684,6 +711,9 @@ class Run:
         """
         node = self.spec.nodes[task.node]
         arg = self._payload_input(node, task) if task.sent else state
+        observer = self.executor.observer
+        if self.observing:
+            await observer.node_start(self.thread_id, step, task.node)
         cache_key = None
         if node.cache is not None:
             cache_key = _cache_key(node.cache, arg)
@@ -696,11 +726,9 @@ class Run:
                 return
         policy = node.retry or self.spec.retry
         context = self._context(task, step) if node.call.wants_context else None
-        observer = self.executor.observer
         attempt = 0
+        captured = False
         started = time.perf_counter()
-        if self.observing:
-            await observer.node_start(self.thread_id, step, task.node)
         while True:
             attempt += 1
             try:
@@ -719,6 +747,7 @@ class Run:
                     continue
                 await observer.node_error(self.thread_id, step, task.node, exc, attempt)
                 if node.on_error == "capture":
+                    captured = True
                     result = {node.error_field: [NodeFailure(
                         node=task.node, error_type=type(exc).__name__, message=str(exc),
                         step=step, thread_id=self.thread_id)]}
@@ -729,7 +758,7 @@ class Run:
                 raise
         seconds = time.perf_counter() - started
         update, goto = self._split_result(node, result, step)
-        if cache_key is not None:
+        if cache_key is not None and not captured:  # a failure is not a result to reuse
             value = json.dumps({"update": json.loads(self.spec.schema.encode_update(
                 update, node=task.node, step=step, thread_id=self.thread_id)),
                 "goto": _encode_goto(goto)})
@@ -781,7 +810,7 @@ class Run:
             writes = [update for _, update in run.collected]
             final = run.state
         else:
-            thread = f"{self.thread_id}::{node.name}:{task.index}@{self.head_id}"
+            thread = f"{self.thread_id}::{node.name}:{task.index}@{self._origin(0)}"
             chain = await self.saver.load(thread)
             head = chain.head if chain is not None else None
             extra = _extra(head) if head is not None else {}
@@ -791,7 +820,7 @@ class Run:
                 event = None
                 if head is not None and head.status == "interrupted" and "waiting" in extra:
                     name = extra["waiting"][0][2]
-                    event = {name: wait_for(name)}  # the parent's answer, or pause the parent
+                    event = {name: _newest_answer(name)}
                 run = child.new_run(thread, inline_sync=self.inline_sync)
                 async for _ in run.execute(child_input if head is None else None,
                                            resume=head is not None, event=event):
@@ -866,9 +895,14 @@ class Run:
         return f"{self.executor.name}:{node.name}:{node.code_fingerprint}"
 
     def _context(self, task: Task, step: int) -> RunContext:
-        origin = self.head_id if self.head_id is not None else f"{self.owner.token}-{step}"
         return RunContext(self.thread_id, step, task.node,
-                          task_id(self.thread_id, origin, task.node, task.index))
+                          task_id(self.thread_id, self._origin(step), task.node, task.index))
+
+    def _origin(self, step: int) -> str:
+        """Where the current step's tasks were scheduled: what their ids derive from."""
+        if self.step_origin is not None:
+            return self.step_origin
+        return self.head_id if self.head_id is not None else f"{self.owner.token}-{step}"
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -1070,6 +1104,16 @@ def _call_sync(fn: Any, args: tuple[Any, ...]) -> Any:
         return fn(*args)
     except StopIteration as exc:
         raise RuntimeError(f"{getattr(fn, '__name__', fn)!s} raised StopIteration") from exc
+
+
+def _newest_answer(event: str) -> Any:
+    """For a subgraph waiting for `event`: the value its parent's resume delivered last, or
+    pause the parent. Each pause of the parent stands for exactly one pause of the subgraph,
+    so the newest answer is the one for the subgraph's current wait."""
+    answers = current_answers.get()
+    if answers is None or not answers.answers:
+        raise WaitingForEvent(event)
+    return answers.answers[-1]
 
 
 def _pick_error(failures: list[BaseException]) -> BaseException:

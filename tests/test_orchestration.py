@@ -676,10 +676,6 @@ def test_graphs_whose_nodes_have_different_code_do_not_share_cache_entries(sqlit
     assert "cache_hits" in one.get_state("c").metadata
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the cache namespace is graph name, node name and "
-                   "a fingerprint of the node's code, which ignores closure variables: nodes "
-                   "made by one factory with different captured values share entries across "
-                   "graphs of the same (default) name and return each other's results")
 def test_different_graphs_sharing_a_store_do_not_share_cache_entries(sqlite_store):
     def graph(text: str) -> StateGraph:
         return chain(("step", lambda s: {"log": [text]}), step={"cache": CachePolicy()})
@@ -776,9 +772,6 @@ def test_send_tasks_are_cached_by_their_payload():
     assert sorted(calls) == [1, 2, 3]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a failure captured with on_error='capture' is "
-                   "stored in the node's cache, so later runs replay the failure without "
-                   "calling the node again")
 def test_a_captured_failure_is_not_cached():
     calls = []
 
@@ -947,10 +940,7 @@ def test_a_finished_sibling_of_the_failed_task_is_compensated(store):
     assert undone == ["a", "first"]
 
 
-@pytest.mark.parametrize("parallel", [False, pytest.param(True, marks=pytest.mark.xfail(
-    strict=True, reason="BUG: the compensation of a task that finished in the failed step (its "
-    "write still pending) gets the state without that task's own update, so a refund cannot "
-    "see the charge id it must refund"))])
+@pytest.mark.parametrize("parallel", [False, True])
 def test_a_compensation_sees_the_update_of_the_task_it_undoes(store, parallel):
     seen: list[int] = []
 
@@ -1192,8 +1182,6 @@ def test_a_waiting_run_can_be_rolled_back(store):
     assert app.get_state("t").status == "compensated"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: compile(on_failure='compensate') without a "
-                   "checkpointer is accepted and then silently ignored: no compensation runs")
 def test_on_failure_compensate_is_never_silently_ignored():
     undone: list[str] = []
     g = saga(undone)
@@ -1689,9 +1677,6 @@ def test_command_goto_send_and_end():
     assert command_graph(lambda s: Command(goto=END)).compile().invoke({}).log == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a Send payload is validated into the type its "
-                   "node's parameter declares, except when that type is the state model: "
-                   "then the node gets a dict")
 def test_a_send_to_a_node_annotated_with_the_state_model_gets_the_model():
     def b(state: S) -> dict[str, Any]:
         return {"results": [state.value]}

@@ -408,9 +408,6 @@ def one_node_waiting_twice_in_a_child() -> StateGraph:
     return linear(S, ("sub", linear(S, ("both", both)).compile()))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the second wait_for inside a subgraph receives "
-                   "the value delivered for the first one (the parent task's answers are "
-                   "consumed by position, and _run_subgraph always reads the first)")
 @pytest.mark.parametrize("make", [two_waits_in_a_child, one_node_waiting_twice_in_a_child])
 def test_the_second_wait_inside_a_subgraph_gets_its_own_event(store, make):
     app = make().compile(checkpointer=store.open())

@@ -1,0 +1,1224 @@
+"""The `statemachine` command line: check, draw, run and resume graphs, and read stored runs.
+
+    statemachine validate GRAPH                       compile; print every problem
+    statemachine draw GRAPH [-o flow.svg] [--format mermaid|dot|svg|png|pdf]
+                            [--db runs.db --thread t1] [--xray]
+    statemachine run GRAPH [--input JSON|@file.json|-] [--db runs.db] [--thread t1]
+    statemachine resume GRAPH --db runs.db --thread t1 [--event JSON|@file.json]
+    statemachine threads --db runs.db                 every thread with its status
+    statemachine history --db runs.db --thread t1     its checkpoints: step, nodes, status, time
+    statemachine show --db runs.db --thread t1 [--checkpoint ID]   its state as JSON
+
+GRAPH is `package.module:attribute` (or `path/to/file.py:attribute`) naming a `StateGraph`,
+which is compiled, or a `CompiledGraph`. The current directory is importable, so
+`examples.quickstart:graph` works from a project's root. With `--db FILE` the graph runs on a
+`SQLiteCheckpointer(FILE)`: a StateGraph is compiled with it, a CompiledGraph is rebuilt on it
+with the same spec and name (its compile options kept).
+
+`run` and `resume` show each step on stderr (nodes, step, time) and print the final state as
+JSON on stdout; what nodes print goes to stderr too, so stdout stays JSON. `threads`,
+`history` and `show` read the database without importing any user code; they never create a
+database file.
+
+Exit codes:
+
+    0  success; also a run that paused (an interrupt, or waiting for an event)
+    1  the run failed: a node or router raised (the error and the resume command are printed)
+    2  usage error or bad input: options, JSON, an object that is not a graph, input the state
+       schema rejects, a thread that cannot do what was asked, a file that is not a database
+    3  the graph is invalid (every problem is printed)
+    4  not found: module, attribute, file, database, thread, checkpoint, Graphviz's `dot`
+    5  the thread is busy: another run holds it right now
+    130  interrupted with Ctrl-C (committed steps are kept; resume continues)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+import traceback
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console, Group, RenderableType
+from rich.text import Text
+
+from ._sync import run_sync
+from .compiled import CompiledGraph
+from .errors import (
+    CheckpointError,
+    GraphValidationError,
+    InvalidUpdateError,
+    Problem,
+    ThreadBusyError,
+    ThreadNotFoundError,
+    ThreadStateError,
+    closest_name,
+)
+from .graph import StateGraph
+from .types import Snapshot, StepEvent
+
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INVALID_GRAPH = 3
+EXIT_NOT_FOUND = 4
+EXIT_BUSY = 5
+EXIT_INTERRUPTED = 130
+
+_INPUT, _UPDATE = "__input__", "__update__"
+"""The executor's pseudo-nodes that write a run's input and `update_state` values."""
+
+EPILOG = """\b
+GRAPH is package.module:attribute (or path/to/file.py:attribute), a StateGraph or a
+CompiledGraph; the current directory is importable.
+\b
+Exit codes:
+  0  success (also a run that paused for an interrupt or an event)
+  1  the run failed: a node or router raised (the resume command is printed)
+  2  usage error or bad input (options, JSON, not a graph, rejected input, thread state)
+  3  the graph is invalid (every problem is printed)
+  4  not found: module, attribute, file, database, thread, checkpoint, Graphviz's dot
+  5  the thread is busy: another run holds it
+  130  interrupted with Ctrl-C (committed steps are kept)
+"""
+
+T = TypeVar("T")
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+class CliError(click.ClickException):
+    """An error to print (without a traceback) and exit with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE, *,
+                 details: Sequence[str] = (), hint: str | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.details = list(details)
+        self.hint = hint
+
+    def show(self, file: Any = None) -> None:
+        console = _stderr()
+        console.print(Text.assemble(("error: ", "bold red"), self.message))
+        for line in self.details:
+            console.print(Text("  " + line))
+        if self.hint:
+            console.print(Text.assemble(("  hint: ", "yellow"), self.hint))
+
+
+def _problem_lines(problems: Sequence[Problem]) -> list[str]:
+    lines = []
+    for problem in problems:
+        lines.append(f"✗ [{problem.code}] {problem.message}")
+        if problem.nodes:
+            lines.append(f"    nodes: {', '.join(map(str, problem.nodes))}")
+        if problem.hint:
+            lines.append(f"    hint: {problem.hint}")
+    return lines
+
+
+def _invalid(target: str, exc: GraphValidationError) -> CliError:
+    count = len(exc.problems)
+    return CliError(f"{target} is invalid: {count} problem{'s' if count != 1 else ''}",
+                    EXIT_INVALID_GRAPH, details=_problem_lines(exc.problems))
+
+
+@contextlib.contextmanager
+def _library_errors() -> Iterator[None]:
+    """Library errors a command does not handle itself, as CLI errors with their exit code."""
+    try:
+        yield
+    except GraphValidationError as exc:
+        raise CliError(str(exc), EXIT_INVALID_GRAPH) from exc
+    except ThreadNotFoundError as exc:
+        raise CliError(str(exc), EXIT_NOT_FOUND) from exc
+    except ThreadBusyError as exc:
+        raise CliError(str(exc), EXIT_BUSY) from exc
+    except (ThreadStateError, CheckpointError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+
+
+# -- consoles ---------------------------------------------------------------------------------
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _stdout() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, width=200)  # piped: wide rows beat wrapped ones
+    return console
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _state_json(state: Any) -> Any:
+    return state.model_dump(mode="json")
+
+
+# -- loading graphs ---------------------------------------------------------------------------
+
+def _importable_cwd() -> None:
+    """Make the current directory importable, as `python -m` does."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _graphs_in(module: ModuleType) -> list[str]:
+    return [name for name, value in vars(module).items()
+            if not name.startswith("_") and isinstance(value, (StateGraph, CompiledGraph))]
+
+
+def _graphs_hint(target_module: str, module: ModuleType) -> str | None:
+    found = _graphs_in(module)
+    if not found:
+        return f"{target_module} defines no StateGraph or CompiledGraph at module level"
+    return "graphs there: " + ", ".join(f"{target_module}:{name}" for name in found)
+
+
+def _import(module_part: str) -> ModuleType:
+    """Import a module by dotted name or file path; CliError with a clear reason otherwise."""
+    _importable_cwd()
+    is_path = module_part.endswith(".py") or "/" in module_part or os.sep in module_part
+    try:
+        # what a module prints while it loads must not reach stdout, which carries JSON
+        with contextlib.redirect_stdout(sys.stderr):
+            if is_path:
+                return _import_file(Path(module_part))
+            return importlib.import_module(module_part)
+    except CliError:
+        raise
+    except GraphValidationError as exc:
+        raise _invalid(module_part, exc) from exc
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if not is_path and (module_part == missing or module_part.startswith(missing + ".")):
+            looking = f" (importing {module_part!r})" if missing != module_part else ""
+            raise CliError(
+                f"no module named {missing!r}{looking}", EXIT_NOT_FOUND,
+                hint=f"run from the directory that contains it (the current directory, "
+                     f"{os.getcwd()}, is importable) or set PYTHONPATH; a file works too: "
+                     "path/to/file.py:graph") from exc
+        raise _import_failed(module_part, exc) from exc
+    except Exception as exc:
+        raise _import_failed(module_part, exc) from exc
+
+
+def _import_failed(module_part: str, exc: BaseException) -> CliError:
+    return CliError(f"importing {module_part!r} failed: {type(exc).__name__}: {exc}",
+                    EXIT_USAGE, details=_user_traceback(exc))
+
+
+def _user_traceback(exc: BaseException) -> list[str]:
+    """The traceback of `exc` without the frames of the import machinery and of this module."""
+    summary = traceback.TracebackException.from_exception(exc)
+    here = os.path.abspath(__file__)
+    summary.stack = traceback.StackSummary.from_list(
+        [frame for frame in summary.stack if not frame.filename.startswith("<frozen")
+         and os.path.abspath(frame.filename) != here and "importlib" not in frame.filename])
+    return "".join(summary.format()).rstrip().splitlines()
+
+
+def _import_file(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise CliError(f"no file {str(path)!r}", EXIT_NOT_FOUND)
+    name = path.stem if path.stem.isidentifier() and path.stem not in sys.modules \
+        else f"_statemachine_cli_{abs(hash(path.resolve()))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise CliError(f"cannot import {str(path)!r} as Python code", EXIT_USAGE)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.resolve().parent))  # its siblings import as they would
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def load_graph(target: str) -> StateGraph | CompiledGraph:
+    """The StateGraph or CompiledGraph that `module:attribute` names."""
+    module_part, colon, attribute = target.rpartition(":")
+    if not colon or not module_part or not attribute:
+        hint = "e.g. examples.quickstart:graph or examples/quickstart.py:graph"
+        if not colon and target:
+            with contextlib.suppress(CliError):
+                hint = _graphs_hint(target, _import(target)) or hint
+        raise CliError(f"{target!r} is not MODULE:ATTRIBUTE", EXIT_USAGE, hint=hint)
+    module = _import(module_part)
+    value: Any = module
+    for part in attribute.split("."):
+        if not hasattr(value, part):
+            known = [n for n in dir(value) if not n.startswith("_")]
+            match = closest_name(part, known)
+            raise CliError(
+                f"{module_part} has no attribute {attribute!r}"
+                + (f" (did you mean {match!r}?)" if match else ""),
+                EXIT_NOT_FOUND, hint=_graphs_hint(module_part, module))
+        value = getattr(value, part)
+    if not isinstance(value, (StateGraph, CompiledGraph)):
+        kind = "a function" if callable(value) and not isinstance(value, type) else \
+            _a(type(value).__name__)
+        raise CliError(f"{target} is {kind}, not a StateGraph or CompiledGraph", EXIT_USAGE,
+                       hint=_graphs_hint(module_part, module))
+    return value
+
+
+@dataclass
+class Store:
+    """A checkpoint database opened for the command, closed when it ends."""
+
+    path: Path
+    saver: Any
+
+    def call(self, make: Callable[[], Any]) -> Any:
+        return run_sync(make)
+
+
+def open_store(db: Path, stack: contextlib.ExitStack, *, create: bool) -> Store:
+    """Open `db`; unless `create`, a missing or empty file is an error and nothing is made."""
+    from checkpoints import SQLiteCheckpointer
+
+    if not create:
+        if not db.exists():
+            raise CliError(f"no database file {str(db)!r}", EXIT_NOT_FOUND,
+                           hint="give the file a run wrote (statemachine run ... --db FILE)")
+        if db.is_file() and db.stat().st_size == 0:
+            raise CliError(f"{str(db)!r} is empty, not a checkpoint database", EXIT_USAGE)
+    try:
+        saver = SQLiteCheckpointer(db)
+    except CheckpointError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    stack.callback(saver.close)
+    return Store(db, saver)
+
+
+def build_app(target: str, db: Path | None, stack: contextlib.ExitStack, *,
+              create: bool) -> CompiledGraph:
+    """The graph `target` names, compiled, on the database `db` when given."""
+    graph = load_graph(target)
+    saver = open_store(db, stack, create=create).saver if db is not None else None
+    if isinstance(graph, CompiledGraph):
+        if saver is None:
+            return graph
+        return CompiledGraph(graph.spec, checkpointer=saver, name=graph.name)
+    try:
+        return graph.compile(checkpointer=saver)
+    except GraphValidationError as exc:
+        raise _invalid(target, exc) from exc
+
+
+# -- options ----------------------------------------------------------------------------------
+
+def _read_json(value: str, option: str) -> Any:
+    """JSON text, `@file.json`, or `-`/`@-` for stdin."""
+    source = "text"
+    if value in ("-", "@-"):
+        text, source = sys.stdin.read(), "stdin"
+    elif value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise CliError(f"{option}: no file {str(path)!r}", EXIT_NOT_FOUND) from None
+        except OSError as exc:
+            raise CliError(f"{option}: cannot read {str(path)!r}: {exc}", EXIT_USAGE) from exc
+        source = str(path)
+    else:
+        text = value
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        line = text.splitlines()[exc.lineno - 1] if text.splitlines() else ""
+        raise CliError(
+            f"{option} is not valid JSON ({source}): {exc.msg} at line {exc.lineno} column "
+            f"{exc.colno}", EXIT_USAGE, details=[line, " " * (exc.colno - 1) + "^"],
+            hint=f"""quote it for the shell: {option} '{{"count": 0}}', or {option} @file.json"""
+        ) from exc
+
+
+def _json_object(value: str, option: str) -> dict[str, Any]:
+    data = _read_json(value, option)
+    if not isinstance(data, dict):
+        raise CliError(f"{option} must be a JSON object ({{...}}), not {type(data).__name__}",
+                       EXIT_USAGE)
+    return data
+
+
+DB_OPTION = click.option("--db", type=click.Path(path_type=Path, dir_okay=False),
+                         help="SQLite checkpoint database.")
+GRAPH_ARGUMENT = click.argument("target", metavar="GRAPH")
+
+
+# -- the command group -------------------------------------------------------------------------
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("statemachine")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"statemachine {_version()}")
+        ctx.exit()
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
+                                              "max_content_width": 100})
+@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Show the version and exit.")
+def cli() -> None:
+    """Durable, stateful workflows as graphs: validate, draw, run, resume and inspect them."""
+
+
+# -- validate ---------------------------------------------------------------------------------
+
+@cli.command(epilog=EPILOG)
+@GRAPH_ARGUMENT
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def validate(target: str, as_json: bool) -> None:
+    """Compile GRAPH and print every problem; exit 3 when it is invalid."""
+    problems: list[Problem] = []
+    app: CompiledGraph | None = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            graph = load_graph(target)
+        except CliError as exc:
+            if exc.exit_code != EXIT_INVALID_GRAPH or not isinstance(
+                    exc.__cause__, GraphValidationError):
+                raise
+            problems = exc.__cause__.problems  # the module compiles it when imported
+        else:
+            try:
+                app = graph if isinstance(graph, CompiledGraph) else graph.compile()
+            except GraphValidationError as exc:
+                problems = exc.problems
+    notes = [f"{w.category.__name__}: {w.message}" for w in caught]
+    if as_json:
+        _echo_json({
+            "graph": target, "valid": not problems,
+            "nodes": list(app.nodes) if app is not None else [],
+            "problems": [{"code": p.code, "message": p.message, "nodes": list(p.nodes),
+                          "hint": p.hint} for p in problems],
+            "warnings": notes})
+    else:
+        out = _stdout()
+        if problems:
+            count = len(problems)
+            out.print(Text(f"{target} is invalid: {count} problem{'s' if count != 1 else ''}",
+                           style="bold red"))
+            for line in _problem_lines(problems):
+                out.print(Text("  " + line), soft_wrap=True)
+        else:
+            assert app is not None
+            spec = app.spec
+            edges = spec.digraph.number_of_edges()
+            out.print(Text.assemble(
+                ("✓ ", "green"), f"{target} is valid: {len(spec.nodes)} node"
+                f"{'s' if len(spec.nodes) != 1 else ''} ({', '.join(spec.nodes)}), {edges} "
+                f"edge{'s' if edges != 1 else ''}"), soft_wrap=True)
+        err = _stderr()
+        for note in notes:
+            err.print(Text.assemble(("warning: ", "yellow"), note))
+    if problems:
+        sys.exit(EXIT_INVALID_GRAPH)
+
+
+# -- draw -------------------------------------------------------------------------------------
+
+DRAW_FORMATS = ("mermaid", "dot", "svg", "png", "pdf")
+_EXTENSIONS = {".mmd": "mermaid", ".mermaid": "mermaid", ".md": "mermaid", ".dot": "dot",
+               ".gv": "dot", ".svg": "svg", ".png": "png", ".pdf": "pdf"}
+
+
+@cli.command(epilog=EPILOG)
+@GRAPH_ARGUMENT
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+              help="Write to this file (- for stdout); the format follows its extension.")
+@click.option("--format", "fmt", type=click.Choice(DRAW_FORMATS),
+              help="mermaid, dot, svg, png or pdf. Default: from -o's extension, else mermaid.")
+@DB_OPTION
+@click.option("--thread", help="Highlight this thread's run: visited nodes, taken edges, the "
+                                "failed node (needs --db).")
+@click.option("--xray", is_flag=True, help="Draw subgraphs' own nodes inside their node.")
+def draw(target: str, output: Path | None, fmt: str | None, db: Path | None,
+         thread: str | None, xray: bool) -> None:
+    """Draw GRAPH as Mermaid, Graphviz DOT, SVG, PNG or PDF.
+
+    Without -o, text formats (mermaid, dot, svg) are printed on stdout.
+    SVG, PNG and PDF need Graphviz's `dot` program.
+    """
+    import visualize
+
+    to_stdout = output is None or str(output) == "-"
+    if fmt is None:
+        if to_stdout:
+            fmt = "mermaid"
+        else:
+            assert output is not None
+            fmt = _EXTENSIONS.get(output.suffix.lower())
+            if fmt is None:
+                raise CliError(
+                    f"cannot tell the format of {output.name!r} from its extension",
+                    EXIT_USAGE, hint="name it .svg, .png, .pdf, .dot or .mmd, or pass "
+                                     "--format")
+    if to_stdout and fmt in ("png", "pdf") and output is None:
+        raise CliError(f"{fmt} is binary: write it to a file with -o flow.{fmt} (or -o - to "
+                       "pipe it)", EXIT_USAGE)
+    if db is not None and thread is None:
+        _stderr().print(Text("note: --db is used only with --thread (the run to highlight)",
+                             style="yellow"))
+    with contextlib.ExitStack() as stack, _library_errors():
+        app = build_app(target, db if thread is not None else None, stack, create=False)
+        if thread is not None and app.checkpointer is None:
+            raise CliError("--thread needs --db FILE (where the thread's run is stored)",
+                           EXIT_USAGE)
+        if thread is not None:
+            _require_thread(app, thread, db)
+        if fmt == "mermaid":
+            data: bytes = visualize.to_mermaid(app, thread_id=thread, xray=xray).encode()
+        elif fmt == "dot":
+            data = visualize.to_dot(app, thread_id=thread, xray=xray).encode()
+        else:
+            try:
+                data = visualize.render_bytes(app, fmt, thread_id=thread, xray=xray)
+            except visualize.GraphvizNotFoundError as exc:
+                raise CliError(str(exc), EXIT_NOT_FOUND,
+                               hint="--format mermaid and --format dot need no Graphviz") from exc
+    if to_stdout:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        assert output is not None
+        try:
+            output.write_bytes(data)
+        except OSError as exc:
+            raise CliError(f"cannot write {str(output)!r}: {exc}", EXIT_USAGE) from exc
+        _stderr().print(Text(f"wrote {output} ({fmt}, {len(data):,} bytes)"))
+
+
+def _require_thread(app: CompiledGraph, thread: str, db: Path | None) -> None:
+    """ThreadNotFoundError, with the threads there are, when `thread` has no checkpoint."""
+    try:
+        app.get_state(thread)
+    except ThreadNotFoundError:
+        known = [t.thread_id for t in app.threads()]
+        raise _no_thread(thread, known, db) from None
+
+
+def _no_thread(thread: str, known: Sequence[str], db: Path | None) -> CliError:
+    match = closest_name(thread, known)
+    where = f" in {str(db)!r}" if db is not None else ""
+    shown = [t for t in known if "::" not in t]
+    hint = "threads there: " + ", ".join(shown[:10]) + (" ..." if len(shown) > 10 else "") \
+        if shown else "the database holds no threads yet"
+    return CliError(f"no thread {thread!r}{where}"
+                    + (f" (did you mean {match!r}?)" if match else ""), EXIT_NOT_FOUND,
+                    hint=hint)
+
+
+# -- run and resume ---------------------------------------------------------------------------
+
+def _fmt_seconds(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}:{rest:02d} min"
+
+
+class RunDisplay:
+    """A listener that shows a run step by step on stderr.
+
+    Each finished step is a line (step, nodes, time, retries, cache hits); while a step runs, a
+    spinner names its nodes and the time elapsed (on a terminal). Steps of subgraphs are
+    indented under their parent's.
+    """
+
+    def __init__(self, console: Console, thread_id: str | None, *, quiet: bool,
+                 captured: Sequence[str] = ()) -> None:
+        self.console, self.thread_id, self.quiet = console, thread_id, quiet
+        self.captured = set(captured)
+        self.started = time.perf_counter()
+        self.step: int | None = None
+        self.step_started: dict[tuple[str | None, int], float] = {}
+        self.running: dict[str, None] = {}
+        self.depth = 0
+        self.steps = 0
+        self.last_status: str | None = None
+        self.failed: list[tuple[int, str, BaseException, int]] = []
+        self._spinner: Any = None
+
+    # -- listener hooks (called with keyword arguments) -----------------------------------------
+
+    def on_step_start(self, thread_id: str | None, step: int, nodes: tuple[str, ...]) -> None:
+        self.depth += 1
+        self.step_started[(thread_id, step)] = time.perf_counter()
+        if self._is_main(thread_id):
+            self.step = step
+            self.running = dict.fromkeys(nodes)
+
+    def on_node_end(self, thread_id: str | None, step: int, node: str, update: Any,
+                    seconds: float, metadata: Any) -> None:
+        if self._is_main(thread_id):
+            self.running.pop(node, None)
+
+    def on_node_retry(self, thread_id: str | None, step: int, node: str, attempt: int,
+                      error: BaseException, delay: float) -> None:
+        self._line(Text.assemble(
+            ("↻ ", "yellow"), f"step {step}  ", (node, "bold"),
+            f"  attempt {attempt} failed ({type(error).__name__}: {error}); retrying in "
+            f"{_fmt_seconds(delay)}"), thread_id)
+
+    def on_node_error(self, thread_id: str | None, step: int, node: str,
+                      error: BaseException, attempts: int) -> None:
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        if node in self.captured:
+            self._line(Text.assemble(
+                ("⚠ ", "yellow"), f"step {step}  ", (node, "bold"),
+                f"  failed{tries}, captured into the state: {type(error).__name__}: {error}"),
+                thread_id)
+            return
+        self.failed.append((step, node, error, attempts))
+        self._line(Text.assemble(("✗ ", "bold red"), f"step {step}  ", (node, "bold red"),
+                                 f"  failed{tries}: {type(error).__name__}: {error}"),
+                   thread_id)
+
+    def on_step_end(self, event: StepEvent) -> None:
+        started = self.step_started.pop((event.thread_id, event.step), None)
+        elapsed = time.perf_counter() - started if started is not None else 0.0
+        nested = not self._is_main(event.thread_id)
+        if not nested:
+            self.steps += 1
+            self.last_status = event.status
+            self.running = {}
+        names = []
+        for node in event.nodes:
+            update = event.updates.get(node)
+            names.append(f"{node} ×{len(update)}" if isinstance(update, list) else node)
+        extras = []
+        for node, attempts in event.attempts.items():
+            extras.append(f"{node}: {attempts} attempts")
+        if event.cache_hits:
+            extras.append("cached: " + ", ".join(event.cache_hits))
+        self._line(Text.assemble(
+            ("✓ ", "green"), f"step {event.step}  ", (", ".join(names), "bold"),
+            (f"  {_fmt_seconds(elapsed)}", "dim"),
+            (f"  ({'; '.join(extras)})" if extras else "", "yellow")), event.thread_id)
+        self.depth = max(0, self.depth - 1)
+
+    # -- drawing --------------------------------------------------------------------------------
+
+    def _is_main(self, thread_id: str | None) -> bool:
+        if thread_id is not None and self.thread_id is not None:
+            return thread_id == self.thread_id
+        return self.depth <= 1
+
+    def _indent(self, thread_id: str | None) -> str:
+        if thread_id is not None and self.thread_id is not None:
+            level = thread_id.count("::") - self.thread_id.count("::")
+        else:
+            level = self.depth - 1
+        return "    " * max(0, level)
+
+    def _line(self, text: Text, thread_id: str | None) -> None:
+        if not self.quiet:
+            self.console.print(Text(self._indent(thread_id)) + text)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def render(self) -> RenderableType:
+        from rich.spinner import Spinner
+
+        if self._spinner is None:
+            self._spinner = Spinner("dots", style="cyan")
+        running = ", ".join(self.running) or "…"
+        step = "starting" if self.step is None else f"step {self.step}"
+        self._spinner.update(text=Text.assemble(
+            f"{step}  ", (running, "bold"), (f"  {_fmt_seconds(self.elapsed())} elapsed", "dim")))
+        return Group(self._spinner)
+
+    @contextlib.contextmanager
+    def live(self) -> Iterator[None]:
+        if self.quiet or not self.console.is_terminal:
+            yield
+            return
+        from rich.live import Live
+
+        with Live(get_renderable=self.render, console=self.console, transient=True,
+                  refresh_per_second=10, redirect_stdout=True, redirect_stderr=True):
+            yield
+
+
+def _prog(ctx: click.Context) -> str:
+    return ctx.find_root().info_name or "statemachine"
+
+
+def _resume_command(ctx: click.Context, target: str, db: Path | None, thread: str,
+                    events: Sequence[str] = ()) -> str:
+    words = ["resume", target]
+    if db is not None:
+        words += ["--db", str(db)]
+    words += ["--thread", thread]
+    command = f"{_prog(ctx)} {shlex.join(words)}"
+    if events:
+        template = "{" + ", ".join(f"{json.dumps(name)}: ..." for name in events) + "}"
+        command += f" --event {shlex.quote(template)}"
+    return command
+
+
+def _durable(app: CompiledGraph) -> bool:
+    """Whether another process can resume the app's threads (a file-backed store)."""
+    return app.checkpointer is not None and hasattr(app.checkpointer, "path")
+
+
+def _setup_exit_code(exc: BaseException) -> int | None:
+    """The exit code of an error that stopped the call before the run itself failed."""
+    if isinstance(exc, ThreadBusyError):
+        return EXIT_BUSY
+    if isinstance(exc, ThreadNotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, (ThreadStateError, CheckpointError)):
+        return EXIT_USAGE
+    if isinstance(exc, InvalidUpdateError) and exc.node in (None, _INPUT):
+        return EXIT_USAGE
+    return None
+
+
+def _execute(ctx: click.Context, app: CompiledGraph, target: str, db: Path | None,
+             thread: str | None, call: Callable[[], Any], *, quiet: bool,
+             show_traceback: bool) -> None:
+    """Run `call` (an invoke or resume of `app`) with the progress display; report the end."""
+    err = _stderr()
+    captured = [n for n, spec in app.spec.nodes.items() if spec.on_error == "capture"]
+    display = RunDisplay(err, thread, quiet=quiet, captured=captured)
+    app.add_listener(display)
+    try:
+        with contextlib.redirect_stdout(sys.stderr), display.live():
+            state = call()
+    except KeyboardInterrupt:
+        err.print(Text("✗ interrupted (Ctrl-C)", style="bold red"))
+        if thread is not None and _durable(app):
+            err.print(Text("  committed steps are kept; resume with: "
+                           + _resume_command(ctx, target, db, thread)))
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        code = _setup_exit_code(exc)
+        if code is not None:
+            hint = None
+            if isinstance(exc, ThreadStateError) and thread is not None:
+                hint = _thread_hint(ctx, app, target, db, thread)
+            raise CliError(str(exc), code, details=list(getattr(exc, "__notes__", ())),
+                           hint=hint) from exc
+        _report_failure(ctx, err, app, target, db, thread, exc, display, show_traceback)
+        sys.exit(EXIT_RUN_FAILED)
+    finally:
+        app.remove_listener(display)
+    snapshot = _latest(app, thread)
+    _report_end(ctx, err, app, target, db, thread, snapshot, display, quiet=quiet)
+    _echo_json(_state_json(state))
+
+
+def _latest(app: CompiledGraph, thread: str | None) -> Snapshot | None:
+    if thread is None or app.checkpointer is None:
+        return None
+    try:
+        return app.get_state(thread)
+    except ThreadNotFoundError:
+        return None
+
+
+def _thread_hint(ctx: click.Context, app: CompiledGraph, target: str, db: Path | None,
+                 thread: str) -> str | None:
+    snapshot = _latest(app, thread)
+    if snapshot is None:
+        return None
+    if snapshot.status in ("failed", "interrupted", "running"):
+        events = snapshot.metadata.get("waits_for", ())
+        return f"thread {thread!r} is {snapshot.status}; continue it with: " \
+            + _resume_command(ctx, target, db, thread, events)
+    return None
+
+
+def _report_end(ctx: click.Context, err: Console, app: CompiledGraph, target: str,
+                db: Path | None, thread: str | None, snapshot: Snapshot | None,
+                display: RunDisplay, *, quiet: bool) -> None:
+    status = snapshot.status if snapshot is not None else (display.last_status or "done")
+    took = f"{display.steps} step{'s' if display.steps != 1 else ''} in " \
+           f"{_fmt_seconds(display.elapsed())}"
+    where = f" (thread {thread})" if thread is not None else ""
+    if status == "interrupted" and snapshot is not None:
+        events = snapshot.metadata.get("waits_for", [])
+        why = f"waiting for event {', '.join(map(repr, events))}" if events else \
+            f"before {', '.join(snapshot.next)} (an interrupt)" if snapshot.next else \
+            "(an interrupt)"
+        err.print(Text.assemble(("⏸ ", "yellow"), f"paused at step {snapshot.step} {why}"
+                                f"{where}; {took}"))
+        if thread is not None and _durable(app):
+            err.print(Text("  resume with: " + _resume_command(ctx, target, db, thread, events)))
+        return
+    if not quiet:
+        err.print(Text.assemble(("✓ ", "green"), f"{status}: {took}{where}"))
+
+
+def _report_failure(ctx: click.Context, err: Console, app: CompiledGraph, target: str,
+                    db: Path | None, thread: str | None, exc: BaseException,
+                    display: RunDisplay, show_traceback: bool) -> None:
+    snapshot = _latest(app, thread)
+    step = snapshot.step if snapshot is not None else \
+        (display.failed[0][0] if display.failed else display.step)
+    at = f" at step {step}" if step is not None else ""
+    err.print(Text(f"✗ the run failed{at} after {_fmt_seconds(display.elapsed())}",
+                   style="bold red"))
+    err.print(Text(f"  {type(exc).__name__}: {exc}"))
+    for note in getattr(exc, "__notes__", ()):
+        err.print(Text(f"  {note}", style="dim"))
+    if show_traceback:
+        err.print(Text("".join(traceback.format_exception(exc)).rstrip(), style="dim"))
+    if snapshot is None or thread is None:
+        if app.checkpointer is None:
+            err.print(Text("  nothing was saved: run with --db FILE --thread ID to be able to "
+                           "resume a failed run"))
+        return
+    if snapshot.pending_writes:
+        err.print(Text(f"  kept: the updates of {', '.join(snapshot.pending_writes)} (they will "
+                       "not run again)"))
+    if snapshot.status == "compensated":
+        err.print(Text("  the run was rolled back: its compensations ran (status compensated)"))
+    elif _durable(app):
+        err.print(Text("  resume with: " + _resume_command(ctx, target, db, thread)))
+    else:
+        err.print(Text("  its store is in memory: use --db FILE to resume it from another "
+                       "process"))
+
+
+RUN_OPTIONS = [
+    click.option("--max-steps", type=click.IntRange(min=1), default=10_000, show_default=True,
+                 help="Stop (as failed, resumable) after this many steps."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress display; errors only."),
+    click.option("--traceback", "show_traceback", is_flag=True,
+                 help="Print the traceback of a node that fails."),
+]
+
+
+def _with(options: Sequence[Callable[[T], T]]) -> Callable[[T], T]:
+    def apply(fn: T) -> T:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return apply
+
+
+@cli.command(epilog=EPILOG)
+@GRAPH_ARGUMENT
+@click.option("--input", "input_", default="{}", show_default=True, metavar="JSON",
+              help="The input state: JSON text, @file.json, or - for stdin.")
+@DB_OPTION
+@click.option("--thread", help="Thread id (with --db; generated when omitted).")
+@_with(RUN_OPTIONS)
+@click.pass_context
+def run(ctx: click.Context, target: str, input_: str, db: Path | None, thread: str | None,
+        max_steps: int, quiet: bool, show_traceback: bool) -> None:
+    """Run GRAPH and print its final state as JSON (progress on stderr).
+
+    With --db every step is committed, so a failed run can be resumed, from any process, with
+    the `resume` command it prints.
+    """
+    data = _json_object(input_, "--input")
+    with contextlib.ExitStack() as stack, _library_errors():
+        app = build_app(target, db, stack, create=True)
+        if thread is not None and app.checkpointer is None:
+            raise CliError("--thread needs --db FILE (where the run is stored)", EXIT_USAGE)
+        if app.checkpointer is not None and thread is None:
+            thread = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            if not quiet:
+                _stderr().print(Text(f"thread {thread}", style="dim"))
+        if app.checkpointer is None and (app.spec.interrupt_before or app.spec.interrupt_after):
+            _stderr().print(Text("note: the graph has interrupts, which pause a run only with "
+                                 "--db", style="yellow"))
+        _execute(ctx, app, target, db, thread,
+                 lambda: app.invoke(data, thread_id=thread, max_steps=max_steps),
+                 quiet=quiet, show_traceback=show_traceback)
+
+
+@cli.command(epilog=EPILOG)
+@GRAPH_ARGUMENT
+@DB_OPTION
+@click.option("--thread", required=True, help="The thread to continue.")
+@click.option("--event", metavar="JSON",
+              help='Events for a run waiting in wait_for(): {"name": value}; text, @file or -.')
+@_with(RUN_OPTIONS)
+@click.pass_context
+def resume(ctx: click.Context, target: str, db: Path | None, thread: str, event: str | None,
+           max_steps: int, quiet: bool, show_traceback: bool) -> None:
+    """Continue a failed, interrupted, waiting or crashed run of GRAPH; print its final state.
+
+    Only what had not finished runs: committed steps and the kept updates of a failed step
+    are not run again.
+    """
+    events = _json_object(event, "--event") if event is not None else None
+    with contextlib.ExitStack() as stack, _library_errors():
+        app = build_app(target, db, stack, create=False)
+        if app.checkpointer is None:
+            raise CliError("resume needs --db FILE (where the run is stored)", EXIT_USAGE)
+        snapshot = _latest(app, thread)
+        if snapshot is None:
+            raise _no_thread(thread, [t.thread_id for t in app.threads()], db)
+        waits_for = snapshot.metadata.get("waits_for", []) \
+            if snapshot.status == "interrupted" else []
+        if waits_for and not (events and all(name in events for name in waits_for)):
+            missing = [n for n in waits_for if not events or n not in events]
+            raise CliError(
+                f"thread {thread!r} is waiting for event {', '.join(map(repr, missing))}; "
+                "deliver it with --event", EXIT_USAGE,
+                hint=_resume_command(ctx, target, db, thread, waits_for))
+        if snapshot.status in ("done", "compensated"):
+            if events:
+                raise CliError(f"thread {thread!r} finished ({snapshot.status}), so --event has "
+                               "nowhere to go", EXIT_USAGE)
+            if not quiet:
+                _stderr().print(Text(f"thread {thread} already finished ({snapshot.status}); "
+                                     "nothing to run"))
+            _echo_json(_state_json(snapshot.state))
+            return
+        if not quiet:
+            _stderr().print(Text(f"thread {thread}: {snapshot.status} at step {snapshot.step}"
+                                 + (f", next: {', '.join(snapshot.next)}" if snapshot.next
+                                    else ""), style="dim"))
+        _execute(ctx, app, target, db, thread,
+                 lambda: app.resume(thread, event=events, max_steps=max_steps),
+                 quiet=quiet, show_traceback=show_traceback)
+
+
+# -- reading stored runs (no user code) -------------------------------------------------------
+
+def _load_records(store: Store, thread: str) -> list[Any]:
+    records = store.call(lambda: store.saver.list(thread))
+    if not records:
+        known = [t.thread_id for t in store.call(store.saver.threads)]
+        raise _no_thread(thread, known, store.path)
+    return records
+
+
+def _tasks(next_json: str) -> list[tuple[str, int]]:
+    """The (node, index) keys of a checkpoint's `next` tasks, in the order stored."""
+    keys = []
+    for item in json.loads(next_json or "[]"):
+        keys.append((item, 0) if isinstance(item, str) else (item[0], item[1]))
+    return keys
+
+
+def _extra(record: Any) -> dict[str, Any]:
+    return json.loads(record.extra) if record.extra else {}
+
+
+def _writes(text: str | None) -> list[list[Any]]:
+    return json.loads(text) if text else []
+
+
+def _step_writes(record: Any, parent: Any, pending: dict[str, list[Any]]) -> list[list[Any]]:
+    """What `record` applied to its parent's state: [node, index, update], in merge order.
+
+    For a step: the writes its parent carried (update_state on a failed step), the pending
+    writes of its parent's tasks and its own writes, ordered as the parent's `next` lists its
+    tasks (declaration order, which is the merge order).
+    """
+    writes: list[list[Any]] = []
+    if record.kind == "step" and parent is not None:
+        writes += [list(w) for w in _extra(parent).get("carried", ())]
+        writes += [[w.node, w.index, json.loads(w.writes)] for w in pending.get(parent.id, [])]
+    if record.kind != "fork":
+        writes += _writes(record.writes)
+    if record.kind == "step" and parent is not None:
+        order = {key: position for position, key in enumerate(_tasks(parent.next))}
+        writes.sort(key=lambda w: order.get((w[0], w[1]), len(order)))
+    return writes
+
+
+def _row_from_record(record: Any, parent: Any, pending: dict[str, list[Any]]) -> dict[str, Any]:
+    if record.kind == "update":
+        nodes = [w[0] for w in _writes(record.writes) if w[0] != _UPDATE]
+    elif record.kind == "step" and parent is not None:
+        nodes = [w[0] for w in _step_writes(record, parent, pending)]
+    else:
+        nodes = []
+    extra = _extra(record)
+    done = {(w.node, w.index) for w in pending.get(record.id, [])}
+    done |= {(w[0], w[1]) for w in extra.get("carried", ())}
+    next_nodes = [node for node, index in _tasks(record.next) if (node, index) not in done]
+    kept = [w.node for w in sorted(pending.get(record.id, []), key=lambda w: w.index)]
+    kept += [w[0] for w in extra.get("carried", ())]
+    compensates = extra.get("compensates")
+    return _row(record.id, record.parent_id, record.step, record.kind, record.status,
+                list(dict.fromkeys(nodes)), list(dict.fromkeys(next_nodes)),
+                sorted(set(kept)), record.error, record.created_at,
+                compensates[1] if compensates else None,
+                [name for *_, name in extra.get("waiting", ())])
+
+
+def _row_from_snapshot(snapshot: Snapshot) -> dict[str, Any]:
+    compensates = snapshot.metadata.get("compensates")
+    return _row(snapshot.checkpoint_id, snapshot.parent_id, snapshot.step, snapshot.kind,
+                snapshot.status, list(snapshot.ran), list(dict.fromkeys(snapshot.next)),
+                sorted(snapshot.pending_writes), snapshot.error, snapshot.created_at,
+                compensates[1] if compensates else None,
+                list(snapshot.metadata.get("waits_for", [])))
+
+
+def _row(checkpoint_id: str, parent_id: str | None, step: int, kind: str, status: str,
+         nodes: list[str], next_nodes: list[str], kept: list[str], error: str | None,
+         created_at: float, compensates: str | None, waits_for: list[str]) -> dict[str, Any]:
+    return {"checkpoint_id": checkpoint_id, "parent_id": parent_id, "step": step, "kind": kind,
+            "status": status, "nodes": nodes, "next": next_nodes, "pending_writes": kept,
+            "waits_for": waits_for, "compensates": compensates, "error": error,
+            "created_at": created_at, "time": _time(created_at)}
+
+
+def _time(created_at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created_at))
+
+
+_STATUS_STYLE = {"done": "green", "failed": "bold red", "interrupted": "yellow",
+                 "running": "cyan", "compensated": "magenta"}
+
+
+def _nodes_cell(row: dict[str, Any]) -> Text:
+    if row["nodes"]:
+        return Text(", ".join(row["nodes"]), style="bold")
+    if row["compensates"]:
+        return Text(f"↩ {row['compensates']}", style="magenta")
+    return Text(f"({row['kind']})", style="dim")
+
+
+@cli.command(epilog=EPILOG)
+@DB_OPTION
+@click.option("--all", "show_all", is_flag=True,
+              help="Include the threads subgraph nodes run in (parent::node:...).")
+@click.option("--json", "as_json", is_flag=True, help="Print the threads as JSON.")
+def threads(db: Path | None, show_all: bool, as_json: bool) -> None:
+    """List every thread of the database with its status, newest first."""
+    db = _need_db(db)
+    with contextlib.ExitStack() as stack:
+        store = open_store(db, stack, create=False)
+        infos = store.call(store.saver.threads)
+    if not show_all:
+        infos = [t for t in infos if "::" not in t.thread_id]
+    rows = [{"thread_id": t.thread_id, "status": t.status, "step": t.step,
+             "checkpoint_id": t.checkpoint_id, "busy": t.busy, "error": t.error,
+             "updated_at": t.updated_at, "time": _time(t.updated_at)} for t in infos]
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        _stderr().print(Text(f"no threads in {db}"))
+        return
+    from rich import box
+    from rich.table import Table
+
+    out = _stdout()
+    out.print(Text(f"threads in {db}", style="bold"))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    table.add_column("thread", overflow="fold", min_width=8)
+    for name, justify in (("status", "left"), ("step", "right"), ("checkpoint", "right"),
+                          ("updated", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for row in rows:
+        status = row["status"] + (" (live run)" if row["busy"] else "")
+        table.add_row(row["thread_id"], Text(status, style=_STATUS_STYLE.get(row["status"], "")),
+                      str(row["step"]), row["checkpoint_id"], row["time"])
+    out.print(table)
+    _print_errors(out, [(f"thread {row['thread_id']}", row["error"]) for row in rows])
+
+
+@cli.command(epilog=EPILOG)
+@DB_OPTION
+@click.option("--thread", required=True, help="The thread.")
+@click.option("--graph", "target", metavar="GRAPH",
+              help="Read through this graph (app.history()) instead of the stored writes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checkpoints as JSON.")
+def history(db: Path | None, thread: str, target: str | None, as_json: bool) -> None:
+    """List a thread's checkpoints, newest first: step, nodes that ran, status, time.
+
+    Reads only the database (no user code) unless --graph is given.
+    """
+    db = _need_db(db)
+    with contextlib.ExitStack() as stack, _library_errors():
+        store = open_store(db, stack, create=False)
+        records = _load_records(store, thread)
+        if target is not None:
+            app = build_app(target, db, stack, create=False)
+            rows = [_row_from_snapshot(s) for s in app.history(thread)]
+        else:
+            pending = store.call(lambda: store.saver.list_pending([r.id for r in records]))
+            by_id = {r.id: r for r in records}
+            rows = [_row_from_record(r, by_id.get(r.parent_id) if r.parent_id else None,
+                                     pending) for r in records]
+    if as_json:
+        _echo_json(rows)
+        return
+    from rich import box
+    from rich.table import Table
+
+    out = _stdout()
+    out.print(Text(f"thread {thread} in {db}", style="bold"))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for name, justify, wrap in (("id", "right", False), ("step", "right", False),
+                                ("kind", "left", False), ("nodes", "left", True),
+                                ("status", "left", True), ("next", "left", True),
+                                ("time", "left", False)):
+        table.add_column(name, justify=justify, no_wrap=not wrap,  # type: ignore[arg-type]
+                         overflow="fold", min_width=8 if wrap else None)
+    for row in rows:
+        status = row["status"]
+        if row["waits_for"]:
+            status += f" (waits for {', '.join(row['waits_for'])})"
+        next_cell = ", ".join(row["next"])
+        if row["pending_writes"] and row["status"] in ("failed", "interrupted"):
+            next_cell += f" (kept: {', '.join(row['pending_writes'])})"
+        cells: list[RenderableType] = [
+            row["checkpoint_id"], str(row["step"]), row["kind"], _nodes_cell(row),
+            Text(status, style=_STATUS_STYLE.get(row["status"], "")), next_cell.strip(),
+            row["time"]]
+        table.add_row(*cells)
+    out.print(table)
+    _print_errors(out, [(f"checkpoint {row['checkpoint_id']}", row["error"]) for row in rows
+                        if row["status"] == "failed" or row is rows[0]])
+
+
+def _print_errors(out: Console, errors: Sequence[tuple[str, str | None]]) -> None:
+    """Errors under a table, whole: in a narrow column they would be cut or dropped."""
+    for where, error in errors:
+        if error:
+            out.print(Text.assemble((f"{where}: ", "bold red"), error), soft_wrap=True)
+
+
+@cli.command(epilog=EPILOG)
+@DB_OPTION
+@click.option("--thread", required=True, help="The thread.")
+@click.option("--checkpoint", help="A checkpoint id (see `history`); default: the latest.")
+@click.option("--graph", "target", metavar="GRAPH",
+              help="Rebuild the state with this graph when the checkpoint stores no snapshot.")
+def show(db: Path | None, thread: str, checkpoint: str | None, target: str | None) -> None:
+    """Print a thread's state (latest or at --checkpoint) as JSON.
+
+    The latest checkpoint of a finished, failed or paused run always stores the whole state.
+    An intermediate one may store only its writes: with --graph the state is rebuilt exactly;
+    without, the nearest stored state and the raw writes since are printed, and said so.
+    """
+    db = _need_db(db)
+    err = _stderr()
+    with contextlib.ExitStack() as stack, _library_errors():
+        store = open_store(db, stack, create=False)
+        records = _load_records(store, thread)
+        chain = store.call(lambda: store.saver.load(thread, checkpoint))
+        if chain is None:
+            ids = ", ".join(r.id for r in records[:10])
+            raise CliError(f"thread {thread!r} has no checkpoint {checkpoint!r}", EXIT_NOT_FOUND,
+                           hint=f"its checkpoints, newest first: {ids}"
+                                f"{' ...' if len(records) > 10 else ''}")
+        head = chain.head
+        by_id = {r.id: r for r in records}
+        parent = by_id.get(head.parent_id) if head.parent_id else None
+        pending = store.call(lambda: store.saver.list_pending([head.id]))
+        row = _row_from_record(head, parent, pending)
+        err.print(Text(_summary(thread, row)), style="dim")
+        if head.snapshot is not None:
+            _echo_json(json.loads(head.snapshot))
+            return
+        if target is not None:
+            app = build_app(target, db, stack, create=False)
+            _echo_json(_state_json(app.get_state(thread, head.id).state))
+            return
+        base = chain.records[0]
+        since = []
+        for before, record in zip(chain.records, chain.records[1:], strict=False):
+            since.append({"checkpoint_id": record.id, "step": record.step, "kind": record.kind,
+                          "writes": _step_writes(record, before, chain.pending)})
+        err.print(Text(
+            f"note: checkpoint {head.id} stores no snapshot, and without --graph the writes "
+            "cannot be merged (that needs the state's reducers). Printed: the state stored at "
+            f"checkpoint {base.id} (step {base.step}) and the raw writes since, as [node, "
+            "index, update]. Pass --graph MODULE:ATTRIBUTE for the exact state.",
+            style="yellow"))
+        _echo_json({"exact": False, "checkpoint_id": head.id,
+                    "snapshot": {"checkpoint_id": base.id, "step": base.step,
+                                 "state": json.loads(base.snapshot or "null")},
+                    "writes_since": since})
+
+
+def _summary(thread: str, row: dict[str, Any]) -> str:
+    parts = [f"thread {thread}", f"checkpoint {row['checkpoint_id']}", f"step {row['step']}",
+             row["status"]]
+    if row["error"]:
+        parts[-1] += f" ({row['error']})"
+    if row["waits_for"]:
+        parts.append(f"waits for {', '.join(row['waits_for'])}")
+    if row["next"]:
+        parts.append(f"next: {', '.join(row['next'])}")
+    if row["pending_writes"]:
+        parts.append(f"kept: {', '.join(row['pending_writes'])}")
+    return " · ".join(parts)
+
+
+def _need_db(db: Path | None) -> Path:
+    if db is None:
+        raise CliError("--db FILE is required: the checkpoint database to read", EXIT_USAGE)
+    return db
+
+
+# -- entry points -----------------------------------------------------------------------------
+
+def _module_prog() -> str:
+    """How to call this interpreter's `-m statemachine` from a shell, as short as is exact."""
+    python = sys.executable or "python"
+    name = os.path.basename(python)
+    found = shutil.which(name)
+    if found and os.path.realpath(found) == os.path.realpath(python):
+        python = name
+    return f"{shlex.quote(python)} -m statemachine"
+
+
+def main(argv: Sequence[str] | None = None, *, prog_name: str | None = None) -> NoReturn:
+    """The console script: `statemachine ...` (see the module docstring)."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name=prog_name or
+             "statemachine")
+    raise SystemExit(EXIT_OK)  # pragma: no cover - click exits itself
+
+
+def module_main() -> NoReturn:
+    """`python -m statemachine ...`."""
+    main(prog_name=_module_prog())
+
+
+__all__ = ["cli", "main"]
