@@ -1,0 +1,499 @@
+"""The SQLite file itself: what is in it, what is refused, how it grows, who may write it.
+
+Everything here reads the file back with the plain `sqlite3` module, as a user inspecting a
+database would, and compares bytes where the file must not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import operator
+import shutil
+import sqlite3
+import threading
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated
+
+import pytest
+from pydantic import BaseModel
+
+from checkpoints import SQLiteCheckpointer
+from statemachine import (
+    END,
+    START,
+    CheckpointError,
+    StateGraph,
+    ThreadBusyError,
+    ThreadNotFoundError,
+    reducers,
+)
+
+APPLICATION_ID = 0x53544D43  # "STMC"
+SCHEMA_VERSION = 1
+
+
+class Items(BaseModel):
+    n: int = 0
+    items: Annotated[list[str], reducers.append] = []
+
+
+def loop(limit: int) -> StateGraph:
+    """One node appending one short string per iteration, `limit` iterations."""
+
+    def work(state: Items) -> dict:
+        return {"n": state.n + 1, "items": [f"item-{state.n}"]}
+
+    g = StateGraph(Items)
+    g.add_node("work", work)
+    g.add_edge(START, "work")
+    g.add_conditional_edges("work", lambda s: "again" if s.n < limit else "done",
+                            {"again": "work", "done": END})
+    return g
+
+
+class Tally(BaseModel):
+    total: Annotated[int, operator.add] = 0
+    log: Annotated[list[str], reducers.append] = []
+
+
+def fan_out(fail: dict[str, int], ran: list[str]) -> StateGraph:
+    """a, b, c in parallel, then d; `fail[node]` times that node raises."""
+
+    def make(name: str):
+        def node(state: Tally) -> dict:
+            ran.append(name)
+            if fail.get(name, 0) > 0:
+                fail[name] -= 1
+                raise RuntimeError(f"{name} failed")
+            return {"total": 1, "log": [name]}
+        return node
+
+    g = StateGraph(Tally)
+    for name in "abcd":
+        g.add_node(name, make(name))
+    for name in "abc":
+        g.add_edge(START, name)
+        g.add_edge(name, "d")
+    g.add_edge("d", END)
+    return g
+
+
+def rows(path: Path, sql: str, *args: object) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def siblings(path: Path) -> set[str]:
+    """Files next to the database (journal, WAL, shared memory)."""
+    return {p.name for p in path.parent.iterdir() if p.name.startswith(path.name + "-")}
+
+
+# -- the file format -------------------------------------------------------------------------
+
+def test_new_file_has_a_schema_version_table_and_our_application_id(tmp_path):
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path) as saver:
+        loop(2).compile(checkpointer=saver).invoke({}, thread_id="t")
+    assert rows(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    assert rows(path, "PRAGMA application_id") == [(APPLICATION_ID,)]
+    tables = {name for (name,) in rows(path, "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"schema_version", "threads", "checkpoints", "pending_writes"} <= tables
+    assert rows(path, "PRAGMA journal_mode") == [("wal",)]
+
+
+def test_an_empty_file_becomes_a_checkpoint_database(tmp_path):
+    path = tmp_path / "runs.db"
+    path.touch()
+    with SQLiteCheckpointer(path) as saver:
+        assert loop(2).compile(checkpointer=saver).invoke({}, thread_id="t").n == 2
+    assert rows(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+
+
+def test_reopening_our_file_keeps_it_and_its_threads(tmp_path):
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path) as saver:
+        loop(2).compile(checkpointer=saver).invoke({}, thread_id="t")
+    with SQLiteCheckpointer(path) as saver:
+        app = loop(2).compile(checkpointer=saver)
+        assert app.get_state("t").state.items == ["item-0", "item-1"]
+    assert rows(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+
+
+@pytest.mark.parametrize("content", [
+    b"order_id,amount\n42,9.99\n" * 40,
+    bytes(range(256)) * 16,
+    b"SQLite format 3\x00" + b"\xff" * 200,  # the magic, then garbage
+], ids=["csv", "binary", "corrupt-sqlite"])
+def test_a_file_that_is_not_a_sqlite_database_is_refused_and_left_unmodified(tmp_path, content):
+    path = tmp_path / "data.bin"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"data\.bin"):
+        SQLiteCheckpointer(path)
+    assert path.read_bytes() == content
+    assert siblings(path) == set()
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+@pytest.mark.parametrize("tables", [
+    "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)",
+    # another checkpointer's tables, with our names: still not ours
+    "CREATE TABLE threads (thread_id TEXT); CREATE TABLE checkpoints (id INTEGER, data BLOB)",
+], ids=["users", "lookalike"])
+def test_another_applications_database_is_refused_and_left_unmodified(tmp_path, journal,
+                                                                       tables):
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA journal_mode={journal}")
+    conn.executescript(tables)
+    first = tables.split()[2]
+    conn.execute(f"INSERT INTO {first} VALUES ('1', 'x')" if first == "users"
+                 else f"INSERT INTO {first} VALUES ('t')")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match="another application"):
+        SQLiteCheckpointer(path)
+    assert path.read_bytes() == before
+    assert siblings(path) == set()
+    assert rows(path, "PRAGMA application_id") == [(0,)]
+
+
+def test_a_newer_schema_version_is_refused_and_left_unmodified(tmp_path):
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path) as saver:
+        loop(2).compile(checkpointer=saver).invoke({}, thread_id="t")
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match="newer") as info:
+        SQLiteCheckpointer(path)
+    assert str(SCHEMA_VERSION + 1) in str(info.value)
+    assert path.read_bytes() == before
+    assert rows(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION + 1,)]
+
+
+def test_a_directory_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="directory"):
+        SQLiteCheckpointer(tmp_path)
+
+
+def test_close_folds_the_write_ahead_log_into_the_file(tmp_path):
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path) as saver:
+        loop(20).compile(checkpointer=saver).invoke({}, thread_id="t")
+    wal = tmp_path / "runs.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    alone = tmp_path / "copy" / "runs.db"
+    alone.parent.mkdir()
+    shutil.copyfile(path, alone)  # the main file alone holds every commit
+    assert rows(alone, "SELECT count(*) FROM checkpoints") == [(21,)]
+
+
+# -- JSON, readable ---------------------------------------------------------------------------
+
+def test_everything_is_stored_as_json_readable_with_sqlite3(tmp_path):
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path) as saver:
+        app = fan_out({"b": 1}, []).compile(checkpointer=saver)
+        with pytest.raises(RuntimeError):
+            app.invoke({}, thread_id="failed")
+        final = fan_out({}, []).compile(checkpointer=saver).invoke({}, thread_id="done")
+
+    # no pickles, no blobs: every payload column is text (or NULL) holding JSON
+    for column in ("next", "writes", "snapshot", "extra"):
+        kinds = {k for (k,) in rows(path, f"SELECT DISTINCT typeof({column}) FROM checkpoints")}
+        assert kinds <= {"text", "null"}, column
+        for (text,) in rows(path, f"SELECT {column} FROM checkpoints WHERE {column} NOT NULL"):
+            json.loads(text)
+
+    done = rows(path, "SELECT c.snapshot, c.next, c.status FROM checkpoints c JOIN threads t "
+                      "ON t.key = c.thread WHERE t.thread_id = 'done' ORDER BY c.id DESC LIMIT 1")
+    snapshot, nxt, status = done[0]
+    assert json.loads(snapshot) == final.model_dump(mode="json") == \
+        {"total": 4, "log": ["a", "b", "c", "d"]}
+    assert (json.loads(nxt), status) == ([], "done")
+
+    writes = rows(path, "SELECT c.writes FROM checkpoints c JOIN threads t ON t.key = c.thread "
+                        "WHERE t.thread_id = 'done' AND c.step = 2")
+    assert json.loads(writes[0][0]) == [["d", 0, {"total": 1, "log": ["d"]}]]
+
+    failed = rows(path, "SELECT c.next, c.status, c.error, p.node, p.writes FROM checkpoints c "
+                        "JOIN threads t ON t.key = c.thread JOIN pending_writes p ON "
+                        "p.checkpoint = c.id WHERE t.thread_id = 'failed' ORDER BY p.node")
+    assert [(json.loads(n), s, node, json.loads(w)) for n, s, _, node, w in failed] == [
+        (["a", "b", "c"], "failed", "a", {"total": 1, "log": ["a"]}),
+        (["a", "b", "c"], "failed", "c", {"total": 1, "log": ["c"]}),
+    ]
+    assert "b failed" in failed[0][2]
+
+
+class Order(BaseModel):
+    class Line(BaseModel):
+        sku: str
+        qty: int
+
+    id: uuid.UUID
+    placed: datetime
+    amount: Decimal
+    tags: Annotated[set[str], reducers.union] = set()
+    lines: Annotated[list[Line], reducers.append] = []
+    refs: Annotated[list[uuid.UUID], reducers.append] = []
+
+
+def test_rich_field_types_come_back_as_themselves_from_a_reopened_file(tmp_path):
+    path = tmp_path / "runs.db"
+    first_ref, second_ref = uuid.uuid4(), uuid.uuid4()
+
+    def add_line(state: Order) -> dict:
+        n = len(state.lines)
+        return {"lines": [Order.Line(sku=f"sku-{n}", qty=n + 1)], "tags": {f"t{n}"},
+                "refs": [first_ref if n == 0 else second_ref]}
+
+    g = StateGraph(Order)
+    g.add_node("add_line", add_line)
+    g.add_edge(START, "add_line")
+    g.add_conditional_edges("add_line", lambda s: "again" if len(s.lines) < 3 else "done",
+                            {"again": "add_line", "done": END})
+    start = Order(id=uuid.uuid4(), placed=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+                  amount=Decimal("19.99"))
+    with SQLiteCheckpointer(path) as saver:
+        final = g.compile(checkpointer=saver).invoke(start, thread_id="order")
+
+    with SQLiteCheckpointer(path) as saver:
+        app = g.compile(checkpointer=saver)
+        states = [h.state for h in app.history("order")] + [app.get_state("order").state]
+    assert states[0] == final
+    for state in states:
+        assert isinstance(state.id, uuid.UUID) and state.id == start.id
+        assert state.placed == start.placed and state.placed.tzinfo is not None
+        assert isinstance(state.amount, Decimal) and state.amount == Decimal("19.99")
+        assert isinstance(state.tags, set)
+        assert all(isinstance(line, Order.Line) for line in state.lines)
+        assert all(isinstance(ref, uuid.UUID) for ref in state.refs)
+    assert final.refs == [first_ref, second_ref, second_ref]
+    assert final.tags == {"t0", "t1", "t2"}
+
+
+# -- growth and reads -------------------------------------------------------------------------
+
+LOOP = 1000
+
+
+@pytest.fixture
+def long_thread(tmp_path):
+    """A 1,000-iteration loop that appends one short string per iteration."""
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path) as saver:
+        final = loop(LOOP).compile(checkpointer=saver).invoke({}, thread_id="long")
+    return path, final
+
+
+def test_storage_grows_with_the_writes_not_with_the_state(long_thread):
+    path, final = long_thread
+    state_json = len(final.model_dump_json())
+    assert final.n == LOOP
+    size = sum(p.stat().st_size for p in path.parent.iterdir() if p.name.startswith("runs.db"))
+    # re-serialising the state every step would take ~ LOOP * state_json / 2 (about 5 MB here)
+    assert size < 400 * LOOP + 4 * state_json, (size, state_json)
+    # full snapshots are spaced out as the state grows: their total is linear in it
+    (snapshots,) = rows(path, "SELECT coalesce(sum(length(snapshot)), 0) FROM checkpoints")[0]
+    assert snapshots < 8 * state_json, (snapshots, state_json)
+
+
+async def test_reading_a_state_replays_a_bounded_chain(long_thread):
+    path, final = long_thread
+    async with SQLiteCheckpointer(path) as saver:
+        records = await saver.list("long")
+        assert len(records) == LOOP + 1
+        head = await saver.load("long")
+        assert len(head.records) == 1  # the end of a run stores its state whole
+        for record in records:
+            chain = await saver.load("long", record.id)
+            assert chain.head.id == record.id
+            replayed = sum(len(r.writes or "") for r in chain.records[1:])
+            assert len(chain.records) <= LOOP // 4, record.step
+            assert replayed <= len(final.model_dump_json()), record.step
+
+
+def test_get_state_does_not_read_the_whole_history(long_thread):
+    path, final = long_thread
+    conn = sqlite3.connect(path)
+    with conn:  # damage the first half of the history beyond repair
+        conn.execute("UPDATE checkpoints SET writes = '[garbage', snapshot = "
+                     "CASE WHEN snapshot IS NULL THEN NULL ELSE '{garbage' END "
+                     "WHERE step < ?", (LOOP // 2,))
+    conn.close()
+    with SQLiteCheckpointer(path) as saver:
+        app = loop(LOOP).compile(checkpointer=saver)
+        assert app.get_state("long").state == final
+        ids = {step: cid for cid, step in
+               rows(path, "SELECT id, step FROM checkpoints")}
+        late = app.get_state("long", str(ids[LOOP - 50]))
+        assert late.state.n == LOOP - 50 and len(late.state.items) == LOOP - 50
+        with pytest.raises(CheckpointError):  # the damage is real where it is read
+            app.get_state("long", str(ids[10]))
+
+
+# -- threads ---------------------------------------------------------------------------------
+
+class Word(BaseModel):
+    text: str = ""
+
+
+def shout_graph() -> StateGraph:
+    async def shout(state: Word) -> dict:
+        await asyncio.sleep(0.01)
+        return {"text": state.text.upper() + "!"}
+
+    g = StateGraph(Word)
+    g.add_node("shout", shout)
+    g.add_edge(START, "shout")
+    g.add_edge("shout", END)
+    return g
+
+
+async def test_many_threads_and_graphs_share_one_file(tmp_path):
+    path = tmp_path / "shared.db"
+    names = [f"order {i} 'ü'; DROP TABLE checkpoints; --" for i in range(8)]
+    async with SQLiteCheckpointer(path) as one, SQLiteCheckpointer(path) as two:
+        counter = loop(5).compile(checkpointer=one)
+        words = shout_graph().compile(checkpointer=two)
+        results = await asyncio.gather(
+            *(counter.ainvoke({}, thread_id=f"count/{name}") for name in names),
+            *(words.ainvoke({"text": name}, thread_id=f"word/{name}") for name in names))
+        assert all(r.n == 5 for r in results[:8])
+        assert [r.text for r in results[8:]] == [n.upper() + "!" for n in names]
+
+        for name in names:
+            history = await counter.ahistory(f"count/{name}")
+            assert [h.thread_id for h in history] == [f"count/{name}"] * 6
+            assert [h.state.n for h in history] == [5, 4, 3, 2, 1, 0]
+            other = (await words.aget_state(f"word/{name}")).checkpoint_id
+            with pytest.raises(ThreadNotFoundError):
+                await counter.aget_state(f"count/{name}", other)
+        listed_one = {t.thread_id for t in await one.threads()}
+        listed_two = {t.thread_id for t in await two.threads()}
+        assert listed_one == listed_two == {f"{kind}/{name}" for kind in ("count", "word")
+                                            for name in names}
+    assert rows(path, "SELECT count(*) FROM threads") == [(16,)]
+
+
+def test_sync_runs_from_many_os_threads_share_one_checkpointer(tmp_path):
+    results: dict[int, Items] = {}
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            results[i] = app.invoke({}, thread_id=f"worker-{i}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
+        app = loop(60).compile(checkpointer=saver)
+        workers = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(30)
+        assert errors == []
+        assert {i: r.n for i, r in results.items()} == {i: 60 for i in range(6)}
+        for i in range(6):
+            assert [h.state.n for h in app.history(f"worker-{i}")] == list(range(60, -1, -1))
+        assert sorted(t.thread_id for t in app.threads()) == [f"worker-{i}" for i in range(6)]
+
+
+async def test_threads_lists_status_and_who_is_busy_across_checkpointers(tmp_path):
+    path = tmp_path / "runs.db"
+    release = threading.Event()
+
+    def wait(state: Word) -> dict:
+        assert release.wait(10)
+        return {"text": "released"}
+
+    g = StateGraph(Word)
+    g.add_node("wait", wait)
+    g.add_edge(START, "wait")
+    g.add_edge("wait", END)
+    async with SQLiteCheckpointer(path) as one, SQLiteCheckpointer(path) as two:
+        shout_graph().compile(checkpointer=one).invoke({"text": "a"}, thread_id="finished")
+        holder = g.compile(checkpointer=one)
+        running = asyncio.create_task(holder.ainvoke({}, thread_id="running"))
+        intruder = g.compile(checkpointer=two)
+        for _ in range(500):
+            infos = {t.thread_id: t for t in await two.threads()}
+            if "running" in infos:
+                break
+            await asyncio.sleep(0.01)
+        assert [t.thread_id for t in await two.threads()] == ["running", "finished"]
+        assert infos["running"].busy and infos["running"].status == "running"
+        assert not infos["finished"].busy and infos["finished"].status == "done"
+        # one writer per thread, also between two checkpointers of one process
+        with pytest.raises(ThreadBusyError):
+            await intruder.aresume("running")
+        release.set()
+        assert (await running).text == "released"
+        assert not any(t.busy for t in await two.threads())
+        assert (await intruder.aresume("running")).text == "released"
+
+
+async def test_a_run_that_lost_its_lease_cannot_commit(tmp_path):
+    path = tmp_path / "runs.db"
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(state: Tally) -> dict:
+        entered.set()
+        await release.wait()
+        return {"total": 1, "log": ["slow"]}
+
+    async def quick(state: Tally) -> dict:
+        return {"total": 1, "log": ["quick"]}
+
+    g = StateGraph(Tally)
+    g.add_node("quick", quick)
+    g.add_node("slow", slow)
+    for name in ("quick", "slow"):
+        g.add_edge(START, name)
+        g.add_edge(name, END)
+    async with SQLiteCheckpointer(path) as saver:
+        app = g.compile(checkpointer=saver)
+        run = asyncio.create_task(app.ainvoke({}, thread_id="t"))
+        await asyncio.wait_for(entered.wait(), 5)
+        await asyncio.sleep(0.1)
+        before = rows(path, "SELECT count(*) FROM checkpoints")
+        # another run took the thread over (as after an expired lease)
+        conn = sqlite3.connect(path, timeout=10)
+        with conn:
+            conn.execute("UPDATE threads SET owner = 'someone-else', owner_pid = 1, "
+                         "lease_expires = 9e18 WHERE thread_id = 't'")
+        conn.close()
+        release.set()
+        with pytest.raises(ThreadBusyError, match="taken over"):
+            await run
+        assert rows(path, "SELECT count(*) FROM checkpoints") == before
+        assert rows(path, "SELECT status FROM checkpoints") == [("running",)]
+        assert rows(path, "SELECT owner FROM threads") == [("someone-else",)]
+
+
+def test_a_failed_run_resumes_from_a_reopened_file(tmp_path):
+    path = tmp_path / "runs.db"
+    ran: list[str] = []
+    with SQLiteCheckpointer(path) as saver, pytest.raises(RuntimeError):
+        fan_out({"c": 1}, ran).compile(checkpointer=saver).invoke({}, thread_id="t")
+    with SQLiteCheckpointer(path) as saver:
+        app = fan_out({}, ran).compile(checkpointer=saver)
+        assert app.get_state("t").next == ("c",)
+        final = app.resume("t")
+        with pytest.raises(ThreadNotFoundError):
+            app.get_state("t", "not-a-checkpoint-id")
+    assert final == Tally(total=4, log=["a", "b", "c", "d"])
+    assert sorted(ran) == ["a", "b", "c", "c", "d"]
