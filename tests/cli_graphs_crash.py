@@ -1,0 +1,4 @@
+"""A module that fails while it is imported (a bug in user code, not in the graph)."""
+
+SETTINGS = {"region": "eu"}
+endpoint = SETTINGS["endpoint"]  # KeyError at import time
