@@ -41,6 +41,7 @@ import json
 import os
 import shlex
 import shutil
+import sqlite3
 import sys
 import time
 import traceback
@@ -150,6 +151,9 @@ def _library_errors() -> Iterator[None]:
         raise CliError(str(exc), EXIT_BUSY) from exc
     except (ThreadStateError, CheckpointError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
+    except sqlite3.Error as exc:  # a damaged file, or one of an incompatible version
+        raise CliError(f"cannot read the checkpoint database: {type(exc).__name__}: {exc}",
+                       EXIT_USAGE) from exc
 
 
 # -- consoles ---------------------------------------------------------------------------------
@@ -560,7 +564,8 @@ def _fmt_seconds(seconds: float) -> str:
 class RunDisplay:
     """A listener that shows a run step by step on stderr.
 
-    Each finished step is a line (step, nodes, time, retries, cache hits); while a step runs, a
+    Each finished step is a line (step, nodes, time, retries, cache hits; "(kept)" marks a node
+    whose update a failed attempt of the step kept, so it did not run again); while a step runs, a
     spinner names its nodes and the time elapsed (on a terminal). Steps of subgraphs are
     indented under their parent's.
     """
@@ -625,7 +630,10 @@ class RunDisplay:
         names = []
         for node in event.nodes:
             update = event.updates.get(node)
-            names.append(f"{node} ×{len(update)}" if isinstance(update, list) else node)
+            name = f"{node} ×{len(update)}" if isinstance(update, list) else node
+            if node not in event.timings:  # its update was kept from an earlier attempt
+                name += " (kept)"
+            names.append(name)
         extras = []
         for node, attempts in event.attempts.items():
             extras.append(f"{node}: {attempts} attempts")
@@ -1029,7 +1037,7 @@ def _nodes_cell(row: dict[str, Any]) -> Text:
 def threads(db: Path | None, show_all: bool, as_json: bool) -> None:
     """List every thread of the database with its status, newest first."""
     db = _need_db(db)
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack, _library_errors():
         store = open_store(db, stack, create=False)
         infos = store.call(store.saver.threads)
     if not show_all:

@@ -280,7 +280,8 @@ def test_a_failed_run_resumes_in_another_process_with_the_printed_command(tmp_pa
     assert resumed.returncode == OK, resumed.stderr
     assert json.loads(resumed.stdout) == {
         "flag": str(flag), "log": ["prepare", "reserve", "charge", "ship"], "receipt": "rcpt-1"}
-    assert steps(resumed.stderr) == [(1, "reserve, charge"), (2, "ship")]  # not prepare again
+    # only charge runs again: prepare's step was committed, reserve's update was kept
+    assert steps(resumed.stderr) == [(1, "reserve (kept), charge"), (2, "ship")]
 
     stored, through_graph, table, done_again = cli_many(
         ("history", "--db", str(db), "--thread", thread, "--json"),
