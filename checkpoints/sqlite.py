@@ -43,7 +43,7 @@ from .base import (
     busy_error,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x53544D43  # "STMC": marks a file as ours, so a foreign database is refused
 
 _SCHEMA = """
@@ -91,7 +91,19 @@ CREATE TABLE cache (
 """
 
 # version -> SQL that upgrades a file from that version to the next one
-_MIGRATIONS: dict[int, str] = {}
+_MIGRATIONS: dict[int, str] = {
+    1: """
+ALTER TABLE pending_writes ADD COLUMN meta TEXT;
+ALTER TABLE checkpoints ADD COLUMN marked_at REAL;
+CREATE TABLE cache (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    expires_at REAL,
+    PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
+""",
+}
 
 _COLUMNS = "c.id, t.thread_id, c.parent, c.step, c.kind, c.status, c.next, c.writes, " \
            "c.snapshot, c.extra, c.error, c.created_at"

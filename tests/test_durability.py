@@ -434,8 +434,6 @@ def test_task_id_is_the_same_when_a_failed_task_runs_again(saver):
     assert seen[0][2] != seen[1][2]  # another step: another task
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: task_id is derived from the head checkpoint id, so "
-                   "update_state before resume gives the retried task a new idempotency key")
 def test_task_id_is_the_same_when_a_task_runs_again_after_update_state(saver):
     seen: list[str] = []
 
@@ -681,8 +679,6 @@ def test_update_state_on_a_failed_parallel_step_keeps_the_siblings_writes(saver)
     assert final.log == ["a:0", "b:0", "c:0", "d:3"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: update_state(as_node=) on a failed parallel step "
-                   "drops the finished siblings' pending writes (and the join they feed)")
 def test_update_state_as_the_failed_node_keeps_the_siblings_writes(saver):
     calls = Calls()
     app = fan_out(calls, fail={"b": 5}).compile(checkpointer=saver)
@@ -767,11 +763,7 @@ async def test_second_run_on_a_running_thread_is_busy(saver):
     assert (await app.ainvoke({"count": 5}, thread_id="t")).count == 6
 
 
-@pytest.mark.parametrize("kind", [
-    pytest.param("memory", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: MemoryCheckpointer never renews a live run's lease, so a "
-        "second run takes the thread over once lease_seconds pass")),
-    "sqlite"])
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
 async def test_live_run_keeps_its_thread_longer_than_lease_seconds(kind, tmp_path):
     async def slow(state: Count) -> dict:
         await asyncio.sleep(2.0)
@@ -829,8 +821,6 @@ def test_threads_lists_every_thread_with_its_status(saver):
     assert not any(t.busy for t in infos)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: threads() orders and dates threads by the creation "
-                   "of their latest checkpoint; a step marked failed later is not an update")
 async def test_threads_lists_the_most_recently_updated_first(saver):
     release = asyncio.Event()
 

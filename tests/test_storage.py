@@ -33,7 +33,7 @@ from statemachine import (
 )
 
 APPLICATION_ID = 0x53544D43  # "STMC"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Items(BaseModel):
@@ -497,3 +497,43 @@ def test_a_failed_run_resumes_from_a_reopened_file(tmp_path):
             app.get_state("t", "not-a-checkpoint-id")
     assert final == Tally(total=4, log=["a", "b", "c", "d"])
     assert sorted(ran) == ["a", "b", "c", "c", "d"]
+
+
+SCHEMA_V1 = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE threads (key INTEGER PRIMARY KEY, thread_id TEXT NOT NULL UNIQUE, owner TEXT,
+    owner_pid INTEGER, owner_host TEXT, lease_expires REAL, created_at REAL NOT NULL);
+CREATE TABLE checkpoints (id INTEGER PRIMARY KEY, thread INTEGER NOT NULL REFERENCES
+    threads(key), parent INTEGER, step INTEGER NOT NULL, kind TEXT NOT NULL, status TEXT NOT
+    NULL, next TEXT NOT NULL, writes TEXT, snapshot TEXT, extra TEXT, error TEXT,
+    created_at REAL NOT NULL);
+CREATE INDEX checkpoints_by_thread ON checkpoints(thread, id);
+CREATE TABLE pending_writes (checkpoint INTEGER NOT NULL, node TEXT NOT NULL,
+    idx INTEGER NOT NULL, writes TEXT NOT NULL, PRIMARY KEY (checkpoint, node, idx))
+    WITHOUT ROWID;
+INSERT INTO schema_version(version) VALUES (1);
+"""
+
+
+def test_a_version_1_file_is_migrated_and_keeps_its_threads(tmp_path):
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:  # a file as the first release wrote it, with one run
+        db.executescript(SCHEMA_V1)
+        db.execute("PRAGMA application_id = 1398033731")
+        db.execute("INSERT INTO threads(thread_id, created_at) VALUES ('old', 1.0)")
+        db.execute("INSERT INTO checkpoints(thread, parent, step, kind, status, next, snapshot, "
+                   "created_at) VALUES (1, NULL, 1, 'input', 'done', '[]', "
+                   "'{\"n\": 7, \"items\": [\"old\"]}', 1.0)")
+    saver = SQLiteCheckpointer(path)
+    try:
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+            columns = {row[1] for row in db.execute("PRAGMA table_info(checkpoints)")}
+            assert "marked_at" in columns
+        app = loop(9).compile(checkpointer=saver)
+        assert app.get_state("old").state == Items(n=7, items=["old"])
+        assert [t.thread_id for t in app.threads()] == ["old"]
+        final = app.invoke({"items": ["new"]}, thread_id="old")  # runs on the migrated file
+        assert final == Items(n=9, items=["old", "new", "item-7", "item-8"])
+    finally:
+        saver.close()

@@ -124,7 +124,19 @@ _MERMAID_EDGE = re.compile(r"^\s*(n_\S+) (-->|-\.->|==>)(?:\|([^|]*)\|)? (n_\S+)
 
 
 def mermaid_id(name: str) -> str:
-    return "n_" + re.sub(r"[^0-9A-Za-z_]", lambda m: f"_{ord(m.group()):x}_", name)
+    return "n_" + re.sub(r"[^0-9A-Za-z]", lambda m: f"_{ord(m.group()):x}_", name)
+
+
+def test_mermaid_ids_of_different_names_never_collide():
+    names = ["a-b", "a_2d_b", "a_b", "a__b"]
+    assert len({mermaid_id(n) for n in names}) == len(names)
+    g = StateGraph(Small)
+    for name in names:
+        g.add_node(name, lambda state: None)
+        g.add_edge(START, name)
+        g.add_edge(name, END)
+    text = visualize.to_mermaid(g.compile())
+    assert all(f"    {mermaid_id(n)}[\"{n}\"]" in text.splitlines() for n in names)
 
 
 def parse_mermaid_edges(text: str) -> list[tuple[str, str, str, str]]:
@@ -347,10 +359,6 @@ def _assert_link_styles_match(mermaid: str, dot_edges: dict) -> None:
     assert taken == {key for key, attrs in dot_edges.items() if "taken" in attrs["class"]}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: visualize/diagram.py _mark_run ignores the failed step's pending writes: a node that "
-    "finished in the failed step (its update kept, never run again) is drawn as not visited and "
-    "the edge into it as not taken"))
 def test_a_node_that_finished_in_the_failed_step_is_drawn_as_run(tmp_path):
     app, _ = _failed_flaky(tmp_path)
     assert app.get_state("t1").pending_writes == {"reserve": {"log": ["reserve"]}}
@@ -385,10 +393,6 @@ def test_a_loop_shows_how_often_each_node_and_edge_ran():
     assert '    n_work["work ×3"]' in mermaid.splitlines()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: visualize/mermaid.py numbers linkStyle per (sub)diagram from 0, but Mermaid counts "
-    "links globally in definition order; with xray=True the cluster's edges come first, so a "
-    "thread's taken edges are highlighted on the wrong links"))
 def test_xray_mermaid_highlights_the_taken_edges_of_a_run():
     app = cli_graphs.research.compile(checkpointer=MemoryCheckpointer())
     app.invoke({}, thread_id="r1")
@@ -397,8 +401,8 @@ def test_xray_mermaid_highlights_the_taken_edges_of_a_run():
     styled = [line for line in mermaid.splitlines() if line.strip().startswith("linkStyle ")]
     indices = {int(i) for line in styled for i in line.split()[1].split(",")}
     highlighted = {(edges[i][0], edges[i][3]) for i in indices}
-    assert highlighted == {("n___start__", "n_plan"), ("n_plan", "n_research"),
-                           ("n_research", "n_write"), ("n_write", "n___end__")}
+    assert highlighted == {(mermaid_id(START), "n_plan"), ("n_plan", "n_research"),
+                           ("n_research", "n_write"), ("n_write", mermaid_id(END))}
 
 
 def test_a_thread_that_does_not_exist_is_an_error():

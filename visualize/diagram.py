@@ -118,8 +118,14 @@ def _mark_run(app: Any, diagram: Diagram, by_id: dict[str, Node], thread_id: str
     edge_index = {(e.source, e.target): e for e in diagram.edges}
     junctions = {e.source: e for e in diagram.edges if e.kind == "join" and
                  by_id.get(e.source) is not None and by_id[e.source].kind == "join"}
+    last = tuple(head.next)
+    if head.status == "failed" and head.pending_writes:  # they finished before the failure
+        last = (*head.pending_writes, *head.next)
+        for name in head.pending_writes:
+            if prefix + name in by_id:
+                by_id[prefix + name].visits += 1
     previous: tuple[str, ...] = (START,)
-    for ran in [*steps, *([head.next] if head.next else [])]:
+    for ran in [*steps, *([last] if last else [])]:
         for a in previous:
             for b in ran:
                 edge = edge_index.get((prefix + a, prefix + b))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from .diagram import MARKERS, Diagram, Node, build
@@ -12,7 +14,7 @@ def to_mermaid(app: Any, *, thread_id: str | None = None, xray: bool = False) ->
     """The graph as a Mermaid flowchart; with `thread_id`, that thread's run is highlighted."""
     diagram = build(app, thread_id=thread_id, xray=xray)
     lines = ["---", f"title: {diagram.title}", "---", "flowchart TD"]
-    _body(diagram, lines, "    ")
+    _body(diagram, lines, "    ", itertools.count())
     lines += [
         "    classDef visited fill:#e5f5e0,stroke:#2ca02c",
         "    classDef next stroke:#1f77b4,stroke-width:3px",
@@ -22,17 +24,20 @@ def to_mermaid(app: Any, *, thread_id: str | None = None, xray: bool = False) ->
     return "\n".join(lines) + "\n"
 
 
-def _body(diagram: Diagram, lines: list[str], indent: str) -> None:
+def _body(diagram: Diagram, lines: list[str], indent: str, links: Iterator[int]) -> None:
+    """Mermaid numbers links in the order they are written, clusters included: `links`
+    carries that count across nested calls, so linkStyle picks the right ones."""
     expanded = {c.id: c for c in diagram.clusters}
     for node in diagram.nodes:
         if node.id not in expanded:
             lines.append(indent + _node(node))
     for cluster in diagram.clusters:
         lines.append(f"{indent}subgraph {_id(cluster.id)} [\"subgraph {cluster.label}\"]")
-        _body(cluster.diagram, lines, indent + "    ")
+        _body(cluster.diagram, lines, indent + "    ", links)
         lines.append(f"{indent}end")
     taken = []
-    for index, edge in enumerate(diagram.edges):
+    for edge in diagram.edges:
+        index = next(links)
         arrow = {"conditional": "-.->", "command": "-.->", "join": "==>"}.get(edge.kind, "-->")
         label = ", ".join(edge.labels)
         if edge.taken > 1:
@@ -69,7 +74,9 @@ def _node(node: Node) -> str:
 
 
 def _id(name: str) -> str:
-    return "n_" + re.sub(r"[^0-9A-Za-z_]", lambda m: f"_{ord(m.group()):x}_", name)
+    """A Mermaid-safe id; every character but letters and digits is escaped (underscore too),
+    so different names never share an id."""
+    return "n_" + re.sub(r"[^0-9A-Za-z]", lambda m: f"_{ord(m.group()):x}_", name)
 
 
 def _escape(text: str) -> str:
