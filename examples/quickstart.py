@@ -1,10 +1,13 @@
 """Quick start (the README's): one node that loops until a counter reaches 3."""
 
 import operator
+import sys
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel
 
+import visualize
 from statemachine import END, START, StateGraph
 
 
@@ -28,11 +31,15 @@ graph.add_conditional_edges("work", route, {"again": "work", "done": END})
 app = graph.compile()
 
 
-def main() -> State:
+def main(diagram: Path | None = None) -> State:
     for event in app.stream({"count": 0}):  # one event per step, as it is committed
         print(f"step {event.step}: ran {', '.join(event.nodes)} -> {event.updates}")
     final = app.invoke({"count": 0})  # the same run, returning only the final state
     print(f"final: {final!r}")
+    try:  # the diagram, next to this file unless told otherwise (needs Graphviz's `dot`)
+        print(f"diagram: {visualize.render(app, diagram or Path(__file__).with_suffix('.svg'))}")
+    except visualize.GraphvizNotFoundError as exc:
+        print(f"diagram: not drawn: {exc}", file=sys.stderr)
     return final
 
 

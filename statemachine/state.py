@@ -93,9 +93,12 @@ class StateSchema:
         if isinstance(value, self.model):
             return value
         if not isinstance(value, Mapping):
+            expected, got = _qualified(self.model), _qualified(type(value))
+            if got == expected or type(value).__name__ != self.model.__name__:
+                expected, got = self.model.__name__, type(value).__name__
             raise InvalidUpdateError(
-                f"the input must be a dict or a {self.model.__name__}, not "
-                f"{type(value).__name__}{_where(None, thread_id)}.", thread_id=thread_id)
+                f"the input must be a dict or a {expected}, not {got}"
+                f"{_where(None, thread_id)}.", thread_id=thread_id)
         self._reject_unknown_keys(value, "the input", node=None, step=None, thread_id=thread_id)
         try:
             return self.model.model_validate(dict(value), by_alias=True, by_name=True)
@@ -297,6 +300,10 @@ def _reasons(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in error.get("loc", ()))
         parts.append(f"{loc}: {error['msg']} (got {_short(error.get('input'))})")
     return "; ".join(parts)
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _short(value: object, limit: int = 60) -> str:

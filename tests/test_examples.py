@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from xml.etree import ElementTree
 
 import pytest
 
@@ -37,14 +38,18 @@ def run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 # -- quickstart ---------------------------------------------------------------------------------
 
-def test_quickstart_loops_until_the_router_says_done(capsys):
-    final = load("quickstart").main()
+def test_quickstart_loops_until_the_router_says_done(capsys, tmp_path):
+    final = load("quickstart").main(tmp_path / "quickstart.svg")
     assert final.count == 3
     assert final.log == ["step 0", "step 1", "step 2"]  # appended by the reducer
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["step 0", "step 1", "step 2", "final"]
+    assert [line.split(":")[0] for line in lines] == ["step 0", "step 1", "step 2", "final",
+                                                      "diagram"]
     assert lines[0] == "step 0: ran work -> {'work': {'count': 1, 'log': ['step 0']}}"
-    assert lines[-1] == "final: State(count=3, log=['step 0', 'step 1', 'step 2'])"
+    assert lines[-2] == "final: State(count=3, log=['step 0', 'step 1', 'step 2'])"
+    svg = ElementTree.parse(tmp_path / "quickstart.svg").getroot()
+    ids = {g.get("id") for g in svg.iter("{http://www.w3.org/2000/svg}g")}
+    assert {"__start__", "work", "__end__"} <= ids
 
 
 def test_quickstart_runs_as_a_script():
@@ -53,7 +58,8 @@ def test_quickstart_runs_as_a_script():
     assert result.stderr == ""
     lines = result.stdout.splitlines()
     assert lines[2] == "step 2: ran work -> {'work': {'count': 3, 'log': ['step 2']}}"
-    assert lines[-1] == "final: State(count=3, log=['step 0', 'step 1', 'step 2'])"
+    assert lines[-2] == "final: State(count=3, log=['step 0', 'step 1', 'step 2'])"
+    assert lines[-1].startswith("diagram: ") and lines[-1].endswith("quickstart.svg")
 
 
 SCRIPT_OUTPUT = {
@@ -621,3 +627,15 @@ def test_approval_script_refuses_unknown_arguments():
     result = run_script("approval", "--approve", "only-a-path")
     assert result.returncode == 1
     assert "--approve DB THREAD" in result.stderr
+
+
+# -- committed diagrams ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "examples").glob("*.py")
+                                        if not p.stem.startswith("test_")))
+def test_every_example_has_its_diagram_committed_beside_it(name):
+    svg = ROOT / "examples" / f"{name}.svg"
+    assert svg.exists(), f"render it: statemachine draw examples.{name}:graph -o {svg}"
+    ids = {g.get("id") for g in ElementTree.parse(svg).getroot().iter(
+        "{http://www.w3.org/2000/svg}g")}
+    assert set(load(name).graph.compile().nodes) <= ids  # drawn from the current graph
