@@ -1,47 +1,273 @@
-"""`python -m benchmarks [--quick] [--json results.json]`: print a table of the workloads.
+"""`python -m benchmarks [--quick] [--compare langgraph] [--json results.json]`
+
+Runs the workloads (loop, chain, fan-out, latest-state read, resume, storage growth, crash)
+on our engine and prints a table; with `--compare langgraph`, runs each one on LangGraph too,
+alternating ours and theirs, and prints the ratios and a PASS/FAIL summary of the targets.
 
 Speed is measured here, never asserted in tests; the test suite runs `--quick` so this
-cannot rot.
+cannot rot. LangGraph is optional: it is imported only for --compare
+(`pip install -e '.[bench]'`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sqlite3
 import sys
-from dataclasses import asdict
-from importlib.metadata import version
+import tempfile
+import time
+from dataclasses import asdict, replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
 
-from .workloads import run_all
+from .common import OURS, Params, Result
 
-FULL = dict(iterations=1000, chain_length=100, fan_width=50, invocations=20,
-            growth_sizes=(250, 500, 1000, 2000, 4000), reads=50)
-QUICK = dict(iterations=20, chain_length=5, fan_width=4, invocations=2,
-             growth_sizes=(10, 20), reads=3)
+FULL = Params(iterations=1000, chain_length=100, fan_width=50, invocations=20,
+              growth_sizes=(250, 500, 1000, 2000, 4000), reads=50, fail_at=500,
+              resume_reps=5, rounds=5)
+QUICK = Params(iterations=20, chain_length=5, fan_width=4, invocations=2, growth_sizes=(10, 20),
+               reads=3, fail_at=10, resume_reps=1, rounds=1)
+PACKAGES = ("statemachine", "pydantic", "pydantic-core", "aiosqlite", "langgraph",
+            "langgraph-checkpoint", "langgraph-checkpoint-sqlite")
+MISSING_LANGGRAPH = (
+    "--compare langgraph needs LangGraph and its SQLite checkpointer, which are not installed "
+    "here ({error}).\nInstall them with: pip install -e '.[bench]' "
+    "(or: pip install langgraph langgraph-checkpoint-sqlite)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    args = parser.parse_args(argv)
-    results = run_all(**(QUICK if args.quick else FULL))
-    print(f"statemachine {version('statemachine')}, Python {platform.python_version()}, "
-          f"{platform.machine()}, {platform.system()}")
-    print(f"{'workload':<12} {'mode':<7} {'steps':>7} {'steps/s':>10} {'db bytes':>10} "
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor() or "unknown"
+    return {"cores": os.cpu_count(), "cpu": model, "machine": platform.machine(),
+            "system": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
+            "source": source(), "load_average_at_start": _load()}
+
+
+def source() -> dict[str, Any]:
+    """The engine's git commit, and whether statemachine/ or checkpoints/ had local changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                  timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    dirty = git("status", "--porcelain", "--", "statemachine", "checkpoints")
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "engine_changes_uncommitted": None if dirty is None else bool(dirty)}
+
+
+def _load() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews timings."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def _describe(info: dict[str, Any], packages: dict[str, str]) -> list[str]:
+    return [f"machine: {info['cores']} cores, {info['cpu']}, {info['machine']}, {info['system']}",
+            f"Python {info['python']}, SQLite {info['sqlite']}; "
+            + ", ".join(f"{k} {v}" for k, v in packages.items()),
+            f"engine source: git {info['source']['commit']}"
+            + (" (statemachine/ or checkpoints/ with uncommitted changes)"
+               if info["source"]["engine_changes_uncommitted"] else "")
+            + f"; load average at start: {info['load_average_at_start']}"]
+
+
+def _num(value: float | None, fmt: str = ",.0f") -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def print_ours(results: list[Result]) -> None:
+    print(f"{'workload':<12} {'mode':<15} {'steps':>7} {'steps/s':>10} {'db bytes':>10} "
           f"{'peak KiB':>9}  notes")
     for r in results:
         notes = ", ".join(f"{k}={v}" for k, v in (r.extra or {}).items())
-        print(f"{r.workload:<12} {r.mode:<7} {r.steps:>7} {r.steps_per_second:>10,.0f} "
-              f"{'' if r.db_bytes is None else f'{r.db_bytes:,}':>10} "
-              f"{'' if r.peak_kib is None else f'{r.peak_kib:,.0f}':>9}  {notes}")
+        print(f"{r.workload:<12} {r.mode:<15} {r.steps:>7} {r.steps_per_second:>10,.0f} "
+              f"{_num(r.db_bytes):>10} {_num(r.peak_kib):>9}  {notes}")
+
+
+def print_comparison(comparisons: list[Any]) -> None:
+    throughput = [c for c in comparisons if c.workload in ("loop", "chain", "fanout")]
+    print("Throughput: ratios are ours/theirs (speed: higher is better for us; "
+          "bytes and memory: lower is better for us)")
+    head = (f"{'workload':<8} {'ours':<15} {'langgraph':<19} {'ours st/s':>10} "
+            f"{'theirs st/s':>11} {'speed':>7} {'ours bytes':>11} {'theirs bytes':>12} "
+            f"{'bytes':>6} {'ours KiB':>9} {'theirs KiB':>10} {'mem':>5}")
+    print(head)
+    print("-" * len(head))
+    for c in throughput:
+        print(f"{c.workload:<8} {c.ours.mode:<15} {c.theirs.mode:<19} "
+              f"{c.ours.steps_per_second:>10,.0f} {c.theirs.steps_per_second:>11,.0f} "
+              f"{c.speed_ratio:>6.2f}x {_num(c.ours.db_bytes):>11} "
+              f"{_num(c.theirs.db_bytes):>12} {_ratio(c.bytes_ratio):>6} "
+              f"{_num(c.ours.peak_kib):>9} {_num(c.theirs.peak_kib):>10} "
+              f"{_ratio(c.memory_ratio):>5}")
+    print()
+    print("Latency (ms; ratio ours/theirs, lower is better for us)")
+    head = (f"{'workload':<12} {'ours':<8} {'langgraph':<14} {'ours ms':>9} {'theirs ms':>10} "
+            f"{'ratio':>7}  ours checks | theirs checks")
+    print(head)
+    print("-" * len(head))
+    for c in comparisons:
+        if c.workload not in ("latest-read", "resume"):
+            continue
+
+        def checks(r: Result) -> str:
+            e = r.extra or {}
+            if r.workload == "resume":
+                return (f"ok={e['result_ok']} reran={e['finished_reran']} "
+                        f"total={e['resume_total_ms']}ms")
+            return f"ok={e['state_ok']}"
+
+        print(f"{c.workload:<12} {c.ours.mode:<8} {c.theirs.mode:<14} "
+              f"{c.ours.seconds * 1000:>9.3f} {c.theirs.seconds * 1000:>10.3f} "
+              f"{c.time_ratio:>7.3f}  {checks(c.ours)} | {checks(c.theirs)}")
+    print()
+    growth = [c for c in comparisons if c.workload == "growth"]
+    if growth:
+        print("Storage growth of the loop (bytes on disk after close, WAL folded in; "
+              f"LangGraph: {growth[0].theirs.mode})")
+        head = (f"{'iterations':>10} {'ours bytes':>12} {'theirs bytes':>13} {'ours/theirs':>11} "
+                f"{'ours st/s':>10} {'theirs st/s':>11}")
+        print(head)
+        print("-" * len(head))
+        for c in growth:
+            print(f"{c.ours.extra['iterations']:>10,} {c.ours.db_bytes:>12,} "
+                  f"{c.theirs.db_bytes:>13,} {c.bytes_ratio:>11.4f} "
+                  f"{c.ours.steps_per_second:>10,.0f} {c.theirs.steps_per_second:>11,.0f}")
+        print(f"growth exponent (log-log least squares): ours "
+              f"{growth[0].ours.extra.get('growth_exponent')}, LangGraph "
+              f"{growth[0].theirs.extra.get('growth_exponent')}")
+        print()
+    crash = [c for c in comparisons if c.workload == "crash"]
+    if crash:
+        print("Crash (os._exit inside the node at the failing iteration, resumed in a new "
+              "process)")
+        head = (f"{'engine':<13} {'mode':<13} {'finished':>8} {'recovered':>9} {'lost':>5} "
+                f"{'finished re-run':>15} {'crashed runs':>12} {'result ok':>9}")
+        print(head)
+        print("-" * len(head))
+        for c in crash:
+            for r in (c.ours, c.theirs):
+                e = r.extra or {}
+                print(f"{r.engine:<13} {r.mode:<13} {e['finished_before_crash']:>8} "
+                      f"{e['recovered']:>9} {e['lost']:>5} {e['finished_reran']:>15} "
+                      f"{e['crashed_iteration_runs']:>12} {e['result_ok']!s:>9}")
+        print()
+
+
+def print_targets(found: list[Any], title: str) -> None:
+    print(title)
+    width = max(len(t.name) for t in found)
+    for t in found:
+        print(f"  {t.verdict:<4}  {t.name:<{width}}  {t.value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument("--compare", choices=["langgraph"],
+                        help="run every workload on LangGraph too and print the ratios")
+    parser.add_argument("--rounds", type=int, help="alternating rounds of the throughput "
+                        "workloads, of which the median is reported (default 5; 1 with --quick)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    params = QUICK if args.quick else FULL
+    if args.rounds:
+        params = replace(params, rounds=args.rounds)
+
+    theirs = None
+    if args.compare:
+        try:
+            from . import langgraph_workloads as theirs
+        except ImportError as exc:
+            print(MISSING_LANGGRAPH.format(error=exc), file=sys.stderr)
+            return 2
+
+    info, packages = machine(), versions()
+    for line in _describe(info, packages):
+        print(line)
+    print(f"sizes: {asdict(params)}")
+    sys.stdout.flush()
+
+    from . import compare
+
+    started = time.perf_counter()
+    comparisons: list[Any] = []
+    with tempfile.TemporaryDirectory(prefix="statemachine-bench-") as tmp:
+        if theirs is None:
+            from .workloads import run_all
+
+            results = run_all(params, Path(tmp))
+        else:
+            def progress(message: str) -> None:
+                print(f"  ... {message}", file=sys.stderr, flush=True)
+
+            results, comparisons = compare.run_comparison(params, Path(tmp), theirs, progress)
+    elapsed = time.perf_counter() - started
+    info["load_average_at_end"] = _load()
+
+    print()
+    if comparisons:
+        print_comparison(comparisons)
+    else:
+        print_ours(results)
+        print()
+    found = compare.targets(results, comparisons)
+    print_targets(found, "Targets (computed from this run; n/a needs --compare langgraph):"
+                  if not comparisons else "Targets (computed from this run):")
+    checked = compare.checks(results)
+    print_targets(checked, "Correctness checks of our resume and crash runs:")
+    print(f"\n(ran in {elapsed:.0f} s; load average at end: {info['load_average_at_end']})")
+
     if args.json:
+        document = {
+            "machine": info, "versions": packages, "params": asdict(params),
+            "compare": args.compare, "seconds": elapsed,
+            "rows": [r.as_json() for r in results],
+            "comparisons": [c.as_json() for c in comparisons],
+            "targets": [t.as_json() for t in found],
+            "checks": [t.as_json() for t in checked],
+        }
         with open(args.json, "w") as handle:
-            json.dump([asdict(r) | {"steps_per_second": r.steps_per_second} for r in results],
-                      handle, indent=2)
+            json.dump(document, handle, indent=2)
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+__all__ = ["FULL", "OURS", "QUICK", "main"]

@@ -1,15 +1,16 @@
-"""The benchmark workloads, built on statemachine (see benchmarks/__main__.py)."""
+"""The benchmark workloads on statemachine (LangGraph's twins are in langgraph_workloads.py).
+
+Modes: "none" (no checkpointer), "memory" (MemoryCheckpointer), "sqlite" (SQLiteCheckpointer,
+one commit per step, through the sync API) and "sqlite-ainvoke" (the same through `ainvoke`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import operator
-import os
 import statistics
-import tempfile
 import time
-import tracemalloc
 from collections.abc import Callable
-from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +20,21 @@ from pydantic import BaseModel
 from checkpoints import MemoryCheckpointer, SQLiteCheckpointer
 from statemachine import END, START, StateGraph
 
-MODES = ("none", "memory", "sqlite")
+from .common import (
+    OURS,
+    ExecutionLog,
+    Executions,
+    InjectedFailure,
+    Params,
+    Result,
+    add_growth_exponent,
+    check_loop_result,
+    new_db_path,
+    peak_kib,
+)
+
+MODES = ("none", "memory", "sqlite", "sqlite-ainvoke")
+MAX_STEPS = 1_000_000
 
 
 class LoopState(BaseModel):
@@ -32,28 +47,35 @@ class FanState(BaseModel):
     total: int = 0
 
 
-@dataclass
-class Result:
-    workload: str
-    mode: str
-    steps: int
-    seconds: float
-    db_bytes: int | None = None
-    peak_kib: float | None = None
-    extra: dict[str, Any] | None = None
+def loop_graph(iterations: int, executions: Executions | None = None,
+               log: ExecutionLog | None = None,
+               on_work: Callable[[int], None] | None = None) -> StateGraph:
+    """work -> check -> work ... ; exits after `iterations`; each iteration appends one item.
 
-    @property
-    def steps_per_second(self) -> float:
-        return self.steps / self.seconds if self.seconds else float("inf")
+    `executions` counts the nodes' runs (and may inject a failure), `log` writes one line per
+    work execution, `on_work(iteration)` runs after that line (the crash); without them the
+    nodes do nothing else.
+    """
+    if executions is None and log is None:
+        def work(state: LoopState) -> dict:
+            return {"count": state.count + 1, "items": [f"item-{state.count}"]}
 
+        def check(state: LoopState) -> None:
+            return None
+    else:
+        def work(state: LoopState) -> dict:
+            if log is not None:
+                log.write(state.count + 1)
+            if on_work is not None:
+                on_work(state.count + 1)
+            if executions is not None:
+                executions.ran("work", state.count + 1)
+            return {"count": state.count + 1, "items": [f"item-{state.count}"]}
 
-def loop_graph(iterations: int) -> StateGraph:
-    """work -> check -> work ... ; exits after `iterations`; each iteration appends one item."""
-    def work(state: LoopState) -> dict:
-        return {"count": state.count + 1, "items": [f"item-{state.count}"]}
-
-    def check(state: LoopState) -> None:
-        return None
+        def check(state: LoopState) -> None:
+            if executions is not None:
+                executions.ran("check", state.count)
+            return None
 
     def route(state: LoopState) -> str:
         return END if state.count >= iterations else "work"
@@ -101,86 +123,178 @@ def _checkpointer(mode: str, directory: Path) -> tuple[Any, Path | None]:
         return None, None
     if mode == "memory":
         return MemoryCheckpointer(), None
-    path = directory / f"bench-{time.perf_counter_ns()}.db"
-    return SQLiteCheckpointer(path), path
+    if mode in ("sqlite", "sqlite-ainvoke"):
+        path = new_db_path(directory, "ours")
+        return SQLiteCheckpointer(path), path
+    raise ValueError(f"unknown mode {mode!r} (ours: {', '.join(MODES)})")
 
 
-def _db_bytes(saver: Any, path: Path | None) -> int | None:
-    if path is None:
-        return None
-    saver.close()  # folds the WAL into the file
-    return os.path.getsize(path)
+def _close(saver: Any, path: Path | None) -> int | None:
+    """Close the checkpointer (ours folds the WAL into the file) and measure the file."""
+    if saver is not None:
+        saver.close()
+    return None if path is None else path.stat().st_size
 
 
-def timed(workload: str, mode: str, graph: StateGraph, runs: int, steps_per_run: int,
-          make_input: Callable[[int], dict], directory: Path) -> Result:
-    """Time `runs` invocations, then repeat one under tracemalloc for the peak memory (tracing
-    slows Python several times over, so it never overlaps the timing)."""
+def _invoker(app: Any, mode: str) -> Callable[[list[tuple[Any, str]]], tuple[float, Any]]:
+    """A function running invocations (input, thread) back to back: (seconds, last result)."""
+    if mode.endswith("ainvoke"):
+        async def batch(calls: list[tuple[Any, str]]) -> tuple[float, Any]:
+            start, last = time.perf_counter(), None
+            for value, thread in calls:
+                last = await app.ainvoke(value, thread_id=thread, max_steps=MAX_STEPS)
+            return time.perf_counter() - start, last
+
+        return lambda calls: asyncio.run(batch(calls))
+
+    def run(calls: list[tuple[Any, str]]) -> tuple[float, Any]:
+        start, last = time.perf_counter(), None
+        for value, thread in calls:
+            last = app.invoke(value, thread_id=thread, max_steps=MAX_STEPS)
+        return time.perf_counter() - start, last
+
+    return run
+
+
+def _workload(workload: str, p: Params) -> tuple[StateGraph, int, int, Any, Callable[[Any], bool]]:
+    """(graph, invocations, steps per invocation, input, check of the final state)."""
+    if workload == "loop":
+        return (loop_graph(p.iterations), 1, 2 * p.iterations, {"count": 0},
+                lambda s: check_loop_result(s.count, s.items, p.iterations))
+    if workload == "chain":
+        n = p.chain_length
+        return (chain_graph(n), p.invocations, n, {"count": 0},
+                lambda s: s.count == n and s.items == [f"s{i}" for i in range(n)])
+    if workload == "fanout":
+        w = p.fan_width
+        return (fanout_graph(w), p.invocations, 2, {"total": 0},
+                lambda s: s.total == w * (w - 1) // 2 and sorted(s.items) == list(range(w)))
+    raise ValueError(f"unknown workload {workload!r}")
+
+
+def throughput(workload: str, mode: str, p: Params, directory: Path, *,
+               trace: bool = True) -> Result:
+    """Time the workload's invocations (each on a new thread); then, on a fresh checkpointer,
+    one more invocation under tracemalloc for the peak memory."""
+    graph, runs, steps_per_run, value, check = _workload(workload, p)
     saver, path = _checkpointer(mode, directory)
     app = graph.compile(checkpointer=saver)
-    start = time.perf_counter()
-    for i in range(runs):
-        app.invoke(make_input(i), thread_id=f"{workload}-{i}", max_steps=1_000_000)
-    seconds = time.perf_counter() - start
-    tracemalloc.start()
-    app.invoke(make_input(runs), thread_id=f"{workload}-traced", max_steps=1_000_000)
-    peak = tracemalloc.get_traced_memory()[1] / 1024
-    tracemalloc.stop()
-    return Result(workload, mode, runs * steps_per_run, seconds, _db_bytes(saver, path), peak)
+    seconds, last = _invoker(app, mode)([(value, f"{workload}-{i}") for i in range(runs)])
+    db_bytes = _close(saver, path)
+    if not check(last):
+        raise AssertionError(f"{workload}/{mode}: wrong final state {last!r}")
+    peak = None
+    if trace:
+        saver, path = _checkpointer(mode, directory)
+        run = _invoker(graph.compile(checkpointer=saver), mode)
+        peak = peak_kib(lambda: run([(value, f"{workload}-traced")]))
+        _close(saver, path)
+    return Result(workload, mode, runs * steps_per_run, seconds, db_bytes, peak, engine=OURS)
 
 
-def run_all(*, iterations: int, chain_length: int, fan_width: int, invocations: int,
-            growth_sizes: tuple[int, ...], reads: int) -> list[Result]:
-    results: list[Result] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        for mode in MODES:
-            results.append(timed("loop", mode, loop_graph(iterations), 1, 2 * iterations,
-                                 lambda i: {"count": 0}, directory))
-            results.append(timed("chain", mode, chain_graph(chain_length), invocations,
-                                 chain_length, lambda i: {"count": 0}, directory))
-            results.append(timed("fanout", mode, fanout_graph(fan_width), invocations, 2,
-                                 lambda i: {}, directory))
-        results.append(latest_read(iterations, reads, directory))
-        results += growth(growth_sizes, directory)
-    return results
-
-
-def latest_read(iterations: int, reads: int, directory: Path) -> Result:
+def latest_read(mode: str, p: Params, directory: Path) -> Result:
     """Median time of get_state on a finished `iterations`-long thread."""
-    path = directory / "read.db"
-    with SQLiteCheckpointer(path) as saver:
-        app = loop_graph(iterations).compile(checkpointer=saver)
-        app.invoke({"count": 0}, thread_id="read")
-        times = []
-        for _ in range(reads):
-            start = time.perf_counter()
-            app.get_state("read")
-            times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return Result("latest-read", "sqlite", 1, median,
-                  extra={"median_ms": round(median * 1000, 3), "history_steps": 2 * iterations})
-
-
-def growth(sizes: tuple[int, ...], directory: Path) -> list[Result]:
-    """Database bytes of the loop at several lengths, and the fitted growth exponent."""
-    results = []
-    for n in sizes:
-        saver, path = _checkpointer("sqlite", directory)
-        app = loop_graph(n).compile(checkpointer=saver)
+    saver, path = _checkpointer(mode, directory)
+    app = loop_graph(p.iterations).compile(checkpointer=saver)
+    app.invoke({"count": 0}, thread_id="read", max_steps=MAX_STEPS)
+    times = []
+    for _ in range(p.reads):
         start = time.perf_counter()
-        final = app.invoke({"count": 0}, thread_id="growth", max_steps=1_000_000)
-        seconds = time.perf_counter() - start
-        state_json = len(final.model_dump_json())
-        results.append(Result("growth", "sqlite", 2 * n, seconds, _db_bytes(saver, path),
-                              extra={"iterations": n, "state_json_bytes": state_json}))
-    if len(results) >= 2:
-        import math
-        xs = [math.log(r.extra["iterations"]) for r in results]  # type: ignore[index]
-        ys = [math.log(r.db_bytes) for r in results]  # type: ignore[arg-type]
-        mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / \
-            sum((x - mean_x) ** 2 for x in xs)
-        for r in results:
-            r.extra["growth_exponent"] = round(slope, 3)  # type: ignore[index]
+        snapshot = app.get_state("read")
+        times.append(time.perf_counter() - start)
+    ok = check_loop_result(snapshot.state.count, snapshot.state.items, p.iterations)
+    _close(saver, path)
+    median = statistics.median(times)
+    return Result("latest-read", mode, 1, median, engine=OURS,
+                  extra={"median_ms": round(median * 1000, 3), "history_steps": 2 * p.iterations,
+                         "state_ok": ok})
+
+
+def resume(mode: str, p: Params, directory: Path) -> Result:
+    """The loop fails at iteration `fail_at`; resume it. Reports the start-up (resume() called
+    -> first node running; median of the repetitions) and checks the result and that no
+    finished node ran again."""
+    saver, path = _checkpointer(mode, directory)
+    startups, totals, ok, reran = [], [], True, 0
+    for rep in range(p.resume_reps):
+        executions = Executions(fail_at=p.fail_at)
+        app = loop_graph(p.iterations, executions).compile(checkpointer=saver)
+        thread = f"resume-{rep}"
+        try:
+            app.invoke({"count": 0}, thread_id=thread, max_steps=MAX_STEPS)
+            raise AssertionError("the injected failure did not happen")
+        except InjectedFailure:
+            pass
+        executions.arm()
+        final = app.resume(thread, max_steps=MAX_STEPS)
+        totals.append(time.perf_counter() - executions.armed_at)  # type: ignore[operator]
+        startups.append(executions.startup_seconds)
+        ok = ok and check_loop_result(final.count, final.items, p.iterations) \
+            and executions.counts[("work", p.fail_at)] == 2
+        reran += executions.reran(unfinished=p.fail_at)
+    db_bytes = _close(saver, path)
+    startup = statistics.median(startups)
+    return Result("resume", mode, 1, startup, db_bytes, engine=OURS, extra={
+        "startup_ms": round(startup * 1000, 3),
+        "resume_total_ms": round(statistics.median(totals) * 1000, 1),
+        "result_ok": ok, "finished_reran": reran, "reps": p.resume_reps})
+
+
+def growth_point(iterations: int, directory: Path) -> Result:
+    """Database bytes of one `iterations`-long loop thread (the file alone: WAL folded in)."""
+    saver, path = _checkpointer("sqlite", directory)
+    app = loop_graph(iterations).compile(checkpointer=saver)
+    start = time.perf_counter()
+    final = app.invoke({"count": 0}, thread_id="growth", max_steps=MAX_STEPS)
+    seconds = time.perf_counter() - start
+    state_json = len(final.model_dump_json())
+    return Result("growth", "sqlite", 2 * iterations, seconds, _close(saver, path), engine=OURS,
+                  extra={"iterations": iterations, "state_json_bytes": state_json})
+
+
+# -- the crash workload's child process (see crash.py) -----------------------------------------
+
+def crash_child(phase: str, mode: str, db: Path, log: Path, iterations: int,
+                crash_at: int, exit_code: int) -> dict[str, Any]:
+    """Phase "crash": run the loop, exiting the process abruptly inside the work node at
+    iteration `crash_at`. Phase "resume": report what is on disk, then resume to the end."""
+    if mode != "sqlite":
+        raise ValueError(f"the crash workload needs a durable mode, not {mode!r}")
+    execution_log = ExecutionLog(log)
+
+    def crash(iteration: int) -> None:
+        if phase == "crash" and iteration == crash_at:
+            import os
+            os._exit(exit_code)
+
+    saver = SQLiteCheckpointer(db)
+    app = loop_graph(iterations, log=execution_log, on_work=crash).compile(checkpointer=saver)
+    if phase == "crash":
+        app.invoke({"count": 0}, thread_id="crash", max_steps=MAX_STEPS)
+        return {"crashed": False}
+    recovered = app.get_state("crash").state.count
+    start = time.perf_counter()
+    final = app.resume("crash", max_steps=MAX_STEPS)
+    seconds = time.perf_counter() - start
+    saver.close()
+    return {"recovered": recovered, "resume_seconds": seconds,
+            "result_ok": check_loop_result(final.count, final.items, iterations)}
+
+
+def run_all(p: Params, directory: Path) -> list[Result]:
+    """Every workload on our engine alone (`python -m benchmarks` without --compare)."""
+    from .crash import crash_workload
+
+    results: list[Result] = []
+    for mode in MODES:
+        for workload in ("loop", "chain", "fanout"):
+            results.append(throughput(workload, mode, p, directory))
+    for mode in ("memory", "sqlite"):
+        results.append(latest_read(mode, p, directory))
+        results.append(resume(mode, p, directory))
+    growth = [growth_point(n, directory) for n in p.growth_sizes]
+    add_growth_exponent(growth)
+    results += growth
+    results.append(crash_workload(OURS, "sqlite", p, directory))
     return results
+
