@@ -46,7 +46,17 @@ from .base import (
 SCHEMA_VERSION = 2
 APPLICATION_ID = 0x53544D43  # "STMC": marks a file as ours, so a foreign database is refused
 
-_SCHEMA = """
+_CACHE_TABLE = """
+CREATE TABLE cache (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    expires_at REAL,
+    PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
+"""
+
+_SCHEMA = f"""
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE threads (
     key INTEGER PRIMARY KEY,
@@ -81,28 +91,14 @@ CREATE TABLE pending_writes (
     meta TEXT,
     PRIMARY KEY (checkpoint, node, idx)
 ) WITHOUT ROWID;
-CREATE TABLE cache (
-    namespace TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    expires_at REAL,
-    PRIMARY KEY (namespace, key)
-) WITHOUT ROWID;
-"""
+{_CACHE_TABLE}"""
 
 # version -> SQL that upgrades a file from that version to the next one
 _MIGRATIONS: dict[int, str] = {
-    1: """
+    1: f"""
 ALTER TABLE pending_writes ADD COLUMN meta TEXT;
 ALTER TABLE checkpoints ADD COLUMN marked_at REAL;
-CREATE TABLE cache (
-    namespace TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    expires_at REAL,
-    PRIMARY KEY (namespace, key)
-) WITHOUT ROWID;
-""",
+{_CACHE_TABLE}""",
 }
 
 _COLUMNS = "c.id, t.thread_id, c.parent, c.step, c.kind, c.status, c.next, c.writes, " \

@@ -1,6 +1,8 @@
 """Running the async engine from synchronous code, inside or outside a running event loop.
 
-Outside a loop, each thread keeps one private event loop (an `asyncio.Runner`) and reuses it.
+Outside a loop, each thread keeps one private event loop (an `asyncio.Runner`) and reuses it;
+each call runs in a copy of the caller's context, so context variables set around the call
+(`use_clock`, tracing) are seen by the run.
 Inside a running loop (a notebook, an async handler, or a sync node of another run calling
 `invoke`), the work runs on a new event loop in a thread of its own while the caller waits:
 that works at any depth of nesting, but it blocks the caller's loop meanwhile, so async code
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future
@@ -24,7 +27,7 @@ _local = threading.local()
 def run_sync(make: Callable[[], Awaitable[T]]) -> T:
     """Run the awaitable made by `make()` to completion and return its result."""
     if not _loop_running():
-        return _thread_runner().run(_as_coroutine(make))
+        return _thread_runner().run(_boxed(make), context=contextvars.copy_context()).value
     with _LoopThread() as loop:
         return loop.run(make)
 
@@ -33,7 +36,8 @@ def iterate_sync(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
     """Drive an async iterator from sync code; closing the iterator closes it too."""
     if not _loop_running():
         runner = _thread_runner()
-        yield from _drive(make, lambda step: runner.run(_as_coroutine(step)))
+        yield from _drive(make, lambda step: runner.run(
+            _boxed(step), context=contextvars.copy_context()).value)
         return
     with _LoopThread() as loop:
         yield from _drive(make, loop.run)
@@ -82,6 +86,24 @@ async def _as_coroutine(make: Callable[[], Awaitable[T]]) -> T:
     return await make()
 
 
+class _Box:
+    """A result with a one-word repr. In the main thread asyncio.Runner.run formats its task,
+    result included, while restoring the SIGINT handler; boxing keeps that from printing a
+    whole state on every call (half the time of a get_state)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<result>"
+
+
+async def _boxed(make: Callable[[], Awaitable[T]]) -> _Box:
+    return _Box(await make())
+
+
 class _LoopThread:
     """An event loop on a thread of its own, for the lifetime of one sync call."""
 
@@ -93,7 +115,10 @@ class _LoopThread:
         return self
 
     def run(self, make: Callable[[], Awaitable[T]]) -> T:
-        future: Future[T] = asyncio.run_coroutine_threadsafe(_as_coroutine(make), self._loop)
+        # scheduled from inside the caller's context, so the task sees the caller's
+        # context variables (use_clock, ...) as a direct await would
+        future: Future[T] = contextvars.copy_context().run(
+            asyncio.run_coroutine_threadsafe, _as_coroutine(make), self._loop)
         return future.result()
 
     def __exit__(self, *exc: object) -> None:

@@ -798,3 +798,37 @@ def test_subgraph_invoke_inside_a_node_works_when_called_from_a_running_loop():
         pytest.fail("app.invoke inside a node deadlocked when the outer invoke ran in a loop")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "2"
+
+
+def test_sync_calls_see_the_callers_context_variables_every_time():
+    # the per-thread event loop is created once and reused: each call must still run in the
+    # caller's current context, or use_clock() (and any context variable) would be ignored
+    from statemachine import FakeClock, RetryPolicy, use_clock
+
+    plain = StateGraph(State)
+    plain.add_node("work", lambda s: None)
+    plain.add_edge(START, "work")
+    plain.add_edge("work", END)
+    plain.compile().invoke({})  # this thread's loop now exists, made outside any clock
+
+    failures = {"left": 0}
+
+    def flaky(state: State) -> dict:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionError("again")
+        return {"count": state.count + 1}
+
+    g = StateGraph(State)
+    g.add_node("flaky", flaky, retry=RetryPolicy(max_attempts=2, initial_interval=30,
+                                                 jitter=False))
+    g.add_edge(START, "flaky")
+    g.add_edge("flaky", END)
+    app = g.compile()
+    for _ in range(2):
+        failures["left"] = 1
+        with use_clock(FakeClock()) as clock:
+            started = time.perf_counter()
+            assert app.invoke({}).count == 1
+        assert clock.sleeps == [30.0]
+        assert time.perf_counter() - started < 5
