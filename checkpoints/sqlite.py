@@ -346,8 +346,23 @@ def _process_alive(pid: int | None) -> bool:
 def _prepare_file(path: Path) -> None:
     """Check that `path` is a fresh file or one of our databases; create or migrate the schema.
 
-    Nothing is written to a file that is not ours or is from a newer version.
+    Nothing is written to a file that is not ours or is from a newer version. Processes that
+    open one new file at the same moment race to switch it to WAL, which SQLite answers with
+    "database is locked" at once rather than waiting: the loser waits and checks again.
     """
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return _prepare_file_once(path)
+        except CheckpointError as exc:
+            locked = isinstance(exc.__cause__, sqlite3.OperationalError) and \
+                "locked" in str(exc.__cause__)
+            if not locked or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _prepare_file_once(path: Path) -> None:
     if path.exists() and path.is_dir():
         raise CheckpointError(f"{str(path)!r} is a directory, not a checkpoint database file.")
     if path.exists() and path.stat().st_size > 0:

@@ -537,3 +537,19 @@ def test_a_version_1_file_is_migrated_and_keeps_its_threads(tmp_path):
         assert final == Items(n=9, items=["old", "new", "item-7", "item-8"])
     finally:
         saver.close()
+
+
+def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    for attempt in range(3):
+        db = tmp_path / f"race-{attempt}.db"
+        code = f"from checkpoints import SQLiteCheckpointer; SQLiteCheckpointer({str(db)!r}).close()"
+        procs = [subprocess.Popen([sys.executable, "-c", code], cwd=root, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(4)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+        assert rows(db, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
