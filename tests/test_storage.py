@@ -546,7 +546,8 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path):
     root = Path(__file__).resolve().parent.parent
     for attempt in range(3):
         db = tmp_path / f"race-{attempt}.db"
-        code = f"from checkpoints import SQLiteCheckpointer; SQLiteCheckpointer({str(db)!r}).close()"
+        code = ("from checkpoints import SQLiteCheckpointer; "
+                f"SQLiteCheckpointer({str(db)!r}).close()")
         procs = [subprocess.Popen([sys.executable, "-c", code], cwd=root, stderr=subprocess.PIPE,
                                   text=True) for _ in range(4)]
         for proc in procs:
