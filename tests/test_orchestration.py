@@ -25,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from checkpoints import MemoryCheckpointer, SQLiteCheckpointer
+from checkpoints import MemoryCheckpointer
 from statemachine import (
     END,
     START,
@@ -99,41 +99,6 @@ def chain(*nodes: tuple[str, Any], **options: Any) -> StateGraph:
     for a, b in itertools.pairwise(names):
         g.add_edge(a, b)
     return g
-
-
-class Store:
-    """Checkpointers over one store: `open()` after a failure plays a restarted process (a new
-    SQLiteCheckpointer on the same file; the same object for memory, which has no file)."""
-
-    def __init__(self, kind: str, path: Path) -> None:
-        self.kind, self.path = kind, path
-        self._memory = MemoryCheckpointer() if kind == "memory" else None
-        self._opened: list[SQLiteCheckpointer] = []
-
-    def open(self):
-        if self._memory is not None:
-            return self._memory
-        saver = SQLiteCheckpointer(self.path)
-        self._opened.append(saver)
-        return saver
-
-    def close(self) -> None:
-        for saver in self._opened:
-            saver.close()
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request, tmp_path):
-    s = Store(request.param, tmp_path / "runs.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def sqlite_store(tmp_path):
-    s = Store("sqlite", tmp_path / "runs.db")
-    yield s
-    s.close()
 
 
 class Recorder:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import operator
-from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
@@ -16,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from checkpoints import MemoryCheckpointer, SQLiteCheckpointer
+from checkpoints import MemoryCheckpointer
 from statemachine import (
     END,
     START,
@@ -40,33 +39,6 @@ class S(BaseModel):
 class Research(BaseModel):
     topic: str
     notes: Annotated[list[str], operator.add] = []
-
-
-class Store:
-    """See test_orchestration.Store: `open()` again plays a restarted process."""
-
-    def __init__(self, kind: str, path: Path) -> None:
-        self.kind, self.path = kind, path
-        self._memory = MemoryCheckpointer() if kind == "memory" else None
-        self._opened: list[SQLiteCheckpointer] = []
-
-    def open(self):
-        if self._memory is not None:
-            return self._memory
-        saver = SQLiteCheckpointer(self.path)
-        self._opened.append(saver)
-        return saver
-
-    def close(self) -> None:
-        for saver in self._opened:
-            saver.close()
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request, tmp_path):
-    s = Store(request.param, tmp_path / "runs.db")
-    yield s
-    s.close()
 
 
 def step(name: str, calls: list[str] | None = None, *, fail_first: int = 0):
