@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -276,10 +277,14 @@ class SQLiteCheckpointer(Checkpointer):
     async def threads(self) -> list[ThreadInfo]:
         rows = await self._fetchall(
             "SELECT t.thread_id, c.status, c.step, c.id, coalesce(c.marked_at, c.created_at), "
-            "c.error, t.owner IS NOT NULL AND t.lease_expires > ? FROM threads t JOIN "
-            "checkpoints c ON c.id = (SELECT max(id) FROM checkpoints WHERE thread = t.key) "
-            "ORDER BY coalesce(c.marked_at, c.created_at) DESC, c.id DESC", (time.time(),))
-        return [ThreadInfo(r[0], r[1], r[2], str(r[3]), r[4], r[5], bool(r[6])) for r in rows]
+            "c.error, t.owner IS NOT NULL AND t.lease_expires > ?, t.owner_pid, t.owner_host "
+            "FROM threads t JOIN checkpoints c ON c.id = (SELECT max(id) FROM checkpoints "
+            "WHERE thread = t.key) ORDER BY coalesce(c.marked_at, c.created_at) DESC, c.id DESC",
+            (time.time(),))
+        host = socket.gethostname()
+        return [ThreadInfo(r[0], r[1], r[2], str(r[3]), r[4], r[5], bool(r[6]) and not (
+                    r[8] == host and not _process_alive(r[7])))  # a dead holder here: free
+                for r in rows]
 
     async def aclose(self) -> None:
         if not self._closed.is_set():

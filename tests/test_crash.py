@@ -202,6 +202,16 @@ def head(workdir: Path) -> tuple[int, str]:
                  THREAD)[0]
 
 
+def listed_busy(workdir: Path) -> bool:
+    """What `threads()` says of the thread's `busy`, read by this (another) process."""
+    from checkpoints import SQLiteCheckpointer
+    from statemachine._sync import run_sync
+
+    with SQLiteCheckpointer(workdir / "runs.db") as saver:
+        (info,) = run_sync(saver.threads)
+    return info.busy
+
+
 def pending_count(workdir: Path) -> int:
     """Pending writes of the thread's latest checkpoint (-1 before the file exists)."""
     if not (workdir / "runs.db").exists():
@@ -315,6 +325,8 @@ def test_killed_process_does_not_lock_its_thread(tmp_path, reference):
     finally:
         holder.wait()
     assert head(tmp_path) == (4, "running")
+    # its lease (30 s) has not expired, but its process is gone: the listing says so
+    assert not listed_busy(tmp_path)
 
     # new input on a run that died half-way is refused: it would drop the pending work
     refused = run(tmp_path, "run")
