@@ -115,9 +115,16 @@ WITH RECURSIVE chain(n, id) AS (
     SELECT chain.n + 1, cur.parent FROM chain JOIN checkpoints cur ON cur.id = chain.id
     WHERE cur.snapshot IS NULL AND cur.parent IS NOT NULL
 )
-SELECT {_COLUMNS} FROM chain JOIN checkpoints c ON c.id = chain.id
-JOIN threads t ON t.key = c.thread ORDER BY chain.n DESC
+SELECT 'c', chain.n, {_COLUMNS} FROM chain JOIN checkpoints c ON c.id = chain.id
+JOIN threads t ON t.key = c.thread
+UNION ALL
+SELECT 'p', NULL, p.checkpoint, p.node, p.idx, p.writes, p.meta, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL
+FROM pending_writes p WHERE p.checkpoint IN (SELECT id FROM chain)
 """
+"""A checkpoint, the checkpoints back to its nearest snapshot, and their pending writes, in one
+round trip: rows tagged 'c' (checkpoint, with its distance from the head) or 'p' (a pending
+write)."""
 
 _FENCE = "SELECT key FROM threads WHERE thread_id = ? AND owner = ?"
 
@@ -238,10 +245,15 @@ class SQLiteCheckpointer(Checkpointer):
         rows = await self._fetchall(
             _LOAD, {"thread": thread_id,
                     "checkpoint": None if checkpoint_id is None else int(checkpoint_id)})
-        if not rows:
+        chain = sorted((row for row in rows if row[0] == "c"), key=lambda row: -row[1])
+        if not chain:
             return None
-        records = [_record(row) for row in rows]
-        return Chain(records, await self.list_pending([r.id for r in records]))
+        pending: dict[str, list[PendingWrite]] = {}
+        for row in rows:
+            if row[0] == "p":
+                pending.setdefault(str(row[2]), []).append(
+                    PendingWrite(str(row[2]), row[3], row[4], row[5], row[6]))
+        return Chain([_record(row[2:]) for row in chain], pending)
 
     async def list(self, thread_id: str) -> list[CheckpointRecord]:
         rows = await self._fetchall(
