@@ -439,9 +439,18 @@ def _prepare_file_once(path: Path) -> None:
 
 
 def _identify(conn: sqlite3.Connection) -> tuple[int, set[str]]:
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    tables = {row[0] for row in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    """The file's application id and tables, read from one snapshot: read apart, another
+    process creating the schema in between looks like a foreign database (tables, no id)."""
+    outer = conn.in_transaction
+    if not outer:
+        conn.execute("BEGIN")
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        if not outer:
+            conn.execute("COMMIT")
     return app_id, tables
 
 
