@@ -8,6 +8,7 @@
     statemachine threads --db runs.db                 every thread with its status
     statemachine history --db runs.db --thread t1     its checkpoints: step, nodes, status, time
     statemachine show --db runs.db --thread t1 [--checkpoint ID]   its state as JSON
+    statemachine ui --db runs.db [--graph GRAPH] [--port 8765] [--allow-actions]   web viewer
 
 GRAPH is `package.module:attribute` (or `path/to/file.py:attribute`) naming a `StateGraph`,
 which is compiled, or a `CompiledGraph`. The current directory is importable, so
@@ -70,6 +71,13 @@ from .errors import (
     closest_name,
 )
 from .graph import StateGraph
+from .store_reader import (
+    history_rows,
+    row_from_record,
+    row_from_snapshot,
+    thread_row,
+    unmerged_state,
+)
 from .types import Snapshot, StepEvent
 
 EXIT_OK = 0
@@ -80,8 +88,8 @@ EXIT_NOT_FOUND = 4
 EXIT_BUSY = 5
 EXIT_INTERRUPTED = 130
 
-_INPUT, _UPDATE = "__input__", "__update__"
-"""The executor's pseudo-nodes that write a run's input and `update_state` values."""
+_INPUT = "__input__"
+"""The executor's pseudo-node that writes a run's input."""
 
 EPILOG = """\b
 GRAPH is package.module:attribute (or path/to/file.py:attribute), a StateGraph or a
@@ -939,83 +947,6 @@ def _load_records(store: Store, thread: str) -> list[Any]:
     return records
 
 
-def _tasks(next_json: str) -> list[tuple[str, int]]:
-    """The (node, index) keys of a checkpoint's `next` tasks, in the order stored."""
-    keys = []
-    for item in json.loads(next_json or "[]"):
-        keys.append((item, 0) if isinstance(item, str) else (item[0], item[1]))
-    return keys
-
-
-def _extra(record: Any) -> dict[str, Any]:
-    return json.loads(record.extra) if record.extra else {}
-
-
-def _writes(text: str | None) -> list[list[Any]]:
-    return json.loads(text) if text else []
-
-
-def _step_writes(record: Any, parent: Any, pending: dict[str, list[Any]]) -> list[list[Any]]:
-    """What `record` applied to its parent's state: [node, index, update], in merge order.
-
-    For a step: the writes its parent carried (update_state on a failed step), the pending
-    writes of its parent's tasks and its own writes, ordered as the parent's `next` lists its
-    tasks (declaration order, which is the merge order).
-    """
-    writes: list[list[Any]] = []
-    if record.kind == "step" and parent is not None:
-        writes += [list(w) for w in _extra(parent).get("carried", ())]
-        writes += [[w.node, w.index, json.loads(w.writes)] for w in pending.get(parent.id, [])]
-    if record.kind != "fork":
-        writes += _writes(record.writes)
-    if record.kind == "step" and parent is not None:
-        order = {key: position for position, key in enumerate(_tasks(parent.next))}
-        writes.sort(key=lambda w: order.get((w[0], w[1]), len(order)))
-    return writes
-
-
-def _row_from_record(record: Any, parent: Any, pending: dict[str, list[Any]]) -> dict[str, Any]:
-    if record.kind == "update":
-        nodes = [w[0] for w in _writes(record.writes) if w[0] != _UPDATE]
-    elif record.kind == "step" and parent is not None:
-        nodes = [w[0] for w in _step_writes(record, parent, pending)]
-    else:
-        nodes = []
-    extra = _extra(record)
-    done = {(w.node, w.index) for w in pending.get(record.id, [])}
-    done |= {(w[0], w[1]) for w in extra.get("carried", ())}
-    next_nodes = [node for node, index in _tasks(record.next) if (node, index) not in done]
-    kept = [w.node for w in sorted(pending.get(record.id, []), key=lambda w: w.index)]
-    kept += [w[0] for w in extra.get("carried", ())]
-    compensates = extra.get("compensates")
-    return _row(record.id, record.parent_id, record.step, record.kind, record.status,
-                list(dict.fromkeys(nodes)), list(dict.fromkeys(next_nodes)),
-                sorted(set(kept)), record.error, record.created_at,
-                compensates[1] if compensates else None,
-                [name for *_, name in extra.get("waiting", ())])
-
-
-def _row_from_snapshot(snapshot: Snapshot) -> dict[str, Any]:
-    compensates = snapshot.metadata.get("compensates")
-    return _row(snapshot.checkpoint_id, snapshot.parent_id, snapshot.step, snapshot.kind,
-                snapshot.status, list(snapshot.ran), list(dict.fromkeys(snapshot.next)),
-                sorted(snapshot.pending_writes), snapshot.error, snapshot.created_at,
-                compensates[1] if compensates else None,
-                list(snapshot.metadata.get("waits_for", [])))
-
-
-def _row(checkpoint_id: str, parent_id: str | None, step: int, kind: str, status: str,
-         nodes: list[str], next_nodes: list[str], kept: list[str], error: str | None,
-         created_at: float, compensates: str | None, waits_for: list[str]) -> dict[str, Any]:
-    return {"checkpoint_id": checkpoint_id, "parent_id": parent_id, "step": step, "kind": kind,
-            "status": status, "nodes": nodes, "next": next_nodes, "pending_writes": kept,
-            "waits_for": waits_for, "compensates": compensates, "error": error,
-            "created_at": created_at, "time": _time(created_at)}
-
-
-def _time(created_at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created_at))
-
 
 _STATUS_STYLE = {"done": "green", "failed": "bold red", "interrupted": "yellow",
                  "running": "cyan", "compensated": "magenta"}
@@ -1042,9 +973,7 @@ def threads(db: Path | None, show_all: bool, as_json: bool) -> None:
         infos = store.call(store.saver.threads)
     if not show_all:
         infos = [t for t in infos if "::" not in t.thread_id]
-    rows = [{"thread_id": t.thread_id, "status": t.status, "step": t.step,
-             "checkpoint_id": t.checkpoint_id, "busy": t.busy, "error": t.error,
-             "updated_at": t.updated_at, "time": _time(t.updated_at)} for t in infos]
+    rows = [thread_row(t) for t in infos]
     if as_json:
         _echo_json(rows)
         return
@@ -1086,12 +1015,10 @@ def history(db: Path | None, thread: str, target: str | None, as_json: bool) -> 
         records = _load_records(store, thread)
         if target is not None:
             app = build_app(target, db, stack, create=False)
-            rows = [_row_from_snapshot(s) for s in app.history(thread)]
+            rows = [row_from_snapshot(s) for s in app.history(thread)]
         else:
             pending = store.call(lambda: store.saver.list_pending([r.id for r in records]))
-            by_id = {r.id: r for r in records}
-            rows = [_row_from_record(r, by_id.get(r.parent_id) if r.parent_id else None,
-                                     pending) for r in records]
+            rows = history_rows(records, pending)
     if as_json:
         _echo_json(rows)
         return
@@ -1159,7 +1086,7 @@ def show(db: Path | None, thread: str, checkpoint: str | None, target: str | Non
         by_id = {r.id: r for r in records}
         parent = by_id.get(head.parent_id) if head.parent_id else None
         pending = store.call(lambda: store.saver.list_pending([head.id]))
-        row = _row_from_record(head, parent, pending)
+        row = row_from_record(head, parent, pending)
         err.print(Text(_summary(thread, row)), style="dim")
         if head.snapshot is not None:
             _echo_json(json.loads(head.snapshot))
@@ -1169,20 +1096,13 @@ def show(db: Path | None, thread: str, checkpoint: str | None, target: str | Non
             _echo_json(_state_json(app.get_state(thread, head.id).state))
             return
         base = chain.records[0]
-        since = []
-        for before, record in zip(chain.records, chain.records[1:], strict=False):
-            since.append({"checkpoint_id": record.id, "step": record.step, "kind": record.kind,
-                          "writes": _step_writes(record, before, chain.pending)})
         err.print(Text(
             f"note: checkpoint {head.id} stores no snapshot, and without --graph the writes "
             "cannot be merged (that needs the state's reducers). Printed: the state stored at "
             f"checkpoint {base.id} (step {base.step}) and the raw writes since, as [node, "
             "index, update]. Pass --graph MODULE:ATTRIBUTE for the exact state.",
             style="yellow"))
-        _echo_json({"exact": False, "checkpoint_id": head.id,
-                    "snapshot": {"checkpoint_id": base.id, "step": base.step,
-                                 "state": json.loads(base.snapshot or "null")},
-                    "writes_since": since})
+        _echo_json(unmerged_state(chain))
 
 
 def _summary(thread: str, row: dict[str, Any]) -> str:
@@ -1203,6 +1123,64 @@ def _need_db(db: Path | None) -> Path:
     if db is None:
         raise CliError("--db FILE is required: the checkpoint database to read", EXIT_USAGE)
     return db
+
+
+# -- ui ---------------------------------------------------------------------------------------
+
+@cli.command(epilog=EPILOG)
+@DB_OPTION
+@click.option("--graph", "target", metavar="GRAPH",
+              help="The graph the threads ran: shows diagrams with the run path, exact states, "
+                   "and allows actions. Without it, no user code is imported.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on (loopback only by default).")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on.")
+@click.option("--allow-actions", is_flag=True,
+              help="Show Resume and Rollback buttons (they write to the database; need "
+                   "--graph). Without it the database is opened read-only.")
+def ui(db: Path | None, target: str | None, host: str, port: int, allow_actions: bool) -> None:
+    """Serve a web viewer of the database's runs: threads, diagrams, timelines, states.
+
+    Read-only by default: the file is opened with SQLite's read-only mode and never written.
+    A running thread updates on the page as it advances. Needs the `ui` extra (starlette and
+    uvicorn).
+    """
+    db = _need_db(db)
+    try:
+        import uvicorn
+
+        from .ui import create_app
+    except ImportError as exc:
+        raise CliError(f"the viewer needs {exc.name or 'starlette and uvicorn'}",
+                       EXIT_NOT_FOUND, hint="pip install 'statemachine[ui]'") from exc
+    if not db.is_file():
+        raise CliError(f"no database file {str(db)!r}", EXIT_NOT_FOUND,
+                       hint="give the file a run wrote (statemachine run ... --db FILE)")
+    if allow_actions and target is None:
+        raise CliError("--allow-actions needs --graph (resume and rollback run the graph)",
+                       EXIT_USAGE)
+    graph = None
+    if target is not None:
+        graph = load_graph(target)
+        if isinstance(graph, StateGraph):
+            try:
+                graph = graph.compile()
+            except GraphValidationError as exc:
+                raise _invalid(target, exc) from exc
+    with _library_errors():
+        app = create_app(db, graph=graph, graph_name=target, allow_actions=allow_actions,
+                         host=host)
+    err = _stderr()
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(Text(f"warning: listening on {host}: anyone who can reach it can read every "
+                       "run's state" + (" and resume or roll back runs" if allow_actions
+                                        else ""), style="yellow"))
+    shown = f"[{host}]" if ":" in host else host
+    err.print(Text.assemble(("statemachine ui: ", "bold"), f"http://{shown}:{port}/",
+                            (f"  ({db}, {'actions allowed' if allow_actions else 'read-only'}"
+                             f"{', graph ' + target if target else ''}; Ctrl-C stops)", "dim")))
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 # -- entry points -----------------------------------------------------------------------------

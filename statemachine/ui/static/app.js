@@ -1,0 +1,286 @@
+// The statemachine run viewer: plain JS, no build step. Polls the JSON API every second.
+"use strict";
+
+const POLL_MS = 1000;
+const state = { info: null, view: null, threadId: null, version: null, selected: null,
+                followLatest: true, timer: null };
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("data-")) node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child ?? "")));
+  }
+  return node;
+}
+
+async function api(path, options) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({ error: response.statusText }));
+  if (!response.ok) throw Object.assign(new Error(body.error || response.statusText),
+                                        { status: response.status });
+  return body;
+}
+
+function showError(error) {
+  const banner = $("error-banner");
+  banner.hidden = !error;
+  banner.textContent = error ? String(error.message || error) : "";
+}
+
+function statusBadge(status, busy) {
+  return el("span", { class: `status status-${status}` }, status + (busy ? " (live run)" : ""));
+}
+
+function firstLine(text, limit = 120) {
+  if (!text) return "";
+  const line = text.split("\n")[0];
+  return line.length > limit ? line.slice(0, limit - 1) + "…" : line;
+}
+
+function seconds(value) {
+  if (value === null || value === undefined) return "";
+  if (value < 1) return `${Math.round(value * 1000)} ms`;
+  if (value < 60) return `${value.toFixed(2)} s`;
+  return `${Math.floor(value / 60)}:${String(Math.floor(value % 60)).padStart(2, "0")} min`;
+}
+
+// -- routing ---------------------------------------------------------------------------------
+
+function route() {
+  const match = location.hash.match(/^#\/thread\/(.+)$/);
+  clearTimeout(state.timer);
+  showError(null);
+  if (match) {
+    const id = decodeURIComponent(match[1]);
+    if (state.threadId !== id) {
+      Object.assign(state, { threadId: id, version: null, selected: null, followLatest: true });
+      $("diagram").replaceChildren();
+      $("timeline").tBodies[0].replaceChildren();
+    }
+    showView("thread");
+    pollThread();
+  } else {
+    state.threadId = null;
+    showView("list");
+    pollList();
+  }
+}
+
+function showView(name) {
+  state.view = name;
+  $("list-view").hidden = name !== "list";
+  $("thread-view").hidden = name !== "thread";
+}
+
+function schedule(fn) {
+  clearTimeout(state.timer);
+  state.timer = setTimeout(fn, POLL_MS);
+}
+
+// -- the thread list -------------------------------------------------------------------------
+
+async function pollList() {
+  try {
+    const status = $("status-filter").value;
+    const rows = await api("/api/threads" + (status ? `?status=${encodeURIComponent(status)}` : ""));
+    if (state.view !== "list" || $("status-filter").value !== status) return;
+    renderList(rows);
+    showError(null);
+  } catch (error) {
+    showError(error);
+  }
+  if (state.view === "list") schedule(pollList);
+}
+
+function renderList(rows) {
+  const body = $("threads").tBodies[0];
+  body.replaceChildren(...rows.map((row) => {
+    const link = el("a", { href: `#/thread/${encodeURIComponent(row.thread_id)}` }, row.thread_id);
+    return el("tr", { class: "thread-row", "data-thread": row.thread_id, "data-status": row.status },
+      el("td", {}, link), el("td", {}, statusBadge(row.status, row.busy)),
+      el("td", { class: "num" }, row.step), el("td", {}, row.time),
+      el("td", { class: "error-cell", title: row.error || "" }, firstLine(row.error)));
+  }));
+  $("no-threads").hidden = rows.length > 0;
+  $("thread-count").textContent = `${rows.length} thread${rows.length === 1 ? "" : "s"}`;
+}
+
+// -- one thread ------------------------------------------------------------------------------
+
+async function pollThread() {
+  const id = state.threadId;
+  try {
+    const data = await api(`/api/threads/${encodeURIComponent(id)}`);
+    if (state.threadId !== id) return;
+    if (data.version !== state.version) {
+      state.version = data.version;
+      await renderThread(data);
+    }
+    showError(null);
+  } catch (error) {
+    showError(error);
+  }
+  if (state.view === "thread" && state.threadId === id) schedule(pollThread);
+}
+
+async function renderThread(data) {
+  const head = data.thread || {};
+  const latest = data.checkpoints[0];
+  $("thread-title").textContent = `thread ${state.threadId}`;
+  $("thread-status").replaceChildren(statusBadge(head.status || latest.status, head.busy));
+  $("thread-view").dataset.status = head.status || latest.status;
+  const error = head.error || latest.error;
+  $("thread-error").hidden = !error;
+  $("thread-error").textContent = error || "";
+  $("actions").hidden = !data.allow_actions;
+  renderTimeline(data.checkpoints);
+  if (state.followLatest || !data.checkpoints.some((c) => c.checkpoint_id === state.selected)) {
+    state.selected = latest.checkpoint_id;
+  }
+  markSelected();
+  await Promise.all([renderDiagram(data), renderCheckpoint(state.selected)]);
+}
+
+async function renderDiagram(data) {
+  const box = $("diagram");
+  if (!data.graph) {
+    box.replaceChildren(el("p", { class: "note", id: "diagram-note" },
+      "No diagram: pass --graph MODULE:ATTRIBUTE to `statemachine ui` to see the diagram " +
+      "with this run's path (diagrams need the graph; the rest of this page reads only the " +
+      "database)."));
+    return;
+  }
+  const version = state.version;
+  try {
+    const response = await fetch(`/api/threads/${encodeURIComponent(state.threadId)}/diagram.svg`);
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new Error(body.error || response.statusText);
+    }
+    const text = await response.text();
+    if (state.version !== version) return;  // a newer render is on its way
+    const doc = new DOMParser().parseFromString(text, "image/svg+xml");
+    const svg = doc.documentElement;
+    if (svg.nodeName !== "svg") throw new Error("the diagram is not SVG");
+    svg.removeAttribute("width");
+    svg.removeAttribute("height");
+    box.replaceChildren(document.importNode(svg, true));
+  } catch (error) {
+    box.replaceChildren(el("p", { class: "note error" }, `diagram unavailable: ${error.message}`));
+  }
+}
+
+function renderTimeline(checkpoints) {
+  const body = $("timeline").tBodies[0];
+  body.replaceChildren(...checkpoints.map((cp, index) => {
+    let nodes = cp.nodes.join(", ");
+    if (!nodes) nodes = cp.compensates ? `↩ ${cp.compensates}` : `(${cp.kind})`;
+    let status = cp.status;
+    if (cp.waits_for.length) status += ` (waits for ${cp.waits_for.join(", ")})`;
+    const retries = Object.entries(cp.attempts || {})
+      .map(([node, attempts]) => `${node}: ${attempts} attempts`).join(", ");
+    const row = el("tr", { class: "checkpoint", "data-checkpoint": cp.checkpoint_id,
+                           "data-status": cp.status },
+      el("td", { class: "num" }, cp.checkpoint_id), el("td", { class: "num" }, cp.step),
+      el("td", {}, cp.kind), el("td", { class: "nodes" }, nodes),
+      el("td", {}, statusBadge(cp.status)), el("td", { class: "num" }, seconds(cp.duration)),
+      el("td", {}, retries), el("td", {}, (cp.cache_hits || []).join(", ")),
+      el("td", {}, cp.time));
+    row.querySelector(".status").textContent = status;
+    row.addEventListener("click", () => {
+      state.selected = cp.checkpoint_id;
+      state.followLatest = index === 0;
+      markSelected();
+      renderCheckpoint(cp.checkpoint_id);
+    });
+    return row;
+  }));
+}
+
+function markSelected() {
+  for (const row of $("timeline").tBodies[0].rows) {
+    row.classList.toggle("selected", row.dataset.checkpoint === state.selected);
+  }
+}
+
+async function renderCheckpoint(checkpointId) {
+  const id = state.threadId;
+  let data;
+  try {
+    data = await api(`/api/threads/${encodeURIComponent(id)}/checkpoints/${checkpointId}`);
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  if (state.threadId !== id || state.selected !== checkpointId) return;
+  $("state-checkpoint").textContent = `${data.checkpoint_id} (step ${data.step})`;
+  const note = $("state-note");
+  note.hidden = data.exact;
+  note.textContent = data.exact ? "" : "This checkpoint stores no snapshot, and without " +
+    "--graph its writes cannot be merged (that needs the state's reducers): shown are the " +
+    "nearest stored state and the raw writes since. Pass --graph for the exact state.";
+  $("state").textContent = JSON.stringify(data.state, null, 2);
+  $("writes").textContent = data.writes.length
+    ? data.writes.map(([node, index, update]) =>
+      `${node}${index ? `[${index}]` : ""}: ${JSON.stringify(update)}`).join("\n")
+    : "(none)";
+  const diff = $("diff");
+  if (data.diff === null) {
+    diff.replaceChildren(el("li", { class: "muted" }, data.parent_id === null
+      ? "first checkpoint: nothing before it" : "no exact diff (see the writes below)"));
+  } else if (!data.diff.length) {
+    diff.replaceChildren(el("li", { class: "muted" }, "no change"));
+  } else {
+    diff.replaceChildren(...data.diff.map((change) => {
+      const text = change.op === "added" ? `+ ${change.path} = ${JSON.stringify(change.after)}`
+        : change.op === "removed" ? `- ${change.path} (was ${JSON.stringify(change.before)})`
+          : `~ ${change.path}: ${JSON.stringify(change.before)} → ${JSON.stringify(change.after)}`;
+      return el("li", { class: `diff-${change.op}`, "data-path": change.path }, text);
+    }));
+  }
+}
+
+async function act(name) {
+  const result = $("action-result");
+  result.textContent = `${name}…`;
+  for (const button of $("actions").querySelectorAll("button")) button.disabled = true;
+  try {
+    const body = await api(`/api/threads/${encodeURIComponent(state.threadId)}/${name}`,
+      { method: "POST", headers: { "X-Statemachine-Action": "1" } });
+    result.textContent = `${name}: ${body.status} at step ${body.step}` +
+      (body.error ? ` (${firstLine(body.error)})` : "");
+    state.followLatest = true;
+    state.version = null;
+  } catch (error) {
+    result.textContent = `${name} failed: ${error.message}`;
+  } finally {
+    for (const button of $("actions").querySelectorAll("button")) button.disabled = false;
+  }
+  pollThread();
+}
+
+// -- start -----------------------------------------------------------------------------------
+
+async function start() {
+  try {
+    state.info = await api("/api/info");
+    $("db-info").textContent = state.info.db + (state.info.graph ? ` · ${state.info.graph}` : "");
+    $("mode").textContent = state.info.read_only ? "read-only" : "actions allowed";
+  } catch (error) {
+    showError(error);
+  }
+  $("status-filter").addEventListener("change", () => { clearTimeout(state.timer); pollList(); });
+  $("resume").addEventListener("click", () => act("resume"));
+  $("rollback").addEventListener("click", () => act("rollback"));
+  window.addEventListener("hashchange", route);
+  route();
+}
+
+start();
