@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import aiosqlite
 
@@ -137,20 +138,29 @@ class SQLiteCheckpointer(Checkpointer):
     """
 
     def __init__(self, path: str | os.PathLike[str], *,
-                 lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+                 lease_seconds: float = DEFAULT_LEASE_SECONDS, read_only: bool = False) -> None:
+        """`read_only=True` opens an existing database with SQLite's read-only mode: every
+        read works, every write (a run, a lease, the schema) is refused, and the file is never
+        changed — for viewers and tools that only look."""
         from statemachine._sync import run_sync
 
         self.path = Path(path)
         self.lease_seconds = lease_seconds
+        self.read_only = read_only
+        self._direct_lock = threading.Lock()
+        self._closed = threading.Event()  # an object, so in_caller_thread() views share it
+        self._heartbeat = _LeaseHeartbeat(self.path, lease_seconds)
+        if read_only:  # no writer connection, no aiosqlite thread: reads in the caller's thread
+            self._direct = _open_read_only(self.path)
+            self._conn: aiosqlite.Connection | None = None
+            self._in_caller_thread = True
+            return
         _prepare_file(self.path)
-        self._conn: aiosqlite.Connection = run_sync(self._connect)
+        self._conn = run_sync(self._connect)
         self._direct = sqlite3.connect(self.path, isolation_level=None, timeout=10,
                                        check_same_thread=False)
         self._direct.execute("PRAGMA synchronous=NORMAL")
-        self._direct_lock = threading.Lock()
         self._in_caller_thread = False
-        self._closed = threading.Event()  # an object, so in_caller_thread() views share it
-        self._heartbeat = _LeaseHeartbeat(self.path, lease_seconds)
 
     async def _connect(self) -> aiosqlite.Connection:
         pending = aiosqlite.connect(self.path, isolation_level=None)
@@ -163,7 +173,8 @@ class SQLiteCheckpointer(Checkpointer):
         return conn
 
     def __repr__(self) -> str:
-        return f"SQLiteCheckpointer({str(self.path)!r})"
+        mode = ", read_only=True" if self.read_only else ""
+        return f"SQLiteCheckpointer({str(self.path)!r}{mode})"
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -304,9 +315,10 @@ class SQLiteCheckpointer(Checkpointer):
             self._heartbeat.stop()
             with self._direct_lock:
                 self._direct.close()
-            # fold the write-ahead log back into the file, so it is whole and compact at rest
-            await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            await self._conn.close()
+            if self._conn is not None:
+                # fold the write-ahead log back into the file, so it is whole and compact
+                await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                await self._conn.close()
 
     def in_caller_thread(self) -> SQLiteCheckpointer:
         """This checkpointer, doing its SQL in the calling thread instead of aiosqlite's.
@@ -322,10 +334,13 @@ class SQLiteCheckpointer(Checkpointer):
                        ) -> tuple[int, int | None]:
         """Run one statement (its own transaction): (rows changed, last row id)."""
         self._check_open()
+        if self.read_only:
+            raise CheckpointError(f"{self!r} is read-only: it cannot run or change threads.")
         if self._in_caller_thread:
             with self._direct_lock:
                 cursor = self._direct.execute(sql, params)
                 return cursor.rowcount, cursor.lastrowid
+        assert self._conn is not None
         async_cursor = await self._conn.execute(sql, params)
         return async_cursor.rowcount, async_cursor.lastrowid
 
@@ -335,6 +350,7 @@ class SQLiteCheckpointer(Checkpointer):
         if self._in_caller_thread:
             with self._direct_lock:
                 return self._direct.execute(sql, params).fetchall()
+        assert self._conn is not None
         return list(await self._conn.execute_fetchall(sql, params))
 
     def _check_open(self) -> None:
@@ -436,6 +452,31 @@ def _prepare_file_once(path: Path) -> None:
             from exc
     finally:
         conn.close()
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to one of our databases of this schema version."""
+    if not path.is_file():
+        raise CheckpointError(f"no database file {str(path)!r}.")
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10)
+        app_id, _ = _identify(conn)
+        version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] \
+            if app_id == APPLICATION_ID else None
+    except sqlite3.DatabaseError as exc:
+        raise CheckpointError(f"cannot open {str(path)!r} as a checkpoint database: {exc}") \
+            from exc
+    if app_id != APPLICATION_ID:
+        conn.close()
+        raise CheckpointError(f"{str(path)!r} is not a statemachine checkpoint database.")
+    if version != SCHEMA_VERSION:
+        conn.close()
+        raise CheckpointError(
+            f"{str(path)!r} has schema version {version}; this statemachine reads version "
+            f"{SCHEMA_VERSION}" + (" (open it once with a read-write SQLiteCheckpointer to "
+                                   "migrate it)." if version < SCHEMA_VERSION else "."))
+    return conn
 
 
 def _identify(conn: sqlite3.Connection) -> tuple[int, set[str]]:

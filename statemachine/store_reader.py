@@ -9,26 +9,15 @@ viewer cannot change it; its write methods raise `CheckpointError`.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from checkpoints.base import (
-    Chain,
-    Checkpointer,
-    CheckpointRecord,
-    NewCheckpoint,
-    Owner,
-    PendingWrite,
-    ThreadInfo,
-)
-from checkpoints.sqlite import _COLUMNS, _LOAD, APPLICATION_ID, _record
+from checkpoints.base import Chain, CheckpointRecord, PendingWrite, ThreadInfo
+from checkpoints.sqlite import SQLiteCheckpointer
 
-from .errors import CheckpointError
+from ._sync import run_sync
 from .types import Snapshot
 
 UPDATE = "__update__"
@@ -149,127 +138,27 @@ def unmerged_state(chain: Chain) -> dict[str, Any]:
 
 # -- a read-only store --------------------------------------------------------------------------
 
-class ReadOnlySQLite(Checkpointer):
-    """A checkpoint database opened read-only (`file:...?mode=ro`): reads like
-    `SQLiteCheckpointer`, never writes (no schema creation, no migration, no lease).
+class ReadOnlySQLite(SQLiteCheckpointer):
+    """A checkpoint database opened read-only (`SQLiteCheckpointer(path, read_only=True)`),
+    with synchronous twins of the reads for the command line and the viewer.
 
     Runs that other processes commit meanwhile are seen (the file is in WAL mode). Give it to
     a `CompiledGraph` to read `history()`/`get_state()` through the graph's reducers.
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise CheckpointError(f"no database file {str(self.path)!r}")
-        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
-        try:
-            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10)
-            app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise CheckpointError(
-                f"cannot open {str(self.path)!r} as a checkpoint database: {exc}") from exc
-        if app_id != APPLICATION_ID:
-            self._conn.close()
-            raise CheckpointError(f"{str(self.path)!r} is not a statemachine checkpoint "
-                                  "database")
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def __repr__(self) -> str:
-        return f"ReadOnlySQLite({str(self.path)!r})"
-
-    def _fetchall(self, sql: str, params: Sequence[object] | dict[str, object]) -> list[tuple]:
-        with self._lock:
-            if self._closed:
-                raise CheckpointError(f"{self!r} is closed.")
-            return self._conn.execute(sql, params).fetchall()
-
-    def _refuse(self) -> CheckpointError:
-        return CheckpointError(f"{self!r} is read-only")
-
-    async def acquire(self, thread_id: str, owner: Owner) -> None:
-        raise self._refuse()
-
-    async def release(self, thread_id: str, owner: Owner) -> None:
-        raise self._refuse()
-
-    async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint) -> str:
-        raise self._refuse()
-
-    async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite) -> None:
-        raise self._refuse()
-
-    async def mark(self, thread_id: str, owner: Owner, checkpoint_id: str, *, status: str,
-                   error: str | None = None, snapshot: str | None = None,
-                   extra: str | None = None) -> None:
-        raise self._refuse()
-
-    async def cache_put(self, namespace: str, key: str, value: str,
-                        ttl: float | None) -> None:
-        raise self._refuse()
-
-    async def cache_get(self, namespace: str, key: str) -> str | None:
-        rows = self._fetchall(
-            "SELECT value FROM cache WHERE namespace = ? AND key = ? AND "
-            "(expires_at IS NULL OR expires_at > ?)", (namespace, key, time.time()))
-        return rows[0][0] if rows else None
+        super().__init__(path, read_only=True)
 
     def load_sync(self, thread_id: str, checkpoint_id: str | None = None) -> Chain | None:
-        if checkpoint_id is not None and not str(checkpoint_id).isdigit():
-            return None
-        rows = self._fetchall(
-            _LOAD, {"thread": thread_id,
-                    "checkpoint": None if checkpoint_id is None else int(checkpoint_id)})
-        if not rows:
-            return None
-        records = [_record(row) for row in rows]
-        return Chain(records, self.list_pending_sync([r.id for r in records]))
+        return run_sync(lambda: self.load(thread_id, checkpoint_id))
 
     def list_sync(self, thread_id: str) -> list[CheckpointRecord]:
-        rows = self._fetchall(
-            f"SELECT {_COLUMNS} FROM checkpoints c JOIN threads t ON t.key = c.thread "
-            "WHERE t.thread_id = ? ORDER BY c.id DESC", (thread_id,))
-        return [_record(row) for row in rows]
+        return run_sync(lambda: self.list(thread_id))
 
     def list_pending_sync(self, checkpoint_ids: Sequence[str]
                           ) -> dict[str, list[PendingWrite]]:
-        pending: dict[str, list[PendingWrite]] = {}
-        ids = [int(c) for c in checkpoint_ids]
-        for start in range(0, len(ids), 500):  # SQLite limits the number of parameters
-            chunk = ids[start:start + 500]
-            rows = self._fetchall(
-                "SELECT checkpoint, node, idx, writes, meta FROM pending_writes WHERE "
-                f"checkpoint IN ({','.join('?' * len(chunk))})", chunk)
-            for checkpoint, node, idx, writes, meta in rows:
-                pending.setdefault(str(checkpoint), []).append(
-                    PendingWrite(str(checkpoint), node, idx, writes, meta))
-        return pending
+        return run_sync(lambda: self.list_pending(checkpoint_ids))
 
     def threads_sync(self) -> list[ThreadInfo]:
-        rows = self._fetchall(
-            "SELECT t.thread_id, c.status, c.step, c.id, coalesce(c.marked_at, c.created_at), "
-            "c.error, t.owner IS NOT NULL AND t.lease_expires > ? FROM threads t JOIN "
-            "checkpoints c ON c.id = (SELECT max(id) FROM checkpoints WHERE thread = t.key) "
-            "ORDER BY coalesce(c.marked_at, c.created_at) DESC, c.id DESC", (time.time(),))
-        return [ThreadInfo(r[0], r[1], r[2], str(r[3]), r[4], r[5], bool(r[6])) for r in rows]
+        return run_sync(self.threads)
 
-    async def load(self, thread_id: str, checkpoint_id: str | None = None) -> Chain | None:
-        return self.load_sync(thread_id, checkpoint_id)
-
-    async def list(self, thread_id: str) -> list[CheckpointRecord]:
-        return self.list_sync(thread_id)
-
-    async def list_pending(self, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
-        return self.list_pending_sync(checkpoint_ids)
-
-    async def threads(self) -> list[ThreadInfo]:
-        return self.threads_sync()
-
-    async def aclose(self) -> None:
-        self.close()
-
-    def close(self) -> None:
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._conn.close()

@@ -554,3 +554,22 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path):
             _, err = proc.communicate(timeout=60)
             assert proc.returncode == 0, err
         assert rows(db, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+
+
+def test_a_read_only_checkpointer_reads_everything_and_changes_nothing(tmp_path):
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path) as saver:
+        loop(3).compile(checkpointer=saver).invoke({}, thread_id="t")
+    before = path.read_bytes()
+    with SQLiteCheckpointer(path, read_only=True) as reader:
+        app = loop(5).compile(checkpointer=reader)
+        assert app.get_state("t").state == Items(n=3, items=["item-0", "item-1", "item-2"])
+        assert len(app.history("t")) == 4 and [t.thread_id for t in app.threads()] == ["t"]
+        with pytest.raises(CheckpointError, match="read-only"):
+            app.invoke({}, thread_id="t")
+        with pytest.raises(CheckpointError, match="read-only"):
+            app.update_state("t", {"n": 9})
+    assert path.read_bytes() == before
+    with pytest.raises(CheckpointError, match="no database file"):
+        SQLiteCheckpointer(tmp_path / "missing.db", read_only=True)
+    assert not (tmp_path / "missing.db").exists()

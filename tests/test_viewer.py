@@ -247,6 +247,7 @@ def test_without_graph_reads_only_the_store_and_says_how_to_get_a_diagram(prepar
         assert "pass --graph" in page.inner_text("#diagram-note")
         assert page.inner_text("#thread-status") == "interrupted"
         assert "waits for approval" in page.locator("#timeline tbody tr").first.inner_text()
+        page.wait_for_function("document.querySelector('#state').innerText.trim() !== ''")
         assert json.loads(page.inner_text("#state"))["log"] == ["prepare", "reserve", "charge"]
         # its parent stores only writes: without the reducers there is no exact diff, so the
         # writes of the step are shown instead
