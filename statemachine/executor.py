@@ -17,13 +17,12 @@ commit protocol is the one in shared/DURABILITY.md:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from itertools import pairwise
 from typing import Any
 
@@ -59,36 +58,28 @@ from .errors import (
     did_you_mean,
 )
 from .observe import Observer
-from .policies import CachePolicy
+from .records import (
+    INPUT,
+    UPDATE,
+    Task,
+    cache_key_for,
+    decode_goto,
+    decode_joins,
+    decode_tasks,
+    encode_goto,
+    encode_joins,
+    encode_tasks,
+    extra_of,
+    record_metadata,
+    task_key,
+)
 from .types import NodeFailure, RunContext, Snapshot, StepEvent, task_id
 from .waiting import NO_ANSWERS, TaskAnswers, WaitingForEvent, current_answers
-
-INPUT = "__input__"
-"""The pseudo-node that writes a run's input."""
-UPDATE = "__update__"
-"""The pseudo-node that writes `update_state` values given without `as_node`."""
 
 MAX_REPLAY_STEPS = 1000
 """A snapshot is stored at least this often, so rebuilding a state replays at most this many
 steps. More often when the writes since the last snapshot outweigh the snapshot itself: storage
 stays proportional to what changed, and replay proportional to the state."""
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Task:
-    """One execution of one node in a step.
-
-    A task made by a `Send` (`sent`) gets `payload` as its input instead of the state.
-    """
-
-    node: str
-    index: int = 0
-    payload: Any = None
-    sent: bool = False
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.node, self.index)
 
 
 class Executor:
@@ -184,7 +175,7 @@ class Executor:
             if chain is None:
                 raise _not_found(thread_id, checkpoint_id)
             head, state = chain.head, self.rebuild(chain)
-            head_extra = _extra(head)
+            head_extra = extra_of(head)
             writer = as_node or UPDATE
             update = spec.schema.validate_update(values, node=writer, step=head.step,
                                                  thread_id=thread_id)
@@ -202,20 +193,20 @@ class Executor:
                     # the step commits whole, its finished tasks' writes included
                     kind, index = "step", missing[0].index
                     run.pending[missing[0].key] = update
-                    ran = sorted(_decode_tasks(head.next), key=lambda t: self.task_order(t.key))
+                    ran = sorted(decode_tasks(head.next), key=lambda t: self.task_order(t.key))
                     new_state = spec.schema.apply(
                         state, [(t.node, run.pending[t.key]) for t in ran], step=head.step,
                         thread_id=thread_id)
                 else:
                     ran = [Task(as_node)]
-                tasks, joins = await run.route(ran, new_state, head.step, _joins(head_extra))
-                step, next_json, error = head.step + 1, _encode_tasks(tasks), None
+                tasks, joins = await run.route(ran, new_state, head.step, decode_joins(head_extra))
+                step, next_json, error = head.step + 1, encode_tasks(tasks), None
                 status = "interrupted" if tasks else "done"
                 if tasks:
                     extra["interrupt"] = "after"
             else:
                 step, next_json, status, error = head.step, head.next, head.status, head.error
-                joins = _joins(head_extra)
+                joins = decode_joins(head_extra)
                 carried = [*head_extra.get("carried", ()),
                            *([w.node, w.index, json.loads(w.writes)]
                              for w in chain.pending.get(head.id, []))]
@@ -226,7 +217,7 @@ class Executor:
                 # the same tasks stay due: they keep their ids (idempotency keys)
                 extra["origin"] = head_extra.get("origin", head.id)
             if joins:
-                extra["joins"] = _encode_joins(joins)
+                extra["joins"] = encode_joins(joins)
             new_id = await saver.put(thread_id, owner, NewCheckpoint(
                 parent_id=head.id, step=step, kind=kind, status=status, next=next_json,
                 writes=spec.schema.encode_writes([(writer, index, encoded)]),
@@ -262,7 +253,7 @@ class Executor:
                                       thread_id=record.thread_id)
 
     def _carried(self, record: CheckpointRecord) -> list[tuple[str, int, dict[str, Any]]]:
-        carried = _extra(record).get("carried")
+        carried = extra_of(record).get("carried")
         if not carried:
             return []
         return self.spec.schema.decode_writes(json.dumps(carried))
@@ -345,7 +336,7 @@ class Executor:
         done = {(w.node, w.index) for w in pending}
         carried = self._carried(record)
         done |= {(n, i) for n, i, _ in carried}
-        tasks = [t for t in _decode_tasks(record.next) if t.key not in done]
+        tasks = [t for t in decode_tasks(record.next) if t.key not in done]
         pending_updates: dict[str, Any] = {}
         for node, _, update in sorted(
                 [*carried, *((w.node, w.index, self.spec.schema.decode_update(w.writes))
@@ -356,7 +347,7 @@ class Executor:
             step=record.step, state=state, next=tuple(t.node for t in tasks),
             status=record.status,  # type: ignore[arg-type]
             error=record.error, created_at=record.created_at, pending_writes=pending_updates,
-            kind=record.kind, metadata=_metadata(record))
+            kind=record.kind, metadata=record_metadata(record))
 
     def _require_saver(self, what: str, blocking: bool) -> Checkpointer:
         """The checkpointer; with `blocking`, its view that does I/O in the calling thread."""
@@ -463,7 +454,7 @@ class Run:
             return
         head = chain.head
         state = self.executor.rebuild(chain)
-        extra = _extra(head)
+        extra = extra_of(head)
         if input is not None:
             if checkpoint_id is None and head.status not in ("done", "compensated"):
                 raise ThreadStateError(_unfinished_message(head))
@@ -474,12 +465,12 @@ class Run:
             await self._commit_run_start(head.id, head.step, {}, update=update)
             return
         self.state, self.step = state, head.step
-        self.joins = _joins(extra)
+        self.joins = decode_joins(extra)
         # paused before these tasks (or paused, resumed, then failed in them): run them now
         self.skip_interrupt_before = head.status in ("interrupted", "failed") and \
             extra.get("interrupt") == "before"
         if checkpoint_id is not None:  # a fork: a new branch that runs the tasks again
-            self.tasks = _decode_tasks(head.next)
+            self.tasks = decode_tasks(head.next)
             self.head_id = await self.saver.put(self.thread_id, self.owner, NewCheckpoint(
                 parent_id=head.id, step=head.step, kind="fork", status="running",
                 next=head.next, snapshot=self._snapshot_now(), extra=self._extra_json()))
@@ -488,9 +479,9 @@ class Run:
         self.head_id = head.id
         self.step_origin = extra.get("origin")
         self.head_has_snapshot = head.snapshot is not None
-        self.tasks = _decode_tasks(head.next)
+        self.tasks = decode_tasks(head.next)
         self.load_pending(head, chain)
-        self.answers = {_task_key(k): list(v) for k, v in extra.get("answers", {}).items()}
+        self.answers = {task_key(k): list(v) for k, v in extra.get("answers", {}).items()}
         self.head_status, self.head_extra = head.status, extra
         self._count_replay(chain)
 
@@ -509,9 +500,9 @@ class Run:
                 meta = json.loads(write.meta)
                 self.meta[key] = meta
                 if "goto" in meta:
-                    self.gotos[key] = _decode_goto(meta["goto"])
+                    self.gotos[key] = decode_goto(meta["goto"])
         self.committed_pending = set(self.pending)
-        return [t for t in _decode_tasks(head.next) if t.key not in self.pending]
+        return [t for t in decode_tasks(head.next) if t.key not in self.pending]
 
     async def _deliver(self, event: dict[str, Any] | None) -> None:
         """Hand delivered event values to the tasks waiting for them, durably, before running."""
@@ -552,7 +543,7 @@ class Run:
         status = "running" if self.tasks else "done"
         self.head_id = await self.saver.put(self.thread_id, self.owner, NewCheckpoint(
             parent_id=parent_id, step=step, kind="input", status=status,
-            next=_encode_tasks(self.tasks), writes=writes, snapshot=self._snapshot_now(),
+            next=encode_tasks(self.tasks), writes=writes, snapshot=self._snapshot_now(),
             extra=self._extra_json()))
         self.head_has_snapshot = True
 
@@ -716,12 +707,12 @@ class Run:
             await observer.node_start(self.thread_id, step, task.node)
         cache_key = None
         if node.cache is not None:
-            cache_key = _cache_key(node.cache, arg)
+            cache_key = cache_key_for(node.cache, arg)
             hit = await self.executor.cache_store().cache_get(self._cache_space(node), cache_key)
             if hit is not None:
                 cached = json.loads(hit)
                 update = self.spec.schema.decode_update(json.dumps(cached["update"]))
-                await self._finish(task, update, _decode_goto(cached["goto"]),
+                await self._finish(task, update, decode_goto(cached["goto"]),
                                    {"cache_hit": True}, step, 0.0)
                 return
         policy = node.retry or self.spec.retry
@@ -761,7 +752,7 @@ class Run:
         if cache_key is not None and not captured:  # a failure is not a result to reuse
             value = json.dumps({"update": json.loads(self.spec.schema.encode_update(
                 update, node=task.node, step=step, thread_id=self.thread_id)),
-                "goto": _encode_goto(goto)})
+                "goto": encode_goto(goto)})
             await self.executor.cache_store().cache_put(self._cache_space(node), cache_key,
                                                         value, node.cache.ttl)
         await self._finish(task, update, goto, {"attempts": attempt} if attempt > 1 else {},
@@ -813,7 +804,7 @@ class Run:
             thread = f"{self.thread_id}::{node.name}:{task.index}@{self._origin(0)}"
             chain = await self.saver.load(thread)
             head = chain.head if chain is not None else None
-            extra = _extra(head) if head is not None else {}
+            extra = extra_of(head) if head is not None else {}
             if head is not None and head.status in ("done", "compensated"):
                 final = child.rebuild(chain)  # type: ignore[arg-type]
             else:
@@ -828,7 +819,7 @@ class Run:
                 final = run.state
                 ended = await self.saver.load(thread)
                 assert ended is not None
-                waiting = _extra(ended.head).get("waiting")
+                waiting = extra_of(ended.head).get("waiting")
                 if ended.head.status == "interrupted":
                     if waiting:
                         raise WaitingForEvent(waiting[0][2])
@@ -868,7 +859,7 @@ class Run:
                 update, node=task.node, step=step, thread_id=self.thread_id)
         if goto:
             self.gotos[task.key] = goto
-            meta = {**meta, "goto": _encode_goto(goto)}
+            meta = {**meta, "goto": encode_goto(goto)}
         if meta:
             self.meta[task.key] = meta
         self.timings[task.node] = self.timings.get(task.node, 0.0) + seconds
@@ -1026,7 +1017,7 @@ class Run:
         self.joins = joins
         self.head_id = await self.saver.put(self.thread_id, self.owner, NewCheckpoint(
             parent_id=self.head_id, step=self.step + 1, kind="step", status=status,
-            next=_encode_tasks(tasks), writes=writes, snapshot=snapshot,
+            next=encode_tasks(tasks), writes=writes, snapshot=snapshot,
             extra=self._extra_json(interrupt="after" if status == "interrupted" else None,
                                    metadata=metadata)))
         self.head_has_snapshot = snapshot is not None
@@ -1074,7 +1065,7 @@ class Run:
                     metadata: dict[str, Any] | None = None) -> str | None:
         extra: dict[str, Any] = dict(metadata or {})
         if self.joins:
-            extra["joins"] = _encode_joins(self.joins)
+            extra["joins"] = encode_joins(self.joins)
         if interrupt:
             extra["interrupt"] = interrupt
         return json.dumps(extra) if extra else None
@@ -1131,64 +1122,6 @@ def _add_update(updates: dict[str, Any], node: str, update: dict[str, Any]) -> N
         updates[node].append(update)
     else:
         updates[node] = [updates[node], update]
-
-
-def _encode_tasks(tasks: Sequence[Task]) -> str:
-    return json.dumps([[t.node, t.index, t.payload] if t.sent else
-                       t.node if t.index == 0 else [t.node, t.index] for t in tasks])
-
-
-def _decode_tasks(text: str) -> list[Task]:
-    return [Task(item) if isinstance(item, str) else
-            Task(item[0], item[1], item[2], sent=True) if len(item) == 3 else
-            Task(item[0], item[1]) for item in json.loads(text)]
-
-
-def _encode_goto(goto: Sequence[str | Send]) -> list[Any]:
-    return [{"send": t.node, "payload": to_jsonable_python(t.payload)} if isinstance(t, Send)
-            else t for t in goto]
-
-
-def _decode_goto(items: Sequence[Any]) -> list[str | Send]:
-    return [Send(item["send"], item["payload"]) if isinstance(item, dict) else item
-            for item in items]
-
-
-def _task_key(text: str) -> tuple[str, int]:
-    node, _, index = text.rpartition("|")
-    return node, int(index)
-
-
-def _cache_key(policy: CachePolicy, arg: Any) -> str:
-    if policy.key is not None:
-        raw = policy.key(arg)
-        text = raw if isinstance(raw, str) else json.dumps(to_jsonable_python(raw),
-                                                           sort_keys=True)
-    elif isinstance(arg, BaseModel):
-        text = arg.model_dump_json()
-    else:
-        text = json.dumps(to_jsonable_python(arg), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _encode_joins(joins: dict[int, set[str]]) -> dict[str, list[str]]:
-    return {str(k): sorted(v) for k, v in joins.items() if v}
-
-
-def _joins(extra: dict[str, Any]) -> dict[int, set[str]]:
-    return {int(k): set(v) for k, v in extra.get("joins", {}).items()}
-
-
-def _metadata(record: CheckpointRecord) -> dict[str, Any]:
-    extra = _extra(record)
-    metadata = {k: extra[k] for k in ("attempts", "cache_hits", "compensates") if k in extra}
-    if "waiting" in extra:
-        metadata["waits_for"] = [event for _, _, event in extra["waiting"]]
-    return metadata
-
-
-def _extra(record: CheckpointRecord) -> dict[str, Any]:
-    return json.loads(record.extra) if record.extra else {}
 
 
 def _unfinished_message(head: CheckpointRecord) -> str:

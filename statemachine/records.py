@@ -1,0 +1,103 @@
+"""What the executor stores in a checkpoint besides updates: the tasks due next, `Command`
+targets, join progress and the `extra` JSON (interrupts, answers, step metadata).
+
+Plain functions over JSON, shared by the executor, compensation and the tools that read runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
+
+from checkpoints.base import CheckpointRecord
+
+from .commands import Send
+from .policies import CachePolicy
+
+INPUT = "__input__"
+"""The pseudo-node that writes a run's input."""
+UPDATE = "__update__"
+"""The pseudo-node that writes `update_state` values given without `as_node`."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Task:
+    """One execution of one node in a step.
+
+    A task made by a `Send` (`sent`) gets `payload` as its input instead of the state.
+    """
+
+    node: str
+    index: int = 0
+    payload: Any = None
+    sent: bool = False
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.node, self.index)
+
+
+def encode_tasks(tasks: Sequence[Task]) -> str:
+    return json.dumps([[t.node, t.index, t.payload] if t.sent else
+                       t.node if t.index == 0 else [t.node, t.index] for t in tasks])
+
+
+def decode_tasks(text: str) -> list[Task]:
+    return [Task(item) if isinstance(item, str) else
+            Task(item[0], item[1], item[2], sent=True) if len(item) == 3 else
+            Task(item[0], item[1]) for item in json.loads(text)]
+
+
+def encode_goto(goto: Sequence[str | Send]) -> list[Any]:
+    return [{"send": t.node, "payload": to_jsonable_python(t.payload)} if isinstance(t, Send)
+            else t for t in goto]
+
+
+def decode_goto(items: Sequence[Any]) -> list[str | Send]:
+    return [Send(item["send"], item["payload"]) if isinstance(item, dict) else item
+            for item in items]
+
+
+def task_key(text: str) -> tuple[str, int]:
+    node, _, index = text.rpartition("|")
+    return node, int(index)
+
+
+def cache_key_for(policy: CachePolicy, arg: Any) -> str:
+    if policy.key is not None:
+        raw = policy.key(arg)
+        text = raw if isinstance(raw, str) else json.dumps(to_jsonable_python(raw),
+                                                           sort_keys=True)
+    elif isinstance(arg, BaseModel):
+        text = arg.model_dump_json()
+    else:
+        text = json.dumps(to_jsonable_python(arg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def encode_joins(joins: dict[int, set[str]]) -> dict[str, list[str]]:
+    return {str(k): sorted(v) for k, v in joins.items() if v}
+
+
+def decode_joins(extra: dict[str, Any]) -> dict[int, set[str]]:
+    return {int(k): set(v) for k, v in extra.get("joins", {}).items()}
+
+
+def record_metadata(record: CheckpointRecord) -> dict[str, Any]:
+    extra = extra_of(record)
+    metadata = {k: extra[k] for k in ("attempts", "cache_hits", "compensates") if k in extra}
+    if "waiting" in extra:
+        metadata["waits_for"] = [event for _, _, event in extra["waiting"]]
+    return metadata
+
+
+def extra_of(record: CheckpointRecord) -> dict[str, Any]:
+    return json.loads(record.extra) if record.extra else {}
+
+
