@@ -66,7 +66,7 @@ async def _rollback(executor: Executor, thread_id: str, saver: Checkpointer,
             if step is not None:
                 undone.add((step, node, index))
     spec = executor.spec
-    finished = sorted([*executor._carried(failed), *(
+    finished = sorted([*executor.carried_writes(failed), *(
         (w.node, w.index, spec.schema.decode_update(w.writes))
         for w in pending.get(failed.id, []))], key=lambda w: executor.task_order(w[:2]))
     completed += [(failed.step, n, i) for n, i, _ in finished]

@@ -446,12 +446,11 @@ def _check_subgraph(builder: StateGraph, decl: Any, name: str,
             "subgraph_schema", f"subgraph node {name!r} needs both input= and output= mapping "
             "functions (or neither, for a subgraph with the parent's schema).", nodes=(name,)))
 
-    async def run_subgraph(state: Any) -> Any:  # never called: the executor runs subgraphs
-        raise AssertionError("subgraphs are run by the executor")
-
     options = _check_node_options(decl, name, problems)
     options["subgraph"] = Subgraph(child, decl.subgraph_input, decl.subgraph_output)
-    return NodeSpec(name, CallableInfo(run_subgraph, name, True, False), **options)
+    # the executor runs a subgraph node itself (as a child thread, durably); `call` is what
+    # running it plainly means, for tools that call nodes one by one
+    return NodeSpec(name, CallableInfo(child.ainvoke, name, True, False), **options)
 
 
 def _check_node_options(decl: Any, name: str, problems: list[Problem]) -> dict[str, Any]:

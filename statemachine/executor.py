@@ -70,6 +70,7 @@ from .records import (
     encode_joins,
     encode_tasks,
     extra_of,
+    ran_nodes,
     record_metadata,
     task_key,
 )
@@ -137,23 +138,9 @@ class Executor:
                     states[parent.id], parent, record, pending.get(parent.id, []))
         chosen = records if limit is None else records[:limit]
         return [replace(self.snapshot(r, states[r.id], pending.get(r.id, [])),
-                        ran=self._ran(r, by_id.get(r.parent_id) if r.parent_id else None,
+                        ran=ran_nodes(r, by_id.get(r.parent_id) if r.parent_id else None,
                                       pending))
                 for r in chosen]
-
-    def _ran(self, record: CheckpointRecord, parent: CheckpointRecord | None,
-             pending: dict[str, list[PendingWrite]]) -> tuple[str, ...]:
-        """The nodes whose writes made `record`."""
-        if record.kind == "update":
-            nodes = [n for n, _, _ in self.decode_record_writes(record) if n != UPDATE]
-            return tuple(nodes)
-        if record.kind != "step" or parent is None:
-            return ()
-        keys = [(n, i) for n, i, _ in self._carried(parent)]
-        keys += [(w.node, w.index) for w in pending.get(parent.id, [])]
-        keys += [(n, i) for n, i, _ in self.decode_record_writes(record)]
-        keys.sort(key=self.task_order)
-        return tuple(dict.fromkeys(n for n, _ in keys))
 
     async def threads(self, *, blocking: bool = False) -> list[Any]:
         return await self._require_saver("list threads", blocking).threads()
@@ -241,7 +228,7 @@ class Executor:
         writes: list[tuple[str, int, dict[str, Any]]] = []
         try:
             if record.kind == "step":
-                writes += self._carried(parent)
+                writes += self.carried_writes(parent)
                 writes += [(w.node, w.index, self.spec.schema.decode_update(w.writes))
                            for w in parent_pending]
             if record.kind != "fork" and record.writes:
@@ -252,7 +239,8 @@ class Executor:
         return self.spec.schema.apply(state, [(n, u) for n, _, u in writes], step=record.step,
                                       thread_id=record.thread_id)
 
-    def _carried(self, record: CheckpointRecord) -> list[tuple[str, int, dict[str, Any]]]:
+    def carried_writes(self, record: CheckpointRecord) -> list[tuple[str, int, dict[str, Any]]]:
+        """Writes of finished tasks that update_state carried onto `record`, validated."""
         carried = extra_of(record).get("carried")
         if not carried:
             return []
@@ -315,7 +303,7 @@ class Executor:
             if record.kind != "step":
                 continue
             try:
-                step_writes = [*self._carried(parent), *(
+                step_writes = [*self.carried_writes(parent), *(
                     (w.node, w.index, self.spec.schema.decode_update(w.writes))
                     for w in pending.get(parent.id, []))]
             except ValidationError as exc:
@@ -334,7 +322,7 @@ class Executor:
     def snapshot(self, record: CheckpointRecord, state: BaseModel,
                  pending: Sequence[PendingWrite]) -> Snapshot:
         done = {(w.node, w.index) for w in pending}
-        carried = self._carried(record)
+        carried = self.carried_writes(record)
         done |= {(n, i) for n, i, _ in carried}
         tasks = [t for t in decode_tasks(record.next) if t.key not in done]
         pending_updates: dict[str, Any] = {}
@@ -488,7 +476,7 @@ class Run:
     def load_pending(self, head: CheckpointRecord, chain: Chain) -> list[Task]:
         """Take in the writes the head's step already has; returns its tasks still to run."""
         schema = self.spec.schema
-        for node, index, update in self.executor._carried(head):
+        for node, index, update in self.executor.carried_writes(head):
             self.pending[(node, index)] = update
             self.encoded[(node, index)] = schema.encode_update(
                 update, node=node, step=head.step, thread_id=self.thread_id)

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from checkpoints.base import CheckpointRecord
+from checkpoints.base import CheckpointRecord, PendingWrite
 
 from .commands import Send
 from .policies import CachePolicy
@@ -101,3 +101,41 @@ def extra_of(record: CheckpointRecord) -> dict[str, Any]:
     return json.loads(record.extra) if record.extra else {}
 
 
+
+
+def stored_writes(record: CheckpointRecord, parent: CheckpointRecord | None,
+                  pending: dict[str, list[PendingWrite]]) -> list[list[Any]]:
+    """What `record` applied to its parent's state, as stored: [node, index, update] in
+    merge order, read without the state schema (updates stay JSON).
+
+    A step applies the writes its parent carried (update_state on a failed step), its parent's
+    pending writes and its own; they merge in the order the parent's `next` lists the tasks.
+    """
+    writes: list[list[Any]] = []
+    if record.kind == "step" and parent is not None:
+        writes += [list(w) for w in extra_of(parent).get("carried", ())]
+        writes += [[w.node, w.index, json.loads(w.writes)] for w in pending.get(parent.id, [])]
+    if record.kind != "fork" and record.writes:
+        writes += json.loads(record.writes)
+    if record.kind == "step" and parent is not None:
+        order = {t.key: position for position, t in enumerate(decode_tasks(parent.next))}
+        writes.sort(key=lambda w: order.get((w[0], w[1]), len(order)))
+    return writes
+
+
+def ran_nodes(record: CheckpointRecord, parent: CheckpointRecord | None,
+              pending: dict[str, list[PendingWrite]]) -> tuple[str, ...]:
+    """The nodes whose writes made `record` (none for input, fork and compensation)."""
+    if record.kind == "update":
+        return tuple(dict.fromkeys(w[0] for w in stored_writes(record, parent, pending)
+                                   if w[0] != UPDATE))
+    if record.kind != "step" or parent is None:
+        return ()
+    return tuple(dict.fromkeys(w[0] for w in stored_writes(record, parent, pending)))
+
+
+def finished_tasks(record: CheckpointRecord,
+                   pending: dict[str, list[PendingWrite]]) -> set[tuple[str, int]]:
+    """Tasks of `record`'s step whose writes are already kept (pending or carried)."""
+    done = {(w.node, w.index) for w in pending.get(record.id, [])}
+    return done | {(w[0], w[1]) for w in extra_of(record).get("carried", ())}

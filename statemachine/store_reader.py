@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -18,67 +19,21 @@ from checkpoints.base import Chain, CheckpointRecord, PendingWrite, ThreadInfo
 from checkpoints.sqlite import SQLiteCheckpointer
 
 from ._sync import run_sync
+from .records import decode_tasks, extra_of, finished_tasks, ran_nodes, stored_writes
 from .types import Snapshot
-
-UPDATE = "__update__"
-"""The executor's pseudo-node that writes `update_state` values."""
-
 
 # -- records as rows ----------------------------------------------------------------------------
 
-def task_keys(next_json: str) -> list[tuple[str, int]]:
-    """The (node, index) keys of a checkpoint's `next` tasks, in the order stored."""
-    keys = []
-    for item in json.loads(next_json or "[]"):
-        keys.append((item, 0) if isinstance(item, str) else (item[0], item[1]))
-    return keys
-
-
-def record_extra(record: Any) -> dict[str, Any]:
-    return json.loads(record.extra) if record.extra else {}
-
-
-def decode_writes(text: str | None) -> list[list[Any]]:
-    return json.loads(text) if text else []
-
-
-def step_writes(record: Any, parent: Any, pending: dict[str, list[Any]]) -> list[list[Any]]:
-    """What `record` applied to its parent's state: [node, index, update], in merge order.
-
-    For a step: the writes its parent carried (update_state on a failed step), the pending
-    writes of its parent's tasks and its own writes, ordered as the parent's `next` lists its
-    tasks (declaration order, which is the merge order).
-    """
-    writes: list[list[Any]] = []
-    if record.kind == "step" and parent is not None:
-        writes += [list(w) for w in record_extra(parent).get("carried", ())]
-        writes += [[w.node, w.index, json.loads(w.writes)] for w in pending.get(parent.id, [])]
-    if record.kind != "fork":
-        writes += decode_writes(record.writes)
-    if record.kind == "step" and parent is not None:
-        order = {key: position for position, key in enumerate(task_keys(parent.next))}
-        writes.sort(key=lambda w: order.get((w[0], w[1]), len(order)))
-    return writes
-
-
-def row_from_record(record: Any, parent: Any, pending: dict[str, list[Any]]) -> dict[str, Any]:
+def row_from_record(record: CheckpointRecord, parent: CheckpointRecord | None,
+                    pending: dict[str, list[PendingWrite]]) -> dict[str, Any]:
     """A checkpoint as a dict (what `history --json` prints), from the stored record."""
-    if record.kind == "update":
-        nodes = [w[0] for w in decode_writes(record.writes) if w[0] != UPDATE]
-    elif record.kind == "step" and parent is not None:
-        nodes = [w[0] for w in step_writes(record, parent, pending)]
-    else:
-        nodes = []
-    extra = record_extra(record)
-    done = {(w.node, w.index) for w in pending.get(record.id, [])}
-    done |= {(w[0], w[1]) for w in extra.get("carried", ())}
-    next_nodes = [node for node, index in task_keys(record.next) if (node, index) not in done]
-    kept = [w.node for w in sorted(pending.get(record.id, []), key=lambda w: w.index)]
-    kept += [w[0] for w in extra.get("carried", ())]
+    extra = extra_of(record)
+    done = finished_tasks(record, pending)
+    next_nodes = [t.node for t in decode_tasks(record.next) if t.key not in done]
     compensates = extra.get("compensates")
     return make_row(record.id, record.parent_id, record.step, record.kind, record.status,
-                    list(dict.fromkeys(nodes)), list(dict.fromkeys(next_nodes)),
-                    sorted(set(kept)), record.error, record.created_at,
+                    list(ran_nodes(record, parent, pending)), list(dict.fromkeys(next_nodes)),
+                    sorted({node for node, _ in done}), record.error, record.created_at,
                     compensates[1] if compensates else None,
                     [name for *_, name in extra.get("waiting", ())])
 
@@ -127,9 +82,9 @@ def unmerged_state(chain: Chain) -> dict[str, Any]:
     nearest stored state and the raw writes since ([node, index, update] each)."""
     base = chain.records[0]
     since = []
-    for before, record in zip(chain.records, chain.records[1:], strict=False):
+    for before, record in pairwise(chain.records):
         since.append({"checkpoint_id": record.id, "step": record.step, "kind": record.kind,
-                      "writes": step_writes(record, before, chain.pending)})
+                      "writes": stored_writes(record, before, chain.pending)})
     return {"exact": False, "checkpoint_id": chain.head.id,
             "snapshot": {"checkpoint_id": base.id, "step": base.step,
                          "state": json.loads(base.snapshot or "null")},

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from statemachine._sync import run_sync
 from statemachine.constants import END, START
+from statemachine.store_reader import history_rows
 
 MARKERS = {"retry": "↻", "timeout": "⏱", "cache": "⚡", "compensate": "↩",
            "interrupt_before": "⏸", "interrupt_after": "⏸", "capture": "⚠"}
@@ -106,11 +108,22 @@ def build(app: Any, *, thread_id: str | None = None, xray: bool = False,
     return diagram
 
 
+def _stored_run(app: Any, thread_id: str) -> list[dict[str, Any]]:
+    """The thread's checkpoints as stored, oldest first: which nodes ran, what was next, the
+    status. Read from the records alone; no state is rebuilt."""
+    saver = app.checkpointer.in_caller_thread() if app.checkpointer is not None else None
+    records = run_sync(lambda: saver.list(thread_id)) if saver is not None else []
+    if not records:
+        app.history(thread_id)  # raises the error that says why there is nothing to draw
+    pending = run_sync(lambda: saver.list_pending([r.id for r in records]))
+    return list(reversed(history_rows(records, pending)))
+
+
 def _mark_run(app: Any, diagram: Diagram, by_id: dict[str, Node], thread_id: str,
               prefix: str) -> None:
-    history = list(reversed(app.history(thread_id)))  # oldest first
+    history = _stored_run(app, thread_id)
     head = history[-1]
-    steps = [snapshot.ran for snapshot in history if snapshot.kind in ("step", "update")]
+    steps = [tuple(row["nodes"]) for row in history if row["kind"] in ("step", "update")]
     for ran in steps:
         for name in ran:
             if prefix + name in by_id:
@@ -118,10 +131,10 @@ def _mark_run(app: Any, diagram: Diagram, by_id: dict[str, Node], thread_id: str
     edge_index = {(e.source, e.target): e for e in diagram.edges}
     junctions = {e.source: e for e in diagram.edges if e.kind == "join" and
                  by_id.get(e.source) is not None and by_id[e.source].kind == "join"}
-    last = tuple(head.next)
-    if head.status == "failed" and head.pending_writes:  # they finished before the failure
-        last = (*head.pending_writes, *head.next)
-        for name in head.pending_writes:
+    last = tuple(head["next"])
+    if head["status"] == "failed" and head["pending_writes"]:  # finished before the failure
+        last = (*head["pending_writes"], *head["next"])
+        for name in head["pending_writes"]:
             if prefix + name in by_id:
                 by_id[prefix + name].visits += 1
     previous: tuple[str, ...] = (START,)
@@ -137,21 +150,22 @@ def _mark_run(app: Any, diagram: Diagram, by_id: dict[str, Node], thread_id: str
                             edge_index[(prefix + a, junction)].taken += 1
                             out.taken = max(out.taken, 1)
         previous = ran
-    if head.status == "done" or (head.status == "compensated"):
+    if head["status"] == "done" or (head["status"] == "compensated"):
         end_edges = [e for e in diagram.edges if e.target == prefix + END and
                      e.source.removeprefix(prefix) in previous]
         for edge in end_edges:
             edge.taken += 1
-    for name in head.next:
+    for name in head["next"]:
         node = by_id.get(prefix + name)
         if node is None:
             continue
         node.next = True
-        if head.status == "failed":
-            node.failed, node.error = True, head.error
-    if head.status == "failed" and not head.next:  # its router failed after it finished
-        for name in head.pending_writes:
+        if head["status"] == "failed":
+            node.failed, node.error = True, head["error"]
+    if head["status"] == "failed" and not head["next"]:  # its router failed after it finished
+        for name in head["pending_writes"]:
             if prefix + name in by_id:
-                by_id[prefix + name].failed, by_id[prefix + name].error = True, head.error
-    diagram.status = head.status
-    diagram.title = f"{app.name} — thread {thread_id}: {head.status} at step {head.step}"
+                by_id[prefix + name].failed, by_id[prefix + name].error = True, head["error"]
+    diagram.status = head["status"]
+    status, step = head["status"], head["step"]
+    diagram.title = f"{app.name} — thread {thread_id}: {status} at step {step}"

@@ -35,14 +35,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from statemachine.errors import StateMachineError
-from statemachine.store_reader import (
-    ReadOnlySQLite,
-    history_rows,
-    record_extra,
-    step_writes,
-    thread_row,
-    unmerged_state,
-)
+from statemachine.records import extra_of, stored_writes
+from statemachine.store_reader import ReadOnlySQLite, history_rows, thread_row, unmerged_state
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATUSES = ("running", "done", "failed", "interrupted", "compensated")
@@ -137,7 +131,7 @@ class Viewer:
         rows = history_rows(records, pending)
         by_id = {r.id: r for r in records}
         for row, record in zip(rows, records, strict=True):
-            extra = record_extra(record)
+            extra = extra_of(record)
             parent = by_id.get(record.parent_id) if record.parent_id else None
             row["attempts"] = extra.get("attempts", {})
             row["cache_hits"] = extra.get("cache_hits", [])
@@ -159,7 +153,7 @@ class Viewer:
         result: dict[str, Any] = {
             "checkpoint_id": record.id, "parent_id": record.parent_id, "step": record.step,
             "status": record.status, "error": record.error,
-            "writes": step_writes(record, parent, pending),
+            "writes": stored_writes(record, parent, pending),
             "pending_writes": {w.node: json.loads(w.writes)
                                for w in pending.get(record.id, [])}}
         state, exact = self._state(thread_id, record)
