@@ -44,11 +44,11 @@ async def rollback(executor: Executor, thread_id: str, *, saver: Checkpointer,
 
 async def _rollback(executor: Executor, thread_id: str, saver: Checkpointer,
                     owner: Owner) -> BaseModel:
-    records = await saver.list(thread_id)
-    if not records:
+    line, writes, pending = await executor.run_writes(thread_id, saver)
+    if not line:
         raise ThreadNotFoundError(f"no thread {thread_id!r} in this store.")
-    head = records[0]
-    chain = await saver.load(thread_id)
+    head = line[-1]
+    chain = await saver.load(thread_id, head.id)
     assert chain is not None
     state = executor.rebuild(chain)
     if head.status == "compensated":
@@ -56,7 +56,6 @@ async def _rollback(executor: Executor, thread_id: str, saver: Checkpointer,
     if head.status == "done":
         raise ThreadStateError(
             f"thread {thread_id!r} finished its run, so there is no failed run to roll back.")
-    line, writes, pending = await executor.run_writes(thread_id, saver)
     failed = next(r for r in reversed(line) if r.kind != "compensation")
     completed: list[TaskRef] = [(step, node, index) for step, node, index, _ in writes]
     undone: set[TaskRef] = set()
@@ -132,7 +131,7 @@ def current_run(records: list[CheckpointRecord]) -> list[CheckpointRecord]:
     """The head's line back to the checkpoint that started its run, oldest first."""
     by_id = {r.id: r for r in records}
     line: list[CheckpointRecord] = []
-    record: CheckpointRecord | None = records[0]
+    record: CheckpointRecord | None = records[0] if records else None
     while record is not None:
         line.append(record)
         if record.kind in ("input", "fork"):
