@@ -95,6 +95,36 @@ class ThreadInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A queued run a worker has claimed (`Checkpointer.claim`). `input` and `event` are JSON
+    text; `base` is the thread's latest checkpoint when the job was submitted, which tells a
+    worker whether an earlier attempt already started the run."""
+
+    thread_id: str
+    claim_key: str
+    input: str | None
+    event: str | None
+    base: str | None
+    attempts: int
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """A job in the queue as listed: queued, running, done, interrupted or failed."""
+
+    thread_id: str
+    status: str
+    attempts: int
+    max_attempts: int
+    available_at: float
+    error: str | None
+    submitted_at: float
+    finished_at: float | None
+    claimed_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Owner:
     """Who holds a thread: a token unique to one run, plus where that run lives."""
 
@@ -117,7 +147,7 @@ class CacheStore(Protocol):
 
 
 class Checkpointer(ABC):
-    """Async storage for checkpoints. Implementations: memory, SQLite (later PostgreSQL)."""
+    """Async storage for checkpoints. Implementations: memory, SQLite, PostgreSQL."""
 
     lease_seconds: float = DEFAULT_LEASE_SECONDS
 
@@ -168,6 +198,32 @@ class Checkpointer(ABC):
                         ttl: float | None) -> None:
         """Store a value for `ttl` seconds (None: until replaced)."""
 
+    # -- the work queue: runs submitted here, claimed and run by workers -----------------------
+
+    @abstractmethod
+    async def enqueue(self, thread_id: str, *, input: str | None, event: str | None,
+                      base: str | None, max_attempts: int) -> None:
+        """Queue a run of `thread_id` (input JSON, or None to continue the thread; `event`:
+        JSON of the events to deliver). Raises `ThreadBusyError` if a job for the thread is
+        already queued or running; a finished job of the thread is replaced."""
+
+    @abstractmethod
+    async def claim(self, worker: Owner) -> ClaimedJob | None:
+        """Take the next due job for `worker` — one newly queued, one queued again for a
+        retry, or one whose worker stopped renewing its claim — or None if there is none.
+        Each job goes to one worker; the claim is renewed until `finish`."""
+
+    @abstractmethod
+    async def finish(self, job: ClaimedJob, *, status: str, error: str | None = None,
+                     retry_in: float | None = None, count_attempt: bool = True) -> bool:
+        """End a claim: record `status` (done, interrupted, failed), or with `retry_in` queue
+        the job again after that many seconds (`count_attempt=False`: this attempt does not
+        count against `max_attempts`). False if the claim had been lost to another worker."""
+
+    @abstractmethod
+    async def jobs(self) -> list[JobInfo]:
+        """Every job in the queue, oldest submission first."""
+
     def in_caller_thread(self) -> Checkpointer:
         """A view of this checkpointer that may do its I/O in the calling thread.
 
@@ -196,6 +252,12 @@ class Checkpointer(ABC):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def job_busy_error(thread_id: str) -> ThreadBusyError:
+    return ThreadBusyError(
+        f"thread {thread_id!r} already has a queued or running job; wait for it to finish "
+        "before submitting the thread again.")
 
 
 def busy_error(thread_id: str, *, lost: bool = False) -> ThreadBusyError:

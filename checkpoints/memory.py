@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -12,12 +13,32 @@ from .base import (
     Chain,
     Checkpointer,
     CheckpointRecord,
+    ClaimedJob,
+    JobInfo,
     NewCheckpoint,
     Owner,
     PendingWrite,
     ThreadInfo,
     busy_error,
+    job_busy_error,
 )
+
+
+@dataclass
+class _Job:
+    thread_id: str
+    input: str | None
+    event: str | None
+    base: str | None
+    max_attempts: int
+    submitted_at: float
+    status: str = "queued"
+    attempts: int = 0
+    available_at: float = 0.0
+    claimed_by: str | None = None
+    claim_key: str | None = None
+    error: str | None = None
+    finished_at: float | None = None
 
 
 @dataclass
@@ -62,6 +83,7 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
         self._threads: dict[str, _Thread] = {}
         self._records: dict[str, CheckpointRecord] = {}
         self._pending: dict[str, list[PendingWrite]] = {}
+        self._jobs: dict[str, _Job] = {}
         self._next_id = 0
 
     async def acquire(self, thread_id: str, owner: Owner) -> None:
@@ -151,6 +173,55 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
                     thread_id, head.status, head.step, head.id, thread.updated_at, head.error,
                     busy=thread.owner is not None))
         return sorted(infos, key=lambda t: t.updated_at, reverse=True)
+
+    # -- the work queue (a claim is held until finished: a worker's crash ends this memory) ---
+
+    async def enqueue(self, thread_id: str, *, input: str | None, event: str | None,
+                      base: str | None, max_attempts: int) -> None:
+        with self._lock:
+            job = self._jobs.get(thread_id)
+            if job is not None and job.status in ("queued", "running"):
+                raise job_busy_error(thread_id)
+            now = time.time()
+            self._jobs.pop(thread_id, None)  # a resubmission goes to the back of the queue
+            self._jobs[thread_id] = _Job(thread_id, input, event, base, max_attempts, now,
+                                         available_at=now)
+
+    async def claim(self, worker: Owner) -> ClaimedJob | None:
+        with self._lock:
+            now = time.time()
+            due = [job for job in self._jobs.values()
+                   if job.status == "queued" and job.available_at <= now]
+            if not due:
+                return None
+            job = min(due, key=lambda j: (j.available_at, j.submitted_at))
+            job.status, job.claimed_by = "running", worker.token
+            job.claim_key = os.urandom(12).hex()
+            job.attempts += 1
+            return ClaimedJob(job.thread_id, job.claim_key, job.input, job.event, job.base,
+                              job.attempts, job.max_attempts)
+
+    async def finish(self, job: ClaimedJob, *, status: str, error: str | None = None,
+                     retry_in: float | None = None, count_attempt: bool = True) -> bool:
+        with self._lock:
+            held = self._jobs.get(job.thread_id)
+            if held is None or held.claim_key != job.claim_key:
+                return False
+            held.error, held.claimed_by = error, None
+            if retry_in is not None:
+                held.status, held.claim_key = "queued", None
+                held.available_at = time.time() + retry_in
+                held.attempts -= 0 if count_attempt else 1
+            else:
+                held.status, held.finished_at = status, time.time()
+            return True
+
+    async def jobs(self) -> list[JobInfo]:
+        with self._lock:
+            return [JobInfo(j.thread_id, j.status, j.attempts, j.max_attempts, j.available_at,
+                            j.error, j.submitted_at, j.finished_at, j.claimed_by)
+                    for j in sorted(self._jobs.values(),
+                                    key=lambda j: (j.submitted_at, j.thread_id))]
 
     async def aclose(self) -> None:
         return None

@@ -15,6 +15,9 @@ Layout (readable with the `sqlite3` shell; all payloads are JSON):
                 created_at, marked_at)            one row per committed step
     pending_writes(checkpoint, node, idx, writes, meta)  task updates of an unfinished step
     cache(namespace, key, value, expires_at)      cached node results (CachePolicy)
+    jobs(thread_id, input, event, base, status, attempts, max_attempts, available_at,
+         claimed_by, claim_key, claimed_until, error, submitted_at, finished_at)
+                                                  the work queue (submit / statemachine worker)
 """
 
 from __future__ import annotations
@@ -38,14 +41,17 @@ from .base import (
     Chain,
     Checkpointer,
     CheckpointRecord,
+    ClaimedJob,
+    JobInfo,
     NewCheckpoint,
     Owner,
     PendingWrite,
     ThreadInfo,
     busy_error,
+    job_busy_error,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x53544D43  # "STMC": marks a file as ours, so a foreign database is refused
 
 _CACHE_TABLE = """
@@ -56,6 +62,26 @@ CREATE TABLE cache (
     expires_at REAL,
     PRIMARY KEY (namespace, key)
 ) WITHOUT ROWID;
+"""
+
+_JOBS_TABLE = """
+CREATE TABLE jobs (
+    thread_id TEXT PRIMARY KEY,
+    input TEXT,
+    event TEXT,
+    base TEXT,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    available_at REAL NOT NULL,
+    claimed_by TEXT,
+    claim_key TEXT,
+    claimed_until REAL,
+    error TEXT,
+    submitted_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX jobs_ready ON jobs(available_at) WHERE status IN ('queued', 'running');
 """
 
 _SCHEMA = f"""
@@ -93,7 +119,7 @@ CREATE TABLE pending_writes (
     meta TEXT,
     PRIMARY KEY (checkpoint, node, idx)
 ) WITHOUT ROWID;
-{_CACHE_TABLE}"""
+{_CACHE_TABLE}{_JOBS_TABLE}"""
 
 # version -> SQL that upgrades a file from that version to the next one
 _MIGRATIONS: dict[int, str] = {
@@ -101,6 +127,7 @@ _MIGRATIONS: dict[int, str] = {
 ALTER TABLE pending_writes ADD COLUMN meta TEXT;
 ALTER TABLE checkpoints ADD COLUMN marked_at REAL;
 {_CACHE_TABLE}""",
+    2: _JOBS_TABLE,
 }
 
 _COLUMNS = "c.id, t.thread_id, c.parent, c.step, c.kind, c.status, c.next, c.writes, " \
@@ -309,6 +336,65 @@ class SQLiteCheckpointer(Checkpointer):
                     r[8] == host and not _process_alive(r[7])))  # a dead holder here: free
                 for r in rows]
 
+    # -- the work queue (each change one statement; SQLite runs one writer at a time, so a
+    # claim's select-then-update cannot interleave with another's) ----------------------------
+
+    async def enqueue(self, thread_id: str, *, input: str | None, event: str | None,
+                      base: str | None, max_attempts: int) -> None:
+        now = time.time()
+        changed, _ = await self._execute(
+            "INSERT INTO jobs(thread_id, input, event, base, status, attempts, max_attempts, "
+            "available_at, submitted_at) VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?) "
+            "ON CONFLICT(thread_id) DO UPDATE SET input = excluded.input, "
+            "event = excluded.event, base = excluded.base, status = 'queued', attempts = 0, "
+            "max_attempts = excluded.max_attempts, available_at = excluded.available_at, "
+            "claimed_by = NULL, claim_key = NULL, claimed_until = NULL, error = NULL, "
+            "submitted_at = excluded.submitted_at, finished_at = NULL "
+            "WHERE jobs.status NOT IN ('queued', 'running')",
+            (thread_id, input, event, base, max_attempts, now, now))
+        if changed != 1:
+            raise job_busy_error(thread_id)
+
+    async def claim(self, worker: Owner) -> ClaimedJob | None:
+        key, now = os.urandom(12).hex(), time.time()
+        rows = await self._fetchall(
+            "UPDATE jobs SET status = 'running', claimed_by = ?, claim_key = ?, "
+            "claimed_until = ?, attempts = attempts + 1 WHERE thread_id = (SELECT thread_id "
+            "FROM jobs WHERE (status = 'queued' AND available_at <= ?) OR (status = 'running' "
+            "AND claimed_until < ?) ORDER BY available_at, submitted_at LIMIT 1) "
+            "RETURNING thread_id, input, event, base, attempts, max_attempts",
+            (worker.token, key, now + self.lease_seconds, now, now), write=True)
+        if not rows:
+            return None
+        row = rows[0]
+        job = ClaimedJob(row[0], key, row[1], row[2], row[3], row[4], row[5])
+        self._heartbeat.hold_claim(job.thread_id, key)
+        return job
+
+    async def finish(self, job: ClaimedJob, *, status: str, error: str | None = None,
+                     retry_in: float | None = None, count_attempt: bool = True) -> bool:
+        self._heartbeat.drop_claim(job.thread_id, job.claim_key)
+        if retry_in is not None:
+            changed, _ = await self._execute(
+                "UPDATE jobs SET status = 'queued', available_at = ?, error = ?, "
+                "claimed_by = NULL, claim_key = NULL, claimed_until = NULL, "
+                "attempts = attempts - ? WHERE thread_id = ? AND claim_key = ?",
+                (time.time() + retry_in, error, 0 if count_attempt else 1, job.thread_id,
+                 job.claim_key))
+            return changed == 1
+        changed, _ = await self._execute(
+            "UPDATE jobs SET status = ?, error = ?, finished_at = ?, claimed_by = NULL, "
+            "claimed_until = NULL WHERE thread_id = ? AND claim_key = ?",
+            (status, error, time.time(), job.thread_id, job.claim_key))
+        return changed == 1
+
+    async def jobs(self) -> list[JobInfo]:
+        rows = await self._fetchall(
+            "SELECT thread_id, status, attempts, max_attempts, available_at, error, "
+            "submitted_at, finished_at, claimed_by FROM jobs ORDER BY submitted_at, thread_id",
+            ())
+        return [JobInfo(*row) for row in rows]
+
     async def aclose(self) -> None:
         if not self._closed.is_set():
             self._closed.set()
@@ -344,9 +430,11 @@ class SQLiteCheckpointer(Checkpointer):
         async_cursor = await self._conn.execute(sql, params)
         return async_cursor.rowcount, async_cursor.lastrowid
 
-    async def _fetchall(self, sql: str, params: Sequence[object] | dict[str, object]
-                        ) -> list[tuple]:
+    async def _fetchall(self, sql: str, params: Sequence[object] | dict[str, object],
+                        *, write: bool = False) -> list[tuple]:
         self._check_open()
+        if write and self.read_only:
+            raise CheckpointError(f"{self!r} is read-only: it cannot run or change threads.")
         if self._in_caller_thread:
             with self._direct_lock:
                 return self._direct.execute(sql, params).fetchall()
@@ -505,18 +593,31 @@ class _LeaseHeartbeat:
     def __init__(self, path: Path, lease_seconds: float) -> None:
         self._path, self._lease = path, lease_seconds
         self._held: dict[tuple[str, str], None] = {}
+        self._claims: dict[tuple[str, str], None] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped = False
 
+    def hold_claim(self, thread_id: str, key: str) -> None:
+        with self._lock:
+            self._claims[(thread_id, key)] = None
+            self._start()
+
+    def drop_claim(self, thread_id: str, key: str) -> None:
+        with self._lock:
+            self._claims.pop((thread_id, key), None)
+
     def hold(self, thread_id: str, token: str) -> None:
         with self._lock:
             self._held[(thread_id, token)] = None
-            if self._thread is None and not self._stopped:
-                self._thread = threading.Thread(
-                    target=self._run, name=f"statemachine-lease:{self._path.name}", daemon=True)
-                self._thread.start()
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None and not self._stopped:
+            self._thread = threading.Thread(
+                target=self._run, name=f"statemachine-lease:{self._path.name}", daemon=True)
+            self._thread.start()
 
     def drop(self, thread_id: str, token: str) -> None:
         with self._lock:
@@ -534,7 +635,7 @@ class _LeaseHeartbeat:
         try:
             while not self._wake.wait(self._lease / 3):
                 with self._lock:
-                    held = list(self._held)
+                    held, claims = list(self._held), list(self._claims)
                 for thread_id, token in held:
                     try:
                         conn.execute(
@@ -542,6 +643,13 @@ class _LeaseHeartbeat:
                             "owner = ?", (time.time() + self._lease, thread_id, token))
                     except sqlite3.Error:
                         continue  # busy: the next beat tries again, well before expiry
+                for thread_id, key in claims:
+                    try:
+                        conn.execute(
+                            "UPDATE jobs SET claimed_until = ? WHERE thread_id = ? AND "
+                            "claim_key = ?", (time.time() + self._lease, thread_id, key))
+                    except sqlite3.Error:
+                        continue
         finally:
             conn.close()
 
