@@ -1,0 +1,671 @@
+"""`PostgresCheckpointer`: checkpoints in PostgreSQL, shared by many worker processes.
+
+The same behaviour as `SQLiteCheckpointer` — each write one fenced statement, so one atomic
+transaction that only takes effect while the writing run still holds the thread's lease — on a
+server that many machines share. What changes with many machines:
+
+* **Time comes from the server.** Lease expiry is judged by the database's clock, so workers
+  whose clocks disagree still agree on who holds a thread.
+* **A dropped connection is retried, never duplicated.** Every statement runs through a
+  connection pool (psycopg_pool); a connection that breaks is replaced and the statement run
+  again, for up to `reconnect_seconds`. Each write carries a key that makes running it twice
+  the same as running it once (a checkpoint's `commit_key`, a pending write's primary key), so
+  a commit whose acknowledgement was lost with the connection is found, not made again.
+* **The work queue** (`jobs` table) is claimed with `SELECT ... FOR UPDATE SKIP LOCKED`, so
+  workers never wait on each other's claims.
+
+Tables live in their own PostgreSQL schema (default `statemachine`), created on first use and
+upgraded by numbered migrations under an advisory lock, so workers starting together do not
+race. Calls from `async` code run on a small thread pool (one per checkpointer), so one pool
+of connections serves every event loop; the sync API does its I/O in the calling thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from statemachine.errors import CheckpointError
+
+from .base import (
+    DEFAULT_LEASE_SECONDS,
+    Chain,
+    Checkpointer,
+    CheckpointRecord,
+    ClaimedJob,
+    JobInfo,
+    NewCheckpoint,
+    Owner,
+    PendingWrite,
+    ThreadInfo,
+    busy_error,
+    job_busy_error,
+)
+
+try:
+    import psycopg
+    from psycopg import sql
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "PostgresCheckpointer needs psycopg 3 and psycopg_pool: "
+        "pip install 'statemachine[postgres]'") from exc
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_NOW = "extract(epoch from clock_timestamp())"
+"""Seconds since the epoch by the server's clock: leases and claims are judged by one clock."""
+
+_TABLES = f"""
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE threads (
+    key BIGSERIAL PRIMARY KEY,
+    thread_id TEXT NOT NULL UNIQUE,
+    owner TEXT,
+    owner_pid INTEGER,
+    owner_host TEXT,
+    lease_expires DOUBLE PRECISION,
+    created_at DOUBLE PRECISION NOT NULL DEFAULT {_NOW}
+);
+CREATE TABLE checkpoints (
+    id BIGSERIAL PRIMARY KEY,
+    thread BIGINT NOT NULL REFERENCES threads(key),
+    parent BIGINT,
+    step INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    next TEXT NOT NULL,
+    writes TEXT,
+    snapshot TEXT,
+    extra TEXT,
+    error TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    marked_at DOUBLE PRECISION,
+    commit_key TEXT NOT NULL UNIQUE
+);
+CREATE INDEX checkpoints_by_thread ON checkpoints(thread, id);
+CREATE TABLE pending_writes (
+    checkpoint BIGINT NOT NULL,
+    node TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    writes TEXT NOT NULL,
+    meta TEXT,
+    PRIMARY KEY (checkpoint, node, idx)
+);
+CREATE TABLE cache (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    expires_at DOUBLE PRECISION,
+    PRIMARY KEY (namespace, key)
+);
+CREATE TABLE jobs (
+    thread_id TEXT PRIMARY KEY,
+    input TEXT,
+    event TEXT,
+    base TEXT,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    available_at DOUBLE PRECISION NOT NULL,
+    claimed_by TEXT,
+    claim_key TEXT,
+    claimed_until DOUBLE PRECISION,
+    error TEXT,
+    submitted_at DOUBLE PRECISION NOT NULL,
+    finished_at DOUBLE PRECISION
+);
+CREATE INDEX jobs_ready ON jobs(available_at) WHERE status IN ('queued', 'running');
+"""
+
+# version -> SQL that upgrades a store from that version to the next one
+_MIGRATIONS: dict[int, str] = {}
+
+_COLUMNS = "c.id, t.thread_id, c.parent, c.step, c.kind, c.status, c.next, c.writes, " \
+           "c.snapshot, c.extra, c.error, c.created_at"
+
+_LOAD = f"""
+WITH RECURSIVE th AS (SELECT key FROM threads WHERE thread_id = %(thread)s),
+chain(n, id) AS (
+    SELECT 0, c.id FROM checkpoints c, th
+    WHERE c.thread = th.key
+      AND c.id = coalesce(%(checkpoint)s::bigint,
+                          (SELECT max(id) FROM checkpoints WHERE thread = th.key))
+    UNION ALL
+    -- one primary-key lookup per link (LATERAL ... LIMIT 1): a plain join lets the planner
+    -- hash-join a scan of the whole table at every level of the recursion
+    SELECT chain.n + 1, cur.parent FROM chain CROSS JOIN LATERAL (
+        SELECT parent FROM checkpoints WHERE id = chain.id AND snapshot IS NULL
+          AND parent IS NOT NULL LIMIT 1) cur
+)
+SELECT 'c', chain.n, {_COLUMNS}, NULL FROM chain JOIN checkpoints c ON c.id = chain.id
+JOIN threads t ON t.key = c.thread
+UNION ALL
+SELECT 'p', NULL, p.checkpoint, NULL, NULL, NULL, p.node, NULL, p.writes, NULL, p.meta, NULL,
+       NULL, NULL, p.idx
+FROM pending_writes p WHERE p.checkpoint IN (SELECT id FROM chain)
+"""
+
+_FENCE = "SELECT key FROM threads WHERE thread_id = %s AND owner = %s"
+
+
+class PostgresCheckpointer(Checkpointer):
+    """Checkpoints in PostgreSQL. Many processes on many machines can share one database.
+
+        saver = PostgresCheckpointer("postgresql://app@db.internal/workflows")
+
+    `schema` is the PostgreSQL schema holding the tables (created if missing); `min_connections`
+    and `max_connections` size the connection pool; `reconnect_seconds` is how long a statement
+    keeps being retried while the server cannot be reached before the error is raised.
+    `read_only=True` opens every connection read-only and never creates or migrates tables.
+    """
+
+    def __init__(self, dsn: str, *, schema: str = "statemachine",
+                 lease_seconds: float = DEFAULT_LEASE_SECONDS, min_connections: int = 1,
+                 max_connections: int = 10, reconnect_seconds: float = 30.0,
+                 connect_timeout: float = 10.0, read_only: bool = False) -> None:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
+            raise CheckpointError(
+                f"schema {schema!r} is not a plain PostgreSQL identifier (letters, digits, _).")
+        self.dsn = dsn
+        self.schema = schema
+        self.lease_seconds = lease_seconds
+        self.reconnect_seconds = reconnect_seconds
+        self.read_only = read_only
+        self._in_caller_thread = False
+        self._closed = threading.Event()  # an object, so in_caller_thread() views share it
+        self._threads = ThreadPoolExecutor(max_workers=max_connections,
+                                           thread_name_prefix="statemachine-pg")
+        self._pool = ConnectionPool(
+            dsn, min_size=min(min_connections, max_connections), max_size=max_connections,
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
+            configure=self._configure, check=ConnectionPool.check_connection,
+            timeout=connect_timeout, reconnect_timeout=max(reconnect_seconds, 1.0),
+            name=f"statemachine:{schema}", open=False)
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except PoolTimeout as exc:
+            self._pool.close()
+            self._threads.shutdown(wait=False)
+            raise CheckpointError(
+                f"cannot connect to PostgreSQL at {self.where}: no connection within "
+                f"{connect_timeout:g} s. Check that the server is running and the DSN (host, "
+                "port, database, user, password) is right.") from exc
+        try:
+            if read_only:
+                self._check_version(self._direct(self._version))
+            else:
+                self._direct(self._migrate)
+        except BaseException:
+            self._pool.close()
+            self._threads.shutdown(wait=False)
+            raise
+        self._heartbeat = _LeaseHeartbeat(self)
+
+    @property
+    def where(self) -> str:
+        """The DSN without its password, for messages."""
+        return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@",
+                      re.sub(r"password=\S+", "password=***", self.dsn))
+
+    def __repr__(self) -> str:
+        mode = ", read_only=True" if self.read_only else ""
+        return f"PostgresCheckpointer({self.where!r}, schema={self.schema!r}{mode})"
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+        if self.read_only:
+            conn.execute("SET default_transaction_read_only = on")
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def _version(self, conn: psycopg.Connection) -> int | None:
+        """The schema's version; None if it holds no tables of ours; `CheckpointError` if its
+        `schema_version` table is someone else's (another migration tool's, say)."""
+        columns = conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE "
+            "table_schema = %s AND table_name = 'schema_version' ORDER BY ordinal_position",
+            (self.schema,)).fetchall()
+        if not columns:
+            return None
+        if [tuple(column) for column in columns] != [("version", "integer")]:
+            raise self._foreign_tables(conn)
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        return row[0] if row else None
+
+    def _foreign_tables(self, conn: psycopg.Connection) -> CheckpointError | None:
+        """The error for a schema holding tables that are not ours; None if it holds none."""
+        foreign = conn.execute(
+            "SELECT string_agg(table_name, ', ' ORDER BY table_name) FROM "
+            "information_schema.tables WHERE table_schema = %s", (self.schema,)).fetchone()[0]
+        if not foreign:
+            return None
+        return CheckpointError(
+            f"{self!r}: schema {self.schema!r} already holds tables of something else "
+            f"({foreign}); nothing was changed. Give statemachine a schema of its own: "
+            "PostgresCheckpointer(dsn, schema='...').")
+
+    def _check_version(self, version: int | None) -> None:
+        if version is None:
+            raise CheckpointError(
+                f"{self!r}: schema {self.schema!r} holds no statemachine tables"
+                + (" (a read-only checkpointer does not create them)." if self.read_only
+                   else "."))
+        if version > SCHEMA_VERSION:
+            raise CheckpointError(
+                f"{self!r}: the tables were written by a newer statemachine (schema version "
+                f"{version}, this one reads up to {SCHEMA_VERSION}); nothing was changed. "
+                "Upgrade statemachine to use them.")
+        if version < SCHEMA_VERSION and self.read_only:
+            raise CheckpointError(
+                f"{self!r}: schema version {version} needs upgrading to {SCHEMA_VERSION}; "
+                "open it once with a read-write PostgresCheckpointer to migrate it.")
+
+    def _migrate(self, conn: psycopg.Connection) -> None:
+        """Create or upgrade the tables, one process at a time (a transaction-scoped advisory
+        lock keyed by the schema's name), each migration in its own transaction."""
+        lock = f"statemachine:{self.schema}"
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
+            version = self._version(conn)
+            if version is not None:
+                self._check_version(version)
+            else:
+                foreign = self._foreign_tables(conn)
+                if foreign is not None:
+                    raise foreign
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(self.schema)))
+                conn.execute(_TABLES.encode())
+                conn.execute("INSERT INTO schema_version(version) VALUES (%s)",
+                             (SCHEMA_VERSION,))
+                return
+        while version < SCHEMA_VERSION:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
+                version = self._version(conn)
+                assert version is not None
+                if version >= SCHEMA_VERSION:
+                    return
+                conn.execute(_MIGRATIONS[version].encode())
+                conn.execute("UPDATE schema_version SET version = %s", (version + 1,))
+
+    # -- leases ------------------------------------------------------------------------------
+
+    async def acquire(self, thread_id: str, owner: Owner) -> None:
+        def acquire(conn: psycopg.Connection) -> bool:
+            # the same owner asking again (a retry after a lost acknowledgement) succeeds
+            return conn.execute(
+                "INSERT INTO threads(thread_id, owner, owner_pid, owner_host, lease_expires) "
+                f"VALUES (%s, %s, %s, %s, {_NOW} + %s) ON CONFLICT (thread_id) DO UPDATE SET "
+                "owner = excluded.owner, owner_pid = excluded.owner_pid, "
+                "owner_host = excluded.owner_host, lease_expires = excluded.lease_expires "
+                f"WHERE threads.owner IS NULL OR threads.lease_expires < {_NOW} "
+                "OR threads.owner = excluded.owner RETURNING 1",
+                (thread_id, owner.token, owner.pid, owner.host, self.lease_seconds)
+            ).fetchone() is not None
+
+        if not await self._call(acquire) and not await self._take_from_dead_owner(
+                thread_id, owner):
+            raise busy_error(thread_id)
+        self._heartbeat.hold(thread_id, owner.token)
+
+    async def _take_from_dead_owner(self, thread_id: str, owner: Owner) -> bool:
+        """A holder on this machine whose process is gone need not be waited for."""
+        rows = await self._fetchall(
+            "SELECT owner, owner_pid, owner_host FROM threads WHERE thread_id = %s",
+            (thread_id,))
+        if not rows:
+            return False
+        token, pid, host = rows[0]
+        if host != owner.host or pid == owner.pid or _process_alive(pid):
+            return False
+        return await self._execute(
+            f"UPDATE threads SET owner = %s, owner_pid = %s, owner_host = %s, lease_expires = "
+            f"{_NOW} + %s WHERE thread_id = %s AND owner = %s",
+            (owner.token, owner.pid, owner.host, self.lease_seconds, thread_id, token)) == 1
+
+    async def release(self, thread_id: str, owner: Owner) -> None:
+        self._heartbeat.drop(thread_id, owner.token)
+        await self._execute(
+            "UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, "
+            "lease_expires = NULL WHERE thread_id = %s AND owner = %s",
+            (thread_id, owner.token))
+
+    # -- writes (each one statement: atomic, fenced, and safe to repeat) -------------------------
+
+    async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint) -> str:
+        cp = checkpoint
+        key = uuid.uuid4().hex
+
+        def put(conn: psycopg.Connection) -> str | None:
+            row = conn.execute(
+                "INSERT INTO checkpoints(thread, parent, step, kind, status, next, writes, "
+                "snapshot, extra, error, created_at, commit_key) SELECT key, %s, %s, %s, %s, "
+                f"%s, %s, %s, %s, %s, {_NOW}, %s FROM threads WHERE thread_id = %s AND "
+                "owner = %s ON CONFLICT (commit_key) DO NOTHING RETURNING id",
+                (None if cp.parent_id is None else int(cp.parent_id), cp.step, cp.kind,
+                 cp.status, cp.next, cp.writes, cp.snapshot, cp.extra, cp.error, key,
+                 thread_id, owner.token)).fetchone()
+            if row is None:  # fenced out, or this very commit landed before a retry
+                row = conn.execute("SELECT id FROM checkpoints WHERE commit_key = %s",
+                                   (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+        checkpoint_id = await self._call(put)
+        if checkpoint_id is None:
+            raise busy_error(thread_id, lost=True)
+        return checkpoint_id
+
+    async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite) -> None:
+        def put_pending(conn: psycopg.Connection) -> bool:
+            inserted = conn.execute(
+                "INSERT INTO pending_writes(checkpoint, node, idx, writes, meta) "
+                f"SELECT %s, %s, %s, %s, %s WHERE EXISTS ({_FENCE}) "
+                "ON CONFLICT (checkpoint, node, idx) DO NOTHING RETURNING 1",
+                (int(write.checkpoint_id), write.node, write.index, write.writes, write.meta,
+                 thread_id, owner.token)).fetchone() is not None
+            # not inserted: fenced out, or a retry of a write that already landed
+            return inserted or conn.execute(_FENCE, (thread_id, owner.token)).fetchone() \
+                is not None
+
+        if not await self._call(put_pending):
+            raise busy_error(thread_id, lost=True)
+
+    async def mark(self, thread_id: str, owner: Owner, checkpoint_id: str, *, status: str,
+                   error: str | None = None, snapshot: str | None = None,
+                   extra: str | None = None) -> None:
+        changed = await self._execute(
+            "UPDATE checkpoints SET status = %s, error = %s, snapshot = coalesce(snapshot, %s), "
+            f"extra = coalesce(%s, extra), marked_at = {_NOW} WHERE id = %s AND thread = "
+            f"({_FENCE})",
+            (status, error, snapshot, extra, int(checkpoint_id), thread_id, owner.token))
+        if changed != 1:
+            raise busy_error(thread_id, lost=True)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def load(self, thread_id: str, checkpoint_id: str | None = None) -> Chain | None:
+        if checkpoint_id is not None and not str(checkpoint_id).isdigit():
+            return None
+        rows = await self._fetchall(
+            _LOAD, {"thread": thread_id,
+                    "checkpoint": None if checkpoint_id is None else int(checkpoint_id)})
+        chain = sorted((row for row in rows if row[0] == "c"), key=lambda row: -row[1])
+        if not chain:
+            return None
+        pending: dict[str, list[PendingWrite]] = {}
+        for row in rows:
+            if row[0] == "p":
+                pending.setdefault(str(row[2]), []).append(
+                    PendingWrite(str(row[2]), row[6], row[14], row[8], row[10]))
+        for writes in pending.values():
+            writes.sort(key=lambda w: (w.node, w.index))
+        return Chain([_record(row[2:]) for row in chain], pending)
+
+    async def list(self, thread_id: str) -> list[CheckpointRecord]:
+        rows = await self._fetchall(
+            f"SELECT {_COLUMNS} FROM checkpoints c JOIN threads t ON t.key = c.thread "
+            "WHERE t.thread_id = %s ORDER BY c.id DESC", (thread_id,))
+        return [_record(row) for row in rows]
+
+    async def list_pending(self, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
+        if not checkpoint_ids:
+            return {}
+        rows = await self._fetchall(
+            "SELECT checkpoint, node, idx, writes, meta FROM pending_writes WHERE checkpoint "
+            "= ANY(%s) ORDER BY checkpoint, node, idx", ([int(c) for c in checkpoint_ids],))
+        pending: dict[str, list[PendingWrite]] = {}
+        for checkpoint, node, idx, writes, meta in rows:
+            pending.setdefault(str(checkpoint), []).append(
+                PendingWrite(str(checkpoint), node, idx, writes, meta))
+        return pending
+
+    async def cache_get(self, namespace: str, key: str) -> str | None:
+        rows = await self._fetchall(
+            "SELECT value FROM cache WHERE namespace = %s AND key = %s AND "
+            f"(expires_at IS NULL OR expires_at > {_NOW})", (namespace, key))
+        return rows[0][0] if rows else None
+
+    async def cache_put(self, namespace: str, key: str, value: str,
+                        ttl: float | None) -> None:
+        await self._execute(
+            "INSERT INTO cache(namespace, key, value, expires_at) VALUES (%s, %s, %s, "
+            f"{_NOW} + %s) ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
+            "expires_at = excluded.expires_at", (namespace, key, value, ttl))
+
+    async def threads(self) -> list[ThreadInfo]:
+        rows = await self._fetchall(
+            "SELECT t.thread_id, c.status, c.step, c.id, coalesce(c.marked_at, c.created_at), "
+            f"c.error, t.owner IS NOT NULL AND t.lease_expires > {_NOW}, t.owner_pid, "
+            "t.owner_host FROM threads t JOIN LATERAL (SELECT * FROM checkpoints WHERE "
+            "thread = t.key ORDER BY id DESC LIMIT 1) c ON true "
+            "ORDER BY coalesce(c.marked_at, c.created_at) DESC, c.id DESC", ())
+        host = socket.gethostname()
+        return [ThreadInfo(r[0], r[1], r[2], str(r[3]), r[4], r[5], bool(r[6]) and not (
+                    r[8] == host and not _process_alive(r[7])))  # a dead holder here: free
+                for r in rows]
+
+    # -- the work queue ----------------------------------------------------------------------
+
+    async def enqueue(self, thread_id: str, *, input: str | None, event: str | None,
+                      base: str | None, max_attempts: int) -> None:
+        def enqueue(conn: psycopg.Connection) -> bool:
+            return conn.execute(
+                "INSERT INTO jobs(thread_id, input, event, base, status, attempts, "
+                f"max_attempts, available_at, submitted_at) VALUES (%s, %s, %s, %s, 'queued', "
+                f"0, %s, {_NOW}, {_NOW}) ON CONFLICT (thread_id) DO UPDATE SET "
+                "input = excluded.input, event = excluded.event, base = excluded.base, "
+                "status = 'queued', attempts = 0, max_attempts = excluded.max_attempts, "
+                "available_at = excluded.available_at, claimed_by = NULL, claim_key = NULL, "
+                "claimed_until = NULL, error = NULL, submitted_at = excluded.submitted_at, "
+                "finished_at = NULL WHERE jobs.status NOT IN ('queued', 'running') "
+                "RETURNING 1", (thread_id, input, event, base, max_attempts)
+            ).fetchone() is not None
+
+        if not await self._call(enqueue):
+            raise job_busy_error(thread_id)
+
+    async def claim(self, worker: Owner) -> ClaimedJob | None:
+        key = uuid.uuid4().hex
+
+        def claim(conn: psycopg.Connection) -> tuple | None:
+            row = conn.execute(
+                "UPDATE jobs SET status = 'running', claimed_by = %s, claim_key = %s, "
+                f"claimed_until = {_NOW} + %s, attempts = attempts + 1 WHERE thread_id = ("
+                "SELECT thread_id FROM jobs WHERE (status = 'queued' AND available_at <= "
+                f"{_NOW}) OR (status = 'running' AND claimed_until < {_NOW}) "
+                "ORDER BY available_at, submitted_at LIMIT 1 FOR UPDATE SKIP LOCKED) "
+                "RETURNING thread_id, input, event, base, attempts, max_attempts",
+                (worker.token, key, self.lease_seconds)).fetchone()
+            if row is None:  # nothing to do, or this very claim landed before a retry
+                row = conn.execute(
+                    "SELECT thread_id, input, event, base, attempts, max_attempts FROM jobs "
+                    "WHERE claim_key = %s", (key,)).fetchone()
+            return row
+
+        row = await self._call(claim)
+        if row is None:
+            return None
+        job = ClaimedJob(row[0], key, row[1], row[2], row[3], row[4], row[5])
+        self._heartbeat.hold_claim(job.thread_id, key)
+        return job
+
+    async def finish(self, job: ClaimedJob, *, status: str, error: str | None = None,
+                     retry_in: float | None = None, count_attempt: bool = True) -> bool:
+        self._heartbeat.drop_claim(job.thread_id, job.claim_key)
+        if retry_in is not None:
+            return await self._execute(
+                f"UPDATE jobs SET status = 'queued', available_at = {_NOW} + %s, error = %s, "
+                "claimed_by = NULL, claim_key = NULL, claimed_until = NULL, "
+                "attempts = attempts - %s WHERE thread_id = %s AND claim_key = %s",
+                (retry_in, error, 0 if count_attempt else 1, job.thread_id,
+                 job.claim_key)) == 1
+        return await self._execute(
+            f"UPDATE jobs SET status = %s, error = %s, finished_at = {_NOW}, claimed_by = NULL, "
+            "claimed_until = NULL WHERE thread_id = %s AND claim_key = %s",
+            (status, error, job.thread_id, job.claim_key)) == 1
+
+    async def jobs(self) -> list[JobInfo]:
+        rows = await self._fetchall(
+            "SELECT thread_id, status, attempts, max_attempts, available_at, error, "
+            "submitted_at, finished_at, claimed_by FROM jobs ORDER BY submitted_at, thread_id",
+            ())
+        return [JobInfo(*row) for row in rows]
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self._heartbeat.stop()
+            self._pool.close()
+            self._threads.shutdown(wait=False)
+
+    def in_caller_thread(self) -> PostgresCheckpointer:
+        """This checkpointer, doing its I/O in the calling thread (for the sync API)."""
+        view = copy.copy(self)
+        view._in_caller_thread = True
+        return view
+
+    async def _call(self, operation: Callable[[psycopg.Connection], T]) -> T:
+        """Run `operation` on a pooled connection: here for the sync API, else on our threads."""
+        if self._closed.is_set():
+            raise CheckpointError(f"{self!r} is closed.")
+        if self._in_caller_thread:
+            return self._direct(operation)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, self._direct, operation)
+
+    def _direct(self, operation: Callable[[psycopg.Connection], T]) -> T:
+        """Run `operation`, retrying on a new connection while the server is unreachable.
+
+        Every operation given here is safe to repeat, so an error that leaves its outcome
+        unknown (the connection dropped mid-statement) is answered by running it again.
+        """
+        deadline = time.monotonic() + self.reconnect_seconds
+        delay = 0.05
+        while True:
+            try:
+                with self._pool.connection() as conn:
+                    return operation(conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+                if self._closed.is_set():
+                    raise CheckpointError(f"{self!r} is closed.") from exc
+                if time.monotonic() + delay > deadline:
+                    raise CheckpointError(
+                        f"lost the connection to PostgreSQL at {self.where} and could not get "
+                        f"it back within {self.reconnect_seconds:g} s: {exc}") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except psycopg.errors.ReadOnlySqlTransaction as exc:
+                raise CheckpointError(
+                    f"{self!r} is read-only: it cannot run or change threads.") from exc
+
+    async def _execute(self, query: str, params: Sequence[Any] | dict[str, Any]) -> int:
+        """Run one statement (its own transaction) and return how many rows it changed."""
+        return await self._call(lambda conn: conn.execute(query.encode(), params).rowcount)
+
+    async def _fetchall(self, query: str, params: Sequence[Any] | dict[str, Any]
+                        ) -> list[tuple]:
+        return await self._call(lambda conn: conn.execute(query.encode(), params).fetchall())
+
+
+def _record(row: Sequence[Any]) -> CheckpointRecord:
+    return CheckpointRecord(
+        str(row[0]), row[1], None if row[2] is None else str(row[2]), row[3], row[4], row[5],
+        row[6], row[7], row[8], row[9], row[10], row[11])
+
+
+def _process_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _LeaseHeartbeat:
+    """Renews this process's thread leases and job claims from a thread of its own, every
+    third of the lease, so a long synchronous node cannot starve the renewal."""
+
+    def __init__(self, saver: PostgresCheckpointer) -> None:
+        self._saver = saver
+        self._held: dict[tuple[str, str], None] = {}
+        self._claims: dict[tuple[str, str], None] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, thread_id: str, token: str) -> None:
+        with self._lock:
+            self._held[(thread_id, token)] = None
+            self._start()
+
+    def drop(self, thread_id: str, token: str) -> None:
+        with self._lock:
+            self._held.pop((thread_id, token), None)
+
+    def hold_claim(self, thread_id: str, key: str) -> None:
+        with self._lock:
+            self._claims[(thread_id, key)] = None
+            self._start()
+
+    def drop_claim(self, thread_id: str, key: str) -> None:
+        with self._lock:
+            self._claims.pop((thread_id, key), None)
+
+    def _start(self) -> None:
+        if self._thread is None and not self._wake.is_set():
+            self._thread = threading.Thread(target=self._run, name="statemachine-pg-lease",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        lease = self._saver.lease_seconds
+        while not self._wake.wait(lease / 3):
+            with self._lock:
+                held, claims = list(self._held), list(self._claims)
+            if not held and not claims:
+                continue
+            try:
+                with self._saver._pool.connection(timeout=lease / 3) as conn:
+                    if held:
+                        conn.execute(
+                            f"UPDATE threads SET lease_expires = {_NOW} + %s FROM unnest("
+                            "%s::text[], %s::text[]) AS h(thread_id, owner) WHERE "
+                            "threads.thread_id = h.thread_id AND threads.owner = h.owner",
+                            (lease, [h[0] for h in held], [h[1] for h in held]))
+                    if claims:
+                        conn.execute(
+                            f"UPDATE jobs SET claimed_until = {_NOW} + %s FROM unnest("
+                            "%s::text[], %s::text[]) AS c(thread_id, claim_key) WHERE "
+                            "jobs.thread_id = c.thread_id AND jobs.claim_key = c.claim_key",
+                            (lease, [c[0] for c in claims], [c[1] for c in claims]))
+            except (psycopg.Error, PoolTimeout):
+                continue  # unreachable: the next beat tries again, well before expiry
+
+
+__all__ = ["PostgresCheckpointer"]
