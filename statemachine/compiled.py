@@ -20,7 +20,7 @@ from .compiler import GraphSpec
 from .types import Snapshot, StepEvent
 
 if TYPE_CHECKING:
-    from checkpoints.base import Checkpointer, ThreadInfo
+    from checkpoints.base import Checkpointer, JobInfo, ThreadInfo
 
 DEFAULT_MAX_STEPS = 10_000
 
@@ -140,6 +140,38 @@ class CompiledGraph:
                                      max_concurrency=max_concurrency)
         async for event in run.execute(input, checkpoint_id=checkpoint_id):
             yield event
+
+    # -- the work queue (statemachine worker) ------------------------------------------------------
+
+    def submit(self, input: Any, thread_id: str, *, event: dict[str, Any] | None = None,
+               max_attempts: int = 3) -> str:
+        """Queue a run of `thread_id` for a worker (`statemachine worker`) and return at once.
+
+        `input` starts a new thread, or a new run of a finished one; None continues an
+        unfinished thread (failed, crashed, or with `event`, one waiting in `wait_for`). The
+        input is checked against the state schema now. A run that fails is retried up to
+        `max_attempts` times in all. Returns the thread id.
+        """
+        from .worker import submit
+
+        return run_sync(lambda: submit(self, input, thread_id, event=event,
+                                       max_attempts=max_attempts))
+
+    async def asubmit(self, input: Any, thread_id: str, *, event: dict[str, Any] | None = None,
+                      max_attempts: int = 3) -> str:
+        from .worker import submit
+
+        return await submit(self, input, thread_id, event=event, max_attempts=max_attempts)
+
+    def jobs(self) -> list[JobInfo]:
+        """The queue: every submitted job with its status (queued, running, done,
+        interrupted, failed) and attempts, oldest first."""
+        return run_sync(self.ajobs)
+
+    async def ajobs(self) -> list[JobInfo]:
+        from .worker import _saver
+
+        return await _saver(self).jobs()
 
     # -- sagas and observability ------------------------------------------------------------------
 

@@ -1,0 +1,255 @@
+"""Workers: processes that take queued runs from the store and run them.
+
+`app.submit(input, thread_id=...)` puts a run in the checkpointer's queue; any number of
+workers, on any number of machines sharing the store (PostgreSQL, or one SQLite file on one
+machine), claim runs one at a time and execute them:
+
+    statemachine worker --db postgresql://db/app pkg.flows:graph --concurrency 4
+
+What a worker guarantees, on top of the executor's own (each committed step is kept and never
+re-run; one writer per thread):
+
+* **Each job goes to one worker.** Claims use `SELECT ... FOR UPDATE SKIP LOCKED` on
+  PostgreSQL (SQLite has one writer at a time) and are renewed while the job runs.
+* **A dead worker's job is taken over.** Its claim stops being renewed; once it expires another
+  worker claims the job and *continues* the thread from its last committed step.
+* **Failed runs are retried** — re-run from the failed step — up to the job's `max_attempts`,
+  waiting `retry_delay * 2**(attempt-1)` seconds (at most `max_retry_delay`) between attempts.
+  Failures a retry cannot fix (input the schema rejects, a thread in the wrong state) are not.
+* **A job is started once.** The job remembers the thread's latest checkpoint when it was
+  submitted; a worker that finds the thread moved on since continues it instead of applying the
+  input a second time, and one that finds it finished only records the job as done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic_core import to_json
+
+from .errors import (
+    CheckpointerRequiredError,
+    GraphValidationError,
+    InvalidUpdateError,
+    ThreadBusyError,
+    ThreadNotFoundError,
+    ThreadStateError,
+)
+
+if TYPE_CHECKING:
+    from checkpoints.base import Checkpointer, ClaimedJob
+
+    from .compiled import CompiledGraph
+
+log = logging.getLogger("statemachine.worker")
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+_PERMANENT = (InvalidUpdateError, ThreadStateError, ThreadNotFoundError, GraphValidationError)
+"""Failures that running the job again cannot fix."""
+
+
+async def submit(app: CompiledGraph, input: Any, thread_id: str, *,
+                 event: dict[str, Any] | None = None,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> str:
+    """Queue a run (see `CompiledGraph.submit`); checks the input now, not in the worker."""
+    saver = _saver(app)
+    if not isinstance(thread_id, str) or not thread_id:
+        raise ThreadStateError("submit() needs a thread_id: any text naming the run.")
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
+    chain = await saver.load(thread_id)
+    schema = app.spec.schema
+    encoded: str | None = None
+    if chain is None:
+        if input is None:
+            raise ThreadNotFoundError(
+                f"thread {thread_id!r} does not exist yet, so there is nothing to continue; "
+                "submit it with an input: submit({...}, thread_id=...).")
+        encoded = schema.encode_state(schema.validate_input(input, thread_id=thread_id))
+    elif input is not None:
+        if chain.head.status not in ("done", "compensated"):
+            raise ThreadStateError(
+                f"thread {thread_id!r} has an unfinished run (status {chain.head.status!r}); "
+                f"submit(None, thread_id={thread_id!r}) queues its continuation.")
+        update = schema.validate_update(input, node="__input__", step=chain.head.step,
+                                        thread_id=thread_id)
+        encoded = schema.encode_update(update, node="__input__", step=chain.head.step,
+                                       thread_id=thread_id)
+    elif chain.head.status in ("done", "compensated"):
+        raise ThreadStateError(
+            f"thread {thread_id!r} has finished (status {chain.head.status!r}); there is "
+            "nothing to continue. Submit an input to run it again.")
+    if event is not None and not isinstance(event, dict):
+        raise ThreadStateError("event must be a dict: {event name: value}.")
+    await saver.enqueue(thread_id, input=encoded,
+                        event=None if event is None else to_json(event).decode(),
+                        base=None if chain is None else chain.head.id,
+                        max_attempts=max_attempts)
+    return thread_id
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did: jobs claimed, and how each ended."""
+
+    claimed: int = 0
+    done: int = 0
+    interrupted: int = 0
+    retried: int = 0
+    failed: int = 0
+    lost: int = 0
+    """Jobs whose claim another worker took over while this one ran them."""
+    errors: list[str] = field(default_factory=list)
+
+
+class Worker:
+    """Claims queued runs of one graph and runs them, `concurrency` at a time.
+
+        worker = Worker(app, concurrency=4)
+        await worker.run()            # until stop() (or Ctrl-C in the CLI)
+        await worker.run(drain=True)  # until the queue is empty
+    """
+
+    def __init__(self, app: CompiledGraph, *, concurrency: int = 1, poll_interval: float = 0.5,
+                 retry_delay: float = 1.0, max_retry_delay: float = 60.0) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        from checkpoints.base import Owner
+
+        self.app = app
+        self.saver = _saver(app)
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.identity = Owner.new()
+        self.stats = WorkerStats()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Claim nothing more; runs in progress are cancelled and their jobs queued again
+        (what they committed is kept: the next worker continues from there)."""
+        self._stopping.set()
+
+    async def run(self, *, drain: bool = False, max_jobs: int | None = None) -> WorkerStats:
+        """Work until `stop()`; with `drain`, until no job is queued or running anywhere;
+        with `max_jobs`, until this worker has claimed that many."""
+        self._stopping = asyncio.Event()
+        slots = [asyncio.create_task(self._slot(drain, max_jobs), name=f"worker-slot-{i}")
+                 for i in range(self.concurrency)]
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait([*slots, stopping],
+                                         return_when=asyncio.FIRST_COMPLETED)
+            while stopping not in done and not all(s.done() for s in slots):
+                done, _ = await asyncio.wait([*slots, stopping],
+                                             return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in [*slots, stopping]:
+                task.cancel()
+            results = await asyncio.gather(*slots, stopping, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(
+                    result, asyncio.CancelledError):
+                raise result
+        return self.stats
+
+    async def _slot(self, drain: bool, max_jobs: int | None) -> None:
+        while not self._stopping.is_set():
+            if max_jobs is not None and self.stats.claimed >= max_jobs:
+                return
+            job = await self.saver.claim(self.identity)
+            if job is None:
+                if drain and not any(j.status in ("queued", "running")
+                                     for j in await self.saver.jobs()):
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.poll_interval)
+                continue
+            self.stats.claimed += 1
+            await self._run_job(job)
+
+    async def _run_job(self, job: ClaimedJob) -> None:
+        thread = job.thread_id
+        log.info("claimed %s (attempt %d of %d)", thread, job.attempts, job.max_attempts)
+        try:
+            status = await self._execute(job)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.saver.finish(job, status="queued", retry_in=0,
+                                                   count_attempt=False))
+            raise
+        except ThreadBusyError as exc:
+            if not await self.saver.finish(job, status="queued", error=str(exc),
+                                           retry_in=min(self.saver.lease_seconds, 5.0),
+                                           count_attempt=False):
+                self.stats.lost += 1
+                log.warning("lost %s to another worker: %s", thread, exc)
+            else:
+                log.info("%s is busy; queued again", thread)
+            return
+        except Exception as exc:
+            await self._failed(job, exc)
+            return
+        if await self.saver.finish(job, status=status):
+            if status == "interrupted":
+                self.stats.interrupted += 1
+            else:
+                self.stats.done += 1
+            log.info("%s %s", thread, status)
+        else:
+            self.stats.lost += 1
+
+    async def _execute(self, job: ClaimedJob) -> str:
+        """Run (or continue) the job's thread; its status at the end."""
+        thread, schema = job.thread_id, self.app.spec.schema
+        chain = await self.saver.load(thread)
+        head = None if chain is None else chain.head
+        if (None if head is None else head.id) == job.base:  # nothing ran since submission
+            if job.event is not None:
+                await self.app.aresume(thread, event=json.loads(job.event))
+            elif job.input is not None:
+                value = schema.decode_state(job.input) if job.base is None \
+                    else schema.decode_update(job.input)
+                await self.app.ainvoke(value, thread_id=thread)
+            else:
+                await self.app.aresume(thread)
+        elif head is not None and head.status in ("done", "compensated", "interrupted"):
+            return "interrupted" if head.status == "interrupted" else "done"  # ran already
+        else:  # an earlier attempt started it: continue from its last committed step
+            await self.app.aresume(thread)
+        snapshot = await self.app.aget_state(thread)
+        return "interrupted" if snapshot.status == "interrupted" else "done"
+
+    async def _failed(self, job: ClaimedJob, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        permanent = isinstance(exc, _PERMANENT) or not isinstance(exc, Exception)
+        if not permanent and job.attempts < job.max_attempts:
+            delay = min(self.retry_delay * 2 ** (job.attempts - 1), self.max_retry_delay)
+            if await self.saver.finish(job, status="queued", error=error, retry_in=delay):
+                self.stats.retried += 1
+                log.warning("%s failed (attempt %d of %d), retrying in %.3g s: %s",
+                            job.thread_id, job.attempts, job.max_attempts, delay, error)
+            else:
+                self.stats.lost += 1
+            return
+        if await self.saver.finish(job, status="failed", error=error):
+            self.stats.failed += 1
+            self.stats.errors.append(f"{job.thread_id}: {error}")
+            log.error("%s failed for good after %d attempt(s): %s", job.thread_id,
+                      job.attempts, error)
+        else:
+            self.stats.lost += 1
+
+
+def _saver(app: CompiledGraph) -> Checkpointer:
+    if app.checkpointer is None:
+        raise CheckpointerRequiredError(
+            "the work queue lives in the checkpointer's store: compile the graph with one, "
+            "e.g. compile(checkpointer=PostgresCheckpointer('postgresql://...')).")
+    return app.checkpointer
