@@ -9,12 +9,19 @@
     statemachine history --db runs.db --thread t1     its checkpoints: step, nodes, status, time
     statemachine show --db runs.db --thread t1 [--checkpoint ID]   its state as JSON
     statemachine ui --db runs.db [--graph GRAPH] [--port 8765] [--allow-actions]   web viewer
+    statemachine submit GRAPH --db URL --thread t1 [--input JSON] [--event JSON]   queue a run
+    statemachine worker GRAPH --db URL [--concurrency 4] [--drain]   run queued runs
+    statemachine jobs --db URL                         the queue: each job's status, attempts
+
+--db takes a SQLite file or a PostgreSQL URL (postgresql://user@host/database; --schema names
+the schema holding the tables, default statemachine).
 
 GRAPH is `package.module:attribute` (or `path/to/file.py:attribute`) naming a `StateGraph`,
 which is compiled, or a `CompiledGraph`. The current directory is importable, so
 `examples.quickstart:graph` works from a project's root. With `--db FILE` the graph runs on a
-`SQLiteCheckpointer(FILE)`: a StateGraph is compiled with it, a CompiledGraph is rebuilt on it
-with the same spec and name (its compile options kept).
+`SQLiteCheckpointer(FILE)` (`PostgresCheckpointer(URL)` for a PostgreSQL URL): a StateGraph
+is compiled with it, a CompiledGraph is rebuilt on it with the same spec and name (its compile
+options kept).
 
 `run` and `resume` show each step on stderr (nodes, step, time) and print the final state as
 JSON on stdout; what nodes print goes to stderr too, so stdout stays JSON. `threads`,
@@ -72,6 +79,7 @@ from .errors import (
 )
 from .graph import StateGraph
 from .store_reader import (
+    format_time,
     history_rows,
     row_from_record,
     row_from_snapshot,
@@ -300,21 +308,42 @@ def load_graph(target: str) -> StateGraph | CompiledGraph:
     return value
 
 
+Db = Path | str
+"""A --db value: a SQLite file's path, or a PostgreSQL URL (text)."""
+
+
 @dataclass
 class Store:
     """A checkpoint database opened for the command, closed when it ends."""
 
-    path: Path
+    path: Db
     saver: Any
 
     def call(self, make: Callable[[], Any]) -> Any:
         return run_sync(make)
 
 
-def open_store(db: Path, stack: contextlib.ExitStack, *, create: bool) -> Store:
-    """Open `db`; unless `create`, a missing or empty file is an error and nothing is made."""
+def open_store(db: Db, stack: contextlib.ExitStack, *, create: bool,
+               read_only: bool = False, **options: Any) -> Store:
+    """Open `db`; unless `create`, a missing or empty file is an error and nothing is made.
+
+    A PostgreSQL URL opens the schema given by --schema; `read_only` opens it read-only (the
+    reading commands), which neither creates nor changes anything."""
     from checkpoints import SQLiteCheckpointer
 
+    if isinstance(db, str):
+        from checkpoints import PostgresCheckpointer
+
+        try:
+            saver = PostgresCheckpointer(db, schema=_schema(), read_only=read_only, **options)
+        except CheckpointError as exc:
+            raise CliError(str(exc), EXIT_NOT_FOUND if "cannot connect" in str(exc)
+                           else EXIT_USAGE) from exc
+        except ImportError as exc:
+            raise CliError(str(exc), EXIT_NOT_FOUND,
+                           hint="pip install 'statemachine[postgres]'") from exc
+        stack.callback(saver.close)
+        return Store(db, saver)
     if not create:
         if not db.exists():
             raise CliError(f"no database file {str(db)!r}", EXIT_NOT_FOUND,
@@ -322,18 +351,18 @@ def open_store(db: Path, stack: contextlib.ExitStack, *, create: bool) -> Store:
         if db.is_file() and db.stat().st_size == 0:
             raise CliError(f"{str(db)!r} is empty, not a checkpoint database", EXIT_USAGE)
     try:
-        saver = SQLiteCheckpointer(db)
+        saver = SQLiteCheckpointer(db, **options)
     except CheckpointError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
     stack.callback(saver.close)
     return Store(db, saver)
 
 
-def build_app(target: str, db: Path | None, stack: contextlib.ExitStack, *,
-              create: bool) -> CompiledGraph:
+def build_app(target: str, db: Db | None, stack: contextlib.ExitStack, *,
+              create: bool, **options: Any) -> CompiledGraph:
     """The graph `target` names, compiled, on the database `db` when given."""
     graph = load_graph(target)
-    saver = open_store(db, stack, create=create).saver if db is not None else None
+    saver = open_store(db, stack, create=create, **options).saver if db is not None else None
     if isinstance(graph, CompiledGraph):
         if saver is None:
             return graph
@@ -381,8 +410,42 @@ def _json_object(value: str, option: str) -> dict[str, Any]:
     return data
 
 
-DB_OPTION = click.option("--db", type=click.Path(path_type=Path, dir_okay=False),
-                         help="SQLite checkpoint database.")
+def _with(options: Sequence[Callable[[T], T]]) -> Callable[[T], T]:
+    def apply(fn: T) -> T:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return apply
+
+
+def _parse_db(ctx: click.Context, param: click.Parameter, value: str | None) -> Db | None:
+    if value is None:
+        return None
+    from checkpoints import is_postgres_url
+
+    return value if is_postgres_url(value) else Path(value)
+
+
+def _remember_schema(ctx: click.Context, param: click.Parameter, value: str) -> None:
+    ctx.meta["statemachine.schema"] = value
+
+
+def _schema() -> str:
+    context = click.get_current_context(silent=True)
+    return context.meta.get("statemachine.schema", DEFAULT_SCHEMA) if context else \
+        DEFAULT_SCHEMA
+
+
+DEFAULT_SCHEMA = "statemachine"
+
+DB_OPTION = _with([
+    click.option("--db", callback=_parse_db, metavar="FILE|URL",
+                 help="Checkpoint store: a SQLite file, or a PostgreSQL URL "
+                      "(postgresql://user@host/database)."),
+    click.option("--schema", default=DEFAULT_SCHEMA, show_default=True, expose_value=False,
+                 envvar="STATEMACHINE_PG_SCHEMA", callback=_remember_schema, is_eager=True,
+                 help="With a PostgreSQL --db: the schema holding the tables."),
+])
 GRAPH_ARGUMENT = click.argument("target", metavar="GRAPH")
 
 
@@ -482,7 +545,7 @@ _EXTENSIONS = {".mmd": "mermaid", ".mermaid": "mermaid", ".md": "mermaid", ".dot
 @click.option("--thread", help="Highlight this thread's run: visited nodes, taken edges, the "
                                 "failed node (needs --db).")
 @click.option("--xray", is_flag=True, help="Draw subgraphs' own nodes inside their node.")
-def draw(target: str, output: Path | None, fmt: str | None, db: Path | None,
+def draw(target: str, output: Path | None, fmt: str | None, db: Db | None,
          thread: str | None, xray: bool) -> None:
     """Draw GRAPH as Mermaid, Graphviz DOT, SVG, PNG or PDF.
 
@@ -538,7 +601,7 @@ def draw(target: str, output: Path | None, fmt: str | None, db: Path | None,
         _stderr().print(Text(f"wrote {output} ({fmt}, {len(data):,} bytes)"))
 
 
-def _require_thread(app: CompiledGraph, thread: str, db: Path | None) -> None:
+def _require_thread(app: CompiledGraph, thread: str, db: Db | None) -> None:
     """ThreadNotFoundError, with the threads there are, when `thread` has no checkpoint."""
     try:
         app.get_state(thread)
@@ -547,7 +610,7 @@ def _require_thread(app: CompiledGraph, thread: str, db: Path | None) -> None:
         raise _no_thread(thread, known, db) from None
 
 
-def _no_thread(thread: str, known: Sequence[str], db: Path | None) -> CliError:
+def _no_thread(thread: str, known: Sequence[str], db: Db | None) -> CliError:
     match = closest_name(thread, known)
     where = f" in {str(db)!r}" if db is not None else ""
     shown = [t for t in known if "::" not in t]
@@ -701,11 +764,13 @@ def _prog(ctx: click.Context) -> str:
     return ctx.find_root().info_name or "statemachine"
 
 
-def _resume_command(ctx: click.Context, target: str, db: Path | None, thread: str,
+def _resume_command(ctx: click.Context, target: str, db: Db | None, thread: str,
                     events: Sequence[str] = ()) -> str:
     words = ["resume", target]
     if db is not None:
         words += ["--db", str(db)]
+        if isinstance(db, str) and _schema() != DEFAULT_SCHEMA:
+            words += ["--schema", _schema()]
     words += ["--thread", thread]
     command = f"{_prog(ctx)} {shlex.join(words)}"
     if events:
@@ -715,8 +780,11 @@ def _resume_command(ctx: click.Context, target: str, db: Path | None, thread: st
 
 
 def _durable(app: CompiledGraph) -> bool:
-    """Whether another process can resume the app's threads (a file-backed store)."""
-    return app.checkpointer is not None and hasattr(app.checkpointer, "path")
+    """Whether another process can resume the app's threads (a store outside this process)."""
+    from checkpoints import MemoryCheckpointer
+
+    return app.checkpointer is not None and \
+        not isinstance(app.checkpointer, MemoryCheckpointer)
 
 
 def _setup_exit_code(exc: BaseException) -> int | None:
@@ -732,7 +800,7 @@ def _setup_exit_code(exc: BaseException) -> int | None:
     return None
 
 
-def _execute(ctx: click.Context, app: CompiledGraph, target: str, db: Path | None,
+def _execute(ctx: click.Context, app: CompiledGraph, target: str, db: Db | None,
              thread: str | None, call: Callable[[], Any], *, quiet: bool,
              show_traceback: bool) -> None:
     """Run `call` (an invoke or resume of `app`) with the progress display; report the end."""
@@ -775,7 +843,7 @@ def _latest(app: CompiledGraph, thread: str | None) -> Snapshot | None:
         return None
 
 
-def _thread_hint(ctx: click.Context, app: CompiledGraph, target: str, db: Path | None,
+def _thread_hint(ctx: click.Context, app: CompiledGraph, target: str, db: Db | None,
                  thread: str) -> str | None:
     snapshot = _latest(app, thread)
     if snapshot is None:
@@ -788,7 +856,7 @@ def _thread_hint(ctx: click.Context, app: CompiledGraph, target: str, db: Path |
 
 
 def _report_end(ctx: click.Context, err: Console, app: CompiledGraph, target: str,
-                db: Path | None, thread: str | None, snapshot: Snapshot | None,
+                db: Db | None, thread: str | None, snapshot: Snapshot | None,
                 display: RunDisplay, *, quiet: bool) -> None:
     status = snapshot.status if snapshot is not None else (display.last_status or "done")
     took = f"{display.steps} step{'s' if display.steps != 1 else ''} in " \
@@ -809,7 +877,7 @@ def _report_end(ctx: click.Context, err: Console, app: CompiledGraph, target: st
 
 
 def _report_failure(ctx: click.Context, err: Console, app: CompiledGraph, target: str,
-                    db: Path | None, thread: str | None, exc: BaseException,
+                    db: Db | None, thread: str | None, exc: BaseException,
                     display: RunDisplay, show_traceback: bool) -> None:
     snapshot = _latest(app, thread)
     step = snapshot.step if snapshot is not None else \
@@ -848,14 +916,6 @@ RUN_OPTIONS = [
 ]
 
 
-def _with(options: Sequence[Callable[[T], T]]) -> Callable[[T], T]:
-    def apply(fn: T) -> T:
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-    return apply
-
-
 @cli.command(epilog=EPILOG)
 @GRAPH_ARGUMENT
 @click.option("--input", "input_", default="{}", show_default=True, metavar="JSON",
@@ -864,7 +924,7 @@ def _with(options: Sequence[Callable[[T], T]]) -> Callable[[T], T]:
 @click.option("--thread", help="Thread id (with --db; generated when omitted).")
 @_with(RUN_OPTIONS)
 @click.pass_context
-def run(ctx: click.Context, target: str, input_: str, db: Path | None, thread: str | None,
+def run(ctx: click.Context, target: str, input_: str, db: Db | None, thread: str | None,
         max_steps: int, quiet: bool, show_traceback: bool) -> None:
     """Run GRAPH and print its final state as JSON (progress on stderr).
 
@@ -896,7 +956,7 @@ def run(ctx: click.Context, target: str, input_: str, db: Path | None, thread: s
               help='Events for a run waiting in wait_for(): {"name": value}; text, @file or -.')
 @_with(RUN_OPTIONS)
 @click.pass_context
-def resume(ctx: click.Context, target: str, db: Path | None, thread: str, event: str | None,
+def resume(ctx: click.Context, target: str, db: Db | None, thread: str, event: str | None,
            max_steps: int, quiet: bool, show_traceback: bool) -> None:
     """Continue a failed, interrupted, waiting or crashed run of GRAPH; print its final state.
 
@@ -965,11 +1025,11 @@ def _nodes_cell(row: dict[str, Any]) -> Text:
 @click.option("--all", "show_all", is_flag=True,
               help="Include the threads subgraph nodes run in (parent::node:...).")
 @click.option("--json", "as_json", is_flag=True, help="Print the threads as JSON.")
-def threads(db: Path | None, show_all: bool, as_json: bool) -> None:
+def threads(db: Db | None, show_all: bool, as_json: bool) -> None:
     """List every thread of the database with its status, newest first."""
     db = _need_db(db)
     with contextlib.ExitStack() as stack, _library_errors():
-        store = open_store(db, stack, create=False)
+        store = open_store(db, stack, create=False, read_only=True)
         infos = store.call(store.saver.threads)
     if not show_all:
         infos = [t for t in infos if "::" not in t.thread_id]
@@ -1004,14 +1064,14 @@ def threads(db: Path | None, show_all: bool, as_json: bool) -> None:
 @click.option("--graph", "target", metavar="GRAPH",
               help="Read through this graph (app.history()) instead of the stored writes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the checkpoints as JSON.")
-def history(db: Path | None, thread: str, target: str | None, as_json: bool) -> None:
+def history(db: Db | None, thread: str, target: str | None, as_json: bool) -> None:
     """List a thread's checkpoints, newest first: step, nodes that ran, status, time.
 
     Reads only the database (no user code) unless --graph is given.
     """
     db = _need_db(db)
     with contextlib.ExitStack() as stack, _library_errors():
-        store = open_store(db, stack, create=False)
+        store = open_store(db, stack, create=False, read_only=True)
         records = _load_records(store, thread)
         if target is not None:
             app = build_app(target, db, stack, create=False)
@@ -1064,7 +1124,7 @@ def _print_errors(out: Console, errors: Sequence[tuple[str, str | None]]) -> Non
 @click.option("--checkpoint", help="A checkpoint id (see `history`); default: the latest.")
 @click.option("--graph", "target", metavar="GRAPH",
               help="Rebuild the state with this graph when the checkpoint stores no snapshot.")
-def show(db: Path | None, thread: str, checkpoint: str | None, target: str | None) -> None:
+def show(db: Db | None, thread: str, checkpoint: str | None, target: str | None) -> None:
     """Print a thread's state (latest or at --checkpoint) as JSON.
 
     The latest checkpoint of a finished, failed or paused run always stores the whole state.
@@ -1074,7 +1134,7 @@ def show(db: Path | None, thread: str, checkpoint: str | None, target: str | Non
     db = _need_db(db)
     err = _stderr()
     with contextlib.ExitStack() as stack, _library_errors():
-        store = open_store(db, stack, create=False)
+        store = open_store(db, stack, create=False, read_only=True)
         records = _load_records(store, thread)
         chain = store.call(lambda: store.saver.load(thread, checkpoint))
         if chain is None:
@@ -1119,10 +1179,138 @@ def _summary(thread: str, row: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def _need_db(db: Path | None) -> Path:
+def _need_db(db: Db | None) -> Db:
     if db is None:
         raise CliError("--db FILE is required: the checkpoint database to read", EXIT_USAGE)
     return db
+
+
+# -- the work queue ---------------------------------------------------------------------------
+
+@cli.command(epilog=EPILOG)
+@GRAPH_ARGUMENT
+@DB_OPTION
+@click.option("--thread", required=True, help="The thread to run.")
+@click.option("--input", "input_", metavar="JSON",
+              help="Input state (new thread, or a new run of a finished one): JSON text, "
+                   "@file.json, or -. Without it the thread's unfinished run is continued.")
+@click.option("--event", metavar="JSON",
+              help='Events for a run waiting in wait_for(): {"name": value}.')
+@click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(1),
+              help="Runs of the job in all before it is given up as failed.")
+def submit(target: str, db: Db | None, thread: str, input_: str | None, event: str | None,
+           max_attempts: int) -> None:
+    """Queue a run of GRAPH for a worker and return at once (prints the thread id).
+
+    The input is checked against the state schema now; `statemachine worker` runs it.
+    """
+    db = _need_db(db)
+    data = _json_object(input_, "--input") if input_ is not None else None
+    events = _json_object(event, "--event") if event is not None else None
+    with contextlib.ExitStack() as stack, _library_errors():
+        app = build_app(target, db, stack, create=True)
+        try:
+            app.submit(data, thread, event=events, max_attempts=max_attempts)
+        except (ThreadBusyError, ThreadStateError, ThreadNotFoundError,
+                InvalidUpdateError) as exc:
+            raise CliError(str(exc), _setup_exit_code(exc) or EXIT_USAGE) from exc
+    click.echo(thread)
+
+
+@cli.command(epilog=EPILOG)
+@GRAPH_ARGUMENT
+@DB_OPTION
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1),
+              help="Runs this worker executes at once.")
+@click.option("--poll", default=0.5, show_default=True, type=click.FloatRange(0.01),
+              help="Seconds between looks at an empty queue.")
+@click.option("--lease", default=None, type=click.FloatRange(0.1),
+              help="Seconds a thread lease or job claim lasts without renewal: how soon a dead "
+                   "worker's job is taken over (default 30).")
+@click.option("--retry-delay", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds before the first retry of a failed run; doubles each attempt.")
+@click.option("--drain", is_flag=True, help="Exit once no job is queued or running.")
+@click.option("--max-jobs", type=click.IntRange(1), help="Exit after claiming this many jobs.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the summary at the end.")
+def worker(target: str, db: Db | None, concurrency: int, poll: float, lease: float | None,
+           retry_delay: float, drain: bool, max_jobs: int | None, quiet: bool) -> None:
+    """Run queued runs of GRAPH (see `submit`), claiming them from the store's queue.
+
+    Start as many workers as you like, on any machines that reach the database: each job goes
+    to one worker; a job whose worker died is taken over once its claim expires, and continues
+    from its last committed step; a failed run is retried up to its job's --max-attempts.
+    Ctrl-C or SIGTERM stops claiming and hands running jobs back to the queue.
+    """
+    import asyncio
+    import logging
+    import signal
+
+    from .worker import Worker
+
+    db = _need_db(db)
+    err = _stderr()
+    if not quiet:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(name)s %(message)s")
+    options = {} if lease is None else {"lease_seconds": lease}
+    with contextlib.ExitStack() as stack, _library_errors():
+        app = build_app(target, db, stack, create=True, **options)
+
+        async def work() -> Any:
+            runner = Worker(app, concurrency=concurrency, poll_interval=poll,
+                            retry_delay=retry_delay)
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, runner.stop)
+            if not quiet:
+                err.print(Text(f"worker {runner.identity.host}:{runner.identity.pid} on "
+                               f"{app.name} ({app.checkpointer!r}), concurrency {concurrency}"
+                               + ("; exits when the queue is empty" if drain else
+                                  "; Ctrl-C stops"), style="dim"))
+            return await runner.run(drain=drain, max_jobs=max_jobs)
+
+        stats = asyncio.run(work())
+    summary = (f"worker done: {stats.claimed} claimed, {stats.done} done, "
+               f"{stats.interrupted} interrupted, {stats.retried} retried, "
+               f"{stats.failed} failed" + (f", {stats.lost} lost to other workers"
+                                           if stats.lost else ""))
+    err.print(Text(summary, style="bold"))
+    for line in stats.errors:
+        err.print(Text(f"  {line}", style="red"), soft_wrap=True)
+
+
+@cli.command(epilog=EPILOG)
+@DB_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
+def jobs(db: Db | None, as_json: bool) -> None:
+    """List the work queue: each submitted job with its status and attempts."""
+    db = _need_db(db)
+    with contextlib.ExitStack() as stack, _library_errors():
+        store = open_store(db, stack, create=False, read_only=True)
+        infos = store.call(store.saver.jobs)
+    rows = [{"thread_id": j.thread_id, "status": j.status, "attempts": j.attempts,
+             "max_attempts": j.max_attempts, "error": j.error,
+             "submitted": format_time(j.submitted_at),
+             "finished": format_time(j.finished_at) if j.finished_at else None} for j in infos]
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        _stderr().print(Text(f"no jobs in {db}"))
+        return
+    from rich import box
+    from rich.table import Table
+
+    out = _stdout()
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for name in ("thread", "status", "attempts", "submitted", "finished"):
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(row["thread_id"], Text(row["status"], style=_STATUS_STYLE.get(
+            row["status"], "")), f"{row['attempts']}/{row['max_attempts']}", row["submitted"],
+            row["finished"] or "")
+    out.print(table)
+    _print_errors(out, [(f"thread {row['thread_id']}", row["error"]) for row in rows])
 
 
 # -- ui ---------------------------------------------------------------------------------------
@@ -1139,7 +1327,7 @@ def _need_db(db: Path | None) -> Path:
 @click.option("--allow-actions", is_flag=True,
               help="Show Resume and Rollback buttons (they write to the database; need "
                    "--graph). Without it the database is opened read-only.")
-def ui(db: Path | None, target: str | None, host: str, port: int, allow_actions: bool) -> None:
+def ui(db: Db | None, target: str | None, host: str, port: int, allow_actions: bool) -> None:
     """Serve a web viewer of the database's runs: threads, diagrams, timelines, states.
 
     Read-only by default: the file is opened with SQLite's read-only mode and never written.
@@ -1154,6 +1342,9 @@ def ui(db: Path | None, target: str | None, host: str, port: int, allow_actions:
     except ImportError as exc:
         raise CliError(f"the viewer needs {exc.name or 'starlette and uvicorn'}",
                        EXIT_NOT_FOUND, hint="pip install 'statemachine[ui]'") from exc
+    if isinstance(db, str):
+        raise CliError("the viewer reads SQLite files only; for PostgreSQL use the threads, "
+                       "history, show and jobs commands", EXIT_USAGE)
     if not db.is_file():
         raise CliError(f"no database file {str(db)!r}", EXIT_NOT_FOUND,
                        hint="give the file a run wrote (statemachine run ... --db FILE)")
