@@ -1,5 +1,6 @@
 """Shared test setup: hypothesis profiles bounded for CI (see README, "Running the tests")."""
 
+import itertools
 import os
 from pathlib import Path
 
@@ -16,19 +17,80 @@ settings.register_profile("soak", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+STORES = ["memory", "sqlite", "postgres"]
+"""Every backend the behavioural suites run against."""
+
+_schemas = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn():
+    """A real PostgreSQL server for the session: $STATEMACHINE_TEST_POSTGRES if set, else a
+    throwaway cluster started on loopback from the machine's PostgreSQL binaries (`.ci/run`
+    installs the Debian package). Without binaries the PostgreSQL tests skip — except under
+    CI, where they must run."""
+    if os.environ.get("STATEMACHINE_TEST_POSTGRES"):
+        yield os.environ["STATEMACHINE_TEST_POSTGRES"]
+        return
+    from statemachine.testing.postgres import PostgresNotFoundError, postgres_server
+
+    try:
+        server = postgres_server(fsync=False)
+        dsn = server.__enter__()
+    except PostgresNotFoundError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no PostgreSQL server for the tests: {exc}")
+    try:
+        yield dsn
+    finally:
+        server.__exit__(None, None, None)
+
+
+def postgres_schema() -> str:
+    """A schema of its own for each test, so tests sharing the server never see each other."""
+    return f"t{os.getpid()}_{next(_schemas)}"
+
+
+def make_checkpointer(kind: str, tmp_path: Path, request, **options):
+    """A new checkpointer of `kind` on a new, empty store."""
+    if kind == "memory":
+        return MemoryCheckpointer(**options)
+    if kind == "sqlite":
+        return SQLiteCheckpointer(tmp_path / "runs.db", **options)
+    from checkpoints import PostgresCheckpointer
+
+    dsn = request.getfixturevalue("postgres_dsn")
+    return PostgresCheckpointer(dsn, schema=postgres_schema(), **options)
+
+
 class Store:
     """Checkpointers over one store: `open()` after a failure plays a restarted process (a new
-    SQLiteCheckpointer on the same file; the same object for memory, which has no file)."""
+    checkpointer on the same file or database schema; the same object for memory, which has
+    nothing that outlives it)."""
 
-    def __init__(self, kind: str, path: Path) -> None:
-        self.kind, self.path = kind, path
+    def __init__(self, kind: str, path: Path, dsn: str | None = None) -> None:
+        self.kind, self.path, self.dsn = kind, path, dsn
+        self.schema = postgres_schema() if kind == "postgres" else None
         self._memory = MemoryCheckpointer() if kind == "memory" else None
-        self._opened: list[SQLiteCheckpointer] = []
+        self._opened: list = []
 
-    def open(self):
+    @property
+    def cli_args(self) -> list[str]:
+        """The CLI's options naming this store."""
+        if self.kind == "postgres":
+            return ["--db", str(self.dsn), "--schema", str(self.schema)]
+        return ["--db", str(self.path)]
+
+    def open(self, **options):
         if self._memory is not None:
             return self._memory
-        saver = SQLiteCheckpointer(self.path)
+        if self.kind == "postgres":
+            from checkpoints import PostgresCheckpointer
+
+            saver = PostgresCheckpointer(self.dsn, schema=self.schema, **options)
+        else:
+            saver = SQLiteCheckpointer(self.path, **options)
         self._opened.append(saver)
         return saver
 
@@ -37,9 +99,14 @@ class Store:
             saver.close()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def make_store(kind: str, tmp_path: Path, request) -> Store:
+    dsn = request.getfixturevalue("postgres_dsn") if kind == "postgres" else None
+    return Store(kind, tmp_path / "runs.db", dsn)
+
+
+@pytest.fixture(params=STORES)
 def store(request, tmp_path):
-    s = Store(request.param, tmp_path / "runs.db")
+    s = make_store(request.param, tmp_path, request)
     yield s
     s.close()
 

@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Annotated, Any
 
 import pytest
+from conftest import STORES, make_checkpointer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -35,15 +36,9 @@ from statemachine import (
 )
 
 
-def make_saver(kind: str, path, **kwargs):
-    if kind == "memory":
-        return MemoryCheckpointer(**kwargs)
-    return SQLiteCheckpointer(path / "runs.db", **kwargs)
-
-
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORES)
 def saver(request, tmp_path):
-    with make_saver(request.param, tmp_path) as checkpointer:
+    with make_checkpointer(request.param, tmp_path, request) as checkpointer:
         yield checkpointer
 
 
@@ -763,8 +758,8 @@ async def test_second_run_on_a_running_thread_is_busy(saver):
     assert (await app.ainvoke({"count": 5}, thread_id="t")).count == 6
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-async def test_live_run_keeps_its_thread_longer_than_lease_seconds(kind, tmp_path):
+@pytest.mark.parametrize("kind", STORES)
+async def test_live_run_keeps_its_thread_longer_than_lease_seconds(kind, tmp_path, request):
     async def slow(state: Count) -> dict:
         await asyncio.sleep(2.0)
         return {"count": state.count + 1}
@@ -773,7 +768,7 @@ async def test_live_run_keeps_its_thread_longer_than_lease_seconds(kind, tmp_pat
     g.add_node("slow", slow)
     g.add_edge(START, "slow")
     g.add_edge("slow", END)
-    with make_saver(kind, tmp_path, lease_seconds=0.5) as checkpointer:
+    with make_checkpointer(kind, tmp_path, request, lease_seconds=0.5) as checkpointer:
         app = g.compile(checkpointer=checkpointer)
         first = asyncio.create_task(app.ainvoke({"count": 0}, thread_id="t"))
         try:
