@@ -23,6 +23,7 @@ of connections serves every event loop; the sync API does its I/O in the calling
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import os
 import re
@@ -189,7 +190,9 @@ class PostgresCheckpointer(Checkpointer):
         self._pool = ConnectionPool(
             dsn, min_size=min(min_connections, max_connections), max_size=max_connections,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
-            configure=self._configure, check=ConnectionPool.check_connection,
+            # no check on checkout (a round trip per statement): a broken connection fails
+            # its statement, which is retried on a fresh one — every statement is repeatable
+            configure=self._configure,
             timeout=connect_timeout, reconnect_timeout=max(reconnect_seconds, 1.0),
             name=f"statemachine:{schema}", open=False)
         try:
@@ -507,7 +510,7 @@ class PostgresCheckpointer(Checkpointer):
         if retry_in is not None:
             return await self._execute(
                 f"UPDATE jobs SET status = 'queued', available_at = {_NOW} + %s, error = %s, "
-                "claimed_by = NULL, claim_key = NULL, claimed_until = NULL, "
+                "claimed_by = NULL, claimed_until = NULL, "
                 "attempts = attempts - %s WHERE thread_id = %s AND claim_key = %s",
                 (retry_in, error, 0 if count_attempt else 1, job.thread_id,
                  job.claim_key)) == 1
@@ -569,6 +572,10 @@ class PostgresCheckpointer(Checkpointer):
                     raise CheckpointError(
                         f"lost the connection to PostgreSQL at {self.where} and could not get "
                         f"it back within {self.reconnect_seconds:g} s: {exc}") from exc
+                # the other idle connections likely broke too (a restart drops them all):
+                # test them now, so the retry gets a live one or a new one
+                with contextlib.suppress(Exception):
+                    self._pool.check()
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
             except psycopg.errors.ReadOnlySqlTransaction as exc:

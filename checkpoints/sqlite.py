@@ -377,7 +377,7 @@ class SQLiteCheckpointer(Checkpointer):
         if retry_in is not None:
             changed, _ = await self._execute(
                 "UPDATE jobs SET status = 'queued', available_at = ?, error = ?, "
-                "claimed_by = NULL, claim_key = NULL, claimed_until = NULL, "
+                "claimed_by = NULL, claimed_until = NULL, "
                 "attempts = attempts - ? WHERE thread_id = ? AND claim_key = ?",
                 (time.time() + retry_in, error, 0 if count_attempt else 1, job.thread_id,
                  job.claim_key))

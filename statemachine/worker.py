@@ -34,6 +34,7 @@ from pydantic_core import to_json
 
 from .errors import (
     CheckpointerRequiredError,
+    CheckpointError,
     GraphValidationError,
     InvalidUpdateError,
     ThreadBusyError,
@@ -164,7 +165,13 @@ class Worker:
         while not self._stopping.is_set():
             if max_jobs is not None and self.stats.claimed >= max_jobs:
                 return
-            job = await self.saver.claim(self.identity)
+            try:
+                job = await self.saver.claim(self.identity)
+            except CheckpointError as exc:  # the store is unreachable: wait, then look again
+                log.error("cannot claim a job: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), max(self.poll_interval, 1.0))
+                continue
             if job is None:
                 if drain and not any(j.status in ("queued", "running")
                                      for j in await self.saver.jobs()):
@@ -173,7 +180,13 @@ class Worker:
                     await asyncio.wait_for(self._stopping.wait(), self.poll_interval)
                 continue
             self.stats.claimed += 1
-            await self._run_job(job)
+            try:
+                await self._run_job(job)
+            except CheckpointError as exc:
+                # the job's outcome could not be recorded; its claim expires and another
+                # worker continues the thread from its last committed step
+                self.stats.errors.append(f"{job.thread_id}: {exc}")
+                log.error("could not record the end of %s: %s", job.thread_id, exc)
 
     async def _run_job(self, job: ClaimedJob) -> None:
         thread = job.thread_id
