@@ -17,6 +17,7 @@ import pytest
 
 from checkpoints import SQLiteCheckpointer
 from statemachine import END, START, CachePolicy, StateGraph, ThreadStateError
+from statemachine._sync import run_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -639,3 +640,42 @@ def test_every_example_has_its_diagram_committed_beside_it(name):
     ids = {g.get("id") for g in ElementTree.parse(svg).getroot().iter(
         "{http://www.w3.org/2000/svg}g")}
     assert set(load(name).graph.compile().nodes) <= ids  # drawn from the current graph
+
+
+# -- scale_out ------------------------------------------------------------------------------------
+
+def test_scale_out_runs_every_document_once_across_two_worker_processes(postgres_dsn):
+    result = run_script("scale_out", postgres_dsn)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "submitted 12 documents"
+    summaries = [line for line in lines if line.startswith("worker done: ")]
+    assert len(summaries) == 2
+    claimed = [int(line.split()[2]) for line in summaries]
+    retried = [int(line.split(", ")[3].split()[0]) for line in summaries]
+    assert sum(claimed) == 12 + 4 and sum(retried) == 4  # documents 3, 6, 9, 12 fail once
+    assert "done: 12 of 12; retried after a failure: 4" in lines
+    # each node's committed run happened once per document, whichever worker ran it
+    assert ("committed node runs: {'fetch': 12, 'extract': 12, 'classify': 12, 'store': 12}"
+            in lines)
+
+
+def test_scale_out_failure_is_retried_from_the_failed_node_not_from_scratch(postgres_dsn,
+                                                                            tmp_path,
+                                                                            monkeypatch):
+    from conftest import postgres_schema
+
+    from checkpoints import PostgresCheckpointer
+    from statemachine.worker import Worker
+
+    example = load("scale_out")
+    monkeypatch.setenv("SCALE_OUT_FLAKY_DIR", str(tmp_path))
+    with PostgresCheckpointer(postgres_dsn, schema=postgres_schema()) as saver:
+        app = example.graph.compile(checkpointer=saver)
+        app.submit({"doc_id": 3}, thread_id="doc-3")
+        stats = run_sync(lambda: Worker(app, retry_delay=0).run(drain=True))
+        assert (stats.claimed, stats.retried, stats.done) == (2, 1, 1)
+        trail = [step.split("@")[0] for step in app.get_state("doc-3").state.trail]
+        assert trail == ["fetch", "extract", "classify", "store"]
+        # the failed attempt is in the history: fetch committed once, before the failure
+        assert [s.status for s in app.history("doc-3")].count("failed") == 1
