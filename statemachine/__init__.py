@@ -2,7 +2,8 @@
 
 Declare the state as a pydantic model (reducers say how updates merge), build a `StateGraph`
 of plain functions or coroutines, `compile()` it (every problem reported at once), and run it
-with `invoke`/`stream`, checkpointed to SQLite step by step when you give it a checkpointer.
+with `invoke`/`stream`, checkpointed to SQLite (or PostgreSQL) step by step when you give it a
+checkpointer. `app.submit()` queues runs for `Worker`s (`statemachine worker`) to execute.
 """
 
 from . import reducers
@@ -28,6 +29,7 @@ from .graph import StateGraph
 from .policies import CachePolicy, RetryPolicy
 from .types import NodeFailure, RunContext, Snapshot, StepEvent
 from .waiting import wait_for
+from .worker import Worker, WorkerStats
 
 __all__ = [
     "END",
@@ -56,6 +58,8 @@ __all__ = [
     "ThreadBusyError",
     "ThreadNotFoundError",
     "ThreadStateError",
+    "Worker",
+    "WorkerStats",
     "reducers",
     "use_clock",
     "wait_for",
