@@ -124,7 +124,8 @@ CREATE TABLE jobs (
     claimed_until DOUBLE PRECISION,
     error TEXT,
     submitted_at DOUBLE PRECISION NOT NULL,
-    finished_at DOUBLE PRECISION
+    finished_at DOUBLE PRECISION,
+    submit_key TEXT
 );
 CREATE INDEX jobs_ready ON jobs(available_at) WHERE status IN ('queued', 'running');
 """
@@ -335,8 +336,9 @@ class PostgresCheckpointer(Checkpointer):
             return False
         return await self._execute(
             f"UPDATE threads SET owner = %s, owner_pid = %s, owner_host = %s, lease_expires = "
-            f"{_NOW} + %s WHERE thread_id = %s AND owner = %s",
-            (owner.token, owner.pid, owner.host, self.lease_seconds, thread_id, token)) == 1
+            f"{_NOW} + %s WHERE thread_id = %s AND owner IN (%s, %s)",  # ours: a retry
+            (owner.token, owner.pid, owner.host, self.lease_seconds, thread_id, token,
+             owner.token)) == 1
 
     async def release(self, thread_id: str, owner: Owner) -> None:
         self._heartbeat.drop(thread_id, owner.token)
@@ -463,18 +465,25 @@ class PostgresCheckpointer(Checkpointer):
 
     async def enqueue(self, thread_id: str, *, input: str | None, event: str | None,
                       base: str | None, max_attempts: int) -> None:
+        key = uuid.uuid4().hex
+
         def enqueue(conn: psycopg.Connection) -> bool:
-            return conn.execute(
+            queued = conn.execute(
                 "INSERT INTO jobs(thread_id, input, event, base, status, attempts, "
-                f"max_attempts, available_at, submitted_at) VALUES (%s, %s, %s, %s, 'queued', "
-                f"0, %s, {_NOW}, {_NOW}) ON CONFLICT (thread_id) DO UPDATE SET "
-                "input = excluded.input, event = excluded.event, base = excluded.base, "
+                "max_attempts, available_at, submitted_at, submit_key) VALUES (%s, %s, %s, "
+                f"%s, 'queued', 0, %s, {_NOW}, {_NOW}, %s) ON CONFLICT (thread_id) DO UPDATE "
+                "SET input = excluded.input, event = excluded.event, base = excluded.base, "
                 "status = 'queued', attempts = 0, max_attempts = excluded.max_attempts, "
                 "available_at = excluded.available_at, claimed_by = NULL, claim_key = NULL, "
                 "claimed_until = NULL, error = NULL, submitted_at = excluded.submitted_at, "
-                "finished_at = NULL WHERE jobs.status NOT IN ('queued', 'running') "
-                "RETURNING 1", (thread_id, input, event, base, max_attempts)
-            ).fetchone() is not None
+                "finished_at = NULL, submit_key = excluded.submit_key "
+                "WHERE jobs.status NOT IN ('queued', 'running') RETURNING 1",
+                (thread_id, input, event, base, max_attempts, key)).fetchone() is not None
+            # not queued: another job holds the thread, or this very submission landed
+            # before a retry
+            return queued or conn.execute(
+                "SELECT 1 FROM jobs WHERE thread_id = %s AND submit_key = %s",
+                (thread_id, key)).fetchone() is not None
 
         if not await self._call(enqueue):
             raise job_busy_error(thread_id)
@@ -508,12 +517,21 @@ class PostgresCheckpointer(Checkpointer):
                      retry_in: float | None = None, count_attempt: bool = True) -> bool:
         self._heartbeat.drop_claim(job.thread_id, job.claim_key)
         if retry_in is not None:
-            return await self._execute(
-                f"UPDATE jobs SET status = 'queued', available_at = {_NOW} + %s, error = %s, "
-                "claimed_by = NULL, claimed_until = NULL, "
-                "attempts = attempts - %s WHERE thread_id = %s AND claim_key = %s",
-                (retry_in, error, 0 if count_attempt else 1, job.thread_id,
-                 job.claim_key)) == 1
+            def requeue(conn: psycopg.Connection) -> bool:
+                # only from running, so a retry of a requeue that landed changes nothing more;
+                # the job keeps its claim key until claimed again, which recognises that retry
+                changed = conn.execute(
+                    f"UPDATE jobs SET status = 'queued', available_at = {_NOW} + %s, "
+                    "error = %s, claimed_by = NULL, claimed_until = NULL, "
+                    "attempts = attempts - %s WHERE thread_id = %s AND claim_key = %s "
+                    "AND status = 'running'",
+                    (retry_in, error, 0 if count_attempt else 1, job.thread_id,
+                     job.claim_key)).rowcount
+                return changed == 1 or conn.execute(
+                    "SELECT 1 FROM jobs WHERE thread_id = %s AND claim_key = %s AND "
+                    "status = 'queued'", (job.thread_id, job.claim_key)).fetchone() is not None
+
+            return await self._call(requeue)
         return await self._execute(
             f"UPDATE jobs SET status = %s, error = %s, finished_at = {_NOW}, claimed_by = NULL, "
             "claimed_until = NULL WHERE thread_id = %s AND claim_key = %s",

@@ -1,7 +1,10 @@
-"""The SQLite file itself: what is in it, what is refused, how it grows, who may write it.
+"""The stores themselves: what is in them, what is refused, how they grow, who may write them.
 
-Everything here reads the file back with the plain `sqlite3` module, as a user inspecting a
-database would, and compares bytes where the file must not change.
+The SQLite file format (headers, WAL, application id, migrations) is checked against SQLite
+alone; everything a durable store must do whatever holds it runs against SQLite and PostgreSQL
+(`backend`), reading the rows back with the plain `sqlite3` module or `psycopg`, as a user
+inspecting a database would, and comparing bytes (SQLite) or every row (PostgreSQL) where the
+store must not change. PostgreSQL's own concerns are in test_postgres.py.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from pathlib import Path
 from typing import Annotated
 
 import pytest
+from conftest import Store, make_store, postgres_schema
 from pydantic import BaseModel
 
 from checkpoints import SQLiteCheckpointer
+from checkpoints import sqlite as sqlite_module
 from statemachine import (
     END,
     START,
@@ -33,7 +38,18 @@ from statemachine import (
 )
 
 APPLICATION_ID = 0x53544D43  # "STMC"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = sqlite_module.SCHEMA_VERSION
+
+DURABLE = ["sqlite", "postgres"]
+"""The backends whose data outlives the checkpointer (memory has nothing to reopen)."""
+
+
+@pytest.fixture(params=DURABLE)
+def backend(request, tmp_path):
+    """An empty durable store; `backend.open()` is a checkpointer of a fresh process on it."""
+    store = make_store(request.param, tmp_path, request)
+    yield store
+    store.close()
 
 
 class Items(BaseModel):
@@ -88,6 +104,44 @@ def rows(path: Path, sql: str, *args: object) -> list[tuple]:
         return conn.execute(sql, args).fetchall()
     finally:
         conn.close()
+
+
+def _pg_connect(store: Store):
+    import psycopg
+
+    conn = psycopg.connect(store.dsn, autocommit=True)
+    conn.execute(f'SET search_path TO "{store.schema}"')
+    return conn
+
+
+def query(store: Store, sql: str, *args: object) -> list[tuple]:
+    """Rows of a query on the store's own tables (`?` placeholders, for either backend)."""
+    if store.kind == "sqlite":
+        return rows(store.path, sql, *args)
+    with _pg_connect(store) as conn:
+        return [tuple(row) for row in conn.execute(sql.replace("?", "%s"), args).fetchall()]
+
+
+def change(store: Store, sql: str, *args: object) -> None:
+    """Run one statement on the store from outside statemachine, as another program would."""
+    if store.kind == "sqlite":
+        conn = sqlite3.connect(store.path, timeout=10)
+        with conn:
+            conn.execute(sql, args)
+        conn.close()
+        return
+    with _pg_connect(store) as conn:
+        conn.execute(sql.replace("?", "%s"), args)
+
+
+def dump(store: Store) -> dict[str, list[tuple]]:
+    """Every row of every table in a PostgreSQL store's schema."""
+    with _pg_connect(store) as conn:
+        tables = [name for (name,) in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+            "ORDER BY table_name", (store.schema,))]
+        return {name: sorted((tuple(row) for row in conn.execute(f'SELECT * FROM "{name}"')),
+                             key=repr) for name in tables}
 
 
 def siblings(path: Path) -> set[str]:
@@ -200,9 +254,8 @@ def test_close_folds_the_write_ahead_log_into_the_file(tmp_path):
 
 # -- JSON, readable ---------------------------------------------------------------------------
 
-def test_everything_is_stored_as_json_readable_with_sqlite3(tmp_path):
-    path = tmp_path / "runs.db"
-    with SQLiteCheckpointer(path) as saver:
+def test_everything_is_stored_as_json_readable_with_plain_sql(backend):
+    with backend.open() as saver:
         app = fan_out({"b": 1}, []).compile(checkpointer=saver)
         with pytest.raises(RuntimeError):
             app.invoke({}, thread_id="failed")
@@ -210,25 +263,34 @@ def test_everything_is_stored_as_json_readable_with_sqlite3(tmp_path):
 
     # no pickles, no blobs: every payload column is text (or NULL) holding JSON
     for column in ("next", "writes", "snapshot", "extra"):
-        kinds = {k for (k,) in rows(path, f"SELECT DISTINCT typeof({column}) FROM checkpoints")}
-        assert kinds <= {"text", "null"}, column
-        for (text,) in rows(path, f"SELECT {column} FROM checkpoints WHERE {column} NOT NULL"):
+        if backend.kind == "sqlite":
+            kinds = {k for (k,) in query(backend,
+                                         f"SELECT DISTINCT typeof({column}) FROM checkpoints")}
+            assert kinds <= {"text", "null"}, column
+        else:
+            assert query(backend, "SELECT data_type FROM information_schema.columns WHERE "
+                                  "table_schema = ? AND table_name = 'checkpoints' AND "
+                                  "column_name = ?", backend.schema, column) == [("text",)]
+        for (text,) in query(backend,
+                             f"SELECT {column} FROM checkpoints WHERE {column} IS NOT NULL"):
             json.loads(text)
 
-    done = rows(path, "SELECT c.snapshot, c.next, c.status FROM checkpoints c JOIN threads t "
-                      "ON t.key = c.thread WHERE t.thread_id = 'done' ORDER BY c.id DESC LIMIT 1")
+    done = query(backend, "SELECT c.snapshot, c.next, c.status FROM checkpoints c JOIN "
+                          "threads t ON t.key = c.thread WHERE t.thread_id = 'done' ORDER BY "
+                          "c.id DESC LIMIT 1")
     snapshot, nxt, status = done[0]
     assert json.loads(snapshot) == final.model_dump(mode="json") == \
         {"total": 4, "log": ["a", "b", "c", "d"]}
     assert (json.loads(nxt), status) == ([], "done")
 
-    writes = rows(path, "SELECT c.writes FROM checkpoints c JOIN threads t ON t.key = c.thread "
-                        "WHERE t.thread_id = 'done' AND c.step = 2")
+    writes = query(backend, "SELECT c.writes FROM checkpoints c JOIN threads t ON "
+                            "t.key = c.thread WHERE t.thread_id = 'done' AND c.step = 2")
     assert json.loads(writes[0][0]) == [["d", 0, {"total": 1, "log": ["d"]}]]
 
-    failed = rows(path, "SELECT c.next, c.status, c.error, p.node, p.writes FROM checkpoints c "
-                        "JOIN threads t ON t.key = c.thread JOIN pending_writes p ON "
-                        "p.checkpoint = c.id WHERE t.thread_id = 'failed' ORDER BY p.node")
+    failed = query(backend, "SELECT c.next, c.status, c.error, p.node, p.writes FROM "
+                            "checkpoints c JOIN threads t ON t.key = c.thread JOIN "
+                            "pending_writes p ON p.checkpoint = c.id WHERE "
+                            "t.thread_id = 'failed' ORDER BY p.node")
     assert [(json.loads(n), s, node, json.loads(w)) for n, s, _, node, w in failed] == [
         (["a", "b", "c"], "failed", "a", {"total": 1, "log": ["a"]}),
         (["a", "b", "c"], "failed", "c", {"total": 1, "log": ["c"]}),
@@ -249,8 +311,7 @@ class Order(BaseModel):
     refs: Annotated[list[uuid.UUID], reducers.append] = []
 
 
-def test_rich_field_types_come_back_as_themselves_from_a_reopened_file(tmp_path):
-    path = tmp_path / "runs.db"
+def test_rich_field_types_come_back_as_themselves_from_a_reopened_store(backend):
     first_ref, second_ref = uuid.uuid4(), uuid.uuid4()
 
     def add_line(state: Order) -> dict:
@@ -265,10 +326,10 @@ def test_rich_field_types_come_back_as_themselves_from_a_reopened_file(tmp_path)
                             {"again": "add_line", "done": END})
     start = Order(id=uuid.uuid4(), placed=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
                   amount=Decimal("19.99"))
-    with SQLiteCheckpointer(path) as saver:
+    with backend.open() as saver:
         final = g.compile(checkpointer=saver).invoke(start, thread_id="order")
 
-    with SQLiteCheckpointer(path) as saver:
+    with backend.open() as saver:
         app = g.compile(checkpointer=saver)
         states = [h.state for h in app.history("order")] + [app.get_state("order").state]
     assert states[0] == final
@@ -289,29 +350,42 @@ LOOP = 1000
 
 
 @pytest.fixture
-def long_thread(tmp_path):
+def long_thread(backend):
     """A 1,000-iteration loop that appends one short string per iteration."""
-    path = tmp_path / "runs.db"
-    with SQLiteCheckpointer(path) as saver:
+    with backend.open() as saver:
         final = loop(LOOP).compile(checkpointer=saver).invoke({}, thread_id="long")
-    return path, final
+    return backend, final
 
 
 def test_storage_grows_with_the_writes_not_with_the_state(long_thread):
-    path, final = long_thread
+    store, final = long_thread
     state_json = len(final.model_dump_json())
     assert final.n == LOOP
-    size = sum(p.stat().st_size for p in path.parent.iterdir() if p.name.startswith("runs.db"))
     # re-serialising the state every step would take ~ LOOP * state_json / 2 (about 5 MB here)
-    assert size < 400 * LOOP + 4 * state_json, (size, state_json)
+    if store.kind == "sqlite":
+        size = sum(p.stat().st_size for p in store.path.parent.iterdir()
+                   if p.name.startswith("runs.db"))
+        assert size < 400 * LOOP + 4 * state_json, (size, state_json)
+    else:
+        # the rows themselves, as PostgreSQL stores them
+        (size,) = query(store, "SELECT (SELECT coalesce(sum(pg_column_size(c.*)), 0) FROM "
+                               "checkpoints c) + (SELECT coalesce(sum(pg_column_size(p.*)), 0) "
+                               "FROM pending_writes p)")[0]
+        assert size < 400 * LOOP + 4 * state_json, (size, state_json)
+        # on disk: heap, indexes and the fixed pages of every table, still linear in the writes
+        (disk,) = query(store, "SELECT sum(pg_total_relation_size((quote_ident(table_schema) "
+                               "|| '.' || quote_ident(table_name))::regclass)) FROM "
+                               "information_schema.tables WHERE table_schema = ?",
+                        store.schema)[0]
+        assert disk < 800 * LOOP + 4 * state_json, (disk, state_json)
     # full snapshots are spaced out as the state grows: their total is linear in it
-    (snapshots,) = rows(path, "SELECT coalesce(sum(length(snapshot)), 0) FROM checkpoints")[0]
+    (snapshots,) = query(store, "SELECT coalesce(sum(length(snapshot)), 0) FROM checkpoints")[0]
     assert snapshots < 8 * state_json, (snapshots, state_json)
 
 
 async def test_reading_a_state_replays_a_bounded_chain(long_thread):
-    path, final = long_thread
-    async with SQLiteCheckpointer(path) as saver:
+    store, final = long_thread
+    async with store.open() as saver:
         records = await saver.list("long")
         assert len(records) == LOOP + 1
         head = await saver.load("long")
@@ -325,18 +399,15 @@ async def test_reading_a_state_replays_a_bounded_chain(long_thread):
 
 
 def test_get_state_does_not_read_the_whole_history(long_thread):
-    path, final = long_thread
-    conn = sqlite3.connect(path)
-    with conn:  # damage the first half of the history beyond repair
-        conn.execute("UPDATE checkpoints SET writes = '[garbage', snapshot = "
-                     "CASE WHEN snapshot IS NULL THEN NULL ELSE '{garbage' END "
-                     "WHERE step < ?", (LOOP // 2,))
-    conn.close()
-    with SQLiteCheckpointer(path) as saver:
+    store, final = long_thread
+    # damage the first half of the history beyond repair
+    change(store, "UPDATE checkpoints SET writes = '[garbage', snapshot = "
+                  "CASE WHEN snapshot IS NULL THEN NULL ELSE '{garbage' END "
+                  "WHERE step < ?", LOOP // 2)
+    with store.open() as saver:
         app = loop(LOOP).compile(checkpointer=saver)
         assert app.get_state("long").state == final
-        ids = {step: cid for cid, step in
-               rows(path, "SELECT id, step FROM checkpoints")}
+        ids = {step: cid for cid, step in query(store, "SELECT id, step FROM checkpoints")}
         late = app.get_state("long", str(ids[LOOP - 50]))
         assert late.state.n == LOOP - 50 and len(late.state.items) == LOOP - 50
         with pytest.raises(CheckpointError):  # the damage is real where it is read
@@ -361,10 +432,9 @@ def shout_graph() -> StateGraph:
     return g
 
 
-async def test_many_threads_and_graphs_share_one_file(tmp_path):
-    path = tmp_path / "shared.db"
+async def test_many_threads_and_graphs_share_one_store(backend):
     names = [f"order {i} 'ü'; DROP TABLE checkpoints; --" for i in range(8)]
-    async with SQLiteCheckpointer(path) as one, SQLiteCheckpointer(path) as two:
+    async with backend.open() as one, backend.open() as two:
         counter = loop(5).compile(checkpointer=one)
         words = shout_graph().compile(checkpointer=two)
         results = await asyncio.gather(
@@ -384,10 +454,10 @@ async def test_many_threads_and_graphs_share_one_file(tmp_path):
         listed_two = {t.thread_id for t in await two.threads()}
         assert listed_one == listed_two == {f"{kind}/{name}" for kind in ("count", "word")
                                             for name in names}
-    assert rows(path, "SELECT count(*) FROM threads") == [(16,)]
+    assert query(backend, "SELECT count(*) FROM threads") == [(16,)]
 
 
-def test_sync_runs_from_many_os_threads_share_one_checkpointer(tmp_path):
+def test_sync_runs_from_many_os_threads_share_one_checkpointer(backend):
     results: dict[int, Items] = {}
     errors: list[BaseException] = []
 
@@ -397,7 +467,7 @@ def test_sync_runs_from_many_os_threads_share_one_checkpointer(tmp_path):
         except BaseException as exc:
             errors.append(exc)
 
-    with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
+    with backend.open() as saver:
         app = loop(60).compile(checkpointer=saver)
         workers = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
         for w in workers:
@@ -411,8 +481,7 @@ def test_sync_runs_from_many_os_threads_share_one_checkpointer(tmp_path):
         assert sorted(t.thread_id for t in app.threads()) == [f"worker-{i}" for i in range(6)]
 
 
-async def test_threads_lists_status_and_who_is_busy_across_checkpointers(tmp_path):
-    path = tmp_path / "runs.db"
+async def test_threads_lists_status_and_who_is_busy_across_checkpointers(backend):
     release = threading.Event()
 
     def wait(state: Word) -> dict:
@@ -423,7 +492,7 @@ async def test_threads_lists_status_and_who_is_busy_across_checkpointers(tmp_pat
     g.add_node("wait", wait)
     g.add_edge(START, "wait")
     g.add_edge("wait", END)
-    async with SQLiteCheckpointer(path) as one, SQLiteCheckpointer(path) as two:
+    async with backend.open() as one, backend.open() as two:
         shout_graph().compile(checkpointer=one).invoke({"text": "a"}, thread_id="finished")
         holder = g.compile(checkpointer=one)
         running = asyncio.create_task(holder.ainvoke({}, thread_id="running"))
@@ -445,8 +514,7 @@ async def test_threads_lists_status_and_who_is_busy_across_checkpointers(tmp_pat
         assert (await intruder.aresume("running")).text == "released"
 
 
-async def test_a_run_that_lost_its_lease_cannot_commit(tmp_path):
-    path = tmp_path / "runs.db"
+async def test_a_run_that_lost_its_lease_cannot_commit(backend):
     entered = asyncio.Event()
     release = asyncio.Event()
 
@@ -464,32 +532,31 @@ async def test_a_run_that_lost_its_lease_cannot_commit(tmp_path):
     for name in ("quick", "slow"):
         g.add_edge(START, name)
         g.add_edge(name, END)
-    async with SQLiteCheckpointer(path) as saver:
+    async with backend.open() as saver:
         app = g.compile(checkpointer=saver)
         run = asyncio.create_task(app.ainvoke({}, thread_id="t"))
         await asyncio.wait_for(entered.wait(), 5)
         await asyncio.sleep(0.1)
-        before = rows(path, "SELECT count(*) FROM checkpoints")
+        before = query(backend, "SELECT count(*) FROM checkpoints")
         # another run took the thread over (as after an expired lease)
-        conn = sqlite3.connect(path, timeout=10)
-        with conn:
-            conn.execute("UPDATE threads SET owner = 'someone-else', owner_pid = 1, "
-                         "lease_expires = 9e18 WHERE thread_id = 't'")
-        conn.close()
+        await asyncio.to_thread(
+            change, backend, "UPDATE threads SET owner = 'someone-else', owner_pid = 1, "
+                             "lease_expires = 9e18 WHERE thread_id = 't'")
         release.set()
         with pytest.raises(ThreadBusyError, match="taken over"):
             await run
-        assert rows(path, "SELECT count(*) FROM checkpoints") == before
-        assert rows(path, "SELECT status FROM checkpoints") == [("running",)]
-        assert rows(path, "SELECT owner FROM threads") == [("someone-else",)]
+        assert query(backend, "SELECT count(*) FROM checkpoints") == before
+        assert query(backend, "SELECT status FROM checkpoints") == [("running",)]
+        # the quick node's update landed while the run held the thread; the slow one's did not
+        assert query(backend, "SELECT node FROM pending_writes") == [("quick",)]
+        assert query(backend, "SELECT owner FROM threads") == [("someone-else",)]
 
 
-def test_a_failed_run_resumes_from_a_reopened_file(tmp_path):
-    path = tmp_path / "runs.db"
+def test_a_failed_run_resumes_from_a_reopened_store(backend):
     ran: list[str] = []
-    with SQLiteCheckpointer(path) as saver, pytest.raises(RuntimeError):
+    with backend.open() as saver, pytest.raises(RuntimeError):
         fan_out({"c": 1}, ran).compile(checkpointer=saver).invoke({}, thread_id="t")
-    with SQLiteCheckpointer(path) as saver:
+    with backend.open() as saver:
         app = fan_out({}, ran).compile(checkpointer=saver)
         assert app.get_state("t").next == ("c",)
         final = app.resume("t")
@@ -527,7 +594,8 @@ def test_a_version_1_file_is_migrated_and_keeps_its_threads(tmp_path):
     saver = SQLiteCheckpointer(path)
     try:
         with sqlite3.connect(path) as db:
-            assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+            assert db.execute("SELECT version FROM schema_version").fetchall() == [
+                (SCHEMA_VERSION,)]
             columns = {row[1] for row in db.execute("PRAGMA table_info(checkpoints)")}
             assert "marked_at" in columns
         app = loop(9).compile(checkpointer=saver)
@@ -556,12 +624,15 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path):
         assert rows(db, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
 
 
-def test_a_read_only_checkpointer_reads_everything_and_changes_nothing(tmp_path):
-    path = tmp_path / "runs.db"
-    with SQLiteCheckpointer(path) as saver:
+def test_a_read_only_checkpointer_reads_everything_and_changes_nothing(backend, tmp_path):
+    with backend.open() as saver:
         loop(3).compile(checkpointer=saver).invoke({}, thread_id="t")
-    before = path.read_bytes()
-    with SQLiteCheckpointer(path, read_only=True) as reader:
+
+    def contents() -> object:
+        return backend.path.read_bytes() if backend.kind == "sqlite" else dump(backend)
+
+    before = contents()
+    with backend.open(read_only=True) as reader:
         app = loop(5).compile(checkpointer=reader)
         assert app.get_state("t").state == Items(n=3, items=["item-0", "item-1", "item-2"])
         assert len(app.history("t")) == 4 and [t.thread_id for t in app.threads()] == ["t"]
@@ -569,7 +640,16 @@ def test_a_read_only_checkpointer_reads_everything_and_changes_nothing(tmp_path)
             app.invoke({}, thread_id="t")
         with pytest.raises(CheckpointError, match="read-only"):
             app.update_state("t", {"n": 9})
-    assert path.read_bytes() == before
-    with pytest.raises(CheckpointError, match="no database file"):
-        SQLiteCheckpointer(tmp_path / "missing.db", read_only=True)
-    assert not (tmp_path / "missing.db").exists()
+    assert contents() == before
+    if backend.kind == "sqlite":
+        with pytest.raises(CheckpointError, match="no database file"):
+            SQLiteCheckpointer(tmp_path / "missing.db", read_only=True)
+        assert not (tmp_path / "missing.db").exists()
+    else:
+        from checkpoints import PostgresCheckpointer
+
+        missing = postgres_schema()
+        with pytest.raises(CheckpointError, match="holds no statemachine tables"):
+            PostgresCheckpointer(backend.dsn, schema=missing, read_only=True)
+        assert query(backend, "SELECT count(*) FROM information_schema.schemata WHERE "
+                              "schema_name = ?", missing) == [(0,)]
