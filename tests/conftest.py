@@ -1,5 +1,6 @@
 """Shared test setup: hypothesis profiles bounded for CI (see README, "Running the tests")."""
 
+import contextlib
 import itertools
 import os
 from pathlib import Path
@@ -82,6 +83,27 @@ class Store:
             return ["--db", str(self.dsn), "--schema", str(self.schema)]
         return ["--db", str(self.path)]
 
+    @property
+    def opener(self) -> str:
+        """Python source of an expression that opens this store, for scripts run as real
+        processes (they `import checkpoints`)."""
+        if self.kind == "postgres":
+            return f"checkpoints.PostgresCheckpointer({self.dsn!r}, schema={self.schema!r})"
+        return f"checkpoints.SQLiteCheckpointer({str(self.path)!r})"
+
+    def rows(self, sql: str) -> list[tuple]:
+        """Run a read-only query on the store's tables (SQLite file or PostgreSQL schema)."""
+        if self.kind == "postgres":
+            import psycopg
+
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                conn.execute(f"SET search_path TO {self.schema}")
+                return conn.execute(sql).fetchall()
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(self.path)) as conn:
+            return conn.execute(sql).fetchall()
+
     def open(self, **options):
         if self._memory is not None:
             return self._memory
@@ -106,6 +128,14 @@ def make_store(kind: str, tmp_path: Path, request) -> Store:
 
 @pytest.fixture(params=STORES)
 def store(request, tmp_path):
+    s = make_store(request.param, tmp_path, request)
+    yield s
+    s.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable_store(request, tmp_path):
+    """A store that outlives the process: for tests that kill or restart real processes."""
     s = make_store(request.param, tmp_path, request)
     yield s
     s.close()

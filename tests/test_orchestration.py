@@ -11,7 +11,6 @@ import itertools
 import logging
 import operator
 import os
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -590,19 +589,18 @@ def test_cache_that_is_not_a_policy_is_a_compile_problem():
     assert info.value.codes == ["invalid_option"]
 
 
-def test_the_cache_lives_in_the_sqlite_file_shared_by_threads_and_restarts(sqlite_store):
+def test_the_cache_lives_in_the_store_shared_by_threads_and_restarts(durable_store):
     calls: list[int] = []
     g = chain(("expensive", cached_node(calls)), ("after", appender("after")),
               expensive={"cache": CachePolicy()})
-    app = g.compile(checkpointer=sqlite_store.open())
+    app = g.compile(checkpointer=durable_store.open())
     app.invoke({"value": 4}, thread_id="t1")
     app.invoke({"value": 4}, thread_id="t2")
     assert calls == [4]
-    with sqlite3.connect(sqlite_store.path) as db:
-        rows = db.execute("SELECT namespace, expires_at FROM cache").fetchall()
+    rows = durable_store.rows("SELECT namespace, expires_at FROM cache")
     assert len(rows) == 1 and ":expensive" in rows[0][0] and rows[0][1] is None
 
-    restarted = g.compile(checkpointer=sqlite_store.open())
+    restarted = g.compile(checkpointer=durable_store.open())
     events = list(restarted.stream({"value": 4}, thread_id="t3"))
     assert calls == [4]
     assert events[0].cache_hits == ("expensive",)
@@ -1036,7 +1034,7 @@ def test_each_send_task_is_compensated_once_in_reverse_order(store):
     assert len(undone) == 3
 
 
-def test_a_real_crash_during_rollback(sqlite_store, tmp_path):
+def test_a_real_crash_during_rollback(durable_store, tmp_path):
     """A process killed (os._exit) inside a compensation, after an earlier compensation was
     committed: rolling back from another process finishes the rest exactly once."""
     script = tmp_path / "saga.py"
@@ -1045,7 +1043,7 @@ def test_a_real_crash_during_rollback(sqlite_store, tmp_path):
         import operator, os, sys
         from typing import Annotated
         from pydantic import BaseModel
-        from checkpoints import SQLiteCheckpointer
+        import checkpoints
         from statemachine import END, START, StateGraph
 
         class S(BaseModel):
@@ -1075,7 +1073,7 @@ def test_a_real_crash_during_rollback(sqlite_store, tmp_path):
             g.add_node(name, step(name), compensate=undo(name))
         g.add_edge(START, "a"); g.add_edge("a", "b"); g.add_edge("b", "ship")
         g.add_edge("ship", END)
-        app = g.compile(checkpointer=SQLiteCheckpointer(sys.argv[2]))
+        app = g.compile(checkpointer=OPEN_STORE)
         if sys.argv[1] == "crash":
             try:
                 app.invoke({{}}, thread_id="order")
@@ -1083,9 +1081,9 @@ def test_a_real_crash_during_rollback(sqlite_store, tmp_path):
                 pass
         print(app.rollback("order").log)
         print(app.get_state("order").status)
-    """))
+    """).replace("OPEN_STORE", durable_store.opener))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    db = str(sqlite_store.path)
+    db = durable_store.kind  # the script opens the store itself
     crashed = subprocess.run([sys.executable, str(script), "crash", db], env=env,
                              capture_output=True, text=True, timeout=60)
     assert crashed.returncode == 9, crashed.stderr
@@ -1443,7 +1441,7 @@ def test_resume_reruns_exactly_the_failed_send_tasks(items, data):
     assert sorted(calls) == sorted(failing)
 
 
-def test_send_tasks_finished_before_a_crash_are_not_rerun(sqlite_store, tmp_path):
+def test_send_tasks_finished_before_a_crash_are_not_rerun(durable_store, tmp_path):
     """A process killed while one Send task is still running: the other tasks' writes were
     committed as they finished, so another process resumes only the unfinished task."""
     script = tmp_path / "fan.py"
@@ -1452,7 +1450,7 @@ def test_send_tasks_finished_before_a_crash_are_not_rerun(sqlite_store, tmp_path
         import asyncio, operator, os, sys
         from typing import Annotated
         from pydantic import BaseModel
-        from checkpoints import SQLiteCheckpointer
+        import checkpoints
         from statemachine import END, START, Send, StateGraph
 
         class S(BaseModel):
@@ -1473,14 +1471,14 @@ def test_send_tasks_finished_before_a_crash_are_not_rerun(sqlite_store, tmp_path
         g.add_edge(START, "plan")
         g.add_conditional_edges("plan", lambda s: [Send("work", i) for i in range(4)], ["work"])
         g.add_edge("work", END)
-        app = g.compile(checkpointer=SQLiteCheckpointer(sys.argv[2]))
+        app = g.compile(checkpointer=OPEN_STORE)
         if sys.argv[1] == "crash":
             app.invoke({{}}, thread_id="fan")
         else:
             print(app.resume("fan").results)
-    """))
+    """).replace("OPEN_STORE", durable_store.opener))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    db = str(sqlite_store.path)
+    db = durable_store.kind  # the script opens the store itself
     crashed = subprocess.run([sys.executable, str(script), "crash", db], env=env,
                              capture_output=True, text=True, timeout=60)
     assert crashed.returncode == 9, crashed.stderr
@@ -1883,13 +1881,13 @@ def test_every_waiting_send_task_receives_the_event(store):
     assert app.resume("t", event={"factor": 10}).results == [10, 20, 30]
 
 
-def test_a_waiting_node_can_be_resumed_from_another_process(sqlite_store, tmp_path):
+def test_a_waiting_node_can_be_resumed_from_another_process(durable_store, tmp_path):
     script = tmp_path / "flow.py"
     script.write_text(textwrap.dedent("""
         import operator, sys
         from typing import Annotated
         from pydantic import BaseModel
-        from checkpoints import SQLiteCheckpointer
+        import checkpoints
         from statemachine import END, START, StateGraph, wait_for
 
         class S(BaseModel):
@@ -1904,15 +1902,15 @@ def test_a_waiting_node_can_be_resumed_from_another_process(sqlite_store, tmp_pa
         g.add_node("approve", approve)
         g.add_edge(START, "prepare"); g.add_edge("prepare", "approve")
         g.add_edge("approve", END)
-        app = g.compile(checkpointer=SQLiteCheckpointer(sys.argv[2]))
+        app = g.compile(checkpointer=OPEN_STORE)
         if sys.argv[1] == "start":
             state = app.invoke({}, thread_id="order-7")
         else:
             state = app.resume("order-7", event={"approval": {"by": sys.argv[3]}})
         print(app.get_state("order-7").status, state.log)
-    """))
+    """).replace("OPEN_STORE", durable_store.opener))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    db = str(sqlite_store.path)
+    db = durable_store.kind  # the script opens the store itself
     started = subprocess.run([sys.executable, str(script), "start", db], env=env,
                              capture_output=True, text=True, timeout=60)
     assert started.returncode == 0, started.stderr
