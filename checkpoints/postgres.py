@@ -196,22 +196,27 @@ class PostgresCheckpointer(Checkpointer):
             configure=self._configure,
             timeout=connect_timeout, reconnect_timeout=max(reconnect_seconds, 1.0),
             name=f"statemachine:{schema}", open=False)
+        # One direct connection first: a wrong DSN or a server that is down fails here at
+        # once, with the server's own reason, instead of as a pool timeout; it also sets up
+        # (or checks) the tables before any pooled connection is used.
         try:
-            self._pool.open(wait=True, timeout=connect_timeout)
-        except PoolTimeout as exc:
-            self._pool.close()
+            with psycopg.connect(dsn, autocommit=True,
+                                 connect_timeout=max(1, int(connect_timeout))) as conn:
+                self._configure(conn)
+                if read_only:
+                    self._check_version(self._version(conn))
+                else:
+                    self._migrate(conn)
+            self._pool.open(wait=False)
+        except psycopg.Error as exc:
             self._threads.shutdown(wait=False)
+            reason = " ".join(str(exc).replace(dsn, self.where).split())
             raise CheckpointError(
-                f"cannot connect to PostgreSQL at {self.where}: no connection within "
-                f"{connect_timeout:g} s. Check that the server is running and the DSN (host, "
-                "port, database, user, password) is right.") from exc
-        try:
-            if read_only:
-                self._check_version(self._direct(self._version))
-            else:
-                self._direct(self._migrate)
+                f"cannot connect to PostgreSQL at {self.where}: {reason}"
+                + ("" if reason.endswith((".", "?")) else ".") + " Check that the server is "
+                "running and the DSN (host, port, database, user, password) is right."
+            ) from None
         except BaseException:
-            self._pool.close()
             self._threads.shutdown(wait=False)
             raise
         self._heartbeat = _LeaseHeartbeat(self)
