@@ -88,6 +88,10 @@ async def submit(app: CompiledGraph, input: Any, thread_id: str, *,
             "nothing to continue. Submit an input to run it again.")
     if event is not None and not isinstance(event, dict):
         raise ThreadStateError("event must be a dict: {event name: value}.")
+    if event is not None and input is not None:
+        raise ThreadStateError(
+            "an event continues a run waiting in wait_for(); it cannot come with new input: "
+            f"submit(None, thread_id={thread_id!r}, event={{...}}).")
     await saver.enqueue(thread_id, input=encoded,
                         event=None if event is None else to_json(event).decode(),
                         base=None if chain is None else chain.head.id,
@@ -132,6 +136,8 @@ class Worker:
         self.identity = Owner.new()
         self.stats = WorkerStats()
         self._stopping = asyncio.Event()
+        self._claiming = 0
+        """Claims in progress: they count against `max_jobs` until they return."""
 
     def stop(self) -> None:
         """Claim nothing more; runs in progress are cancelled and their jobs queued again
@@ -140,8 +146,8 @@ class Worker:
 
     async def run(self, *, drain: bool = False, max_jobs: int | None = None) -> WorkerStats:
         """Work until `stop()`; with `drain`, until no job is queued or running anywhere;
-        with `max_jobs`, until this worker has claimed that many."""
-        self._stopping = asyncio.Event()
+        with `max_jobs`, until this worker has claimed that many. A `stop()` that came before
+        `run()` (a signal while the worker was starting) is kept: run() returns at once."""
         slots = [asyncio.create_task(self._slot(drain, max_jobs), name=f"worker-slot-{i}")
                  for i in range(self.concurrency)]
         stopping = asyncio.create_task(self._stopping.wait())
@@ -155,6 +161,7 @@ class Worker:
             for task in [*slots, stopping]:
                 task.cancel()
             results = await asyncio.gather(*slots, stopping, return_exceptions=True)
+            self._stopping = asyncio.Event()  # stopped: a later run() starts afresh
         for result in results:
             if isinstance(result, BaseException) and not isinstance(
                     result, asyncio.CancelledError):
@@ -163,10 +170,10 @@ class Worker:
 
     async def _slot(self, drain: bool, max_jobs: int | None) -> None:
         while not self._stopping.is_set():
-            if max_jobs is not None and self.stats.claimed >= max_jobs:
+            if max_jobs is not None and self.stats.claimed + self._claiming >= max_jobs:
                 return
             try:
-                job = await self.saver.claim(self.identity)
+                job = await self._claim()
             except CheckpointError as exc:  # the store is unreachable: wait, then look again
                 log.error("cannot claim a job: %s", exc)
                 with contextlib.suppress(TimeoutError):
@@ -187,6 +194,21 @@ class Worker:
                 # worker continues the thread from its last committed step
                 self.stats.errors.append(f"{job.thread_id}: {exc}")
                 log.error("could not record the end of %s: %s", job.thread_id, exc)
+
+    async def _claim(self) -> ClaimedJob | None:
+        """The next job, or None. Stopped while the store hands one over, give that job back
+        to the queue (its attempt uncounted) rather than leave it claimed but never run."""
+        self._claiming += 1
+        claiming = asyncio.ensure_future(self.saver.claim(self.identity))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            job = await claiming
+            if job is not None:
+                await self.saver.finish(job, status="queued", retry_in=0, count_attempt=False)
+            raise
+        finally:
+            self._claiming -= 1
 
     async def _run_job(self, job: ClaimedJob) -> None:
         thread = job.thread_id
