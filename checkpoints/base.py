@@ -122,6 +122,7 @@ class JobInfo:
     submitted_at: float
     finished_at: float | None
     claimed_by: str | None
+    graph: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,16 +203,18 @@ class Checkpointer(ABC):
 
     @abstractmethod
     async def enqueue(self, thread_id: str, *, input: str | None, event: str | None,
-                      base: str | None, max_attempts: int) -> None:
-        """Queue a run of `thread_id` (input JSON, or None to continue the thread; `event`:
-        JSON of the events to deliver). Raises `ThreadBusyError` if a job for the thread is
-        already queued or running; a finished job of the thread is replaced."""
+                      base: str | None, max_attempts: int, graph: str = "") -> None:
+        """Queue a run of `thread_id` of the graph named `graph` (input JSON, or None to
+        continue the thread; `event`: JSON of the events to deliver). Raises
+        `ThreadBusyError` if a job for the thread is already queued or running; a finished
+        job of the thread is replaced."""
 
     @abstractmethod
-    async def claim(self, worker: Owner) -> ClaimedJob | None:
-        """Take the next due job for `worker` — one newly queued, one queued again for a
-        retry, or one whose worker stopped renewing its claim — or None if there is none.
-        Each job goes to one worker; the claim is renewed until `finish`."""
+    async def claim(self, worker: Owner, graph: str | None = None) -> ClaimedJob | None:
+        """Take the next due job of `graph` (None: of any graph) for `worker` — one newly
+        queued, one queued again for a retry, or one whose worker stopped renewing its claim
+        — or None if there is none. Each job goes to one worker; the claim is renewed until
+        `finish`."""
 
     @abstractmethod
     async def finish(self, job: ClaimedJob, *, status: str, error: str | None = None,
@@ -221,8 +224,10 @@ class Checkpointer(ABC):
         count against `max_attempts`). False if the claim had been lost to another worker."""
 
     @abstractmethod
-    async def jobs(self) -> list[JobInfo]:
-        """Every job in the queue, oldest submission first."""
+    async def jobs(self, *, graph: str | None = None, thread_id: str | None = None,
+                   open_only: bool = False) -> list[JobInfo]:
+        """The jobs in the queue, oldest submission first: all, or those of one graph or
+        thread; with `open_only`, only those queued or running."""
 
     def in_caller_thread(self) -> Checkpointer:
         """A view of this checkpointer that may do its I/O in the calling thread.

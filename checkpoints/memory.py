@@ -39,6 +39,7 @@ class _Job:
     claim_key: str | None = None
     error: str | None = None
     finished_at: float | None = None
+    graph: str = ""
 
 
 @dataclass
@@ -177,7 +178,7 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
     # -- the work queue (a claim is held until finished: a worker's crash ends this memory) ---
 
     async def enqueue(self, thread_id: str, *, input: str | None, event: str | None,
-                      base: str | None, max_attempts: int) -> None:
+                      base: str | None, max_attempts: int, graph: str = "") -> None:
         with self._lock:
             job = self._jobs.get(thread_id)
             if job is not None and job.status in ("queued", "running"):
@@ -185,13 +186,14 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
             now = time.time()
             self._jobs.pop(thread_id, None)  # a resubmission goes to the back of the queue
             self._jobs[thread_id] = _Job(thread_id, input, event, base, max_attempts, now,
-                                         available_at=now)
+                                         available_at=now, graph=graph)
 
-    async def claim(self, worker: Owner) -> ClaimedJob | None:
+    async def claim(self, worker: Owner, graph: str | None = None) -> ClaimedJob | None:
         with self._lock:
             now = time.time()
             due = [job for job in self._jobs.values()
-                   if job.status == "queued" and job.available_at <= now]
+                   if job.status == "queued" and job.available_at <= now
+                   and (graph is None or job.graph == graph)]
             if not due:
                 return None
             job = min(due, key=lambda j: (j.available_at, j.submitted_at))
@@ -209,19 +211,23 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
                 return False
             held.error, held.claimed_by = error, None
             if retry_in is not None:
-                held.status, held.claim_key = "queued", None
+                held.status = "queued"  # keeps its claim key, as the stores on disk do
                 held.available_at = time.time() + retry_in
                 held.attempts -= 0 if count_attempt else 1
             else:
                 held.status, held.finished_at = status, time.time()
             return True
 
-    async def jobs(self) -> list[JobInfo]:
+    async def jobs(self, *, graph: str | None = None, thread_id: str | None = None,
+                   open_only: bool = False) -> list[JobInfo]:
         with self._lock:
             return [JobInfo(j.thread_id, j.status, j.attempts, j.max_attempts, j.available_at,
-                            j.error, j.submitted_at, j.finished_at, j.claimed_by)
+                            j.error, j.submitted_at, j.finished_at, j.claimed_by, j.graph)
                     for j in sorted(self._jobs.values(),
-                                    key=lambda j: (j.submitted_at, j.thread_id))]
+                                    key=lambda j: (j.submitted_at, j.thread_id))
+                    if (graph is None or j.graph == graph)
+                    and (thread_id is None or j.thread_id == thread_id)
+                    and (not open_only or j.status in ("queued", "running"))]
 
     async def aclose(self) -> None:
         return None

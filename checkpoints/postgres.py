@@ -125,9 +125,10 @@ CREATE TABLE jobs (
     error TEXT,
     submitted_at DOUBLE PRECISION NOT NULL,
     finished_at DOUBLE PRECISION,
-    submit_key TEXT
+    submit_key TEXT,
+    graph TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX jobs_ready ON jobs(available_at) WHERE status IN ('queued', 'running');
+CREATE INDEX jobs_ready ON jobs(graph, available_at) WHERE status IN ('queued', 'running');
 """
 
 # version -> SQL that upgrades a store from that version to the next one
@@ -469,21 +470,23 @@ class PostgresCheckpointer(Checkpointer):
     # -- the work queue ----------------------------------------------------------------------
 
     async def enqueue(self, thread_id: str, *, input: str | None, event: str | None,
-                      base: str | None, max_attempts: int) -> None:
+                      base: str | None, max_attempts: int, graph: str = "") -> None:
         key = uuid.uuid4().hex
 
         def enqueue(conn: psycopg.Connection) -> bool:
             queued = conn.execute(
                 "INSERT INTO jobs(thread_id, input, event, base, status, attempts, "
-                "max_attempts, available_at, submitted_at, submit_key) VALUES (%s, %s, %s, "
-                f"%s, 'queued', 0, %s, {_NOW}, {_NOW}, %s) ON CONFLICT (thread_id) DO UPDATE "
-                "SET input = excluded.input, event = excluded.event, base = excluded.base, "
+                "max_attempts, available_at, submitted_at, submit_key, graph) VALUES (%s, %s, "
+                f"%s, %s, 'queued', 0, %s, {_NOW}, {_NOW}, %s, %s) ON CONFLICT (thread_id) DO "
+                "UPDATE SET input = excluded.input, event = excluded.event, base = excluded.base, "
+                "graph = excluded.graph, "
                 "status = 'queued', attempts = 0, max_attempts = excluded.max_attempts, "
                 "available_at = excluded.available_at, claimed_by = NULL, claim_key = NULL, "
                 "claimed_until = NULL, error = NULL, submitted_at = excluded.submitted_at, "
                 "finished_at = NULL, submit_key = excluded.submit_key "
                 "WHERE jobs.status NOT IN ('queued', 'running') RETURNING 1",
-                (thread_id, input, event, base, max_attempts, key)).fetchone() is not None
+                (thread_id, input, event, base, max_attempts, key, graph)
+            ).fetchone() is not None
             # not queued: another job holds the thread, or this very submission landed
             # before a retry
             return queued or conn.execute(
@@ -493,18 +496,19 @@ class PostgresCheckpointer(Checkpointer):
         if not await self._call(enqueue):
             raise job_busy_error(thread_id)
 
-    async def claim(self, worker: Owner) -> ClaimedJob | None:
+    async def claim(self, worker: Owner, graph: str | None = None) -> ClaimedJob | None:
         key = uuid.uuid4().hex
 
         def claim(conn: psycopg.Connection) -> tuple | None:
             row = conn.execute(
                 "UPDATE jobs SET status = 'running', claimed_by = %s, claim_key = %s, "
                 f"claimed_until = {_NOW} + %s, attempts = attempts + 1 WHERE thread_id = ("
-                "SELECT thread_id FROM jobs WHERE (status = 'queued' AND available_at <= "
-                f"{_NOW}) OR (status = 'running' AND claimed_until < {_NOW}) "
+                "SELECT thread_id FROM jobs WHERE ((status = 'queued' AND available_at <= "
+                f"{_NOW}) OR (status = 'running' AND claimed_until < {_NOW})) AND "
+                "(%s::text IS NULL OR graph = %s::text) "
                 "ORDER BY available_at, submitted_at LIMIT 1 FOR UPDATE SKIP LOCKED) "
                 "RETURNING thread_id, input, event, base, attempts, max_attempts",
-                (worker.token, key, self.lease_seconds)).fetchone()
+                (worker.token, key, self.lease_seconds, graph, graph)).fetchone()
             if row is None:  # nothing to do, or this very claim landed before a retry
                 row = conn.execute(
                     "SELECT thread_id, input, event, base, attempts, max_attempts FROM jobs "
@@ -542,11 +546,14 @@ class PostgresCheckpointer(Checkpointer):
             "claimed_until = NULL WHERE thread_id = %s AND claim_key = %s",
             (status, error, job.thread_id, job.claim_key)) == 1
 
-    async def jobs(self) -> list[JobInfo]:
+    async def jobs(self, *, graph: str | None = None, thread_id: str | None = None,
+                   open_only: bool = False) -> list[JobInfo]:
         rows = await self._fetchall(
             "SELECT thread_id, status, attempts, max_attempts, available_at, error, "
-            "submitted_at, finished_at, claimed_by FROM jobs ORDER BY submitted_at, thread_id",
-            ())
+            "submitted_at, finished_at, claimed_by, graph FROM jobs WHERE (%s::text IS NULL "
+            "OR graph = %s::text) AND (%s::text IS NULL OR thread_id = %s::text) AND (NOT %s "
+            "OR status IN ('queued', 'running')) ORDER BY submitted_at, thread_id",
+            (graph, graph, thread_id, thread_id, open_only))
         return [JobInfo(*row) for row in rows]
 
     # -- plumbing -------------------------------------------------------------------------------

@@ -79,9 +79,10 @@ CREATE TABLE jobs (
     claimed_until REAL,
     error TEXT,
     submitted_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    graph TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX jobs_ready ON jobs(available_at) WHERE status IN ('queued', 'running');
+CREATE INDEX jobs_ready ON jobs(graph, available_at) WHERE status IN ('queued', 'running');
 """
 
 _SCHEMA = f"""
@@ -340,30 +341,31 @@ class SQLiteCheckpointer(Checkpointer):
     # claim's select-then-update cannot interleave with another's) ----------------------------
 
     async def enqueue(self, thread_id: str, *, input: str | None, event: str | None,
-                      base: str | None, max_attempts: int) -> None:
+                      base: str | None, max_attempts: int, graph: str = "") -> None:
         now = time.time()
         changed, _ = await self._execute(
             "INSERT INTO jobs(thread_id, input, event, base, status, attempts, max_attempts, "
-            "available_at, submitted_at) VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?) "
-            "ON CONFLICT(thread_id) DO UPDATE SET input = excluded.input, "
+            "available_at, submitted_at, graph) VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?) "
+            "ON CONFLICT(thread_id) DO UPDATE SET input = excluded.input, graph = excluded.graph, "
             "event = excluded.event, base = excluded.base, status = 'queued', attempts = 0, "
             "max_attempts = excluded.max_attempts, available_at = excluded.available_at, "
             "claimed_by = NULL, claim_key = NULL, claimed_until = NULL, error = NULL, "
             "submitted_at = excluded.submitted_at, finished_at = NULL "
             "WHERE jobs.status NOT IN ('queued', 'running')",
-            (thread_id, input, event, base, max_attempts, now, now))
+            (thread_id, input, event, base, max_attempts, now, now, graph))
         if changed != 1:
             raise job_busy_error(thread_id)
 
-    async def claim(self, worker: Owner) -> ClaimedJob | None:
+    async def claim(self, worker: Owner, graph: str | None = None) -> ClaimedJob | None:
         key, now = os.urandom(12).hex(), time.time()
         rows = await self._fetchall(
             "UPDATE jobs SET status = 'running', claimed_by = ?, claim_key = ?, "
             "claimed_until = ?, attempts = attempts + 1 WHERE thread_id = (SELECT thread_id "
-            "FROM jobs WHERE (status = 'queued' AND available_at <= ?) OR (status = 'running' "
-            "AND claimed_until < ?) ORDER BY available_at, submitted_at LIMIT 1) "
+            "FROM jobs WHERE ((status = 'queued' AND available_at <= ?) OR (status = 'running' "
+            "AND claimed_until < ?)) AND (? IS NULL OR graph = ?) "
+            "ORDER BY available_at, submitted_at LIMIT 1) "
             "RETURNING thread_id, input, event, base, attempts, max_attempts",
-            (worker.token, key, now + self.lease_seconds, now, now), write=True)
+            (worker.token, key, now + self.lease_seconds, now, now, graph, graph), write=True)
         if not rows:
             return None
         row = rows[0]
@@ -378,7 +380,8 @@ class SQLiteCheckpointer(Checkpointer):
             changed, _ = await self._execute(
                 "UPDATE jobs SET status = 'queued', available_at = ?, error = ?, "
                 "claimed_by = NULL, claimed_until = NULL, "
-                "attempts = attempts - ? WHERE thread_id = ? AND claim_key = ?",
+                "attempts = attempts - ? WHERE thread_id = ? AND claim_key = ? "
+                "AND status = 'running'",
                 (time.time() + retry_in, error, 0 if count_attempt else 1, job.thread_id,
                  job.claim_key))
             return changed == 1
@@ -388,11 +391,14 @@ class SQLiteCheckpointer(Checkpointer):
             (status, error, time.time(), job.thread_id, job.claim_key))
         return changed == 1
 
-    async def jobs(self) -> list[JobInfo]:
+    async def jobs(self, *, graph: str | None = None, thread_id: str | None = None,
+                   open_only: bool = False) -> list[JobInfo]:
         rows = await self._fetchall(
             "SELECT thread_id, status, attempts, max_attempts, available_at, error, "
-            "submitted_at, finished_at, claimed_by FROM jobs ORDER BY submitted_at, thread_id",
-            ())
+            "submitted_at, finished_at, claimed_by, graph FROM jobs WHERE (? IS NULL OR "
+            "graph = ?) AND (? IS NULL OR thread_id = ?) AND (NOT ? OR status IN ('queued', "
+            "'running')) ORDER BY submitted_at, thread_id",
+            (graph, graph, thread_id, thread_id, open_only))
         return [JobInfo(*row) for row in rows]
 
     async def aclose(self) -> None:

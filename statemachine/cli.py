@@ -1288,7 +1288,8 @@ def jobs(db: Db | None, as_json: bool) -> None:
     with contextlib.ExitStack() as stack, _library_errors():
         store = open_store(db, stack, create=False, read_only=True)
         infos = store.call(store.saver.jobs)
-    rows = [{"thread_id": j.thread_id, "status": j.status, "attempts": j.attempts,
+    rows = [{"thread_id": j.thread_id, "graph": j.graph, "status": j.status,
+             "attempts": j.attempts,
              "max_attempts": j.max_attempts, "error": j.error,
              "submitted": format_time(j.submitted_at),
              "finished": format_time(j.finished_at) if j.finished_at else None} for j in infos]
@@ -1303,10 +1304,10 @@ def jobs(db: Db | None, as_json: bool) -> None:
 
     out = _stdout()
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
-    for name in ("thread", "status", "attempts", "submitted", "finished"):
+    for name in ("thread", "graph", "status", "attempts", "submitted", "finished"):
         table.add_column(name, overflow="fold")
     for row in rows:
-        table.add_row(row["thread_id"], Text(row["status"], style=_STATUS_STYLE.get(
+        table.add_row(row["thread_id"], row["graph"], Text(row["status"], style=_STATUS_STYLE.get(
             row["status"], "")), f"{row['attempts']}/{row['max_attempts']}", row["submitted"],
             row["finished"] or "")
     out.print(table)

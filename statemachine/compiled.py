@@ -164,14 +164,14 @@ class CompiledGraph:
         return await submit(self, input, thread_id, event=event, max_attempts=max_attempts)
 
     def jobs(self) -> list[JobInfo]:
-        """The queue: every submitted job with its status (queued, running, done,
+        """This graph's jobs in the queue with their status (queued, running, done,
         interrupted, failed) and attempts, oldest first."""
         return run_sync(self.ajobs)
 
     async def ajobs(self) -> list[JobInfo]:
         from .worker import _saver
 
-        return await _saver(self).jobs()
+        return await _saver(self).jobs(graph=self.name)
 
     # -- sagas and observability ------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ machine), claim runs one at a time and execute them:
 What a worker guarantees, on top of the executor's own (each committed step is kept and never
 re-run; one writer per thread):
 
+* **Jobs belong to a graph**, by its name (`compile(name=...)`; by default named after the
+  state class): a worker claims only jobs of the graph it runs, so graphs can share a store.
 * **Each job goes to one worker.** Claims use `SELECT ... FOR UPDATE SKIP LOCKED` on
   PostgreSQL (SQLite has one writer at a time) and are renewed while the job runs.
 * **A dead worker's job is taken over.** Its claim stops being renewed; once it expires another
@@ -64,6 +66,10 @@ async def submit(app: CompiledGraph, input: Any, thread_id: str, *,
         raise ThreadStateError("submit() needs a thread_id: any text naming the run.")
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
+    if await saver.jobs(thread_id=thread_id, open_only=True):
+        from checkpoints.base import job_busy_error
+
+        raise job_busy_error(thread_id)
     chain = await saver.load(thread_id)
     schema = app.spec.schema
     encoded: str | None = None
@@ -95,7 +101,7 @@ async def submit(app: CompiledGraph, input: Any, thread_id: str, *,
     await saver.enqueue(thread_id, input=encoded,
                         event=None if event is None else to_json(event).decode(),
                         base=None if chain is None else chain.head.id,
-                        max_attempts=max_attempts)
+                        max_attempts=max_attempts, graph=app.name)
     return thread_id
 
 
@@ -174,15 +180,16 @@ class Worker:
                 return
             try:
                 job = await self._claim()
+                # draining: done once this graph has no job queued (later) or running
+                if job is None and drain and not await self.saver.jobs(
+                        graph=self.app.name, open_only=True):
+                    return
             except CheckpointError as exc:  # the store is unreachable: wait, then look again
                 log.error("cannot claim a job: %s", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), max(self.poll_interval, 1.0))
                 continue
             if job is None:
-                if drain and not any(j.status in ("queued", "running")
-                                     for j in await self.saver.jobs()):
-                    return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.poll_interval)
                 continue
@@ -199,7 +206,7 @@ class Worker:
         """The next job, or None. Stopped while the store hands one over, give that job back
         to the queue (its attempt uncounted) rather than leave it claimed but never run."""
         self._claiming += 1
-        claiming = asyncio.ensure_future(self.saver.claim(self.identity))
+        claiming = asyncio.ensure_future(self.saver.claim(self.identity, self.app.name))
         try:
             return await asyncio.shield(claiming)
         except asyncio.CancelledError:

@@ -593,8 +593,8 @@ def test_a_job_claimed_while_the_worker_stops_goes_back_to_the_queue(kind, tmp_p
     claimed = threading.Event()
 
     class SlowAnswers(base):  # the store's answer to a claim takes a while to arrive
-        async def claim(self, worker):
-            job = await super().claim(worker)
+        async def claim(self, worker, graph=None):
+            job = await super().claim(worker, graph)
             if job is not None:
                 claimed.set()
                 await asyncio.sleep(0.6)
@@ -642,3 +642,30 @@ def test_a_stop_that_comes_before_run_is_kept(store):
     # stopped and returned: the same worker can run again
     assert run_sync(lambda: asyncio.wait_for(worker.run(drain=True), 10)).done == 1
     assert [j.status for j in app.jobs()] == ["done"]
+
+
+def test_workers_claim_only_the_jobs_of_their_own_graph(store):
+    """Two graphs share one store: each worker runs its own graph's jobs, and a draining
+    worker does not wait for the other graph's."""
+    saver = store.open()
+    first = chain_graph("a", "b").compile(checkpointer=saver, name="first")
+    second = chain_graph("c").compile(checkpointer=saver, name="second")
+    one, two = fresh(), fresh()
+    first.submit({}, thread_id=one)
+    second.submit({}, thread_id=two)
+    assert drain(first).stats.claimed == 1
+    assert first.get_state(one).state.log == ["a", "b"]
+    assert [(j.thread_id, j.status) for j in second.jobs()] == [(two, "queued")]
+    assert [j.thread_id for j in first.jobs()] == [one]
+    drain(second)
+    assert second.get_state(two).state.log == ["c"]
+    assert {(j.graph, j.status) for j in run_sync(saver.jobs)} == {
+        ("first", "done"), ("second", "done")}
+
+
+def test_new_input_for_a_thread_whose_job_is_queued_is_refused_as_busy(store):
+    app = chain_graph("a").compile(checkpointer=store.open())
+    thread = fresh()
+    app.submit({}, thread_id=thread)
+    with pytest.raises(ThreadBusyError, match="already has a queued or running job"):
+        app.submit({"n": 2}, thread_id=thread)
