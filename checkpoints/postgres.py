@@ -25,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import os
 import re
-import socket
 import threading
 import time
 import uuid
@@ -50,6 +48,14 @@ from .base import (
     ThreadInfo,
     busy_error,
     job_busy_error,
+)
+from .rows import (
+    chain_from_rows,
+    jobs_from_rows,
+    pending_from_rows,
+    process_alive,
+    record_from_row,
+    threads_from_rows,
 )
 
 try:
@@ -338,7 +344,7 @@ class PostgresCheckpointer(Checkpointer):
         if not rows:
             return False
         token, pid, host = rows[0]
-        if host != owner.host or pid == owner.pid or _process_alive(pid):
+        if host != owner.host or pid == owner.pid or process_alive(pid):
             return False
         return await self._execute(
             f"UPDATE threads SET owner = %s, owner_pid = %s, owner_host = %s, lease_expires = "
@@ -412,23 +418,13 @@ class PostgresCheckpointer(Checkpointer):
         rows = await self._fetchall(
             _LOAD, {"thread": thread_id,
                     "checkpoint": None if checkpoint_id is None else int(checkpoint_id)})
-        chain = sorted((row for row in rows if row[0] == "c"), key=lambda row: -row[1])
-        if not chain:
-            return None
-        pending: dict[str, list[PendingWrite]] = {}
-        for row in rows:
-            if row[0] == "p":
-                pending.setdefault(str(row[2]), []).append(
-                    PendingWrite(str(row[2]), row[6], row[14], row[8], row[10]))
-        for writes in pending.values():
-            writes.sort(key=lambda w: (w.node, w.index))
-        return Chain([_record(row[2:]) for row in chain], pending)
+        return chain_from_rows(rows, (6, 14, 8, 10))
 
     async def list(self, thread_id: str) -> list[CheckpointRecord]:
         rows = await self._fetchall(
             f"SELECT {_COLUMNS} FROM checkpoints c JOIN threads t ON t.key = c.thread "
             "WHERE t.thread_id = %s ORDER BY c.id DESC", (thread_id,))
-        return [_record(row) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     async def list_pending(self, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
         if not checkpoint_ids:
@@ -436,11 +432,7 @@ class PostgresCheckpointer(Checkpointer):
         rows = await self._fetchall(
             "SELECT checkpoint, node, idx, writes, meta FROM pending_writes WHERE checkpoint "
             "= ANY(%s) ORDER BY checkpoint, node, idx", ([int(c) for c in checkpoint_ids],))
-        pending: dict[str, list[PendingWrite]] = {}
-        for checkpoint, node, idx, writes, meta in rows:
-            pending.setdefault(str(checkpoint), []).append(
-                PendingWrite(str(checkpoint), node, idx, writes, meta))
-        return pending
+        return pending_from_rows(rows)
 
     async def cache_get(self, namespace: str, key: str) -> str | None:
         rows = await self._fetchall(
@@ -462,10 +454,7 @@ class PostgresCheckpointer(Checkpointer):
             "t.owner_host FROM threads t JOIN LATERAL (SELECT * FROM checkpoints WHERE "
             "thread = t.key ORDER BY id DESC LIMIT 1) c ON true "
             "ORDER BY coalesce(c.marked_at, c.created_at) DESC, c.id DESC", ())
-        host = socket.gethostname()
-        return [ThreadInfo(r[0], r[1], r[2], str(r[3]), r[4], r[5], bool(r[6]) and not (
-                    r[8] == host and not _process_alive(r[7])))  # a dead holder here: free
-                for r in rows]
+        return threads_from_rows(rows)
 
     # -- the work queue ----------------------------------------------------------------------
 
@@ -554,7 +543,7 @@ class PostgresCheckpointer(Checkpointer):
             "OR graph = %s::text) AND (%s::text IS NULL OR thread_id = %s::text) AND (NOT %s "
             "OR status IN ('queued', 'running')) ORDER BY submitted_at, thread_id",
             (graph, graph, thread_id, thread_id, open_only))
-        return [JobInfo(*row) for row in rows]
+        return jobs_from_rows(rows)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -621,22 +610,6 @@ class PostgresCheckpointer(Checkpointer):
         return await self._call(lambda conn: conn.execute(query.encode(), params).fetchall())
 
 
-def _record(row: Sequence[Any]) -> CheckpointRecord:
-    return CheckpointRecord(
-        str(row[0]), row[1], None if row[2] is None else str(row[2]), row[3], row[4], row[5],
-        row[6], row[7], row[8], row[9], row[10], row[11])
-
-
-def _process_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _LeaseHeartbeat:

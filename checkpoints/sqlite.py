@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -49,6 +48,14 @@ from .base import (
     ThreadInfo,
     busy_error,
     job_busy_error,
+)
+from .rows import (
+    chain_from_rows,
+    jobs_from_rows,
+    pending_from_rows,
+    process_alive,
+    record_from_row,
+    threads_from_rows,
 )
 
 SCHEMA_VERSION = 3
@@ -226,7 +233,7 @@ class SQLiteCheckpointer(Checkpointer):
         if not rows:
             return False
         token, pid, host = rows[0]
-        if host != owner.host or pid == owner.pid or _process_alive(pid):
+        if host != owner.host or pid == owner.pid or process_alive(pid):
             return False
         cursor = await self._execute(
             "UPDATE threads SET owner = ?, owner_pid = ?, owner_host = ?, lease_expires = ? "
@@ -284,21 +291,13 @@ class SQLiteCheckpointer(Checkpointer):
         rows = await self._fetchall(
             _LOAD, {"thread": thread_id,
                     "checkpoint": None if checkpoint_id is None else int(checkpoint_id)})
-        chain = sorted((row for row in rows if row[0] == "c"), key=lambda row: -row[1])
-        if not chain:
-            return None
-        pending: dict[str, list[PendingWrite]] = {}
-        for row in rows:
-            if row[0] == "p":
-                pending.setdefault(str(row[2]), []).append(
-                    PendingWrite(str(row[2]), row[3], row[4], row[5], row[6]))
-        return Chain([_record(row[2:]) for row in chain], pending)
+        return chain_from_rows(rows, (3, 4, 5, 6))
 
     async def list(self, thread_id: str) -> list[CheckpointRecord]:
         rows = await self._fetchall(
             f"SELECT {_COLUMNS} FROM checkpoints c JOIN threads t ON t.key = c.thread "
             "WHERE t.thread_id = ? ORDER BY c.id DESC", (thread_id,))
-        return [_record(row) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     async def list_pending(self, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
         if not checkpoint_ids:
@@ -307,11 +306,7 @@ class SQLiteCheckpointer(Checkpointer):
         rows = await self._fetchall(
             f"SELECT checkpoint, node, idx, writes, meta FROM pending_writes WHERE checkpoint "
             f"IN ({marks})", [int(c) for c in checkpoint_ids])
-        pending: dict[str, list[PendingWrite]] = {}
-        for checkpoint, node, idx, writes, meta in rows:
-            pending.setdefault(str(checkpoint), []).append(
-                PendingWrite(str(checkpoint), node, idx, writes, meta))
-        return pending
+        return pending_from_rows(rows)
 
     async def cache_get(self, namespace: str, key: str) -> str | None:
         rows = await self._fetchall(
@@ -332,10 +327,7 @@ class SQLiteCheckpointer(Checkpointer):
             "FROM threads t JOIN checkpoints c ON c.id = (SELECT max(id) FROM checkpoints "
             "WHERE thread = t.key) ORDER BY coalesce(c.marked_at, c.created_at) DESC, c.id DESC",
             (time.time(),))
-        host = socket.gethostname()
-        return [ThreadInfo(r[0], r[1], r[2], str(r[3]), r[4], r[5], bool(r[6]) and not (
-                    r[8] == host and not _process_alive(r[7])))  # a dead holder here: free
-                for r in rows]
+        return threads_from_rows(rows)
 
     # -- the work queue (each change one statement; SQLite runs one writer at a time, so a
     # claim's select-then-update cannot interleave with another's) ----------------------------
@@ -399,7 +391,7 @@ class SQLiteCheckpointer(Checkpointer):
             "graph = ?) AND (? IS NULL OR thread_id = ?) AND (NOT ? OR status IN ('queued', "
             "'running')) ORDER BY submitted_at, thread_id",
             (graph, graph, thread_id, thread_id, open_only))
-        return [JobInfo(*row) for row in rows]
+        return jobs_from_rows(rows)
 
     async def aclose(self) -> None:
         if not self._closed.is_set():
@@ -452,22 +444,6 @@ class SQLiteCheckpointer(Checkpointer):
             raise CheckpointError(f"{self!r} is closed.")
 
 
-def _record(row: sqlite3.Row | tuple) -> CheckpointRecord:
-    return CheckpointRecord(
-        str(row[0]), row[1], None if row[2] is None else str(row[2]), row[3], row[4], row[5],
-        row[6], row[7], row[8], row[9], row[10], row[11])
-
-
-def _process_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _prepare_file(path: Path) -> None:
