@@ -20,11 +20,10 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, replace
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from .common import OURS, Params, Result
+from .common import OURS, Params, Result, versions
 
 FULL = Params(iterations=1000, chain_length=100, fan_width=50, invocations=20,
               growth_sizes=(250, 500, 1000, 2000, 4000), reads=50, fail_at=500,
@@ -80,15 +79,6 @@ def _load() -> list[float] | None:
     except OSError:
         return None
 
-
-def versions() -> dict[str, str]:
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
 
 
 def _describe(info: dict[str, Any], packages: dict[str, str]) -> list[str]:
@@ -217,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             print(MISSING_LANGGRAPH.format(error=exc), file=sys.stderr)
             return 2
 
-    info, packages = machine(), versions()
+    info, packages = machine(), versions(PACKAGES)
     for line in _describe(info, packages):
         print(line)
     print(f"sizes: {asdict(params)}")

@@ -13,8 +13,9 @@ import statistics
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +187,14 @@ class ExecutionLog:
 
 def check_loop_result(count: int, items: list[str], iterations: int) -> bool:
     return count == iterations and items == [f"item-{i}" for i in range(iterations)]
+
+
+def versions(packages: Sequence[str]) -> dict[str, str]:
+    """The installed version of each package ("not installed" when absent)."""
+    found = {}
+    for name in packages:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found

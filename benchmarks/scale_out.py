@@ -46,10 +46,10 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from .common import versions
 from .scale_out_graph import DSN_VARIABLE, NODE, TABLE_VARIABLE, build
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -486,15 +486,6 @@ def print_table(results: list[RunResult]) -> None:
             print(f"    worker: {failure}")
 
 
-def versions() -> dict[str, str]:
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
 
 def _workers(text: str) -> tuple[int, ...]:
     try:
@@ -547,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     from .__main__ import _describe, _load, machine
 
     info = machine()
-    for line in _describe(info, versions()):
+    for line in _describe(info, versions(PACKAGES)):
         print(line)
 
     def progress(message: str) -> None:
@@ -587,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(results)} run(s) verified (ran in {elapsed:.0f} s; load average at end: "
           f"{info['load_average_at_end']})")
     if args.json:
-        document = {"machine": info, "versions": versions(), "server": server,
+        document = {"machine": info, "versions": versions(PACKAGES), "server": server,
                     "sizes": asdict(sizes), "kill": args.kill, "seconds": elapsed, "passed": passed,
                     "result": "PASS" if passed else "FAIL",
                     "runs": [r.as_json() for r in results]}
