@@ -1331,7 +1331,8 @@ def jobs(db: Db | None, as_json: bool) -> None:
 def ui(db: Db | None, target: str | None, host: str, port: int, allow_actions: bool) -> None:
     """Serve a web viewer of the database's runs: threads, diagrams, timelines, states.
 
-    Read-only by default: the file is opened with SQLite's read-only mode and never written.
+    Read-only by default: a SQLite file is opened with SQLite's read-only mode, a PostgreSQL
+    database with read-only connections; nothing is ever written.
     A running thread updates on the page as it advances. Needs the `ui` extra (starlette and
     uvicorn).
     """
@@ -1343,10 +1344,7 @@ def ui(db: Db | None, target: str | None, host: str, port: int, allow_actions: b
     except ImportError as exc:
         raise CliError(f"the viewer needs {exc.name or 'starlette and uvicorn'}",
                        EXIT_NOT_FOUND, hint="pip install 'statemachine[ui]'") from exc
-    if isinstance(db, str):
-        raise CliError("the viewer reads SQLite files only; for PostgreSQL use the threads, "
-                       "history, show and jobs commands", EXIT_USAGE)
-    if not db.is_file():
+    if isinstance(db, Path) and not db.is_file():
         raise CliError(f"no database file {str(db)!r}", EXIT_NOT_FOUND,
                        hint="give the file a run wrote (statemachine run ... --db FILE)")
     if allow_actions and target is None:
@@ -1362,7 +1360,7 @@ def ui(db: Db | None, target: str | None, host: str, port: int, allow_actions: b
                 raise _invalid(target, exc) from exc
     with _library_errors():
         app = create_app(db, graph=graph, graph_name=target, allow_actions=allow_actions,
-                         host=host)
+                         host=host, schema=_schema())
     err = _stderr()
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(Text(f"warning: listening on {host}: anyone who can reach it can read every "

@@ -2,8 +2,8 @@
 
 The CLI's `threads`, `history` and `show` and the web viewer (`statemachine ui`) share these:
 they turn the checkpointer's records (JSON text) into plain dicts, never importing the graph.
-`ReadOnlySQLite` is a checkpointer that opens the file with SQLite's read-only mode, so a
-viewer cannot change it; its write methods raise `CheckpointError`.
+`open_read_only` gives a checkpointer that cannot change the store (SQLite's read-only mode,
+or read-only PostgreSQL connections); its write methods raise `CheckpointError`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from checkpoints.base import Chain, CheckpointRecord, PendingWrite, ThreadInfo
+from checkpoints.base import Chain, Checkpointer, CheckpointRecord, PendingWrite, ThreadInfo
 from checkpoints.sqlite import SQLiteCheckpointer
 
 from ._sync import run_sync
@@ -93,16 +93,8 @@ def unmerged_state(chain: Chain) -> dict[str, Any]:
 
 # -- a read-only store --------------------------------------------------------------------------
 
-class ReadOnlySQLite(SQLiteCheckpointer):
-    """A checkpoint database opened read-only (`SQLiteCheckpointer(path, read_only=True)`),
-    with synchronous twins of the reads for the command line and the viewer.
-
-    Runs that other processes commit meanwhile are seen (the file is in WAL mode). Give it to
-    a `CompiledGraph` to read `history()`/`get_state()` through the graph's reducers.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        super().__init__(path, read_only=True)
+class SyncReads(Checkpointer):
+    """Synchronous twins of a checkpointer's reads, for the command line and the viewer."""
 
     def load_sync(self, thread_id: str, checkpoint_id: str | None = None) -> Chain | None:
         return run_sync(lambda: self.load(thread_id, checkpoint_id))
@@ -116,4 +108,31 @@ class ReadOnlySQLite(SQLiteCheckpointer):
 
     def threads_sync(self) -> list[ThreadInfo]:
         return run_sync(self.threads)
+
+
+class ReadOnlySQLite(SyncReads, SQLiteCheckpointer):
+    """A checkpoint database opened read-only (`SQLiteCheckpointer(path, read_only=True)`),
+    with synchronous twins of the reads.
+
+    Runs that other processes commit meanwhile are seen (the file is in WAL mode). Give it to
+    a `CompiledGraph` to read `history()`/`get_state()` through the graph's reducers.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path, read_only=True)
+
+
+def open_read_only(db: str | Path, *, schema: str = "statemachine") -> SyncReads:
+    """A read-only store with synchronous reads: a SQLite file, or a PostgreSQL URL (its
+    connections read-only: `PostgresCheckpointer(url, read_only=True)`)."""
+    from checkpoints import is_postgres_url
+
+    if isinstance(db, str) and is_postgres_url(db):
+        from checkpoints.postgres import PostgresCheckpointer
+
+        class ReadOnlyPostgres(SyncReads, PostgresCheckpointer):
+            pass
+
+        return ReadOnlyPostgres(db, schema=schema, read_only=True)
+    return ReadOnlySQLite(db)
 

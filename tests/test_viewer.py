@@ -360,3 +360,61 @@ def test_ui_command_refuses_bad_usage(tmp_path):
     prepare_db(db)
     no_graph = ui("--db", str(db), "--allow-actions")
     assert no_graph.returncode == 2 and "--allow-actions needs --graph" in no_graph.stderr
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+def test_the_viewer_reads_a_postgres_store_read_only_and_acts_with_allow_actions(
+        postgres_dsn, page):
+    """The same viewer over PostgreSQL: read-only connections by default (nothing changes),
+    resume and rollback with --allow-actions."""
+    from conftest import postgres_schema
+
+    from checkpoints import PostgresCheckpointer
+    from tests.viewer_graphs import shop
+
+    schema = postgres_schema()
+    saver = PostgresCheckpointer(postgres_dsn, schema=schema)
+    try:
+        app = shop.compile(checkpointer=saver)
+        app.invoke({}, "order-done")
+        with pytest.raises(ConnectionError):
+            app.invoke({"fail": True}, "order-failed")
+    finally:
+        saver.close()
+
+    def dump() -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"SET search_path TO {schema}")
+            return [row for table in ("threads", "checkpoints", "pending_writes", "cache")
+                    for row in conn.execute(f"SELECT * FROM {table} ORDER BY 1")]
+
+    before = dump()
+    s = Server(postgres_dsn, "--schema", schema, "--graph", GRAPH)  # type: ignore[arg-type]
+    try:
+        info = s.get("/api/info").json()
+        assert info["read_only"] is True and "127.0.0.1" in info["db"]
+        assert {t["thread_id"]: t["status"] for t in s.get("/api/threads").json()} == {
+            "order-done": "done", "order-failed": "failed"}
+        detail = s.get("/api/threads/order-done").json()
+        assert [c["step"] for c in detail["checkpoints"]] == [3, 2, 1, 0]
+        assert s.post("/api/threads/order-failed/rollback",
+                      headers={"X-Statemachine-Action": "1"}).status_code == 403
+        page.goto(s.url + "/")
+        page.wait_for_selector("#threads tbody tr.thread-row")
+        assert listed(page) == {"order-done": "done", "order-failed": "failed"}
+    finally:
+        s.stop()
+    assert dump() == before
+
+    s = Server(postgres_dsn, "--schema", schema, "--graph", GRAPH,  # type: ignore[arg-type]
+               "--allow-actions")
+    try:
+        done = s.post("/api/threads/order-failed/rollback",
+                      headers={"X-Statemachine-Action": "1"})
+        assert done.status_code == 200, done.text
+        assert s.get("/api/threads/order-failed").json()["thread"]["status"] == "compensated"
+    finally:
+        s.stop()

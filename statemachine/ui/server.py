@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from statemachine.errors import StateMachineError
 from statemachine.records import extra_of, stored_writes
-from statemachine.store_reader import ReadOnlySQLite, history_rows, thread_row, unmerged_state
+from statemachine.store_reader import history_rows, open_read_only, thread_row, unmerged_state
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATUSES = ("running", "done", "failed", "interrupted", "compensated")
@@ -81,9 +81,12 @@ class Viewer:
     """What the endpoints read: the read-only store, and the graph when one was given."""
 
     def __init__(self, db: str | Path, *, graph: Any = None, graph_name: str | None = None,
-                 allow_actions: bool = False) -> None:
-        self.db = Path(db)
-        self.store = ReadOnlySQLite(self.db)
+                 allow_actions: bool = False, schema: str = "statemachine") -> None:
+        from checkpoints import is_postgres_url
+
+        self.db: str | Path = db if isinstance(db, str) and is_postgres_url(db) else Path(db)
+        self.schema = schema
+        self.store = open_read_only(self.db, schema=schema)
         self.graph_name = graph_name
         self.allow_actions = allow_actions
         self.app = None  # the graph over the read-only store (history, get_state, diagram)
@@ -102,14 +105,16 @@ class Viewer:
             self._actions_app.checkpointer.close()
 
     def actions_app(self) -> Any:
-        """The graph on a writing SQLiteCheckpointer (made on the first action)."""
+        """The graph on a writing checkpointer (made on the first action)."""
         if self._actions_app is None:
-            from checkpoints import SQLiteCheckpointer
+            from checkpoints import open_checkpointer
             from statemachine.compiled import CompiledGraph
 
             assert self.app is not None
+            options = {"schema": self.schema} if isinstance(self.db, str) else {}
             self._actions_app = CompiledGraph(self.app.spec, name=self.app.name,
-                                              checkpointer=SQLiteCheckpointer(self.db))
+                                              checkpointer=open_checkpointer(str(self.db),
+                                                                             **options))
         return self._actions_app
 
     # -- reads (synchronous: the endpoints run them in the thread pool) ---------------------
@@ -208,9 +213,12 @@ class HostGuard:
 
 
 def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = None,
-               allow_actions: bool = False, host: str = "127.0.0.1") -> Starlette:
-    """The viewer as an ASGI application (uvicorn runs it: see `statemachine ui`)."""
-    viewer = Viewer(db, graph=graph, graph_name=graph_name, allow_actions=allow_actions)
+               allow_actions: bool = False, host: str = "127.0.0.1",
+               schema: str = "statemachine") -> Starlette:
+    """The viewer as an ASGI application (uvicorn runs it: see `statemachine ui`). `db` is a
+    SQLite file or a PostgreSQL URL (tables in `schema`)."""
+    viewer = Viewer(db, graph=graph, graph_name=graph_name, allow_actions=allow_actions,
+                    schema=schema)
     # a page of another site must not reach a loopback viewer through DNS rebinding
     allowed_hosts = _LOOPBACK | {host} if host not in ("0.0.0.0", "::", "") else set()
 
@@ -227,7 +235,8 @@ def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = No
         return FileResponse(STATIC / "index.html")
 
     async def info(request: Request) -> Response:
-        return JSONResponse({"db": str(viewer.db), "graph": graph_name,
+        where = viewer.store.where if isinstance(viewer.db, str) else str(viewer.db)
+        return JSONResponse({"db": where, "graph": graph_name,
                              "allow_actions": allow_actions, "read_only": not allow_actions,
                              "statuses": list(STATUSES)})
 
