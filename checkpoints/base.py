@@ -125,9 +125,25 @@ class JobInfo:
     graph: str = ""
 
 
+def process_space() -> str:
+    """Where this process's pid means something: the host name, plus (on Linux) the boot and
+    the pid namespace. A lease holder whose pid is gone may be taken over at once only when it
+    ran in the same space: two containers with one host name, or a machine rebooted since,
+    must wait for the lease to expire instead."""
+    name = socket.gethostname()
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            boot = handle.read().strip()[:8]
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return name
+    return f"{name}#{boot}.{namespace}"
+
+
 @dataclass(frozen=True, slots=True)
 class Owner:
-    """Who holds a thread: a token unique to one run, plus where that run lives."""
+    """Who holds a thread: a token unique to one run, plus where that run lives (its pid and
+    `process_space()`)."""
 
     token: str
     pid: int
@@ -135,7 +151,7 @@ class Owner:
 
     @classmethod
     def new(cls) -> Owner:
-        return cls(os.urandom(12).hex(), os.getpid(), socket.gethostname())
+        return cls(os.urandom(12).hex(), os.getpid(), process_space())
 
 
 class CacheStore(Protocol):

@@ -7,11 +7,10 @@ they do with the answer is the same, and lives here.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .base import Chain, CheckpointRecord, JobInfo, PendingWrite, ThreadInfo
+from .base import Chain, CheckpointRecord, JobInfo, PendingWrite, ThreadInfo, process_space
 
 
 def record_from_row(row: Sequence[Any]) -> CheckpointRecord:
@@ -54,7 +53,7 @@ def threads_from_rows(rows: Iterable[Sequence[Any]]) -> list[ThreadInfo]:
     """Threads from (thread_id, status, step, checkpoint id, updated, error, lease live,
     owner pid, owner host) rows. A live lease of a process on this machine that is gone no
     longer makes the thread busy."""
-    host = socket.gethostname()
+    host = process_space()
     return [ThreadInfo(r[0], r[1], r[2], str(r[3]), r[4], r[5],
                        bool(r[6]) and not (r[8] == host and not process_alive(r[7])))
             for r in rows]

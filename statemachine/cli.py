@@ -1263,7 +1263,8 @@ def worker(target: str, db: Db | None, concurrency: int, poll: float, lease: flo
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, runner.stop)
             if not quiet:
-                err.print(Text(f"worker {runner.identity.host}:{runner.identity.pid} on "
+                host = runner.identity.host.split("#")[0]
+                err.print(Text(f"worker {host}:{runner.identity.pid} on "
                                f"{app.name} ({app.checkpointer!r}), concurrency {concurrency}"
                                + ("; exits when the queue is empty" if drain else
                                   "; Ctrl-C stops"), style="dim"))

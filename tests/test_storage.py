@@ -653,3 +653,25 @@ def test_a_read_only_checkpointer_reads_everything_and_changes_nothing(backend, 
             PostgresCheckpointer(backend.dsn, schema=missing, read_only=True)
         assert query(backend, "SELECT count(*) FROM information_schema.schemata WHERE "
                               "schema_name = ?", missing) == [(0,)]
+
+
+async def test_a_dead_holder_is_taken_over_at_once_only_from_its_own_process_space(backend):
+    """A lease whose process is gone is free at once when that process ran where its pid can
+    be checked (this host, boot and pid namespace); a holder elsewhere — another container
+    with the same host name — is waited for until its lease expires."""
+    import subprocess
+    import sys
+
+    from checkpoints.base import Owner, process_space
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    saver = backend.open()
+    here = Owner("dead-here", gone.pid, process_space())
+    elsewhere = Owner("dead-elsewhere", gone.pid, process_space().split("#")[0] + "#other.1")
+    await saver.acquire("local", here)
+    await saver.acquire("remote", elsewhere)
+
+    await saver.acquire("local", Owner.new())  # its pid is gone, and it was ours to check
+    with pytest.raises(ThreadBusyError):
+        await saver.acquire("remote", Owner.new())  # not ours to check: wait for the lease
