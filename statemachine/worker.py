@@ -151,7 +151,7 @@ class Worker:
         self._stopping.set()
 
     async def run(self, *, drain: bool = False, max_jobs: int | None = None) -> WorkerStats:
-        """Work until `stop()`; with `drain`, until no job is queued or running anywhere;
+        """Work until `stop()`; with `drain`, until no job of this graph is queued or running;
         with `max_jobs`, until this worker has claimed that many. A `stop()` that came before
         `run()` (a signal while the worker was starting) is kept: run() returns at once."""
         slots = [asyncio.create_task(self._slot(drain, max_jobs), name=f"worker-slot-{i}")
