@@ -66,11 +66,17 @@ async def submit(app: CompiledGraph, input: Any, thread_id: str, *,
         raise ThreadStateError("submit() needs a thread_id: any text naming the run.")
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
-    if await saver.jobs(thread_id=thread_id, open_only=True):
-        from checkpoints.base import job_busy_error
-
-        raise job_busy_error(thread_id)
     chain = await saver.load(thread_id)
+
+    async def refuse(error: ThreadStateError) -> ThreadBusyError | ThreadStateError:
+        # the thread looks unfinished (or finished) because a job of it is queued or running:
+        # say that, rather than what its state is in the meantime
+        if await saver.jobs(thread_id=thread_id, open_only=True):
+            from checkpoints.base import job_busy_error
+
+            return job_busy_error(thread_id)
+        return error
+
     schema = app.spec.schema
     encoded: str | None = None
     if chain is None:
@@ -81,17 +87,17 @@ async def submit(app: CompiledGraph, input: Any, thread_id: str, *,
         encoded = schema.encode_state(schema.validate_input(input, thread_id=thread_id))
     elif input is not None:
         if chain.head.status not in ("done", "compensated"):
-            raise ThreadStateError(
+            raise await refuse(ThreadStateError(
                 f"thread {thread_id!r} has an unfinished run (status {chain.head.status!r}); "
-                f"submit(None, thread_id={thread_id!r}) queues its continuation.")
+                f"submit(None, thread_id={thread_id!r}) queues its continuation."))
         update = schema.validate_update(input, node="__input__", step=chain.head.step,
                                         thread_id=thread_id)
         encoded = schema.encode_update(update, node="__input__", step=chain.head.step,
                                        thread_id=thread_id)
     elif chain.head.status in ("done", "compensated"):
-        raise ThreadStateError(
+        raise await refuse(ThreadStateError(
             f"thread {thread_id!r} has finished (status {chain.head.status!r}); there is "
-            "nothing to continue. Submit an input to run it again.")
+            "nothing to continue. Submit an input to run it again."))
     if event is not None and not isinstance(event, dict):
         raise ThreadStateError("event must be a dict: {event name: value}.")
     if event is not None and input is not None:
