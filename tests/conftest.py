@@ -3,6 +3,7 @@
 import contextlib
 import itertools
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -91,18 +92,40 @@ class Store:
             return f"checkpoints.PostgresCheckpointer({self.dsn!r}, schema={self.schema!r})"
         return f"checkpoints.SQLiteCheckpointer({str(self.path)!r})"
 
-    def rows(self, sql: str) -> list[tuple]:
-        """Run a read-only query on the store's tables (SQLite file or PostgreSQL schema)."""
+    def _postgres(self):
+        import psycopg
+
+        conn = psycopg.connect(self.dsn, autocommit=True)
+        conn.execute(f'SET search_path TO "{self.schema}"')
+        return conn
+
+    def query(self, sql: str, *args: object) -> list[tuple]:
+        """Rows of a query on the store's own tables (`?` placeholders, for either backend),
+        read from outside statemachine."""
         if self.kind == "postgres":
-            import psycopg
-
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
-                conn.execute(f"SET search_path TO {self.schema}")
-                return conn.execute(sql).fetchall()
-        import sqlite3
-
+            with self._postgres() as conn:
+                return [tuple(row) for row in
+                        conn.execute(sql.replace("?", "%s"), args).fetchall()]
         with contextlib.closing(sqlite3.connect(self.path)) as conn:
-            return conn.execute(sql).fetchall()
+            return conn.execute(sql, args).fetchall()
+
+    def change(self, sql: str, *args: object) -> None:
+        """Run one statement on the store from outside statemachine, as another program would."""
+        if self.kind == "postgres":
+            with self._postgres() as conn:
+                conn.execute(sql.replace("?", "%s"), args)
+            return
+        with contextlib.closing(sqlite3.connect(self.path, timeout=10)) as conn, conn:
+            conn.execute(sql, args)
+
+    def dump(self) -> dict[str, list[tuple]]:
+        """Every row of every table in a PostgreSQL store's schema."""
+        with self._postgres() as conn:
+            tables = [name for (name,) in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+                "ORDER BY table_name", (self.schema,))]
+            return {name: sorted((tuple(row) for row in conn.execute(f'SELECT * FROM "{name}"')),
+                                 key=repr) for name in tables}
 
     def open(self, **options):
         if self._memory is not None:

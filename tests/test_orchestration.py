@@ -597,7 +597,7 @@ def test_the_cache_lives_in_the_store_shared_by_threads_and_restarts(durable_sto
     app.invoke({"value": 4}, thread_id="t1")
     app.invoke({"value": 4}, thread_id="t2")
     assert calls == [4]
-    rows = durable_store.rows("SELECT namespace, expires_at FROM cache")
+    rows = durable_store.query("SELECT namespace, expires_at FROM cache")
     assert len(rows) == 1 and ":expensive" in rows[0][0] and rows[0][1] is None
 
     restarted = g.compile(checkpointer=durable_store.open())

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated
 
 import pytest
-from conftest import Store, make_store, postgres_schema
+from conftest import make_store, postgres_schema
 from pydantic import BaseModel
 
 from checkpoints import SQLiteCheckpointer
@@ -104,44 +104,6 @@ def rows(path: Path, sql: str, *args: object) -> list[tuple]:
         return conn.execute(sql, args).fetchall()
     finally:
         conn.close()
-
-
-def _pg_connect(store: Store):
-    import psycopg
-
-    conn = psycopg.connect(store.dsn, autocommit=True)
-    conn.execute(f'SET search_path TO "{store.schema}"')
-    return conn
-
-
-def query(store: Store, sql: str, *args: object) -> list[tuple]:
-    """Rows of a query on the store's own tables (`?` placeholders, for either backend)."""
-    if store.kind == "sqlite":
-        return rows(store.path, sql, *args)
-    with _pg_connect(store) as conn:
-        return [tuple(row) for row in conn.execute(sql.replace("?", "%s"), args).fetchall()]
-
-
-def change(store: Store, sql: str, *args: object) -> None:
-    """Run one statement on the store from outside statemachine, as another program would."""
-    if store.kind == "sqlite":
-        conn = sqlite3.connect(store.path, timeout=10)
-        with conn:
-            conn.execute(sql, args)
-        conn.close()
-        return
-    with _pg_connect(store) as conn:
-        conn.execute(sql.replace("?", "%s"), args)
-
-
-def dump(store: Store) -> dict[str, list[tuple]]:
-    """Every row of every table in a PostgreSQL store's schema."""
-    with _pg_connect(store) as conn:
-        tables = [name for (name,) in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
-            "ORDER BY table_name", (store.schema,))]
-        return {name: sorted((tuple(row) for row in conn.execute(f'SELECT * FROM "{name}"')),
-                             key=repr) for name in tables}
 
 
 def siblings(path: Path) -> set[str]:
@@ -264,18 +226,18 @@ def test_everything_is_stored_as_json_readable_with_plain_sql(backend):
     # no pickles, no blobs: every payload column is text (or NULL) holding JSON
     for column in ("next", "writes", "snapshot", "extra"):
         if backend.kind == "sqlite":
-            kinds = {k for (k,) in query(backend,
-                                         f"SELECT DISTINCT typeof({column}) FROM checkpoints")}
+            kinds = {k for (k,) in backend.query(
+                f"SELECT DISTINCT typeof({column}) FROM checkpoints")}
             assert kinds <= {"text", "null"}, column
         else:
-            assert query(backend, "SELECT data_type FROM information_schema.columns WHERE "
-                                  "table_schema = ? AND table_name = 'checkpoints' AND "
-                                  "column_name = ?", backend.schema, column) == [("text",)]
-        for (text,) in query(backend,
-                             f"SELECT {column} FROM checkpoints WHERE {column} IS NOT NULL"):
+            assert backend.query("SELECT data_type FROM information_schema.columns WHERE "
+                                 "table_schema = ? AND table_name = 'checkpoints' AND "
+                                 "column_name = ?", backend.schema, column) == [("text",)]
+        for (text,) in backend.query(
+                f"SELECT {column} FROM checkpoints WHERE {column} IS NOT NULL"):
             json.loads(text)
 
-    done = query(backend, "SELECT c.snapshot, c.next, c.status FROM checkpoints c JOIN "
+    done = backend.query("SELECT c.snapshot, c.next, c.status FROM checkpoints c JOIN "
                           "threads t ON t.key = c.thread WHERE t.thread_id = 'done' ORDER BY "
                           "c.id DESC LIMIT 1")
     snapshot, nxt, status = done[0]
@@ -283,11 +245,11 @@ def test_everything_is_stored_as_json_readable_with_plain_sql(backend):
         {"total": 4, "log": ["a", "b", "c", "d"]}
     assert (json.loads(nxt), status) == ([], "done")
 
-    writes = query(backend, "SELECT c.writes FROM checkpoints c JOIN threads t ON "
+    writes = backend.query("SELECT c.writes FROM checkpoints c JOIN threads t ON "
                             "t.key = c.thread WHERE t.thread_id = 'done' AND c.step = 2")
     assert json.loads(writes[0][0]) == [["d", 0, {"total": 1, "log": ["d"]}]]
 
-    failed = query(backend, "SELECT c.next, c.status, c.error, p.node, p.writes FROM "
+    failed = backend.query("SELECT c.next, c.status, c.error, p.node, p.writes FROM "
                             "checkpoints c JOIN threads t ON t.key = c.thread JOIN "
                             "pending_writes p ON p.checkpoint = c.id WHERE "
                             "t.thread_id = 'failed' ORDER BY p.node")
@@ -368,18 +330,18 @@ def test_storage_grows_with_the_writes_not_with_the_state(long_thread):
         assert size < 400 * LOOP + 4 * state_json, (size, state_json)
     else:
         # the rows themselves, as PostgreSQL stores them
-        (size,) = query(store, "SELECT (SELECT coalesce(sum(pg_column_size(c.*)), 0) FROM "
+        (size,) = store.query("SELECT (SELECT coalesce(sum(pg_column_size(c.*)), 0) FROM "
                                "checkpoints c) + (SELECT coalesce(sum(pg_column_size(p.*)), 0) "
                                "FROM pending_writes p)")[0]
         assert size < 400 * LOOP + 4 * state_json, (size, state_json)
         # on disk: heap, indexes and the fixed pages of every table, still linear in the writes
-        (disk,) = query(store, "SELECT sum(pg_total_relation_size((quote_ident(table_schema) "
+        (disk,) = store.query("SELECT sum(pg_total_relation_size((quote_ident(table_schema) "
                                "|| '.' || quote_ident(table_name))::regclass)) FROM "
                                "information_schema.tables WHERE table_schema = ?",
                         store.schema)[0]
         assert disk < 800 * LOOP + 4 * state_json, (disk, state_json)
     # full snapshots are spaced out as the state grows: their total is linear in it
-    (snapshots,) = query(store, "SELECT coalesce(sum(length(snapshot)), 0) FROM checkpoints")[0]
+    (snapshots,) = store.query("SELECT coalesce(sum(length(snapshot)), 0) FROM checkpoints")[0]
     assert snapshots < 8 * state_json, (snapshots, state_json)
 
 
@@ -401,13 +363,13 @@ async def test_reading_a_state_replays_a_bounded_chain(long_thread):
 def test_get_state_does_not_read_the_whole_history(long_thread):
     store, final = long_thread
     # damage the first half of the history beyond repair
-    change(store, "UPDATE checkpoints SET writes = '[garbage', snapshot = "
+    store.change("UPDATE checkpoints SET writes = '[garbage', snapshot = "
                   "CASE WHEN snapshot IS NULL THEN NULL ELSE '{garbage' END "
                   "WHERE step < ?", LOOP // 2)
     with store.open() as saver:
         app = loop(LOOP).compile(checkpointer=saver)
         assert app.get_state("long").state == final
-        ids = {step: cid for cid, step in query(store, "SELECT id, step FROM checkpoints")}
+        ids = {step: cid for cid, step in store.query("SELECT id, step FROM checkpoints")}
         late = app.get_state("long", str(ids[LOOP - 50]))
         assert late.state.n == LOOP - 50 and len(late.state.items) == LOOP - 50
         with pytest.raises(CheckpointError):  # the damage is real where it is read
@@ -454,7 +416,7 @@ async def test_many_threads_and_graphs_share_one_store(backend):
         listed_two = {t.thread_id for t in await two.threads()}
         assert listed_one == listed_two == {f"{kind}/{name}" for kind in ("count", "word")
                                             for name in names}
-    assert query(backend, "SELECT count(*) FROM threads") == [(16,)]
+    assert backend.query("SELECT count(*) FROM threads") == [(16,)]
 
 
 def test_sync_runs_from_many_os_threads_share_one_checkpointer(backend):
@@ -537,19 +499,19 @@ async def test_a_run_that_lost_its_lease_cannot_commit(backend):
         run = asyncio.create_task(app.ainvoke({}, thread_id="t"))
         await asyncio.wait_for(entered.wait(), 5)
         await asyncio.sleep(0.1)
-        before = query(backend, "SELECT count(*) FROM checkpoints")
+        before = backend.query("SELECT count(*) FROM checkpoints")
         # another run took the thread over (as after an expired lease)
         await asyncio.to_thread(
-            change, backend, "UPDATE threads SET owner = 'someone-else', owner_pid = 1, "
-                             "lease_expires = 9e18 WHERE thread_id = 't'")
+            backend.change, "UPDATE threads SET owner = 'someone-else', owner_pid = 1, "
+                            "lease_expires = 9e18 WHERE thread_id = 't'")
         release.set()
         with pytest.raises(ThreadBusyError, match="taken over"):
             await run
-        assert query(backend, "SELECT count(*) FROM checkpoints") == before
-        assert query(backend, "SELECT status FROM checkpoints") == [("running",)]
+        assert backend.query("SELECT count(*) FROM checkpoints") == before
+        assert backend.query("SELECT status FROM checkpoints") == [("running",)]
         # the quick node's update landed while the run held the thread; the slow one's did not
-        assert query(backend, "SELECT node FROM pending_writes") == [("quick",)]
-        assert query(backend, "SELECT owner FROM threads") == [("someone-else",)]
+        assert backend.query("SELECT node FROM pending_writes") == [("quick",)]
+        assert backend.query("SELECT owner FROM threads") == [("someone-else",)]
 
 
 def test_a_failed_run_resumes_from_a_reopened_store(backend):
@@ -629,7 +591,7 @@ def test_a_read_only_checkpointer_reads_everything_and_changes_nothing(backend, 
         loop(3).compile(checkpointer=saver).invoke({}, thread_id="t")
 
     def contents() -> object:
-        return backend.path.read_bytes() if backend.kind == "sqlite" else dump(backend)
+        return backend.path.read_bytes() if backend.kind == "sqlite" else backend.dump()
 
     before = contents()
     with backend.open(read_only=True) as reader:
@@ -651,7 +613,7 @@ def test_a_read_only_checkpointer_reads_everything_and_changes_nothing(backend, 
         missing = postgres_schema()
         with pytest.raises(CheckpointError, match="holds no statemachine tables"):
             PostgresCheckpointer(backend.dsn, schema=missing, read_only=True)
-        assert query(backend, "SELECT count(*) FROM information_schema.schemata WHERE "
+        assert backend.query("SELECT count(*) FROM information_schema.schemata WHERE "
                               "schema_name = ?", missing) == [(0,)]
 
 

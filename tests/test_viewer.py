@@ -368,30 +368,22 @@ def test_the_viewer_reads_a_postgres_store_read_only_and_acts_with_allow_actions
         postgres_dsn, page):
     """The same viewer over PostgreSQL: read-only connections by default (nothing changes),
     resume and rollback with --allow-actions."""
-    from conftest import postgres_schema
+    from conftest import Store
 
-    from checkpoints import PostgresCheckpointer
     from tests.viewer_graphs import shop
 
-    schema = postgres_schema()
-    saver = PostgresCheckpointer(postgres_dsn, schema=schema)
+    store = Store("postgres", Path(), postgres_dsn)
+    schema = store.schema
+    saver = store.open()
     try:
         app = shop.compile(checkpointer=saver)
         app.invoke({}, "order-done")
         with pytest.raises(ConnectionError):
             app.invoke({"fail": True}, "order-failed")
     finally:
-        saver.close()
+        store.close()
 
-    def dump() -> list[tuple]:
-        import psycopg
-
-        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-            conn.execute(f"SET search_path TO {schema}")
-            return [row for table in ("threads", "checkpoints", "pending_writes", "cache")
-                    for row in conn.execute(f"SELECT * FROM {table} ORDER BY 1")]
-
-    before = dump()
+    before = store.dump()
     s = Server(postgres_dsn, "--schema", schema, "--graph", GRAPH)  # type: ignore[arg-type]
     try:
         info = s.get("/api/info").json()
@@ -407,7 +399,7 @@ def test_the_viewer_reads_a_postgres_store_read_only_and_acts_with_allow_actions
         assert listed(page) == {"order-done": "done", "order-failed": "failed"}
     finally:
         s.stop()
-    assert dump() == before
+    assert store.dump() == before
 
     s = Server(postgres_dsn, "--schema", schema, "--graph", GRAPH,  # type: ignore[arg-type]
                "--allow-actions")
