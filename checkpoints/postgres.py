@@ -49,6 +49,7 @@ from .base import (
     busy_error,
     job_busy_error,
 )
+from .heartbeat import LeaseHeartbeat
 from .rows import (
     chain_from_rows,
     jobs_from_rows,
@@ -226,7 +227,7 @@ class PostgresCheckpointer(Checkpointer):
         except BaseException:
             self._threads.shutdown(wait=False)
             raise
-        self._heartbeat = _LeaseHeartbeat(self)
+        self._heartbeat = LeaseHeartbeat(lease_seconds, "statemachine-pg-lease", self._renew)
 
     @property
     def where(self) -> str:
@@ -335,6 +336,23 @@ class PostgresCheckpointer(Checkpointer):
                 thread_id, owner):
             raise busy_error(thread_id)
         self._heartbeat.hold(thread_id, owner.token)
+
+    def _renew(self, leases: list[tuple[str, str]], claims: list[tuple[str, str]]) -> None:
+        """One beat of the heartbeat: every held lease and claim in one statement each."""
+        lease = self.lease_seconds
+        with self._pool.connection(timeout=lease / 3) as conn:
+            if leases:
+                conn.execute(
+                    f"UPDATE threads SET lease_expires = {_NOW} + %s FROM unnest(%s::text[], "
+                    "%s::text[]) AS h(thread_id, owner) WHERE threads.thread_id = h.thread_id "
+                    "AND threads.owner = h.owner",
+                    (lease, [h[0] for h in leases], [h[1] for h in leases]))
+            if claims:
+                conn.execute(
+                    f"UPDATE jobs SET claimed_until = {_NOW} + %s FROM unnest(%s::text[], "
+                    "%s::text[]) AS c(thread_id, claim_key) WHERE jobs.thread_id = c.thread_id "
+                    "AND jobs.claim_key = c.claim_key",
+                    (lease, [c[0] for c in claims], [c[1] for c in claims]))
 
     async def _take_from_dead_owner(self, thread_id: str, owner: Owner) -> bool:
         """A holder on this machine whose process is gone need not be waited for."""
@@ -610,72 +628,6 @@ class PostgresCheckpointer(Checkpointer):
         return await self._call(lambda conn: conn.execute(query.encode(), params).fetchall())
 
 
-
-
-class _LeaseHeartbeat:
-    """Renews this process's thread leases and job claims from a thread of its own, every
-    third of the lease, so a long synchronous node cannot starve the renewal."""
-
-    def __init__(self, saver: PostgresCheckpointer) -> None:
-        self._saver = saver
-        self._held: dict[tuple[str, str], None] = {}
-        self._claims: dict[tuple[str, str], None] = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def hold(self, thread_id: str, token: str) -> None:
-        with self._lock:
-            self._held[(thread_id, token)] = None
-            self._start()
-
-    def drop(self, thread_id: str, token: str) -> None:
-        with self._lock:
-            self._held.pop((thread_id, token), None)
-
-    def hold_claim(self, thread_id: str, key: str) -> None:
-        with self._lock:
-            self._claims[(thread_id, key)] = None
-            self._start()
-
-    def drop_claim(self, thread_id: str, key: str) -> None:
-        with self._lock:
-            self._claims.pop((thread_id, key), None)
-
-    def _start(self) -> None:
-        if self._thread is None and not self._wake.is_set():
-            self._thread = threading.Thread(target=self._run, name="statemachine-pg-lease",
-                                            daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        lease = self._saver.lease_seconds
-        while not self._wake.wait(lease / 3):
-            with self._lock:
-                held, claims = list(self._held), list(self._claims)
-            if not held and not claims:
-                continue
-            try:
-                with self._saver._pool.connection(timeout=lease / 3) as conn:
-                    if held:
-                        conn.execute(
-                            f"UPDATE threads SET lease_expires = {_NOW} + %s FROM unnest("
-                            "%s::text[], %s::text[]) AS h(thread_id, owner) WHERE "
-                            "threads.thread_id = h.thread_id AND threads.owner = h.owner",
-                            (lease, [h[0] for h in held], [h[1] for h in held]))
-                    if claims:
-                        conn.execute(
-                            f"UPDATE jobs SET claimed_until = {_NOW} + %s FROM unnest("
-                            "%s::text[], %s::text[]) AS c(thread_id, claim_key) WHERE "
-                            "jobs.thread_id = c.thread_id AND jobs.claim_key = c.claim_key",
-                            (lease, [c[0] for c in claims], [c[1] for c in claims]))
-            except (psycopg.Error, PoolTimeout):
-                continue  # unreachable: the next beat tries again, well before expiry
 
 
 __all__ = ["PostgresCheckpointer"]

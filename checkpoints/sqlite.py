@@ -49,6 +49,7 @@ from .base import (
     busy_error,
     job_busy_error,
 )
+from .heartbeat import LeaseHeartbeat
 from .rows import (
     chain_from_rows,
     jobs_from_rows,
@@ -184,7 +185,9 @@ class SQLiteCheckpointer(Checkpointer):
         self.read_only = read_only
         self._direct_lock = threading.Lock()
         self._closed = threading.Event()  # an object, so in_caller_thread() views share it
-        self._heartbeat = _LeaseHeartbeat(self.path, lease_seconds)
+        renewer = _Renewer(self.path, lease_seconds)
+        self._heartbeat = LeaseHeartbeat(lease_seconds, f"statemachine-lease:{self.path.name}",
+                                         renewer.renew, renewer.close)
         if read_only:  # no writer connection, no aiosqlite thread: reads in the caller's thread
             self._direct = _open_read_only(self.path)
             self._conn: aiosqlite.Connection | None = None
@@ -565,75 +568,28 @@ def _identify(conn: sqlite3.Connection) -> tuple[int, set[str]]:
     return app_id, tables
 
 
-class _LeaseHeartbeat:
-    """Renews the leases this process holds, from a thread of its own.
-
-    A thread (not a task on the event loop) so that a long synchronous node cannot starve the
-    renewal: a lease expires only when its process is gone or stuck for `lease_seconds`.
-    """
+class _Renewer:
+    """How a SQLite file renews leases and claims: on a connection of the heartbeat's own."""
 
     def __init__(self, path: Path, lease_seconds: float) -> None:
         self._path, self._lease = path, lease_seconds
-        self._held: dict[tuple[str, str], None] = {}
-        self._claims: dict[tuple[str, str], None] = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._stopped = False
+        self._conn: sqlite3.Connection | None = None
 
-    def hold_claim(self, thread_id: str, key: str) -> None:
-        with self._lock:
-            self._claims[(thread_id, key)] = None
-            self._start()
+    def renew(self, leases: list[tuple[str, str]], claims: list[tuple[str, str]]) -> None:
+        if self._conn is None:
+            self._conn = sqlite3.connect(self._path, isolation_level=None, timeout=10,
+                                         check_same_thread=False)
+        until = time.time() + self._lease
+        self._conn.executemany(
+            "UPDATE threads SET lease_expires = ? WHERE thread_id = ? AND owner = ?",
+            [(until, thread_id, token) for thread_id, token in leases])
+        self._conn.executemany(
+            "UPDATE jobs SET claimed_until = ? WHERE thread_id = ? AND claim_key = ?",
+            [(until, thread_id, key) for thread_id, key in claims])
 
-    def drop_claim(self, thread_id: str, key: str) -> None:
-        with self._lock:
-            self._claims.pop((thread_id, key), None)
-
-    def hold(self, thread_id: str, token: str) -> None:
-        with self._lock:
-            self._held[(thread_id, token)] = None
-            self._start()
-
-    def _start(self) -> None:
-        if self._thread is None and not self._stopped:
-            self._thread = threading.Thread(
-                target=self._run, name=f"statemachine-lease:{self._path.name}", daemon=True)
-            self._thread.start()
-
-    def drop(self, thread_id: str, token: str) -> None:
-        with self._lock:
-            self._held.pop((thread_id, token), None)
-
-    def stop(self) -> None:
-        self._stopped = True
-        self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        conn = sqlite3.connect(self._path, isolation_level=None, timeout=10,
-                               check_same_thread=False)
-        try:
-            while not self._wake.wait(self._lease / 3):
-                with self._lock:
-                    held, claims = list(self._held), list(self._claims)
-                for thread_id, token in held:
-                    try:
-                        conn.execute(
-                            "UPDATE threads SET lease_expires = ? WHERE thread_id = ? AND "
-                            "owner = ?", (time.time() + self._lease, thread_id, token))
-                    except sqlite3.Error:
-                        continue  # busy: the next beat tries again, well before expiry
-                for thread_id, key in claims:
-                    try:
-                        conn.execute(
-                            "UPDATE jobs SET claimed_until = ? WHERE thread_id = ? AND "
-                            "claim_key = ?", (time.time() + self._lease, thread_id, key))
-                    except sqlite3.Error:
-                        continue
-        finally:
-            conn.close()
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
 
 __all__ = ["SQLiteCheckpointer"]
