@@ -47,6 +47,7 @@ from .base import (
     PendingWrite,
     ThreadInfo,
     busy_error,
+    checkpoint_number,
     job_busy_error,
 )
 from .heartbeat import LeaseHeartbeat
@@ -149,8 +150,10 @@ WITH RECURSIVE chain(n, id) AS (
       AND c.id = coalesce(:checkpoint, (SELECT max(id) FROM checkpoints
                   WHERE thread = (SELECT key FROM threads WHERE thread_id = :thread)))
     UNION ALL
+    -- parents are strictly older (smaller ids): a damaged or crafted cycle ends the chain
+    -- early, where chain_from_rows reports it, instead of recursing forever
     SELECT chain.n + 1, cur.parent FROM chain JOIN checkpoints cur ON cur.id = chain.id
-    WHERE cur.snapshot IS NULL AND cur.parent IS NOT NULL
+    WHERE cur.snapshot IS NULL AND cur.parent IS NOT NULL AND cur.parent < cur.id
 )
 SELECT 'c', chain.n, {_COLUMNS} FROM chain JOIN checkpoints c ON c.id = chain.id
 JOIN threads t ON t.key = c.thread
@@ -181,6 +184,7 @@ class SQLiteCheckpointer(Checkpointer):
         from statemachine._sync import run_sync
 
         self.path = Path(path)
+        self._where = str(self.path)  # how errors about damaged rows name the store
         self.lease_seconds = lease_seconds
         self.read_only = read_only
         self._direct_lock = threading.Lock()
@@ -289,18 +293,22 @@ class SQLiteCheckpointer(Checkpointer):
     # -- reads ----------------------------------------------------------------------------------
 
     async def load(self, thread_id: str, checkpoint_id: str | None = None) -> Chain | None:
-        if checkpoint_id is not None and not str(checkpoint_id).isdigit():
+        number = None if checkpoint_id is None else checkpoint_number(checkpoint_id)
+        if checkpoint_id is not None and number is None:
             return None
-        rows = await self._fetchall(
-            _LOAD, {"thread": thread_id,
-                    "checkpoint": None if checkpoint_id is None else int(checkpoint_id)})
-        return chain_from_rows(rows, (3, 4, 5, 6))
+        rows = await self._fetchall(_LOAD, {"thread": thread_id, "checkpoint": number})
+        return chain_from_rows(rows, (3, 4, 5, 6), where=self._where)
 
-    async def list(self, thread_id: str) -> list[CheckpointRecord]:
+    async def list(self, thread_id: str, *, limit: int | None = None,
+                   before: str | None = None) -> list[CheckpointRecord]:
+        below = None if before is None else checkpoint_number(before)
+        if before is not None and below is None:
+            return []
         rows = await self._fetchall(
             f"SELECT {_COLUMNS} FROM checkpoints c JOIN threads t ON t.key = c.thread "
-            "WHERE t.thread_id = ? ORDER BY c.id DESC", (thread_id,))
-        return [record_from_row(row) for row in rows]
+            "WHERE t.thread_id = ? AND (? IS NULL OR c.id < ?) ORDER BY c.id DESC LIMIT ?",
+            (thread_id, below, below, -1 if limit is None else limit))
+        return [record_from_row(row, where=self._where) for row in rows]
 
     async def list_pending(self, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
         if not checkpoint_ids:
@@ -323,14 +331,16 @@ class SQLiteCheckpointer(Checkpointer):
             "INSERT OR REPLACE INTO cache(namespace, key, value, expires_at) VALUES (?, ?, ?, ?)",
             (namespace, key, value, None if ttl is None else time.time() + ttl))
 
-    async def threads(self) -> list[ThreadInfo]:
+    async def threads(self, *, limit: int | None = None, offset: int = 0,
+                      updated_since: float | None = None) -> list[ThreadInfo]:
         rows = await self._fetchall(
             "SELECT t.thread_id, c.status, c.step, c.id, coalesce(c.marked_at, c.created_at), "
             "c.error, t.owner IS NOT NULL AND t.lease_expires > ?, t.owner_pid, t.owner_host "
             "FROM threads t JOIN checkpoints c ON c.id = (SELECT max(id) FROM checkpoints "
-            "WHERE thread = t.key) ORDER BY coalesce(c.marked_at, c.created_at) DESC, c.id DESC",
-            (time.time(),))
-        return threads_from_rows(rows)
+            "WHERE thread = t.key) WHERE (? IS NULL OR coalesce(c.marked_at, c.created_at) > ?) "
+            "ORDER BY coalesce(c.marked_at, c.created_at) DESC, c.id DESC LIMIT ? OFFSET ?",
+            (time.time(), updated_since, updated_since, -1 if limit is None else limit, offset))
+        return threads_from_rows(rows, where=self._where)
 
     # -- the work queue (each change one statement; SQLite runs one writer at a time, so a
     # claim's select-then-update cannot interleave with another's) ----------------------------
@@ -471,12 +481,9 @@ def _prepare_file(path: Path) -> None:
 def _prepare_file_once(path: Path) -> None:
     if path.exists() and path.is_dir():
         raise CheckpointError(f"{str(path)!r} is a directory, not a checkpoint database file.")
-    if path.exists() and path.stat().st_size > 0:
-        with path.open("rb") as handle:
-            if handle.read(16) != b"SQLite format 3\x00":
-                raise CheckpointError(
-                    f"{str(path)!r} is not a SQLite database; give a new file name or an "
-                    "existing checkpoint database.")
+    # The file is identified through SQLite only: a descriptor of our own on it, once closed,
+    # would drop every POSIX lock this process holds on it — its open connections' locks too
+    # (SQLite's "How To Corrupt An SQLite Database File", 2.2) — and corrupt the database.
     conn = sqlite3.connect(path, isolation_level=None, timeout=10)
     try:
         app_id, tables = _identify(conn)
@@ -521,6 +528,10 @@ def _prepare_file_once(path: Path) -> None:
                 raise
             version += 1
     except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
+            raise CheckpointError(
+                f"{str(path)!r} is not a SQLite database; it was not modified. Give a new file "
+                "name or an existing checkpoint database.") from exc
         raise CheckpointError(f"cannot open {str(path)!r} as a checkpoint database: {exc}") \
             from exc
     finally:
