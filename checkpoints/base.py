@@ -195,16 +195,21 @@ class Checkpointer(ABC):
         """The latest (or given) checkpoint of a thread with its replay chain; None if absent."""
 
     @abstractmethod
-    async def list(self, thread_id: str) -> list[CheckpointRecord]:
-        """Every checkpoint of the thread, newest first."""
+    async def list(self, thread_id: str, *, limit: int | None = None,
+                   before: str | None = None) -> list[CheckpointRecord]:
+        """The thread's checkpoints, newest first: at most `limit` of them, and with `before`
+        (a checkpoint id) only those older than it — a page costs what it returns."""
 
     @abstractmethod
     async def list_pending(self, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
         """Pending writes of the given checkpoints."""
 
     @abstractmethod
-    async def threads(self) -> list[ThreadInfo]:
-        """Every thread in the store with its latest status, most recently updated first."""
+    async def threads(self, *, limit: int | None = None, offset: int = 0,
+                      updated_since: float | None = None) -> list[ThreadInfo]:
+        """The threads in the store with their latest status, most recently updated first:
+        at most `limit` from `offset` on, and with `updated_since` (a unix time) only those
+        whose latest checkpoint changed after it."""
 
     @abstractmethod
     async def cache_get(self, namespace: str, key: str) -> str | None:
@@ -273,6 +278,13 @@ class Checkpointer(ABC):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def checkpoint_number(checkpoint_id: object) -> int | None:
+    """A SQL store's checkpoint id as its row number, or None for text no store wrote: only
+    ASCII digits count (`str.isdigit` also accepts "²", which `int()` refuses)."""
+    text = str(checkpoint_id)
+    return int(text) if text.isascii() and text.isdecimal() else None
 
 
 def job_busy_error(thread_id: str) -> ThreadBusyError:

@@ -154,26 +154,36 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
             pending = {r.id: list(self._pending[r.id]) for r in records if r.id in self._pending}
             return Chain(records, pending)
 
-    async def list(self, thread_id: str) -> list[CheckpointRecord]:
+    async def list(self, thread_id: str, *, limit: int | None = None,
+                   before: str | None = None) -> list[CheckpointRecord]:
         with self._lock:
             thread = self._threads.get(thread_id)
-            return [self._records[c] for c in reversed(thread.checkpoints)] if thread else []
+            if thread is None:
+                return []
+            ids = thread.checkpoints
+            if before is not None:
+                ids = ids[:ids.index(before)] if before in ids else []
+            chosen = ids[::-1] if limit is None else ids[:-limit - 1:-1] if limit > 0 else []
+            return [self._records[c] for c in chosen]
 
     async def list_pending(self, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
         with self._lock:
             return {c: list(self._pending[c]) for c in checkpoint_ids if c in self._pending}
 
-    async def threads(self) -> list[ThreadInfo]:
+    async def threads(self, *, limit: int | None = None, offset: int = 0,
+                      updated_since: float | None = None) -> list[ThreadInfo]:
         with self._lock:
             infos = []
             for thread_id, thread in self._threads.items():
-                if not thread.checkpoints:
+                if not thread.checkpoints or (updated_since is not None
+                                              and thread.updated_at <= updated_since):
                     continue
                 head = self._records[thread.checkpoints[-1]]
                 infos.append(ThreadInfo(
                     thread_id, head.status, head.step, head.id, thread.updated_at, head.error,
                     busy=thread.owner is not None))
-        return sorted(infos, key=lambda t: t.updated_at, reverse=True)
+        infos.sort(key=lambda t: t.updated_at, reverse=True)
+        return infos[offset:] if limit is None else infos[offset:offset + limit]
 
     # -- the work queue (a claim is held until finished: a worker's crash ends this memory) ---
 

@@ -47,6 +47,7 @@ from .base import (
     PendingWrite,
     ThreadInfo,
     busy_error,
+    checkpoint_number,
     job_busy_error,
 )
 from .heartbeat import LeaseHeartbeat
@@ -154,9 +155,11 @@ chain(n, id) AS (
     UNION ALL
     -- one primary-key lookup per link (LATERAL ... LIMIT 1): a plain join lets the planner
     -- hash-join a scan of the whole table at every level of the recursion
+    -- parents are strictly older (smaller ids): a damaged or crafted cycle ends the chain
+    -- early, where chain_from_rows reports it, instead of recursing forever
     SELECT chain.n + 1, cur.parent FROM chain CROSS JOIN LATERAL (
         SELECT parent FROM checkpoints WHERE id = chain.id AND snapshot IS NULL
-          AND parent IS NOT NULL LIMIT 1) cur
+          AND parent IS NOT NULL AND parent < id LIMIT 1) cur
 )
 SELECT 'c', chain.n, {_COLUMNS}, NULL FROM chain JOIN checkpoints c ON c.id = chain.id
 JOIN threads t ON t.key = c.thread
@@ -431,18 +434,24 @@ class PostgresCheckpointer(Checkpointer):
     # -- reads ----------------------------------------------------------------------------------
 
     async def load(self, thread_id: str, checkpoint_id: str | None = None) -> Chain | None:
-        if checkpoint_id is not None and not str(checkpoint_id).isdigit():
+        number = None if checkpoint_id is None else checkpoint_number(checkpoint_id)
+        if checkpoint_id is not None and (number is None or number >= 2**63):
             return None
-        rows = await self._fetchall(
-            _LOAD, {"thread": thread_id,
-                    "checkpoint": None if checkpoint_id is None else int(checkpoint_id)})
-        return chain_from_rows(rows, (6, 14, 8, 10))
+        rows = await self._fetchall(_LOAD, {"thread": thread_id, "checkpoint": number})
+        return chain_from_rows(rows, (6, 14, 8, 10), where=self.where)
 
-    async def list(self, thread_id: str) -> list[CheckpointRecord]:
+    async def list(self, thread_id: str, *, limit: int | None = None,
+                   before: str | None = None) -> list[CheckpointRecord]:
+        below = None if before is None else checkpoint_number(before)
+        if before is not None and below is None:
+            return []
         rows = await self._fetchall(
             f"SELECT {_COLUMNS} FROM checkpoints c JOIN threads t ON t.key = c.thread "
-            "WHERE t.thread_id = %s ORDER BY c.id DESC", (thread_id,))
-        return [record_from_row(row) for row in rows]
+            "WHERE t.thread_id = %(thread)s AND (%(below)s::bigint IS NULL OR "
+            "c.id < %(below)s::bigint) ORDER BY c.id DESC LIMIT %(limit)s",
+            {"thread": thread_id, "below": None if below is None else min(below, 2**63 - 1),
+             "limit": limit})
+        return [record_from_row(row, where=self.where) for row in rows]
 
     async def list_pending(self, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
         if not checkpoint_ids:
@@ -465,14 +474,18 @@ class PostgresCheckpointer(Checkpointer):
             f"{_NOW} + %s) ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
             "expires_at = excluded.expires_at", (namespace, key, value, ttl))
 
-    async def threads(self) -> list[ThreadInfo]:
+    async def threads(self, *, limit: int | None = None, offset: int = 0,
+                      updated_since: float | None = None) -> list[ThreadInfo]:
         rows = await self._fetchall(
             "SELECT t.thread_id, c.status, c.step, c.id, coalesce(c.marked_at, c.created_at), "
             f"c.error, t.owner IS NOT NULL AND t.lease_expires > {_NOW}, t.owner_pid, "
             "t.owner_host FROM threads t JOIN LATERAL (SELECT * FROM checkpoints WHERE "
             "thread = t.key ORDER BY id DESC LIMIT 1) c ON true "
-            "ORDER BY coalesce(c.marked_at, c.created_at) DESC, c.id DESC", ())
-        return threads_from_rows(rows)
+            "WHERE (%(since)s::float8 IS NULL OR coalesce(c.marked_at, c.created_at) > "
+            "%(since)s::float8) ORDER BY coalesce(c.marked_at, c.created_at) DESC, c.id DESC "
+            "LIMIT %(limit)s OFFSET %(offset)s",
+            {"since": updated_since, "limit": limit, "offset": offset})
+        return threads_from_rows(rows, where=self.where)
 
     # -- the work queue ----------------------------------------------------------------------
 

@@ -8,27 +8,52 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from itertools import pairwise
 from typing import Any
+
+from statemachine.errors import CheckpointError
 
 from .base import Chain, CheckpointRecord, JobInfo, PendingWrite, ThreadInfo, process_space
 
 
-def record_from_row(row: Sequence[Any]) -> CheckpointRecord:
+def record_from_row(row: Sequence[Any], *, where: str = "the store") -> CheckpointRecord:
     """A checkpoint from (id, thread_id, parent, step, kind, status, next, writes, snapshot,
-    extra, error, created_at)."""
+    extra, error, created_at). A row no run of ours could have written (a damaged or crafted
+    database) is refused with `CheckpointError` naming the thread, checkpoint and column."""
+    for column, index, kinds in _CHECKED_COLUMNS:
+        if not isinstance(row[index], kinds) or isinstance(row[index], bool):
+            raise damaged(where, row[1], row[0], f"its {column!r} column holds "
+                          f"{type(row[index]).__name__} {_sample(row[index])}, not "
+                          f"{' or '.join(k.__name__ for k in kinds)}")
     return CheckpointRecord(
         str(row[0]), row[1], None if row[2] is None else str(row[2]), row[3], row[4], row[5],
-        row[6], row[7], row[8], row[9], row[10], row[11])
+        row[6], row[7], row[8], row[9], row[10], float(row[11]))
 
 
-def chain_from_rows(rows: Sequence[Sequence[Any]], pending_columns: tuple[int, int, int, int]
-          ) -> Chain | None:
+def chain_from_rows(rows: Sequence[Sequence[Any]], pending_columns: tuple[int, int, int, int],
+                    *, where: str = "the store") -> Chain | None:
     """A `Chain` from the one-query load: rows tagged 'c' (a checkpoint, its distance from the
     head second) and 'p' (a pending write, its checkpoint id third, then node, index, writes
-    and meta at `pending_columns`). None when the thread or checkpoint does not exist."""
+    and meta at `pending_columns`). None when the thread or checkpoint does not exist.
+
+    The chain must run from a checkpoint holding a snapshot to the head, each one the parent
+    of the next, all of one thread: the load stops at a parent that is not older than its
+    child, so a damaged file's cycle or dangling parent is reported here, never looped on."""
     records = sorted((row for row in rows if row[0] == "c"), key=lambda row: -row[1])
     if not records:
         return None
+    chain = [record_from_row(row[2:], where=where) for row in records]
+    head = chain[-1]
+    for older, newer in pairwise(chain):
+        if newer.parent_id != older.id or newer.thread_id != head.thread_id:
+            raise damaged(where, head.thread_id, newer.id,
+                          f"its parent {newer.parent_id} is not the thread's checkpoint before it")
+    if chain[0].snapshot is None:
+        root = chain[0]
+        reason = ("it has neither a parent nor a stored state" if root.parent_id is None else
+                  f"its parent {root.parent_id} is missing, of another thread, or not older "
+                  "than it (a cycle)")
+        raise damaged(where, head.thread_id, root.id, reason)
     node, index, writes, meta = pending_columns
     pending: dict[str, list[PendingWrite]] = {}
     for row in rows:
@@ -37,7 +62,27 @@ def chain_from_rows(rows: Sequence[Sequence[Any]], pending_columns: tuple[int, i
                 PendingWrite(str(row[2]), row[node], row[index], row[writes], row[meta]))
     for group in pending.values():
         group.sort(key=lambda w: (w.node, w.index))
-    return Chain([record_from_row(row[2:]) for row in records], pending)
+    return Chain(chain, pending)
+
+
+def damaged(where: str, thread_id: object, checkpoint_id: object, reason: str
+            ) -> CheckpointError:
+    """The error for a stored row no run of ours wrote: it names the store, thread and
+    checkpoint, and says what to do."""
+    return CheckpointError(
+        f"{where}: thread {thread_id!r}, checkpoint {checkpoint_id}: {reason}. The database is "
+        "damaged or was edited by hand; restore it from a backup, or fork the thread from an "
+        "earlier checkpoint.")
+
+
+def _sample(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_CHECKED_COLUMNS: tuple[tuple[str, int, tuple[type, ...]], ...] = (
+    ("step", 3, (int,)), ("kind", 4, (str,)), ("status", 5, (str,)), ("next", 6, (str,)),
+    ("created_at", 11, (int, float)))
 
 
 def pending_from_rows(rows: Iterable[Sequence[Any]]) -> dict[str, list[PendingWrite]]:
@@ -49,14 +94,20 @@ def pending_from_rows(rows: Iterable[Sequence[Any]]) -> dict[str, list[PendingWr
     return pending
 
 
-def threads_from_rows(rows: Iterable[Sequence[Any]]) -> list[ThreadInfo]:
+def threads_from_rows(rows: Iterable[Sequence[Any]], *, where: str = "the store"
+                      ) -> list[ThreadInfo]:
     """Threads from (thread_id, status, step, checkpoint id, updated, error, lease live,
     owner pid, owner host) rows. A live lease of a process on this machine that is gone no
     longer makes the thread busy."""
     host = process_space()
-    return [ThreadInfo(r[0], r[1], r[2], str(r[3]), r[4], r[5],
-                       bool(r[6]) and not (r[8] == host and not process_alive(r[7])))
-            for r in rows]
+    infos = []
+    for r in rows:
+        if not isinstance(r[4], int | float) or not isinstance(r[2], int):
+            raise damaged(where, r[0], r[3], f"its time {_sample(r[4])} or step "
+                          f"{_sample(r[2])} is not a number")
+        infos.append(ThreadInfo(r[0], r[1], r[2], str(r[3]), float(r[4]), r[5],
+                                bool(r[6]) and not (r[8] == host and not process_alive(r[7]))))
+    return infos
 
 
 def jobs_from_rows(rows: Iterable[Sequence[Any]]) -> list[JobInfo]:

@@ -207,12 +207,16 @@ class CompiledGraph:
     async def aget_state(self, thread_id: str, checkpoint_id: str | None = None) -> Snapshot:
         return await self._executor.get_state(thread_id, checkpoint_id)
 
-    def history(self, thread_id: str, *, limit: int | None = None) -> list[Snapshot]:
-        """Every checkpoint of a thread (all branches), newest first."""
-        return run_sync(lambda: self._executor.history(thread_id, limit, blocking=True))
+    def history(self, thread_id: str, *, limit: int | None = None,
+                before: str | None = None) -> list[Snapshot]:
+        """The checkpoints of a thread (all branches), newest first: at most `limit`, and with
+        `before` (a checkpoint id) only older ones — pass the last one's id to page on. A page
+        costs what it returns, however long the thread."""
+        return run_sync(lambda: self._executor.history(thread_id, limit, before, blocking=True))
 
-    async def ahistory(self, thread_id: str, *, limit: int | None = None) -> list[Snapshot]:
-        return await self._executor.history(thread_id, limit)
+    async def ahistory(self, thread_id: str, *, limit: int | None = None,
+                       before: str | None = None) -> list[Snapshot]:
+        return await self._executor.history(thread_id, limit, before)
 
     def update_state(self, thread_id: str, values: Any, as_node: str | None = None, *,
                      checkpoint_id: str | None = None) -> Snapshot:

@@ -120,27 +120,37 @@ class Executor:
             raise _not_found(thread_id, checkpoint_id)
         return self.snapshot(chain.head, self.rebuild(chain), chain.pending.get(chain.head.id, []))
 
-    async def history(self, thread_id: str, limit: int | None = None, *,
-                      blocking: bool = False) -> list[Snapshot]:
+    async def history(self, thread_id: str, limit: int | None = None,
+                      before: str | None = None, *, blocking: bool = False) -> list[Snapshot]:
+        """The thread's checkpoints as snapshots, newest first (a page: see `list`). A page
+        costs what it returns: states are rebuilt from the page's own records, and a parent
+        outside the page from its replay chain (bounded by the snapshot interval)."""
         saver = self._require_saver("read a thread's history", blocking)
-        records = await saver.list(thread_id)
+        records = await saver.list(thread_id, limit=limit, before=before)
         if not records:
-            raise _not_found(thread_id, None)
-        pending = await saver.list_pending([r.id for r in records])
+            if before is None or not await saver.list(thread_id, limit=1):
+                raise _not_found(thread_id, before)
+            return []
         by_id = {r.id: r for r in records}
         states: dict[str, BaseModel] = {}
+        for parent_id in {r.parent_id for r in records if r.parent_id} - set(by_id):
+            chain = await saver.load(thread_id, parent_id)
+            if chain is None:
+                raise _not_found(thread_id, parent_id)
+            by_id[parent_id] = chain.head
+            states[parent_id] = self.rebuild(chain)
+        pending = await saver.list_pending(list(by_id))
         for record in reversed(records):  # oldest first: each state from its parent's
-            parent = by_id.get(record.parent_id) if record.parent_id else None
-            if record.snapshot is not None or parent is None:
+            if record.snapshot is not None or record.parent_id is None:
                 states[record.id] = self._decode_snapshot(record)
             else:
+                parent = by_id[record.parent_id]
                 states[record.id] = self._apply_record(
                     states[parent.id], parent, record, pending.get(parent.id, []))
-        chosen = records if limit is None else records[:limit]
         return [replace(self.snapshot(r, states[r.id], pending.get(r.id, [])),
                         ran=ran_nodes(r, by_id.get(r.parent_id) if r.parent_id else None,
                                       pending))
-                for r in chosen]
+                for r in records]
 
     async def threads(self, *, blocking: bool = False) -> list[Any]:
         return await self._require_saver("list threads", blocking).threads()

@@ -77,6 +77,25 @@ def history_rows(records: Sequence[CheckpointRecord], pending: dict[str, list[Pe
             for r in records]
 
 
+def history_page(store: SyncReads, thread_id: str, *, limit: int, before: str | None = None
+                 ) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of a thread's history rows, newest first: at most `limit` checkpoints older
+    than `before` (a checkpoint id; None: from the latest), and the `before` of the next older
+    page (None on the last). It reads the page, one more row, and the parents the page points
+    to outside itself — never the whole thread."""
+    records = store.list_sync(thread_id, limit=limit + 1, before=before)
+    page, more = records[:limit], len(records) > limit
+    by_id = {r.id: r for r in records}
+    for parent_id in {r.parent_id for r in page if r.parent_id and r.parent_id not in by_id}:
+        chain = store.load_sync(thread_id, parent_id)
+        if chain is not None:
+            by_id[parent_id] = chain.head
+    pending = store.list_pending_sync([*by_id])
+    rows = [row_from_record(r, by_id.get(r.parent_id) if r.parent_id else None, pending)
+            for r in page]
+    return rows, page[-1].id if more and page else None
+
+
 def unmerged_state(chain: Chain) -> dict[str, Any]:
     """A checkpoint that stores no snapshot, as far as it is known without the reducers: the
     nearest stored state and the raw writes since ([node, index, update] each)."""
@@ -99,15 +118,18 @@ class SyncReads(Checkpointer):
     def load_sync(self, thread_id: str, checkpoint_id: str | None = None) -> Chain | None:
         return run_sync(lambda: self.load(thread_id, checkpoint_id))
 
-    def list_sync(self, thread_id: str) -> list[CheckpointRecord]:
-        return run_sync(lambda: self.list(thread_id))
+    def list_sync(self, thread_id: str, *, limit: int | None = None,
+                  before: str | None = None) -> list[CheckpointRecord]:
+        return run_sync(lambda: self.list(thread_id, limit=limit, before=before))
 
     def list_pending_sync(self, checkpoint_ids: Sequence[str]
                           ) -> dict[str, list[PendingWrite]]:
         return run_sync(lambda: self.list_pending(checkpoint_ids))
 
-    def threads_sync(self) -> list[ThreadInfo]:
-        return run_sync(self.threads)
+    def threads_sync(self, *, limit: int | None = None, offset: int = 0,
+                     updated_since: float | None = None) -> list[ThreadInfo]:
+        return run_sync(lambda: self.threads(limit=limit, offset=offset,
+                                             updated_since=updated_since))
 
 
 class ReadOnlySQLite(SyncReads, SQLiteCheckpointer):
