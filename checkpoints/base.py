@@ -282,9 +282,10 @@ class Checkpointer(ABC):
 
 def checkpoint_number(checkpoint_id: object) -> int | None:
     """A SQL store's checkpoint id as its row number, or None for text no store wrote: only
-    ASCII digits count (`str.isdigit` also accepts "²", which `int()` refuses)."""
+    ASCII digits count (`str.isdigit` also accepts "²", which `int()` refuses), and numbers
+    past the largest row id are that id (no row has it; SQL integers stop there)."""
     text = str(checkpoint_id)
-    return int(text) if text.isascii() and text.isdecimal() else None
+    return min(int(text), 2**63 - 1) if text.isascii() and text.isdecimal() else None
 
 
 def job_busy_error(thread_id: str) -> ThreadBusyError:

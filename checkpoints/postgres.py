@@ -435,7 +435,7 @@ class PostgresCheckpointer(Checkpointer):
 
     async def load(self, thread_id: str, checkpoint_id: str | None = None) -> Chain | None:
         number = None if checkpoint_id is None else checkpoint_number(checkpoint_id)
-        if checkpoint_id is not None and (number is None or number >= 2**63):
+        if checkpoint_id is not None and number is None:
             return None
         rows = await self._fetchall(_LOAD, {"thread": thread_id, "checkpoint": number})
         return chain_from_rows(rows, (6, 14, 8, 10), where=self.where)
@@ -449,7 +449,7 @@ class PostgresCheckpointer(Checkpointer):
             f"SELECT {_COLUMNS} FROM checkpoints c JOIN threads t ON t.key = c.thread "
             "WHERE t.thread_id = %(thread)s AND (%(below)s::bigint IS NULL OR "
             "c.id < %(below)s::bigint) ORDER BY c.id DESC LIMIT %(limit)s",
-            {"thread": thread_id, "below": None if below is None else min(below, 2**63 - 1),
+            {"thread": thread_id, "below": below,
              "limit": limit})
         return [record_from_row(row, where=self.where) for row in rows]
 

@@ -45,7 +45,7 @@ def chain_from_rows(rows: Sequence[Sequence[Any]], pending_columns: tuple[int, i
     chain = [record_from_row(row[2:], where=where) for row in records]
     head = chain[-1]
     for older, newer in pairwise(chain):
-        if newer.parent_id != older.id or newer.thread_id != head.thread_id:
+        if newer.parent_id != older.id or older.thread_id != head.thread_id:
             raise damaged(where, head.thread_id, newer.id,
                           f"its parent {newer.parent_id} is not the thread's checkpoint before it")
     if chain[0].snapshot is None:

@@ -1,0 +1,170 @@
+"""Stores facing long threads, damaged rows and crafted files: pages cost what they return, a
+damaged database is a clear `CheckpointError` naming store, thread and checkpoint (never a raw
+error, never a hang), and pages of a history equal the slices of the whole one."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_storage import loop
+
+from statemachine import CheckpointError, ThreadNotFoundError
+
+
+def call_with_timeout(fn: Any, seconds: float = 30) -> Any:
+    """`fn()` in a thread: a read that recursed forever would fail the test, not hang it."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed back to the test
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still running after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_history_pages_are_the_slices_of_the_whole_history(store):
+    saver = store.open()
+    app = loop(30).compile(checkpointer=saver)
+    app.invoke({}, thread_id="t")
+    app.update_state("t", {"n": 100})
+    whole = app.history("t")
+    for limit in (1, 2, 7, 31, 50):
+        pages, before = [], None
+        while page := app.history("t", limit=limit, before=before):
+            assert len(page) <= limit
+            pages += page
+            before = page[-1].checkpoint_id
+        assert [(s.checkpoint_id, s.state, s.ran, s.next, s.status) for s in pages] == \
+               [(s.checkpoint_id, s.state, s.ran, s.next, s.status) for s in whole]
+
+
+def test_a_history_page_never_reads_older_checkpoints(sqlite_store):
+    """The first page of a long thread reads the page, not the thread: a damaged old row
+    does not stop it (reading the whole history did)."""
+    saver = sqlite_store.open()
+    app = loop(200).compile(checkpointer=saver)
+    app.invoke({}, thread_id="t")
+    oldest = sqlite_store.query("SELECT min(id) FROM checkpoints")[0][0]
+    sqlite_store.change("UPDATE checkpoints SET next = 'not json', created_at = 'noon' "
+                        "WHERE id = ?", oldest + 1)
+    page = app.history("t", limit=3)
+    assert [s.state.n for s in page] == [200, 199, 198]
+    with pytest.raises(CheckpointError, match=rf"thread 't', checkpoint {oldest + 1}"):
+        app.history("t")
+
+
+def test_thread_pages_and_changes_since(store):
+    saver = store.open()
+    app = loop(1).compile(checkpointer=saver)
+    for i in range(7):
+        app.invoke({}, thread_id=f"t{i}")
+    whole = [t.thread_id for t in app.threads()]
+    assert sorted(whole) == [f"t{i}" for i in range(7)]
+    pages = [[t.thread_id for t in _threads(saver, 3, offset)] for offset in (0, 3, 6)]
+    assert [len(p) for p in pages] == [3, 3, 1] and [t for p in pages for t in p] == whole
+    newest = app.threads()[0]
+    assert _threads(saver, None, 0, since=newest.updated_at) == []
+    app.invoke({}, thread_id="t2")
+    assert [t.thread_id for t in _threads(saver, None, 0, since=newest.updated_at)] == ["t2"]
+
+
+def _threads(saver: Any, limit: int | None, offset: int, since: float | None = None) -> list:
+    from statemachine._sync import run_sync
+
+    return run_sync(lambda: saver.threads(limit=limit, offset=offset, updated_since=since))
+
+
+@given(limit=st.integers(0, 12), before=st.one_of(st.none(), st.integers(-3, 40),
+                                                  st.sampled_from(["²", "x", "", "1e3", "٣"])))
+def test_list_pages_any_cursor(limit, before):
+    """Any limit and any cursor, even text no store wrote, is a page (maybe empty), never an
+    error: the same on memory and SQLite."""
+    import tempfile
+    from pathlib import Path
+
+    from checkpoints import MemoryCheckpointer, SQLiteCheckpointer
+    from statemachine._sync import run_sync
+
+    with tempfile.TemporaryDirectory() as tmp, \
+            SQLiteCheckpointer(Path(tmp) / "runs.db") as sqlite:
+        for saver in (MemoryCheckpointer(), sqlite):
+            loop(10).compile(checkpointer=saver).invoke({}, thread_id="t")
+            whole = run_sync(lambda s=saver: s.list("t"))
+            cursor = None if before is None else str(before)
+            page = run_sync(lambda s=saver, c=cursor: s.list("t", limit=limit, before=c))
+            ids = [r.id for r in whole]
+            expected = whole if cursor is None else \
+                whole[ids.index(cursor) + 1:] if cursor in ids else \
+                [r for r in whole if cursor.isascii() and cursor.isdecimal() and
+                 saver is sqlite and int(r.id) < int(cursor)]
+            assert [r.id for r in page] == [r.id for r in expected[:limit]]
+
+
+@pytest.mark.parametrize("checkpoint", ["²", "١٢", "+1", " 1", "-1", "9" * 30])
+def test_a_checkpoint_id_no_store_wrote_is_not_found(store, checkpoint):
+    app = loop(2).compile(checkpointer=store.open())
+    app.invoke({}, thread_id="t")
+    with pytest.raises(ThreadNotFoundError, match="has no checkpoint"):
+        app.get_state("t", checkpoint)
+
+
+def test_a_parent_cycle_is_reported_not_looped_on(durable_store):
+    """A crafted or damaged file whose parent pointers form a cycle: every read of the thread
+    ends at once with the thread and checkpoint named (the recursive load looped forever)."""
+    saver = durable_store.open()
+    app = loop(6).compile(checkpointer=saver)
+    app.invoke({}, thread_id="t")
+    ids = [row[0] for row in durable_store.query("SELECT id FROM checkpoints ORDER BY id")]
+    head = ids[-1]
+    durable_store.change("UPDATE checkpoints SET snapshot = NULL")
+    durable_store.change("UPDATE checkpoints SET parent = ? WHERE id = ?", head, ids[0])
+    for read in (lambda: app.get_state("t"), lambda: app.history("t", limit=2),
+                 lambda: app.resume("t")):
+        with pytest.raises(CheckpointError, match=r"thread 't', checkpoint \d+: .*cycle"):
+            call_with_timeout(read)
+
+
+def test_a_dangling_parent_and_a_parent_of_another_thread_are_damage(durable_store):
+    saver = durable_store.open()
+    app = loop(3).compile(checkpointer=saver)
+    app.invoke({}, thread_id="a")
+    app.invoke({}, thread_id="b")
+    a_ids = [r[0] for r in durable_store.query(
+        "SELECT c.id FROM checkpoints c JOIN threads t ON t.key = c.thread "
+        "WHERE t.thread_id = 'a' ORDER BY c.id")]
+    b_head = durable_store.query("SELECT max(id) FROM checkpoints")[0][0]
+    durable_store.change("UPDATE checkpoints SET snapshot = NULL WHERE id = ?", b_head)
+    durable_store.change("UPDATE checkpoints SET parent = ? WHERE id = ?", a_ids[-1], b_head)
+    with pytest.raises(CheckpointError, match=rf"thread 'b', checkpoint {b_head}: .*parent"):
+        app.get_state("b")
+    durable_store.change("UPDATE checkpoints SET parent = ? WHERE id = ?", 10**9, b_head)
+    with pytest.raises(CheckpointError, match=rf"checkpoint {b_head}: .*missing"):
+        app.get_state("b")
+    assert app.get_state("a").state.n == 3
+
+
+@pytest.mark.parametrize(("column", "value"), [
+    ("created_at", "yesterday"), ("step", "three"), ("next", b"\x00"), ("kind", b"step")])
+def test_a_row_of_the_wrong_type_is_damage_named_by_column(sqlite_store, column, value):
+    app = loop(3).compile(checkpointer=sqlite_store.open())
+    app.invoke({}, thread_id="t")
+    head = sqlite_store.query("SELECT max(id) FROM checkpoints")[0][0]
+    sqlite_store.change(f"UPDATE checkpoints SET {column} = ? WHERE id = ?", value, head)
+    with pytest.raises(CheckpointError,
+                       match=rf"runs\.db: thread 't', checkpoint {head}: its '{column}' column"):
+        app.get_state("t")
+    if column in ("created_at", "step"):
+        with pytest.raises(CheckpointError, match=rf"checkpoint {head}: its time"):
+            app.threads()
