@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from statemachine.errors import CheckpointError
+from statemachine.errors import CheckpointError, StorageUnavailableError
 
 from .base import (
     DEFAULT_LEASE_SECONDS,
@@ -615,11 +615,15 @@ class PostgresCheckpointer(Checkpointer):
             try:
                 with self._pool.connection() as conn:
                     return operation(conn)
+            except psycopg.errors.InsufficientResources as exc:  # disk full, out of memory
+                raise StorageUnavailableError(
+                    f"PostgreSQL at {self.where} could not do it: {exc}. Every committed step "
+                    "is kept; free the server's resources, then resume the thread.") from exc
             except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
                 if self._closed.is_set():
                     raise CheckpointError(f"{self!r} is closed.") from exc
                 if time.monotonic() + delay > deadline:
-                    raise CheckpointError(
+                    raise StorageUnavailableError(
                         f"lost the connection to PostgreSQL at {self.where} and could not get "
                         f"it back within {self.reconnect_seconds:g} s: {exc}") from exc
                 # the other idle connections likely broke too (a restart drops them all):

@@ -22,6 +22,7 @@ Layout (readable with the `sqlite3` shell; all payloads are JSON):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import sqlite3
@@ -59,6 +60,7 @@ from .rows import (
     record_from_row,
     threads_from_rows,
 )
+from .sqlite_errors import storage_error
 
 SCHEMA_VERSION = 3
 APPLICATION_ID = 0x53544D43  # "STMC": marks a file as ours, so a foreign database is refused
@@ -177,31 +179,41 @@ class SQLiteCheckpointer(Checkpointer):
     """
 
     def __init__(self, path: str | os.PathLike[str], *,
-                 lease_seconds: float = DEFAULT_LEASE_SECONDS, read_only: bool = False) -> None:
+                 lease_seconds: float = DEFAULT_LEASE_SECONDS, read_only: bool = False,
+                 busy_timeout: float = 10.0) -> None:
         """`read_only=True` opens an existing database with SQLite's read-only mode: every
         read works, every write (a run, a lease, the schema) is refused, and the file is never
-        changed — for viewers and tools that only look."""
+        changed — for viewers and tools that only look. A file on read-only media, or in a
+        directory this user cannot write, is opened as immutable.
+
+        `busy_timeout` is how many seconds a statement waits for another process's write lock
+        before the run stops with a `CheckpointError` naming the file."""
         from statemachine._sync import run_sync
 
         self.path = Path(path)
         self._where = str(self.path)  # how errors about damaged rows name the store
         self.lease_seconds = lease_seconds
         self.read_only = read_only
+        self.busy_timeout = busy_timeout
         self._direct_lock = threading.Lock()
         self._closed = threading.Event()  # an object, so in_caller_thread() views share it
-        renewer = _Renewer(self.path, lease_seconds)
+        renewer = _Renewer(self.path, lease_seconds, busy_timeout)
         self._heartbeat = LeaseHeartbeat(lease_seconds, f"statemachine-lease:{self.path.name}",
                                          renewer.renew, renewer.close)
         if read_only:  # no writer connection, no aiosqlite thread: reads in the caller's thread
-            self._direct = _open_read_only(self.path)
+            self._direct = _open_read_only(self.path, busy_timeout)
             self._conn: aiosqlite.Connection | None = None
             self._in_caller_thread = True
             return
-        _prepare_file(self.path)
-        self._conn = run_sync(self._connect)
-        self._direct = sqlite3.connect(self.path, isolation_level=None, timeout=10,
-                                       check_same_thread=False)
-        self._direct.execute("PRAGMA synchronous=NORMAL")
+        _prepare_file(self.path, busy_timeout)
+        try:
+            self._conn = run_sync(self._connect)
+            self._direct = sqlite3.connect(self.path, isolation_level=None,
+                                           timeout=busy_timeout, check_same_thread=False)
+            self._direct.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise storage_error(self.path, exc, "open the checkpoint database",
+                                busy_timeout=busy_timeout) from exc
         self._in_caller_thread = False
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -211,7 +223,7 @@ class SQLiteCheckpointer(Checkpointer):
         pending._thread.daemon = True
         conn = await pending
         await conn.execute("PRAGMA synchronous=NORMAL")
-        await conn.execute("PRAGMA busy_timeout=10000")
+        await conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         return conn
 
     def __repr__(self) -> str:
@@ -224,6 +236,7 @@ class SQLiteCheckpointer(Checkpointer):
         now = time.time()
         values = (thread_id, owner.token, owner.pid, owner.host, now + self.lease_seconds, now)
         cursor = await self._execute(
+            f"take thread {thread_id!r}",
             "INSERT INTO threads(thread_id, owner, owner_pid, owner_host, lease_expires, "
             "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(thread_id) DO UPDATE SET "
             "owner = excluded.owner, owner_pid = excluded.owner_pid, "
@@ -236,6 +249,7 @@ class SQLiteCheckpointer(Checkpointer):
     async def _take_from_dead_owner(self, thread_id: str, owner: Owner) -> bool:
         """A holder on this machine whose process is gone need not be waited for."""
         rows = await self._fetchall(
+            f"read who holds thread {thread_id!r}",
             "SELECT owner, owner_pid, owner_host FROM threads WHERE thread_id = ?", (thread_id,))
         if not rows:
             return False
@@ -243,6 +257,7 @@ class SQLiteCheckpointer(Checkpointer):
         if host != owner.host or pid == owner.pid or process_alive(pid):
             return False
         cursor = await self._execute(
+            f"take thread {thread_id!r} over",
             "UPDATE threads SET owner = ?, owner_pid = ?, owner_host = ?, lease_expires = ? "
             "WHERE thread_id = ? AND owner = ?",
             (owner.token, owner.pid, owner.host, time.time() + self.lease_seconds, thread_id,
@@ -252,6 +267,7 @@ class SQLiteCheckpointer(Checkpointer):
     async def release(self, thread_id: str, owner: Owner) -> None:
         self._heartbeat.drop(thread_id, owner.token)
         await self._execute(
+            f"release thread {thread_id!r}",
             "UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, "
             "lease_expires = NULL WHERE thread_id = ? AND owner = ?", (thread_id, owner.token))
 
@@ -260,6 +276,7 @@ class SQLiteCheckpointer(Checkpointer):
     async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint) -> str:
         cp = checkpoint
         cursor = await self._execute(
+            f"commit step {cp.step} of thread {thread_id!r}",
             "INSERT INTO checkpoints(thread, parent, step, kind, status, next, writes, snapshot, "
             "extra, error, created_at) SELECT key, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM threads "
             "WHERE thread_id = ? AND owner = ?",
@@ -272,6 +289,7 @@ class SQLiteCheckpointer(Checkpointer):
 
     async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite) -> None:
         cursor = await self._execute(
+            f"save node {write.node!r}'s update of thread {thread_id!r}",
             "INSERT INTO pending_writes(checkpoint, node, idx, writes, meta) "
             f"SELECT ?, ?, ?, ?, ? WHERE EXISTS ({_FENCE})",
             (int(write.checkpoint_id), write.node, write.index, write.writes, write.meta,
@@ -283,6 +301,7 @@ class SQLiteCheckpointer(Checkpointer):
                    error: str | None = None, snapshot: str | None = None,
                    extra: str | None = None) -> None:
         cursor = await self._execute(
+            f"mark thread {thread_id!r} {status}",
             "UPDATE checkpoints SET status = ?, error = ?, snapshot = coalesce(snapshot, ?), "
             f"extra = coalesce(?, extra), marked_at = ? WHERE id = ? AND thread = ({_FENCE})",
             (status, error, snapshot, extra, time.time(), int(checkpoint_id), thread_id,
@@ -296,7 +315,8 @@ class SQLiteCheckpointer(Checkpointer):
         number = None if checkpoint_id is None else checkpoint_number(checkpoint_id)
         if checkpoint_id is not None and number is None:
             return None
-        rows = await self._fetchall(_LOAD, {"thread": thread_id, "checkpoint": number})
+        rows = await self._fetchall(f"read thread {thread_id!r}", _LOAD,
+                                    {"thread": thread_id, "checkpoint": number})
         return chain_from_rows(rows, (3, 4, 5, 6), where=self._where)
 
     async def list(self, thread_id: str, *, limit: int | None = None,
@@ -305,6 +325,7 @@ class SQLiteCheckpointer(Checkpointer):
         if before is not None and below is None:
             return []
         rows = await self._fetchall(
+            f"list the checkpoints of thread {thread_id!r}",
             f"SELECT {_COLUMNS} FROM checkpoints c JOIN threads t ON t.key = c.thread "
             "WHERE t.thread_id = ? AND (? IS NULL OR c.id < ?) ORDER BY c.id DESC LIMIT ?",
             (thread_id, below, below, -1 if limit is None else limit))
@@ -315,12 +336,14 @@ class SQLiteCheckpointer(Checkpointer):
             return {}
         marks = ",".join("?" * len(checkpoint_ids))
         rows = await self._fetchall(
+            "read pending writes",
             f"SELECT checkpoint, node, idx, writes, meta FROM pending_writes WHERE checkpoint "
             f"IN ({marks})", [int(c) for c in checkpoint_ids])
         return pending_from_rows(rows)
 
     async def cache_get(self, namespace: str, key: str) -> str | None:
         rows = await self._fetchall(
+            "read the cache",
             "SELECT value FROM cache WHERE namespace = ? AND key = ? AND "
             "(expires_at IS NULL OR expires_at > ?)", (namespace, key, time.time()))
         return rows[0][0] if rows else None
@@ -328,12 +351,14 @@ class SQLiteCheckpointer(Checkpointer):
     async def cache_put(self, namespace: str, key: str, value: str,
                         ttl: float | None) -> None:
         await self._execute(
+            "write the cache",
             "INSERT OR REPLACE INTO cache(namespace, key, value, expires_at) VALUES (?, ?, ?, ?)",
             (namespace, key, value, None if ttl is None else time.time() + ttl))
 
     async def threads(self, *, limit: int | None = None, offset: int = 0,
                       updated_since: float | None = None) -> list[ThreadInfo]:
         rows = await self._fetchall(
+            "list threads",
             "SELECT t.thread_id, c.status, c.step, c.id, coalesce(c.marked_at, c.created_at), "
             "c.error, t.owner IS NOT NULL AND t.lease_expires > ?, t.owner_pid, t.owner_host "
             "FROM threads t JOIN checkpoints c ON c.id = (SELECT max(id) FROM checkpoints "
@@ -349,6 +374,7 @@ class SQLiteCheckpointer(Checkpointer):
                       base: str | None, max_attempts: int, graph: str = "") -> None:
         now = time.time()
         changed, _ = await self._execute(
+            f"queue thread {thread_id!r}",
             "INSERT INTO jobs(thread_id, input, event, base, status, attempts, max_attempts, "
             "available_at, submitted_at, graph) VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?) "
             "ON CONFLICT(thread_id) DO UPDATE SET input = excluded.input, graph = excluded.graph, "
@@ -364,6 +390,7 @@ class SQLiteCheckpointer(Checkpointer):
     async def claim(self, worker: Owner, graph: str | None = None) -> ClaimedJob | None:
         key, now = os.urandom(12).hex(), time.time()
         rows = await self._fetchall(
+            "claim a job",
             "UPDATE jobs SET status = 'running', claimed_by = ?, claim_key = ?, "
             "claimed_until = ?, attempts = attempts + 1 WHERE thread_id = (SELECT thread_id "
             "FROM jobs WHERE ((status = 'queued' AND available_at <= ?) OR (status = 'running' "
@@ -383,6 +410,7 @@ class SQLiteCheckpointer(Checkpointer):
         self._heartbeat.drop_claim(job.thread_id, job.claim_key)
         if retry_in is not None:
             changed, _ = await self._execute(
+                f"queue thread {job.thread_id!r} again",
                 "UPDATE jobs SET status = 'queued', available_at = ?, error = ?, "
                 "claimed_by = NULL, claimed_until = NULL, "
                 "attempts = attempts - ? WHERE thread_id = ? AND claim_key = ? "
@@ -391,6 +419,7 @@ class SQLiteCheckpointer(Checkpointer):
                  job.claim_key))
             return changed == 1
         changed, _ = await self._execute(
+            f"finish the job of thread {job.thread_id!r}",
             "UPDATE jobs SET status = ?, error = ?, finished_at = ?, claimed_by = NULL, "
             "claimed_until = NULL WHERE thread_id = ? AND claim_key = ?",
             (status, error, time.time(), job.thread_id, job.claim_key))
@@ -399,6 +428,7 @@ class SQLiteCheckpointer(Checkpointer):
     async def jobs(self, *, graph: str | None = None, thread_id: str | None = None,
                    open_only: bool = False) -> list[JobInfo]:
         rows = await self._fetchall(
+            "list jobs",
             "SELECT thread_id, status, attempts, max_attempts, available_at, error, "
             "submitted_at, finished_at, claimed_by, graph FROM jobs WHERE (? IS NULL OR "
             "graph = ?) AND (? IS NULL OR thread_id = ?) AND (NOT ? OR status IN ('queued', "
@@ -413,8 +443,11 @@ class SQLiteCheckpointer(Checkpointer):
             with self._direct_lock:
                 self._direct.close()
             if self._conn is not None:
-                # fold the write-ahead log back into the file, so it is whole and compact
-                await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                # fold the write-ahead log back into the file, so it is whole and compact; a
+                # full disk or a reader in the way leaves it for later (every commit is
+                # already durable in the log), and closing must not fail for it
+                with contextlib.suppress(sqlite3.Error):
+                    await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 await self._conn.close()
 
     def in_caller_thread(self) -> SQLiteCheckpointer:
@@ -427,30 +460,38 @@ class SQLiteCheckpointer(Checkpointer):
         view._in_caller_thread = True
         return view
 
-    async def _execute(self, sql: str, params: Sequence[object] | dict[str, object]
+    async def _execute(self, doing: str, sql: str, params: Sequence[object] | dict[str, object]
                        ) -> tuple[int, int | None]:
-        """Run one statement (its own transaction): (rows changed, last row id)."""
+        """Run one statement (its own transaction): (rows changed, last row id). `doing` says
+        what it is for, in the `CheckpointError` that a failure of SQLite becomes."""
         self._check_open()
         if self.read_only:
             raise CheckpointError(f"{self!r} is read-only: it cannot run or change threads.")
-        if self._in_caller_thread:
-            with self._direct_lock:
-                cursor = self._direct.execute(sql, params)
-                return cursor.rowcount, cursor.lastrowid
-        assert self._conn is not None
-        async_cursor = await self._conn.execute(sql, params)
-        return async_cursor.rowcount, async_cursor.lastrowid
+        try:
+            if self._in_caller_thread:
+                with self._direct_lock:
+                    cursor = self._direct.execute(sql, params)
+                    return cursor.rowcount, cursor.lastrowid
+            assert self._conn is not None
+            async_cursor = await self._conn.execute(sql, params)
+            return async_cursor.rowcount, async_cursor.lastrowid
+        except sqlite3.Error as exc:
+            raise storage_error(self.path, exc, doing, busy_timeout=self.busy_timeout) from exc
 
-    async def _fetchall(self, sql: str, params: Sequence[object] | dict[str, object],
-                        *, write: bool = False) -> list[tuple]:
+    async def _fetchall(self, doing: str, sql: str,
+                        params: Sequence[object] | dict[str, object], *, write: bool = False
+                        ) -> list[tuple]:
         self._check_open()
         if write and self.read_only:
             raise CheckpointError(f"{self!r} is read-only: it cannot run or change threads.")
-        if self._in_caller_thread:
-            with self._direct_lock:
-                return self._direct.execute(sql, params).fetchall()
-        assert self._conn is not None
-        return list(await self._conn.execute_fetchall(sql, params))
+        try:
+            if self._in_caller_thread:
+                with self._direct_lock:
+                    return self._direct.execute(sql, params).fetchall()
+            assert self._conn is not None
+            return list(await self._conn.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise storage_error(self.path, exc, doing, busy_timeout=self.busy_timeout) from exc
 
     def _check_open(self) -> None:
         if self._closed.is_set():
@@ -459,17 +500,17 @@ class SQLiteCheckpointer(Checkpointer):
 
 
 
-def _prepare_file(path: Path) -> None:
+def _prepare_file(path: Path, busy_timeout: float) -> None:
     """Check that `path` is a fresh file or one of our databases; create or migrate the schema.
 
     Nothing is written to a file that is not ours or is from a newer version. Processes that
     open one new file at the same moment race to switch it to WAL, which SQLite answers with
     "database is locked" at once rather than waiting: the loser waits and checks again.
     """
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + busy_timeout
     while True:
         try:
-            return _prepare_file_once(path)
+            return _prepare_file_once(path, busy_timeout)
         except CheckpointError as exc:
             locked = isinstance(exc.__cause__, sqlite3.OperationalError) and \
                 "locked" in str(exc.__cause__)
@@ -478,13 +519,17 @@ def _prepare_file(path: Path) -> None:
             time.sleep(0.05)
 
 
-def _prepare_file_once(path: Path) -> None:
+def _prepare_file_once(path: Path, busy_timeout: float) -> None:
     if path.exists() and path.is_dir():
         raise CheckpointError(f"{str(path)!r} is a directory, not a checkpoint database file.")
     # The file is identified through SQLite only: a descriptor of our own on it, once closed,
     # would drop every POSIX lock this process holds on it — its open connections' locks too
     # (SQLite's "How To Corrupt An SQLite Database File", 2.2) — and corrupt the database.
-    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
+    except sqlite3.Error as exc:
+        raise storage_error(path, exc, "open the checkpoint database",
+                            busy_timeout=busy_timeout) from exc
     try:
         app_id, tables = _identify(conn)
         if not tables and app_id == 0:
@@ -504,10 +549,7 @@ def _prepare_file_once(path: Path) -> None:
                 raise
             return
         if app_id != APPLICATION_ID:
-            raise CheckpointError(
-                f"{str(path)!r} is a SQLite database of another application (tables: "
-                f"{', '.join(sorted(tables))}); it was not modified. Use a separate file for "
-                "checkpoints.")
+            raise _foreign(path, tables)
         version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise CheckpointError(
@@ -532,28 +574,38 @@ def _prepare_file_once(path: Path) -> None:
             raise CheckpointError(
                 f"{str(path)!r} is not a SQLite database; it was not modified. Give a new file "
                 "name or an existing checkpoint database.") from exc
-        raise CheckpointError(f"cannot open {str(path)!r} as a checkpoint database: {exc}") \
-            from exc
+        raise storage_error(path, exc, "open the checkpoint database",
+                            busy_timeout=busy_timeout) from exc
     finally:
         conn.close()
 
 
-def _open_read_only(path: Path) -> sqlite3.Connection:
-    """A read-only connection to one of our databases of this schema version."""
+def _open_read_only(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """A read-only connection to one of our databases of this schema version.
+
+    A database in WAL mode needs its -shm file to be readable; where it cannot be made (read-only
+    media, a directory this user cannot write), the file is opened as immutable: SQLite then
+    reads it without any lock, which is right only because nobody can be writing there."""
     if not path.is_file():
         raise CheckpointError(f"no database file {str(path)!r}.")
-    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     try:
-        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10)
-        app_id, _ = _identify(conn)
+        try:
+            conn = _connect_read_only(path, busy_timeout, immutable=False)
+        except sqlite3.OperationalError:
+            if os.access(path.parent, os.W_OK) and os.access(path, os.W_OK):
+                raise
+            conn = _connect_read_only(path, busy_timeout, immutable=True)
+        app_id, tables = _identify(conn)
         version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] \
             if app_id == APPLICATION_ID else None
-    except sqlite3.DatabaseError as exc:
-        raise CheckpointError(f"cannot open {str(path)!r} as a checkpoint database: {exc}") \
-            from exc
+    except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
+            raise CheckpointError(f"{str(path)!r} is not a SQLite database.") from exc
+        raise storage_error(path, exc, "read the checkpoint database",
+                            busy_timeout=busy_timeout) from exc
     if app_id != APPLICATION_ID:
         conn.close()
-        raise CheckpointError(f"{str(path)!r} is not a statemachine checkpoint database.")
+        raise _foreign(path, tables)
     if version != SCHEMA_VERSION:
         conn.close()
         raise CheckpointError(
@@ -561,6 +613,25 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
             f"{SCHEMA_VERSION}" + (" (open it once with a read-write SQLiteCheckpointer to "
                                    "migrate it)." if version < SCHEMA_VERSION else "."))
     return conn
+
+
+def _connect_read_only(path: Path, busy_timeout: float, *, immutable: bool
+                       ) -> sqlite3.Connection:
+    uri = f"file:{quote(str(path.resolve()))}?" + ("immutable=1" if immutable else "mode=ro")
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=busy_timeout)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens it for real
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _foreign(path: Path, tables: set[str]) -> CheckpointError:
+    return CheckpointError(
+        f"{str(path)!r} is a SQLite database of another application (tables: "
+        f"{', '.join(sorted(tables)) or 'none'}); it was not modified. Use a separate file for "
+        "checkpoints.")
 
 
 def _identify(conn: sqlite3.Connection) -> tuple[int, set[str]]:
@@ -582,14 +653,14 @@ def _identify(conn: sqlite3.Connection) -> tuple[int, set[str]]:
 class _Renewer:
     """How a SQLite file renews leases and claims: on a connection of the heartbeat's own."""
 
-    def __init__(self, path: Path, lease_seconds: float) -> None:
-        self._path, self._lease = path, lease_seconds
+    def __init__(self, path: Path, lease_seconds: float, busy_timeout: float) -> None:
+        self._path, self._lease, self._busy_timeout = path, lease_seconds, busy_timeout
         self._conn: sqlite3.Connection | None = None
 
     def renew(self, leases: list[tuple[str, str]], claims: list[tuple[str, str]]) -> None:
         if self._conn is None:
-            self._conn = sqlite3.connect(self._path, isolation_level=None, timeout=10,
-                                         check_same_thread=False)
+            self._conn = sqlite3.connect(self._path, isolation_level=None,
+                                         timeout=self._busy_timeout, check_same_thread=False)
         until = time.time() + self._lease
         self._conn.executemany(
             "UPDATE threads SET lease_expires = ? WHERE thread_id = ? AND owner = ?",

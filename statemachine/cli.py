@@ -351,7 +351,7 @@ def open_store(db: Db, stack: contextlib.ExitStack, *, create: bool,
         if db.is_file() and db.stat().st_size == 0:
             raise CliError(f"{str(db)!r} is empty, not a checkpoint database", EXIT_USAGE)
     try:
-        saver = SQLiteCheckpointer(db, **options)
+        saver = SQLiteCheckpointer(db, read_only=read_only, **options)
     except CheckpointError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
     stack.callback(saver.close)

@@ -113,6 +113,12 @@ class CheckpointError(StateMachineError):
     """Stored data cannot be read back: wrong file, newer schema, or data that no longer fits."""
 
 
+class StorageUnavailableError(CheckpointError):
+    """The store could not do what was asked right now: a full disk, a lock another process
+    holds too long, a read-only or missing directory, an unreachable server. Every step
+    committed before it is kept; the thread resumes from there once the cause is mended."""
+
+
 class CheckpointerRequiredError(StateMachineError):
     """The operation needs a graph compiled with a checkpointer."""
 

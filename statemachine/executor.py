@@ -52,6 +52,7 @@ from .errors import (
     NodeTimeoutError,
     StateMachineError,
     StepLimitError,
+    StorageUnavailableError,
     ThreadBusyError,
     ThreadNotFoundError,
     ThreadStateError,
@@ -220,8 +221,10 @@ class Executor:
                 writes=spec.schema.encode_writes([(writer, index, encoded)]),
                 snapshot=spec.schema.encode_state(new_state),
                 extra=json.dumps(extra) if extra else None, error=error))
-        finally:
-            await saver.release(thread_id, owner)
+        except BaseException as exc:
+            await release_after(saver, thread_id, owner, exc)
+            raise
+        await saver.release(thread_id, owner)
         return await self.get_state(thread_id, new_id, blocking=blocking)
 
     # -- state reconstruction ---------------------------------------------------------------------
@@ -419,13 +422,36 @@ class Run:
         if resume and input is not None:
             raise ThreadStateError("resume takes no input; use invoke(input, thread_id=...).")
         await self.saver.acquire(self.thread_id, self.owner)
+        failure: BaseException | None = None
         try:
             await self.start_on_thread(input, checkpoint_id, resume)
             await self._deliver(event)
             async for step_event in self.steps():
                 yield step_event
+        except StorageUnavailableError as exc:
+            failure = exc
+            await asyncio.shield(self._mark_storage_failure(exc))
+            raise
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
-            await asyncio.shield(self.saver.release(self.thread_id, self.owner))
+            await asyncio.shield(release_after(self.saver, self.thread_id, self.owner, failure))
+
+    async def _mark_storage_failure(self, exc: StorageUnavailableError) -> None:
+        """The store refused a write mid-run (a full disk, a lock held too long): say so on the
+        last committed checkpoint, as a node failure would, so the thread reads `failed` with
+        the reason instead of `running`. If the store refuses that too, the error says so."""
+        if self.head_id is None or self.thread_id is None:
+            return
+        try:
+            await self.saver.mark(
+                self.thread_id, self.owner, self.head_id, status="failed",
+                error=f"{type(exc).__name__}: {exc}",
+                snapshot=None if self.head_has_snapshot else self._snapshot_now())
+        except StateMachineError as again:
+            exc.add_note(f"The thread could not be marked failed either ({again}); it still "
+                         "reads as running at its last committed step.")
 
     # -- starting -----------------------------------------------------------------------------
 
@@ -1130,6 +1156,22 @@ def _unfinished_message(head: CheckpointRecord) -> str:
             "would drop its pending work. Continue it with app.resume(thread_id) (after "
             "app.update_state(...) if the state needs fixing), or start a new branch from a "
             "checkpoint with invoke(input, thread_id=..., checkpoint_id=...).")
+
+
+async def release_after(saver: Checkpointer, thread_id: str, owner: Owner,
+                        failure: BaseException | None) -> None:
+    """Give the thread up. When a failure is already on its way out and the store refuses the
+    release too (the same full disk, say), that is a note on the failure, not a new error
+    hiding it: the lease then lapses by itself."""
+    try:
+        await saver.release(thread_id, owner)
+    except StateMachineError as exc:
+        if failure is None:
+            raise
+        failure.add_note(
+            f"The thread could not be released either ({exc}); its lease lapses within "
+            f"{saver.lease_seconds:g} s, or as soon as this process exits for a run on this "
+            "machine.")
 
 
 def _not_found(thread_id: str, checkpoint_id: str | None) -> ThreadNotFoundError:

@@ -4,15 +4,33 @@ error, never a hang), and pages of a history equal the slices of the whole one."
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import subprocess
+import sys
 import threading
-from typing import Any
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel
 from test_storage import loop
 
-from statemachine import CheckpointError, ThreadNotFoundError
+from checkpoints import SQLiteCheckpointer
+from statemachine import (
+    END,
+    START,
+    CheckpointError,
+    StateGraph,
+    StorageUnavailableError,
+    ThreadNotFoundError,
+    reducers,
+)
 
 
 def call_with_timeout(fn: Any, seconds: float = 30) -> Any:
@@ -92,9 +110,8 @@ def test_list_pages_any_cursor(limit, before):
     """Any limit and any cursor, even text no store wrote, is a page (maybe empty), never an
     error: the same on memory and SQLite."""
     import tempfile
-    from pathlib import Path
 
-    from checkpoints import MemoryCheckpointer, SQLiteCheckpointer
+    from checkpoints import MemoryCheckpointer
     from statemachine._sync import run_sync
 
     with tempfile.TemporaryDirectory() as tmp, \
@@ -168,3 +185,127 @@ def test_a_row_of_the_wrong_type_is_damage_named_by_column(sqlite_store, column,
     if column in ("created_at", "step"):
         with pytest.raises(CheckpointError, match=rf"checkpoint {head}: its time"):
             app.threads()
+
+
+# -- the store failing under a run: locks, full disks, read-only media ---------------------------
+
+LOCK_HOLDER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+def hold_write_lock(path: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding the file's write lock for `seconds`."""
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(path), str(seconds)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A small file system of its own (a full disk, read-only media): needs root, as in CI."""
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            raise AssertionError(f"cannot mount a tmpfs: {mounted.stderr}")
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def test_a_lock_held_too_long_is_a_clear_error_and_the_thread_is_released(tmp_path):
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path, busy_timeout=0.3) as saver:
+        app = loop(3).compile(checkpointer=saver)
+        app.invoke({}, thread_id="first")
+        holder = hold_write_lock(path, 1.5)
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailableError, match=rf"cannot take thread 'second' in "
+                           rf"'{re.escape(str(path))}': the database is locked .*busy_timeout=0.3"):
+            app.invoke({}, thread_id="second")
+        assert time.monotonic() - started < 1.2
+        holder.wait(10)
+        assert app.invoke({}, thread_id="second").n == 3
+        assert [t.busy for t in app.threads()] == [False, False]
+
+
+def test_a_full_disk_mid_run_is_a_clear_error_and_every_committed_step_resumes(tmp_path):
+    with tmpfs(tmp_path / "small", "400k") as small:
+        path = small / "runs.db"
+        saver = SQLiteCheckpointer(path)
+        app = big_steps(40).compile(checkpointer=saver)
+        with pytest.raises(StorageUnavailableError,
+                           match=rf"cannot commit step \d+ of thread 't' in "
+                                 rf"'{re.escape(str(path))}': the disk is full"):
+            app.invoke({}, thread_id="t")
+        saver.close()  # closing after a full disk does not raise
+        reader = SQLiteCheckpointer(path, read_only=True)
+        kept = reader_state(reader)
+        assert [t.busy for t in loop(1).compile(checkpointer=reader).threads()] == [False]
+        reader.close()
+        subprocess.run(["mount", "-o", "remount,size=4m", str(small)], check=True)
+        with SQLiteCheckpointer(path) as again:
+            resumed = big_steps(40).compile(checkpointer=again)
+            assert resumed.resume("t").n == 40
+            history = resumed.history("t")
+            assert [s.state.n for s in history][-(kept + 1):] == list(range(kept, -1, -1))
+            assert sorted({s.step for s in history}) == list(range(41))
+
+
+def test_a_database_on_read_only_media_is_read_by_the_cli(tmp_path):
+    with tmpfs(tmp_path / "media", "4m") as media:
+        path = media / "runs.db"
+        with SQLiteCheckpointer(path) as saver:
+            loop(3).compile(checkpointer=saver).invoke({}, thread_id="t")
+        subprocess.run(["mount", "-o", "remount,ro", str(media)], check=True)
+        with pytest.raises(StorageUnavailableError, match="read-only"):
+            SQLiteCheckpointer(path)
+        with SQLiteCheckpointer(path, read_only=True) as reader:
+            assert loop(3).compile(checkpointer=reader).get_state("t").state.n == 3
+        for command in (["threads"], ["history", "--thread", "t"]):
+            result = subprocess.run([sys.executable, "-m", "statemachine", *command,
+                                     "--db", str(path)], capture_output=True, text=True,
+                                    timeout=60)
+            assert result.returncode == 0, result.stderr
+            assert "done" in result.stdout
+
+
+def test_a_missing_directory_is_named(tmp_path):
+    path = tmp_path / "nowhere" / "runs.db"
+    with pytest.raises(StorageUnavailableError,
+                       match=rf"directory '{re.escape(str(path.parent))}' does not exist"):
+        SQLiteCheckpointer(path)
+    assert not path.parent.exists()
+
+
+class Blob(BaseModel):
+    n: int = 0
+    blobs: Annotated[list[str], reducers.append] = []
+
+
+def big_steps(limit: int) -> StateGraph:
+    """Each step appends 20 KB: a small disk fills within a few steps."""
+
+    def grow(state: Blob) -> dict:
+        return {"n": state.n + 1, "blobs": [f"{state.n:05d}" * 4000]}
+
+    g = StateGraph(Blob)
+    g.add_node("grow", grow)
+    g.add_edge(START, "grow")
+    g.add_conditional_edges("grow", lambda s: "again" if s.n < limit else "done",
+                            {"again": "grow", "done": END})
+    return g
+
+
+def reader_state(reader: SQLiteCheckpointer) -> int:
+    return big_steps(40).compile(checkpointer=reader).get_state("t").state.n

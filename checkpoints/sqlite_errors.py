@@ -1,0 +1,62 @@
+"""What a failed SQLite call means to the person running the graph.
+
+SQLite reports a full disk, a lock held by another process, a read-only directory or a damaged
+file as `sqlite3.OperationalError` and its kin, with a terse message and no path. Each becomes a
+`CheckpointError` naming the file, what was being done, the reason in plain words and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from statemachine.errors import CheckpointError, StorageUnavailableError
+
+
+def storage_error(path: Path, exc: sqlite3.Error, doing: str, *,
+                  busy_timeout: float) -> CheckpointError:
+    """The error for `exc`, raised while `doing` (e.g. "commit step 3 of thread 't'") on the
+    database at `path`: `StorageUnavailableError` for what passes (a full disk, a lock, a
+    read-only directory), plain `CheckpointError` for a damaged file."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    reason, hint = _explain(path, name, str(exc), busy_timeout)
+    damaged = name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in str(exc)
+    kind = CheckpointError if damaged else StorageUnavailableError
+    return kind(f"cannot {doing} in {str(path)!r}: {reason} ({exc}). {hint}".rstrip())
+
+
+def _explain(path: Path, name: str, message: str, busy_timeout: float) -> tuple[str, str]:
+    folder = path.parent
+    if name.startswith("SQLITE_FULL") or "disk is full" in message:
+        return ("the disk is full",
+                f"Free space on the disk holding {str(folder)!r}; every committed step is kept, "
+                "and the thread resumes from its last one.")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in message:
+        return (f"the database is locked by another connection, for longer than "
+                f"busy_timeout={busy_timeout:g} s",
+                "Find the process holding a long transaction on the file (e.g. `fuser "
+                f"{str(path)!r}`) or give SQLiteCheckpointer(..., busy_timeout=...) more time.")
+    if name.startswith("SQLITE_READONLY") or "readonly" in message or (
+            name.startswith("SQLITE_CANTOPEN") and folder.is_dir()
+            and not os.access(folder, os.W_OK)):
+        return ("the file or its directory is read-only",
+                f"Make {str(folder)!r} and the file writable for this user, or open it with "
+                "read_only=True to only read.")
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in message:
+        if not folder.is_dir():
+            return (f"the directory {str(folder)!r} does not exist",
+                    "Create the directory or give another path.")
+        return ("the file cannot be opened or created there (permissions?)",
+                f"Check that this user may read and write {str(folder)!r}.")
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in message:
+        return ("the database file is damaged",
+                "Restore it from a backup; `sqlite3 FILE 'PRAGMA integrity_check'` shows what "
+                "is broken.")
+    if name.startswith("SQLITE_IOERR"):
+        return ("the operating system reported an I/O error",
+                "Check the disk and the file system holding the file.")
+    return ("SQLite refused the operation", "")
+
+
+__all__ = ["storage_error"]
