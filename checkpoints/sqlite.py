@@ -22,6 +22,7 @@ Layout (readable with the `sqlite3` shell; all payloads are JSON):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import os
@@ -62,7 +63,10 @@ from .rows import (
 )
 from .sqlite_errors import storage_error
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+READABLE_FROM = 3
+"""Read-only opening reads files from this version on: later versions only added columns that
+the reads do not need (4: threads.lease_seconds)."""
 APPLICATION_ID = 0x53544D43  # "STMC": marks a file as ours, so a foreign database is refused
 
 _CACHE_TABLE = """
@@ -105,7 +109,8 @@ CREATE TABLE threads (
     owner_pid INTEGER,
     owner_host TEXT,
     lease_expires REAL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    lease_seconds REAL
 );
 CREATE TABLE checkpoints (
     id INTEGER PRIMARY KEY,
@@ -140,6 +145,7 @@ ALTER TABLE pending_writes ADD COLUMN meta TEXT;
 ALTER TABLE checkpoints ADD COLUMN marked_at REAL;
 {_CACHE_TABLE}""",
     2: _JOBS_TABLE,
+    3: "ALTER TABLE threads ADD COLUMN lease_seconds REAL",
 }
 
 _COLUMNS = "c.id, t.thread_id, c.parent, c.step, c.kind, c.status, c.next, c.writes, " \
@@ -233,35 +239,64 @@ class SQLiteCheckpointer(Checkpointer):
     # -- leases ------------------------------------------------------------------------------
 
     async def acquire(self, thread_id: str, owner: Owner) -> None:
+        """Take a free thread at once; a held one only when its holder's process is gone (on
+        this machine) or its heartbeat has stood still for a whole lease.
+
+        Whether a lease ran out is never judged by comparing the holder's clock with ours: a
+        lease that looks expired is watched, on our monotonic clock, for one lease period, and
+        taken only if no beat moved it meanwhile (the holder's lease period, stored with the
+        lease: it beats three times in one). A resumer whose clock runs ahead therefore waits
+        and then finds the holder alive, instead of taking over a live run."""
         now = time.time()
-        values = (thread_id, owner.token, owner.pid, owner.host, now + self.lease_seconds, now)
         cursor = await self._execute(
             f"take thread {thread_id!r}",
             "INSERT INTO threads(thread_id, owner, owner_pid, owner_host, lease_expires, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(thread_id) DO UPDATE SET "
-            "owner = excluded.owner, owner_pid = excluded.owner_pid, "
-            "owner_host = excluded.owner_host, lease_expires = excluded.lease_expires "
-            "WHERE threads.owner IS NULL OR threads.lease_expires < ?", (*values, now))
-        if cursor[0] != 1 and not await self._take_from_dead_owner(thread_id, owner):
+            "lease_seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(thread_id) "
+            "DO UPDATE SET owner = excluded.owner, owner_pid = excluded.owner_pid, "
+            "owner_host = excluded.owner_host, lease_expires = excluded.lease_expires, "
+            "lease_seconds = excluded.lease_seconds WHERE threads.owner IS NULL",
+            (thread_id, owner.token, owner.pid, owner.host, now + self.lease_seconds,
+             self.lease_seconds, now))
+        if cursor[0] != 1 and not await self._take_held(thread_id, owner):
             raise busy_error(thread_id)
         self._heartbeat.hold(thread_id, owner.token)
 
-    async def _take_from_dead_owner(self, thread_id: str, owner: Owner) -> bool:
-        """A holder on this machine whose process is gone need not be waited for."""
+    async def _take_held(self, thread_id: str, owner: Owner) -> bool:
+        watched: tuple[str, float] | None = None
+        started = time.monotonic()
+        while True:
+            holder = await self._holder(thread_id)
+            if holder is None:  # released meanwhile
+                return await self._take_from(thread_id, owner, None, None)
+            token, pid, host, expires, period = holder
+            if host == owner.host and pid != owner.pid and not process_alive(pid):
+                return await self._take_from(thread_id, owner, token, expires)
+            if expires is None or expires >= time.time() or \
+                    (watched is not None and watched != (token, expires)):
+                return False  # live, or it beat while we watched
+            watched = watched or (token, expires)
+            period = period or self.lease_seconds  # a lease taken before schema 4
+            if time.monotonic() - started >= period:
+                return await self._take_from(thread_id, owner, token, expires)
+            await asyncio.sleep(min(period / 10, 0.5))
+
+    async def _holder(self, thread_id: str
+                      ) -> tuple[str, int, str, float | None, float | None] | None:
         rows = await self._fetchall(
             f"read who holds thread {thread_id!r}",
-            "SELECT owner, owner_pid, owner_host FROM threads WHERE thread_id = ?", (thread_id,))
-        if not rows:
-            return False
-        token, pid, host = rows[0]
-        if host != owner.host or pid == owner.pid or process_alive(pid):
-            return False
+            "SELECT owner, owner_pid, owner_host, lease_expires, lease_seconds FROM threads "
+            "WHERE thread_id = ? AND owner IS NOT NULL", (thread_id,))
+        return rows[0] if rows else None
+
+    async def _take_from(self, thread_id: str, owner: Owner, token: str | None,
+                         expires: float | None) -> bool:
+        """Take the thread if it is still held by `token` with the lease seen (None: free)."""
         cursor = await self._execute(
             f"take thread {thread_id!r} over",
-            "UPDATE threads SET owner = ?, owner_pid = ?, owner_host = ?, lease_expires = ? "
-            "WHERE thread_id = ? AND owner = ?",
-            (owner.token, owner.pid, owner.host, time.time() + self.lease_seconds, thread_id,
-             token))
+            "UPDATE threads SET owner = ?, owner_pid = ?, owner_host = ?, lease_expires = ?, "
+            "lease_seconds = ? WHERE thread_id = ? AND owner IS ? AND lease_expires IS ?",
+            (owner.token, owner.pid, owner.host, time.time() + self.lease_seconds,
+             self.lease_seconds, thread_id, token, expires))
         return cursor[0] == 1
 
     async def release(self, thread_id: str, owner: Owner) -> None:
@@ -606,12 +641,13 @@ def _open_read_only(path: Path, busy_timeout: float) -> sqlite3.Connection:
     if app_id != APPLICATION_ID:
         conn.close()
         raise _foreign(path, tables)
-    if version != SCHEMA_VERSION:
+    if not READABLE_FROM <= version <= SCHEMA_VERSION:
         conn.close()
         raise CheckpointError(
-            f"{str(path)!r} has schema version {version}; this statemachine reads version "
-            f"{SCHEMA_VERSION}" + (" (open it once with a read-write SQLiteCheckpointer to "
-                                   "migrate it)." if version < SCHEMA_VERSION else "."))
+            f"{str(path)!r} has schema version {version}; this statemachine reads versions "
+            f"{READABLE_FROM} to {SCHEMA_VERSION}" + (
+                " (open it once with a read-write SQLiteCheckpointer to migrate it)."
+                if version < SCHEMA_VERSION else "; upgrade statemachine to read it."))
     return conn
 
 

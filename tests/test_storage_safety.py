@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
-from test_storage import loop
+from test_storage import Items, loop
 
 from checkpoints import SQLiteCheckpointer
 from statemachine import (
@@ -309,3 +309,56 @@ def big_steps(limit: int) -> StateGraph:
 
 def reader_state(reader: SQLiteCheckpointer) -> int:
     return big_steps(40).compile(checkpointer=reader).get_state("t").state.n
+
+
+SKEWED_RESUMER = """
+import sys, time
+real = time.time
+time.time = lambda: real() + 3600  # this process's clock runs an hour ahead
+sys.path.insert(0, sys.argv[2])
+from checkpoints import SQLiteCheckpointer
+from statemachine import ThreadBusyError
+from test_storage import loop
+with SQLiteCheckpointer(sys.argv[1], lease_seconds=1.0) as saver:
+    started = time.monotonic()
+    try:
+        loop(3).compile(checkpointer=saver).resume("t")
+    except ThreadBusyError:
+        print(f"busy after {time.monotonic() - started:.2f}")
+    else:
+        print("took over")
+"""
+
+
+def test_a_resumer_whose_clock_runs_ahead_does_not_take_a_live_lease(tmp_path):
+    """The holder's lease looks an hour expired to the resumer; it watches the heartbeat
+    instead of trusting its clock, sees it beat, and backs off: the running node runs once
+    (before, it took over at once and the node ran twice)."""
+    path, release, calls = tmp_path / "runs.db", threading.Event(), []
+
+    def work(state: Items) -> dict:
+        calls.append(state.n)
+        if state.n == 1:
+            release.wait(20)
+        return {"n": state.n + 1, "items": [f"item-{state.n}"]}
+
+    g = StateGraph(Items)
+    g.add_node("work", work)
+    g.add_edge(START, "work")
+    g.add_conditional_edges("work", lambda s: "again" if s.n < 3 else "done",
+                            {"again": "work", "done": END})
+    with SQLiteCheckpointer(path, lease_seconds=1.0) as saver:
+        app = g.compile(checkpointer=saver)
+        runner = threading.Thread(target=lambda: app.invoke({}, thread_id="t"))
+        runner.start()
+        while calls != [0, 1]:
+            time.sleep(0.01)
+        tests = str(Path(__file__).resolve().parent)
+        resumer = subprocess.run([sys.executable, "-c", SKEWED_RESUMER, str(path), tests],
+                                 capture_output=True, text=True, timeout=60,
+                                 cwd=Path(tests).parent)
+        release.set()
+        runner.join(20)
+        assert resumer.returncode == 0, resumer.stderr
+        assert resumer.stdout.startswith("busy after "), resumer.stdout  # it saw a beat
+        assert calls == [0, 1, 2] and app.get_state("t").state.n == 3
