@@ -459,7 +459,7 @@ class PostgresCheckpointer(Checkpointer):
         rows = await self._fetchall(
             "SELECT checkpoint, node, idx, writes, meta FROM pending_writes WHERE checkpoint "
             "= ANY(%s) ORDER BY checkpoint, node, idx", ([int(c) for c in checkpoint_ids],))
-        return pending_from_rows(rows)
+        return pending_from_rows(rows, where=self.where)
 
     async def cache_get(self, namespace: str, key: str) -> str | None:
         rows = await self._fetchall(

@@ -6,6 +6,7 @@ they do with the answer is the same, and lives here.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
@@ -25,6 +26,8 @@ def record_from_row(row: Sequence[Any], *, where: str = "the store") -> Checkpoi
             raise damaged(where, row[1], row[0], f"its {column!r} column holds "
                           f"{type(row[index]).__name__} {_sample(row[index])}, not "
                           f"{' or '.join(k.__name__ for k in kinds)}")
+    for column, index, shape in _JSON_COLUMNS:
+        _check_json(row[index], shape, where, row[1], row[0], column)
     return CheckpointRecord(
         str(row[0]), row[1], None if row[2] is None else str(row[2]), row[3], row[4], row[5],
         row[6], row[7], row[8], row[9], row[10], float(row[11]))
@@ -58,6 +61,7 @@ def chain_from_rows(rows: Sequence[Sequence[Any]], pending_columns: tuple[int, i
     pending: dict[str, list[PendingWrite]] = {}
     for row in rows:
         if row[0] == "p":
+            _check_pending(where, row[2], row[node], row[writes], row[meta])
             pending.setdefault(str(row[2]), []).append(
                 PendingWrite(str(row[2]), row[node], row[index], row[writes], row[meta]))
     for group in pending.values():
@@ -75,20 +79,53 @@ def damaged(where: str, thread_id: object, checkpoint_id: object, reason: str
         "earlier checkpoint.")
 
 
+def _check_json(text: Any, shape: type, where: str, thread_id: object, checkpoint_id: object,
+                column: str) -> None:
+    """A JSON column holds JSON of the shape our writes give it (None where it may be empty)."""
+    if text is None and column != "next":  # the one JSON column every checkpoint fills
+        return
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise damaged(where, thread_id, checkpoint_id,
+                      f"its {column!r} column is not JSON ({_sample(text)}: {exc})") from None
+    if not isinstance(value, shape):
+        raise damaged(where, thread_id, checkpoint_id, f"its {column!r} column holds "
+                      f"{_sample(text)}, not a JSON {'array' if shape is list else 'object'}")
+
+
+def _check_pending(where: str, checkpoint: object, node: object, writes: Any,
+                   meta: Any) -> None:
+    try:
+        if not isinstance(json.loads(writes), dict) or \
+                (meta is not None and not isinstance(json.loads(meta), dict)):
+            raise ValueError("not a JSON object")
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{where}: the pending write of node {node!r} at checkpoint {checkpoint} is not "
+            f"the JSON object a run writes ({exc}). The database is damaged or was edited by "
+            "hand; restore it from a backup.") from None
+
+
 def _sample(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
+
+_JSON_COLUMNS: tuple[tuple[str, int, type], ...] = (
+    ("next", 6, list), ("writes", 7, list), ("extra", 9, dict))
 
 _CHECKED_COLUMNS: tuple[tuple[str, int, tuple[type, ...]], ...] = (
     ("step", 3, (int,)), ("kind", 4, (str,)), ("status", 5, (str,)), ("next", 6, (str,)),
     ("created_at", 11, (int, float)))
 
 
-def pending_from_rows(rows: Iterable[Sequence[Any]]) -> dict[str, list[PendingWrite]]:
+def pending_from_rows(rows: Iterable[Sequence[Any]], *, where: str = "the store"
+                      ) -> dict[str, list[PendingWrite]]:
     """Pending writes by checkpoint id, from (checkpoint, node, idx, writes, meta) rows."""
     pending: dict[str, list[PendingWrite]] = {}
     for checkpoint, node, idx, writes, meta in rows:
+        _check_pending(where, checkpoint, node, writes, meta)
         pending.setdefault(str(checkpoint), []).append(
             PendingWrite(str(checkpoint), node, idx, writes, meta))
     return pending

@@ -374,7 +374,7 @@ class SQLiteCheckpointer(Checkpointer):
             "read pending writes",
             f"SELECT checkpoint, node, idx, writes, meta FROM pending_writes WHERE checkpoint "
             f"IN ({marks})", [int(c) for c in checkpoint_ids])
-        return pending_from_rows(rows)
+        return pending_from_rows(rows, where=self._where)
 
     async def cache_get(self, namespace: str, key: str) -> str | None:
         rows = await self._fetchall(

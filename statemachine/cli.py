@@ -83,6 +83,7 @@ from .store_reader import (
     history_rows,
     row_from_record,
     row_from_snapshot,
+    stored_state,
     thread_row,
     unmerged_state,
 )
@@ -1149,7 +1150,7 @@ def show(db: Db | None, thread: str, checkpoint: str | None, target: str | None)
         row = row_from_record(head, parent, pending)
         err.print(Text(_summary(thread, row)), style="dim")
         if head.snapshot is not None:
-            _echo_json(json.loads(head.snapshot))
+            _echo_json(stored_state(head))
             return
         if target is not None:
             app = build_app(target, db, stack, create=False)

@@ -1190,6 +1190,12 @@ def _needs_checkpointer(what: str) -> StateMachineError:
 
 
 def _stale(record: CheckpointRecord, exc: ValidationError) -> CheckpointError:
+    if any(e["type"] == "json_invalid" for e in exc.errors()):
+        return CheckpointError(
+            f"checkpoint {record.id} of thread {record.thread_id!r}: its stored state or writes "
+            f"are not valid JSON ({exc.errors(include_url=False)[0]['msg']}). The database is "
+            "damaged or was edited by hand; restore it from a backup, or fork the thread from "
+            "an earlier checkpoint.")
     fields = sorted({str(e["loc"][0]) for e in exc.errors() if e.get("loc")})
     return CheckpointError(
         f"checkpoint {record.id} of thread {record.thread_id!r} no longer fits the state "

@@ -19,6 +19,7 @@ from checkpoints.base import Chain, Checkpointer, CheckpointRecord, PendingWrite
 from checkpoints.sqlite import SQLiteCheckpointer
 
 from ._sync import run_sync
+from .errors import CheckpointError
 from .records import decode_tasks, extra_of, finished_tasks, ran_nodes, stored_writes
 from .types import Snapshot
 
@@ -106,8 +107,20 @@ def unmerged_state(chain: Chain) -> dict[str, Any]:
                       "writes": stored_writes(record, before, chain.pending)})
     return {"exact": False, "checkpoint_id": chain.head.id,
             "snapshot": {"checkpoint_id": base.id, "step": base.step,
-                         "state": json.loads(base.snapshot or "null")},
+                         "state": stored_state(base)},
             "writes_since": since}
+
+
+def stored_state(record: CheckpointRecord) -> Any:
+    """The state a checkpoint stores (its snapshot) as plain JSON values, read without the
+    graph; `CheckpointError` naming thread and checkpoint when it is not JSON."""
+    try:
+        return json.loads(record.snapshot or "null")
+    except ValueError as exc:
+        raise CheckpointError(
+            f"thread {record.thread_id!r}, checkpoint {record.id}: its 'snapshot' column is "
+            f"not JSON ({exc}). The database is damaged or was edited by hand; restore it from "
+            "a backup.") from None
 
 
 # -- a read-only store --------------------------------------------------------------------------

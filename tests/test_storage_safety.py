@@ -362,3 +362,58 @@ def test_a_resumer_whose_clock_runs_ahead_does_not_take_a_live_lease(tmp_path):
         assert resumer.returncode == 0, resumer.stderr
         assert resumer.stdout.startswith("busy after "), resumer.stdout  # it saw a beat
         assert calls == [0, 1, 2] and app.get_state("t").state.n == 3
+
+
+@pytest.mark.parametrize(("column", "value"), [
+    ("next", "[not json"), ("next", '{"a": 1}'), ("extra", "{oops"), ("extra", "[1]"),
+    ("writes", "nope"), ("snapshot", "{broken")])
+def test_malformed_json_in_a_row_is_named_by_the_api_and_the_cli(sqlite_store, column, value):
+    """A damaged JSON column is a CheckpointError naming thread and checkpoint in Python, and a
+    one-line error (no traceback) from every reading command."""
+    app = loop(3).compile(checkpointer=sqlite_store.open())
+    app.invoke({}, thread_id="t")
+    head = sqlite_store.query("SELECT max(id) FROM checkpoints")[0][0]
+    target = head if column != "snapshot" else sqlite_store.query(
+        "SELECT max(id) FROM checkpoints WHERE snapshot IS NOT NULL")[0][0]
+    sqlite_store.change(f"UPDATE checkpoints SET {column} = ? WHERE id = ?", value, target)
+    with pytest.raises(CheckpointError, match=rf"thread 't'.*checkpoint {target}|"
+                                              rf"checkpoint {target} of thread 't'"):
+        app.get_state("t")
+    sqlite_store.close()
+    db = str(sqlite_store.path)
+    for command in (["history", "--thread", "t"], ["show", "--thread", "t"],
+                    ["history", "--thread", "t", "--json"]):
+        result = subprocess.run([sys.executable, "-m", "statemachine", *command, "--db", db],
+                                capture_output=True, text=True, timeout=60)
+        if column == "snapshot" and command[0] == "history":  # it reads no state
+            assert result.returncode == 0, result.stderr
+            continue
+        assert result.returncode != 0, (command, result.stdout)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert f"checkpoint {target}" in result.stderr and "'t'" in result.stderr, \
+            (command, result.stderr)
+
+
+def test_a_malformed_pending_write_is_named(sqlite_store):
+    fail = {"on": True}
+
+    def work(state: Items) -> dict:
+        if state.n == 1 and fail["on"]:
+            raise RuntimeError("down")
+        return {"n": state.n + 1}
+
+    g = StateGraph(Items)
+    g.add_node("work", work)
+    g.add_node("side", lambda s: {"items": ["side"]})
+    g.add_edge(START, "work")
+    g.add_edge(START, "side")
+    g.add_edge("side", END)
+    g.add_conditional_edges("work", lambda s: "again" if s.n < 3 else "done",
+                            {"again": "work", "done": END})
+    app = g.compile(checkpointer=sqlite_store.open())
+    with pytest.raises(RuntimeError):
+        app.invoke({"n": 1}, thread_id="t")
+    assert sqlite_store.query("SELECT count(*) FROM pending_writes")[0][0] == 1
+    sqlite_store.change("UPDATE pending_writes SET writes = '{half'")
+    with pytest.raises(CheckpointError, match=r"pending write of node 'side' at checkpoint"):
+        app.get_state("t")
