@@ -417,3 +417,43 @@ def test_a_malformed_pending_write_is_named(sqlite_store):
     sqlite_store.change("UPDATE pending_writes SET writes = '{half'")
     with pytest.raises(CheckpointError, match=r"pending write of node 'side' at checkpoint"):
         app.get_state("t")
+
+
+EXCLUSIVE_PROBE = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=0)
+try:
+    print(conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0])
+except sqlite3.OperationalError as exc:
+    print(exc)
+"""
+
+
+def another_process_finds_it_unused(path: Path) -> bool:
+    """Whether another process can take `path` out of WAL mode, which SQLite allows only when
+    no other connection to the file is open anywhere (its shared lock on the file says so)."""
+    probe = subprocess.run([sys.executable, "-c", EXCLUSIVE_PROBE, str(path)],
+                           capture_output=True, text=True, timeout=30)
+    return probe.stdout.strip() == "delete"
+
+
+def test_opening_and_closing_checkpointers_keeps_the_locks_of_open_connections(tmp_path):
+    """A checkpointer made and closed beside one in use (one per request, say) must not drop
+    the live connection's locks: with them gone, another process believes the file unused
+    and can rewrite it under the live connection (the corruption found by the audit)."""
+    control = tmp_path / "control.db"
+    with SQLiteCheckpointer(control) as saver:
+        loop(1).compile(checkpointer=saver).invoke({}, thread_id="t")
+        assert not another_process_finds_it_unused(control)
+        with open(control, "rb") as handle:  # what the checkpointer used to do
+            handle.read(16)
+        assert another_process_finds_it_unused(control)  # the probe sees the harm
+
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path) as saver:
+        app = loop(3).compile(checkpointer=saver)
+        app.invoke({}, thread_id="t")
+        for options in ({}, {"read_only": True}):
+            SQLiteCheckpointer(path, **options).close()
+        assert not another_process_finds_it_unused(path)
+        assert app.invoke({}, thread_id="u").n == 3
