@@ -18,9 +18,11 @@ from typing_extensions import is_typeddict
 
 SECRET_TYPES: tuple[type, ...] = (SecretStr, SecretBytes, Secret)
 
-_SECRET_NAME = re.compile(
-    r"pass(word|wd|phrase)?|pwd|secret|token|api_?key|private_?key|credential|auth",
-    re.IGNORECASE)
+_SECRET_WORDS = frozenset({
+    "password", "passwd", "passphrase", "pwd", "secret", "secrets", "token", "apikey",
+    "credential", "credentials", "authorization", "pin", "otp", "dsn"})
+_SECRET_PARTS = ("password", "passwd", "passphrase", "apikey", "privatekey", "accesskey",
+                 "secretkey", "clientsecret", "authtoken", "accesstoken", "refreshtoken")
 
 
 def secret_paths(annotation: Any, path: str) -> list[tuple[str, str]]:
@@ -49,7 +51,29 @@ def is_secret_value(value: object) -> bool:
 
 def looks_secret(name: object) -> bool:
     """Whether a field or key name says it holds a credential (password, token, api_key...)."""
-    return isinstance(name, str) and _SECRET_NAME.search(name) is not None
+    if not isinstance(name, str):
+        return False
+    words = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower())
+    joined = "".join(words)
+    return any(word in _SECRET_WORDS for word in words) or \
+        any(part in joined for part in _SECRET_PARTS)
+
+
+def mentions_secret(value: object, names: frozenset[str] = frozenset(), depth: int = 0) -> bool:
+    """Whether `value` is a secret, or a dict or model holding one under a secret-looking key
+    (or one of `names`), a few levels deep: such a value is never echoed."""
+    if is_secret_value(value):
+        return True
+    if depth > 3:
+        return False
+    if isinstance(value, BaseModel):
+        value = dict(value)
+    if isinstance(value, dict):
+        return any(key in names or looks_secret(key) or mentions_secret(item, names, depth + 1)
+                   for key, item in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(mentions_secret(item, names, depth + 1) for item in list(value)[:100])
+    return False
 
 
 def _walk(tp: Any, path: str, found: list[tuple[str, str]], seen: set[int]) -> None:
