@@ -78,6 +78,7 @@ from .errors import (
     closest_name,
 )
 from .graph import StateGraph
+from .redaction import MASK, dsn_passwords, redact_dsn
 from .store_reader import (
     format_time,
     history_rows,
@@ -86,6 +87,7 @@ from .store_reader import (
     thread_row,
     unmerged_state,
 )
+from .terminal import json_safe, safe, safe_console, visible
 from .types import Snapshot, StepEvent
 
 EXIT_OK = 0
@@ -174,19 +176,38 @@ def _library_errors() -> Iterator[None]:
 
 # -- consoles ---------------------------------------------------------------------------------
 
+# Every console prints through `safe_console`: stored text cannot drive the terminal, and the
+# passwords of --db never show, whatever message quotes them.
+
 def _stderr() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return safe_console(scrub=_scrub, stderr=True, highlight=False, soft_wrap=True)
 
 
 def _stdout() -> Console:
-    console = Console(highlight=False)
+    console = safe_console(scrub=_scrub, highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(highlight=False, width=200)  # piped: wide rows beat wrapped ones
+        # piped: wide rows beat wrapped ones
+        console = safe_console(scrub=_scrub, highlight=False, width=200)
     return console
 
 
 def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    click.echo(_scrub(json_safe(json.dumps(value, indent=2, ensure_ascii=False))))
+
+
+_PASSWORDS: set[str] = set()
+"""The passwords of the --db given to this command, scrubbed from everything printed."""
+
+
+def _scrub(text: str) -> str:
+    for password in sorted(_PASSWORDS, key=len, reverse=True):
+        text = text.replace(password, MASK)
+    return text
+
+
+def _shown(db: Db) -> str:
+    """A --db as messages show it: a PostgreSQL URL without its password."""
+    return redact_dsn(db)
 
 
 def _state_json(state: Any) -> Any:
@@ -423,7 +444,15 @@ def _parse_db(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         return None
     from checkpoints import is_postgres_url
 
-    return value if is_postgres_url(value) else Path(value)
+    if not is_postgres_url(value):
+        return Path(value)
+    # with its tails: a driver that splits the URL at the first '@' or ':' of an unencoded
+    # password quotes the rest as the host. Shorter pieces would mangle unrelated words; they
+    # are masked wherever the URL itself is shown.
+    for password in dsn_passwords(value):
+        tails = {password[i + 1:] for i, char in enumerate(password) if char in "@:/"}
+        _PASSWORDS.update(p for p in (password, *tails) if len(p) >= 4)
+    return value
 
 
 def _remember_schema(ctx: click.Context, param: click.Parameter, value: str) -> None:
@@ -612,7 +641,7 @@ def _require_thread(app: CompiledGraph, thread: str, db: Db | None) -> None:
 
 def _no_thread(thread: str, known: Sequence[str], db: Db | None) -> CliError:
     match = closest_name(thread, known)
-    where = f" in {str(db)!r}" if db is not None else ""
+    where = f" in {_shown(db)!r}" if db is not None else ""
     shown = [t for t in known if "::" not in t]
     hint = "threads there: " + ", ".join(shown[:10]) + (" ..." if len(shown) > 10 else "") \
         if shown else "the database holds no threads yet"
@@ -768,7 +797,7 @@ def _resume_command(ctx: click.Context, target: str, db: Db | None, thread: str,
                     events: Sequence[str] = ()) -> str:
     words = ["resume", target]
     if db is not None:
-        words += ["--db", str(db)]
+        words += ["--db", _shown(db)]
         if isinstance(db, str) and _schema() != DEFAULT_SCHEMA:
             words += ["--schema", _schema()]
     words += ["--thread", thread]
@@ -776,6 +805,8 @@ def _resume_command(ctx: click.Context, target: str, db: Db | None, thread: str,
     if events:
         template = "{" + ", ".join(f"{json.dumps(name)}: ..." for name in events) + "}"
         command += f" --event {shlex.quote(template)}"
+    if db is not None and _shown(db) != str(db):
+        command += "  # the --db password is hidden: put it back, or set PGPASSWORD"
     return command
 
 
@@ -1014,10 +1045,10 @@ _STATUS_STYLE = {"done": "green", "failed": "bold red", "interrupted": "yellow",
 
 def _nodes_cell(row: dict[str, Any]) -> Text:
     if row["nodes"]:
-        return Text(", ".join(row["nodes"]), style="bold")
+        return safe(", ".join(row["nodes"]), "bold", one_line=True)
     if row["compensates"]:
-        return Text(f"↩ {row['compensates']}", style="magenta")
-    return Text(f"({row['kind']})", style="dim")
+        return safe(f"↩ {row['compensates']}", "magenta", one_line=True)
+    return safe(f"({row['kind']})", "dim", one_line=True)
 
 
 @cli.command(epilog=EPILOG)
@@ -1038,13 +1069,13 @@ def threads(db: Db | None, show_all: bool, as_json: bool) -> None:
         _echo_json(rows)
         return
     if not rows:
-        _stderr().print(Text(f"no threads in {db}"))
+        _stderr().print(Text(f"no threads in {_shown(db)}"))
         return
     from rich import box
     from rich.table import Table
 
     out = _stdout()
-    out.print(Text(f"threads in {db}", style="bold"))
+    out.print(Text(f"threads in {_shown(db)}", style="bold"))
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("thread", overflow="fold", min_width=8)
     for name, justify in (("status", "left"), ("step", "right"), ("checkpoint", "right"),
@@ -1052,8 +1083,9 @@ def threads(db: Db | None, show_all: bool, as_json: bool) -> None:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in rows:
         status = row["status"] + (" (live run)" if row["busy"] else "")
-        table.add_row(row["thread_id"], Text(status, style=_STATUS_STYLE.get(row["status"], "")),
-                      str(row["step"]), row["checkpoint_id"], row["time"])
+        table.add_row(safe(row["thread_id"], one_line=True),
+                      Text(status, style=_STATUS_STYLE.get(row["status"], "")),
+                      str(row["step"]), safe(row["checkpoint_id"], one_line=True), row["time"])
     out.print(table)
     _print_errors(out, [(f"thread {row['thread_id']}", row["error"]) for row in rows])
 
@@ -1086,7 +1118,7 @@ def history(db: Db | None, thread: str, target: str | None, as_json: bool) -> No
     from rich.table import Table
 
     out = _stdout()
-    out.print(Text(f"thread {thread} in {db}", style="bold"))
+    out.print(Text(f"thread {thread} in {_shown(db)}", style="bold"))
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
     for name, justify, wrap in (("id", "right", False), ("step", "right", False),
                                 ("kind", "left", False), ("nodes", "left", True),
@@ -1102,9 +1134,9 @@ def history(db: Db | None, thread: str, target: str | None, as_json: bool) -> No
         if row["pending_writes"] and row["status"] in ("failed", "interrupted"):
             next_cell += f" (kept: {', '.join(row['pending_writes'])})"
         cells: list[RenderableType] = [
-            row["checkpoint_id"], str(row["step"]), row["kind"], _nodes_cell(row),
-            Text(status, style=_STATUS_STYLE.get(row["status"], "")), next_cell.strip(),
-            row["time"]]
+            safe(row["checkpoint_id"], one_line=True), str(row["step"]), safe(row["kind"]),
+            _nodes_cell(row), safe(status, _STATUS_STYLE.get(row["status"], ""), one_line=True),
+            safe(next_cell.strip(), one_line=True), row["time"]]
         table.add_row(*cells)
     out.print(table)
     _print_errors(out, [(f"checkpoint {row['checkpoint_id']}", row["error"]) for row in rows
@@ -1115,7 +1147,7 @@ def _print_errors(out: Console, errors: Sequence[tuple[str, str | None]]) -> Non
     """Errors under a table, whole: in a narrow column they would be cut or dropped."""
     for where, error in errors:
         if error:
-            out.print(Text.assemble((f"{where}: ", "bold red"), error), soft_wrap=True)
+            out.print(Text.assemble(safe(f"{where}: ", "bold red"), safe(error)), soft_wrap=True)
 
 
 @cli.command(epilog=EPILOG)
@@ -1214,7 +1246,7 @@ def submit(target: str, db: Db | None, thread: str, input_: str | None, event: s
         except (ThreadBusyError, ThreadStateError, ThreadNotFoundError,
                 InvalidUpdateError) as exc:
             raise CliError(str(exc), _setup_exit_code(exc) or EXIT_USAGE) from exc
-    click.echo(thread)
+    click.echo(visible(thread, one_line=True))
 
 
 @cli.command(epilog=EPILOG)
@@ -1265,7 +1297,7 @@ def worker(target: str, db: Db | None, concurrency: int, poll: float, lease: flo
             if not quiet:
                 host = runner.identity.host.split("#")[0]
                 err.print(Text(f"worker {host}:{runner.identity.pid} on "
-                               f"{app.name} ({app.checkpointer!r}), concurrency {concurrency}"
+                               f"{app.name} ({_shown(db)}), concurrency {concurrency}"
                                + ("; exits when the queue is empty" if drain else
                                   "; Ctrl-C stops"), style="dim"))
             return await runner.run(drain=drain, max_jobs=max_jobs)
@@ -1298,7 +1330,7 @@ def jobs(db: Db | None, as_json: bool) -> None:
         _echo_json(rows)
         return
     if not rows:
-        _stderr().print(Text(f"no jobs in {db}"))
+        _stderr().print(Text(f"no jobs in {_shown(db)}"))
         return
     from rich import box
     from rich.table import Table
@@ -1308,9 +1340,10 @@ def jobs(db: Db | None, as_json: bool) -> None:
     for name in ("thread", "graph", "status", "attempts", "submitted", "finished"):
         table.add_column(name, overflow="fold")
     for row in rows:
-        table.add_row(row["thread_id"], row["graph"], Text(row["status"], style=_STATUS_STYLE.get(
-            row["status"], "")), f"{row['attempts']}/{row['max_attempts']}", row["submitted"],
-            row["finished"] or "")
+        table.add_row(safe(row["thread_id"], one_line=True), safe(row["graph"], one_line=True),
+                      safe(row["status"], _STATUS_STYLE.get(row["status"], "")),
+                      f"{row['attempts']}/{row['max_attempts']}", row["submitted"],
+                      row["finished"] or "")
     out.print(table)
     _print_errors(out, [(f"thread {row['thread_id']}", row["error"]) for row in rows])
 
