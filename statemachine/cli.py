@@ -205,6 +205,27 @@ def _scrub(text: str) -> str:
     return text
 
 
+def _id(text: str) -> str:
+    """A thread or checkpoint id inside a message: on one line, control characters visible."""
+    return visible(text, one_line=True)
+
+
+def _shell_word(word: str) -> str:
+    """`word` quoted for a POSIX shell; one holding control characters as $'...', which shows
+    them as escapes and still means the same word to bash and zsh."""
+    if visible(word, one_line=True) == word:
+        return shlex.quote(word)
+    return "$'" + "".join(_shell_char(c) for c in word) + "'"
+
+
+def _shell_char(char: str) -> str:
+    if char in "\\'":
+        return "\\" + char
+    if visible(char, one_line=True) == char:
+        return char
+    return f"\\x{ord(char):02x}" if ord(char) < 0x80 else f"\\u{ord(char):04x}"
+
+
 def _shown(db: Db) -> str:
     """A --db as messages show it: a PostgreSQL URL without its password."""
     return redact_dsn(db)
@@ -800,8 +821,7 @@ def _resume_command(ctx: click.Context, target: str, db: Db | None, thread: str,
         words += ["--db", _shown(db)]
         if isinstance(db, str) and _schema() != DEFAULT_SCHEMA:
             words += ["--schema", _schema()]
-    words += ["--thread", thread]
-    command = f"{_prog(ctx)} {shlex.join(words)}"
+    command = f"{_prog(ctx)} {shlex.join(words)} --thread {_shell_word(thread)}"
     if events:
         template = "{" + ", ".join(f"{json.dumps(name)}: ..." for name in events) + "}"
         command += f" --event {shlex.quote(template)}"
@@ -892,7 +912,7 @@ def _report_end(ctx: click.Context, err: Console, app: CompiledGraph, target: st
     status = snapshot.status if snapshot is not None else (display.last_status or "done")
     took = f"{display.steps} step{'s' if display.steps != 1 else ''} in " \
            f"{_fmt_seconds(display.elapsed())}"
-    where = f" (thread {thread})" if thread is not None else ""
+    where = f" (thread {_id(thread)})" if thread is not None else ""
     if status == "interrupted" and snapshot is not None:
         events = snapshot.metadata.get("waits_for", [])
         why = f"waiting for event {', '.join(map(repr, events))}" if events else \
@@ -970,7 +990,7 @@ def run(ctx: click.Context, target: str, input_: str, db: Db | None, thread: str
         if app.checkpointer is not None and thread is None:
             thread = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
             if not quiet:
-                _stderr().print(Text(f"thread {thread}", style="dim"))
+                _stderr().print(Text(f"thread {_id(thread)}", style="dim"))
         if app.checkpointer is None and (app.spec.interrupt_before or app.spec.interrupt_after):
             _stderr().print(Text("note: the graph has interrupts, which pause a run only with "
                                  "--db", style="yellow"))
@@ -1015,12 +1035,12 @@ def resume(ctx: click.Context, target: str, db: Db | None, thread: str, event: s
                 raise CliError(f"thread {thread!r} finished ({snapshot.status}), so --event has "
                                "nowhere to go", EXIT_USAGE)
             if not quiet:
-                _stderr().print(Text(f"thread {thread} already finished ({snapshot.status}); "
+                _stderr().print(Text(f"thread {_id(thread)} already finished ({snapshot.status}); "
                                      "nothing to run"))
             _echo_json(_state_json(snapshot.state))
             return
         if not quiet:
-            _stderr().print(Text(f"thread {thread}: {snapshot.status} at step {snapshot.step}"
+            _stderr().print(Text(f"thread {_id(thread)}: {snapshot.status} at step {snapshot.step}"
                                  + (f", next: {', '.join(snapshot.next)}" if snapshot.next
                                     else ""), style="dim"))
         _execute(ctx, app, target, db, thread,
@@ -1087,7 +1107,7 @@ def threads(db: Db | None, show_all: bool, as_json: bool) -> None:
                       Text(status, style=_STATUS_STYLE.get(row["status"], "")),
                       str(row["step"]), safe(row["checkpoint_id"], one_line=True), row["time"])
     out.print(table)
-    _print_errors(out, [(f"thread {row['thread_id']}", row["error"]) for row in rows])
+    _print_errors(out, [(f"thread {_id(row['thread_id'])}", row["error"]) for row in rows])
 
 
 @cli.command(epilog=EPILOG)
@@ -1118,7 +1138,7 @@ def history(db: Db | None, thread: str, target: str | None, as_json: bool) -> No
     from rich.table import Table
 
     out = _stdout()
-    out.print(Text(f"thread {thread} in {_shown(db)}", style="bold"))
+    out.print(Text(f"thread {_id(thread)} in {_shown(db)}", style="bold"))
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
     for name, justify, wrap in (("id", "right", False), ("step", "right", False),
                                 ("kind", "left", False), ("nodes", "left", True),
@@ -1198,10 +1218,10 @@ def show(db: Db | None, thread: str, checkpoint: str | None, target: str | None)
 
 
 def _summary(thread: str, row: dict[str, Any]) -> str:
-    parts = [f"thread {thread}", f"checkpoint {row['checkpoint_id']}", f"step {row['step']}",
-             row["status"]]
+    parts = [f"thread {_id(thread)}", f"checkpoint {_id(row['checkpoint_id'])}",
+             f"step {row['step']}", row["status"]]
     if row["error"]:
-        parts[-1] += f" ({row['error']})"
+        parts[-1] += f" ({visible(row['error'])})"
     if row["waits_for"]:
         parts.append(f"waits for {', '.join(row['waits_for'])}")
     if row["next"]:
@@ -1345,7 +1365,7 @@ def jobs(db: Db | None, as_json: bool) -> None:
                       f"{row['attempts']}/{row['max_attempts']}", row["submitted"],
                       row["finished"] or "")
     out.print(table)
-    _print_errors(out, [(f"thread {row['thread_id']}", row["error"]) for row in rows])
+    _print_errors(out, [(f"thread {_id(row['thread_id'])}", row["error"]) for row in rows])
 
 
 # -- ui ---------------------------------------------------------------------------------------
