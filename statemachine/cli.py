@@ -5,8 +5,8 @@
                             [--db runs.db --thread t1] [--xray]
     statemachine run GRAPH [--input JSON|@file.json|-] [--db runs.db] [--thread t1]
     statemachine resume GRAPH --db runs.db --thread t1 [--event JSON|@file.json]
-    statemachine threads --db runs.db                 every thread with its status
-    statemachine history --db runs.db --thread t1     its checkpoints: step, nodes, status, time
+    statemachine threads --db runs.db [--limit 100] [--offset N]   threads with their status
+    statemachine history --db runs.db --thread t1 [--limit 50] [--before ID]   its checkpoints
     statemachine show --db runs.db --thread t1 [--checkpoint ID]   its state as JSON
     statemachine ui --db runs.db [--graph GRAPH] [--port 8765] [--allow-actions]   web viewer
     statemachine submit GRAPH --db URL --thread t1 [--input JSON] [--event JSON]   queue a run
@@ -26,7 +26,11 @@ options kept).
 `run` and `resume` show each step on stderr (nodes, step, time) and print the final state as
 JSON on stdout; what nodes print goes to stderr too, so stdout stays JSON. `threads`,
 `history` and `show` read the database without importing any user code; they never create a
-database file.
+database file. `threads` and `history` show a page (newest first) and, when there is more, the
+command for the next page on stderr; `--json` pages the same way.
+
+Everything printed comes from stored or user text made inert (control characters as visible
+escapes, rich markup literally), and a PostgreSQL --db is shown without its password.
 
 Exit codes:
 
@@ -81,7 +85,8 @@ from .graph import StateGraph
 from .redaction import MASK, dsn_passwords, redact_dsn
 from .store_reader import (
     format_time,
-    history_rows,
+    history_page,
+    open_read_only,
     row_from_record,
     row_from_snapshot,
     thread_row,
@@ -370,14 +375,16 @@ def open_store(db: Db, stack: contextlib.ExitStack, *, create: bool,
     """Open `db`; unless `create`, a missing or empty file is an error and nothing is made.
 
     A PostgreSQL URL opens the schema given by --schema; `read_only` opens it read-only (the
-    reading commands), which neither creates nor changes anything."""
+    reading commands, with the synchronous page reads of `store_reader`), which neither
+    creates nor changes anything."""
     from checkpoints import SQLiteCheckpointer
 
     if isinstance(db, str):
         from checkpoints import PostgresCheckpointer
 
         try:
-            saver = PostgresCheckpointer(db, schema=_schema(), read_only=read_only, **options)
+            saver = open_read_only(db, schema=_schema()) if read_only else \
+                PostgresCheckpointer(db, schema=_schema(), **options)
         except CheckpointError as exc:
             raise CliError(str(exc), EXIT_NOT_FOUND if "cannot connect" in str(exc)
                            else EXIT_USAGE) from exc
@@ -393,7 +400,7 @@ def open_store(db: Db, stack: contextlib.ExitStack, *, create: bool,
         if db.is_file() and db.stat().st_size == 0:
             raise CliError(f"{str(db)!r} is empty, not a checkpoint database", EXIT_USAGE)
     try:
-        saver = SQLiteCheckpointer(db, read_only=read_only, **options)
+        saver = open_read_only(db) if read_only else SQLiteCheckpointer(db, **options)
     except CheckpointError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
     stack.callback(saver.close)
@@ -1050,12 +1057,26 @@ def resume(ctx: click.Context, target: str, db: Db | None, thread: str, event: s
 
 # -- reading stored runs (no user code) -------------------------------------------------------
 
-def _load_records(store: Store, thread: str) -> list[Any]:
-    records = store.call(lambda: store.saver.list(thread))
+def _newest_records(store: Store, thread: str, count: int) -> list[Any]:
+    """The thread's `count` newest checkpoints; CliError naming the threads there if none."""
+    records = store.saver.list_sync(thread, limit=count)
     if not records:
-        known = [t.thread_id for t in store.call(store.saver.threads)]
+        known = [t.thread_id for t in store.saver.threads_sync(limit=_KNOWN_THREADS)]
         raise _no_thread(thread, known, store.path)
     return records
+
+
+_KNOWN_THREADS = 1000
+"""How many of the latest threads a "no thread" error looks through for a close name."""
+
+HISTORY_LIMIT = 50
+THREADS_LIMIT = 100
+
+
+def _more(command: str, option: str, value: object, shown: int) -> None:
+    """The footer of a page that is not the last: how to see the next one (on stderr, so
+    stdout stays the table or JSON)."""
+    _stderr().print(Text(f"{shown} shown; more with: {command} {option} {value}", style="dim"))
 
 
 
@@ -1076,20 +1097,35 @@ def _nodes_cell(row: dict[str, Any]) -> Text:
 @click.option("--all", "show_all", is_flag=True,
               help="Include the threads subgraph nodes run in (parent::node:...).")
 @click.option("--json", "as_json", is_flag=True, help="Print the threads as JSON.")
-def threads(db: Db | None, show_all: bool, as_json: bool) -> None:
-    """List every thread of the database with its status, newest first."""
+@click.option("--limit", default=THREADS_LIMIT, show_default=True, type=click.IntRange(1),
+              help="Threads per page.")
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0),
+              help="Skip this many of the most recently updated threads (the next page).")
+@click.pass_context
+def threads(ctx: click.Context, db: Db | None, show_all: bool, as_json: bool, limit: int,
+            offset: int) -> None:
+    """List the threads of the database with their status, most recently updated first, a
+    page at a time (--limit, --offset)."""
     db = _need_db(db)
     with contextlib.ExitStack() as stack, _library_errors():
         store = open_store(db, stack, create=False, read_only=True)
-        infos = store.call(store.saver.threads)
+        infos = store.saver.threads_sync(limit=limit + 1, offset=offset)
+    more = len(infos) > limit
+    infos = infos[:limit]
     if not show_all:
         infos = [t for t in infos if "::" not in t.thread_id]
     rows = [thread_row(t) for t in infos]
+    footer = (lambda: _more(_reading_command(ctx, db, "threads", show_all=show_all,
+                                             as_json=as_json, limit=limit),
+                            "--offset", offset + limit, len(rows))) if more else (lambda: None)
     if as_json:
         _echo_json(rows)
+        footer()
         return
     if not rows:
-        _stderr().print(Text(f"no threads in {_shown(db)}"))
+        _stderr().print(Text(f"no threads in {_shown(db)}" + (f" from offset {offset}"
+                                                               if offset else "")))
+        footer()
         return
     from rich import box
     from rich.table import Table
@@ -1108,6 +1144,22 @@ def threads(db: Db | None, show_all: bool, as_json: bool) -> None:
                       str(row["step"]), safe(row["checkpoint_id"], one_line=True), row["time"])
     out.print(table)
     _print_errors(out, [(f"thread {_id(row['thread_id'])}", row["error"]) for row in rows])
+    footer()
+
+
+def _reading_command(ctx: click.Context, db: Db, command: str, *, show_all: bool = False,
+                     as_json: bool = False, limit: int, **options: str | None) -> str:
+    """The command line of a reading command, to print for its next page."""
+    words = [command, "--db", _shown(db)]
+    if isinstance(db, str) and _schema() != DEFAULT_SCHEMA:
+        words += ["--schema", _schema()]
+    text = f"{_prog(ctx)} {shlex.join(words)}"
+    for option, value in options.items():
+        if value is not None:
+            text += f" --{option} {_shell_word(value)}"
+    text += "".join([" --all"] * show_all + [" --json"] * as_json)
+    default = THREADS_LIMIT if command == "threads" else HISTORY_LIMIT
+    return text + (f" --limit {limit}" if limit != default else "")
 
 
 @cli.command(epilog=EPILOG)
@@ -1116,23 +1168,39 @@ def threads(db: Db | None, show_all: bool, as_json: bool) -> None:
 @click.option("--graph", "target", metavar="GRAPH",
               help="Read through this graph (app.history()) instead of the stored writes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the checkpoints as JSON.")
-def history(db: Db | None, thread: str, target: str | None, as_json: bool) -> None:
-    """List a thread's checkpoints, newest first: step, nodes that ran, status, time.
+@click.option("--limit", default=HISTORY_LIMIT, show_default=True, type=click.IntRange(1),
+              help="Checkpoints per page.")
+@click.option("--before", metavar="CHECKPOINT",
+              help="Only checkpoints older than this one (the next page).")
+@click.pass_context
+def history(ctx: click.Context, db: Db | None, thread: str, target: str | None, as_json: bool,
+            limit: int, before: str | None) -> None:
+    """List a thread's checkpoints, newest first: step, nodes that ran, status, time; a page
+    at a time (--limit, --before).
 
     Reads only the database (no user code) unless --graph is given.
     """
     db = _need_db(db)
     with contextlib.ExitStack() as stack, _library_errors():
         store = open_store(db, stack, create=False, read_only=True)
-        records = _load_records(store, thread)
+        _newest_records(store, thread, 1)
         if target is not None:
             app = build_app(target, db, stack, create=False)
-            rows = [row_from_snapshot(s) for s in app.history(thread)]
+            snapshots = app.history(thread, limit=limit + 1, before=before)
+            rows = [row_from_snapshot(s) for s in snapshots[:limit]]
+            cursor = rows[-1]["checkpoint_id"] if len(snapshots) > limit else None
         else:
-            pending = store.call(lambda: store.saver.list_pending([r.id for r in records]))
-            rows = history_rows(records, pending)
+            rows, cursor = history_page(store.saver, thread, limit=limit, before=before)
+    footer = (lambda: _more(_reading_command(ctx, db, "history", as_json=as_json, limit=limit,
+                                             thread=thread, graph=target),
+                            "--before", cursor, len(rows))) if cursor else (lambda: None)
     if as_json:
         _echo_json(rows)
+        footer()
+        return
+    if not rows:
+        _stderr().print(Text(f"thread {_id(thread)} has no checkpoint older than "
+                             f"{_id(str(before))}"))
         return
     from rich import box
     from rich.table import Table
@@ -1161,6 +1229,7 @@ def history(db: Db | None, thread: str, target: str | None, as_json: bool) -> No
     out.print(table)
     _print_errors(out, [(f"checkpoint {row['checkpoint_id']}", row["error"]) for row in rows
                         if row["status"] == "failed" or row is rows[0]])
+    footer()
 
 
 def _print_errors(out: Console, errors: Sequence[tuple[str, str | None]]) -> None:
@@ -1187,7 +1256,7 @@ def show(db: Db | None, thread: str, checkpoint: str | None, target: str | None)
     err = _stderr()
     with contextlib.ExitStack() as stack, _library_errors():
         store = open_store(db, stack, create=False, read_only=True)
-        records = _load_records(store, thread)
+        records = _newest_records(store, thread, 11)
         chain = store.call(lambda: store.saver.load(thread, checkpoint))
         if chain is None:
             ids = ", ".join(r.id for r in records[:10])
@@ -1195,8 +1264,7 @@ def show(db: Db | None, thread: str, checkpoint: str | None, target: str | None)
                            hint=f"its checkpoints, newest first: {ids}"
                                 f"{' ...' if len(records) > 10 else ''}")
         head = chain.head
-        by_id = {r.id: r for r in records}
-        parent = by_id.get(head.parent_id) if head.parent_id else None
+        parent = _parent(store, chain)
         pending = store.call(lambda: store.saver.list_pending([head.id]))
         row = row_from_record(head, parent, pending)
         err.print(Text(_summary(thread, row)), style="dim")
@@ -1215,6 +1283,18 @@ def show(db: Db | None, thread: str, checkpoint: str | None, target: str | None)
             "index, update]. Pass --graph MODULE:ATTRIBUTE for the exact state.",
             style="yellow"))
         _echo_json(unmerged_state(chain))
+
+
+def _parent(store: Store, chain: Any) -> Any:
+    """The record of the chain head's parent: in the chain when it was loaded with it."""
+    parent_id = chain.head.parent_id
+    if parent_id is None:
+        return None
+    for record in chain.records:
+        if record.id == parent_id:
+            return record
+    loaded = store.saver.load_sync(chain.head.thread_id, parent_id)
+    return loaded.head if loaded is not None else None
 
 
 def _summary(thread: str, row: dict[str, Any]) -> str:
