@@ -5,8 +5,8 @@
                             [--db runs.db --thread t1] [--xray]
     statemachine run GRAPH [--input JSON|@file.json|-] [--db runs.db] [--thread t1]
     statemachine resume GRAPH --db runs.db --thread t1 [--event JSON|@file.json]
-    statemachine threads --db runs.db                 every thread with its status
-    statemachine history --db runs.db --thread t1     its checkpoints: step, nodes, status, time
+    statemachine threads --db runs.db [--limit 100] [--offset N]   threads with their status
+    statemachine history --db runs.db --thread t1 [--limit 50] [--before ID]   its checkpoints
     statemachine show --db runs.db --thread t1 [--checkpoint ID]   its state as JSON
     statemachine ui --db runs.db [--graph GRAPH] [--port 8765] [--allow-actions]   web viewer
     statemachine submit GRAPH --db URL --thread t1 [--input JSON] [--event JSON]   queue a run
@@ -26,7 +26,11 @@ options kept).
 `run` and `resume` show each step on stderr (nodes, step, time) and print the final state as
 JSON on stdout; what nodes print goes to stderr too, so stdout stays JSON. `threads`,
 `history` and `show` read the database without importing any user code; they never create a
-database file.
+database file. `threads` and `history` show a page (newest first) and, when there is more, the
+command for the next page on stderr; `--json` pages the same way.
+
+Everything printed comes from stored or user text made inert (control characters as visible
+escapes, rich markup literally), and a PostgreSQL --db is shown without its password.
 
 Exit codes:
 
@@ -78,15 +82,18 @@ from .errors import (
     closest_name,
 )
 from .graph import StateGraph
+from .redaction import MASK, dsn_passwords, redact_dsn
 from .store_reader import (
     format_time,
-    history_rows,
+    history_page,
+    open_read_only,
     row_from_record,
     row_from_snapshot,
     stored_state,
     thread_row,
     unmerged_state,
 )
+from .terminal import json_safe, safe, safe_console, visible
 from .types import Snapshot, StepEvent
 
 EXIT_OK = 0
@@ -175,19 +182,59 @@ def _library_errors() -> Iterator[None]:
 
 # -- consoles ---------------------------------------------------------------------------------
 
+# Every console prints through `safe_console`: stored text cannot drive the terminal, and the
+# passwords of --db never show, whatever message quotes them.
+
 def _stderr() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return safe_console(scrub=_scrub, stderr=True, highlight=False, soft_wrap=True)
 
 
 def _stdout() -> Console:
-    console = Console(highlight=False)
+    console = safe_console(scrub=_scrub, highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(highlight=False, width=200)  # piped: wide rows beat wrapped ones
+        # piped: wide rows beat wrapped ones
+        console = safe_console(scrub=_scrub, highlight=False, width=200)
     return console
 
 
 def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    click.echo(_scrub(json_safe(json.dumps(value, indent=2, ensure_ascii=False))))
+
+
+_PASSWORDS: set[str] = set()
+"""The passwords of the --db given to this command, scrubbed from everything printed."""
+
+
+def _scrub(text: str) -> str:
+    for password in sorted(_PASSWORDS, key=len, reverse=True):
+        text = text.replace(password, MASK)
+    return text
+
+
+def _id(text: str) -> str:
+    """A thread or checkpoint id inside a message: on one line, control characters visible."""
+    return visible(text, one_line=True)
+
+
+def _shell_word(word: str) -> str:
+    """`word` quoted for a POSIX shell; one holding control characters as $'...', which shows
+    them as escapes and still means the same word to bash and zsh."""
+    if visible(word, one_line=True) == word:
+        return shlex.quote(word)
+    return "$'" + "".join(_shell_char(c) for c in word) + "'"
+
+
+def _shell_char(char: str) -> str:
+    if char in "\\'":
+        return "\\" + char
+    if visible(char, one_line=True) == char:
+        return char
+    return f"\\x{ord(char):02x}" if ord(char) < 0x80 else f"\\u{ord(char):04x}"
+
+
+def _shown(db: Db) -> str:
+    """A --db as messages show it: a PostgreSQL URL without its password."""
+    return redact_dsn(db)
 
 
 def _state_json(state: Any) -> Any:
@@ -329,14 +376,16 @@ def open_store(db: Db, stack: contextlib.ExitStack, *, create: bool,
     """Open `db`; unless `create`, a missing or empty file is an error and nothing is made.
 
     A PostgreSQL URL opens the schema given by --schema; `read_only` opens it read-only (the
-    reading commands), which neither creates nor changes anything."""
+    reading commands, with the synchronous page reads of `store_reader`), which neither
+    creates nor changes anything."""
     from checkpoints import SQLiteCheckpointer
 
     if isinstance(db, str):
         from checkpoints import PostgresCheckpointer
 
         try:
-            saver = PostgresCheckpointer(db, schema=_schema(), read_only=read_only, **options)
+            saver = open_read_only(db, schema=_schema()) if read_only else \
+                PostgresCheckpointer(db, schema=_schema(), **options)
         except CheckpointError as exc:
             raise CliError(str(exc), EXIT_NOT_FOUND if "cannot connect" in str(exc)
                            else EXIT_USAGE) from exc
@@ -352,7 +401,7 @@ def open_store(db: Db, stack: contextlib.ExitStack, *, create: bool,
         if db.is_file() and db.stat().st_size == 0:
             raise CliError(f"{str(db)!r} is empty, not a checkpoint database", EXIT_USAGE)
     try:
-        saver = SQLiteCheckpointer(db, read_only=read_only, **options)
+        saver = open_read_only(db) if read_only else SQLiteCheckpointer(db, **options)
     except CheckpointError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
     stack.callback(saver.close)
@@ -424,7 +473,15 @@ def _parse_db(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         return None
     from checkpoints import is_postgres_url
 
-    return value if is_postgres_url(value) else Path(value)
+    if not is_postgres_url(value):
+        return Path(value)
+    # with its tails: a driver that splits the URL at the first '@' or ':' of an unencoded
+    # password quotes the rest as the host. Shorter pieces would mangle unrelated words; they
+    # are masked wherever the URL itself is shown.
+    for password in dsn_passwords(value):
+        tails = {password[i + 1:] for i, char in enumerate(password) if char in "@:/"}
+        _PASSWORDS.update(p for p in (password, *tails) if len(p) >= 4)
+    return value
 
 
 def _remember_schema(ctx: click.Context, param: click.Parameter, value: str) -> None:
@@ -613,7 +670,7 @@ def _require_thread(app: CompiledGraph, thread: str, db: Db | None) -> None:
 
 def _no_thread(thread: str, known: Sequence[str], db: Db | None) -> CliError:
     match = closest_name(thread, known)
-    where = f" in {str(db)!r}" if db is not None else ""
+    where = f" in {_shown(db)!r}" if db is not None else ""
     shown = [t for t in known if "::" not in t]
     hint = "threads there: " + ", ".join(shown[:10]) + (" ..." if len(shown) > 10 else "") \
         if shown else "the database holds no threads yet"
@@ -769,14 +826,15 @@ def _resume_command(ctx: click.Context, target: str, db: Db | None, thread: str,
                     events: Sequence[str] = ()) -> str:
     words = ["resume", target]
     if db is not None:
-        words += ["--db", str(db)]
+        words += ["--db", _shown(db)]
         if isinstance(db, str) and _schema() != DEFAULT_SCHEMA:
             words += ["--schema", _schema()]
-    words += ["--thread", thread]
-    command = f"{_prog(ctx)} {shlex.join(words)}"
+    command = f"{_prog(ctx)} {shlex.join(words)} --thread {_shell_word(thread)}"
     if events:
         template = "{" + ", ".join(f"{json.dumps(name)}: ..." for name in events) + "}"
         command += f" --event {shlex.quote(template)}"
+    if db is not None and _shown(db) != str(db):
+        command += "  # the --db password is hidden: put it back, or set PGPASSWORD"
     return command
 
 
@@ -862,7 +920,7 @@ def _report_end(ctx: click.Context, err: Console, app: CompiledGraph, target: st
     status = snapshot.status if snapshot is not None else (display.last_status or "done")
     took = f"{display.steps} step{'s' if display.steps != 1 else ''} in " \
            f"{_fmt_seconds(display.elapsed())}"
-    where = f" (thread {thread})" if thread is not None else ""
+    where = f" (thread {_id(thread)})" if thread is not None else ""
     if status == "interrupted" and snapshot is not None:
         events = snapshot.metadata.get("waits_for", [])
         why = f"waiting for event {', '.join(map(repr, events))}" if events else \
@@ -940,7 +998,7 @@ def run(ctx: click.Context, target: str, input_: str, db: Db | None, thread: str
         if app.checkpointer is not None and thread is None:
             thread = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
             if not quiet:
-                _stderr().print(Text(f"thread {thread}", style="dim"))
+                _stderr().print(Text(f"thread {_id(thread)}", style="dim"))
         if app.checkpointer is None and (app.spec.interrupt_before or app.spec.interrupt_after):
             _stderr().print(Text("note: the graph has interrupts, which pause a run only with "
                                  "--db", style="yellow"))
@@ -985,12 +1043,12 @@ def resume(ctx: click.Context, target: str, db: Db | None, thread: str, event: s
                 raise CliError(f"thread {thread!r} finished ({snapshot.status}), so --event has "
                                "nowhere to go", EXIT_USAGE)
             if not quiet:
-                _stderr().print(Text(f"thread {thread} already finished ({snapshot.status}); "
+                _stderr().print(Text(f"thread {_id(thread)} already finished ({snapshot.status}); "
                                      "nothing to run"))
             _echo_json(_state_json(snapshot.state))
             return
         if not quiet:
-            _stderr().print(Text(f"thread {thread}: {snapshot.status} at step {snapshot.step}"
+            _stderr().print(Text(f"thread {_id(thread)}: {snapshot.status} at step {snapshot.step}"
                                  + (f", next: {', '.join(snapshot.next)}" if snapshot.next
                                     else ""), style="dim"))
         _execute(ctx, app, target, db, thread,
@@ -1000,12 +1058,26 @@ def resume(ctx: click.Context, target: str, db: Db | None, thread: str, event: s
 
 # -- reading stored runs (no user code) -------------------------------------------------------
 
-def _load_records(store: Store, thread: str) -> list[Any]:
-    records = store.call(lambda: store.saver.list(thread))
+def _newest_records(store: Store, thread: str, count: int) -> list[Any]:
+    """The thread's `count` newest checkpoints; CliError naming the threads there if none."""
+    records = store.saver.list_sync(thread, limit=count)
     if not records:
-        known = [t.thread_id for t in store.call(store.saver.threads)]
+        known = [t.thread_id for t in store.saver.threads_sync(limit=_KNOWN_THREADS)]
         raise _no_thread(thread, known, store.path)
     return records
+
+
+_KNOWN_THREADS = 1000
+"""How many of the latest threads a "no thread" error looks through for a close name."""
+
+HISTORY_LIMIT = 50
+THREADS_LIMIT = 100
+
+
+def _more(command: str, option: str, value: object, shown: int) -> None:
+    """The footer of a page that is not the last: how to see the next one (on stderr, so
+    stdout stays the table or JSON)."""
+    _stderr().print(Text(f"{shown} shown; more with: {command} {option} {value}", style="dim"))
 
 
 
@@ -1015,10 +1087,10 @@ _STATUS_STYLE = {"done": "green", "failed": "bold red", "interrupted": "yellow",
 
 def _nodes_cell(row: dict[str, Any]) -> Text:
     if row["nodes"]:
-        return Text(", ".join(row["nodes"]), style="bold")
+        return safe(", ".join(row["nodes"]), "bold", one_line=True)
     if row["compensates"]:
-        return Text(f"↩ {row['compensates']}", style="magenta")
-    return Text(f"({row['kind']})", style="dim")
+        return safe(f"↩ {row['compensates']}", "magenta", one_line=True)
+    return safe(f"({row['kind']})", "dim", one_line=True)
 
 
 @cli.command(epilog=EPILOG)
@@ -1026,26 +1098,41 @@ def _nodes_cell(row: dict[str, Any]) -> Text:
 @click.option("--all", "show_all", is_flag=True,
               help="Include the threads subgraph nodes run in (parent::node:...).")
 @click.option("--json", "as_json", is_flag=True, help="Print the threads as JSON.")
-def threads(db: Db | None, show_all: bool, as_json: bool) -> None:
-    """List every thread of the database with its status, newest first."""
+@click.option("--limit", default=THREADS_LIMIT, show_default=True, type=click.IntRange(1),
+              help="Threads per page.")
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0),
+              help="Skip this many of the most recently updated threads (the next page).")
+@click.pass_context
+def threads(ctx: click.Context, db: Db | None, show_all: bool, as_json: bool, limit: int,
+            offset: int) -> None:
+    """List the threads of the database with their status, most recently updated first, a
+    page at a time (--limit, --offset)."""
     db = _need_db(db)
     with contextlib.ExitStack() as stack, _library_errors():
         store = open_store(db, stack, create=False, read_only=True)
-        infos = store.call(store.saver.threads)
+        infos = store.saver.threads_sync(limit=limit + 1, offset=offset)
+    more = len(infos) > limit
+    infos = infos[:limit]
     if not show_all:
         infos = [t for t in infos if "::" not in t.thread_id]
     rows = [thread_row(t) for t in infos]
+    footer = (lambda: _more(_reading_command(ctx, db, "threads", show_all=show_all,
+                                             as_json=as_json, limit=limit),
+                            "--offset", offset + limit, len(rows))) if more else (lambda: None)
     if as_json:
         _echo_json(rows)
+        footer()
         return
     if not rows:
-        _stderr().print(Text(f"no threads in {db}"))
+        _stderr().print(Text(f"no threads in {_shown(db)}" + (f" from offset {offset}"
+                                                               if offset else "")))
+        footer()
         return
     from rich import box
     from rich.table import Table
 
     out = _stdout()
-    out.print(Text(f"threads in {db}", style="bold"))
+    out.print(Text(f"threads in {_shown(db)}", style="bold"))
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("thread", overflow="fold", min_width=8)
     for name, justify in (("status", "left"), ("step", "right"), ("checkpoint", "right"),
@@ -1053,10 +1140,27 @@ def threads(db: Db | None, show_all: bool, as_json: bool) -> None:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in rows:
         status = row["status"] + (" (live run)" if row["busy"] else "")
-        table.add_row(row["thread_id"], Text(status, style=_STATUS_STYLE.get(row["status"], "")),
-                      str(row["step"]), row["checkpoint_id"], row["time"])
+        table.add_row(safe(row["thread_id"], one_line=True),
+                      Text(status, style=_STATUS_STYLE.get(row["status"], "")),
+                      str(row["step"]), safe(row["checkpoint_id"], one_line=True), row["time"])
     out.print(table)
-    _print_errors(out, [(f"thread {row['thread_id']}", row["error"]) for row in rows])
+    _print_errors(out, [(f"thread {_id(row['thread_id'])}", row["error"]) for row in rows])
+    footer()
+
+
+def _reading_command(ctx: click.Context, db: Db, command: str, *, show_all: bool = False,
+                     as_json: bool = False, limit: int, **options: str | None) -> str:
+    """The command line of a reading command, to print for its next page."""
+    words = [command, "--db", _shown(db)]
+    if isinstance(db, str) and _schema() != DEFAULT_SCHEMA:
+        words += ["--schema", _schema()]
+    text = f"{_prog(ctx)} {shlex.join(words)}"
+    for option, value in options.items():
+        if value is not None:
+            text += f" --{option} {_shell_word(value)}"
+    text += "".join([" --all"] * show_all + [" --json"] * as_json)
+    default = THREADS_LIMIT if command == "threads" else HISTORY_LIMIT
+    return text + (f" --limit {limit}" if limit != default else "")
 
 
 @cli.command(epilog=EPILOG)
@@ -1065,29 +1169,45 @@ def threads(db: Db | None, show_all: bool, as_json: bool) -> None:
 @click.option("--graph", "target", metavar="GRAPH",
               help="Read through this graph (app.history()) instead of the stored writes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the checkpoints as JSON.")
-def history(db: Db | None, thread: str, target: str | None, as_json: bool) -> None:
-    """List a thread's checkpoints, newest first: step, nodes that ran, status, time.
+@click.option("--limit", default=HISTORY_LIMIT, show_default=True, type=click.IntRange(1),
+              help="Checkpoints per page.")
+@click.option("--before", metavar="CHECKPOINT",
+              help="Only checkpoints older than this one (the next page).")
+@click.pass_context
+def history(ctx: click.Context, db: Db | None, thread: str, target: str | None, as_json: bool,
+            limit: int, before: str | None) -> None:
+    """List a thread's checkpoints, newest first: step, nodes that ran, status, time; a page
+    at a time (--limit, --before).
 
     Reads only the database (no user code) unless --graph is given.
     """
     db = _need_db(db)
     with contextlib.ExitStack() as stack, _library_errors():
         store = open_store(db, stack, create=False, read_only=True)
-        records = _load_records(store, thread)
+        _newest_records(store, thread, 1)
         if target is not None:
             app = build_app(target, db, stack, create=False)
-            rows = [row_from_snapshot(s) for s in app.history(thread)]
+            snapshots = app.history(thread, limit=limit + 1, before=before)
+            rows = [row_from_snapshot(s) for s in snapshots[:limit]]
+            cursor = rows[-1]["checkpoint_id"] if len(snapshots) > limit else None
         else:
-            pending = store.call(lambda: store.saver.list_pending([r.id for r in records]))
-            rows = history_rows(records, pending)
+            rows, cursor = history_page(store.saver, thread, limit=limit, before=before)
+    footer = (lambda: _more(_reading_command(ctx, db, "history", as_json=as_json, limit=limit,
+                                             thread=thread, graph=target),
+                            "--before", cursor, len(rows))) if cursor else (lambda: None)
     if as_json:
         _echo_json(rows)
+        footer()
+        return
+    if not rows:
+        _stderr().print(Text(f"thread {_id(thread)} has no checkpoint older than "
+                             f"{_id(str(before))}"))
         return
     from rich import box
     from rich.table import Table
 
     out = _stdout()
-    out.print(Text(f"thread {thread} in {db}", style="bold"))
+    out.print(Text(f"thread {_id(thread)} in {_shown(db)}", style="bold"))
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
     for name, justify, wrap in (("id", "right", False), ("step", "right", False),
                                 ("kind", "left", False), ("nodes", "left", True),
@@ -1103,20 +1223,21 @@ def history(db: Db | None, thread: str, target: str | None, as_json: bool) -> No
         if row["pending_writes"] and row["status"] in ("failed", "interrupted"):
             next_cell += f" (kept: {', '.join(row['pending_writes'])})"
         cells: list[RenderableType] = [
-            row["checkpoint_id"], str(row["step"]), row["kind"], _nodes_cell(row),
-            Text(status, style=_STATUS_STYLE.get(row["status"], "")), next_cell.strip(),
-            row["time"]]
+            safe(row["checkpoint_id"], one_line=True), str(row["step"]), safe(row["kind"]),
+            _nodes_cell(row), safe(status, _STATUS_STYLE.get(row["status"], ""), one_line=True),
+            safe(next_cell.strip(), one_line=True), row["time"]]
         table.add_row(*cells)
     out.print(table)
     _print_errors(out, [(f"checkpoint {row['checkpoint_id']}", row["error"]) for row in rows
                         if row["status"] == "failed" or row is rows[0]])
+    footer()
 
 
 def _print_errors(out: Console, errors: Sequence[tuple[str, str | None]]) -> None:
     """Errors under a table, whole: in a narrow column they would be cut or dropped."""
     for where, error in errors:
         if error:
-            out.print(Text.assemble((f"{where}: ", "bold red"), error), soft_wrap=True)
+            out.print(Text.assemble(safe(f"{where}: ", "bold red"), safe(error)), soft_wrap=True)
 
 
 @cli.command(epilog=EPILOG)
@@ -1136,7 +1257,7 @@ def show(db: Db | None, thread: str, checkpoint: str | None, target: str | None)
     err = _stderr()
     with contextlib.ExitStack() as stack, _library_errors():
         store = open_store(db, stack, create=False, read_only=True)
-        records = _load_records(store, thread)
+        records = _newest_records(store, thread, 11)
         chain = store.call(lambda: store.saver.load(thread, checkpoint))
         if chain is None:
             ids = ", ".join(r.id for r in records[:10])
@@ -1144,8 +1265,7 @@ def show(db: Db | None, thread: str, checkpoint: str | None, target: str | None)
                            hint=f"its checkpoints, newest first: {ids}"
                                 f"{' ...' if len(records) > 10 else ''}")
         head = chain.head
-        by_id = {r.id: r for r in records}
-        parent = by_id.get(head.parent_id) if head.parent_id else None
+        parent = _parent(store, chain)
         pending = store.call(lambda: store.saver.list_pending([head.id]))
         row = row_from_record(head, parent, pending)
         err.print(Text(_summary(thread, row)), style="dim")
@@ -1166,11 +1286,23 @@ def show(db: Db | None, thread: str, checkpoint: str | None, target: str | None)
         _echo_json(unmerged_state(chain))
 
 
+def _parent(store: Store, chain: Any) -> Any:
+    """The record of the chain head's parent: in the chain when it was loaded with it."""
+    parent_id = chain.head.parent_id
+    if parent_id is None:
+        return None
+    for record in chain.records:
+        if record.id == parent_id:
+            return record
+    loaded = store.saver.load_sync(chain.head.thread_id, parent_id)
+    return loaded.head if loaded is not None else None
+
+
 def _summary(thread: str, row: dict[str, Any]) -> str:
-    parts = [f"thread {thread}", f"checkpoint {row['checkpoint_id']}", f"step {row['step']}",
-             row["status"]]
+    parts = [f"thread {_id(thread)}", f"checkpoint {_id(row['checkpoint_id'])}",
+             f"step {row['step']}", row["status"]]
     if row["error"]:
-        parts[-1] += f" ({row['error']})"
+        parts[-1] += f" ({visible(row['error'])})"
     if row["waits_for"]:
         parts.append(f"waits for {', '.join(row['waits_for'])}")
     if row["next"]:
@@ -1215,7 +1347,7 @@ def submit(target: str, db: Db | None, thread: str, input_: str | None, event: s
         except (ThreadBusyError, ThreadStateError, ThreadNotFoundError,
                 InvalidUpdateError) as exc:
             raise CliError(str(exc), _setup_exit_code(exc) or EXIT_USAGE) from exc
-    click.echo(thread)
+    click.echo(visible(thread, one_line=True))
 
 
 @cli.command(epilog=EPILOG)
@@ -1266,7 +1398,7 @@ def worker(target: str, db: Db | None, concurrency: int, poll: float, lease: flo
             if not quiet:
                 host = runner.identity.host.split("#")[0]
                 err.print(Text(f"worker {host}:{runner.identity.pid} on "
-                               f"{app.name} ({app.checkpointer!r}), concurrency {concurrency}"
+                               f"{app.name} ({_shown(db)}), concurrency {concurrency}"
                                + ("; exits when the queue is empty" if drain else
                                   "; Ctrl-C stops"), style="dim"))
             return await runner.run(drain=drain, max_jobs=max_jobs)
@@ -1299,7 +1431,7 @@ def jobs(db: Db | None, as_json: bool) -> None:
         _echo_json(rows)
         return
     if not rows:
-        _stderr().print(Text(f"no jobs in {db}"))
+        _stderr().print(Text(f"no jobs in {_shown(db)}"))
         return
     from rich import box
     from rich.table import Table
@@ -1309,11 +1441,12 @@ def jobs(db: Db | None, as_json: bool) -> None:
     for name in ("thread", "graph", "status", "attempts", "submitted", "finished"):
         table.add_column(name, overflow="fold")
     for row in rows:
-        table.add_row(row["thread_id"], row["graph"], Text(row["status"], style=_STATUS_STYLE.get(
-            row["status"], "")), f"{row['attempts']}/{row['max_attempts']}", row["submitted"],
-            row["finished"] or "")
+        table.add_row(safe(row["thread_id"], one_line=True), safe(row["graph"], one_line=True),
+                      safe(row["status"], _STATUS_STYLE.get(row["status"], "")),
+                      f"{row['attempts']}/{row['max_attempts']}", row["submitted"],
+                      row["finished"] or "")
     out.print(table)
-    _print_errors(out, [(f"thread {row['thread_id']}", row["error"]) for row in rows])
+    _print_errors(out, [(f"thread {_id(row['thread_id'])}", row["error"]) for row in rows])
 
 
 # -- ui ---------------------------------------------------------------------------------------

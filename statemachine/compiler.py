@@ -15,6 +15,8 @@ Problem codes (stable, for tools and tests):
     invalid_option     a node or compile option of the wrong kind (retry, timeout, cache, ...)
     invalid_error_field  on_error="capture" names a field that is missing or has no reducer
     subgraph_schema    a subgraph with another state schema lacks input/output mapping functions
+    secret_field       a state field (or a Send payload type) holds a pydantic secret type,
+                       which checkpoints would store as '**********'
     no_entry           nothing leaves START
     unreachable_node   no path leads from START to the node
     dead_end           the node has no outgoing edge
@@ -37,6 +39,7 @@ from pydantic import TypeAdapter
 from .constants import END, START
 from .errors import GraphValidationError, Problem, closest_name, did_you_mean
 from .policies import CachePolicy, RetryPolicy
+from .secret_types import model_secret_paths, secret_paths
 from .state import StateSchema, is_state_model, reducer_problems
 from .state import looks_like_reducer as _is_reducer
 
@@ -189,6 +192,8 @@ def build_spec(
             hint="declare `class State(pydantic.BaseModel): ...` and pass `StateGraph(State)`."))
     else:
         problems += reducer_problems(builder.state_schema)
+        problems += [_secret_problem(f"field {path!r} of {builder.state_schema.__name__}", kind)
+                     for path, kind in model_secret_paths(builder.state_schema)]
 
     nodes = _check_nodes(builder, problems)
     names = list(nodes)
@@ -365,23 +370,43 @@ def _check_nodes(builder: StateGraph, problems: list[Problem]) -> dict[str, Node
                 "bad_signature", f"node {name!r} cannot be called with the state: {info}.",
                 nodes=(name,), hint="write it as `def node(state)` or `def node(state, context)`."))
             info = CallableInfo(decl.fn, name, False, False)
+        annotation = _payload_annotation(decl.fn)
+        if annotation is not None and annotation is not builder.state_schema:
+            problems += [_secret_problem(f"the Send payload of node {name!r} (its parameter's "
+                                         f"type, at {path!r})", kind, nodes=(name,))
+                         for path, kind in secret_paths(annotation, "payload")]
         nodes[name] = NodeSpec(name, info, **_check_node_options(decl, name, problems),
-                               payload_type=_payload_type(decl.fn, builder.state_schema),
+                               payload_type=_payload_type(annotation),
                                code_fingerprint=_fingerprint(decl.fn))
     return nodes
 
 
-def _payload_type(fn: Callable[..., Any], state_schema: object) -> TypeAdapter[Any] | None:
-    """A TypeAdapter of the node's first parameter's annotation (for Send payloads)."""
+def _secret_problem(where: str, kind: str, nodes: tuple[str, ...] = ()) -> Problem:
+    return Problem(
+        "secret_field", f"{where} is {kind}: checkpoints store it as '**********', so after a "
+        "pause, a resume or in a worker the node would read the mask, not the secret.",
+        nodes=nodes, hint="checkpoints are stored in plain text in SQLite/PostgreSQL and shown "
+        "by the CLI and the viewer, so a secret belongs in the environment or a secret manager "
+        "read by the node, or in run-time configuration passed to the node, not in durable "
+        "state.")
+
+
+def _payload_annotation(fn: Callable[..., Any]) -> Any:
+    """The annotation of the node's first parameter (what a Send's payload is validated
+    into), or None."""
     try:
         params = list(inspect.signature(fn).parameters.values())
         hints = typing.get_type_hints(fn)
     except Exception:
         return None
-    if not params or params[0].name not in hints:
+    if not params or params[0].name not in hints or hints[params[0].name] is Any:
         return None
-    annotation = hints[params[0].name]
-    if annotation is Any:
+    return hints[params[0].name]
+
+
+def _payload_type(annotation: Any) -> TypeAdapter[Any] | None:
+    """A TypeAdapter of a Send payload's annotation."""
+    if annotation is None:
         return None
     try:
         return TypeAdapter(annotation)

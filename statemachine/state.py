@@ -27,6 +27,7 @@ from pydantic_core import PydanticSerializationError
 from typing_extensions import TypedDict
 
 from .errors import InvalidUpdateError, Problem, did_you_mean
+from .secret_types import looks_secret, mentions_secret, secret_paths
 
 Reducer = Callable[[Any, Any], Any]
 Write = tuple[str, dict[str, Any]]
@@ -83,6 +84,11 @@ class StateSchema:
         self._annotations = annotations
         self._aliases = {info.alias: name for name, info in model.model_fields.items()
                          if info.alias}
+        self._secret_fields = frozenset(
+            key for name, info in model.model_fields.items()
+            if secret_paths(info.annotation, name) or looks_secret(name) or looks_secret(info.alias)
+            for key in (name, info.alias) if key)
+        """Fields (and aliases) whose rejected values errors never echo."""
         self._update = TypeAdapter(update_type)
         self._writes = TypeAdapter(list[tuple[str, int, update_type]])  # type: ignore[valid-type]
 
@@ -104,10 +110,11 @@ class StateSchema:
             return self.model.model_validate(dict(value), by_alias=True, by_name=True)
         except ValidationError as exc:
             field = _first_field(exc)
+            reasons, hidden = _reasons(exc, self._secret_fields)
             raise InvalidUpdateError(
                 f"the input is not a valid {self.model.__name__}"
-                f"{_where(None, thread_id)}: {_reasons(exc)}",
-                field=field, thread_id=thread_id) from exc
+                f"{_where(None, thread_id)}: {reasons}",
+                field=field, thread_id=thread_id) from (None if hidden else exc)
 
     def validate_update(
         self,
@@ -139,10 +146,13 @@ class StateSchema:
             return self._update.validate_python(update)
         except ValidationError as exc:
             field = _first_field(exc)
+            reasons, hidden = _reasons(exc, self._secret_fields)
+            # pydantic's own text (a chained cause, shown in tracebacks) quotes the input
             raise InvalidUpdateError(
                 f"{what} returned an invalid value for field {field!r}"
-                f"{_where(step, thread_id)}: {_reasons(exc)}",
-                node=node, field=field, step=step, thread_id=thread_id) from exc
+                f"{_where(step, thread_id)}: {reasons}",
+                node=node, field=field, step=step, thread_id=thread_id
+            ) from (None if hidden else exc)
 
     def _reject_unknown_keys(
         self, update: Mapping[Any, Any], what: str, *, node: str | None, step: int | None,
@@ -294,12 +304,29 @@ def _first_field(exc: ValidationError) -> str | None:
     return None
 
 
-def _reasons(exc: ValidationError) -> str:
-    parts = []
+def _reasons(exc: ValidationError, secret_fields: frozenset[str]) -> tuple[str, bool]:
+    """pydantic's reasons, each with the rejected value unless it is bound for a secret (a
+    secret-typed field, or one named like a credential); and whether any value was hidden."""
+    parts, hidden = [], False
     for error in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in error.get("loc", ()))
-        parts.append(f"{loc}: {error['msg']} (got {_short(error.get('input'))})")
-    return "; ".join(parts)
+        path = error.get("loc", ())
+        loc = ".".join(str(p) for p in path)
+        value = error.get("input")
+        if (path and path[0] in secret_fields) or any(looks_secret(p) for p in path) \
+                or mentions_secret(value, secret_fields):
+            hidden = True
+            parts.append(f"{loc}: {_withheld(error['msg'], value)} (value hidden: a secret)")
+        else:
+            parts.append(f"{loc}: {error['msg']} (got {_short(value)})")
+    return "; ".join(parts), hidden
+
+
+def _withheld(message: str, value: object) -> str:
+    """`message`, unless it quotes `value` (a validator's own text may)."""
+    quoted = {repr(value), str(value)} if isinstance(value, (str, bytes)) else {repr(value)}
+    if any(text and text in message for text in quoted):
+        return "rejected by a validator whose message quotes the value (withheld)"
+    return message
 
 
 def _qualified(cls: type) -> str:

@@ -563,3 +563,66 @@ def test_draw_without_graphviz_explains_how_to_install_it(tmp_path):
     assert "needs Graphviz's `dot` program" in svg.stderr
     assert "apt-get install graphviz" in svg.stderr and "--format mermaid" in svg.stderr
     assert not (tmp_path / "flow.svg").exists()
+
+
+# -- paging ----------------------------------------------------------------------------------------
+
+def more_command(stderr: str) -> list[str]:
+    """The command a page that is not the last printed after 'more with:'."""
+    lines = [line for line in stderr.splitlines() if " shown; more with: " in line]
+    assert len(lines) == 1, stderr
+    return shlex.split(lines[0].split("more with: ", 1)[1])
+
+
+def test_history_and_threads_show_a_page_and_print_the_command_for_the_next(tmp_path):
+    from checkpoints import SQLiteCheckpointer
+    from tests.cli_graphs import counter
+
+    db = tmp_path / "runs.db"
+    with SQLiteCheckpointer(db) as saver:
+        app = counter.compile(checkpointer=saver)
+        app.invoke({"target": 120}, thread_id="long")
+        for i in range(104):
+            app.invoke({"target": 1}, thread_id=f"t{i:03d}")
+        every_checkpoint = [s.checkpoint_id for s in app.history("long")]
+    assert len(every_checkpoint) > 120
+
+    seen: list[str] = []
+    result = cli("history", "--db", str(db), "--thread", "long", "--json")
+    pages = 0
+    while True:
+        assert result.returncode == OK, result.stderr
+        rows = json.loads(result.stdout)
+        pages += 1
+        seen += [row["checkpoint_id"] for row in rows]
+        if " shown; more with: " not in result.stderr:
+            break
+        assert len(rows) == 50
+        command = more_command(result.stderr)
+        assert command[command.index("--before") + 1] == rows[-1]["checkpoint_id"]
+        result = run_words(command)
+    assert seen == every_checkpoint and pages == 3  # newest first, each once
+
+    table = cli("history", "--db", str(db), "--thread", "long", "--limit", "7")
+    assert re.findall(r"^\s+(\d+)\s+\d+\s+step", table.stdout, re.M) == every_checkpoint[:7]
+    assert "7 shown; more with: " in table.stderr and "--limit 7" in table.stderr
+    older = run_words(more_command(table.stderr))
+    assert re.findall(r"^\s+(\d+)\s+\d+\s+step", older.stdout, re.M) == \
+        every_checkpoint[7:14]
+
+    graph = cli("history", "--db", str(db), "--thread", "long", "--graph",
+                "tests.cli_graphs:counter", "--limit", "5", "--json")
+    assert [row["checkpoint_id"] for row in json.loads(graph.stdout)] == every_checkpoint[:5]
+    assert "--graph tests.cli_graphs:counter" in graph.stderr
+    assert [row["checkpoint_id"] for row in json.loads(run_words(more_command(
+        graph.stderr)).stdout)] == every_checkpoint[5:10]
+
+    first = cli("threads", "--db", str(db), "--json")
+    names = [row["thread_id"] for row in json.loads(first.stdout)]
+    assert len(names) == 100 and "100 shown" in first.stderr
+    rest = run_words(more_command(first.stderr))
+    tail = [row["thread_id"] for row in json.loads(rest.stdout)]
+    assert " shown; more with: " not in rest.stderr
+    assert sorted(names + tail) == sorted(["long", *(f"t{i:03d}" for i in range(104))])
+    small = cli("threads", "--db", str(db), "--limit", "3", "--offset", "3")
+    assert re.findall(r"^ (t\d+) ", small.stdout, re.M) == names[3:6]

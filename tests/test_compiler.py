@@ -6,11 +6,12 @@ from __future__ import annotations
 import operator
 import warnings
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 import networkx as nx
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Secret, SecretBytes, SecretStr
+from typing_extensions import TypedDict
 
 from statemachine import (
     END,
@@ -443,6 +444,82 @@ def test_no_path_to_end_for_a_self_loop():
     problem = only(problems_of(g), "no_path_to_end")
     assert problem.nodes == ("spin",)
     assert "loop" in problem.message
+
+
+def test_secret_field_refuses_pydantic_secrets_anywhere_in_the_state():
+    @dataclass
+    class Key:
+        material: SecretBytes
+
+    class Login(BaseModel):
+        user: str = ""
+        password: SecretStr = SecretStr("")
+
+    class Vault(TypedDict):
+        pin: Secret[int]
+
+    class Leaky(BaseModel):
+        count: int = 0
+        api_key: SecretStr | None = None
+        tokens: Annotated[list[SecretStr], operator.add] = []
+        logins: dict[str, tuple[int, Login]] = {}
+        key: Optional[Key] = None  # noqa: UP045 - typing.Optional, as older code spells it
+        vaults: list[Vault] = []
+        pinned: Annotated[SecretBytes | None, "doc"] = None
+        plain: dict[str, Any] = {}
+
+    g = StateGraph(Leaky)
+    g.add_node("work", noop)
+    g.add_edge(START, "work")
+    g.add_edge("work", END)
+    found = [p for p in problems_of(g) if p.code == "secret_field"]
+    # data first: the field path, then the type
+    assert [p.message.split(":")[0] for p in found] == [
+        "field 'api_key' of Leaky is SecretStr",
+        "field 'tokens[*]' of Leaky is SecretStr",
+        "field 'logins[*][*].password' of Leaky is SecretStr",
+        "field 'key.material' of Leaky is SecretBytes",
+        "field 'vaults[*].pin' of Leaky is Secret[int]",
+        "field 'pinned' of Leaky is SecretBytes"]
+    for problem in found:
+        assert "'**********'" in problem.message
+        assert "plain text in SQLite/PostgreSQL" in (problem.hint or "")
+        assert "environment or a secret manager" in (problem.hint or "")
+
+
+class Job(BaseModel):
+    url: str
+    token: SecretStr
+
+
+def fetch(job: Job) -> None:
+    return None
+
+
+def test_secret_field_refuses_a_send_payload_type_holding_a_secret():
+    g = StateGraph(State)
+    g.add_node("work", noop)
+    g.add_node("fetch", fetch)
+    g.add_edge(START, "work")
+    g.add_edge("work", "fetch")
+    g.add_edge("fetch", END)
+    problem = only(problems_of(g), "secret_field")
+    assert problem.nodes == ("fetch",)
+    assert problem.message.startswith(
+        "the Send payload of node 'fetch' (its parameter's type, at 'payload.token') is "
+        "SecretStr:")
+
+
+def test_secret_fields_are_reported_with_every_other_problem():
+    class Leaky(BaseModel):
+        password: SecretStr = SecretStr("")
+
+    g = StateGraph(Leaky)
+    g.add_node("work", noop)
+    g.add_node("island", noop)
+    g.add_edge(START, "work")
+    assert set(GraphValidationError(problems_of(g)).codes) == {
+        "secret_field", "dead_end", "unreachable_node"}
 
 
 # -- all problems at once -------------------------------------------------------------------------

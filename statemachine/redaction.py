@@ -1,0 +1,53 @@
+"""Database addresses without their passwords, for every message that shows one.
+
+Standard library only, so storage and the command line can both use it. Handles PostgreSQL URLs
+(`postgresql://user:password@host/db`, the password possibly holding unencoded '@', ':' or '/':
+the credentials end at the last '@'), key/value DSNs (`password=...`, quoted values with
+spaces and escapes too) and query parameters (`?password=...`, `sslpassword=...`).
+"""
+
+from __future__ import annotations
+
+import re
+from os import PathLike
+from urllib.parse import unquote
+
+MASK = "***"
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_QUERY_PASSWORD = re.compile(r"([?&][^=&#]*password=)[^&#]*", re.IGNORECASE)
+_KV_PASSWORD = re.compile(
+    r"""(\b\w*password\s*=\s*)('(?:\\.|\\$|[^'\\])*'?|(?:\\.|\\$|[^\s\\])+)""", re.IGNORECASE)
+
+
+def redact_dsn(dsn: str | PathLike[str]) -> str:
+    """`dsn` with every password replaced by ***; a file path comes back unchanged."""
+    text = str(dsn)
+    scheme = _SCHEME.match(text)
+    if scheme is None:
+        return _KV_PASSWORD.sub(lambda m: m[1] + MASK, text)
+    rest = text[scheme.end():]
+    at = rest.rfind("@")
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        rest = user + (":" + MASK if colon else "") + rest[at:]
+    return scheme[0] + _QUERY_PASSWORD.sub(lambda m: m[1] + MASK, rest)
+
+
+def dsn_passwords(dsn: str | PathLike[str]) -> set[str]:
+    """The passwords in `dsn`, as written and decoded (percent-encoding, quotes and escapes
+    undone), to scrub them from text that may quote them, such as a driver's error message."""
+    text = str(dsn)
+    found = set()
+    scheme = _SCHEME.match(text)
+    if scheme is None:
+        for match in _KV_PASSWORD.finditer(text):
+            value = match[2]
+            found |= {value, re.sub(r"\\(.)", r"\1", value[1:-1] if value[:1] == "'" else value)}
+    else:
+        rest = text[scheme.end():]
+        userinfo = rest[:max(rest.rfind("@"), 0)]
+        values = [userinfo.partition(":")[2]] if ":" in userinfo else []
+        values += [m[0].partition("=")[2] for m in _QUERY_PASSWORD.finditer(rest)]
+        found = {form for value in values for form in (value, unquote(value))}
+    return {f for f in found if f}
