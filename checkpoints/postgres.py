@@ -51,6 +51,7 @@ from .base import (
     job_busy_error,
 )
 from .heartbeat import LeaseHeartbeat
+from .redaction import redact_dsn, scrub
 from .rows import (
     chain_from_rows,
     jobs_from_rows,
@@ -221,7 +222,7 @@ class PostgresCheckpointer(Checkpointer):
             self._pool.open(wait=False)
         except psycopg.Error as exc:
             self._threads.shutdown(wait=False)
-            reason = " ".join(str(exc).replace(dsn, self.where).split())
+            reason = " ".join(scrub(str(exc), dsn).split())
             raise CheckpointError(
                 f"cannot connect to PostgreSQL at {self.where}: {reason}"
                 + ("" if reason.endswith((".", "?")) else ".") + " Check that the server is "
@@ -235,8 +236,7 @@ class PostgresCheckpointer(Checkpointer):
     @property
     def where(self) -> str:
         """The DSN without its password, for messages."""
-        return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@",
-                      re.sub(r"password=\S+", "password=***", self.dsn))
+        return redact_dsn(self.dsn)
 
     def __repr__(self) -> str:
         mode = ", read_only=True" if self.read_only else ""

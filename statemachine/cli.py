@@ -69,6 +69,8 @@ import click
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
+from checkpoints.redaction import MASK, redact_dsn, secret_fragments
+
 from ._sync import run_sync
 from .compiled import CompiledGraph
 from .errors import (
@@ -82,7 +84,6 @@ from .errors import (
     closest_name,
 )
 from .graph import StateGraph
-from .redaction import MASK, dsn_passwords, redact_dsn
 from .store_reader import (
     format_time,
     history_page,
@@ -475,12 +476,7 @@ def _parse_db(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
     if not is_postgres_url(value):
         return Path(value)
-    # with its tails: a driver that splits the URL at the first '@' or ':' of an unencoded
-    # password quotes the rest as the host. Shorter pieces would mangle unrelated words; they
-    # are masked wherever the URL itself is shown.
-    for password in dsn_passwords(value):
-        tails = {password[i + 1:] for i, char in enumerate(password) if char in "@:/"}
-        _PASSWORDS.update(p for p in (password, *tails) if len(p) >= 4)
+    _PASSWORDS.update(secret_fragments(value))
     return value
 
 

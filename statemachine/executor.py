@@ -75,6 +75,7 @@ from .records import (
     record_metadata,
     task_key,
 )
+from .secret_types import mentions_secret
 from .types import NodeFailure, RunContext, Snapshot, StepEvent, task_id
 from .waiting import NO_ANSWERS, TaskAnswers, WaitingForEvent, current_answers
 
@@ -899,11 +900,13 @@ class Run:
         try:
             return node.payload_type.validate_python(task.payload)
         except ValidationError as exc:
+            shown = "a value hidden: it holds a secret" if mentions_secret(task.payload) \
+                else f"{task.payload!r:.80}"
             raise InvalidUpdateError(
                 f"a Send to node {node.name!r} carried a payload that does not fit the type of "
                 f"its parameter: {exc.errors(include_url=False)[0]['msg']} (got "
-                f"{task.payload!r:.80}){self._of_thread()}.", node=node.name,
-                thread_id=self.thread_id) from exc
+                f"{shown}){self._of_thread()}.", node=node.name,
+                thread_id=self.thread_id) from None
 
     def _cache_space(self, node: NodeSpec) -> str:
         """Cache entries of different code never mix, even in graphs of the same name."""

@@ -15,7 +15,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from statemachine.redaction import redact_dsn
+from checkpoints.redaction import redact_dsn
 from tests.test_cli import ENV, NOT_FOUND, ROOT, RUN_FAILED, cli, resume_command
 
 passwords = st.text(st.characters(codec="ascii", min_codepoint=32, max_codepoint=126),

@@ -51,3 +51,23 @@ def dsn_passwords(dsn: str | PathLike[str]) -> set[str]:
         values += [m[0].partition("=")[2] for m in _QUERY_PASSWORD.finditer(rest)]
         found = {form for value in values for form in (value, unquote(value))}
     return {f for f in found if f}
+
+
+def secret_fragments(dsn: str | PathLike[str]) -> set[str]:
+    """The passwords in `dsn` and, after each '@', ':' or '/' in one, the rest of it: a driver
+    that splits the URL at such a character of an unencoded password quotes the rest as the
+    host. Pieces under four characters are left out (they would mangle unrelated words; the
+    URL itself is always shown redacted)."""
+    fragments = set()
+    for password in dsn_passwords(dsn):
+        tails = {password[i + 1:] for i, char in enumerate(password) if char in "@:/"}
+        fragments |= {p for p in (password, *tails) if len(p) >= 4}
+    return fragments
+
+
+def scrub(text: str, dsn: str | PathLike[str]) -> str:
+    """`text` (a driver's error message, say) without any fragment of `dsn`'s passwords."""
+    for fragment in sorted(secret_fragments(dsn), key=len, reverse=True):
+        text = text.replace(fragment, MASK)
+    return text.replace(str(dsn), redact_dsn(dsn))
+
