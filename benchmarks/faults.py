@@ -199,7 +199,7 @@ def check_ledger(ledger: Path, thread: str, outcome: Outcome,
                  allowed: Counter[tuple[int, str]] | None = None) -> Counter[str]:
     """Every task ran, once; a task of a step in flight at a fault may run once more per fault
     (`allowed` extra runs per (step, node)). Returns executions per task id."""
-    rows = [r for r in ledger_rows(ledger) if r[0] == thread] if ledger.exists() else []
+    rows = [r for r in ledger_rows(ledger) if r[0] == thread]
     runs = Counter(task_id for _, task_id, _, _, _ in rows)
     keys = {task_id: (step, node) for _, task_id, step, node, _ in rows}
     if len(set(keys.values())) != len(keys):
@@ -280,10 +280,13 @@ def kill_at_random(workdir: Path, *, threads: int = 2, kills: int = 2, seed: int
         for attempt in range(kills + 1):
             known = committed().get(thread)
             mode = "resume" if known and known["checkpoints"] else "run"
+            before = _executions(ledger, thread)
             proc = spawn([str(CHILD), "run", store, thread, mode], FAULT_PAUSE=0.06,
                          FAULT_LEDGER=ledger)
             if attempt < kills:
-                time.sleep(rng.uniform(0.3, 0.9))
+                while _executions(ledger, thread) == before and proc.poll() is None:
+                    time.sleep(0.005)  # until its first task runs: start-up is not the target
+                time.sleep(rng.uniform(0.0, 0.6))  # the nine steps take about 0.6 s
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
                     outcome.faults["SIGKILL"] += 1
@@ -306,6 +309,10 @@ def kill_at_random(workdir: Path, *, threads: int = 2, kills: int = 2, seed: int
         check_history(thread, info, outcome)
         check_ledger(ledger, thread, outcome, allowed)
     return outcome
+
+
+def _executions(ledger: Path, thread: str) -> int:
+    return sum(1 for row in ledger_rows(ledger) if row[0] == thread)
 
 
 def _nodes_of(step: int) -> tuple[str, ...]:

@@ -213,7 +213,8 @@ def damage_db(args: argparse.Namespace) -> int:
     elif args.how == "truncate":
         os.truncate(path, int(args.args[0]))
     else:
-        with sqlite3.connect(path) as conn:
+        conn = sqlite3.connect(path)
+        with conn:
             conn.execute(args.args[0])
         conn.close()
     return 0

@@ -15,6 +15,7 @@ the CLI can load this module as `tests/fault_graph.py:graph`):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -51,7 +52,11 @@ def expected_final() -> dict:
 
 def ledger_rows(path: str | os.PathLike[str]) -> list[tuple[str, str, int, str, int]]:
     """(thread, task id, step, node, pid) of every task execution the ledger holds."""
-    with sqlite3.connect(path, timeout=30) as conn:
+    if not os.path.exists(path):
+        return []
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'effects'").fetchone():
+            return []  # no task has run yet
         return conn.execute("SELECT thread, task_id, step, node, pid FROM effects "
                             "ORDER BY rowid").fetchall()
 

@@ -46,6 +46,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_no_committed_step(tmp_path_
                                     seed=seed)
     assert_clean(outcome)
     assert outcome.runs == 1
+    assert outcome.faults["SIGKILL"] >= 1
 
 
 def test_sigkill_on_postgres_loses_and_repeats_no_committed_step(tmp_path, postgres_dsn):
@@ -55,6 +56,7 @@ def test_sigkill_on_postgres_loses_and_repeats_no_committed_step(tmp_path, postg
                                     postgres=(postgres_dsn, postgres_schema()))
     assert_clean(outcome)
     assert outcome.runs == 1
+    assert outcome.faults["SIGKILL"] >= 1
 
 
 def test_disk_full_fails_the_run_cleanly_and_it_resumes_once_there_is_room(tmp_path):
