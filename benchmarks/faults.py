@@ -390,7 +390,7 @@ def disk_full(workdir: Path) -> Outcome:
 
 # -- 4. a lock held by another process ---------------------------------------------------------
 
-def lock_held(workdir: Path, *, busy_timeout: float = 0.5, hold: float = 4.0) -> Outcome:
+def lock_held(workdir: Path, *, busy_timeout: float = 0.5, hold: float = 3.0) -> Outcome:
     """Another process holds the write lock (BEGIN EXCLUSIVE) for `hold` seconds while a run
     on `SQLiteCheckpointer(busy_timeout=...)` commits a step: the run must fail within about
     the busy timeout with CheckpointError naming the file and "locked", leave no owner once

@@ -9,7 +9,8 @@
 
 STORE is JSON: {"kind": "sqlite", "path": ...} or {"kind": "postgres", "dsn": ..., "schema": ...}.
 `run` exits 0 with {"final": state}, 3 on ThreadBusyError, 4 on ThreadStateError, 6 on
-CheckpointError and 1 on anything else, printing {"error", "message", "elapsed"}.
+CheckpointError (subclasses included) and 1 on anything else, printing {"error", "message",
+"elapsed", "at"}.
 FAULT_SKEW=SECONDS sets this process's wall clock that far ahead (clock skew between hosts):
 `time.time` is replaced before statemachine is imported. Debian's libfaketime was tried
 instead and dropped: under it Python's `time.sleep` fails with EINVAL or hangs.
@@ -97,8 +98,10 @@ def run_graph(args: argparse.Namespace) -> int:
             app.resume(args.thread)
         report["final"] = final.model_dump(exclude={"blob"})
     except Exception as exc:
-        code = {ThreadBusyError: EXIT_BUSY, ThreadStateError: EXIT_STATE,
-                CheckpointError: EXIT_CHECKPOINT}.get(type(exc), EXIT_OTHER)
+        code = next((c for kind, c in ((ThreadBusyError, EXIT_BUSY),
+                                        (ThreadStateError, EXIT_STATE),
+                                        (CheckpointError, EXIT_CHECKPOINT))
+                     if isinstance(exc, kind)), EXIT_OTHER)
         report.update(error=type(exc).__name__, message=str(exc),
                       elapsed=time.monotonic() - started, at=time.time())
         if code == EXIT_OTHER:
