@@ -520,7 +520,8 @@ def _judge_damaged(kind: str, db: Path, op: str, done: Done, outcome: Outcome,
     if done.hung:
         outcome.problems.append(f"{where} hung (killed after {READ_TIMEOUT:.0f} s)")
     elif "Traceback" in done.out + done.err:
-        outcome.problems.append(f"{where} printed a traceback: {done.err.strip()[-400:]}")
+        last = done.err.strip().splitlines()[-1]  # the exception the traceback ends with
+        outcome.problems.append(f"{where} printed a traceback ending in {last[:300]}")
     elif done.rc == 0:
         if op == "resume" and column is None:
             outcome.problems.append(f"{where} succeeded on a damaged file")
