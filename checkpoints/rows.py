@@ -139,9 +139,10 @@ def threads_from_rows(rows: Iterable[Sequence[Any]], *, where: str = "the store"
     host = process_space()
     infos = []
     for r in rows:
-        if not isinstance(r[4], int | float) or not isinstance(r[2], int):
-            raise damaged(where, r[0], r[3], f"its time {_sample(r[4])} or step "
-                          f"{_sample(r[2])} is not a number")
+        for value, column in ((r[2], "'step'"), (r[4], "'created_at' (or 'marked_at')")):
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise damaged(where, r[0], r[3],
+                              f"its {column} column holds {_sample(value)}, not a number")
         infos.append(ThreadInfo(r[0], r[1], r[2], str(r[3]), float(r[4]), r[5],
                                 bool(r[6]) and not (r[8] == host and not process_alive(r[7]))))
     return infos

@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 import aiosqlite
 
-from statemachine.errors import CheckpointError
+from statemachine.errors import CheckpointError, StorageUnavailableError
 
 from .base import (
     DEFAULT_LEASE_SECONDS,
@@ -203,6 +203,7 @@ class SQLiteCheckpointer(Checkpointer):
         self.busy_timeout = busy_timeout
         self._direct_lock = threading.Lock()
         self._closed = threading.Event()  # an object, so in_caller_thread() views share it
+        self._unreleased: dict[str, str] = {}  # thread -> owner token whose release failed
         renewer = _Renewer(self.path, lease_seconds, busy_timeout)
         self._heartbeat = LeaseHeartbeat(lease_seconds, f"statemachine-lease:{self.path.name}",
                                          renewer.renew, renewer.close)
@@ -247,6 +248,8 @@ class SQLiteCheckpointer(Checkpointer):
         taken only if no beat moved it meanwhile (the holder's lease period, stored with the
         lease: it beats three times in one). A resumer whose clock runs ahead therefore waits
         and then finds the holder alive, instead of taking over a live run."""
+        if self._unreleased:
+            await self._release_left_over()
         now = time.time()
         cursor = await self._execute(
             f"take thread {thread_id!r}",
@@ -301,10 +304,26 @@ class SQLiteCheckpointer(Checkpointer):
 
     async def release(self, thread_id: str, owner: Owner) -> None:
         self._heartbeat.drop(thread_id, owner.token)
+        try:
+            await self._release(thread_id, owner.token)
+        except StorageUnavailableError:
+            # a full disk or a lock held too long: tried again by this checkpointer's next
+            # acquire and by close(), so the thread does not stay owned until its lease lapses
+            self._unreleased[thread_id] = owner.token
+            raise
+
+    async def _release(self, thread_id: str, token: str) -> None:
         await self._execute(
             f"release thread {thread_id!r}",
             "UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, "
-            "lease_expires = NULL WHERE thread_id = ? AND owner = ?", (thread_id, owner.token))
+            "lease_expires = NULL WHERE thread_id = ? AND owner = ?", (thread_id, token))
+
+    async def _release_left_over(self) -> None:
+        """The releases the store refused earlier, tried again."""
+        for thread_id, token in list(self._unreleased.items()):
+            with contextlib.suppress(StorageUnavailableError):
+                await self._release(thread_id, token)
+                self._unreleased.pop(thread_id, None)
 
     # -- writes (each one statement: atomic and fenced) ---------------------------------------
 
@@ -473,6 +492,8 @@ class SQLiteCheckpointer(Checkpointer):
 
     async def aclose(self) -> None:
         if not self._closed.is_set():
+            if self._unreleased:
+                await self._release_left_over()
             self._closed.set()
             self._heartbeat.stop()
             with self._direct_lock:

@@ -183,7 +183,7 @@ def test_a_row_of_the_wrong_type_is_damage_named_by_column(sqlite_store, column,
                        match=rf"runs\.db: thread 't', checkpoint {head}: its '{column}' column"):
         app.get_state("t")
     if column in ("created_at", "step"):
-        with pytest.raises(CheckpointError, match=rf"checkpoint {head}: its time"):
+        with pytest.raises(CheckpointError, match=rf"checkpoint {head}: its '{column}'"):
             app.threads()
 
 
