@@ -616,15 +616,18 @@ def _prepare_file_once(path: Path, busy_timeout: float) -> None:
         while version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("UPDATE schema_version SET version = ?", (version + 1,))
+                # read again under the write lock: another process may have migrated it
+                version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+                if version < SCHEMA_VERSION:
+                    for statement in _MIGRATIONS[version].split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute("UPDATE schema_version SET version = ?", (version + 1,))
+                    version += 1
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            version += 1
     except sqlite3.DatabaseError as exc:
         if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
             raise CheckpointError(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -457,3 +458,42 @@ def test_opening_and_closing_checkpointers_keeps_the_locks_of_open_connections(t
             SQLiteCheckpointer(path, **options).close()
         assert not another_process_finds_it_unused(path)
         assert app.invoke({}, thread_id="u").n == 3
+
+
+OPEN_AT = """
+import sys, time
+from checkpoints import SQLiteCheckpointer
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+SQLiteCheckpointer(sys.argv[1]).close()
+"""
+
+
+def schema_3_file(path: Path) -> None:
+    """A file as the previous release (schema 3) left it, with one finished thread."""
+    with SQLiteCheckpointer(path) as saver:
+        loop(2).compile(checkpointer=saver).invoke({}, thread_id="old")
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("ALTER TABLE threads DROP COLUMN lease_seconds")
+        conn.execute("UPDATE schema_version SET version = 3")
+
+
+def test_processes_upgrading_one_old_file_at_once_all_succeed(tmp_path):
+    """Six processes open a schema-3 file at the same moment (one checkpointer per request
+    after an upgrade): one migrates it, the others see it migrated; before, the others ran the
+    migration again and failed with "duplicate column"."""
+    path = tmp_path / "old.db"
+    schema_3_file(path)
+    start = time.time() + 1.0
+    root = Path(__file__).resolve().parent.parent
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT, str(path), str(start)], cwd=root,
+                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    errors = [proc.communicate(timeout=60)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 6, errors
+    with SQLiteCheckpointer(path) as saver:
+        app = loop(4).compile(checkpointer=saver)
+        assert app.get_state("old").state.n == 2
+        assert app.invoke({}, thread_id="old").n == 4
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
