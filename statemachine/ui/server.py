@@ -19,29 +19,30 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from statemachine.errors import StateMachineError
 from statemachine.records import extra_of, stored_writes
 from statemachine.store_reader import history_rows, open_read_only, thread_row, unmerged_state
 
+from .guards import HostGuard, SecurityHeaders, allowed_hosts, check_action_request, is_loopback
+from .svg import UnsafeSvgError, sanitize_svg
+
 STATIC = Path(__file__).resolve().parent / "static"
 STATUSES = ("running", "done", "failed", "interrupted", "compensated")
 _BAD_ID = re.compile(r"[\x00-\x1f\x7f/\\]")
-_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
 def check_thread_id(thread_id: str) -> str:
@@ -188,39 +189,29 @@ class Viewer:
             raise HTTPException(409, "pass --graph MODULE:ATTRIBUTE to see the diagram")
         self.records(thread_id)
         try:
-            return visualize.render_bytes(self.app, "svg", thread_id=thread_id)
+            svg = visualize.render_bytes(self.app, "svg", thread_id=thread_id)
         except visualize.GraphvizNotFoundError as exc:
             raise HTTPException(501, str(exc)) from exc
-
-
-class HostGuard:
-    """400 for a Host header that is not the viewer's: a page of another site must not reach
-    a loopback viewer through DNS rebinding. An empty `allowed` lets every host through."""
-
-    def __init__(self, app: ASGIApp, allowed: set[str]) -> None:
-        self.app, self.allowed = app, allowed
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.allowed:
-            host = Headers(scope=scope).get("host", "")
-            name = host if host.endswith("]") else host.rsplit(":", 1)[0]
-            if name not in self.allowed:
-                response = JSONResponse({"error": "unexpected Host header", "status": 400},
-                                        status_code=400)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        try:  # whatever stored text slipped into it must not reach the page as markup
+            return sanitize_svg(svg).encode()
+        except UnsafeSvgError as exc:
+            raise HTTPException(500, f"the diagram of thread {thread_id!r} was refused: "
+                                     f"{exc}") from exc
 
 
 def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = None,
                allow_actions: bool = False, host: str = "127.0.0.1",
-               schema: str = "statemachine") -> Starlette:
+               allow_hosts: Iterable[str] = (), schema: str = "statemachine") -> Starlette:
     """The viewer as an ASGI application (uvicorn runs it: see `statemachine ui`). `db` is a
-    SQLite file or a PostgreSQL URL (tables in `schema`)."""
+    SQLite file or a PostgreSQL URL (tables in `schema`).
+
+    Requests must name the viewer in their Host header (`allowed_hosts`: loopback, `host`,
+    this machine's names, `allow_hosts`). Listening beyond loopback with actions on, actions
+    also need `app.state.token` (print it for the user: the page takes it from ?token=).
+    """
     viewer = Viewer(db, graph=graph, graph_name=graph_name, allow_actions=allow_actions,
                     schema=schema)
-    # a page of another site must not reach a loopback viewer through DNS rebinding
-    allowed_hosts = _LOOPBACK | {host} if host not in ("0.0.0.0", "::", "") else set()
+    token = secrets.token_urlsafe(32) if allow_actions and not is_loopback(host) else None
 
     async def off_loop(fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -269,8 +260,7 @@ def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = No
         if not allow_actions:
             raise HTTPException(403, "read-only viewer: start it with --allow-actions to "
                                      "resume or roll back runs")
-        if request.headers.get("x-statemachine-action") != "1":
-            raise HTTPException(403, "actions need the X-Statemachine-Action: 1 header")
+        check_action_request(request, token)
         if viewer.app is None:
             raise HTTPException(409, "actions need the graph: pass --graph MODULE:ATTRIBUTE")
         await off_loop(viewer.records, thread_id)
@@ -318,7 +308,8 @@ def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = No
             viewer.close()
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error},
-                    middleware=[Middleware(HostGuard, allowed=allowed_hosts)],
+                    middleware=[Middleware(SecurityHeaders),
+                                Middleware(HostGuard, allowed=allowed_hosts(host, allow_hosts))],
                     lifespan=lifespan)
-    app.state.viewer = viewer
+    app.state.viewer, app.state.token = viewer, token
     return app

@@ -3,9 +3,22 @@
 
 const POLL_MS = 1000;
 const state = { info: null, view: null, threadId: null, version: null, selected: null,
-                followLatest: true, timer: null };
+                followLatest: true, timer: null, token: null };
 
 const $ = (id) => document.getElementById(id);
+
+// A viewer listening beyond loopback with actions on prints its URL with ?token=...: keep the
+// token for this tab (sent on actions only) and take it out of the address bar.
+function actionToken() {
+  const params = new URLSearchParams(location.search);
+  if (params.has("token")) {
+    sessionStorage.setItem("statemachine-token", params.get("token"));
+    params.delete("token");
+    const query = params.toString();
+    history.replaceState(null, "", location.pathname + (query ? `?${query}` : "") + location.hash);
+  }
+  return sessionStorage.getItem("statemachine-token");
+}
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -253,7 +266,8 @@ async function act(name) {
   for (const button of $("actions").querySelectorAll("button")) button.disabled = true;
   try {
     const body = await api(`/api/threads/${encodeURIComponent(state.threadId)}/${name}`,
-      { method: "POST", headers: { "X-Statemachine-Action": "1" } });
+      { method: "POST", headers: { "X-Statemachine-Action": "1",
+                                   ...(state.token ? { "X-Statemachine-Token": state.token } : {}) } });
     result.textContent = `${name}: ${body.status} at step ${body.step}` +
       (body.error ? ` (${firstLine(body.error)})` : "");
     state.followLatest = true;
@@ -269,6 +283,7 @@ async function act(name) {
 // -- start -----------------------------------------------------------------------------------
 
 async function start() {
+  state.token = actionToken();
   try {
     state.info = await api("/api/info");
     $("db-info").textContent = state.info.db + (state.info.graph ? ` · ${state.info.graph}` : "");
