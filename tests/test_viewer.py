@@ -207,8 +207,8 @@ def test_api_is_json_rejects_traversal_bad_ids_and_writes(server, prepared):
     info = server.get("/api/info")
     assert info.headers["content-type"].startswith("application/json")
     assert info.json()["read_only"] is True and info.json()["allow_actions"] is False
-    assert [t["thread_id"] for t in server.get("/api/threads?status=done").json()] == [
-        "order-done"]
+    assert [t["thread_id"] for t in server.get("/api/threads?status=done").json()[
+        "threads"]] == ["order-done"]
     detail = server.get("/api/threads/order-done").json()
     assert [c["step"] for c in detail["checkpoints"]] == [3, 2, 1, 0]
     assert detail["checkpoints"][0]["status"] == "done"
@@ -383,7 +383,8 @@ def test_the_viewer_reads_a_postgres_store_read_only_and_acts_with_allow_actions
     try:
         info = s.get("/api/info").json()
         assert info["read_only"] is True and "127.0.0.1" in info["db"]
-        assert {t["thread_id"]: t["status"] for t in s.get("/api/threads").json()} == {
+        assert {t["thread_id"]: t["status"] for t in s.get("/api/threads").json()[
+            "threads"]} == {
             "order-done": "done", "order-failed": "failed"}
         detail = s.get("/api/threads/order-done").json()
         assert [c["step"] for c in detail["checkpoints"]] == [3, 2, 1, 0]
