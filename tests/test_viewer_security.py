@@ -260,3 +260,24 @@ def test_loopback_with_actions_prints_no_token_and_refuses_other_origins(hostile
     finally:
         s.stop()
 
+
+
+def test_a_form_on_another_site_cannot_post_an_action(hostile_db, tmp_path, page):
+    db = tmp_path / "actions.db"
+    shutil.copyfile(hostile_db, db)
+    s = Server(db, "--graph", GRAPH, "--allow-actions")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "form.html").write_text(
+        f'<!doctype html><form id="f" method="post" '
+        f'action="{s.url}/api/threads/order-failed/rollback">'
+        '<input name="X-Statemachine-Action" value="1"></form>')
+    site = OtherSite(tmp_path / "site")
+    try:
+        page.goto(site.url + "/form.html")
+        with page.expect_navigation():
+            page.eval_on_selector("#f", "f => f.submit()")
+        assert "another site" in page.inner_text("body")  # Chromium said cross-site: 403
+        assert s.get("/api/threads/order-failed").json()["thread"]["status"] == "failed"
+    finally:
+        site.stop()
+        s.stop()
