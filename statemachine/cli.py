@@ -1459,7 +1459,11 @@ def jobs(db: Db | None, as_json: bool) -> None:
 @click.option("--allow-actions", is_flag=True,
               help="Show Resume and Rollback buttons (they write to the database; need "
                    "--graph). Without it the database is opened read-only.")
-def ui(db: Db | None, target: str | None, host: str, port: int, allow_actions: bool) -> None:
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Another host name the viewer answers to (repeatable); loopback names, "
+                   "--host and this machine's names always are.")
+def ui(db: Db | None, target: str | None, host: str, port: int, allow_actions: bool,
+       allow_hosts: tuple[str, ...]) -> None:
     """Serve a web viewer of the database's runs: threads, diagrams, timelines, states.
 
     Read-only by default: a SQLite file is opened with SQLite's read-only mode, a PostgreSQL
@@ -1491,14 +1495,15 @@ def ui(db: Db | None, target: str | None, host: str, port: int, allow_actions: b
                 raise _invalid(target, exc) from exc
     with _library_errors():
         app = create_app(db, graph=graph, graph_name=target, allow_actions=allow_actions,
-                         host=host, schema=_schema())
+                         host=host, allow_hosts=allow_hosts, schema=_schema())
     err = _stderr()
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(Text(f"warning: listening on {host}: anyone who can reach it can read every "
-                       "run's state" + (" and resume or roll back runs" if allow_actions
-                                        else ""), style="yellow"))
+                       "run's state" + ("; actions need the token in the URL below"
+                                        if allow_actions else ""), style="yellow"))
     shown = f"[{host}]" if ":" in host else host
-    err.print(Text.assemble(("statemachine ui: ", "bold"), f"http://{shown}:{port}/",
+    query = f"?token={app.state.token}" if app.state.token else ""  # actions need it
+    err.print(Text.assemble(("statemachine ui: ", "bold"), f"http://{shown}:{port}/{query}",
                             (f"  ({db}, {'actions allowed' if allow_actions else 'read-only'}"
                              f"{', graph ' + target if target else ''}; Ctrl-C stops)", "dim")))
     uvicorn.run(app, host=host, port=port, log_level="warning")

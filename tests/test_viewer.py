@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -153,8 +155,7 @@ def test_thread_list_shows_threads_and_filters_by_status(server, page):
     assert "read-only" in page.locator("#mode").inner_text()
 
     page.select_option("#status-filter", "failed")
-    page.wait_for_function(
-        "document.querySelectorAll('#threads tbody tr.thread-row').length === 1")
+    expect(page.locator("#threads tbody tr.thread-row")).to_have_count(1)
     assert listed(page) == {"order-failed": "failed"}
     page.select_option("#status-filter", "interrupted")
     page.wait_for_selector('tr.thread-row[data-thread="order-held"]')
@@ -163,8 +164,7 @@ def test_thread_list_shows_threads_and_filters_by_status(server, page):
     page.wait_for_selector("#no-threads:not([hidden])")
     assert listed(page) == {}
     page.select_option("#status-filter", "")
-    page.wait_for_function(
-        "document.querySelectorAll('#threads tbody tr.thread-row').length === 3")
+    expect(page.locator("#threads tbody tr.thread-row")).to_have_count(3)
 
 
 def test_failed_thread_shows_failed_node_timeline_and_diff(server, page, tmp_path):
@@ -192,7 +192,7 @@ def test_failed_thread_shows_failed_node_timeline_and_diff(server, page, tmp_pat
     assert "reserve" in page.inner_text("#writes") or "prepare" in page.inner_text("#writes")
 
     rows.nth(1).click()  # the input checkpoint: its own state, nothing before it
-    page.wait_for_function("document.querySelector('#diff').innerText.includes('first')")
+    expect(page.locator("#diff")).to_contain_text("first")
     assert json.loads(page.inner_text("#state"))["log"] == []
 
     shot = tmp_path / "failed-thread.png"
@@ -207,8 +207,8 @@ def test_api_is_json_rejects_traversal_bad_ids_and_writes(server, prepared):
     info = server.get("/api/info")
     assert info.headers["content-type"].startswith("application/json")
     assert info.json()["read_only"] is True and info.json()["allow_actions"] is False
-    assert [t["thread_id"] for t in server.get("/api/threads?status=done").json()] == [
-        "order-done"]
+    assert [t["thread_id"] for t in server.get("/api/threads?status=done").json()[
+        "threads"]] == ["order-done"]
     detail = server.get("/api/threads/order-done").json()
     assert [c["step"] for c in detail["checkpoints"]] == [3, 2, 1, 0]
     assert detail["checkpoints"][0]["status"] == "done"
@@ -247,11 +247,11 @@ def test_without_graph_reads_only_the_store_and_says_how_to_get_a_diagram(prepar
         assert "pass --graph" in page.inner_text("#diagram-note")
         assert page.inner_text("#thread-status") == "interrupted"
         assert "waits for approval" in page.locator("#timeline tbody tr").first.inner_text()
-        page.wait_for_function("document.querySelector('#state').innerText.trim() !== ''")
+        expect(page.locator("#state")).to_have_text(re.compile(r"\S"))
         assert json.loads(page.inner_text("#state"))["log"] == ["prepare", "reserve", "charge"]
         # its parent stores only writes: without the reducers there is no exact diff, so the
         # writes of the step are shown instead
-        page.wait_for_function("document.querySelector('#diff').innerText.includes('exact')")
+        expect(page.locator("#diff")).to_contain_text("exact")
         assert 'charge: {"log":["charge"],"total":42}' in page.inner_text("#writes")
         assert page.locator("#state-note").is_hidden()
         page.locator("#timeline tbody tr.checkpoint").nth(1).click()  # that parent
@@ -283,14 +283,11 @@ def test_running_thread_updates_without_reload(tmp_path, page):
         assert page.locator("#timeline tbody tr.checkpoint").count() == 1
         page.evaluate("window.__notReloaded = true")
         gate.touch()
-        page.wait_for_function(
-            "document.querySelector('#thread-status').innerText === 'done'", timeout=15_000)
+        expect(page.locator("#thread-status")).to_have_text("done", timeout=15_000)
         assert page.evaluate("window.__notReloaded") is True
         assert page.locator("#timeline tbody tr.checkpoint").count() == 4
-        page.wait_for_function(
-            "JSON.parse(document.querySelector('#state').innerText).log.includes('ship')")
-        page.wait_for_function(
-            "document.querySelector('#diagram svg g#ship').classList.contains('visited')")
+        expect(page.locator("#state")).to_contain_text('"ship"')
+        expect(page.locator("#diagram svg g#ship")).to_have_class(re.compile(r"\bvisited\b"))
         assert run.wait(timeout=10) == 0
     finally:
         if run.poll() is None:
@@ -323,15 +320,13 @@ def test_actions_need_allow_actions_and_then_resume_and_roll_back(prepared, tmp_
         page.wait_for_selector("#actions:not([hidden]) #rollback")
         assert "actions allowed" in page.inner_text("#mode")
         page.click("#rollback")
-        page.wait_for_function(
-            "document.querySelector('#thread-status').innerText === 'compensated'")
+        expect(page.locator("#thread-status")).to_have_text("compensated")
         assert "rollback: compensated" in page.inner_text("#action-result")
 
         page.goto(s.url + "/#/thread/order-held")
         page.wait_for_selector("#actions:not([hidden]) #resume")
         page.click("#resume")  # it waits for an event the button cannot give: refused, 409
-        page.wait_for_function(
-            "document.querySelector('#action-result').innerText.includes('failed')")
+        expect(page.locator("#action-result")).to_contain_text("failed")
         assert "approval" in page.inner_text("#action-result")
     finally:
         s.stop()
@@ -388,7 +383,8 @@ def test_the_viewer_reads_a_postgres_store_read_only_and_acts_with_allow_actions
     try:
         info = s.get("/api/info").json()
         assert info["read_only"] is True and "127.0.0.1" in info["db"]
-        assert {t["thread_id"]: t["status"] for t in s.get("/api/threads").json()} == {
+        assert {t["thread_id"]: t["status"] for t in s.get("/api/threads").json()[
+            "threads"]} == {
             "order-done": "done", "order-failed": "failed"}
         detail = s.get("/api/threads/order-done").json()
         assert [c["step"] for c in detail["checkpoints"]] == [3, 2, 1, 0]

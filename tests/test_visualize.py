@@ -13,12 +13,15 @@ import os
 import re
 import subprocess
 import sys
+import unicodedata
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import ModuleType
 
 import cli_graphs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 import visualize
@@ -222,7 +225,7 @@ def test_dot_draws_every_node_and_edge_of_the_compiled_graph(example):
 def test_mermaid_draws_the_same_edges_as_dot(example):
     _, dot_edges = parse_dot(visualize.to_dot(example))
     text = visualize.to_mermaid(example)
-    assert text.startswith(f"---\ntitle: {example.name}\n---\nflowchart TD\n")
+    assert text.startswith(f"---\ntitle: {json.dumps(example.name)}\n---\nflowchart TD\n")
     arrows = {"fixed": "-->", "conditional": "-.->", "command": "-.->", "join": "==>"}
     expected = sorted(
         (mermaid_id(s), arrows[a["class"].split()[0].removeprefix("edge-")], a.get("label", ""),
@@ -342,7 +345,7 @@ def test_a_failed_run_marks_the_failed_node_red_and_the_path_to_it(tmp_path):
     assert not {key for key in taken if key[1] in ("ship", END)}
 
     mermaid = visualize.to_mermaid(app, thread_id="t1")
-    assert "title: OrderStateGraph — thread t1: failed at step 1" in mermaid
+    assert 'title: "OrderStateGraph — thread t1: failed at step 1"' in mermaid
     assert "    class n_charge next,failed" in mermaid.splitlines()
     assert "    class n_prepare visited" in mermaid.splitlines()
     _assert_link_styles_match(mermaid, edges)
@@ -463,3 +466,113 @@ def test_without_graphviz_text_still_works_and_rendering_says_how_to_install_it(
     assert "Graphviz's `dot` program" in out["error"]
     assert "apt-get install graphviz" in out["error"] and "brew install graphviz" in out["error"]
     assert not (tmp_path / "g.svg").exists()
+
+
+# -- untrusted text ----------------------------------------------------------------------------
+
+XLINK = "{http://www.w3.org/1999/xlink}"
+# what Graphviz writes for the attributes to_dot sets: no link, no script, nothing else
+SVG_ATTRIBUTES = {"id", "class", "transform", "viewBox", "width", "height", "x", "y", "cx",
+                  "cy", "rx", "ry", "points", "d", "fill", "stroke", "stroke-width",
+                  "stroke-dasharray", "font-family", "font-size", "font-weight", "text-anchor",
+                  f"{XLINK}title"}
+NASTY = ["\\", "a\\", '"', '\\"', "<b>x</b>", "<x> URL=\"javascript:alert(1)\" target=<_self>",
+         "\\N \\G \\l \\n \\E \\T \\H \\L \\r", "&lt;script&gt;", "&amp;", "&#60;", "&foo;",
+         "line 1\nline 2", "\x00\x01\x7f\t", "\ud800", "node", "subgraph", "]; x [URL=\"j\"",
+         "}", "a  b", " lead", "é \u202e"]
+
+
+def shown(text: str) -> str:
+    """What Graphviz should show for `text`: itself, with unshowable characters spelled out."""
+    return visualize.dot._UNSHOWABLE.sub(lambda m: visualize.dot._visible(m.group()), text)
+
+
+def _literal_in_svg(name: str, error: str, edge_text: str, title_text: str) -> None:
+    from visualize.diagram import Diagram, Edge, Node
+
+    failed = Node(name, name, "node", visits=1, failed=True, error=error, next=True)
+    other = Node(f"{name}+", "other", "node")
+    diagram = Diagram(name, [failed, other], [Edge(name, other.id, "conditional", (edge_text,))],
+                      title=title_text)
+    source = visualize.dot._digraph(diagram).source
+    svg = subprocess.run(["dot", "-Tsvg"], input=source.encode(), capture_output=True,
+                         check=True).stdout  # the real `dot` parses it
+    root = ET.fromstring(svg)
+    attributes = {key for element in root.iter() for key in element.attrib}
+    assert attributes <= SVG_ATTRIBUTES, attributes - SVG_ATTRIBUTES  # never an attribute
+    node = next(g for g in root.iter(f"{SVG}g") if "failed" in classes(g))
+    if name:  # else Graphviz makes one up
+        assert plain(node.get("id")) == plain(shown(name).replace("\n", "\\x0a"))
+    assert _lines(node.iter(f"{SVG}text")) == _lines_of(f"{shown(name)} ×1")
+    tooltips = [plain(a.get(f"{XLINK}title")) for a in node.iter(f"{SVG}a")]
+    assert tooltips == ([plain(shown(error))] if error else [])
+    edge = next(g for g in root.iter(f"{SVG}g") if "edge" in classes(g))
+    assert _lines(edge.iter(f"{SVG}text")) == _lines_of(shown(edge_text))
+    graph = next(g for g in root.iter(f"{SVG}g") if "graph" in classes(g))
+    assert _lines(graph.findall(f"{SVG}text")) == _lines_of(shown(title_text))
+
+
+def plain(text: str) -> str:
+    """Graphviz writes a space after a space as U+00A0: compared as spaces."""
+    return text.replace("\xa0", " ")
+
+
+def _lines(texts) -> list[str]:
+    """The lines of a label: Graphviz writes each as a <text>, but none for an empty one."""
+    return [plain(t.text or "") for t in texts]
+
+
+def _lines_of(text: str) -> list[str]:
+    return [plain(line) for line in text.split("\n") if line]
+
+
+@pytest.mark.parametrize("text", NASTY)
+def test_names_errors_and_titles_reach_the_svg_as_literal_text(text):
+    _literal_in_svg(text, text, text, text)
+
+
+@given(name=st.text(max_size=30), error=st.text(max_size=60), edge=st.text(max_size=20),
+       title_text=st.text(max_size=30))
+def test_any_text_reaches_the_svg_as_literal_text(name, error, edge, title_text):
+    _literal_in_svg(name, error, edge, title_text)
+
+
+_ENTITY = re.compile(r"#(\d+);")
+_MERMAID_LABEL = re.compile(r'^\s*n_\w*\["([^"]*)"\]$')
+
+
+def _mermaid_of(name: str, error: str, edge_text: str, title_text: str) -> None:
+    from visualize.diagram import Diagram, Edge, Node
+    from visualize.mermaid import _flowchart
+
+    failed = Node(name, name, "node", failed=True, error=error, next=True)
+    other = Node(f"{name}+", "other", "node")
+    text = _flowchart(Diagram(name, [failed, other],
+                              [Edge(name, other.id, "conditional", (edge_text,))],
+                              title=title_text))
+    lines = text.splitlines()
+    assert len(lines) == 12 and lines[1].startswith("title: ")
+    # a YAML (and JSON) string on its own line, holding no character YAML would refuse
+    assert json.loads(lines[1][7:]) == title_text
+    assert not [c for c in lines[1] if unicodedata.category(c)[0] == "C" or
+                unicodedata.category(c) in ("Zl", "Zp")]
+    label = _MERMAID_LABEL.match(lines[4])
+    assert label, lines[4]
+    assert re.fullmatch(r"[^\"'`|\[\]{}()<>&\\\n\r]*", label[1].replace("'", ""))
+    assert _ENTITY.sub(lambda m: chr(int(m[1])), label[1]) == name
+    edges = parse_mermaid_edges(text)
+    assert len(edges) == 1 and _ENTITY.sub(lambda m: chr(int(m[1])), edges[0][2]) == edge_text
+    assert "click" not in {line.split()[0] for line in lines[4:]}
+
+
+@pytest.mark.parametrize("text", [*NASTY, 'x"] --> y\nclick x href "javascript:alert(1)"',
+                                  "#quot; #124; #35;", "`**md**`", "<img src=x onerror=alert(1)>",
+                                  "a\u2028b", "%%{init: {}}%%"])
+def test_mermaid_labels_and_titles_are_literal_text(text):
+    _mermaid_of(text, text, text, text)
+
+
+@given(name=st.text(min_size=1, max_size=30), error=st.text(max_size=30),
+       edge=st.text(max_size=20), title_text=st.text(max_size=30))
+def test_any_text_is_a_literal_mermaid_label(name, error, edge, title_text):
+    _mermaid_of(name, error, edge, title_text)

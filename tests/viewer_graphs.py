@@ -3,7 +3,9 @@
 prepare -> reserve + charge (parallel) -> ship. The state decides how a run ends: `fail`
 makes `charge` raise (a failed thread), `hold` makes `ship` wait for the "approval" event (an
 interrupted thread), `gate` names a file `prepare` waits for (a thread that is running while
-the test watches it), and `steps` adds that many `tick` loops before `ship`.
+the test watches it).
+
+`counter` loops `tick` until `n` reaches `until`: one thread with many checkpoints.
 """
 
 from __future__ import annotations
@@ -61,3 +63,18 @@ shop.add_edge("prepare", "reserve")
 shop.add_edge("prepare", "charge")
 shop.add_edge(["reserve", "charge"], "ship")
 shop.add_edge("ship", END)
+
+
+class CounterState(BaseModel):
+    n: int = 0
+    until: int = 1
+
+
+def tick(state: CounterState) -> dict:
+    return {"n": state.n + 1}
+
+
+counter = StateGraph(CounterState)
+counter.add_node(tick)
+counter.add_edge(START, "tick")
+counter.add_conditional_edges("tick", lambda s: "tick" if s.n < s.until else END, ["tick", END])

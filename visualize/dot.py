@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from .diagram import MARKERS, Cluster, Diagram, Edge, Node, build
 
 FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
 _FAILED, _VISITED, _NEXT = "#d62728", "#2ca02c", "#1f77b4"
+# shown as \xNN / \uNNNN: no XML 1.0 document may hold them (nor can UTF-8 encode surrogates)
+_UNSHOWABLE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 
 
 class GraphvizNotFoundError(StateMachineError):
@@ -53,9 +56,45 @@ def render_bytes(app: Any, fmt: str, *, thread_id: str | None = None,
             "to_mermaid(), which need nothing.") from exc
 
 
+def dot_text(text: str) -> str:
+    """`text` as a DOT label or id that Graphviz shows literally, whatever it holds.
+
+    Names, thread ids and stored errors reach labels, tooltips and ids: unescaped, a quote
+    or a trailing backslash ends the string early (the rest becomes attributes, such as
+    URL="javascript:..."), `<...>` would be an HTML-like label, `\\N`, `\\G`, `\\l` are
+    Graphviz escapes, and `&lt;` an entity Graphviz decodes. All are escaped here.
+    """
+    return _escaped(text, backslash="\\\\", newline="\\n")
+
+
+def dot_id(text: str) -> str:
+    """`text` as a DOT `id` (the SVG element's id) kept literally: as a label, but a line
+    break is spelled `\\x0a` (an id cannot hold one: Graphviz writes it raw, XML reads a
+    space)."""
+    return _escaped(text, backslash="\\\\", newline="\\\\x0a")
+
+
+def dot_tooltip(text: str) -> str:
+    """`text` as a DOT tooltip shown literally: Graphviz unescapes a tooltip's backslashes
+    twice (and takes `\\n` literally), so a backslash is written four times, a line break
+    as itself."""
+    return _escaped(text, backslash="\\" * 4, newline="\n")
+
+
+def _escaped(text: str, *, backslash: str, newline: str) -> str:
+    text = _UNSHOWABLE.sub(lambda m: _visible(m.group()), text)
+    text = text.replace("\\", backslash).replace('"', '\\"').replace("&", "&amp;")
+    return graphviz.nohtml(text.replace("\n", newline))
+
+
+def _visible(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def _digraph(diagram: Diagram) -> graphviz.Digraph:
-    graph = graphviz.Digraph(name=diagram.name)
-    graph.attr(rankdir="TB", label=diagram.title, labelloc="t", fontname="Helvetica",
+    graph = graphviz.Digraph(name=dot_text(diagram.name))
+    graph.attr(rankdir="TB", label=dot_text(diagram.title), labelloc="t", fontname="Helvetica",
                fontsize="14")
     graph.attr("node", fontname="Helvetica", fontsize="11")
     graph.attr("edge", fontname="Helvetica", fontsize="9")
@@ -80,22 +119,25 @@ def _fill(graph: graphviz.Digraph, diagram: Diagram, ids: _Ids | None = None) ->
     for node in diagram.nodes:
         if node.id in expanded:
             continue
-        graph.node(ids(node.id), id=node.id, **_node_attrs(node))
+        graph.node(ids(node.id), id=dot_id(node.id), **_node_attrs(node))
     for cluster in diagram.clusters:
         _cluster(graph, cluster, ids)
     for edge in diagram.edges:
         source = f"{edge.source}/__end__" if edge.source in expanded else edge.source
         target = f"{edge.target}/__start__" if edge.target in expanded else edge.target
-        graph.edge(ids(source), ids(target), id=f"{source}->{target}", **_edge_attrs(edge))
+        graph.edge(ids(source), ids(target), id=dot_id(f"{source}->{target}"),
+                   **_edge_attrs(edge))
 
 
 def _cluster(graph: graphviz.Digraph, cluster: Cluster, ids: _Ids) -> None:
     with graph.subgraph(name=f"cluster_{ids(cluster.id)}") as sub:
-        sub.attr(label=f"subgraph {cluster.label}", style="rounded,dashed", color="#7f7f7f")
+        sub.attr(label=dot_text(f"subgraph {cluster.label}"), style="rounded,dashed",
+                 color="#7f7f7f")
         _fill(sub, cluster.diagram, ids)
 
 
 def _node_attrs(node: Node) -> dict[str, str]:
+    """The node's attributes; its label and tooltip are raw text, escaped on return."""
     attrs: dict[str, str] = {"label": node.label}
     if node.kind == "start":
         attrs.update(shape="circle", style="filled", fillcolor="#222222", fontcolor="white",
@@ -124,7 +166,8 @@ def _node_attrs(node: Node) -> dict[str, str]:
             if node.error:
                 attrs["tooltip"] = node.error
     attrs["class"] = " ".join(_classes(node))
-    return attrs
+    return {**attrs, "label": dot_text(attrs["label"]),
+            **({"tooltip": dot_tooltip(attrs["tooltip"])} if "tooltip" in attrs else {})}
 
 
 def _classes(node: Node) -> list[str]:
@@ -141,7 +184,7 @@ def _classes(node: Node) -> list[str]:
 def _edge_attrs(edge: Edge) -> dict[str, str]:
     attrs: dict[str, str] = {}
     if edge.labels:
-        attrs["label"] = ", ".join(edge.labels)
+        attrs["label"] = dot_text(", ".join(edge.labels))
     if edge.kind == "conditional":
         attrs["style"] = "dashed"
     elif edge.kind == "command":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,8 +14,11 @@ from .diagram import MARKERS, Diagram, Node, build
 
 def to_mermaid(app: Any, *, thread_id: str | None = None, xray: bool = False) -> str:
     """The graph as a Mermaid flowchart; with `thread_id`, that thread's run is highlighted."""
-    diagram = build(app, thread_id=thread_id, xray=xray)
-    lines = ["---", f"title: {diagram.title}", "---", "flowchart TD"]
+    return _flowchart(build(app, thread_id=thread_id, xray=xray))
+
+
+def _flowchart(diagram: Diagram) -> str:
+    lines = ["---", f"title: {_yaml_string(diagram.title)}", "---", "flowchart TD"]
     _body(diagram, lines, "    ", itertools.count())
     lines += [
         "    classDef visited fill:#e5f5e0,stroke:#2ca02c",
@@ -32,7 +37,8 @@ def _body(diagram: Diagram, lines: list[str], indent: str, links: Iterator[int])
         if node.id not in expanded:
             lines.append(indent + _node(node))
     for cluster in diagram.clusters:
-        lines.append(f"{indent}subgraph {_id(cluster.id)} [\"subgraph {cluster.label}\"]")
+        label = _escape(f"subgraph {cluster.label}")
+        lines.append(f"{indent}subgraph {_id(cluster.id)} [\"{label}\"]")
         _body(cluster.diagram, lines, indent + "    ", links)
         lines.append(f"{indent}end")
     taken = []
@@ -79,5 +85,24 @@ def _id(name: str) -> str:
     return "n_" + re.sub(r"[^0-9A-Za-z]", lambda m: f"_{ord(m.group()):x}_", name)
 
 
+_PLAIN = re.compile(r"[0-9A-Za-z _.,:/!?+=*@'-]")
+
+
 def _escape(text: str) -> str:
-    return text.replace('"', "#quot;").replace("|", "#124;")
+    """`text` for a quoted Mermaid label, shown literally: Mermaid renders labels as HTML and
+    reads quotes, brackets, pipes, `#...;` entities and line breaks as syntax, so every
+    character but plain ones is written as its entity `#<code>;`."""
+    return "".join(c if _PLAIN.match(c) or (not c.isascii() and _printable(c))
+                   else f"#{ord(c)};" for c in text)
+
+
+def _printable(char: str) -> bool:
+    return unicodedata.category(char)[0] != "C" and unicodedata.category(char) not in (
+        "Zl", "Zp")
+
+
+def _yaml_string(text: str) -> str:
+    """`text` as a YAML double-quoted string on one line (JSON is YAML): a line break in a
+    thread id must not end the front matter and start diagram statements."""
+    return "".join(c if (c.isascii() and c != "\x7f") or _printable(c) else json.dumps(c)[1:-1]
+                   for c in json.dumps(text, ensure_ascii=False))

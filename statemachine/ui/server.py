@@ -3,11 +3,17 @@
     GET  /                                           the page (static/index.html)
     GET  /static/...                                 its script and styles
     GET  /api/info                                   database, graph, whether actions are on
-    GET  /api/threads[?status=failed][&all=1]        threads, newest first
-    GET  /api/threads/{id}                           a thread and its checkpoints (timeline)
+    GET  /api/threads[?status=failed][&all=1]        a page of threads, newest first
+         [&limit=N&offset=K | &since=CURSOR]         (polls: only the changed ones)
+    GET  /api/threads/{id}[?limit=N][&before=CP | &since=CP]
+                                                     a thread and a page of its checkpoints
     GET  /api/threads/{id}/checkpoints/{cp}          the state there, and its diff
-    GET  /api/threads/{id}/diagram.svg               the graph with the run path (needs graph)
+    GET  /api/threads/{id}/diagram.svg               the graph with the run path (needs graph;
+                                                     sanitised SVG)
     POST /api/threads/{id}/resume | /rollback        only with allow_actions (and a graph)
+
+The page polls every second: with `since` and the ETag of its last answer (If-None-Match), an
+unchanged thread or list answers 304 with no body, a changed one only the rows that changed.
 
 Without a graph, everything comes from the stored records (no user code is imported); a
 checkpoint that stores no snapshot is shown as the nearest stored state plus the raw writes
@@ -17,31 +23,35 @@ since. With a graph, states are rebuilt exactly through its reducers.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from statemachine.errors import StateMachineError
 from statemachine.records import extra_of, stored_writes
-from statemachine.store_reader import history_rows, open_read_only, thread_row, unmerged_state
+from statemachine.store_reader import open_read_only, row_from_record, thread_row, unmerged_state
+
+from .guards import HostGuard, SecurityHeaders, allowed_hosts, check_action_request, is_loopback
+from .svg import UnsafeSvgError, sanitize_svg
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATUSES = ("running", "done", "failed", "interrupted", "compensated")
 _BAD_ID = re.compile(r"[\x00-\x1f\x7f/\\]")
-_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+PAGE, MAX_PAGE = 100, 1000  # rows per page: by default, and at most
+SINCE_MARGIN = 2.0  # seconds a poll looks back before its cursor (see Viewer.threads)
 
 
 def check_thread_id(thread_id: str) -> str:
@@ -119,41 +129,96 @@ class Viewer:
 
     # -- reads (synchronous: the endpoints run them in the thread pool) ---------------------
 
-    def threads(self, status: str | None, show_all: bool) -> list[dict[str, Any]]:
-        rows = [thread_row(t) for t in self.store.threads_sync()
-                if show_all or "::" not in t.thread_id]
-        return [r for r in rows if status is None or r["status"] == status]
+    def threads(self, status: str | None, show_all: bool, *, limit: int, offset: int = 0,
+                since: float | None = None) -> dict[str, Any]:
+        """A page of threads, most recently updated first; with `since` (the `cursor` of an
+        earlier answer), only the threads changed after it, whatever their status (the page
+        drops those its filter no longer takes). `version` changes whenever any thread does.
+        """
+        infos = [t for t in self.store.threads_sync() if show_all or "::" not in t.thread_id]
+        matching = [t for t in infos if status is None or t.status == status]
+        if since is None:
+            chosen = matching[offset:offset + limit]
+        else:  # a little before the cursor: a commit may land later than its own timestamp
+            chosen = [t for t in infos if t.updated_at > since - SINCE_MARGIN]
+        version = hashlib.sha256(repr([(t.thread_id, t.checkpoint_id, t.status, t.busy)
+                                       for t in infos]).encode()).hexdigest()[:20]
+        return {"threads": [thread_row(t) for t in chosen], "total": len(matching),
+                "more": since is None and offset + limit < len(matching),
+                "busy": [t.thread_id for t in infos if t.busy],
+                "cursor": max((t.updated_at for t in infos), default=since or 0.0),
+                "version": f"{status}:{show_all}:{version}"}
 
-    def records(self, thread_id: str) -> list[Any]:
-        records = self.store.list_sync(thread_id)
+    def latest(self, thread_id: str) -> Any:
+        """The thread's latest checkpoint record; 404 when there is no such thread."""
+        records = self.store.list_sync(thread_id, limit=1)
         if not records:
             raise HTTPException(404, f"no thread {thread_id!r}")
-        return records
+        return records[0]
 
-    def thread(self, thread_id: str) -> dict[str, Any]:
-        records = self.records(thread_id)
-        pending = self.store.list_pending_sync([r.id for r in records])
-        rows = history_rows(records, pending)
-        by_id = {r.id: r for r in records}
-        for row, record in zip(rows, records, strict=True):
-            extra = extra_of(record)
+    def head(self, thread_id: str, latest: Any) -> dict[str, Any] | None:
+        """The thread as the list shows it. Threads are listed by their last change, which
+        is never before their latest checkpoint: only those changed since are read."""
+        infos = self.store.threads_sync(updated_since=latest.created_at - SINCE_MARGIN)
+        info = next((t for t in infos if t.thread_id == thread_id), None)
+        return thread_row(info) if info is not None else None
+
+    def version(self, thread_id: str) -> tuple[str, Any, dict[str, Any] | None]:
+        """What identifies the thread's current state for polls (its ETag), read cheaply:
+        the latest checkpoint, its pending writes (parallel nodes finish one by one), the
+        thread's status, last change and liveness."""
+        latest = self.latest(thread_id)
+        pending = self.store.list_pending_sync([latest.id]).get(latest.id, [])
+        head = self.head(thread_id, latest)
+        parts = (latest.id, latest.status, len(pending), head and head["status"],
+                 head and head["updated_at"], head and head["busy"])
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:20], latest, head
+
+    def thread(self, thread_id: str, *, limit: int, before: str | None = None,
+               since: str | None = None) -> dict[str, Any]:
+        """A page of the thread's checkpoints, newest first: the latest `limit`, or those
+        older than `before`; `before` in the answer asks for the next older page (None: no
+        more). With `since` (a checkpoint id), only the checkpoints from it on (it may have
+        changed too); `gap` says there were more than `limit`, so the page should start over.
+        """
+        version, latest, head = self.version(thread_id)
+        records = self.store.list_sync(thread_id, limit=limit + 1, before=before)
+        page, more, gap = records[:limit], len(records) > limit, False
+        if since is not None:
+            gap = more and bool(page) and int(page[-1].id) > int(since)
+            page, more = [r for r in page if int(r.id) >= int(since)], False
+        return {"thread": head, "checkpoints": self._rows(thread_id, page, records),
+                "before": page[-1].id if more and page else None, "gap": gap,
+                "latest": latest.id, "graph": self.graph_name,
+                "allow_actions": self.allow_actions, "version": version}
+
+    def _rows(self, thread_id: str, page: list[Any], read: list[Any]) -> list[dict[str, Any]]:
+        """History rows of `page`, with retries, cache hits and durations; the parents the
+        page points to outside what was `read` are loaded one by one."""
+        by_id = {r.id: r for r in read}
+        for parent_id in {r.parent_id for r in page if r.parent_id and r.parent_id not in by_id}:
+            chain = self.store.load_sync(thread_id, parent_id)
+            if chain is not None:
+                by_id[parent_id] = chain.head
+        pending = self.store.list_pending_sync([*by_id]) if page else {}
+        rows = []
+        for record in page:
             parent = by_id.get(record.parent_id) if record.parent_id else None
+            row = row_from_record(record, parent, pending)
+            extra = extra_of(record)
             row["attempts"] = extra.get("attempts", {})
             row["cache_hits"] = extra.get("cache_hits", [])
             row["duration"] = record.created_at - parent.created_at if parent else None
-        info = next((t for t in self.store.threads_sync() if t.thread_id == thread_id), None)
-        head = thread_row(info) if info is not None else None
-        return {"thread": head, "checkpoints": rows, "graph": self.graph_name,
-                "allow_actions": self.allow_actions,
-                "version": f"{records[0].id}:{records[0].status}:{head and head['updated_at']}"}
+            rows.append(row)
+        return rows
 
     def checkpoint(self, thread_id: str, checkpoint_id: str) -> dict[str, Any]:
-        records = self.records(thread_id)
-        by_id = {r.id: r for r in records}
-        record = by_id.get(checkpoint_id)
+        self.latest(thread_id)
+        record, parent = self._record(thread_id, checkpoint_id), None
         if record is None:
             raise HTTPException(404, f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
-        parent = by_id.get(record.parent_id) if record.parent_id else None
+        if record.parent_id:
+            parent = self._record(thread_id, record.parent_id)
         pending = self.store.list_pending_sync([record.id, *([parent.id] if parent else [])])
         result: dict[str, Any] = {
             "checkpoint_id": record.id, "parent_id": record.parent_id, "step": record.step,
@@ -169,6 +234,10 @@ class Viewer:
             before, before_exact = self._state(thread_id, parent)
             result["diff"] = json_diff(before, state) if exact and before_exact else None
         return result
+
+    def _record(self, thread_id: str, checkpoint_id: str) -> Any:
+        chain = self.store.load_sync(thread_id, checkpoint_id)
+        return chain.head if chain is not None else None
 
     def _state(self, thread_id: str, record: Any) -> tuple[Any, bool]:
         """The state at `record`, and whether it is exact (else: unmerged, see below)."""
@@ -186,41 +255,69 @@ class Viewer:
 
         if self.app is None:
             raise HTTPException(409, "pass --graph MODULE:ATTRIBUTE to see the diagram")
-        self.records(thread_id)
+        self.latest(thread_id)
         try:
-            return visualize.render_bytes(self.app, "svg", thread_id=thread_id)
+            svg = visualize.render_bytes(self.app, "svg", thread_id=thread_id)
         except visualize.GraphvizNotFoundError as exc:
             raise HTTPException(501, str(exc)) from exc
+        try:  # whatever stored text slipped into it must not reach the page as markup
+            return sanitize_svg(svg).encode()
+        except UnsafeSvgError as exc:
+            raise HTTPException(500, f"the diagram of thread {thread_id!r} was refused: "
+                                     f"{exc}") from exc
 
 
-class HostGuard:
-    """400 for a Host header that is not the viewer's: a page of another site must not reach
-    a loopback viewer through DNS rebinding. An empty `allowed` lets every host through."""
+def _etag(version: str) -> str:
+    return f'"{version}"'
 
-    def __init__(self, app: ASGIApp, allowed: set[str]) -> None:
-        self.app, self.allowed = app, allowed
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.allowed:
-            host = Headers(scope=scope).get("host", "")
-            name = host if host.endswith("]") else host.rsplit(":", 1)[0]
-            if name not in self.allowed:
-                response = JSONResponse({"error": "unexpected Host header", "status": 400},
-                                        status_code=400)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+def _answer(request: Request, body: dict[str, Any]) -> Response:
+    """`body` as JSON with its version as ETag; 304 (no body) when the poll has it already."""
+    headers = {"Cache-Control": "no-cache", "ETag": _etag(body["version"])}
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
+    return JSONResponse(body, headers=headers)
+
+
+def _number(query: Any, name: str, kind: type[int] | type[float]) -> Any:
+    """The query parameter `name` as a non-negative number (0 when absent); 400 if not one."""
+    try:
+        value = kind(query.get(name, 0))
+    except ValueError:
+        value = -1
+    if not 0 <= value < float("inf"):
+        raise HTTPException(400, f"bad {name} {query.get(name, '')[:40]!r}: give a "
+                                 f"non-negative {'integer' if kind is int else 'number'}")
+    return value
+
+
+def _limit(query: Any) -> int:
+    limit = _number(query, "limit", int) if "limit" in query else PAGE
+    if not 1 <= limit <= MAX_PAGE:
+        raise HTTPException(400, f"bad limit {limit}: give 1 to {MAX_PAGE} rows per page")
+    return limit
+
+
+def _checkpoint_param(query: Any, name: str) -> str | None:
+    value = query.get(name)
+    if value is not None and not (value.isascii() and value.isdigit()):
+        raise HTTPException(400, f"bad {name} {value[:40]!r}: give a checkpoint id")
+    return value
 
 
 def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = None,
                allow_actions: bool = False, host: str = "127.0.0.1",
-               schema: str = "statemachine") -> Starlette:
+               allow_hosts: Iterable[str] = (), schema: str = "statemachine") -> Starlette:
     """The viewer as an ASGI application (uvicorn runs it: see `statemachine ui`). `db` is a
-    SQLite file or a PostgreSQL URL (tables in `schema`)."""
+    SQLite file or a PostgreSQL URL (tables in `schema`).
+
+    Requests must name the viewer in their Host header (`allowed_hosts`: loopback, `host`,
+    this machine's names, `allow_hosts`). Listening beyond loopback with actions on, actions
+    also need `app.state.token` (print it for the user: the page takes it from ?token=).
+    """
     viewer = Viewer(db, graph=graph, graph_name=graph_name, allow_actions=allow_actions,
                     schema=schema)
-    # a page of another site must not reach a loopback viewer through DNS rebinding
-    allowed_hosts = _LOOPBACK | {host} if host not in ("0.0.0.0", "::", "") else set()
+    token = secrets.token_urlsafe(32) if allow_actions and not is_loopback(host) else None
 
     async def off_loop(fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -245,14 +342,32 @@ def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = No
         if status is not None and status not in STATUSES:
             raise HTTPException(400, f"unknown status {status!r}; one of {', '.join(STATUSES)}")
         show_all = request.query_params.get("all") in ("1", "true")
-        return JSONResponse(await off_loop(viewer.threads, status, show_all))
+        query = request.query_params
+        since = _number(query, "since", float) if "since" in query else None
+        body = await off_loop(lambda: viewer.threads(
+            status, show_all, limit=_limit(query), offset=_number(query, "offset", int),
+            since=since))
+        return _answer(request, body)
 
     async def thread(request: Request) -> Response:
-        return JSONResponse(await off_loop(viewer.thread, thread_param(request)))
+        thread_id, query = thread_param(request), request.query_params
+        before, since = (_checkpoint_param(query, name) for name in ("before", "since"))
+
+        def read() -> dict[str, Any] | None:
+            if since is not None and _etag(viewer.version(thread_id)[0]) == \
+                    request.headers.get("if-none-match"):
+                return None  # a poll, and nothing changed: no need to read the page
+            return viewer.thread(thread_id, limit=_limit(query), before=before, since=since)
+
+        body = await off_loop(read)
+        if body is None:
+            return Response(status_code=304, headers={"Cache-Control": "no-cache",
+                                                      "ETag": request.headers["if-none-match"]})
+        return _answer(request, body)
 
     async def checkpoint(request: Request) -> Response:
         checkpoint_id = request.path_params["checkpoint_id"]
-        if not checkpoint_id.isdigit():
+        if not (checkpoint_id.isascii() and checkpoint_id.isdigit()):
             raise HTTPException(400, f"bad checkpoint id {checkpoint_id[:40]!r}")
         return JSONResponse(await off_loop(viewer.checkpoint, thread_param(request),
                                            checkpoint_id))
@@ -269,11 +384,10 @@ def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = No
         if not allow_actions:
             raise HTTPException(403, "read-only viewer: start it with --allow-actions to "
                                      "resume or roll back runs")
-        if request.headers.get("x-statemachine-action") != "1":
-            raise HTTPException(403, "actions need the X-Statemachine-Action: 1 header")
+        check_action_request(request, token)
         if viewer.app is None:
             raise HTTPException(409, "actions need the graph: pass --graph MODULE:ATTRIBUTE")
-        await off_loop(viewer.records, thread_id)
+        await off_loop(viewer.latest, thread_id)
 
         def run() -> dict[str, Any]:
             app = viewer.actions_app()
@@ -318,7 +432,8 @@ def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = No
             viewer.close()
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error},
-                    middleware=[Middleware(HostGuard, allowed=allowed_hosts)],
+                    middleware=[Middleware(SecurityHeaders),
+                                Middleware(HostGuard, allowed=allowed_hosts(host, allow_hosts))],
                     lifespan=lifespan)
-    app.state.viewer = viewer
+    app.state.viewer, app.state.token = viewer, token
     return app

@@ -2,10 +2,27 @@
 "use strict";
 
 const POLL_MS = 1000;
+const PAGE = 100;  // threads or checkpoints per page
 const state = { info: null, view: null, threadId: null, version: null, selected: null,
-                followLatest: true, timer: null };
+                followLatest: true, timer: null, token: null,
+                rows: new Map(), latest: null, etag: null, before: null,  // the thread shown
+                list: { status: null, rows: new Map(), cursor: null, etag: null, more: false,
+                        total: 0 } };
 
 const $ = (id) => document.getElementById(id);
+
+// A viewer listening beyond loopback with actions on prints its URL with ?token=...: keep the
+// token for this tab (sent on actions only) and take it out of the address bar.
+function actionToken() {
+  const params = new URLSearchParams(location.search);
+  if (params.has("token")) {
+    sessionStorage.setItem("statemachine-token", params.get("token"));
+    params.delete("token");
+    const query = params.toString();
+    history.replaceState(null, "", location.pathname + (query ? `?${query}` : "") + location.hash);
+  }
+  return sessionStorage.getItem("statemachine-token");
+}
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -20,8 +37,10 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-async function api(path, options) {
-  const response = await fetch(path, options);
+// The JSON answer of `path`; null for 304 (a poll whose answer has not changed).
+async function api(path, options = {}) {
+  const response = await fetch(path, { cache: "no-store", ...options });
+  if (response.status === 304) return null;
   const body = await response.json().catch(() => ({ error: response.statusText }));
   if (!response.ok) throw Object.assign(new Error(body.error || response.statusText),
                                         { status: response.status });
@@ -60,7 +79,8 @@ function route() {
   if (match) {
     const id = decodeURIComponent(match[1]);
     if (state.threadId !== id) {
-      Object.assign(state, { threadId: id, version: null, selected: null, followLatest: true });
+      Object.assign(state, { threadId: id, version: null, selected: null, followLatest: true,
+                             rows: new Map(), latest: null, etag: null, before: null });
       $("diagram").replaceChildren();
       $("timeline").tBodies[0].replaceChildren();
     }
@@ -86,12 +106,37 @@ function schedule(fn) {
 
 // -- the thread list -------------------------------------------------------------------------
 
+// The first page comes whole; polls ask only for the threads changed since the last answer's
+// cursor, and get 304 (no body) while nothing changed at all.
 async function pollList() {
+  const status = $("status-filter").value;
+  const list = state.list;
   try {
-    const status = $("status-filter").value;
-    const rows = await api("/api/threads" + (status ? `?status=${encodeURIComponent(status)}` : ""));
-    if (state.view !== "list" || $("status-filter").value !== status) return;
-    renderList(rows);
+    if (list.status !== status) Object.assign(list, { status, rows: new Map(), cursor: null,
+                                                      etag: null });
+    const query = new URLSearchParams(status ? { status } : {});
+    let body;
+    if (list.cursor === null) {
+      query.set("limit", PAGE);
+      body = await api(`/api/threads?${query}`);
+      if (state.view !== "list" || list.status !== status) return;
+      list.rows = new Map(body.threads.map((row) => [row.thread_id, row]));
+      list.more = body.more;
+    } else {
+      query.set("since", list.cursor);
+      body = await api(`/api/threads?${query}`, { headers: { "If-None-Match": list.etag } });
+      if (state.view !== "list" || list.status !== status) return;
+      for (const row of body ? body.threads : []) {
+        if (!status || row.status === status) list.rows.set(row.thread_id, row);
+        else list.rows.delete(row.thread_id);
+      }
+    }
+    if (body) {
+      Object.assign(list, { cursor: body.cursor, etag: `"${body.version}"`, total: body.total });
+      const busy = new Set(body.busy);
+      for (const row of list.rows.values()) row.busy = busy.has(row.thread_id);
+      renderList();
+    }
     showError(null);
   } catch (error) {
     showError(error);
@@ -99,7 +144,27 @@ async function pollList() {
   if (state.view === "list") schedule(pollList);
 }
 
-function renderList(rows) {
+async function olderThreads() {
+  const list = state.list;
+  const query = new URLSearchParams(list.status ? { status: list.status } : {});
+  query.set("limit", PAGE);
+  query.set("offset", list.rows.size);
+  try {
+    const body = await api(`/api/threads?${query}`);
+    for (const row of body.threads) {
+      if (!list.rows.has(row.thread_id)) list.rows.set(row.thread_id, row);
+    }
+    list.more = body.more;
+    renderList();
+  } catch (error) {
+    showError(error);
+  }
+}
+
+function renderList() {
+  const list = state.list;
+  const rows = [...list.rows.values()].sort((a, b) => b.updated_at - a.updated_at ||
+    (a.thread_id < b.thread_id ? -1 : 1));
   const body = $("threads").tBodies[0];
   body.replaceChildren(...rows.map((row) => {
     const link = el("a", { href: `#/thread/${encodeURIComponent(row.thread_id)}` }, row.thread_id);
@@ -109,19 +174,42 @@ function renderList(rows) {
       el("td", { class: "error-cell", title: row.error || "" }, firstLine(row.error)));
   }));
   $("no-threads").hidden = rows.length > 0;
-  $("thread-count").textContent = `${rows.length} thread${rows.length === 1 ? "" : "s"}`;
+  $("older-threads").hidden = !list.more;
+  const total = Math.max(list.total, rows.length);
+  $("thread-count").textContent = rows.length < total
+    ? `${rows.length} of ${total} threads` : `${total} thread${total === 1 ? "" : "s"}`;
 }
 
 // -- one thread ------------------------------------------------------------------------------
 
+// The first page of checkpoints comes whole, older pages on demand; polls ask only for the
+// checkpoints from the latest one on, and get 304 (no body) while the thread is unchanged.
 async function pollThread() {
   const id = state.threadId;
+  const path = `/api/threads/${encodeURIComponent(id)}`;
   try {
-    const data = await api(`/api/threads/${encodeURIComponent(id)}`);
-    if (state.threadId !== id) return;
-    if (data.version !== state.version) {
-      state.version = data.version;
-      await renderThread(data);
+    let data;
+    if (state.latest === null) {
+      data = await api(`${path}?limit=${PAGE}`);
+      if (state.threadId !== id) return;
+      Object.assign(state, { rows: new Map(), before: data.before });
+    } else {
+      data = await api(`${path}?limit=${PAGE}&since=${state.latest}`,
+        { headers: { "If-None-Match": state.etag || "" } });
+      if (state.threadId !== id) return;
+      if (data && data.gap) {  // more new checkpoints than a page: start over
+        state.latest = null;
+        pollThread();
+        return;
+      }
+    }
+    if (data) {
+      for (const row of data.checkpoints) state.rows.set(row.checkpoint_id, row);
+      Object.assign(state, { latest: data.latest, etag: `"${data.version}"` });
+      if (data.version !== state.version) {
+        state.version = data.version;
+        await renderThread(data);
+      }
     }
     showError(null);
   } catch (error) {
@@ -130,9 +218,29 @@ async function pollThread() {
   if (state.view === "thread" && state.threadId === id) schedule(pollThread);
 }
 
+async function olderCheckpoints() {
+  const id = state.threadId;
+  try {
+    const data = await api(
+      `/api/threads/${encodeURIComponent(id)}?limit=${PAGE}&before=${state.before}`);
+    if (state.threadId !== id) return;
+    for (const row of data.checkpoints) state.rows.set(row.checkpoint_id, row);
+    state.before = data.before;
+    renderTimeline(checkpoints());
+    markSelected();
+  } catch (error) {
+    showError(error);
+  }
+}
+
+function checkpoints() {
+  return [...state.rows.values()].sort((a, b) => Number(b.checkpoint_id) - Number(a.checkpoint_id));
+}
+
 async function renderThread(data) {
   const head = data.thread || {};
-  const latest = data.checkpoints[0];
+  const rows = checkpoints();
+  const latest = rows[0];
   $("thread-title").textContent = `thread ${state.threadId}`;
   $("thread-status").replaceChildren(statusBadge(head.status || latest.status, head.busy));
   $("thread-view").dataset.status = head.status || latest.status;
@@ -140,8 +248,8 @@ async function renderThread(data) {
   $("thread-error").hidden = !error;
   $("thread-error").textContent = error || "";
   $("actions").hidden = !data.allow_actions;
-  renderTimeline(data.checkpoints);
-  if (state.followLatest || !data.checkpoints.some((c) => c.checkpoint_id === state.selected)) {
+  renderTimeline(rows);
+  if (state.followLatest || !state.rows.has(state.selected)) {
     state.selected = latest.checkpoint_id;
   }
   markSelected();
@@ -179,6 +287,7 @@ async function renderDiagram(data) {
 
 function renderTimeline(checkpoints) {
   const body = $("timeline").tBodies[0];
+  $("older-checkpoints").hidden = !state.before;
   body.replaceChildren(...checkpoints.map((cp, index) => {
     let nodes = cp.nodes.join(", ");
     if (!nodes) nodes = cp.compensates ? `↩ ${cp.compensates}` : `(${cp.kind})`;
@@ -252,12 +361,13 @@ async function act(name) {
   result.textContent = `${name}…`;
   for (const button of $("actions").querySelectorAll("button")) button.disabled = true;
   try {
+    const headers = { "X-Statemachine-Action": "1" };
+    if (state.token) headers["X-Statemachine-Token"] = state.token;
     const body = await api(`/api/threads/${encodeURIComponent(state.threadId)}/${name}`,
-      { method: "POST", headers: { "X-Statemachine-Action": "1" } });
+      { method: "POST", headers });
     result.textContent = `${name}: ${body.status} at step ${body.step}` +
       (body.error ? ` (${firstLine(body.error)})` : "");
-    state.followLatest = true;
-    state.version = null;
+    Object.assign(state, { followLatest: true, version: null, etag: null });
   } catch (error) {
     result.textContent = `${name} failed: ${error.message}`;
   } finally {
@@ -269,6 +379,7 @@ async function act(name) {
 // -- start -----------------------------------------------------------------------------------
 
 async function start() {
+  state.token = actionToken();
   try {
     state.info = await api("/api/info");
     $("db-info").textContent = state.info.db + (state.info.graph ? ` · ${state.info.graph}` : "");
@@ -277,6 +388,8 @@ async function start() {
     showError(error);
   }
   $("status-filter").addEventListener("change", () => { clearTimeout(state.timer); pollList(); });
+  $("older-threads").addEventListener("click", olderThreads);
+  $("older-checkpoints").addEventListener("click", olderCheckpoints);
   $("resume").addEventListener("click", () => act("resume"));
   $("rollback").addEventListener("click", () => act("rollback"));
   window.addEventListener("hashchange", route);
