@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
@@ -203,6 +203,19 @@ class Checkpointer(ABC):
     @abstractmethod
     async def list_pending(self, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
         """Pending writes of the given checkpoints."""
+
+    async def parents_outside(self, thread_id: str, page: Sequence[CheckpointRecord],
+                              known: Iterable[str] = ()) -> dict[str, Chain]:
+        """The replay chains of the parents that a page of `list` points to outside itself
+        (and outside `known` ids), by parent id: what a page of history needs of older
+        checkpoints (the parent, to tell what ran; its state, for a record without a
+        snapshot), one bounded load each, never the thread's whole life."""
+        seen = {r.id for r in page} | set(known)
+        chains = {}
+        for parent_id in dict.fromkeys(r.parent_id for r in page if r.parent_id):
+            if parent_id not in seen and (chain := await self.load(thread_id, parent_id)):
+                chains[parent_id] = chain
+        return chains
 
     @abstractmethod
     async def threads(self, *, limit: int | None = None, offset: int = 0,

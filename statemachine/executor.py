@@ -131,22 +131,24 @@ class Executor:
         records = await saver.list(thread_id, limit=limit, before=before)
         if not records:
             if before is None or not await saver.list(thread_id, limit=1):
-                raise _not_found(thread_id, before)
+                raise _not_found(thread_id, None)
             return []
         by_id = {r.id: r for r in records}
         states: dict[str, BaseModel] = {}
-        for parent_id in {r.parent_id for r in records if r.parent_id} - set(by_id):
-            chain = await saver.load(thread_id, parent_id)
-            if chain is None:
-                raise _not_found(thread_id, parent_id)
+        outside = await saver.parents_outside(thread_id, records)
+        for parent_id, chain in outside.items():
             by_id[parent_id] = chain.head
-            states[parent_id] = self.rebuild(chain)
+            if any(r.parent_id == parent_id and r.snapshot is None for r in records):
+                states[parent_id] = self.rebuild(chain)
         pending = await saver.list_pending(list(by_id))
         for record in reversed(records):  # oldest first: each state from its parent's
             if record.snapshot is not None or record.parent_id is None:
                 states[record.id] = self._decode_snapshot(record)
             else:
-                parent = by_id[record.parent_id]
+                parent = by_id.get(record.parent_id)
+                if parent is None:  # dangling: loading the record says what is damaged
+                    await saver.load(thread_id, record.id)
+                    raise _not_found(thread_id, record.parent_id)
                 states[record.id] = self._apply_record(
                     states[parent.id], parent, record, pending.get(parent.id, []))
         return [replace(self.snapshot(r, states[r.id], pending.get(r.id, [])),

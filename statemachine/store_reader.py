@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -87,10 +87,8 @@ def history_page(store: SyncReads, thread_id: str, *, limit: int, before: str | 
     records = store.list_sync(thread_id, limit=limit + 1, before=before)
     page, more = records[:limit], len(records) > limit
     by_id = {r.id: r for r in records}
-    for parent_id in {r.parent_id for r in page if r.parent_id and r.parent_id not in by_id}:
-        chain = store.load_sync(thread_id, parent_id)
-        if chain is not None:
-            by_id[parent_id] = chain.head
+    by_id.update((parent_id, chain.head) for parent_id, chain in
+                 store.parents_outside_sync(thread_id, page, by_id).items())
     pending = store.list_pending_sync([*by_id])
     rows = [row_from_record(r, by_id.get(r.parent_id) if r.parent_id else None, pending)
             for r in page]
@@ -134,6 +132,10 @@ class SyncReads(Checkpointer):
     def list_sync(self, thread_id: str, *, limit: int | None = None,
                   before: str | None = None) -> list[CheckpointRecord]:
         return run_sync(lambda: self.list(thread_id, limit=limit, before=before))
+
+    def parents_outside_sync(self, thread_id: str, page: Sequence[CheckpointRecord],
+                             known: Iterable[str] = ()) -> dict[str, Chain]:
+        return run_sync(lambda: self.parents_outside(thread_id, page, known))
 
     def list_pending_sync(self, checkpoint_ids: Sequence[str]
                           ) -> dict[str, list[PendingWrite]]:

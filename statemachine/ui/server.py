@@ -194,12 +194,10 @@ class Viewer:
 
     def _rows(self, thread_id: str, page: list[Any], read: list[Any]) -> list[dict[str, Any]]:
         """History rows of `page`, with retries, cache hits and durations; the parents the
-        page points to outside what was `read` are loaded one by one."""
+        page points to outside what was `read` are loaded (`parents_outside`)."""
         by_id = {r.id: r for r in read}
-        for parent_id in {r.parent_id for r in page if r.parent_id and r.parent_id not in by_id}:
-            chain = self.store.load_sync(thread_id, parent_id)
-            if chain is not None:
-                by_id[parent_id] = chain.head
+        by_id.update((parent_id, chain.head) for parent_id, chain in
+                     self.store.parents_outside_sync(thread_id, page, by_id).items())
         pending = self.store.list_pending_sync([*by_id]) if page else {}
         rows = []
         for record in page:
