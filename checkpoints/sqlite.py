@@ -61,7 +61,7 @@ from .rows import (
     record_from_row,
     threads_from_rows,
 )
-from .sqlite_errors import storage_error
+from .sqlite_errors import bad_value_error, storage_error
 
 SCHEMA_VERSION = 4
 READABLE_FROM = 3
@@ -533,6 +533,8 @@ class SQLiteCheckpointer(Checkpointer):
             return async_cursor.rowcount, async_cursor.lastrowid
         except sqlite3.Error as exc:
             raise storage_error(self.path, exc, doing, busy_timeout=self.busy_timeout) from exc
+        except UnicodeEncodeError as exc:
+            raise bad_value_error(self.path, exc, doing) from None
 
     async def _fetchall(self, doing: str, sql: str,
                         params: Sequence[object] | dict[str, object], *, write: bool = False
@@ -548,6 +550,8 @@ class SQLiteCheckpointer(Checkpointer):
             return list(await self._conn.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise storage_error(self.path, exc, doing, busy_timeout=self.busy_timeout) from exc
+        except UnicodeEncodeError as exc:
+            raise bad_value_error(self.path, exc, doing) from None
 
     def _check_open(self) -> None:
         if self._closed.is_set():

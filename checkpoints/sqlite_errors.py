@@ -20,43 +20,56 @@ def storage_error(path: Path, exc: sqlite3.Error, doing: str, *,
     database at `path`: `StorageUnavailableError` for what passes (a full disk, a lock, a
     read-only directory), plain `CheckpointError` for a damaged file."""
     name = getattr(exc, "sqlite_errorname", "") or ""
-    reason, hint = _explain(path, name, str(exc), busy_timeout)
-    damaged = name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in str(exc)
-    kind = CheckpointError if damaged else StorageUnavailableError
+    reason, hint, passes = _explain(path, name, str(exc), busy_timeout)
+    kind = StorageUnavailableError if passes else CheckpointError
     return kind(f"cannot {doing} in {str(path)!r}: {reason} ({exc}). {hint}".rstrip())
 
 
-def _explain(path: Path, name: str, message: str, busy_timeout: float) -> tuple[str, str]:
+def bad_value_error(path: Path, exc: UnicodeError, doing: str) -> CheckpointError:
+    """A value given to a query that SQLite cannot store as text (a lone surrogate, say)."""
+    return CheckpointError(f"cannot {doing} in {str(path)!r}: a value given is not valid text "
+                           f"({exc}); pass ids and values as ordinary text.")
+
+
+def _explain(path: Path, name: str, message: str, busy_timeout: float
+             ) -> tuple[str, str, bool]:
+    """The reason in plain words, what to do, and whether it passes once the cause is mended
+    (a full disk, a lock) rather than being damage or a defect."""
     folder = path.parent
     if name.startswith("SQLITE_FULL") or "disk is full" in message:
         return ("the disk is full",
                 f"Free space on the disk holding {str(folder)!r}; every committed step is kept, "
-                "and the thread resumes from its last one.")
+                "and the thread resumes from its last one.", True)
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in message:
         return (f"the database is locked by another connection, for longer than "
                 f"busy_timeout={busy_timeout:g} s",
                 "Find the process holding a long transaction on the file (e.g. `fuser "
-                f"{str(path)!r}`) or give SQLiteCheckpointer(..., busy_timeout=...) more time.")
+                f"{str(path)!r}`) or give SQLiteCheckpointer(..., busy_timeout=...) more time.",
+                True)
     if name.startswith("SQLITE_READONLY") or "readonly" in message or (
             name.startswith("SQLITE_CANTOPEN") and folder.is_dir()
             and not os.access(folder, os.W_OK)):
         return ("the file or its directory is read-only",
                 f"Make {str(folder)!r} and the file writable for this user, or open it with "
-                "read_only=True to only read.")
+                "read_only=True to only read.", True)
     if name.startswith("SQLITE_CANTOPEN") or "unable to open" in message:
         if not folder.is_dir():
             return (f"the directory {str(folder)!r} does not exist",
-                    "Create the directory or give another path.")
+                    "Create the directory or give another path.", True)
         return ("the file cannot be opened or created there (permissions?)",
-                f"Check that this user may read and write {str(folder)!r}.")
+                f"Check that this user may read and write {str(folder)!r}.", True)
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in message:
         return ("the database file is damaged",
                 "Restore it from a backup; `sqlite3 FILE 'PRAGMA integrity_check'` shows what "
-                "is broken.")
+                "is broken.", False)
+    if "decode to UTF-8" in message:
+        return ("a stored text is not valid UTF-8: the database is damaged or was edited by hand",
+                "Restore it from a backup, or fork the thread from an earlier checkpoint.", False)
     if name.startswith("SQLITE_IOERR"):
         return ("the operating system reported an I/O error",
-                "Check the disk and the file system holding the file.")
-    return ("SQLite refused the operation", "")
+                "Check the disk and the file system holding the file.", True)
+    return ("SQLite refused the operation",
+            "The file may hold tables of another version or be damaged.", False)
 
 
-__all__ = ["storage_error"]
+__all__ = ["bad_value_error", "storage_error"]

@@ -497,3 +497,17 @@ def test_processes_upgrading_one_old_file_at_once_all_succeed(tmp_path):
         assert app.invoke({}, thread_id="old").n == 4
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
+
+
+def test_text_that_is_not_utf8_is_damage_not_a_passing_fault(sqlite_store):
+    """Invalid UTF-8 in a stored column is damage (a plain CheckpointError that a worker does
+    not retry), and an id SQLite cannot store is a clear error, not a raw UnicodeEncodeError."""
+    app = loop(2).compile(checkpointer=sqlite_store.open())
+    app.invoke({}, thread_id="t")
+    sqlite_store.change("UPDATE checkpoints SET next = CAST(X'5b22ff225d' AS TEXT) "
+                        "WHERE id = (SELECT max(id) FROM checkpoints)")
+    with pytest.raises(CheckpointError, match="not valid UTF-8") as info:
+        app.get_state("t")
+    assert not isinstance(info.value, StorageUnavailableError)
+    with pytest.raises(CheckpointError, match=r"thread 'a\\udc9b'.*not valid text"):
+        app.history("a\udc9b")
