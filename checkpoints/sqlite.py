@@ -204,11 +204,12 @@ class SQLiteCheckpointer(Checkpointer):
         self._direct_lock = threading.Lock()
         self._closed = threading.Event()  # an object, so in_caller_thread() views share it
         self._unreleased: dict[str, str] = {}  # thread -> owner token whose release failed
+        self._immutable = False  # a read-only file read without locks: reopened for each read
         renewer = _Renewer(self.path, lease_seconds, busy_timeout)
         self._heartbeat = LeaseHeartbeat(lease_seconds, f"statemachine-lease:{self.path.name}",
                                          renewer.renew, renewer.close)
         if read_only:  # no writer connection, no aiosqlite thread: reads in the caller's thread
-            self._direct = _open_read_only(self.path, busy_timeout)
+            self._direct, self._immutable = _open_read_only(self.path, busy_timeout)
             self._conn: aiosqlite.Connection | None = None
             self._in_caller_thread = True
             return
@@ -545,6 +546,10 @@ class SQLiteCheckpointer(Checkpointer):
         try:
             if self._in_caller_thread:
                 with self._direct_lock:
+                    if self._immutable:  # each read a fresh look: a writer may have come
+                        self._direct.close()
+                        self._direct, self._immutable = _connect_read_only(
+                            self.path, self.busy_timeout)
                     return self._direct.execute(sql, params).fetchall()
             assert self._conn is not None
             return list(await self._conn.execute_fetchall(sql, params))
@@ -633,37 +638,23 @@ def _prepare_file_once(path: Path, busy_timeout: float) -> None:
                 conn.execute("ROLLBACK")
                 raise
     except sqlite3.DatabaseError as exc:
-        if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
-            raise CheckpointError(
-                f"{str(path)!r} is not a SQLite database; it was not modified. Give a new file "
-                "name or an existing checkpoint database.") from exc
         raise storage_error(path, exc, "open the checkpoint database",
                             busy_timeout=busy_timeout) from exc
     finally:
         conn.close()
 
 
-def _open_read_only(path: Path, busy_timeout: float) -> sqlite3.Connection:
-    """A read-only connection to one of our databases of this schema version.
-
-    A database in WAL mode needs its -shm file to be readable; where it cannot be made (read-only
-    media, a directory this user cannot write), the file is opened as immutable: SQLite then
-    reads it without any lock, which is right only because nobody can be writing there."""
+def _open_read_only(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, bool]:
+    """A read-only connection to one of our databases of a version it can read, and whether it
+    is immutable (see `_connect_read_only`)."""
     if not path.is_file():
         raise CheckpointError(f"no database file {str(path)!r}.")
     try:
-        try:
-            conn = _connect_read_only(path, busy_timeout, immutable=False)
-        except sqlite3.OperationalError:
-            if os.access(path.parent, os.W_OK) and os.access(path, os.W_OK):
-                raise
-            conn = _connect_read_only(path, busy_timeout, immutable=True)
+        conn, immutable = _connect_read_only(path, busy_timeout)
         app_id, tables = _identify(conn)
         version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] \
             if app_id == APPLICATION_ID else None
     except sqlite3.Error as exc:
-        if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
-            raise CheckpointError(f"{str(path)!r} is not a SQLite database.") from exc
         raise storage_error(path, exc, "read the checkpoint database",
                             busy_timeout=busy_timeout) from exc
     if app_id != APPLICATION_ID:
@@ -676,12 +667,34 @@ def _open_read_only(path: Path, busy_timeout: float) -> sqlite3.Connection:
             f"{READABLE_FROM} to {SCHEMA_VERSION}" + (
                 " (open it once with a read-write SQLiteCheckpointer to migrate it)."
                 if version < SCHEMA_VERSION else "; upgrade statemachine to read it."))
-    return conn
+    return conn, immutable
 
 
-def _connect_read_only(path: Path, busy_timeout: float, *, immutable: bool
-                       ) -> sqlite3.Connection:
-    uri = f"file:{quote(str(path.resolve()))}?" + ("immutable=1" if immutable else "mode=ro")
+def _connect_read_only(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, bool]:
+    """A read-only connection, and whether it had to be immutable.
+
+    Reading a WAL database takes its -shm file, which SQLite creates when missing: while a
+    writer has the file open it exists. Where it is missing and cannot be made (read-only
+    media, a directory this user cannot write), nobody has the file open, so its main file is
+    all there is: it is read as immutable, without locks. A write-ahead log left beside it
+    (a writer that crashed) would be ignored that way, so that case is refused instead."""
+    try:
+        return _connect(path, busy_timeout, "mode=ro"), False
+    except sqlite3.OperationalError:
+        if os.access(path.parent, os.W_OK) and os.access(path, os.W_OK):
+            raise
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise CheckpointError(
+            f"cannot read {str(path)!r}: its write-ahead log ({wal.name}) holds commits that "
+            "SQLite can only read with a -shm file beside it, which cannot be created there "
+            "(read-only media or directory). Copy the database and its -wal file to a "
+            "writable place, or open it once where it is writable.")
+    return _connect(path, busy_timeout, "immutable=1"), True
+
+
+def _connect(path: Path, busy_timeout: float, mode: str) -> sqlite3.Connection:
+    uri = f"file:{quote(str(path.resolve()))}?{mode}"
     conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=busy_timeout)
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens it for real

@@ -58,7 +58,10 @@ def _explain(path: Path, name: str, message: str, busy_timeout: float
                     "Create the directory or give another path.", True)
         return ("the file cannot be opened or created there (permissions?)",
                 f"Check that this user may read and write {str(folder)!r}.", True)
-    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in message:
+    if name == "SQLITE_NOTADB":
+        return ("it is not a SQLite database; it was not modified",
+                "Give a new file name or an existing checkpoint database.", False)
+    if name.startswith("SQLITE_CORRUPT") or "malformed" in message:
         return ("the database file is damaged",
                 "Restore it from a backup; `sqlite3 FILE 'PRAGMA integrity_check'` shows what "
                 "is broken.", False)

@@ -511,3 +511,60 @@ def test_text_that_is_not_utf8_is_damage_not_a_passing_fault(sqlite_store):
     assert not isinstance(info.value, StorageUnavailableError)
     with pytest.raises(CheckpointError, match=r"thread 'a\\udc9b'.*not valid text"):
         app.history("a\udc9b")
+
+
+CRASHED_WRITER = """
+import os, sys
+sys.path.insert(0, sys.argv[2])
+from checkpoints import SQLiteCheckpointer
+from test_storage import loop
+saver = SQLiteCheckpointer(sys.argv[1])
+loop(2).compile(checkpointer=saver).invoke({}, thread_id="in-the-log")
+os._exit(0)  # no close(): the commits stay in the write-ahead log
+"""
+
+
+def test_read_only_media_with_an_unreplayed_log_is_refused_not_misread(tmp_path):
+    """Commits left in a -wal file by a writer that crashed cannot be read without a -shm
+    file; on read-only media that cannot be made, so the reader says so instead of showing the
+    file without them."""
+    tests = str(Path(__file__).resolve().parent)
+    with tmpfs(tmp_path / "media", "4m") as media:
+        path = media / "runs.db"
+        subprocess.run([sys.executable, "-c", CRASHED_WRITER, str(path), tests], check=True,
+                       cwd=Path(tests).parent, timeout=60)
+        assert (media / "runs.db-wal").stat().st_size > 0
+        (media / "runs.db-shm").unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(media)], check=True)
+        with pytest.raises(CheckpointError, match=r"runs\.db-wal\) holds commits"):
+            SQLiteCheckpointer(path, read_only=True)
+
+
+def test_a_reader_that_cannot_write_the_directory_still_sees_new_runs(tmp_path):
+    """A reader that may not write the database's directory (here a read-only bind mount of
+    it, as a container would have) reads it — immutable while nobody has the file open — and
+    still sees what a writer commits afterwards through its own, writable path."""
+    folder, view = tmp_path / "shared", tmp_path / "view"
+    folder.mkdir()
+    view.mkdir()
+    path = folder / "runs.db"
+    with SQLiteCheckpointer(path) as saver:
+        loop(1).compile(checkpointer=saver).invoke({}, thread_id="first")
+    bound = subprocess.run(["mount", "--bind", str(folder), str(view)], capture_output=True,
+                           text=True)
+    if bound.returncode != 0:
+        if os.environ.get("CI"):
+            raise AssertionError(f"cannot bind-mount: {bound.stderr}")
+        pytest.skip(f"cannot bind-mount here: {bound.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], check=True)
+        with SQLiteCheckpointer(view / "runs.db", read_only=True) as reader:
+            app = loop(1).compile(checkpointer=reader)
+            assert [t.thread_id for t in app.threads()] == ["first"]
+            with SQLiteCheckpointer(path) as saver:
+                loop(1).compile(checkpointer=saver).invoke({}, thread_id="second")
+                assert sorted(t.thread_id for t in app.threads()) == ["first", "second"]
+                loop(1).compile(checkpointer=saver).invoke({}, thread_id="third")
+            assert sorted(t.thread_id for t in app.threads()) == ["first", "second", "third"]
+    finally:
+        subprocess.run(["umount", "-l", str(view)], check=True)
