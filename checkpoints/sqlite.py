@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import logging
 import os
 import sqlite3
 import threading
@@ -62,6 +63,8 @@ from .rows import (
     threads_from_rows,
 )
 from .sqlite_errors import bad_value_error, storage_error
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 4
 READABLE_FROM = 3
@@ -242,7 +245,8 @@ class SQLiteCheckpointer(Checkpointer):
 
     async def acquire(self, thread_id: str, owner: Owner) -> None:
         """Take a free thread at once; a held one only when its holder's process is gone (on
-        this machine) or its heartbeat has stood still for a whole lease.
+        this machine) or its heartbeat has stood still for a whole lease (then this call waits
+        that long: it is logged at INFO).
 
         Whether a lease ran out is never judged by comparing the holder's clock with ours: a
         lease that looks expired is watched, on our monotonic clock, for one lease period, and
@@ -275,11 +279,18 @@ class SQLiteCheckpointer(Checkpointer):
             token, pid, host, expires, period = holder
             if host == owner.host and pid != owner.pid and not process_alive(pid):
                 return await self._take_from(thread_id, owner, token, expires)
-            if expires is None or expires >= time.time() or \
+            period = period or self.lease_seconds  # a lease taken before schema 4
+            now = time.time()
+            # a beat sets the expiry one period ahead of the holder's clock: further ahead
+            # than that of ours, the holder's clock runs ahead, and it is watched as well
+            clock_ahead = expires is not None and expires > now + 1.5 * period
+            if expires is None or (expires >= now and not clock_ahead) or \
                     (watched is not None and watched != (token, expires)):
                 return False  # live, or it beat while we watched
-            watched = watched or (token, expires)
-            period = period or self.lease_seconds  # a lease taken before schema 4
+            if watched is None:
+                log.info("thread %r: its lease looks lapsed; watching its holder's heartbeat "
+                         "for %.3g s before taking it over", thread_id, period)
+                watched = (token, expires)
             if time.monotonic() - started >= period:
                 return await self._take_from(thread_id, owner, token, expires)
             await asyncio.sleep(min(period / 10, 0.5))

@@ -29,6 +29,7 @@ from statemachine import (
     CheckpointError,
     StateGraph,
     StorageUnavailableError,
+    ThreadBusyError,
     ThreadNotFoundError,
     reducers,
 )
@@ -568,3 +569,25 @@ def test_a_reader_that_cannot_write_the_directory_still_sees_new_runs(tmp_path):
             assert sorted(t.thread_id for t in app.threads()) == ["first", "second", "third"]
     finally:
         subprocess.run(["umount", "-l", str(view)], check=True)
+
+
+@pytest.mark.parametrize("skew", [-3600.0, 0.0, 3600.0])
+def test_a_dead_holder_elsewhere_is_taken_over_after_one_still_lease_whatever_its_clock(
+        sqlite_store, skew):
+    """A holder on another machine died; its last lease, by its clock, ends an hour ago, now,
+    or an hour from now. The newcomer watches its heartbeat for one lease period (1 s) and takes
+    the thread: neither clock's reading decides (an hour-ahead holder blocked it for an hour)."""
+    app = loop(3).compile(checkpointer=sqlite_store.open(lease_seconds=1.0))
+    app.invoke({"n": 1}, thread_id="t")
+    sqlite_store.change("UPDATE threads SET owner = 'gone', owner_pid = 1, owner_host = "
+                        "'elsewhere', lease_expires = ?, lease_seconds = 1.0",
+                        time.time() + skew + 1.0)
+    started = time.monotonic()
+    if skew == 0.0:  # looks live by both clocks: busy at once, as any live lease
+        with pytest.raises(ThreadBusyError):
+            app.update_state("t", {"n": 0})
+        assert time.monotonic() - started < 0.5
+        return
+    assert app.update_state("t", {"n": 0}).state.n == 0
+    assert 0.9 <= time.monotonic() - started < 5
+    assert sqlite_store.query("SELECT owner FROM threads") == [(None,)]
