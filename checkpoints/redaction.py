@@ -27,7 +27,7 @@ def redact_dsn(dsn: str | PathLike[str]) -> str:
     if scheme is None:
         return _KV_PASSWORD.sub(lambda m: m[1] + MASK, text)
     rest = text[scheme.end():]
-    at = rest.rfind("@")
+    at = _credentials_end(rest)
     if at >= 0:
         user, colon, _ = rest[:at].partition(":")
         rest = user + (":" + MASK if colon else "") + rest[at:]
@@ -46,11 +46,21 @@ def dsn_passwords(dsn: str | PathLike[str]) -> set[str]:
             found |= {value, re.sub(r"\\(.)", r"\1", value[1:-1] if value[:1] == "'" else value)}
     else:
         rest = text[scheme.end():]
-        userinfo = rest[:max(rest.rfind("@"), 0)]
+        userinfo = rest[:max(_credentials_end(rest), 0)]
         values = [userinfo.partition(":")[2]] if ":" in userinfo else []
         values += [m[0].partition("=")[2] for m in _QUERY_PASSWORD.finditer(rest)]
         found = {form for value in values for form in (value, unquote(value))}
     return {f for f in found if f}
+
+
+def _credentials_end(rest: str) -> int:
+    """Where a URL's credentials end (after the scheme): its last '@' before the query string,
+    as a password may hold '@' unencoded but a query may too (`application_name=me@laptop`);
+    the last '@' at all when the part before the first '?' has none (a '?' in the password).
+    -1 when there are no credentials."""
+    query = rest.find("?")
+    at = rest.rfind("@", 0, query) if query >= 0 else -1
+    return at if at >= 0 else rest.rfind("@")
 
 
 def secret_fragments(dsn: str | PathLike[str]) -> set[str]:

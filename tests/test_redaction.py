@@ -15,7 +15,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from checkpoints.redaction import redact_dsn
+from checkpoints.redaction import dsn_passwords, redact_dsn
 from tests.test_cli import ENV, NOT_FOUND, ROOT, RUN_FAILED, cli, resume_command
 
 passwords = st.text(st.characters(codec="ascii", min_codepoint=32, max_codepoint=126),
@@ -134,3 +134,15 @@ def ui_banner(*db: str) -> str:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
     return banner
+
+
+@pytest.mark.parametrize(("dsn", "shown", "password"), [
+    ("postgresql://bob:s3cret@db/app?application_name=me@laptop",
+     "postgresql://bob:***@db/app?application_name=me@laptop", "s3cret"),
+    ("postgresql://bob:pa?ss@word@db/app", "postgresql://bob:***@db/app", "pa?ss@word"),
+])
+def test_an_at_sign_in_the_query_or_a_question_mark_in_the_password(dsn, shown, password):
+    """Credentials end at the last '@' before the query string, so a query value with an '@'
+    keeps the host and database (both were lost) and the password is still found."""
+    assert redact_dsn(dsn) == shown
+    assert password in dsn_passwords(dsn)
