@@ -138,12 +138,14 @@ class CliError(click.ClickException):
         self.hint = hint
 
     def show(self, file: Any = None) -> None:
+        # made visible before rich sees it: rich drops some controls (BEL, CR) itself, and
+        # the console's own gate would then show an id that is not the real one
         console = _stderr()
-        console.print(Text.assemble(("error: ", "bold red"), self.message))
+        console.print(Text.assemble(("error: ", "bold red"), visible(self.message)))
         for line in self.details:
-            console.print(Text("  " + line))
+            console.print(Text("  " + visible(line)))
         if self.hint:
-            console.print(Text.assemble(("  hint: ", "yellow"), self.hint))
+            console.print(Text.assemble(("  hint: ", "yellow"), visible(self.hint)))
 
 
 def _problem_lines(problems: Sequence[Problem]) -> list[str]:
@@ -668,8 +670,8 @@ def _no_thread(thread: str, known: Sequence[str], db: Db | None) -> CliError:
     match = closest_name(thread, known)
     where = f" in {_shown(db)!r}" if db is not None else ""
     shown = [t for t in known if "::" not in t]
-    hint = "threads there: " + ", ".join(shown[:10]) + (" ..." if len(shown) > 10 else "") \
-        if shown else "the database holds no threads yet"
+    hint = "threads there: " + ", ".join(map(_id, shown[:10])) + \
+        (" ..." if len(shown) > 10 else "") if shown else "the database holds no threads yet"
     return CliError(f"no thread {thread!r}{where}"
                     + (f" (did you mean {match!r}?)" if match else ""), EXIT_NOT_FOUND,
                     hint=hint)

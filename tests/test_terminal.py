@@ -109,3 +109,11 @@ def test_visible_leaves_no_control_character_and_keeps_everything_else(text):
     assert json.loads(json_safe(json.dumps(text, ensure_ascii=False))) == text
     if text.isprintable():
         assert shown == text
+
+
+def test_a_hint_shows_a_hostile_id_exactly(db):
+    """Hints name ids as they are: BEL and CR used to vanish (rich drops them) before the
+    console could show them, so the id printed was not the real one."""
+    missing = assert_inert(run("history", "--db", str(db), "--thread", THREAD + "x"))
+    hint = next(line for line in missing.splitlines() if "hint:" in line)
+    assert r"t\x1b[2J[bold]b[/bold]\x9b\r\n2" in hint, hint
