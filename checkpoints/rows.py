@@ -69,14 +69,15 @@ def chain_from_rows(rows: Sequence[Sequence[Any]], pending_columns: tuple[int, i
     return Chain(chain, pending)
 
 
-def damaged(where: str, thread_id: object, checkpoint_id: object, reason: str
+def damaged(where: str | None, thread_id: object, checkpoint_id: object, reason: str
             ) -> CheckpointError:
-    """The error for a stored row no run of ours wrote: it names the store, thread and
-    checkpoint, and says what to do."""
+    """The error for stored data no run of ours wrote: it names the store (when known), the
+    thread (when known) and checkpoint, and says what to do."""
+    place = ("" if where is None else f"{where}: ") + \
+        ("" if thread_id is None else f"thread {thread_id!r}, ") + f"checkpoint {checkpoint_id}"
     return CheckpointError(
-        f"{where}: thread {thread_id!r}, checkpoint {checkpoint_id}: {reason}. The database is "
-        "damaged or was edited by hand; restore it from a backup, or fork the thread from an "
-        "earlier checkpoint.")
+        f"{place}: {reason}. The database is damaged or was edited by hand; restore it from a "
+        "backup, or fork the thread from an earlier checkpoint.")
 
 
 def _check_json(text: Any, shape: type, where: str, thread_id: object, checkpoint_id: object,
@@ -101,10 +102,8 @@ def _check_pending(where: str, checkpoint: object, node: object, writes: Any,
                 (meta is not None and not isinstance(json.loads(meta), dict)):
             raise ValueError("not a JSON object")
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"{where}: the pending write of node {node!r} at checkpoint {checkpoint} is not "
-            f"the JSON object a run writes ({exc}). The database is damaged or was edited by "
-            "hand; restore it from a backup.") from None
+        raise damaged(where, None, checkpoint, f"the pending write of node {node!r} is not "
+                      f"the JSON object a run writes ({exc})") from None
 
 
 def _sample(value: Any) -> str:

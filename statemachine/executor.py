@@ -39,6 +39,7 @@ from checkpoints.base import (
     PendingWrite,
 )
 from checkpoints.memory import MemoryCache
+from checkpoints.rows import damaged
 
 from .clock import get_clock
 from .commands import Command, Send
@@ -1196,11 +1197,8 @@ def _needs_checkpointer(what: str) -> StateMachineError:
 
 def _stale(record: CheckpointRecord, exc: ValidationError) -> CheckpointError:
     if any(e["type"] == "json_invalid" for e in exc.errors()):
-        return CheckpointError(
-            f"checkpoint {record.id} of thread {record.thread_id!r}: its stored state or writes "
-            f"are not valid JSON ({exc.errors(include_url=False)[0]['msg']}). The database is "
-            "damaged or was edited by hand; restore it from a backup, or fork the thread from "
-            "an earlier checkpoint.")
+        return damaged(None, record.thread_id, record.id, "its stored state or writes are not "
+                       f"valid JSON ({exc.errors(include_url=False)[0]['msg']})")
     fields = sorted({str(e["loc"][0]) for e in exc.errors() if e.get("loc")})
     return CheckpointError(
         f"checkpoint {record.id} of thread {record.thread_id!r} no longer fits the state "

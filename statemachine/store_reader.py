@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from checkpoints.base import Chain, Checkpointer, CheckpointRecord, PendingWrite, ThreadInfo
+from checkpoints.rows import damaged
 from checkpoints.sqlite import SQLiteCheckpointer
 
 from ._sync import run_sync
-from .errors import CheckpointError
 from .records import decode_tasks, extra_of, finished_tasks, ran_nodes, stored_writes
 from .types import Snapshot
 
@@ -115,10 +115,8 @@ def stored_state(record: CheckpointRecord) -> Any:
     try:
         return json.loads(record.snapshot or "null")
     except ValueError as exc:
-        raise CheckpointError(
-            f"thread {record.thread_id!r}, checkpoint {record.id}: its 'snapshot' column is "
-            f"not JSON ({exc}). The database is damaged or was edited by hand; restore it from "
-            "a backup.") from None
+        raise damaged(None, record.thread_id, record.id,
+                      f"its 'snapshot' column is not JSON ({exc})") from None
 
 
 # -- a read-only store --------------------------------------------------------------------------

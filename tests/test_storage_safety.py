@@ -417,7 +417,8 @@ def test_a_malformed_pending_write_is_named(sqlite_store):
         app.invoke({"n": 1}, thread_id="t")
     assert sqlite_store.query("SELECT count(*) FROM pending_writes")[0][0] == 1
     sqlite_store.change("UPDATE pending_writes SET writes = '{half'")
-    with pytest.raises(CheckpointError, match=r"pending write of node 'side' at checkpoint"):
+    with pytest.raises(CheckpointError,
+                       match=r"runs\.db: checkpoint \d+: the pending write of node 'side'"):
         app.get_state("t")
 
 
