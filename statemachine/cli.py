@@ -743,7 +743,7 @@ class RunDisplay:
             return
         self.failed.append((step, node, error, attempts))
         self._line(Text.assemble(("✗ ", "bold red"), f"step {step}  ", (node, "bold red"),
-                                 f"  failed{tries}: {type(error).__name__}: {error}"),
+                                 visible(f"  failed{tries}: {type(error).__name__}: {error}")),
                    thread_id)
 
     def on_step_end(self, event: StepEvent) -> None:
@@ -942,9 +942,9 @@ def _report_failure(ctx: click.Context, err: Console, app: CompiledGraph, target
     at = f" at step {step}" if step is not None else ""
     err.print(Text(f"✗ the run failed{at} after {_fmt_seconds(display.elapsed())}",
                    style="bold red"))
-    err.print(Text(f"  {type(exc).__name__}: {exc}"))
+    err.print(safe(f"  {type(exc).__name__}: {exc}"))
     for note in getattr(exc, "__notes__", ()):
-        err.print(Text(f"  {note}", style="dim"))
+        err.print(safe(f"  {note}", "dim"))
     if show_traceback:
         err.print(Text("".join(traceback.format_exception(exc)).rstrip(), style="dim"))
     if snapshot is None or thread is None:

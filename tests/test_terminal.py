@@ -98,6 +98,9 @@ def test_run_and_resume_print_a_hostile_error_and_thread_visibly(db):
         assert result.returncode == 1
         text = assert_inert(result)
         assert r"\x1b]0;pwned" in text and "[red]x[/red]" in text
+        # every line naming the error shows it whole: BEL and CR are not dropped
+        failed = [line for line in text.splitlines() if "pwned" in line]
+        assert failed and all(r"\x1b]0;pwned\x07" in line for line in failed), failed
 
 
 @given(st.text())
