@@ -170,10 +170,10 @@ def test_thread_list_shows_threads_and_filters_by_status(server, page):
 def test_failed_thread_shows_failed_node_timeline_and_diff(server, page, tmp_path):
     page.goto(server.url + "/")
     page.click('tr.thread-row[data-thread="order-failed"] a')
-    page.wait_for_selector("#diagram svg g#charge")
-    assert "failed" in page.get_attribute("#diagram svg g#charge", "class").split()
-    assert "visited" in page.get_attribute("#diagram svg g#prepare", "class").split()
-    assert "failed" not in page.get_attribute("#diagram svg g#ship", "class").split()
+    page.wait_for_selector("#diagram svg g#diagram-charge")
+    assert "failed" in page.get_attribute("#diagram svg g#diagram-charge", "class").split()
+    assert "visited" in page.get_attribute("#diagram svg g#diagram-prepare", "class").split()
+    assert "failed" not in page.get_attribute("#diagram svg g#diagram-ship", "class").split()
     assert page.inner_text("#thread-status") == "failed"
     assert page.locator("#actions").is_hidden()  # read-only: no Resume or Rollback buttons
     assert page.locator("#resume").is_hidden() and page.locator("#rollback").is_hidden()
@@ -287,7 +287,8 @@ def test_running_thread_updates_without_reload(tmp_path, page):
         assert page.evaluate("window.__notReloaded") is True
         assert page.locator("#timeline tbody tr.checkpoint").count() == 4
         expect(page.locator("#state")).to_contain_text('"ship"')
-        expect(page.locator("#diagram svg g#ship")).to_have_class(re.compile(r"\bvisited\b"))
+        expect(page.locator("#diagram svg g#diagram-ship")).to_have_class(
+            re.compile(r"\bvisited\b"))
         assert run.wait(timeout=10) == 0
     finally:
         if run.poll() is None:

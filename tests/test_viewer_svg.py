@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import visualize
-from statemachine.ui.svg import ELEMENTS, UnsafeSvgError, sanitize_svg
+from statemachine.ui.svg import ELEMENTS, ID_PREFIX, UnsafeSvgError, sanitize_svg
 from tests.test_visualize import EXAMPLES
 from tests.viewer_graphs import shop
 
@@ -30,7 +30,8 @@ def assert_safe(root: ET.Element) -> None:
             assert not key.lower().startswith("on") and key != "style", key
             if key in ("href", f"{XLINK}href"):
                 assert re.fullmatch(r"#\S*|/(?![/\\])[^\s\\:]*", value), value
-            assert "javascript:" not in value.lower() or key == f"{XLINK}title"
+            # an id is no link: scoped under ID_PREFIX, any text there is inert
+            assert "javascript:" not in value.lower() or key in (f"{XLINK}title", "id")
 
 
 @pytest.mark.parametrize("body, kept", [
@@ -52,13 +53,15 @@ def assert_safe(root: ET.Element) -> None:
     ('<SCRIPT>alert(1)</SCRIPT><Script/><g id="ok"/>', "ok"),
     ('<g id="ok"><g><script>alert(1)<g id="inside"/></script></g></g>', "ok"),
     ('<polygon id="ok" fill="url(https://evil.example/#x)"/>', "ok"),
+    ('<polygon id="ok" fill="\\75 rl(https://evil.example/)" stroke="u\\rl(//evil.example)" '
+     'opacity="\\55RL(https://evil.example/)"/>', "ok"),
     ('<?xml-stylesheet href="https://evil.example/x.css"?><!-- <script> --><g id="ok"/>', "ok"),
 ])
 def test_hostile_markup_is_dropped_and_the_drawing_kept(body, kept):
     root = clean(body)
     assert_safe(root)
-    assert next(e.get("id") for e in root.iter() if e.get("id")) == kept
-    assert "inside" not in {e.get("id") for e in root.iter()}
+    assert next(e.get("id") for e in root.iter() if e.get("id")) == ID_PREFIX + kept
+    assert ID_PREFIX + "inside" not in {e.get("id") for e in root.iter()}
     text = ET.tostring(root, encoding="unicode").lower()
     assert "javascript" not in text and "evil" not in text and "alert" not in text
 
@@ -67,7 +70,7 @@ def test_safe_links_and_tooltips_stay():
     root = clean('<a xlink:href="#node" xlink:title="a &lt;tip&gt; javascript:x"/>'
                  '<a href="/api/threads/x"/>')
     links = list(root.iter(f"{SVG}a"))
-    assert links[0].get(f"{XLINK}href") == "#node"
+    assert links[0].get(f"{XLINK}href") == f"#{ID_PREFIX}node"
     assert links[0].get(f"{XLINK}title") == "a <tip> javascript:x"  # text, shown as a tooltip
     assert links[1].get("href") == "/api/threads/x"
 
@@ -118,7 +121,9 @@ def test_any_mix_of_markup_comes_out_safe(parts):
 
 
 def _drawn(root: ET.Element) -> list[tuple[str, dict[str, str], str]]:
-    return [(e.tag, dict(e.attrib), (e.text or "").strip()) for e in root.iter()]
+    """What a document draws; ids as the sanitiser scopes them (under ID_PREFIX)."""
+    return [(e.tag, {k: v.removeprefix(ID_PREFIX) if k == "id" else v
+                     for k, v in e.attrib.items()}, (e.text or "").strip()) for e in root.iter()]
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES)[:6])
@@ -141,3 +146,15 @@ def test_a_diagram_with_tooltips_passes_unchanged(tmp_path):
     root = ET.fromstring(sanitize_svg(raw))
     assert _drawn(root) == _drawn(ET.fromstring(raw))
     assert any("payment gateway" in (a.get(f"{XLINK}title") or "") for a in root.iter(f"{SVG}a"))
+
+
+def test_ids_cannot_take_the_names_of_the_pages_elements():
+    """Graphviz names elements after nodes: a node called "timeline" must not become what the
+    page's getElementById("timeline") finds. Ids, fragment links and url(#...) move together."""
+    root = clean('<g id="timeline"><a xlink:href="#writes"/><polygon id="writes" '
+                 'fill="url(#grad)"/></g>')
+    ids = {e.get("id") for e in root.iter() if e.get("id")}
+    assert ids == {f"{ID_PREFIX}timeline", f"{ID_PREFIX}writes"}
+    assert next(root.iter(f"{SVG}a")).get(f"{XLINK}href") == f"#{ID_PREFIX}writes"
+    assert next(root.iter(f"{SVG}polygon")).get("fill") == f"url(#{ID_PREFIX}grad)"
+

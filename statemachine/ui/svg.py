@@ -28,6 +28,10 @@ LINKS = {"href", f"{XLINK_NS} href"}
 # a fragment, or a path on this origin: not //host, not /\host, no scheme, no whitespace
 _SAFE_LINK = re.compile(r"#[^\s\\]*|/(?![/\\])[^\s\\:]*")
 _URL_VALUE = re.compile(r"url\(\s*(?!#)", re.IGNORECASE)
+ID_PREFIX = "diagram-"
+"""Put before every id, and every fragment that points at one: Graphviz names elements after
+the graph's nodes, and a node named like an element of the page ("timeline") would otherwise
+be what the page's getElementById finds."""
 
 
 class UnsafeSvgError(ValueError):
@@ -73,8 +77,8 @@ class _Sanitizer:
         if self.skipping or local not in ELEMENTS:
             self.skipping += 1
             return
-        kept = [f"{_shown(key)}={quoteattr(value)}" for key, value in attrs.items()
-                if _allowed(key, value)]
+        kept = [f"{_shown(key)}={quoteattr(_scoped(key, value))}"
+                for key, value in attrs.items() if _allowed(key, value)]
         if local == "svg":
             kept += [f'xmlns="{SVG_NS}"', f'xmlns:xlink="{XLINK_NS}"']
         self.out.append(f"<{local}{''.join(' ' + a for a in kept)}>")
@@ -99,9 +103,21 @@ def _svg_local(name: str) -> str | None:
 def _allowed(key: str, value: str) -> bool:
     if key in LINKS:
         return _SAFE_LINK.fullmatch(value) is not None
-    if key == f"{XLINK_NS} title":
+    if key in (f"{XLINK_NS} title", "id"):  # text; ids are scoped (see `_scoped`)
         return True
-    return key in ATTRIBUTES and not _URL_VALUE.search(value)
+    if key == "class":  # Graphviz's and the diagram's own words: nothing else is needed
+        return re.fullmatch(r"[\w\s-]*", value) is not None
+    # no backslash: CSS escapes (\75 rl(...)) would hide a url() from the check
+    return key in ATTRIBUTES and not _URL_VALUE.search(value) and "\\" not in value
+
+
+def _scoped(key: str, value: str) -> str:
+    """Ids, and links and url() references to them, moved under `ID_PREFIX`."""
+    if key == "id":
+        return ID_PREFIX + value
+    if key in LINKS and value.startswith("#"):
+        return "#" + ID_PREFIX + value[1:]
+    return re.sub(r"url\(\s*#", f"url(#{ID_PREFIX}", value, flags=re.IGNORECASE)
 
 
 def _shown(key: str) -> str:
