@@ -79,11 +79,11 @@ def test_a_stored_error_is_shown_as_text_and_clicking_the_failed_node_runs_nothi
         hostile, page, thread):
     seen = watch(page)
     page.goto(f"{hostile.url}/#/thread/{thread}")
-    page.wait_for_selector("#diagram svg g#charge")
-    assert "failed" in page.get_attribute("#diagram svg g#charge", "class").split()
+    page.wait_for_selector("#diagram svg g#diagram-charge")
+    assert "failed" in page.get_attribute("#diagram svg g#diagram-charge", "class").split()
     url = page.url
-    page.click("#diagram svg g#charge")
-    page.locator("#diagram svg g#charge text").first.click()
+    page.click("#diagram svg g#diagram-charge")
+    page.locator("#diagram svg g#diagram-charge text").first.click()
     page.wait_for_timeout(300)
     assert page.evaluate("window.__xss") is None
     assert seen["dialogs"] == [] and page.url == url
@@ -118,7 +118,15 @@ def test_every_response_carries_the_security_headers(hostile):
     responses.append(hostile.get("/api/info", headers={"Host": "evil.example"}))
     responses.append(hostile.post("/api/threads/order-failed/rollback",
                                   headers={"X-Statemachine-Action": "1"}))
-    assert [r.status_code for r in responses][-4:] == [404, 404, 400, 403]
+    responses.append(hostile.get("/api/threads/order-failed?since=" + "9" * 5000))
+    # another site's page may link to the viewer, not load, time or probe its answers
+    probe = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors",
+             "Sec-Fetch-Dest": "image"}
+    responses.append(hostile.get("/api/threads/order-failed/diagram.svg", headers=probe))
+    responses.append(hostile.get("/", headers={"Sec-Fetch-Site": "cross-site",
+                                               "Sec-Fetch-Mode": "navigate"}))
+    assert [r.status_code for r in responses][-7:] == [404, 404, 400, 403, 400, 403, 200]
+    assert "another site" in responses[-2].json()["error"]
     for response in responses:
         assert set(response.headers) >= HEADERS, (response.url, response.headers)
         csp = response.headers["content-security-policy"]
@@ -129,6 +137,7 @@ def test_every_response_carries_the_security_headers(hostile):
         assert response.headers["x-frame-options"] == "DENY"
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["referrer-policy"] == "no-referrer"
+        assert response.headers["cross-origin-opener-policy"] == "same-origin"
 
 
 def test_the_page_works_under_its_csp(hostile, page):
@@ -137,9 +146,9 @@ def test_the_page_works_under_its_csp(hostile, page):
     page.goto(hostile.url + "/")
     page.wait_for_selector('tr.thread-row[data-thread="order-done"]')
     page.click('tr.thread-row[data-thread="order-done"] a')
-    page.wait_for_selector("#diagram svg g#ship")
+    page.wait_for_selector("#diagram svg g#diagram-ship")
     assert page.locator("#diagram svg g.node").count() >= 6
-    assert "visited" in page.get_attribute("#diagram svg g#ship", "class").split()
+    assert "visited" in page.get_attribute("#diagram svg g#diagram-ship", "class").split()
     expect(page.locator("#state")).to_contain_text('"ship"')
     page.locator("#timeline tbody tr.checkpoint").nth(2).click()
     expect(page.locator("#diff li").first).to_be_visible()

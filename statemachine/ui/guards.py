@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import socket
 from collections.abc import Iterable
 
@@ -19,6 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+log = logging.getLogger(__name__)
+
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 WILDCARDS = {"0.0.0.0", "::", ""}
 TOKEN_HEADER = "x-statemachine-token"
@@ -27,7 +30,8 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self';
        "form-action 'self'")
 HEADERS = {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-           "Cross-Origin-Resource-Policy": "same-origin"}
+           "Cross-Origin-Resource-Policy": "same-origin",
+           "Cross-Origin-Opener-Policy": "same-origin"}
 
 
 def is_loopback(host: str) -> bool:
@@ -79,14 +83,28 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        started = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = MutableHeaders(scope=message)
                 for key, value in HEADERS.items():
                     headers[key] = value
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            # answered here, with the headers: Starlette's own 500 is sent from outside
+            # every middleware, without them
+            log.exception("the viewer failed on %s", scope.get("path"))
+            if started:
+                raise
+            await JSONResponse({"error": "internal error (see the viewer's log)",
+                                "status": 500}, status_code=500)(scope, receive,
+                                                                 send_with_headers)
 
 
 class HostGuard:
@@ -98,7 +116,14 @@ class HostGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            host = Headers(scope=scope).get("host", "")
+            headers = Headers(scope=scope)
+            if from_another_site(headers, scope.get("path", "")):
+                response = JSONResponse(
+                    {"error": "requests from another site are refused: open the viewer "
+                              "itself", "status": 403}, status_code=403)
+                await response(scope, receive, send)
+                return
+            host = headers.get("host", "")
             if not host_allowed(host, self.allowed):
                 response = JSONResponse(
                     {"error": f"unexpected Host header {host[:80]!r}: open the viewer by one "
@@ -107,6 +132,16 @@ class HostGuard:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def from_another_site(headers: Headers, path: str) -> bool:
+    """Whether a browser says another site made the request (Fetch Metadata): its pages may
+    link to the viewer's page, nothing more — not read, time or set off work through images,
+    scripts or forms (probing which threads exist, starting a diagram render per request)."""
+    site = headers.get("sec-fetch-site")
+    if site not in ("cross-site", "same-site"):
+        return False
+    return not (path == "/" and headers.get("sec-fetch-mode") == "navigate")
 
 
 def check_action_request(request: Request, token: str | None) -> None:

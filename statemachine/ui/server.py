@@ -298,7 +298,7 @@ def _limit(query: Any) -> int:
 
 def _checkpoint_param(query: Any, name: str) -> str | None:
     value = query.get(name)
-    if value is not None and not (value.isascii() and value.isdigit()):
+    if value is not None and not (value.isascii() and value.isdigit() and len(value) <= 19):
         raise HTTPException(400, f"bad {name} {value[:40]!r}: give a checkpoint id")
     return value
 
@@ -365,7 +365,7 @@ def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = No
 
     async def checkpoint(request: Request) -> Response:
         checkpoint_id = request.path_params["checkpoint_id"]
-        if not (checkpoint_id.isascii() and checkpoint_id.isdigit()):
+        if not (checkpoint_id.isascii() and checkpoint_id.isdigit() and len(checkpoint_id) <= 19):
             raise HTTPException(400, f"bad checkpoint id {checkpoint_id[:40]!r}")
         return JSONResponse(await off_loop(viewer.checkpoint, thread_param(request),
                                            checkpoint_id))

@@ -76,11 +76,22 @@ function route() {
   const match = location.hash.match(/^#\/thread\/(.+)$/);
   clearTimeout(state.timer);
   showError(null);
-  if (match) {
-    const id = decodeURIComponent(match[1]);
+  let id = null;
+  try {
+    id = match ? decodeURIComponent(match[1]) : null;
+  } catch {
+    showError("that address names no thread (a malformed %-escape)");
+  }
+  if (id !== null) {
     if (state.threadId !== id) {
       Object.assign(state, { threadId: id, version: null, selected: null, followLatest: true,
                              rows: new Map(), latest: null, etag: null, before: null });
+      // nothing of the previous thread stays, its action buttons least of all, until this
+      // one has loaded: they would act on a thread other than the one shown
+      $("actions").hidden = true;
+      $("thread-title").textContent = `thread ${id}`;
+      $("thread-status").replaceChildren();
+      $("thread-error").hidden = true;
       $("diagram").replaceChildren();
       $("timeline").tBodies[0].replaceChildren();
     }
