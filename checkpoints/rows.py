@@ -142,6 +142,13 @@ def threads_from_rows(rows: Iterable[Sequence[Any]], *, where: str = "the store"
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise damaged(where, r[0], r[3],
                               f"its {column} column holds {_sample(value)}, not a number")
+        for value, column in ((r[0], "threads.thread_id"), (r[1], "'status'")):
+            if not isinstance(value, str):
+                raise damaged(where, r[0], r[3], f"its {column} column holds {_sample(value)}, "
+                              "not text")
+        if r[5] is not None and not isinstance(r[5], str):
+            raise damaged(where, r[0], r[3], f"its 'error' column holds {_sample(r[5])}, "
+                          "not text")
         infos.append(ThreadInfo(r[0], r[1], r[2], str(r[3]), float(r[4]), r[5],
                                 bool(r[6]) and not (r[8] == host and not process_alive(r[7]))))
     return infos

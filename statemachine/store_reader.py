@@ -60,7 +60,12 @@ def make_row(checkpoint_id: str, parent_id: str | None, step: int, kind: str, st
 
 
 def format_time(created_at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created_at))
+    """A stored time for people; "?" for one no clock gives (a damaged or edited row), which
+    must not take the whole list down."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created_at))
+    except (OverflowError, OSError, ValueError):
+        return "?"
 
 
 def thread_row(info: ThreadInfo) -> dict[str, Any]:

@@ -592,3 +592,21 @@ def test_a_dead_holder_elsewhere_is_taken_over_after_one_still_lease_whatever_it
     assert app.update_state("t", {"n": 0}).state.n == 0
     assert 0.9 <= time.monotonic() - started < 5
     assert sqlite_store.query("SELECT owner FROM threads") == [(None,)]
+
+
+@pytest.mark.parametrize(("column", "value"), [("error", b"\x00blob"), ("status", b"done")])
+def test_a_thread_list_row_of_the_wrong_type_is_named(sqlite_store, column, value):
+    """The list's own columns are checked too: a blob there was a 500 in the viewer."""
+    app = loop(2).compile(checkpointer=sqlite_store.open())
+    app.invoke({}, thread_id="t")
+    sqlite_store.change(f"UPDATE checkpoints SET {column} = ? "
+                        "WHERE id = (SELECT max(id) FROM checkpoints)", value)
+    with pytest.raises(CheckpointError, match=rf"thread 't', checkpoint \d+: its '{column}'"):
+        app.threads()
+
+
+def test_a_time_no_clock_gives_shows_as_unknown_in_the_rows():
+    from statemachine.store_reader import format_time
+
+    assert format_time(1e20) == "?" and format_time(float("nan")) == "?"
+    assert format_time(0.0).startswith("19")
