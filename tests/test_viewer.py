@@ -407,3 +407,12 @@ def test_the_viewer_reads_a_postgres_store_read_only_and_acts_with_allow_actions
         assert s.get("/api/threads/order-failed").json()["thread"]["status"] == "compensated"
     finally:
         s.stop()
+
+
+def test_a_malformed_thread_link_shows_the_list(server, page):
+    """`#/thread/%` names no thread: the page stayed blank (decodeURIComponent threw); now
+    the bad address is dropped and the list shows."""
+    page.goto(server.url + "/#/thread/%")
+    page.wait_for_selector("#threads tbody tr.thread-row")
+    assert set(listed(page)) == {"order-done", "order-failed", "order-held"}
+    assert page.evaluate("location.hash") == ""

@@ -79,8 +79,8 @@ function route() {
   let id = null;
   try {
     id = match ? decodeURIComponent(match[1]) : null;
-  } catch {
-    showError("that address names no thread (a malformed %-escape)");
+  } catch {  // a malformed %-escape names no thread: drop it and show the list
+    history.replaceState(null, "", location.pathname + location.search);
   }
   if (id !== null) {
     if (state.threadId !== id) {
