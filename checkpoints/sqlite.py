@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 4
 READABLE_FROM = 3
 """Read-only opening reads files from this version on: later versions only added columns that
-the reads do not need (4: threads.lease_seconds)."""
+the reads do not need (4: threads.lease_seconds, jobs.claim_seconds)."""
 APPLICATION_ID = 0x53544D43  # "STMC": marks a file as ours, so a foreign database is refused
 
 _CACHE_TABLE = """
@@ -139,7 +139,9 @@ CREATE TABLE pending_writes (
     meta TEXT,
     PRIMARY KEY (checkpoint, node, idx)
 ) WITHOUT ROWID;
-{_CACHE_TABLE}{_JOBS_TABLE}"""
+{_CACHE_TABLE}{_JOBS_TABLE}
+ALTER TABLE jobs ADD COLUMN claim_seconds REAL;
+"""
 
 # version -> SQL that upgrades a file from that version to the next one
 _MIGRATIONS: dict[int, str] = {
@@ -148,7 +150,8 @@ ALTER TABLE pending_writes ADD COLUMN meta TEXT;
 ALTER TABLE checkpoints ADD COLUMN marked_at REAL;
 {_CACHE_TABLE}""",
     2: _JOBS_TABLE,
-    3: "ALTER TABLE threads ADD COLUMN lease_seconds REAL",
+    3: "ALTER TABLE threads ADD COLUMN lease_seconds REAL; "
+       "ALTER TABLE jobs ADD COLUMN claim_seconds REAL",
 }
 
 _COLUMNS = "c.id, t.thread_id, c.parent, c.step, c.kind, c.status, c.next, c.writes, " \
@@ -208,6 +211,9 @@ class SQLiteCheckpointer(Checkpointer):
         self._closed = threading.Event()  # an object, so in_caller_thread() views share it
         self._unreleased: dict[str, str] = {}  # thread -> owner token whose release failed
         self._immutable = False  # a read-only file read without locks: reopened for each read
+        self._stalled: dict[str, tuple[str | None, float | None, float]] = {}
+        """Running jobs whose claims look lapsed: (claim key, expiry, first seen so, on our
+        monotonic clock); taken once one stood still for its claim's period."""
         renewer = _Renewer(self.path, lease_seconds, busy_timeout)
         self._heartbeat = LeaseHeartbeat(lease_seconds, f"statemachine-lease:{self.path.name}",
                                          renewer.renew, renewer.close)
@@ -454,22 +460,57 @@ class SQLiteCheckpointer(Checkpointer):
             raise job_busy_error(thread_id)
 
     async def claim(self, worker: Owner, graph: str | None = None) -> ClaimedJob | None:
+        """The next due queued job; else a running one whose worker stopped renewing its claim,
+        judged as leases are (see `acquire`): its claim must have stood still for the claim's
+        period on this checkpointer's monotonic clock, over calls, whatever the clocks say."""
         key, now = os.urandom(12).hex(), time.time()
         rows = await self._fetchall(
             "claim a job",
             "UPDATE jobs SET status = 'running', claimed_by = ?, claim_key = ?, "
-            "claimed_until = ?, attempts = attempts + 1 WHERE thread_id = (SELECT thread_id "
-            "FROM jobs WHERE ((status = 'queued' AND available_at <= ?) OR (status = 'running' "
-            "AND claimed_until < ?)) AND (? IS NULL OR graph = ?) "
-            "ORDER BY available_at, submitted_at LIMIT 1) "
+            "claimed_until = ?, claim_seconds = ?, attempts = attempts + 1 WHERE thread_id = "
+            "(SELECT thread_id FROM jobs WHERE status = 'queued' AND available_at <= ? "
+            "AND (? IS NULL OR graph = ?) ORDER BY available_at, submitted_at LIMIT 1) "
             "RETURNING thread_id, input, event, base, attempts, max_attempts",
-            (worker.token, key, now + self.lease_seconds, now, now, graph, graph), write=True)
+            (worker.token, key, now + self.lease_seconds, self.lease_seconds, now, graph,
+             graph), write=True)
+        if not rows:
+            rows = await self._claim_stalled(worker, graph, key)
         if not rows:
             return None
         row = rows[0]
         job = ClaimedJob(row[0], key, row[1], row[2], row[3], row[4], row[5])
         self._heartbeat.hold_claim(job.thread_id, key)
         return job
+
+    async def _claim_stalled(self, worker: Owner, graph: str | None, key: str) -> list[tuple]:
+        running = await self._fetchall(
+            "read running jobs",
+            "SELECT thread_id, claim_key, claimed_until, claim_seconds FROM jobs WHERE "
+            "status = 'running' AND (? IS NULL OR graph = ?) ORDER BY available_at, "
+            "submitted_at", (graph, graph))
+        now, seen = time.time(), time.monotonic()
+        watched, self._stalled = self._stalled, {}
+        for thread_id, claim, until, period in running:
+            period = period or self.lease_seconds  # a claim made before schema 4
+            if until is not None and now <= until <= now + 1.5 * period:
+                continue  # renewed within its period by a clock like ours: alive
+            first = watched.get(thread_id)
+            since = first[2] if first is not None and first[:2] == (claim, until) else seen
+            self._stalled[thread_id] = (claim, until, since)
+            if seen - since < period:
+                continue
+            rows = await self._fetchall(
+                f"take over the job of thread {thread_id!r}",
+                "UPDATE jobs SET claimed_by = ?, claim_key = ?, claimed_until = ?, "
+                "claim_seconds = ?, attempts = attempts + 1 WHERE thread_id = ? AND "
+                "status = 'running' AND claim_key IS ? AND claimed_until IS ? "
+                "RETURNING thread_id, input, event, base, attempts, max_attempts",
+                (worker.token, key, now + self.lease_seconds, self.lease_seconds, thread_id,
+                 claim, until), write=True)
+            if rows:
+                self._stalled.pop(thread_id, None)
+                return rows
+        return []
 
     async def finish(self, job: ClaimedJob, *, status: str, error: str | None = None,
                      retry_in: float | None = None, count_attempt: bool = True) -> bool:

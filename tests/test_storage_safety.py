@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from test_storage import Items, loop
 
 from checkpoints import SQLiteCheckpointer
+from checkpoints.base import Owner
 from statemachine import (
     END,
     START,
@@ -319,6 +320,7 @@ real = time.time
 time.time = lambda: real() + 3600  # this process's clock runs an hour ahead
 sys.path.insert(0, sys.argv[2])
 from checkpoints import SQLiteCheckpointer
+from checkpoints.base import Owner
 from statemachine import ThreadBusyError
 from test_storage import loop
 with SQLiteCheckpointer(sys.argv[1], lease_seconds=1.0) as saver:
@@ -465,6 +467,7 @@ def test_opening_and_closing_checkpointers_keeps_the_locks_of_open_connections(t
 OPEN_AT = """
 import sys, time
 from checkpoints import SQLiteCheckpointer
+from checkpoints.base import Owner
 start = float(sys.argv[2])
 while time.time() < start:
     pass
@@ -478,6 +481,7 @@ def schema_3_file(path: Path) -> None:
         loop(2).compile(checkpointer=saver).invoke({}, thread_id="old")
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("ALTER TABLE threads DROP COLUMN lease_seconds")
+        conn.execute("ALTER TABLE jobs DROP COLUMN claim_seconds")
         conn.execute("UPDATE schema_version SET version = 3")
 
 
@@ -519,6 +523,7 @@ CRASHED_WRITER = """
 import os, sys
 sys.path.insert(0, sys.argv[2])
 from checkpoints import SQLiteCheckpointer
+from checkpoints.base import Owner
 from test_storage import loop
 saver = SQLiteCheckpointer(sys.argv[1])
 loop(2).compile(checkpointer=saver).invoke({}, thread_id="in-the-log")
@@ -610,3 +615,58 @@ def test_a_time_no_clock_gives_shows_as_unknown_in_the_rows():
 
     assert format_time(1e20) == "?" and format_time(float("nan")) == "?"
     assert format_time(0.0).startswith("19")
+
+
+SKEWED_CLAIMER = """
+import sys, time
+real = time.time
+time.time = lambda: real() + 3600  # this worker's clock runs an hour ahead
+from checkpoints import SQLiteCheckpointer
+from checkpoints.base import Owner
+from checkpoints.base import Owner
+with SQLiteCheckpointer(sys.argv[1], lease_seconds=1.0) as saver:
+    from statemachine._sync import run_sync
+    until = time.monotonic() + 2.5
+    while time.monotonic() < until:
+        if run_sync(lambda: saver.claim(Owner.new())) is not None:
+            print("stole it")
+            break
+        time.sleep(0.05)
+    else:
+        print("left it")
+"""
+
+
+def test_a_worker_whose_clock_runs_ahead_leaves_a_live_claim_alone(tmp_path):
+    """Claims are judged like leases: a worker an hour ahead watches a running job's claim,
+    sees it renewed, and leaves it (it took every running job before)."""
+    from statemachine._sync import run_sync
+
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path, lease_seconds=1.0) as saver:
+        loop(2).compile(checkpointer=saver).submit({}, thread_id="t")
+        job = run_sync(lambda: saver.claim(Owner.new()))
+        assert job is not None
+        other = subprocess.run([sys.executable, "-c", SKEWED_CLAIMER, str(path)],
+                               capture_output=True, text=True, timeout=60,
+                               cwd=Path(__file__).resolve().parent.parent)
+        assert other.stdout.strip() == "left it", other.stderr
+        assert run_sync(lambda: saver.finish(job, status="done")) is True
+
+
+@pytest.mark.parametrize("skew", [-3600.0, 3600.0])
+def test_a_stalled_claim_is_taken_after_one_still_period_whatever_its_clock(tmp_path, skew):
+    from statemachine._sync import run_sync
+
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path, lease_seconds=1.0) as saver:
+        loop(2).compile(checkpointer=saver).submit({}, thread_id="t")
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute("UPDATE jobs SET status = 'running', claim_key = 'gone', "
+                         "claimed_until = ?, claim_seconds = 1.0", (time.time() + skew,))
+        started, job = time.monotonic(), None
+        while job is None and time.monotonic() - started < 10:
+            job = run_sync(lambda: saver.claim(Owner.new()))
+            time.sleep(0.05)
+        assert job is not None and job.thread_id == "t" and job.attempts == 1
+        assert 0.9 <= time.monotonic() - started < 5
