@@ -1263,8 +1263,12 @@ def show(db: Db | None, thread: str, checkpoint: str | None, target: str | None)
                            hint=f"its checkpoints, newest first: {ids}"
                                 f"{' ...' if len(records) > 10 else ''}")
         head = chain.head
-        parent = _parent(store, chain)
-        pending = store.call(lambda: store.saver.list_pending([head.id]))
+        by_id = {r.id: r for r in chain.records}
+        by_id.update((parent_id, outside.head) for parent_id, outside in
+                     store.saver.parents_outside_sync(thread, [head], by_id).items())
+        parent = by_id.get(head.parent_id) if head.parent_id else None
+        # the parent's pending writes too: a step's nodes are told from them
+        pending = store.saver.list_pending_sync([head.id, *([parent.id] if parent else [])])
         row = row_from_record(head, parent, pending)
         err.print(Text(_summary(thread, row)), style="dim")
         if head.snapshot is not None:
@@ -1282,18 +1286,6 @@ def show(db: Db | None, thread: str, checkpoint: str | None, target: str | None)
             "index, update]. Pass --graph MODULE:ATTRIBUTE for the exact state.",
             style="yellow"))
         _echo_json(unmerged_state(chain))
-
-
-def _parent(store: Store, chain: Any) -> Any:
-    """The record of the chain head's parent: in the chain when it was loaded with it."""
-    parent_id = chain.head.parent_id
-    if parent_id is None:
-        return None
-    for record in chain.records:
-        if record.id == parent_id:
-            return record
-    loaded = store.saver.load_sync(chain.head.thread_id, parent_id)
-    return loaded.head if loaded is not None else None
 
 
 def _summary(thread: str, row: dict[str, Any]) -> str:
