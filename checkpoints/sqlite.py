@@ -30,7 +30,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -286,12 +286,7 @@ class SQLiteCheckpointer(Checkpointer):
             if host == owner.host and pid != owner.pid and not process_alive(pid):
                 return await self._take_from(thread_id, owner, token, expires)
             period = period or self.lease_seconds  # a lease taken before schema 4
-            now = time.time()
-            # a beat sets the expiry one period ahead of the holder's clock: further ahead
-            # than that of ours, the holder's clock runs ahead, and it is watched as well
-            clock_ahead = expires is not None and expires > now + 1.5 * period
-            if expires is None or (expires >= now and not clock_ahead) or \
-                    (watched is not None and watched != (token, expires)):
+            if renewed(expires, period) or (watched is not None and watched != (token, expires)):
                 return False  # live, or it beat while we watched
             if watched is None:
                 log.info("thread %r: its lease looks lapsed; watching its holder's heartbeat "
@@ -492,8 +487,8 @@ class SQLiteCheckpointer(Checkpointer):
         watched, self._stalled = self._stalled, {}
         for thread_id, claim, until, period in running:
             period = period or self.lease_seconds  # a claim made before schema 4
-            if until is not None and now <= until <= now + 1.5 * period:
-                continue  # renewed within its period by a clock like ours: alive
+            if renewed(until, period):
+                continue
             first = watched.get(thread_id)
             since = first[2] if first is not None and first[:2] == (claim, until) else seen
             self._stalled[thread_id] = (claim, until, since)
@@ -576,7 +571,7 @@ class SQLiteCheckpointer(Checkpointer):
         self._check_open()
         if self.read_only:
             raise CheckpointError(f"{self!r} is read-only: it cannot run or change threads.")
-        try:
+        with self._failures(doing):
             if self._in_caller_thread:
                 with self._direct_lock:
                     cursor = self._direct.execute(sql, params)
@@ -584,10 +579,6 @@ class SQLiteCheckpointer(Checkpointer):
             assert self._conn is not None
             async_cursor = await self._conn.execute(sql, params)
             return async_cursor.rowcount, async_cursor.lastrowid
-        except sqlite3.Error as exc:
-            raise storage_error(self.path, exc, doing, busy_timeout=self.busy_timeout) from exc
-        except UnicodeEncodeError as exc:
-            raise bad_value_error(self.path, exc, doing) from None
 
     async def _fetchall(self, doing: str, sql: str,
                         params: Sequence[object] | dict[str, object], *, write: bool = False
@@ -595,7 +586,7 @@ class SQLiteCheckpointer(Checkpointer):
         self._check_open()
         if write and self.read_only:
             raise CheckpointError(f"{self!r} is read-only: it cannot run or change threads.")
-        try:
+        with self._failures(doing):
             if self._in_caller_thread:
                 with self._direct_lock:
                     if self._immutable:  # each read a fresh look: a writer may have come
@@ -605,6 +596,12 @@ class SQLiteCheckpointer(Checkpointer):
                     return self._direct.execute(sql, params).fetchall()
             assert self._conn is not None
             return list(await self._conn.execute_fetchall(sql, params))
+
+    @contextlib.contextmanager
+    def _failures(self, doing: str) -> Iterator[None]:
+        """SQLite's failures while `doing` something, as the errors a user can act on."""
+        try:
+            yield
         except sqlite3.Error as exc:
             raise storage_error(self.path, exc, doing, busy_timeout=self.busy_timeout) from exc
         except UnicodeEncodeError as exc:
@@ -615,6 +612,14 @@ class SQLiteCheckpointer(Checkpointer):
             raise CheckpointError(f"{self!r} is closed.")
 
 
+
+
+def renewed(expires: float | None, period: float) -> bool:
+    """Whether a lease or claim reads as live by our clock: not yet expired, and not further
+    ahead than one period (a beat sets it one period ahead of the holder's clock; further
+    ahead, the holder's clock runs fast and the lease is watched like a lapsed one)."""
+    now = time.time()
+    return expires is not None and now <= expires <= now + 1.5 * period
 
 
 def _prepare_file(path: Path, busy_timeout: float) -> None:
