@@ -22,10 +22,7 @@ def record_from_row(row: Sequence[Any], *, where: str = "the store") -> Checkpoi
     extra, error, created_at). A row no run of ours could have written (a damaged or crafted
     database) is refused with `CheckpointError` naming the thread, checkpoint and column."""
     for column, index, kinds in _CHECKED_COLUMNS:
-        if not isinstance(row[index], kinds) or isinstance(row[index], bool):
-            raise damaged(where, row[1], row[0], f"its {column!r} column holds "
-                          f"{type(row[index]).__name__} {_sample(row[index])}, not "
-                          f"{' or '.join(k.__name__ for k in kinds)}")
+        _check_type(where, row[1], row[0], column, row[index], kinds)
     for column, index, shape in _JSON_COLUMNS:
         _check_json(row[index], shape, where, row[1], row[0], column)
     return CheckpointRecord(
@@ -106,6 +103,14 @@ def _check_pending(where: str, checkpoint: object, node: object, writes: Any,
                       f"the JSON object a run writes ({exc})") from None
 
 
+def _check_type(where: str, thread_id: object, checkpoint_id: object, column: str, value: Any,
+                kinds: tuple[type, ...]) -> None:
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise damaged(where, thread_id, checkpoint_id, f"its {column!r} column holds "
+                      f"{type(value).__name__} {_sample(value)}, not {names}")
+
+
 def _sample(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -138,17 +143,10 @@ def threads_from_rows(rows: Iterable[Sequence[Any]], *, where: str = "the store"
     host = process_space()
     infos = []
     for r in rows:
-        for value, column in ((r[2], "'step'"), (r[4], "'created_at' (or 'marked_at')")):
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise damaged(where, r[0], r[3],
-                              f"its {column} column holds {_sample(value)}, not a number")
-        for value, column in ((r[0], "threads.thread_id"), (r[1], "'status'")):
-            if not isinstance(value, str):
-                raise damaged(where, r[0], r[3], f"its {column} column holds {_sample(value)}, "
-                              "not text")
-        if r[5] is not None and not isinstance(r[5], str):
-            raise damaged(where, r[0], r[3], f"its 'error' column holds {_sample(r[5])}, "
-                          "not text")
+        for column, value, kinds in (
+                ("thread_id", r[0], (str,)), ("status", r[1], (str,)), ("step", r[2], (int,)),
+                ("created_at", r[4], (int, float)), ("error", r[5], (str, type(None)))):
+            _check_type(where, r[0], r[3], column, value, kinds)
         infos.append(ThreadInfo(r[0], r[1], r[2], str(r[3]), float(r[4]), r[5],
                                 bool(r[6]) and not (r[8] == host and not process_alive(r[7]))))
     return infos
