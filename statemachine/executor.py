@@ -449,10 +449,7 @@ class Run:
         if self.head_id is None or self.thread_id is None:
             return
         try:
-            await self.saver.mark(
-                self.thread_id, self.owner, self.head_id, status="failed",
-                error=f"{type(exc).__name__}: {exc}",
-                snapshot=None if self.head_has_snapshot else self._snapshot_now())
+            await self._mark_failed(exc)
         except StateMachineError as again:
             exc.add_note(f"The thread could not be marked failed either ({again}); it still "
                          "reads as running at its last committed step.")
@@ -1059,13 +1056,18 @@ class Run:
             for task in self.tasks:
                 if task.key in self.pending and task.key not in self.committed_pending:
                     await self._commit_pending(task)
-            await self.saver.mark(
-                self.thread_id, self.owner, self.head_id, status="failed",
-                error=f"{type(exc).__name__}: {exc}",
-                snapshot=None if self.head_has_snapshot else self._snapshot_now())
+            await self._mark_failed(exc)
             if self.spec.on_failure == "compensate":
                 await self.executor.rollback(self.thread_id, owner=self.owner, saver=self.saver)
         raise exc
+
+    async def _mark_failed(self, exc: BaseException) -> None:
+        """Mark the step failed with `exc` on the last committed checkpoint."""
+        assert self.saver is not None and self.thread_id is not None and self.head_id
+        await self.saver.mark(
+            self.thread_id, self.owner, self.head_id, status="failed",
+            error=f"{type(exc).__name__}: {exc}",
+            snapshot=None if self.head_has_snapshot else self._snapshot_now())
 
     async def _fail_step_limit(self) -> None:
         nodes = [t.node for t in self.tasks]
