@@ -51,6 +51,8 @@ class NewCheckpoint:
     snapshot: str | None = None
     extra: str | None = None
     error: str | None = None
+    created_at: float | None = None
+    """When it was made (a unix time); None: when the store commits it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,12 @@ class Checkpointer(ABC):
     """Async storage for checkpoints. Implementations: memory, SQLite, PostgreSQL."""
 
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    keep_last: int | None = None
+    """When set, each thread keeps only about its newest `keep_last` checkpoints."""
+    reuses_ids: bool = True
+    """Whether a checkpoint made after others were deleted may get the id one of them had
+    (SQLite's row ids may): then an id alone does not name one checkpoint forever, and the
+    executor's state cache also compares the checkpoint's creation time."""
 
     @abstractmethod
     async def acquire(self, thread_id: str, owner: Owner) -> None:
@@ -191,8 +199,12 @@ class Checkpointer(ABC):
         """Set the status of the thread's step at `checkpoint_id` (failed, interrupted)."""
 
     @abstractmethod
-    async def load(self, thread_id: str, checkpoint_id: str | None = None) -> Chain | None:
-        """The latest (or given) checkpoint of a thread with its replay chain; None if absent."""
+    async def load(self, thread_id: str, checkpoint_id: str | None = None, *,
+                   known: str | None = None) -> Chain | None:
+        """The latest (or given) checkpoint of a thread with its replay chain; None if absent.
+
+        `known` is a checkpoint whose state the caller holds: the chain stops there, as at a
+        snapshot, and that checkpoint comes without its snapshot text (it may be long)."""
 
     @abstractmethod
     async def list(self, thread_id: str, *, limit: int | None = None,

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .base import (
     DEFAULT_LEASE_SECONDS,
@@ -76,6 +76,8 @@ class MemoryCache:
 class MemoryCheckpointer(MemoryCache, Checkpointer):
     """Keeps checkpoints in this process's memory; same semantics as `SQLiteCheckpointer`."""
 
+    reuses_ids = False  # a counter that only goes up
+
     def __init__(self, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
         """`lease_seconds` is accepted so code can make either checkpointer alike; in memory a
         thread is held until its run ends, since a crash would take the memory with it."""
@@ -117,7 +119,8 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
             self._records[cid] = CheckpointRecord(
                 cid, thread_id, checkpoint.parent_id, checkpoint.step, checkpoint.kind,
                 checkpoint.status, checkpoint.next, checkpoint.writes, checkpoint.snapshot,
-                checkpoint.extra, checkpoint.error, time.time())
+                checkpoint.extra, checkpoint.error,
+                time.time() if checkpoint.created_at is None else checkpoint.created_at)
             thread.checkpoints.append(cid)
             return cid
 
@@ -137,7 +140,8 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
                 old.writes, old.snapshot or snapshot, extra if extra is not None else old.extra,
                 error, old.created_at)
 
-    async def load(self, thread_id: str, checkpoint_id: str | None = None) -> Chain | None:
+    async def load(self, thread_id: str, checkpoint_id: str | None = None, *,
+                   known: str | None = None) -> Chain | None:
         with self._lock:
             thread = self._threads.get(thread_id)
             if thread is None or not thread.checkpoints:
@@ -147,9 +151,11 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
             if record is None or record.thread_id != thread_id:
                 return None
             records = [record]
-            while records[-1].snapshot is None:
+            while records[-1].snapshot is None and records[-1].id != known:
                 assert records[-1].parent_id is not None, "a root checkpoint has a snapshot"
                 records.append(self._records[records[-1].parent_id])
+            if records[-1].id == known:
+                records[-1] = replace(records[-1], snapshot=None)
             records.reverse()
             pending = {r.id: list(self._pending[r.id]) for r in records if r.id in self._pending}
             return Chain(records, pending)

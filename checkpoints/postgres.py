@@ -160,9 +160,12 @@ chain(n, id) AS (
     -- early, where chain_from_rows reports it, instead of recursing forever
     SELECT chain.n + 1, cur.parent FROM chain CROSS JOIN LATERAL (
         SELECT parent FROM checkpoints WHERE id = chain.id AND snapshot IS NULL
-          AND parent IS NOT NULL AND parent < id LIMIT 1) cur
+          AND parent IS NOT NULL AND parent < id
+          AND id IS DISTINCT FROM %(known)s::bigint LIMIT 1) cur
 )
-SELECT 'c', chain.n, {_COLUMNS}, NULL FROM chain JOIN checkpoints c ON c.id = chain.id
+SELECT 'c', chain.n, {_COLUMNS.replace(
+    "c.snapshot", "CASE WHEN c.id = %(known)s::bigint THEN NULL ELSE c.snapshot END")}, NULL
+FROM chain JOIN checkpoints c ON c.id = chain.id
 JOIN threads t ON t.key = c.thread
 UNION ALL
 SELECT 'p', NULL, p.checkpoint, NULL, NULL, NULL, p.node, NULL, p.writes, NULL, p.meta, NULL,
@@ -183,6 +186,8 @@ class PostgresCheckpointer(Checkpointer):
     keeps being retried while the server cannot be reached before the error is raised.
     `read_only=True` opens every connection read-only and never creates or migrates tables.
     """
+
+    reuses_ids = False  # ids come from a sequence; created_at is the server's clock
 
     def __init__(self, dsn: str, *, schema: str = "statemachine",
                  lease_seconds: float = DEFAULT_LEASE_SECONDS, min_connections: int = 1,
@@ -433,12 +438,16 @@ class PostgresCheckpointer(Checkpointer):
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def load(self, thread_id: str, checkpoint_id: str | None = None) -> Chain | None:
+    async def load(self, thread_id: str, checkpoint_id: str | None = None, *,
+                   known: str | None = None) -> Chain | None:
         number = None if checkpoint_id is None else checkpoint_number(checkpoint_id)
         if checkpoint_id is not None and number is None:
             return None
-        rows = await self._fetchall(_LOAD, {"thread": thread_id, "checkpoint": number})
-        return chain_from_rows(rows, (6, 14, 8, 10), where=self.where)
+        known_number = None if known is None else checkpoint_number(known)
+        rows = await self._fetchall(_LOAD, {"thread": thread_id, "checkpoint": number,
+                                            "known": known_number})
+        return chain_from_rows(rows, (6, 14, 8, 10), where=self.where,
+                               known=None if known_number is None else str(known_number))
 
     async def list(self, thread_id: str, *, limit: int | None = None,
                    before: str | None = None) -> list[CheckpointRecord]:

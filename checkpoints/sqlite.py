@@ -168,8 +168,10 @@ WITH RECURSIVE chain(n, id) AS (
     -- early, where chain_from_rows reports it, instead of recursing forever
     SELECT chain.n + 1, cur.parent FROM chain JOIN checkpoints cur ON cur.id = chain.id
     WHERE cur.snapshot IS NULL AND cur.parent IS NOT NULL AND cur.parent < cur.id
+      AND cur.id IS NOT :known
 )
-SELECT 'c', chain.n, {_COLUMNS} FROM chain JOIN checkpoints c ON c.id = chain.id
+SELECT 'c', chain.n, {_COLUMNS.replace("c.snapshot", "iif(c.id IS :known, NULL, c.snapshot)")}
+FROM chain JOIN checkpoints c ON c.id = chain.id
 JOIN threads t ON t.key = c.thread
 UNION ALL
 SELECT 'p', NULL, p.checkpoint, p.node, p.idx, p.writes, p.meta, NULL, NULL, NULL, NULL, NULL,
@@ -348,8 +350,8 @@ class SQLiteCheckpointer(Checkpointer):
             "extra, error, created_at) SELECT key, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM threads "
             "WHERE thread_id = ? AND owner = ?",
             (None if cp.parent_id is None else int(cp.parent_id), cp.step, cp.kind, cp.status,
-             cp.next, cp.writes, cp.snapshot, cp.extra, cp.error, time.time(), thread_id,
-             owner.token))
+             cp.next, cp.writes, cp.snapshot, cp.extra, cp.error,
+             time.time() if cp.created_at is None else cp.created_at, thread_id, owner.token))
         if cursor[0] != 1:
             raise busy_error(thread_id, lost=True)
         return str(cursor[1])
@@ -378,13 +380,17 @@ class SQLiteCheckpointer(Checkpointer):
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def load(self, thread_id: str, checkpoint_id: str | None = None) -> Chain | None:
+    async def load(self, thread_id: str, checkpoint_id: str | None = None, *,
+                   known: str | None = None) -> Chain | None:
         number = None if checkpoint_id is None else checkpoint_number(checkpoint_id)
         if checkpoint_id is not None and number is None:
             return None
+        known_number = None if known is None else checkpoint_number(known)
         rows = await self._fetchall(f"read thread {thread_id!r}", _LOAD,
-                                    {"thread": thread_id, "checkpoint": number})
-        return chain_from_rows(rows, (3, 4, 5, 6), where=self._where)
+                                    {"thread": thread_id, "checkpoint": number,
+                                     "known": known_number})
+        return chain_from_rows(rows, (3, 4, 5, 6), where=self._where,
+                               known=None if known_number is None else str(known_number))
 
     async def list(self, thread_id: str, *, limit: int | None = None,
                    before: str | None = None) -> list[CheckpointRecord]:
