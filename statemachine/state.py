@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any
 
 from pydantic import (
@@ -91,6 +92,8 @@ class StateSchema:
         """Fields (and aliases) whose rejected values errors never echo."""
         self._update = TypeAdapter(update_type)
         self._writes = TypeAdapter(list[tuple[str, int, update_type]])  # type: ignore[valid-type]
+        self._chain_writes = TypeAdapter(
+            list[list[tuple[str, int, update_type]]])  # type: ignore[valid-type]
 
     # -- validation -------------------------------------------------------------------------
 
@@ -191,12 +194,7 @@ class StateSchema:
                 reducer = self.reducers.get(name)
                 if reducer is None:
                     if name in writers:
-                        raise InvalidUpdateError(
-                            f"nodes {writers[name]!r} and {node!r} both wrote field {name!r} in "
-                            f"one step{_where(step, thread_id)}, and it has no reducer to "
-                            f"merge them. Give it one (Annotated[..., reducer]) or let one "
-                            f"node write it.", node=node, field=name, step=step,
-                            thread_id=thread_id)
+                        raise _two_writers(writers[name], node, name, step, thread_id)
                     writers[name] = node
                     changes[name] = value
                 else:
@@ -207,6 +205,64 @@ class StateSchema:
                         exc.add_note(f"while merging the update of node {node!r} into field "
                                      f"{name!r}{_where(step, thread_id)}")
                         raise
+        return state.model_copy(update=changes) if changes else state
+
+    def replay(self, state: BaseModel, steps: Iterable[Sequence[Write]], *,
+               thread_id: str | None = None) -> BaseModel:
+        """The state after many committed steps, each applied as `apply` would, in order.
+
+        What rebuilding a checkpoint from its snapshot does: the values are folded in one
+        dict and the model is copied once at the end, and a list or string field merged with
+        `operator.add` (the usual append reducer) grows in place instead of being copied at
+        every step, so replaying n appends costs what they hold, not n times the field."""
+        changes: dict[str, Any] = {}
+        lists: dict[str, list[Any]] = {}  # list values made here (changes holds them too)
+        strings: dict[str, list[str]] = {}  # string values as parts, joined when read
+
+        def current(name: str) -> Any:
+            if name in strings:
+                changes[name] = "".join(strings.pop(name))
+            return changes[name] if name in changes else getattr(state, name)
+
+        for writes in steps:
+            writers: dict[str, str] = {}
+            for node, update in writes:
+                for name, value in update.items():
+                    reducer = self.reducers.get(name)
+                    if reducer is None:
+                        if name in writers:  # only a damaged or hand-made store has this
+                            raise _two_writers(writers[name], node, name, None, thread_id)
+                        writers[name] = node
+                        lists.pop(name, None)
+                        strings.pop(name, None)
+                        changes[name] = value
+                        continue
+                    if reducer is operator.add and type(value) is list:
+                        if name in lists:
+                            lists[name].extend(value)
+                            continue
+                        old = current(name)
+                        if type(old) is list:
+                            changes[name] = lists[name] = [*old, *value]
+                            continue
+                    elif reducer is operator.add and type(value) is str:
+                        if name in strings:
+                            strings[name].append(value)
+                            continue
+                        old = current(name)
+                        if type(old) is str:
+                            strings[name] = [old, value]
+                            continue
+                    old = current(name)
+                    lists.pop(name, None)
+                    try:
+                        changes[name] = reducer(old, value)
+                    except Exception as exc:
+                        exc.add_note(f"while merging the update of node {node!r} into field "
+                                     f"{name!r}{_where(None, thread_id)}")
+                        raise
+        for name in list(strings):
+            current(name)
         return state.model_copy(update=changes) if changes else state
 
     def combine(self, updates: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -241,6 +297,10 @@ class StateSchema:
     def decode_writes(self, text: str) -> list[tuple[str, int, dict[str, Any]]]:
         return self._writes.validate_json(text)
 
+    def decode_chain_writes(self, text: str) -> list[list[tuple[str, int, dict[str, Any]]]]:
+        """The writes of many checkpoints in one call: a JSON array of `encode_writes` arrays."""
+        return self._chain_writes.validate_json(text)
+
     def decode_update(self, text: str) -> dict[str, Any]:
         return self._update.validate_json(text)
 
@@ -257,6 +317,15 @@ class StateSchema:
             except Exception:
                 return name
         return None
+
+
+def _two_writers(first: str, second: str, field: str, step: int | None,
+                 thread_id: str | None) -> InvalidUpdateError:
+    return InvalidUpdateError(
+        f"nodes {first!r} and {second!r} both wrote field {field!r} in one step"
+        f"{_where(step, thread_id)}, and it has no reducer to merge them. Give it one "
+        "(Annotated[..., reducer]) or let one node write it.", node=second, field=field,
+        step=step, thread_id=thread_id)
 
 
 _VALIDATOR_KINDS = {"before": BeforeValidator, "after": AfterValidator, "wrap": WrapValidator,
