@@ -77,13 +77,10 @@ from .records import (
     task_key,
 )
 from .secret_types import mentions_secret
+from .snapshots import ReplayCost
+from .state_cache import StateCache
 from .types import NodeFailure, RunContext, Snapshot, StepEvent, task_id
 from .waiting import NO_ANSWERS, TaskAnswers, WaitingForEvent, current_answers
-
-MAX_REPLAY_STEPS = 1000
-"""A snapshot is stored at least this often, so rebuilding a state replays at most this many
-steps. More often when the writes since the last snapshot outweigh the snapshot itself: storage
-stays proportional to what changed, and replay proportional to the state."""
 
 
 class Executor:
@@ -97,6 +94,10 @@ class Executor:
         self.observer = Observer()
         self._memory_cache = MemoryCache()
         self._children: dict[str, Executor] = {}
+        self.states = StateCache(check_created=checkpointer is None or checkpointer.reuses_ids)
+        """The latest state of threads run or read here (see `state_cache`)."""
+        self.remember_states = True
+        """False for a subgraph's executor: each of its threads runs once, for one task."""
 
     # -- running ----------------------------------------------------------------------------
 
@@ -118,10 +119,39 @@ class Executor:
     async def get_state(self, thread_id: str, checkpoint_id: str | None = None, *,
                         blocking: bool = False) -> Snapshot:
         saver = self._require_saver("read a thread's state", blocking)
-        chain = await saver.load(thread_id, checkpoint_id)
-        if chain is None:
+        loaded = await self.load_state(saver, thread_id, checkpoint_id, own=False)
+        if loaded is None:
             raise _not_found(thread_id, checkpoint_id)
-        return self.snapshot(chain.head, self.rebuild(chain), chain.pending.get(chain.head.id, []))
+        state, chain, cost = loaded
+        if checkpoint_id is None and cost is not None:
+            self.states.put(thread_id, chain.head.id, chain.head.created_at, state, cost)
+        return self.snapshot(chain.head, state, chain.pending.get(chain.head.id, []))
+
+    async def load_state(self, saver: Checkpointer, thread_id: str, checkpoint_id: str | None,
+                         *, own: bool) -> tuple[BaseModel, Chain, ReplayCost | None] | None:
+        """The thread's latest (or given) checkpoint with its state and what rebuilding it from
+        storage replays — from this process's cache when it holds the state at that checkpoint
+        or one on its chain, else from the nearest stored snapshot. `own`: the caller takes the
+        cached state (a run continuing the thread) instead of a copy (a reader); the cost is
+        None when the state came whole from the cache (nothing new to remember). None if the
+        thread (or checkpoint) does not exist."""
+        known = self.states.known(thread_id)
+        chain = await saver.load(thread_id, checkpoint_id, known=known)
+        if chain is None:
+            return None
+        base = chain.records[0]
+        if known is not None and base.id == known and base.snapshot is None:
+            entry = (self.states.take if own else self.states.copy_of)(
+                thread_id, base.id, base.created_at)
+            if entry is not None:
+                if len(chain.records) == 1:
+                    return entry.state, chain, entry.cost if own else None
+                return self.rebuild(chain, base=entry.state), chain, entry.cost.plus(chain)
+            reloaded = await saver.load(thread_id, checkpoint_id)  # evicted meanwhile
+            if reloaded is None:
+                return None
+            chain = reloaded
+        return self.rebuild(chain), chain, ReplayCost.of_chain(chain)
 
     async def history(self, thread_id: str, limit: int | None = None,
                       before: str | None = None, *, blocking: bool = False) -> list[Snapshot]:
@@ -233,12 +263,49 @@ class Executor:
 
     # -- state reconstruction ---------------------------------------------------------------------
 
-    def rebuild(self, chain: Chain) -> BaseModel:
-        """The state at `chain.head`: its nearest snapshot plus the writes since, replayed."""
-        state = self._decode_snapshot(chain.records[0])
+    def rebuild(self, chain: Chain, base: BaseModel | None = None) -> BaseModel:
+        """The state at `chain.head`: the state at its first checkpoint (`base`, else that
+        checkpoint's snapshot) plus the writes since, replayed.
+
+        The writes of the whole chain are decoded in one call and folded into one new state
+        (`StateSchema.replay`), so a long chain costs about what its writes hold. If they do
+        not decode, each checkpoint is replayed on its own, which names the one that fails."""
+        state = self._decode_snapshot(chain.records[0]) if base is None else base
+        if len(chain.records) == 1:
+            return state
+        try:
+            steps = self._chain_writes(chain)
+        except (ValidationError, ValueError):
+            for parent, record in pairwise(chain.records):
+                state = self._apply_record(state, parent, record,
+                                           chain.pending.get(parent.id, []))
+            return state
+        return self.spec.schema.replay(state, steps, thread_id=chain.head.thread_id)
+
+    def _chain_writes(self, chain: Chain) -> list[list[tuple[str, dict[str, Any]]]]:
+        """Each checkpoint's writes after the first, in the order a step applies them."""
+        arrays = []
         for parent, record in pairwise(chain.records):
-            state = self._apply_record(state, parent, record, chain.pending.get(parent.id, []))
-        return state
+            items = []
+            if record.kind == "step":
+                carried = parent.extra and '"carried"' in parent.extra and \
+                    extra_of(parent).get("carried")
+                if carried:
+                    items.append(json.dumps(carried)[1:-1])
+                items += [f"[{json.dumps(w.node)},{w.index},{w.writes}]"
+                          for w in chain.pending.get(parent.id, ())]
+            if record.kind != "fork" and record.writes:
+                text = record.writes
+                if not (text.startswith("[") and text.endswith("]")):
+                    raise ValueError("not a JSON array as a run writes it")
+                items.append(text[1:-1])
+            arrays.append("[" + ",".join(item for item in items if item) + "]")
+        decoded = self.spec.schema.decode_chain_writes("[" + ",".join(arrays) + "]")
+        if len(decoded) != len(arrays):
+            raise ValueError("the writes do not split into one array per checkpoint")
+        return [[(n, u) for n, _, u in (
+            sorted(writes, key=self._write_order) if len(writes) > 1 else writes)]
+            for writes in decoded]
 
     def _apply_record(self, state: BaseModel, parent: CheckpointRecord, record: CheckpointRecord,
                       parent_pending: Sequence[PendingWrite]) -> BaseModel:
@@ -304,6 +371,7 @@ class Executor:
             child = Executor(graph.spec, self.saver, name=f"{self.name}/{graph.name}")
             child.observer = self.observer
             child._memory_cache = self._memory_cache
+            child.remember_states = False
             self._children[node.name] = child
         return child
 
@@ -399,11 +467,12 @@ class Run:
         self.observing = False
         self.step_origin: str | None = None
         """Set when the head was made by update_state: the checkpoint the tasks came from."""
-        self.head_has_snapshot = False
         self.skip_interrupt_before = False
-        self.snapshot_bytes = 0
-        self.bytes_since_snapshot = 0
-        self.steps_since_snapshot = 0
+        self.replay = ReplayCost()
+        """What rebuilding the head from storage replays: when to store a snapshot next."""
+        self.head_created = 0.0
+        """When the head checkpoint was made: with its id, it keys the state cache."""
+        self.keep_last: int | None = getattr(self.saver, "keep_last", None)
 
     async def execute(self, input: Any, *, checkpoint_id: str | None = None,
                       resume: bool = False, event: dict[str, Any] | None = None
@@ -432,6 +501,9 @@ class Run:
             await self._deliver(event)
             async for step_event in self.steps():
                 yield step_event
+            if self.executor.remember_states and self.head_id is not None:
+                self.executor.states.put(self.thread_id, self.head_id, self.head_created,
+                                         self.state, self.replay)
         except StorageUnavailableError as exc:
             failure = exc
             await asyncio.shield(self._mark_storage_failure(exc))
@@ -466,8 +538,9 @@ class Run:
 
     async def start_on_thread(self, input: Any, checkpoint_id: str | None, resume: bool) -> None:
         assert self.saver is not None and self.thread_id is not None
-        chain = await self.saver.load(self.thread_id, checkpoint_id)
-        if chain is None:
+        loaded = await self.executor.load_state(self.saver, self.thread_id, checkpoint_id,
+                                                own=True)
+        if loaded is None:
             if checkpoint_id is not None or resume:
                 raise _not_found(self.thread_id, checkpoint_id)
             if input is None:
@@ -477,8 +550,10 @@ class Run:
             self.state = self.spec.schema.validate_input(input, thread_id=self.thread_id)
             await self._commit_run_start(None, 0, {})
             return
+        state, chain, cost = loaded
+        assert cost is not None
+        self.replay = cost
         head = chain.head
-        state = self.executor.rebuild(chain)
         extra = extra_of(head)
         if input is not None:
             if checkpoint_id is None and head.status not in ("done", "compensated"):
@@ -496,19 +571,16 @@ class Run:
             extra.get("interrupt") == "before"
         if checkpoint_id is not None:  # a fork: a new branch that runs the tasks again
             self.tasks = decode_tasks(head.next)
-            self.head_id = await self.saver.put(self.thread_id, self.owner, NewCheckpoint(
+            await self._put(NewCheckpoint(
                 parent_id=head.id, step=head.step, kind="fork", status="running",
-                next=head.next, snapshot=self._snapshot_now(), extra=self._extra_json()))
-            self.head_has_snapshot = True
+                next=head.next, snapshot=self._snapshot_if_due(0), extra=self._extra_json()))
             return
-        self.head_id = head.id
+        self.head_id, self.head_created = head.id, head.created_at
         self.step_origin = extra.get("origin")
-        self.head_has_snapshot = head.snapshot is not None
         self.tasks = decode_tasks(head.next)
         self.load_pending(head, chain)
         self.answers = {task_key(k): list(v) for k, v in extra.get("answers", {}).items()}
         self.head_status, self.head_extra = head.status, extra
-        self._count_replay(chain)
 
     def load_pending(self, head: CheckpointRecord, chain: Chain) -> list[Task]:
         """Take in the writes the head's step already has; returns its tasks still to run."""
@@ -566,16 +638,13 @@ class Run:
                                                      thread_id=self.thread_id)
             writes = self.spec.schema.encode_writes([(INPUT, 0, encoded)])
         status = "running" if self.tasks else "done"
-        self.head_id = await self.saver.put(self.thread_id, self.owner, NewCheckpoint(
+        # a new thread's first checkpoint is where every replay starts: it always has the state
+        snapshot = self._snapshot_if_due(len(writes or "")) if parent_id is not None else \
+            self.replay.stored(self.spec.schema.encode_state(self.state))
+        await self._put(NewCheckpoint(
             parent_id=parent_id, step=step, kind="input", status=status,
-            next=encode_tasks(self.tasks), writes=writes, snapshot=self._snapshot_now(),
+            next=encode_tasks(self.tasks), writes=writes, snapshot=snapshot,
             extra=self._extra_json()))
-        self.head_has_snapshot = True
-
-    def _count_replay(self, chain: Chain) -> None:
-        self.snapshot_bytes = len(chain.records[0].snapshot or "")
-        self.bytes_since_snapshot = sum(len(r.writes or "") for r in chain.records[1:])
-        self.steps_since_snapshot = len(chain.records) - 1
 
     # -- the step loop ------------------------------------------------------------------------
 
@@ -682,10 +751,8 @@ class Run:
         extra["waiting"] = [[n, i, e] for (n, i), e in self.waiting.items()]
         if self.answers:
             extra["answers"] = {f"{n}|{i}": v for (n, i), v in self.answers.items()}
-        await self.saver.mark(
-            self.thread_id, self.owner, self.head_id, status="interrupted",
-            snapshot=None if self.head_has_snapshot else self._snapshot_now(),
-            extra=json.dumps(extra))
+        await self.saver.mark(self.thread_id, self.owner, self.head_id, status="interrupted",
+                              extra=json.dumps(extra))
 
     async def _run_tasks(self, tasks: list[Task], state: BaseModel,
                          step: int) -> list[BaseException | None]:
@@ -1033,21 +1100,31 @@ class Run:
         inline = [(t.node, t.index, self.encoded[t.key])
                   for t, _ in ordered if t.key not in self.committed_pending]
         writes = schema.encode_writes(inline) if inline else None
-        self.bytes_since_snapshot += len(writes or "")
-        self.steps_since_snapshot += 1
-        snapshot = None
-        if status != "running" or self.steps_since_snapshot >= MAX_REPLAY_STEPS or \
-                self.bytes_since_snapshot >= self.snapshot_bytes:
-            snapshot = schema.encode_state(new_state)
-            self.snapshot_bytes, self.bytes_since_snapshot = len(snapshot), 0
-            self.steps_since_snapshot = 0
+        written = len(writes or "") + sum(len(self.encoded[key])
+                                          for key in self.committed_pending)
         self.joins = joins
-        self.head_id = await self.saver.put(self.thread_id, self.owner, NewCheckpoint(
+        await self._put(NewCheckpoint(
             parent_id=self.head_id, step=self.step + 1, kind="step", status=status,
-            next=encode_tasks(tasks), writes=writes, snapshot=snapshot,
+            next=encode_tasks(tasks), writes=writes,
+            snapshot=self._snapshot_if_due(written, new_state),
             extra=self._extra_json(interrupt="after" if status == "interrupted" else None,
                                    metadata=metadata)))
-        self.head_has_snapshot = snapshot is not None
+
+    async def _put(self, checkpoint: NewCheckpoint) -> None:
+        """Commit `checkpoint` as the new head."""
+        assert self.saver is not None and self.thread_id is not None
+        created = time.time()
+        self.head_id = await self.saver.put(self.thread_id, self.owner,
+                                            replace(checkpoint, created_at=created))
+        self.head_created = created
+
+    def _snapshot_if_due(self, written: int, state: BaseModel | None = None) -> str | None:
+        """The state as a snapshot for the next checkpoint (with `written` bytes of writes), if
+        the replay it would otherwise add is due one (see `snapshots`)."""
+        if not self.replay.due(written, self.keep_last):
+            return None
+        return self.replay.stored(self.spec.schema.encode_state(
+            self.state if state is None else state))
 
     async def _fail(self, exc: BaseException) -> None:
         """Keep what finished, mark the step failed, and raise `exc`."""
@@ -1064,10 +1141,13 @@ class Run:
     async def _mark_failed(self, exc: BaseException) -> None:
         """Mark the step failed with `exc` on the last committed checkpoint."""
         assert self.saver is not None and self.thread_id is not None and self.head_id
-        await self.saver.mark(
-            self.thread_id, self.owner, self.head_id, status="failed",
-            error=f"{type(exc).__name__}: {exc}",
-            snapshot=None if self.head_has_snapshot else self._snapshot_now())
+        # a failed thread is read by people, often without the graph (statemachine show):
+        # it gets its state whole, once (a thread takes no new input until it is resumed)
+        snapshot = None
+        if self.replay.steps_since:
+            snapshot = self.replay.stored(self.spec.schema.encode_state(self.state))
+        await self.saver.mark(self.thread_id, self.owner, self.head_id, status="failed",
+                              error=f"{type(exc).__name__}: {exc}", snapshot=snapshot)
 
     async def _fail_step_limit(self) -> None:
         nodes = [t.node for t in self.tasks]
@@ -1082,16 +1162,8 @@ class Run:
     async def _pause_before(self) -> None:
         if self.saver is not None:
             assert self.thread_id is not None and self.head_id is not None
-            await self.saver.mark(
-                self.thread_id, self.owner, self.head_id, status="interrupted",
-                snapshot=None if self.head_has_snapshot else self._snapshot_now(),
-                extra=self._extra_json(interrupt="before"))
-
-    def _snapshot_now(self) -> str:
-        snapshot = self.spec.schema.encode_state(self.state)
-        self.snapshot_bytes, self.bytes_since_snapshot, self.steps_since_snapshot = \
-            len(snapshot), 0, 0
-        return snapshot
+            await self.saver.mark(self.thread_id, self.owner, self.head_id,
+                                  status="interrupted", extra=self._extra_json(interrupt="before"))
 
     def _extra_json(self, *, interrupt: str | None = None,
                     metadata: dict[str, Any] | None = None) -> str | None:

@@ -36,6 +36,7 @@ from statemachine import (
     ThreadNotFoundError,
     reducers,
 )
+from statemachine.snapshots import GROWTH, MAX_REPLAY_STEPS, RECORD_COST, ReplayCost
 
 APPLICATION_ID = 0x53544D43  # "STMC"
 SCHEMA_VERSION = sqlite_module.SCHEMA_VERSION
@@ -350,14 +351,16 @@ async def test_reading_a_state_replays_a_bounded_chain(long_thread):
     async with store.open() as saver:
         records = await saver.list("long")
         assert len(records) == LOOP + 1
-        head = await saver.load("long")
-        assert len(head.records) == 1  # the end of a run stores its state whole
         for record in records:
             chain = await saver.load("long", record.id)
             assert chain.head.id == record.id
-            replayed = sum(len(r.writes or "") for r in chain.records[1:])
-            assert len(chain.records) <= LOOP // 4, record.step
-            assert replayed <= len(final.model_dump_json()), record.step
+            # the snapshot rule: a checkpoint goes without a snapshot only while replaying it
+            # costs less than GROWTH times the snapshot it replays from
+            cost = ReplayCost.of_chain(chain)
+            assert cost.steps_since < MAX_REPLAY_STEPS, record.step
+            assert cost.bytes_since + RECORD_COST * cost.steps_since < \
+                GROWTH * cost.snapshot_bytes, record.step
+            assert cost.bytes_since <= len(final.model_dump_json()), record.step
 
 
 def test_get_state_does_not_read_the_whole_history(long_thread):

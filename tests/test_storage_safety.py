@@ -150,6 +150,7 @@ def test_a_parent_cycle_is_reported_not_looped_on(durable_store):
     head = ids[-1]
     durable_store.change("UPDATE checkpoints SET snapshot = NULL")
     durable_store.change("UPDATE checkpoints SET parent = ? WHERE id = ?", head, ids[0])
+    app = loop(6).compile(checkpointer=saver)  # as another process would: no state in memory
     for read in (lambda: app.get_state("t"), lambda: app.history("t", limit=2),
                  lambda: app.resume("t")):
         with pytest.raises(CheckpointError, match=r"thread 't', checkpoint \d+: .*cycle"):
@@ -167,6 +168,7 @@ def test_a_dangling_parent_and_a_parent_of_another_thread_are_damage(durable_sto
     b_head = durable_store.query("SELECT max(id) FROM checkpoints")[0][0]
     durable_store.change("UPDATE checkpoints SET snapshot = NULL WHERE id = ?", b_head)
     durable_store.change("UPDATE checkpoints SET parent = ? WHERE id = ?", a_ids[-1], b_head)
+    app = loop(3).compile(checkpointer=saver)  # as another process would: no state in memory
     with pytest.raises(CheckpointError, match=rf"thread 'b', checkpoint {b_head}: .*parent"):
         app.get_state("b")
     durable_store.change("UPDATE checkpoints SET parent = ? WHERE id = ?", 10**9, b_head)
@@ -380,6 +382,7 @@ def test_malformed_json_in_a_row_is_named_by_the_api_and_the_cli(sqlite_store, c
     target = head if column != "snapshot" else sqlite_store.query(
         "SELECT max(id) FROM checkpoints WHERE snapshot IS NOT NULL")[0][0]
     sqlite_store.change(f"UPDATE checkpoints SET {column} = ? WHERE id = ?", value, target)
+    app = loop(3).compile(checkpointer=sqlite_store.open())  # no state in memory
     with pytest.raises(CheckpointError, match=rf"thread 't'.*checkpoint {target}|"
                                               rf"checkpoint {target} of thread 't'"):
         app.get_state("t")
