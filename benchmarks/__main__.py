@@ -27,9 +27,13 @@ from .common import OURS, Params, Result, versions
 
 FULL = Params(iterations=1000, chain_length=100, fan_width=50, invocations=20,
               growth_sizes=(250, 500, 1000, 2000, 4000), reads=50, fail_at=500,
-              resume_reps=5, rounds=5)
+              resume_reps=5, rounds=5, long_read_iterations=4000, chat_turns=400,
+              chat_sizes=(100, 200, 400, 800), theirs_chat_sizes=(100, 200, 400),
+              cold_reads=10, big_append_steps=5, big_append_chars=10_000_000, big_reads=10)
 QUICK = Params(iterations=20, chain_length=5, fan_width=4, invocations=2, growth_sizes=(10, 20),
-               reads=3, fail_at=10, resume_reps=1, rounds=1)
+               reads=3, fail_at=10, resume_reps=1, rounds=1, long_read_iterations=40,
+               chat_turns=10, chat_sizes=(5, 10), theirs_chat_sizes=(5, 10), cold_reads=2,
+               big_append_steps=5, big_append_chars=100_000, big_reads=2)
 PACKAGES = ("statemachine", "pydantic", "pydantic-core", "aiosqlite", "langgraph",
             "langgraph-checkpoint", "langgraph-checkpoint-sqlite")
 MISSING_LANGGRAPH = (

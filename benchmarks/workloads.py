@@ -22,15 +22,20 @@ from statemachine import END, START, StateGraph
 
 from .common import (
     OURS,
+    ClosedFile,
     ExecutionLog,
     Executions,
+    FirstNodeClock,
     InjectedFailure,
     Params,
     Result,
     add_growth_exponent,
+    chat_message,
     check_loop_result,
+    measure_closed,
     new_db_path,
     peak_kib,
+    reply_turn,
 )
 
 MODES = ("none", "memory", "sqlite", "sqlite-ainvoke")
@@ -45,6 +50,14 @@ class LoopState(BaseModel):
 class FanState(BaseModel):
     items: Annotated[list[int], operator.add] = []
     total: int = 0
+
+
+class ChatState(BaseModel):
+    messages: Annotated[list[str], operator.add] = []
+
+
+class AppendState(BaseModel):
+    chunks: Annotated[list[str], operator.add] = []
 
 
 def loop_graph(iterations: int, executions: Executions | None = None,
@@ -116,6 +129,55 @@ def fanout_graph(width: int) -> StateGraph:
     g.add_edge(names, "join")
     g.add_edge("join", END)
     return g
+
+
+def chat_graph(clock: FirstNodeClock | None) -> StateGraph:
+    """START -> reply -> END: the reply appends the turn's 1,000-character answer."""
+    def reply(state: ChatState) -> dict:
+        if clock is not None:
+            clock.node_started()
+        return {"messages": [chat_message("assistant", reply_turn(len(state.messages)))]}
+
+    g = StateGraph(ChatState)
+    g.add_node("reply", reply)
+    g.add_edge(START, "reply")
+    g.add_edge("reply", END)
+    return g
+
+
+def big_append_graph(chunks: list[str]) -> StateGraph:
+    """A chain of len(chunks) nodes; node i appends chunks[i] (made before the run)."""
+    g = StateGraph(AppendState)
+    names = [f"append{i}" for i in range(len(chunks))]
+    for name, chunk in zip(names, chunks, strict=True):
+        g.add_node(name, lambda state, _chunk=chunk: {"chunks": [_chunk]})
+    g.add_edge(START, names[0])
+    for a, b in pairwise(names):
+        g.add_edge(a, b)
+    g.add_edge(names[-1], END)
+    return g
+
+
+class SQLiteSession:
+    """A SQLiteCheckpointer on `path` (new or existing) with `graph` compiled on it, driven
+    through the sync API: our side of the chat and big-append workloads (appending.py)."""
+
+    engine, mode = OURS, "sqlite"
+
+    def __init__(self, path: Path, graph: StateGraph) -> None:
+        self.path = path
+        self.saver = SQLiteCheckpointer(path)
+        self.app = graph.compile(checkpointer=self.saver)
+
+    def invoke(self, value: dict[str, Any], thread: str, field: str) -> Any:
+        return getattr(self.app.invoke(value, thread_id=thread, max_steps=MAX_STEPS), field)
+
+    def read(self, thread: str, field: str) -> Any:
+        return getattr(self.app.get_state(thread).state, field)
+
+    def close(self) -> ClosedFile:
+        self.saver.close()
+        return measure_closed(self.path, fold_wal=False)
 
 
 def _checkpointer(mode: str, directory: Path) -> tuple[Any, Path | None]:
