@@ -10,7 +10,8 @@ import asyncio
 import operator
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +23,7 @@ from statemachine import END, START, StateGraph
 
 from .common import (
     OURS,
+    WORKLOADS,
     ClosedFile,
     ExecutionLog,
     Executions,
@@ -272,6 +274,12 @@ def latest_read(mode: str, p: Params, directory: Path) -> Result:
                          "state_ok": ok})
 
 
+def long_read(p: Params, directory: Path) -> Result:
+    """latest_read on SQLite over a `long_read_iterations`-long loop: whether the read stays
+    flat as the thread's history grows. Ours only: the target it serves is about our engine."""
+    return latest_read("sqlite", replace(p, iterations=p.long_read_iterations), directory)
+
+
 def resume(mode: str, p: Params, directory: Path) -> Result:
     """The loop fails at iteration `fail_at`; resume it. Reports the start-up (resume() called
     -> first node running; median of the repetitions) and checks the result and that no
@@ -343,20 +351,32 @@ def crash_child(phase: str, mode: str, db: Path, log: Path, iterations: int,
             "result_ok": check_loop_result(final.count, final.items, iterations)}
 
 
-def run_all(p: Params, directory: Path) -> list[Result]:
-    """Every workload on our engine alone (`python -m benchmarks` without --compare)."""
+def run_all(p: Params, directory: Path, only: Collection[str] = WORKLOADS) -> list[Result]:
+    """Every workload (or those in `only`) on our engine alone (`python -m benchmarks` without
+    --compare)."""
+    from . import appending, workloads
     from .crash import crash_workload
 
     results: list[Result] = []
     for mode in MODES:
         for workload in ("loop", "chain", "fanout"):
-            results.append(throughput(workload, mode, p, directory))
+            if workload in only:
+                results.append(throughput(workload, mode, p, directory))
     for mode in ("memory", "sqlite"):
-        results.append(latest_read(mode, p, directory))
-        results.append(resume(mode, p, directory))
-    growth = [growth_point(n, directory) for n in p.growth_sizes]
-    add_growth_exponent(growth)
-    results += growth
-    results.append(crash_workload(OURS, "sqlite", p, directory))
+        if "latest-read" in only:
+            results.append(latest_read(mode, p, directory))
+        if "resume" in only:
+            results.append(resume(mode, p, directory))
+    if "latest-read" in only:
+        results.append(long_read(p, directory))
+    if "growth" in only:
+        growth = [growth_point(n, directory) for n in p.growth_sizes]
+        add_growth_exponent(growth)
+        results += growth
+    if "crash" in only:
+        results.append(crash_workload(OURS, "sqlite", p, directory))
+    if "chat" in only:
+        results += appending.chat_series(workloads, p.chat_sizes, p, directory)
+    if "big-append" in only:
+        results.append(appending.big_append(workloads, p, directory))
     return results
-
