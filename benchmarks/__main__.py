@@ -37,6 +37,8 @@ QUICK = Params(iterations=20, chain_length=5, fan_width=4, invocations=2, growth
                big_append_steps=5, big_append_chars=100_000, big_reads=2)
 PACKAGES = ("statemachine", "pydantic", "pydantic-core", "aiosqlite", "langgraph",
             "langgraph-checkpoint", "langgraph-checkpoint-sqlite")
+FILE_BYTES = ("file: bytes after close (ours: the file plus any WAL left; LangGraph's: WAL "
+              "folded in first); WAL: the -wal file right after close")
 APPENDING = ("chat", "big-append")  # printed in tables of their own, not in print_ours
 MISSING_LANGGRAPH = (
     "--compare langgraph needs LangGraph and its SQLite checkpointer, which are not installed "
@@ -205,8 +207,7 @@ def print_chat(results: list[Result]) -> None:
         return
     print("Chat: START -> reply -> END, invoked once per turn on one thread; each turn adds a "
           "1,000-char user message and a 1,000-char reply")
-    print("  file: bytes after close, WAL folded in; WAL: the -wal file right after close; "
-          "turns/s = steps/s (one step a turn)")
+    print(f"  {FILE_BYTES}; turns/s = steps/s (one step a turn)")
     print("  first node: invoke called -> first line of reply, median over the turns named; "
           "warm: median get_state on the app that ran the thread")
     print("  cold: each read on a newly opened checkpointer + freshly compiled app (medians "
@@ -273,8 +274,7 @@ def print_big_append(results: list[Result]) -> None:
     e = rows[0].extra or {}
     print(f"Big append: one run of a {e['steps']}-node chain, each node appends one "
           f"{e['chunk_chars']:,}-char string to `chunks: Annotated[list[str], operator.add]`")
-    print("  state: the appended bytes; file: after close, WAL folded in; WAL: the -wal file "
-          "right after close; read: median get_state")
+    print(f"  state: the appended bytes; {FILE_BYTES}; read: median get_state")
     head = (f"{'engine':<13} {'mode':<12} {'state bytes':>12} {'file bytes':>13} {'WAL':>6} "
             f"{'file/state':>10} {'wall s':>7} {'read ms':>9} {'ok':>5}")
     print(head)
