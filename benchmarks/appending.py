@@ -59,8 +59,9 @@ def cold_reads(open_session: Callable[[], Any], thread: str, field: str,
                times: int) -> ColdReads:
     """`times` times: a new checkpointer on the file and a freshly compiled app, read twice.
 
-    The first read is what a new process (a viewer, a worker picking the thread up) pays: it
-    meets empty caches and unprepared statements; the second shows how much of that was the
+    The first read is what a new process (a viewer, a worker picking the thread up) pays: a
+    new connection with an empty SQLite page cache and no prepared statements (the OS's file
+    cache stays warm: this is not a cold disk); the second shows how much of that was the
     first time. Each open is closed before the next.
     """
     opens, firsts, seconds, state = [], [], [], None
