@@ -1,13 +1,16 @@
 """What both sides of the benchmark share: the result record, the sizes, and the measuring
-helpers (timing, peak memory, database bytes, execution logs, the growth fit).
+helpers (timing, peak memory, database bytes, execution logs, the growth fit, the chat's and
+big-append's data).
 
 Nothing here imports statemachine or LangGraph, so each side can be loaded on its own.
 """
 
 from __future__ import annotations
 
+import base64
 import math
 import os
+import random
 import sqlite3
 import statistics
 import time
@@ -21,6 +24,9 @@ from typing import Any
 
 OURS = "statemachine"
 THEIRS = "langgraph"
+WORKLOADS = ("loop", "chain", "fanout", "latest-read", "resume", "growth", "crash", "chat",
+             "big-append")
+"""Every workload, in the order they run; `--only` picks among these names."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,14 @@ class Params:
     fail_at: int  # the iteration (1-based) that fails or crashes in resume and crash
     resume_reps: int  # fail-then-resume repetitions, of which the median start-up is reported
     rounds: int  # alternating ours/theirs rounds of the throughput workloads
+    long_read_iterations: int  # a second latest-read, on a longer loop (ours)
+    chat_turns: int  # the chat's headline length (invocations on one thread); in both series
+    chat_sizes: tuple[int, ...]  # our chat growth series
+    theirs_chat_sizes: tuple[int, ...]  # LangGraph's: it stores the whole state at every step
+    cold_reads: int  # latest-state reads of the chat, each on a newly opened checkpointer
+    big_append_steps: int
+    big_append_chars: int  # appended by each step (ASCII: characters are bytes)
+    big_reads: int  # latest-state reads of the big-append thread (each reads the whole state)
 
 
 @dataclass
@@ -119,13 +133,113 @@ def fit_exponent(points: list[tuple[int, int]]) -> float:
         sum((x - mean_x) ** 2 for x in xs)
 
 
-def add_growth_exponent(results: list[Result]) -> None:
-    """Note the fitted growth exponent of these growth results (one per size) in each."""
+def add_growth_exponent(results: list[Result], size: str = "iterations") -> None:
+    """Note the fitted growth exponent of these growth results (one per size, the size in
+    `extra[size]`) in each."""
     if len(results) >= 2:
-        slope = fit_exponent([(r.extra["iterations"], r.db_bytes)  # type: ignore[index,misc]
+        slope = fit_exponent([(r.extra[size], r.db_bytes)  # type: ignore[index,misc]
                               for r in results])
         for r in results:
             r.extra["growth_exponent"] = round(slope, 3)  # type: ignore[index]
+
+
+@dataclass(frozen=True)
+class ClosedFile:
+    """A SQLite file measured right after its writer closed it."""
+
+    db_bytes: int
+    """The file plus any write-ahead log left (folded in first when `fold_wal`)."""
+    wal_bytes: int
+    """The -wal file as the close left it, before any folding (0 when absent)."""
+    wal_present: bool
+
+
+def measure_closed(path: Path, *, fold_wal: bool) -> ClosedFile:
+    """Sizes of a database its writer just closed. Our checkpointer folds the log on close,
+    so ours is counted as it is (`fold_wal=False`: a log left over is counted raw, never
+    hidden); LangGraph leaves that to SQLite, so its log is folded first, as for growth."""
+    wal = Path(f"{path}-wal")
+    present = wal.exists()
+    left = wal.stat().st_size if present else 0
+    total = sqlite_bytes(path) if fold_wal else path.stat().st_size + left
+    return ClosedFile(total, left, present)
+
+
+def filler_text(seed: str, size: int) -> str:
+    """`size` ASCII characters of seeded pseudo-random base64, the same for the same seed.
+
+    Different for every seed, so nothing can deduplicate it, and close to incompressible
+    (6 bits of entropy per byte), so a store that compresses cannot make it look smaller than
+    what was appended the way it could with one repeated letter.
+    """
+    raw = random.Random(seed).randbytes(size * 3 // 4 + 3)
+    return base64.b64encode(raw).decode("ascii")[:size]
+
+
+CHAT_MESSAGE_CHARS = 1000
+
+
+def chat_message(role: str, turn: int) -> str:
+    """The 1,000-character message of `role` ("user" or "assistant") at `turn` (from 1)."""
+    head = f"{role} {turn}: "
+    return head + filler_text(head, CHAT_MESSAGE_CHARS - len(head))
+
+
+def reply_turn(messages_so_far: int) -> int:
+    """The turn a reply belongs to, from the messages before it (a user message per turn is
+    already in): the reply node's only arithmetic, shared by both engines."""
+    return messages_so_far // 2 + 1
+
+
+def expected_chat(turns: int) -> list[str]:
+    """The messages after `turns` turns: user, assistant, user, assistant, ..."""
+    return [chat_message(role, turn) for turn in range(1, turns + 1)
+            for role in ("user", "assistant")]
+
+
+def append_chunk(step: int, size: int) -> str:
+    """What step `step` (from 1) of big-append appends: `size` characters, unique to it."""
+    head = f"chunk {step}: "
+    return head + filler_text(head, size - len(head))
+
+
+class FirstNodeClock:
+    """The time from calling invoke to the first line of a node, one entry per invocation:
+    `called()` just before invoke, `node_started()` as the node's first line (a later node
+    of the same invocation is not counted)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._called_at: float | None = None
+
+    def called(self) -> None:
+        self._called_at = time.perf_counter()
+
+    def node_started(self) -> None:
+        if self._called_at is not None:
+            self.seconds.append(time.perf_counter() - self._called_at)
+            self._called_at = None
+
+    def median_ms(self, first_turn: int, last_turn: int) -> float:
+        """Median over turns first..last (from 1, both included), in ms."""
+        return round(statistics.median(self.seconds[first_turn - 1:last_turn]) * 1000, 3)
+
+
+def turn_window(center: int, turns: int, half: int = 2) -> tuple[int, int]:
+    """Turns center-half .. center+half, kept within 1..turns (a median of five, not one
+    turn's noise)."""
+    first = min(max(1, center - half), turns)
+    return first, min(center + half, turns)
+
+
+def timed_median(call: Callable[[], Any], times: int) -> tuple[float, Any]:
+    """Median seconds of `times` calls of `call()`, and the last call's result."""
+    seconds, result = [], None
+    for _ in range(times):
+        start = time.perf_counter()
+        result = call()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), result
 
 
 class InjectedFailure(RuntimeError):

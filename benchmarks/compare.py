@@ -5,13 +5,23 @@ then the ratios and the targets.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from . import appending
 from . import workloads as ours
-from .common import OURS, THEIRS, Params, Result, add_growth_exponent, median_result
+from .common import (
+    OURS,
+    THEIRS,
+    WORKLOADS,
+    Params,
+    Result,
+    add_growth_exponent,
+    median_result,
+)
 from .crash import crash_workload
 
 THROUGHPUT = ("loop", "chain", "fanout")
@@ -77,51 +87,103 @@ class Comparison:
                                                              strict=False) if o]}
 
 
-def run_comparison(p: Params, directory: Path, theirs: ModuleType,
-                   progress: Any = None) -> tuple[list[Result], list[Comparison]]:
-    """Every workload, ours then theirs, pair by pair (and round by round)."""
-    rows: list[Result] = []
-    comparisons: list[Comparison] = []
+def run_comparison(p: Params, directory: Path, theirs: ModuleType, progress: Any = None,
+                   only: Collection[str] = WORKLOADS) -> tuple[list[Result], list[Comparison]]:
+    """Every workload (or those in `only`), ours then theirs, pair by pair (and round by
+    round)."""
+    run = _ComparisonRun(p, directory, theirs, progress)
+    steps = (*((workload, run.throughput) for workload in THROUGHPUT),
+             ("latest-read", run.reads), ("resume", run.resumes), ("growth", run.growth),
+             ("crash", run.crashes), ("chat", run.chats), ("big-append", run.big_append))
+    for workload, step in steps:
+        if workload in only:
+            step(workload)
+    return run.rows, run.comparisons
 
-    def note(message: str) -> None:
-        if progress is not None:
-            progress(message)
 
-    def pair(workload: str, ours_result: Result, theirs_result: Result) -> None:
-        rows.extend((ours_result, theirs_result))
-        comparisons.append(Comparison(workload, ours_result, theirs_result))
+class _ComparisonRun:
+    """The rows and comparisons of one --compare run, filled in workload by workload."""
 
-    for workload in THROUGHPUT:
+    def __init__(self, p: Params, directory: Path, theirs: ModuleType, progress: Any) -> None:
+        self.p, self.directory, self.theirs, self.progress = p, directory, theirs, progress
+        self.rows: list[Result] = []
+        self.comparisons: list[Comparison] = []
+
+    def note(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
+
+    def pair(self, workload: str, ours_result: Result, theirs_result: Result) -> None:
+        self.rows.extend((ours_result, theirs_result))
+        self.comparisons.append(Comparison(workload, ours_result, theirs_result))
+
+    def throughput(self, workload: str) -> None:
+        p, directory = self.p, self.directory
         for our_mode, their_mode in THROUGHPUT_PAIRS:
-            note(f"{workload}: {our_mode} vs {their_mode}")
+            self.note(f"{workload}: {our_mode} vs {their_mode}")
             mine, others = [], []
             for r in range(p.rounds):
                 mine.append(ours.throughput(workload, our_mode, p, directory, trace=r == 0))
-                others.append(theirs.throughput(workload, their_mode, p, directory,
-                                                trace=r == 0))
-            pair(workload, median_result(mine), median_result(others))
-    for our_mode, their_mode in READ_PAIRS:
-        note(f"latest-read: {our_mode} vs {their_mode}")
-        pair("latest-read", ours.latest_read(our_mode, p, directory),
-             theirs.latest_read(their_mode, p, directory))
-    for our_mode, their_mode in RESUME_PAIRS:
-        note(f"resume: {our_mode} vs {their_mode}")
-        pair("resume", ours.resume(our_mode, p, directory),
-             theirs.resume(their_mode, p, directory))
-    our_growth, their_growth = [], []
-    for n in p.growth_sizes:
-        note(f"growth: {n} iterations")
-        our_growth.append(ours.growth_point(n, directory))
-        their_growth.append(theirs.growth_point(n, directory, GROWTH_MODE))
-    for results in (our_growth, their_growth):
-        add_growth_exponent(results)
-    for mine, others in zip(our_growth, their_growth, strict=True):
-        pair("growth", mine, others)
-    for our_mode, their_mode in CRASH_PAIRS:
-        note(f"crash: {our_mode} vs {their_mode}")
-        pair("crash", crash_workload(OURS, our_mode, p, directory),
-             crash_workload(THEIRS, their_mode, p, directory))
-    return rows, comparisons
+                others.append(self.theirs.throughput(workload, their_mode, p, directory,
+                                                     trace=r == 0))
+            self.pair(workload, median_result(mine), median_result(others))
+
+    def reads(self, workload: str) -> None:
+        for our_mode, their_mode in READ_PAIRS:
+            self.note(f"latest-read: {our_mode} vs {their_mode}")
+            self.pair(workload, ours.latest_read(our_mode, self.p, self.directory),
+                      self.theirs.latest_read(their_mode, self.p, self.directory))
+        self.note(f"latest-read: sqlite, {self.p.long_read_iterations} iterations (ours only)")
+        self.rows.append(ours.long_read(self.p, self.directory))
+
+    def resumes(self, workload: str) -> None:
+        for our_mode, their_mode in RESUME_PAIRS:
+            self.note(f"resume: {our_mode} vs {their_mode}")
+            self.pair(workload, ours.resume(our_mode, self.p, self.directory),
+                      self.theirs.resume(their_mode, self.p, self.directory))
+
+    def growth(self, workload: str) -> None:
+        our_growth, their_growth = [], []
+        for n in self.p.growth_sizes:
+            self.note(f"growth: {n} iterations")
+            our_growth.append(ours.growth_point(n, self.directory))
+            their_growth.append(self.theirs.growth_point(n, self.directory, GROWTH_MODE))
+        for results in (our_growth, their_growth):
+            add_growth_exponent(results)
+        for mine, others in zip(our_growth, their_growth, strict=True):
+            self.pair(workload, mine, others)
+
+    def crashes(self, workload: str) -> None:
+        for our_mode, their_mode in CRASH_PAIRS:
+            self.note(f"crash: {our_mode} vs {their_mode}")
+            self.pair(workload, crash_workload(OURS, our_mode, self.p, self.directory),
+                      crash_workload(THEIRS, their_mode, self.p, self.directory))
+
+    def chats(self, workload: str) -> None:
+        """Each length ours then theirs; a length one side skips (LangGraph stops at a
+        smaller size: it stores the whole conversation at every step) is a row, not a pair."""
+        p = self.p
+        mine: dict[int, Result] = {}
+        others: dict[int, Result] = {}
+        for turns in sorted(set(p.chat_sizes) | set(p.theirs_chat_sizes)):
+            self.note(f"chat: {turns} turns")
+            if turns in p.chat_sizes:
+                mine[turns] = appending.chat(ours, turns, p, self.directory)
+            if turns in p.theirs_chat_sizes:
+                others[turns] = appending.chat(self.theirs, turns, p, self.directory)
+        for results in (mine, others):
+            add_growth_exponent(list(results.values()), size="turns")
+        for turns, result in mine.items():
+            if turns in others:
+                self.pair(workload, result, others[turns])
+            else:
+                self.rows.append(result)
+        self.rows.extend(r for turns, r in others.items() if turns not in mine)
+
+    def big_append(self, workload: str) -> None:
+        self.note("big-append")
+        self.pair(workload, appending.big_append(ours, self.p, self.directory),
+                  appending.big_append(self.theirs, self.p, self.directory))
 
 
 # -- targets ------------------------------------------------------------------------------------
@@ -154,8 +216,9 @@ def _ratio_target(name: str, c: Comparison | None, minimum: float) -> Target:
     return Target(name, f"{c.speed_ratio:.2f}x", c.speed_ratio >= minimum)
 
 
-def targets(results: list[Result], comparisons: list[Comparison]) -> list[Target]:
-    """The targets, from this run's numbers. Ratio targets need --compare (else n/a)."""
+def targets(results: list[Result], comparisons: list[Comparison], p: Params) -> list[Target]:
+    """The targets, from this run's numbers (`p`: the sizes it ran at). Ratio targets need
+    --compare (else n/a)."""
     found: list[Target] = [
         _ratio_target("SQLite loop >= 8x LangGraph SqliteSaver durability=sync (steps/s)",
                       _find(comparisons, "loop", "sqlite", "sqlite:sync"), 8),
@@ -188,19 +251,111 @@ def targets(results: list[Result], comparisons: list[Comparison]) -> list[Target
     found.append(Target("our storage growth exponent <= 1.1",
                         "not measured" if exponent is None else f"{exponent:.3f}",
                         None if exponent is None else exponent <= 1.1))
-    read = [r for r in results if (r.workload, r.mode, r.engine) == ("latest-read", "sqlite",
-                                                                      OURS)]
-    size = f"{read[0].extra['history_steps'] // 2:,} iterations" if read else "loop"
-    found.append(Target(f"latest-state read (SQLite, {size}) <= 1 ms",
-                        f"{max(r.seconds for r in read) * 1000:.3f} ms" if read
-                        else "not measured",
-                        max(r.seconds for r in read) <= 0.001 if read else None))
+    found += _read_targets(results)
     start = [r for r in results if (r.workload, r.mode, r.engine) == ("resume", "sqlite", OURS)]
     found.append(Target("resume start-up (SQLite) <= 5 ms",
                         f"{max(r.seconds for r in start) * 1000:.3f} ms" if start
                         else "not measured",
                         max(r.seconds for r in start) <= 0.005 if start else None))
+    return found + _chat_targets(results, comparisons, p) + _big_append_targets(results)
+
+
+def _read_targets(results: list[Result]) -> list[Target]:
+    """Our SQLite latest-state read <= 1 ms, one target per loop length read."""
+    reads = [r for r in results
+             if (r.workload, r.mode, r.engine) == ("latest-read", "sqlite", OURS)]
+    if not reads:
+        return [Target("latest-state read (SQLite, loop) <= 1 ms", "not measured", None)]
+    found = []
+    for steps in sorted({r.extra["history_steps"] for r in reads if r.extra}):
+        worst = max(r.seconds for r in reads if r.extra and r.extra["history_steps"] == steps)
+        found.append(Target(f"latest-state read (SQLite, {steps // 2:,} iterations) <= 1 ms",
+                            f"{worst * 1000:.3f} ms", worst <= 0.001))
     return found
+
+
+CHAT_MAX_BYTES = 2_000_000
+
+
+def _chat_targets(results: list[Result], comparisons: list[Comparison],
+                  p: Params) -> list[Target]:
+    """Our chat: small at the headline length (alone and next to LangGraph's), growing
+    linearly, and as quick to read and to start a turn on at its longest as early on."""
+    chats = {r.extra["turns"]: r for r in results
+             if r.workload == "chat" and r.engine == OURS and r.extra}
+    turns = p.chat_turns
+    headline = chats.get(turns)
+    longest = chats[max(chats)] if chats else None
+    return [_chat_size_target(turns, headline),
+            _chat_ratio_target(turns, next((c for c in comparisons if c.workload == "chat"
+                                            and c.ours.extra and c.ours.extra["turns"] == turns),
+                                           None)),
+            _chat_growth_target([chats[n] for n in sorted(chats)]),
+            _chat_read_target(longest, max(p.chat_sizes)),
+            _chat_first_node_target(longest, max(p.chat_sizes))]
+
+
+def _chat_size_target(turns: int, r: Result | None) -> Target:
+    name = f"chat at {turns:,} turns: our file <= {CHAT_MAX_BYTES:,} B"
+    if r is None or r.db_bytes is None:
+        return Target(name, "not measured", None)
+    return Target(name, f"{r.db_bytes:,} B", r.db_bytes <= CHAT_MAX_BYTES)
+
+
+def _chat_ratio_target(turns: int, c: Comparison | None) -> Target:
+    name = f"chat at {turns:,} turns: our file >= 100x smaller than LangGraph's (sqlite:sync)"
+    if c is None or c.bytes_ratio is None:
+        return Target(name, "not measured", None)
+    return Target(name, f"{c.ours.db_bytes:,} vs {c.theirs.db_bytes:,} B = "
+                  f"1/{1 / c.bytes_ratio:.1f}", c.bytes_ratio <= 0.01)
+
+
+def _chat_growth_target(series: list[Result]) -> Target:
+    """The log-log fit over our chat lengths (1.0: the file grows as the conversation does)."""
+    name = "our chat storage growth exponent <= 1.1"
+    exponent = series[0].extra.get("growth_exponent") if series and series[0].extra else None
+    if exponent is None:
+        return Target(name, "not measured", None)
+    first, last = series[0].extra["turns"], series[-1].extra["turns"]  # type: ignore[index]
+    return Target(f"{name} ({first:,} -> {last:,} turns)", f"{exponent:.3f}", exponent <= 1.1)
+
+
+def _chat_read_target(r: Result | None, turns: int) -> Target:
+    name = f"chat at {turns:,} turns: latest-state read (SQLite, warm) <= 1 ms"
+    if r is None or r.extra is None:
+        return Target(name, "not measured", None)
+    e = r.extra
+    name = f"chat at {e['turns']:,} turns: latest-state read (SQLite, warm) <= 1 ms"
+    return Target(name, f"{e['warm_read_ms']:.3f} ms (cold: open {e['cold_open_ms']:.3f} ms, "
+                  f"first read {e['cold_first_read_ms']:.3f} ms)",
+                  e["warm_read_ms"] <= 1)
+
+
+def _chat_first_node_target(r: Result | None, turns: int) -> Target:
+    if r is None or r.extra is None:
+        return Target(f"chat: first node of turn {turns:,} within 2x of turn 10",
+                      "not measured", None)
+    e = r.extra
+    ratio = e["first_node_ms_late"] / e["first_node_ms_early"]
+    return Target(f"chat: first node of turn {e['turns']:,} within 2x of turn 10",
+                  f"turns {e['first_node_turns_late']}: {e['first_node_ms_late']:.3f} ms vs "
+                  f"turns {e['first_node_turns_early']}: {e['first_node_ms_early']:.3f} ms "
+                  f"= {ratio:.2f}x", ratio <= 2)
+
+
+def _big_append_targets(results: list[Result]) -> list[Target]:
+    """Our big-append: the file about the size of what was appended, and no log left."""
+    big = next((r for r in results if r.workload == "big-append" and r.engine == OURS), None)
+    size_name = "big-append: our file <= 1.5x the state"
+    wal_name = "big-append: our WAL truncated after close (0 bytes or absent)"
+    if big is None or big.extra is None or big.db_bytes is None:
+        return [Target(size_name, "not measured", None), Target(wal_name, "not measured", None)]
+    e = big.extra
+    wal = "absent" if not e["wal_file_after_close"] else f"{e['wal_bytes_after_close']:,} B"
+    ratio = big.db_bytes / e["state_bytes"]
+    return [Target(size_name, f"{big.db_bytes:,} / {e['state_bytes']:,} B = {ratio:.2f}x",
+                   ratio <= 1.5),
+            Target(wal_name, wal, e["wal_bytes_after_close"] == 0)]
 
 
 def checks(results: list[Result]) -> list[Target]:

@@ -35,14 +35,19 @@ from langgraph.graph import END, START, StateGraph
 
 from .common import (
     THEIRS,
+    ClosedFile,
     ExecutionLog,
     Executions,
+    FirstNodeClock,
     InjectedFailure,
     Params,
     Result,
+    chat_message,
     check_loop_result,
+    measure_closed,
     new_db_path,
     peak_kib,
+    reply_turn,
     sqlite_bytes,
 )
 
@@ -59,6 +64,14 @@ class LoopState(TypedDict):
 class FanState(TypedDict):
     items: Annotated[list[int], operator.add]
     total: int
+
+
+class ChatState(TypedDict):
+    messages: Annotated[list[str], operator.add]
+
+
+class AppendState(TypedDict):
+    chunks: Annotated[list[str], operator.add]
 
 
 def loop_graph(iterations: int, executions: Executions | None = None,
@@ -125,6 +138,33 @@ def fanout_graph(width: int) -> StateGraph:
     return g
 
 
+def chat_graph(clock: FirstNodeClock | None) -> StateGraph:
+    """START -> reply -> END: the reply appends the turn's 1,000-character answer."""
+    def reply(state: ChatState) -> dict:
+        if clock is not None:
+            clock.node_started()
+        return {"messages": [chat_message("assistant", reply_turn(len(state["messages"])))]}
+
+    g = StateGraph(ChatState)
+    g.add_node("reply", reply)
+    g.add_edge(START, "reply")
+    g.add_edge("reply", END)
+    return g
+
+
+def big_append_graph(chunks: list[str]) -> StateGraph:
+    """A chain of len(chunks) nodes; node i appends chunks[i] (made before the run)."""
+    g = StateGraph(AppendState)
+    names = [f"append{i}" for i in range(len(chunks))]
+    for name, chunk in zip(names, chunks, strict=True):
+        g.add_node(name, lambda state, _chunk=chunk: {"chunks": [_chunk]})
+    g.add_edge(START, names[0])
+    for a, b in pairwise(names):
+        g.add_edge(a, b)
+    g.add_edge(names[-1], END)
+    return g
+
+
 def _workload(workload: str, p: Params) -> tuple[StateGraph, int, int, Any, Callable[[Any], bool]]:
     if workload == "loop":
         return (loop_graph(p.iterations), 1, 2 * p.iterations, {"count": 0},
@@ -175,6 +215,31 @@ class Session:
             return None
         self.conn.close()
         return sqlite_bytes(self.path)  # type: ignore[arg-type]
+
+
+class SQLiteSession:
+    """SqliteSaver on `sqlite3.connect(path, check_same_thread=False)` (new or existing file)
+    with `graph` compiled on it, invoked with durability="sync" (the sqlite:sync mode): their
+    side of the chat and big-append workloads (appending.py)."""
+
+    engine, mode = THEIRS, "sqlite:sync"
+
+    def __init__(self, path: Path, graph: StateGraph) -> None:
+        self.path = path
+        self.conn = sqlite3.connect(path, check_same_thread=False)
+        saver = SqliteSaver(self.conn)
+        saver.setup()  # the tables (and WAL mode) now, not inside the first timed call
+        self.app = graph.compile(checkpointer=saver)
+
+    def invoke(self, value: dict[str, Any], thread: str, field: str) -> Any:
+        return self.app.invoke(value, _config(thread), **_durability(self.mode))[field]
+
+    def read(self, thread: str, field: str) -> Any:
+        return self.app.get_state(_config(thread)).values[field]
+
+    def close(self) -> ClosedFile:
+        self.conn.close()
+        return measure_closed(self.path, fold_wal=True)
 
 
 def _run_calls(graph: StateGraph, mode: str, directory: Path,

@@ -10,7 +10,8 @@ import asyncio
 import operator
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,15 +23,21 @@ from statemachine import END, START, StateGraph
 
 from .common import (
     OURS,
+    WORKLOADS,
+    ClosedFile,
     ExecutionLog,
     Executions,
+    FirstNodeClock,
     InjectedFailure,
     Params,
     Result,
     add_growth_exponent,
+    chat_message,
     check_loop_result,
+    measure_closed,
     new_db_path,
     peak_kib,
+    reply_turn,
 )
 
 MODES = ("none", "memory", "sqlite", "sqlite-ainvoke")
@@ -45,6 +52,14 @@ class LoopState(BaseModel):
 class FanState(BaseModel):
     items: Annotated[list[int], operator.add] = []
     total: int = 0
+
+
+class ChatState(BaseModel):
+    messages: Annotated[list[str], operator.add] = []
+
+
+class AppendState(BaseModel):
+    chunks: Annotated[list[str], operator.add] = []
 
 
 def loop_graph(iterations: int, executions: Executions | None = None,
@@ -116,6 +131,55 @@ def fanout_graph(width: int) -> StateGraph:
     g.add_edge(names, "join")
     g.add_edge("join", END)
     return g
+
+
+def chat_graph(clock: FirstNodeClock | None) -> StateGraph:
+    """START -> reply -> END: the reply appends the turn's 1,000-character answer."""
+    def reply(state: ChatState) -> dict:
+        if clock is not None:
+            clock.node_started()
+        return {"messages": [chat_message("assistant", reply_turn(len(state.messages)))]}
+
+    g = StateGraph(ChatState)
+    g.add_node("reply", reply)
+    g.add_edge(START, "reply")
+    g.add_edge("reply", END)
+    return g
+
+
+def big_append_graph(chunks: list[str]) -> StateGraph:
+    """A chain of len(chunks) nodes; node i appends chunks[i] (made before the run)."""
+    g = StateGraph(AppendState)
+    names = [f"append{i}" for i in range(len(chunks))]
+    for name, chunk in zip(names, chunks, strict=True):
+        g.add_node(name, lambda state, _chunk=chunk: {"chunks": [_chunk]})
+    g.add_edge(START, names[0])
+    for a, b in pairwise(names):
+        g.add_edge(a, b)
+    g.add_edge(names[-1], END)
+    return g
+
+
+class SQLiteSession:
+    """A SQLiteCheckpointer on `path` (new or existing) with `graph` compiled on it, driven
+    through the sync API: our side of the chat and big-append workloads (appending.py)."""
+
+    engine, mode = OURS, "sqlite"
+
+    def __init__(self, path: Path, graph: StateGraph) -> None:
+        self.path = path
+        self.saver = SQLiteCheckpointer(path)
+        self.app = graph.compile(checkpointer=self.saver)
+
+    def invoke(self, value: dict[str, Any], thread: str, field: str) -> Any:
+        return getattr(self.app.invoke(value, thread_id=thread, max_steps=MAX_STEPS), field)
+
+    def read(self, thread: str, field: str) -> Any:
+        return getattr(self.app.get_state(thread).state, field)
+
+    def close(self) -> ClosedFile:
+        self.saver.close()
+        return measure_closed(self.path, fold_wal=False)
 
 
 def _checkpointer(mode: str, directory: Path) -> tuple[Any, Path | None]:
@@ -210,6 +274,12 @@ def latest_read(mode: str, p: Params, directory: Path) -> Result:
                          "state_ok": ok})
 
 
+def long_read(p: Params, directory: Path) -> Result:
+    """latest_read on SQLite over a `long_read_iterations`-long loop: whether the read stays
+    flat as the thread's history grows. Ours only: the target it serves is about our engine."""
+    return latest_read("sqlite", replace(p, iterations=p.long_read_iterations), directory)
+
+
 def resume(mode: str, p: Params, directory: Path) -> Result:
     """The loop fails at iteration `fail_at`; resume it. Reports the start-up (resume() called
     -> first node running; median of the repetitions) and checks the result and that no
@@ -281,20 +351,32 @@ def crash_child(phase: str, mode: str, db: Path, log: Path, iterations: int,
             "result_ok": check_loop_result(final.count, final.items, iterations)}
 
 
-def run_all(p: Params, directory: Path) -> list[Result]:
-    """Every workload on our engine alone (`python -m benchmarks` without --compare)."""
+def run_all(p: Params, directory: Path, only: Collection[str] = WORKLOADS) -> list[Result]:
+    """Every workload (or those in `only`) on our engine alone (`python -m benchmarks` without
+    --compare)."""
+    from . import appending, workloads
     from .crash import crash_workload
 
     results: list[Result] = []
     for mode in MODES:
         for workload in ("loop", "chain", "fanout"):
-            results.append(throughput(workload, mode, p, directory))
+            if workload in only:
+                results.append(throughput(workload, mode, p, directory))
     for mode in ("memory", "sqlite"):
-        results.append(latest_read(mode, p, directory))
-        results.append(resume(mode, p, directory))
-    growth = [growth_point(n, directory) for n in p.growth_sizes]
-    add_growth_exponent(growth)
-    results += growth
-    results.append(crash_workload(OURS, "sqlite", p, directory))
+        if "latest-read" in only:
+            results.append(latest_read(mode, p, directory))
+        if "resume" in only:
+            results.append(resume(mode, p, directory))
+    if "latest-read" in only:
+        results.append(long_read(p, directory))
+    if "growth" in only:
+        growth = [growth_point(n, directory) for n in p.growth_sizes]
+        add_growth_exponent(growth)
+        results += growth
+    if "crash" in only:
+        results.append(crash_workload(OURS, "sqlite", p, directory))
+    if "chat" in only:
+        results += appending.chat_series(workloads, p.chat_sizes, p, directory)
+    if "big-append" in only:
+        results.append(appending.big_append(workloads, p, directory))
     return results
-

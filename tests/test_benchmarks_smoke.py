@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ("loop", "chain", "fanout", "latest-read", "resume", "growth", "crash")
+WORKLOADS = ("loop", "chain", "fanout", "latest-read", "resume", "growth", "crash", "chat",
+             "big-append")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -48,9 +49,42 @@ def test_quick_benchmark_prints_every_workload_and_writes_json(tmp_path):
     assert document["checks"] and all(t["result"] == "PASS" for t in document["checks"])
 
 
+def test_quick_chat_and_big_append_alone_on_our_engine(tmp_path):
+    out = tmp_path / "results.json"
+    result = _run("--quick", "--only", "chat,big-append", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "Chat:" in result.stdout and "Big append:" in result.stdout
+    document = json.loads(out.read_text())
+    params, rows = document["params"], document["rows"]
+    assert {r["workload"] for r in rows} == {"chat", "big-append"}
+    chats = [r for r in rows if r["workload"] == "chat"]
+    assert [r["extra"]["turns"] for r in chats] == params["chat_sizes"]
+    for row in chats:
+        turns, extra = row["extra"]["turns"], row["extra"]
+        assert row["steps"] == turns
+        assert extra["messages"] == 2 * turns and extra["state_ok"] is True
+        assert extra["state_chars"] == 2 * turns * 1000
+        assert row["db_bytes"] > 0 and extra["wal_bytes_after_close"] >= 0
+        assert "growth_exponent" in extra
+    big = next(r for r in rows if r["workload"] == "big-append")
+    assert big["extra"]["state_ok"] is True and big["steps"] == params["big_append_steps"]
+    assert big["extra"]["state_bytes"] == params["big_append_steps"] * params["big_append_chars"]
+    assert big["db_bytes"] > 0
+    names = {t["target"] for t in document["targets"]}
+    assert any(name.startswith("chat at") for name in names)
+    assert any(name.startswith("big-append") for name in names)
+
+
+def test_only_refuses_an_unknown_workload():
+    result = _run("--quick", "--only", "chat,nonsense")
+    assert result.returncode == 2
+    assert "nonsense" in result.stderr
+
+
 def test_benchmark_modules_do_not_import_langgraph():
     code = ("import sys, benchmarks.__main__, benchmarks.workloads, benchmarks.compare, "
-            "benchmarks.crash; assert not any(m.startswith('langgraph') for m in sys.modules)")
+            "benchmarks.crash, benchmarks.appending; "
+            "assert not any(m.startswith('langgraph') for m in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
