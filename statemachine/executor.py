@@ -146,12 +146,14 @@ class Executor:
             if entry is not None:
                 if len(chain.records) == 1:
                     return entry.state, chain, entry.cost if own else None
-                return self.rebuild(chain, base=entry.state), chain, entry.cost.plus(chain)
+                state, cost = self.rebuild_counting(chain, entry.state, entry.cost)
+                return state, chain, cost
             reloaded = await saver.load(thread_id, checkpoint_id)  # evicted meanwhile
             if reloaded is None:
                 return None
             chain = reloaded
-        return self.rebuild(chain), chain, ReplayCost.of_chain(chain)
+        state, cost = self.rebuild_counting(chain)
+        return state, chain, cost
 
     async def history(self, thread_id: str, limit: int | None = None,
                       before: str | None = None, *, blocking: bool = False) -> list[Snapshot]:
@@ -270,17 +272,29 @@ class Executor:
         The writes of the whole chain are decoded in one call and folded into one new state
         (`StateSchema.replay`), so a long chain costs about what its writes hold. If they do
         not decode, each checkpoint is replayed on its own, which names the one that fails."""
+        return self.rebuild_counting(chain, base)[0]
+
+    def rebuild_counting(self, chain: Chain, base: BaseModel | None = None,
+                         cost: ReplayCost | None = None) -> tuple[BaseModel, ReplayCost]:
+        """`rebuild`, and what the rebuild replayed (see `snapshots`) on top of `cost`, what
+        rebuilding the chain's first checkpoint costs (None: it has a snapshot)."""
         state = self._decode_snapshot(chain.records[0]) if base is None else base
+        cost = ReplayCost(len(chain.records[0].snapshot or "")) if cost is None else cost
         if len(chain.records) == 1:
-            return state
+            return state, cost
         try:
             steps = self._chain_writes(chain)
         except (ValidationError, ValueError):
-            for parent, record in pairwise(chain.records):
-                state = self._apply_record(state, parent, record,
-                                           chain.pending.get(parent.id, []))
-            return state
-        return self.spec.schema.replay(state, steps, thread_id=chain.head.thread_id)
+            steps = [self._record_writes(parent, record, chain.pending.get(parent.id, []))
+                     for parent, record in pairwise(chain.records)]
+            for (_, record), writes in zip(pairwise(chain.records), steps, strict=True):
+                state = self.spec.schema.apply(state, writes, step=record.step,
+                                               thread_id=record.thread_id)
+        else:
+            state = self.spec.schema.replay(state, steps, thread_id=chain.head.thread_id)
+        appends = self.spec.schema.appends_only
+        return state, cost.plus(chain, [not all(appends(u) for _, u in writes)
+                                        for writes in steps])
 
     def _chain_writes(self, chain: Chain) -> list[list[tuple[str, dict[str, Any]]]]:
         """Each checkpoint's writes after the first, in the order a step applies them."""
@@ -309,6 +323,12 @@ class Executor:
 
     def _apply_record(self, state: BaseModel, parent: CheckpointRecord, record: CheckpointRecord,
                       parent_pending: Sequence[PendingWrite]) -> BaseModel:
+        return self.spec.schema.apply(state, self._record_writes(parent, record, parent_pending),
+                                      step=record.step, thread_id=record.thread_id)
+
+    def _record_writes(self, parent: CheckpointRecord, record: CheckpointRecord,
+                       parent_pending: Sequence[PendingWrite]) -> list[tuple[str, dict[str, Any]]]:
+        """What `record` applied to its parent's state, decoded, in merge order."""
         writes: list[tuple[str, int, dict[str, Any]]] = []
         try:
             if record.kind == "step":
@@ -320,8 +340,7 @@ class Executor:
         except ValidationError as exc:
             raise _stale(record, exc) from exc
         writes.sort(key=self._write_order)
-        return self.spec.schema.apply(state, [(n, u) for n, _, u in writes], step=record.step,
-                                      thread_id=record.thread_id)
+        return [(n, u) for n, _, u in writes]
 
     def carried_writes(self, record: CheckpointRecord) -> list[tuple[str, int, dict[str, Any]]]:
         """Writes of finished tasks that update_state carried onto `record`, validated."""
@@ -639,7 +658,9 @@ class Run:
             writes = self.spec.schema.encode_writes([(INPUT, 0, encoded)])
         status = "running" if self.tasks else "done"
         # a new thread's first checkpoint is where every replay starts: it always has the state
-        snapshot = self._snapshot_if_due(len(writes or "")) if parent_id is not None else \
+        written = 0 if update is None or self.spec.schema.appends_only(update) else \
+            len(writes or "")
+        snapshot = self._snapshot_if_due(written) if parent_id is not None else \
             self.replay.stored(self.spec.schema.encode_state(self.state))
         await self._put(NewCheckpoint(
             parent_id=parent_id, step=step, kind="input", status=status,
@@ -1100,8 +1121,9 @@ class Run:
         inline = [(t.node, t.index, self.encoded[t.key])
                   for t, _ in ordered if t.key not in self.committed_pending]
         writes = schema.encode_writes(inline) if inline else None
-        written = len(writes or "") + sum(len(self.encoded[key])
-                                          for key in self.committed_pending)
+        appends = self.spec.schema.appends_only
+        written = 0 if all(appends(update) for _, update in ordered) else \
+            len(writes or "") + sum(len(self.encoded[key]) for key in self.committed_pending)
         self.joins = joins
         await self._put(NewCheckpoint(
             parent_id=self.head_id, step=self.step + 1, kind="step", status=status,

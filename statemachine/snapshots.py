@@ -4,28 +4,32 @@ A checkpoint without a snapshot is rebuilt from its nearest ancestor that has on
 the writes in between. Storing a snapshot costs its size; not storing one makes every later
 read replay more. The rule here balances the two over a thread's whole life, across runs:
 
-* the cost of a replay is counted as the bytes of the writes since the last snapshot plus a
-  fixed cost per checkpoint (decoding and applying one record costs about as much as decoding
-  `RECORD_COST` more bytes of a snapshot);
+* the cost of a replay is counted as a fixed cost per checkpoint (decoding and applying one
+  record costs about as much as decoding `RECORD_COST` more bytes of a snapshot), plus the
+  bytes of its writes unless they only append (every field merged with `operator.add`): bytes
+  appended are read either way, from writes or from a snapshot that would hold them too;
 * a snapshot is stored once that replay cost reaches `GROWTH` times the size of the last
   snapshot (or after `MAX_REPLAY_STEPS` checkpoints, whatever their size).
 
-So each snapshot is paid for by at least `GROWTH` times the one before in writes and records
-since, and a state that grows (a chat, a log) is snapshotted at sizes that grow geometrically:
-all snapshots of a thread together hold at most (1 + GROWTH) / GROWTH times its current state
-(4/3), whatever its length, which keeps storage linear in what was written. Rebuilding a state
-replays at most GROWTH / (1 + GROWTH) of it (3/4) from writes; a process that ran or read the
-thread keeps its latest state (`state_cache`) and replays nothing. A larger GROWTH stores
-less and replays more; with 3 a 400-turn chat of 1 KB messages takes 1.5 MB (800 KB of state).
+So each snapshot is paid for by at least `GROWTH` times the one before in what replaying would
+cost, and a state that grows is snapshotted at sizes that grow geometrically: all snapshots of
+a thread together hold a bounded multiple of its current state, whatever its length, which
+keeps storage linear in what was written. Five steps that each append 10 MB store the 50 MB
+once; a 400-turn chat of 1 KB messages takes 1.5 MB (800 KB of state). Rebuilding a state
+replays at most `MAX_REPLAY_STEPS` checkpoints, and writes that replace rather than append
+at most GROWTH times the snapshot they start from; a process that ran or read the thread keeps
+its latest state (`state_cache`) and replays nothing.
 
 The counters follow a thread, not a run: a run that continues a thread starts from what its
-chain says (`ReplayCost.of_chain`), so many short runs on one thread (a chat) add up exactly
-as one long run would. A checkpointer's `keep_last` adds a snapshot every `keep_last / 2`
-checkpoints, so pruning to the newest `keep_last` never has to keep older ones to rebuild them.
+chain cost (`Executor.rebuild_counting`), so many short runs on one thread (a chat) add up
+exactly as one long run would. A checkpointer's `keep_last` adds a snapshot every
+`keep_last / 2` checkpoints, so pruning to the newest `keep_last` never has to keep older ones
+to rebuild them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -51,18 +55,15 @@ class ReplayCost:
     bytes_since: int = 0
     steps_since: int = 0
 
-    @classmethod
-    def of_chain(cls, chain: Chain) -> ReplayCost:
-        """The cost of rebuilding `chain.head` from storage (a chain starts at a snapshot)."""
-        return cls(len(chain.records[0].snapshot or "")).plus(chain)
-
-    def plus(self, chain: Chain) -> ReplayCost:
-        """This cost (of rebuilding `chain.records[0]`) plus replaying the rest of `chain`."""
+    def plus(self, chain: Chain, counted: Sequence[bool]) -> ReplayCost:
+        """This cost (of rebuilding `chain.records[0]`) plus replaying the rest of `chain`;
+        `counted[i]` says whether the writes of `chain.records[i + 1]` count (see `due`)."""
         written = 0
-        for parent, record in pairwise(chain.records):
-            written += len(record.writes or "") if record.kind != "fork" else 0
-            if record.kind == "step":
-                written += sum(len(w.writes) for w in chain.pending.get(parent.id, ()))
+        for (parent, record), count in zip(pairwise(chain.records), counted, strict=True):
+            if count:
+                written += len(record.writes or "") if record.kind != "fork" else 0
+                if record.kind == "step":
+                    written += sum(len(w.writes) for w in chain.pending.get(parent.id, ()))
         return ReplayCost(self.snapshot_bytes, self.bytes_since + written,
                           self.steps_since + len(chain.records) - 1)
 
@@ -70,8 +71,8 @@ class ReplayCost:
         return ReplayCost(self.snapshot_bytes, self.bytes_since, self.steps_since)
 
     def due(self, written: int, keep_last: int | None = None) -> bool:
-        """Count one more checkpoint carrying `written` bytes of writes; whether it should store
-        a snapshot (then call `stored`)."""
+        """Count one more checkpoint carrying `written` bytes of writes that count (those that
+        do more than append); whether it should store a snapshot (then call `stored`)."""
         self.bytes_since += written
         self.steps_since += 1
         return (self.bytes_since + RECORD_COST * self.steps_since >= GROWTH * self.snapshot_bytes

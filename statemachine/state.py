@@ -265,6 +265,12 @@ class StateSchema:
             current(name)
         return state.model_copy(update=changes) if changes else state
 
+    def appends_only(self, update: Mapping[str, Any]) -> bool:
+        """Whether `update` only appends (each field merged with `operator.add`): replaying it
+        reads no more than a snapshot of the state it makes would hold."""
+        reducers = self.reducers
+        return all(reducers.get(name) is operator.add for name in update)
+
     def combine(self, updates: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Several successive updates as one: reducer fields folded through their reducer
         (exact for associative reducers, as all stock ones are), other fields last-wins."""
