@@ -205,10 +205,12 @@ class Executor:
         owner = Owner.new()
         await saver.acquire(thread_id, owner)
         try:
-            chain = await saver.load(thread_id, checkpoint_id)
-            if chain is None:
+            loaded = await self.load_state(saver, thread_id, checkpoint_id, own=True)
+            if loaded is None:
                 raise _not_found(thread_id, checkpoint_id)
-            head, state = chain.head, self.rebuild(chain)
+            state, chain, cost = loaded
+            assert cost is not None
+            head = chain.head
             head_extra = extra_of(head)
             writer = as_node or UPDATE
             update = spec.schema.validate_update(values, node=writer, step=head.step,
@@ -252,11 +254,18 @@ class Executor:
                 extra["origin"] = head_extra.get("origin", head.id)
             if joins:
                 extra["joins"] = encode_joins(joins)
+            writes = spec.schema.encode_writes([(writer, index, encoded)])
+            snapshot = None
+            if cost.due(0 if spec.schema.appends_only(update) else len(writes),
+                        saver.keep_last):
+                snapshot = cost.stored(spec.schema.encode_state(new_state))
+            created = time.time()
             new_id = await saver.put(thread_id, owner, NewCheckpoint(
                 parent_id=head.id, step=step, kind=kind, status=status, next=next_json,
-                writes=spec.schema.encode_writes([(writer, index, encoded)]),
-                snapshot=spec.schema.encode_state(new_state),
-                extra=json.dumps(extra) if extra else None, error=error))
+                writes=writes, snapshot=snapshot, extra=json.dumps(extra) if extra else None,
+                error=error, created_at=created))
+            if self.remember_states:
+                self.states.put(thread_id, new_id, created, new_state, cost)
         except BaseException as exc:
             await release_after(saver, thread_id, owner, exc)
             raise

@@ -28,6 +28,7 @@ from pydantic_core import PydanticSerializationError
 from typing_extensions import TypedDict
 
 from .errors import InvalidUpdateError, Problem, did_you_mean
+from .reducers import append
 from .secret_types import looks_secret, mentions_secret, secret_paths
 
 Reducer = Callable[[Any, Any], Any]
@@ -212,9 +213,10 @@ class StateSchema:
         """The state after many committed steps, each applied as `apply` would, in order.
 
         What rebuilding a checkpoint from its snapshot does: the values are folded in one
-        dict and the model is copied once at the end, and a list or string field merged with
-        `operator.add` (the usual append reducer) grows in place instead of being copied at
-        every step, so replaying n appends costs what they hold, not n times the field."""
+        dict and the model is copied once at the end, and a list merged with `operator.add`
+        or `reducers.append` (or a string with `operator.add`) grows in place instead of being
+        copied at every step, so replaying n appends costs what they hold, not n times the
+        field."""
         changes: dict[str, Any] = {}
         lists: dict[str, list[Any]] = {}  # list values made here (changes holds them too)
         strings: dict[str, list[str]] = {}  # string values as parts, joined when read
@@ -237,7 +239,7 @@ class StateSchema:
                         strings.pop(name, None)
                         changes[name] = value
                         continue
-                    if reducer is operator.add and type(value) is list:
+                    if reducer in _APPENDS and type(value) is list:
                         if name in lists:
                             lists[name].extend(value)
                             continue
@@ -266,10 +268,11 @@ class StateSchema:
         return state.model_copy(update=changes) if changes else state
 
     def appends_only(self, update: Mapping[str, Any]) -> bool:
-        """Whether `update` only appends (each field merged with `operator.add`): replaying it
+        """Whether `update` only appends (each field merged with `operator.add` or
+        `reducers.append`): replaying it
         reads no more than a snapshot of the state it makes would hold."""
         reducers = self.reducers
-        return all(reducers.get(name) is operator.add for name in update)
+        return all(reducers.get(name) in _APPENDS for name in update)
 
     def combine(self, updates: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Several successive updates as one: reducer fields folded through their reducer
@@ -323,6 +326,10 @@ class StateSchema:
             except Exception:
                 return name
         return None
+
+
+_APPENDS = (operator.add, append)
+"""Reducers that append (to a list or, operator.add only, a string): replay grows the value."""
 
 
 def _two_writers(first: str, second: str, field: str, step: int | None,

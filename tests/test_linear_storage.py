@@ -1,0 +1,271 @@
+"""Storage grows with what was written, for every shape a thread takes; reads stay bounded.
+
+The byte counts are deterministic (same inputs, same SQLite pages), so they are asserted here;
+the speeds are measured in benchmarks/ (`python -m benchmarks --only chat,big-append`).
+Also here: the fold that rebuilds a state from many steps (`StateSchema.replay`) against
+applying the steps one by one, the in-process state cache against storage, and a file
+written by the engine before snapshots followed the thread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import shutil
+import sqlite3
+from itertools import pairwise
+from pathlib import Path
+from typing import Annotated, Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from checkpoints import SQLiteCheckpointer
+from statemachine import END, START, Send, StateGraph, reducers
+from statemachine.snapshots import GROWTH
+from statemachine.state import StateSchema
+
+DATA = Path(__file__).parent / "data"
+
+
+class Chat(BaseModel):
+    messages: Annotated[list[str], operator.add] = []
+    turns: int = 0
+
+
+def chat_graph(reply_size: int = 1000) -> StateGraph:
+    def reply(state: Chat) -> dict:
+        return {"messages": [f"{len(state.messages):05d}" + "r" * (reply_size - 5)]}
+
+    g = StateGraph(Chat)
+    g.add_node("reply", reply)
+    g.add_edge(START, "reply")
+    g.add_edge("reply", END)
+    return g
+
+
+def message(turn: int, size: int = 1000) -> dict:
+    return {"messages": [f"{turn:05d}" + "u" * (size - 5)]}
+
+
+def file_bytes(path: Path) -> int:
+    """The database with whatever the checkpointer left beside it (it folds the WAL on close)."""
+    return sum(p.stat().st_size for p in path.parent.iterdir() if p.name.startswith(path.name))
+
+
+def chat_file(tmp_path: Path, turns: int) -> int:
+    path = tmp_path / f"chat-{turns}.db"
+    with SQLiteCheckpointer(path) as saver:
+        app = chat_graph().compile(checkpointer=saver)
+        for turn in range(turns):
+            app.invoke(message(turn), thread_id="chat")
+        assert len(app.get_state("chat").state.messages) == 2 * turns
+    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+    return file_bytes(path)
+
+
+def snapshot_bytes(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT coalesce(sum(length(snapshot)), 0) FROM checkpoints"
+                            ).fetchone()[0]
+
+
+# -- how storage grows --------------------------------------------------------------------------
+
+def test_a_chat_thread_grows_linearly_and_400_turns_fit_in_2_mb(tmp_path):
+    """400 invokes on one thread, 1 KB in and 1 KB out each: 323 MB before snapshots followed
+    the thread (every run stored the state twice), now about 1.2 MB for 800 KB of state."""
+    sizes = {turns: chat_file(tmp_path, turns) for turns in (100, 200, 400, 800)}
+    assert sizes[400] <= 2_000_000, sizes
+    xs, ys = [math.log(t) for t in sizes], [math.log(b) for b in sizes.values()]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    exponent = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / \
+        sum((x - mx) ** 2 for x in xs)
+    assert exponent <= 1.1, (exponent, sizes)
+
+
+def test_appending_large_values_stores_each_once(tmp_path):
+    """Five steps that each append 2 MB through a reducer: the writes hold them, and no
+    snapshot copies them again (10 MB steps made a 170 MB file and a 50 MB WAL before)."""
+
+    class Blobs(BaseModel):
+        chunks: Annotated[list[str], operator.add] = []
+
+    g = StateGraph(Blobs)
+    names = [f"n{i}" for i in range(5)]
+    for i, name in enumerate(names):
+        g.add_node(name, lambda s, i=i: {"chunks": [chr(ord("a") + i) * 2_000_000]})
+    g.add_edge(START, names[0])
+    for a, b in pairwise(names):
+        g.add_edge(a, b)
+    g.add_edge(names[-1], END)
+    path = tmp_path / "big.db"
+    with SQLiteCheckpointer(path) as saver:
+        final = g.compile(checkpointer=saver).invoke({}, thread_id="big")
+        assert [c[0] for c in final.chunks] == list("abcde")
+    assert not Path(f"{path}-wal").exists()
+    assert file_bytes(path) <= 1.5 * 10_000_000, file_bytes(path)
+
+
+def test_edits_forks_and_fan_outs_do_not_copy_the_state_each_time(tmp_path):
+    """update_state, forks from one checkpoint, and Send fan-outs on a thread whose state is
+    large: each adds what it wrote, not another copy of the state."""
+
+    def fan(state: Chat) -> list[Send]:
+        return [Send("part", {"messages": [f"part {i}"]}) for i in range(4)]
+
+    g = StateGraph(Chat)
+    g.add_node("reply", lambda s: {"turns": s.turns + 1})
+    g.add_node("part", lambda s: {"messages": [s["messages"][-1] + " done"]})
+    g.add_edge(START, "reply")
+    g.add_conditional_edges("reply", fan, ["part"])
+    g.add_edge("part", END)
+    path = tmp_path / "shapes.db"
+    big = {"messages": [f"{i:05d}" + "x" * 995 for i in range(300)]}  # ~300 KB of state
+    with SQLiteCheckpointer(path) as saver:
+        app = g.compile(checkpointer=saver)
+        app.invoke(big, thread_id="t")
+        for turn in range(30):
+            app.invoke(message(turn, 100), thread_id="t")
+        for turn in range(30):
+            app.update_state("t", message(turn, 100), as_node="part")
+        fork_from = app.history("t")[-1].checkpoint_id
+        for _ in range(30):
+            app.invoke(None, thread_id="t", checkpoint_id=fork_from)
+        state = app.get_state("t").state
+        state_json = len(state.model_dump_json())
+    # each of the 90 edits, forks and turns copying the state would be 90 x 300 KB = 27 MB
+    assert snapshot_bytes(path) <= (1 + GROWTH) / GROWTH * state_json + 4 * 300_000
+    assert file_bytes(path) <= 3_000_000, file_bytes(path)
+
+
+# -- replaying many steps in one fold --------------------------------------------------------------
+
+class Mixed(BaseModel):
+    log: Annotated[list[str], operator.add] = []
+    text: Annotated[str, operator.add] = ""
+    tags: Annotated[list[int], reducers.append] = []
+    maybe: Annotated[list[int] | None, reducers.append] = None
+    best: Annotated[int, max] = 0
+    n: int = 0
+    label: str = ""
+
+
+MIXED = StateSchema(Mixed)
+
+updates = st.fixed_dictionaries({}, optional={
+    "log": st.lists(st.text(max_size=3), max_size=3),
+    "text": st.text(max_size=4),
+    "tags": st.lists(st.integers(-5, 5), max_size=3),
+    "maybe": st.none() | st.lists(st.integers(0, 3), max_size=2),
+    "best": st.integers(-10, 10),
+})
+overwrites = st.fixed_dictionaries(
+    {}, optional={"n": st.integers(0, 9), "label": st.text(max_size=3)})
+
+
+@st.composite
+def steps(draw: Any) -> list[list[tuple[str, dict[str, Any]]]]:
+    """Steps of one to three writers; a field without a reducer has one writer a step."""
+    result = []
+    for _ in range(draw(st.integers(0, 12))):
+        writers = draw(st.integers(1, 3))
+        step = [(f"w{i}", dict(draw(updates))) for i in range(writers)]
+        step[draw(st.integers(0, writers - 1))][1].update(draw(overwrites))
+        result.append(step)
+    return result
+
+
+@settings(max_examples=150, deadline=None)
+@given(start=st.builds(Mixed, log=st.lists(st.text(max_size=2), max_size=2),
+                       text=st.text(max_size=3), maybe=st.none() | st.just([1])),
+       steps=steps())
+def test_replaying_steps_in_one_fold_equals_applying_them_one_by_one(start, steps):
+    before = start.model_dump()
+    one_by_one = start
+    for step in steps:
+        one_by_one = MIXED.apply(one_by_one, step)
+    folded = MIXED.replay(start, steps)
+    assert folded.model_dump() == one_by_one.model_dump()
+    assert start.model_dump() == before  # the fold grows its own copies, never the input's
+
+
+# -- the state cache against storage ---------------------------------------------------------------
+
+def test_changing_a_returned_state_in_place_never_reaches_the_thread(tmp_path):
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path) as saver:
+        app = chat_graph(10).compile(checkpointer=saver)
+        result = app.invoke(message(0, 10), thread_id="t")
+        result.messages.append("not from any node")  # a caller's own change
+        app.get_state("t").state.messages.clear()
+        second = app.invoke(message(1, 10), thread_id="t")
+        assert "not from any node" not in second.messages and len(second.messages) == 4
+        assert app.get_state("t").state == second
+    with SQLiteCheckpointer(path) as saver:  # what another process reads
+        assert chat_graph(10).compile(checkpointer=saver).get_state("t").state == second
+
+
+def test_a_thread_moved_on_by_another_process_is_read_from_storage(tmp_path):
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path) as mine, SQLiteCheckpointer(path) as theirs:
+        app, other = (chat_graph(10).compile(checkpointer=c) for c in (mine, theirs))
+        app.invoke(message(0, 10), thread_id="t")
+        other.invoke(message(1, 10), thread_id="t")
+        assert len(app.get_state("t").state.messages) == 4
+        assert len(app.invoke(message(2, 10), thread_id="t").messages) == 6
+        # ...and deleted and begun again, its new first checkpoint taking a freed row id
+        with sqlite3.connect(path) as conn:
+            head = conn.execute("SELECT max(id) FROM checkpoints").fetchone()[0]
+            conn.execute("DELETE FROM checkpoints")
+        other.invoke({"messages": ["fresh"]}, thread_id="t")
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT max(id) FROM checkpoints").fetchone()[0] <= head
+        assert app.get_state("t").state.messages[0] == "fresh"
+
+
+def test_every_checkpoint_reads_the_same_cold_warm_and_through_history(tmp_path):
+    """States rebuilt by the one-fold replay (get_state), step by step (history), from the
+    cache and by a fresh process agree, over a thread with interrupts and edits."""
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path) as saver:
+        app = chat_graph(50).compile(checkpointer=saver)
+        for turn in range(60):
+            app.invoke(message(turn, 50), thread_id="t")
+            if turn % 7 == 0:
+                app.update_state("t", {"turns": turn})
+        warm = app.get_state("t").state
+        history = {s.checkpoint_id: s.state for s in app.history("t")}
+    with SQLiteCheckpointer(path) as saver:
+        cold = chat_graph(50).compile(checkpointer=saver)
+        assert cold.get_state("t").state == warm
+        for checkpoint_id, state in history.items():
+            assert cold.get_state("t", checkpoint_id).state == state
+
+
+# -- files written before this storage ---------------------------------------------------------
+
+def test_a_file_written_before_reads_and_runs(tmp_path):
+    """tests/data/schema4_chat.db was written by the engine that stored a snapshot at every
+    run's start and end (see make_schema4_fixture.py): every checkpoint reads as it did, and
+    the thread goes on."""
+    from data.make_schema4_fixture import graph
+
+    path = tmp_path / "old.db"
+    shutil.copy(DATA / "schema4_chat.db", path)
+    expected = json.loads((DATA / "schema4_chat.json").read_text())
+    with SQLiteCheckpointer(path) as saver:
+        app = graph().compile(checkpointer=saver)
+        for thread, states in expected.items():
+            got = {s.checkpoint_id: s.state.model_dump() for s in app.history(thread)}
+            assert got == states
+            for checkpoint_id, state in states.items():
+                assert app.get_state(thread, checkpoint_id).state.model_dump() == state
+        before = app.get_state("chat").state
+        after = app.invoke({"messages": ["one more"]}, thread_id="chat")
+        assert after.messages[:len(before.messages)] == before.messages
+        assert after.messages[len(before.messages):][:2] == ["one more", "reply to one more"]
+    with SQLiteCheckpointer(path) as saver:
+        assert graph().compile(checkpointer=saver).get_state("chat").state == after
