@@ -18,6 +18,7 @@ import threading
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated
 
@@ -238,13 +239,23 @@ def test_everything_is_stored_as_json_readable_with_plain_sql(backend):
                 f"SELECT {column} FROM checkpoints WHERE {column} IS NOT NULL"):
             json.loads(text)
 
-    done = backend.query("SELECT c.snapshot, c.next, c.status FROM checkpoints c JOIN "
-                          "threads t ON t.key = c.thread WHERE t.thread_id = 'done' ORDER BY "
-                          "c.id DESC LIMIT 1")
-    snapshot, nxt, status = done[0]
-    assert json.loads(snapshot) == final.model_dump(mode="json") == \
-        {"total": 4, "log": ["a", "b", "c", "d"]}
-    assert (json.loads(nxt), status) == ([], "done")
+    done = backend.query("SELECT c.id, c.snapshot, c.writes, c.next, c.status FROM "
+                          "checkpoints c JOIN threads t ON t.key = c.thread WHERE "
+                          "t.thread_id = 'done' ORDER BY c.id")
+    assert (json.loads(done[-1][3]), done[-1][4]) == ([], "done")
+    # the state is the newest snapshot plus the writes after it (a step's own and its
+    # parent's pending ones), merged as the fields say (both append): plain SQL and JSON
+    last = max(i for i, row in enumerate(done) if row[1] is not None)
+    state = json.loads(done[last][1])
+    for (parent, *_), (_, _, writes, _, _) in pairwise(done[last:]):
+        updates = [json.loads(w) for (w,) in backend.query(
+            "SELECT writes FROM pending_writes WHERE checkpoint = ?", parent)]
+        updates += [update for _, _, update in json.loads(writes or "[]")]
+        for update in updates:
+            state["log"] += update.get("log", [])
+            state["total"] += update.get("total", 0)
+    assert sorted(state["log"]) == ["a", "b", "c", "d"] and state["total"] == 4
+    assert final.model_dump(mode="json") == {"total": 4, "log": ["a", "b", "c", "d"]}
 
     writes = backend.query("SELECT c.writes FROM checkpoints c JOIN threads t ON "
                             "t.key = c.thread WHERE t.thread_id = 'done' AND c.step = 2")
