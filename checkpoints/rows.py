@@ -63,7 +63,7 @@ def chain_from_rows(rows: Sequence[Sequence[Any]], pending_columns: tuple[int, i
     chain.append(record_from_row(records[-1][2:], where=where))
     head = chain[-1]
     for older, newer in reversed(list(pairwise(chain))):  # the break nearest the head
-        if newer.parent_id != older.id or older.thread_id != head.thread_id:
+        if newer.parent_id != older.id or not _same_line(older, newer):
             raise damaged(where, head.thread_id, newer.id,
                           f"its parent {newer.parent_id} is not the thread's checkpoint before it")
     if chain[0].snapshot is None and chain[0].id != known:
@@ -82,6 +82,13 @@ def chain_from_rows(rows: Sequence[Sequence[Any]], pending_columns: tuple[int, i
     for group in pending.values():
         group.sort(key=lambda w: (w.node, w.index))
     return Chain(chain, pending)
+
+
+def _same_line(older: CheckpointRecord, newer: CheckpointRecord) -> bool:
+    """A chain stays in one thread, except that a subgraph's thread may start (its input
+    checkpoint) from its parent thread's state: `parent::node:index@checkpoint`."""
+    return older.thread_id == newer.thread_id or (
+        newer.kind == "input" and newer.thread_id.startswith(older.thread_id + "::"))
 
 
 def damaged(where: str | None, thread_id: object, checkpoint_id: object, reason: str

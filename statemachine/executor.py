@@ -98,6 +98,8 @@ class Executor:
         """The latest state of threads run or read here (see `state_cache`)."""
         self.remember_states = True
         """False for a subgraph's executor: each of its threads runs once, for one task."""
+        self.parent_executor: Executor | None = None
+        """For a subgraph's executor: the executor of the graph it is a node of."""
 
     # -- running ----------------------------------------------------------------------------
 
@@ -179,9 +181,13 @@ class Executor:
                 states[record.id] = self._decode_snapshot(record)
             else:
                 parent = by_id.get(record.parent_id)
-                if parent is None:  # dangling: loading the record says what is damaged
-                    await saver.load(thread_id, record.id)
-                    raise _not_found(thread_id, record.parent_id)
+                if parent is None:  # dangling (loading it says what is damaged), or the
+                    # input of a subgraph's thread that starts from its parent's state
+                    chain = await saver.load(thread_id, record.id)
+                    if chain is None or chain.records[0].thread_id == thread_id:
+                        raise _not_found(thread_id, record.parent_id)
+                    states[record.id] = self.rebuild(chain)
+                    continue
                 states[record.id] = self._apply_record(
                     states[parent.id], parent, record, pending.get(parent.id, []))
         return [replace(self.snapshot(r, states[r.id], pending.get(r.id, [])),
@@ -287,6 +293,14 @@ class Executor:
                          cost: ReplayCost | None = None) -> tuple[BaseModel, ReplayCost]:
         """`rebuild`, and what the rebuild replayed (see `snapshots`) on top of `cost`, what
         rebuilding the chain's first checkpoint costs (None: it has a snapshot)."""
+        records = chain.records
+        if base is None and records[0].thread_id != chain.head.thread_id:
+            # a subgraph's thread that starts from its parent's state: the parent's part of
+            # the chain is replayed by the parent's executor (its nodes, its merge order)
+            split = next(i for i, r in enumerate(records) if r.thread_id == chain.head.thread_id)
+            parent = self.parent_executor or self
+            base, cost = parent.rebuild_counting(Chain(records[:split], chain.pending))
+            chain = Chain(records[split - 1:], chain.pending)
         state = self._decode_snapshot(chain.records[0]) if base is None else base
         cost = ReplayCost(len(chain.records[0].snapshot or "")) if cost is None else cost
         if len(chain.records) == 1:
@@ -400,6 +414,7 @@ class Executor:
             child.observer = self.observer
             child._memory_cache = self._memory_cache
             child.remember_states = False
+            child.parent_executor = self
             self._children[node.name] = child
         return child
 
@@ -501,6 +516,10 @@ class Run:
         self.head_created = 0.0
         """When the head checkpoint was made: with its id, it keys the state cache."""
         self.keep_last: int | None = getattr(self.saver, "keep_last", None)
+        self.input_base: tuple[str, ReplayCost] | None = None
+        """For a subgraph's new thread whose input is its parent thread's state at a stored
+        checkpoint: that checkpoint and its replay cost. The thread's first checkpoint then
+        has it as parent instead of storing the state again."""
 
     async def execute(self, input: Any, *, checkpoint_id: str | None = None,
                       resume: bool = False, event: dict[str, Any] | None = None
@@ -669,6 +688,8 @@ class Run:
         # a new thread's first checkpoint is where every replay starts: it always has the state
         written = 0 if update is None or self.spec.schema.appends_only(update) else \
             len(writes or "")
+        if parent_id is None and self.input_base is not None:
+            parent_id, self.replay = self.input_base
         snapshot = self._snapshot_if_due(written) if parent_id is not None else \
             self.replay.stored(self.spec.schema.encode_state(self.state))
         await self._put(NewCheckpoint(
@@ -935,6 +956,11 @@ class Run:
                     name = extra["waiting"][0][2]
                     event = {name: _newest_answer(name)}
                 run = child.new_run(thread, inline_sync=self.inline_sync)
+                if head is None and not task.sent and self.step_origin is None and \
+                        self.head_id is not None and arg is self.state and \
+                        child.spec.schema.model is self.spec.schema.model:
+                    # its input is this thread's state at the head: refer to it, not a copy
+                    run.input_base = (self.head_id, self.replay.copy())
                 async for _ in run.execute(child_input if head is None else None,
                                            resume=head is not None, event=event):
                     pass
