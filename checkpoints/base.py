@@ -95,6 +95,35 @@ class ThreadInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Removed:
+    """What delete_thread or prune removed (with dry_run: would remove).
+
+    `kept` counts, for each thread that was trimmed rather than removed, the checkpoints it
+    kept: at least `keep_last` when it had that many, often more — a kept checkpoint keeps the
+    ancestors it is rebuilt from (see docs/retention.md). `notes` says what a SQLite file did
+    to give the space back (a one-time conversion, or why it did not shrink)."""
+
+    threads: tuple[str, ...]
+    """Threads removed whole (subgraph threads included)."""
+    checkpoints: dict[str, int]
+    """Thread id -> checkpoints removed from it."""
+    pending_writes: int
+    jobs: int
+    kept: dict[str, int]
+    """For trimmed threads: thread id -> checkpoints kept."""
+    skipped: tuple[str, ...]
+    """Threads left alone because a live run holds them (or a worker runs their job)."""
+    bytes_before: int | None = None
+    """SQLite: the file's size (with its write-ahead log) before and after."""
+    bytes_after: int | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def removed_anything(self) -> bool:
+        return bool(self.threads or self.checkpoints or self.pending_writes or self.jobs)
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedJob:
     """A queued run a worker has claimed (`Checkpointer.claim`). `input` and `event` are JSON
     text; `base` is the thread's latest checkpoint when the job was submitted, which tells a
