@@ -196,6 +196,9 @@ class Checkpointer(ABC):
     """Async storage for checkpoints. Implementations: memory, SQLite, PostgreSQL."""
 
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    keep_last: int | None = None
+    """When set, `release` trims the thread (and its subgraph threads) to this many newest
+    checkpoints, as `prune(keep_last=...)` does, in the same transaction as the release."""
 
     @abstractmethod
     async def acquire(self, thread_id: str, owner: Owner) -> None:
@@ -203,7 +206,8 @@ class Checkpointer(ABC):
 
     @abstractmethod
     async def release(self, thread_id: str, owner: Owner) -> None:
-        """Give the thread up (no-op if `owner` no longer holds it)."""
+        """Give the thread up (no-op if `owner` no longer holds it). With `keep_last` set, the
+        thread is trimmed to it in the same transaction, only if `owner` still holds it."""
 
     @abstractmethod
     async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint) -> str:
@@ -218,6 +222,32 @@ class Checkpointer(ABC):
                    error: str | None = None, snapshot: str | None = None,
                    extra: str | None = None) -> None:
         """Set the status of the thread's step at `checkpoint_id` (failed, interrupted)."""
+
+    @abstractmethod
+    async def add_snapshot(self, thread_id: str, owner: Owner, checkpoint_id: str,
+                           snapshot: str) -> None:
+        """Store `snapshot` (the state's JSON) on a checkpoint that has none, fenced like
+        `mark`: a checkpoint holding a snapshot can be read without its ancestors, so a prune
+        keeping it can remove them. Raises `ThreadBusyError` if `owner` no longer holds the
+        thread, `ThreadNotFoundError` if the thread has no such checkpoint."""
+
+    # -- retention: removing threads and old checkpoints ---------------------------------------
+
+    @abstractmethod
+    async def delete_thread(self, thread_id: str, *, dry_run: bool = False) -> Removed:
+        """Remove the thread and every subgraph thread under it (`thread_id::...`), with their
+        checkpoints, pending writes and jobs, in one transaction. Raises `ThreadBusyError`
+        (changing nothing) if a live run holds any of them, `ThreadNotFoundError` if there is
+        no such thread. With `dry_run`, only says what it would remove."""
+
+    @abstractmethod
+    async def prune(self, *, thread_id: str | None = None, keep_last: int | None = None,
+                    finished_before: float | None = None, dry_run: bool = False) -> Removed:
+        """Remove old checkpoints (with `keep_last`: trim each chosen thread and its subgraph
+        threads to their `keep_last` newest, plus what those need to stay readable) or whole
+        threads (without it). Chosen: every top-level thread, or just `thread_id`; with
+        `finished_before` (a unix time) only those whose run finished (done or compensated)
+        before it. Threads a live run holds are skipped. See docs/retention.md."""
 
     @abstractmethod
     async def load(self, thread_id: str, checkpoint_id: str | None = None) -> Chain | None:
