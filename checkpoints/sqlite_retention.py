@@ -117,6 +117,7 @@ def carry_out(conn: sqlite3.Connection, plan: Plan, *, dry_run: bool) -> tuple[i
     jobs = conn.execute("SELECT count(*) FROM jobs WHERE thread_id IN "
                         "(SELECT value FROM json_each(?))", (names,)).fetchone()[0]
     if not dry_run:
+        top = conn.execute("SELECT max(id) FROM checkpoints").fetchone()[0]
         conn.execute("DELETE FROM pending_writes WHERE checkpoint IN "
                      "(SELECT value FROM json_each(?))", (ids,))
         conn.execute("DELETE FROM checkpoints WHERE id IN (SELECT value FROM json_each(?))",
@@ -125,7 +126,30 @@ def carry_out(conn: sqlite3.Connection, plan: Plan, *, dry_run: bool) -> tuple[i
                      (names,))
         conn.execute("DELETE FROM threads WHERE thread_id IN (SELECT value FROM json_each(?))",
                      (names,))
+        keep_ids_taken(conn, top)
     return pending, jobs
+
+
+PLACEHOLDER_THREAD = 0
+"""The thread key of the row that keeps the highest checkpoint id taken (no thread has it:
+keys start at 1), so that row is in no thread, no list and no load."""
+
+
+def keep_ids_taken(conn: sqlite3.Connection, top: int | None) -> None:
+    """Never give a removed checkpoint's id again. SQLite numbers a new row one past the
+    highest id in the table, so removing the newest rows would hand their ids out anew — and
+    a checkpoint id is where task ids come from (the idempotency keys nodes give payment
+    providers and mail servers): a thread deleted and started again under its old id would
+    repeat its old task ids. When the highest row went, a bare placeholder takes its id (and
+    the previous placeholder goes): ids stay increasing, without a new schema."""
+    if top is None or conn.execute("SELECT 1 FROM checkpoints WHERE id = ?",
+                                   (top,)).fetchone() is not None:
+        return
+    conn.execute("INSERT INTO checkpoints(id, thread, parent, step, kind, status, next, "
+                 "created_at) VALUES (?, ?, NULL, 0, 'removed', 'removed', '[]', ?)",
+                 (top, PLACEHOLDER_THREAD, time.time()))
+    conn.execute("DELETE FROM checkpoints WHERE thread = ? AND id < ?",
+                 (PLACEHOLDER_THREAD, top))
 
 
 def shrink(conn: sqlite3.Connection) -> list[str]:

@@ -184,14 +184,18 @@ def delete(saver: Any, thread: str, **options: Any) -> Removed:
 
 
 def count_rows(store: Any, saver: Any = None) -> dict[str, int]:
-    """Rows of each table, read from outside statemachine (memory: from its dicts)."""
+    """Rows of each table, read from outside statemachine (memory: from its dicts). SQLite's
+    placeholder row keeping the highest checkpoint id taken (thread 0) is no checkpoint."""
     if store.kind == "memory":
         saver = saver or store.open()
         return {"threads": len(saver._threads), "checkpoints": len(saver._records),
                 "pending_writes": sum(map(len, saver._pending.values())),
                 "jobs": len(saver._jobs)}
-    return {table: store.query(f"SELECT count(*) FROM {table}")[0][0]
-            for table in ("threads", "checkpoints", "pending_writes", "jobs")}
+    counts = {table: store.query(f"SELECT count(*) FROM {table}")[0][0]
+              for table in ("threads", "pending_writes", "jobs")}
+    counts["checkpoints"] = store.query("SELECT count(*) FROM checkpoints WHERE thread <> 0"
+                                        )[0][0]
+    return counts
 
 
 def open_with(store: Any, **options: Any) -> Any:
@@ -596,6 +600,41 @@ def test_delete_removes_the_thread_its_subgraph_threads_and_its_job(store):
     with pytest.raises(ThreadNotFoundError, match="no thread 'a_'"):
         delete(saver, "a_")
     assert app.invoke({"messages": ["again"]}, thread_id="a_b").turns == 1  # a new thread
+
+
+def test_a_thread_deleted_and_started_again_never_repeats_a_task_id(store):
+    """Task ids (the idempotency keys nodes give payment providers) come from checkpoint
+    ids. SQLite numbers a new row one past the highest id left, so deleting the newest
+    thread used to hand its ids out again: the same thread id started anew repeated every
+    task id of the deleted run, and a provider would drop the new charges as duplicates."""
+    seen: list[str] = []
+
+    def charge(s: Counter, context: Any) -> dict:
+        seen.append(context.task_id)
+        return {"n": s.n + 1}
+
+    g = StateGraph(Counter)
+    g.add_node("charge", charge)
+    g.add_edge(START, "charge")
+    g.add_conditional_edges("charge", lambda s: "again" if s.n < 3 else "done",
+                            {"again": "charge", "done": END})
+    saver = store.open()
+    app = g.compile(checkpointer=saver)
+    app.invoke({}, thread_id="other")
+    app.invoke({}, thread_id="order-42")
+    old_ids = set(states(app, "order-42"))
+    first = list(seen)
+    delete(saver, "order-42")
+    app.invoke({}, thread_id="order-42")
+    assert not old_ids & set(states(app, "order-42"))
+    assert len(seen) == 2 * len(first) - 3 and not set(first[3:]) & set(seen[len(first):])
+    # trimming the newest thread (its head stays) and deleting again keeps ids increasing
+    prune(saver, keep_last=1)
+    newest = max(int(c) for c in states(app, "order-42"))
+    delete(saver, "order-42")
+    app.invoke({}, thread_id="order-42")
+    assert min(int(c) for c in states(app, "order-42")) > newest
+    assert all_threads(saver) == ["order-42", "other"]
 
 
 def test_delete_and_prune_leave_a_thread_a_live_run_holds(store):
