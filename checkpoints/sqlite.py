@@ -7,12 +7,19 @@ trip to the database thread, a half-written checkpoint cannot exist, and a run t
 lease cannot fork the history. The file runs in WAL mode with synchronous=NORMAL: a commit
 survives a killed process; the last commits before a power loss may roll back, never corrupt.
 
+Retention (delete_thread, prune, a release with keep_last) is the exception: its reads and
+deletes must commit together, so each runs as one BEGIN IMMEDIATE transaction on the direct
+connection (see `_transaction` and sqlite_retention.py). Files are made with incremental
+auto-vacuum so a prune can give the freed pages back to the file system.
+
 Layout (readable with the `sqlite3` shell; all payloads are JSON):
 
     schema_version(version)                       one row; migrations step it up
     threads(key, thread_id, owner, owner_pid, owner_host, lease_expires, created_at)
     checkpoints(id, thread, parent, step, kind, status, next, writes, snapshot, extra, error,
-                created_at, marked_at)            one row per committed step
+                created_at, marked_at)            one row per committed step (and, after a
+                                                  removal took the newest, one placeholder of
+                                                  thread 0 keeping the highest id taken)
     pending_writes(checkpoint, node, idx, writes, meta)  task updates of an unfinished step
     cache(namespace, key, value, expires_at)      cached node results (CachePolicy)
     jobs(thread_id, input, event, base, status, attempts, max_attempts, available_at,
