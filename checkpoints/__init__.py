@@ -16,6 +16,7 @@ from .base import (
     JobInfo,
     NewCheckpoint,
     PendingWrite,
+    Removed,
     ThreadInfo,
 )
 from .memory import MemoryCheckpointer
@@ -55,6 +56,7 @@ __all__ = [
     "NewCheckpoint",
     "PendingWrite",
     "PostgresCheckpointer",
+    "Removed",
     "SQLiteCheckpointer",
     "ThreadInfo",
     "is_postgres_url",

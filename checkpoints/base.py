@@ -97,6 +97,35 @@ class ThreadInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Removed:
+    """What delete_thread or prune removed (with dry_run: would remove).
+
+    `kept` counts, for each thread that was trimmed rather than removed, the checkpoints it
+    kept: at least `keep_last` when it had that many, often more — a kept checkpoint keeps the
+    ancestors it is rebuilt from (see docs/retention.md). `notes` says what a SQLite file did
+    to give the space back (a one-time conversion, or why it did not shrink)."""
+
+    threads: tuple[str, ...]
+    """Threads removed whole (subgraph threads included)."""
+    checkpoints: dict[str, int]
+    """Thread id -> checkpoints removed from it."""
+    pending_writes: int
+    jobs: int
+    kept: dict[str, int]
+    """For trimmed threads: thread id -> checkpoints kept."""
+    skipped: tuple[str, ...]
+    """Threads left alone because a live run holds them (or a worker runs their job)."""
+    bytes_before: int | None = None
+    """SQLite: the file's size (with its write-ahead log) before and after."""
+    bytes_after: int | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def removed_anything(self) -> bool:
+        return bool(self.threads or self.checkpoints or self.pending_writes or self.jobs)
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedJob:
     """A queued run a worker has claimed (`Checkpointer.claim`). `input` and `event` are JSON
     text; `base` is the thread's latest checkpoint when the job was submitted, which tells a
@@ -170,11 +199,12 @@ class Checkpointer(ABC):
 
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     keep_last: int | None = None
-    """When set, each thread keeps only about its newest `keep_last` checkpoints."""
+    """When set, `release` trims the thread (and its subgraph threads) to this many newest
+    checkpoints, as `prune(keep_last=...)` does, in the same transaction as the release."""
     reuses_ids: bool = True
-    """Whether a checkpoint made after others were deleted may get the id one of them had
-    (SQLite's row ids may): then an id alone does not name one checkpoint forever, and the
-    executor's state cache also compares the checkpoint's creation time."""
+    """Whether a checkpoint made after others were deleted may get the id one of them had (a
+    SQLite file whose rows were deleted by hand may): then an id alone does not name one
+    checkpoint forever, and the executor's state cache also compares the creation time."""
 
     @abstractmethod
     async def acquire(self, thread_id: str, owner: Owner) -> None:
@@ -182,7 +212,8 @@ class Checkpointer(ABC):
 
     @abstractmethod
     async def release(self, thread_id: str, owner: Owner) -> None:
-        """Give the thread up (no-op if `owner` no longer holds it)."""
+        """Give the thread up (no-op if `owner` no longer holds it). With `keep_last` set, the
+        thread is trimmed to it in the same transaction, only if `owner` still holds it."""
 
     @abstractmethod
     async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint) -> str:
@@ -197,6 +228,32 @@ class Checkpointer(ABC):
                    error: str | None = None, snapshot: str | None = None,
                    extra: str | None = None) -> None:
         """Set the status of the thread's step at `checkpoint_id` (failed, interrupted)."""
+
+    @abstractmethod
+    async def add_snapshot(self, thread_id: str, owner: Owner, checkpoint_id: str,
+                           snapshot: str) -> None:
+        """Store `snapshot` (the state's JSON) on a checkpoint that has none, fenced like
+        `mark`: a checkpoint holding a snapshot can be read without its ancestors, so a prune
+        keeping it can remove them. Raises `ThreadBusyError` if `owner` no longer holds the
+        thread, `ThreadNotFoundError` if the thread has no such checkpoint."""
+
+    # -- retention: removing threads and old checkpoints ---------------------------------------
+
+    @abstractmethod
+    async def delete_thread(self, thread_id: str, *, dry_run: bool = False) -> Removed:
+        """Remove the thread and every subgraph thread under it (`thread_id::...`), with their
+        checkpoints, pending writes and jobs, in one transaction. Raises `ThreadBusyError`
+        (changing nothing) if a live run holds any of them, `ThreadNotFoundError` if there is
+        no such thread. With `dry_run`, only says what it would remove."""
+
+    @abstractmethod
+    async def prune(self, *, thread_id: str | None = None, keep_last: int | None = None,
+                    finished_before: float | None = None, dry_run: bool = False) -> Removed:
+        """Remove old checkpoints (with `keep_last`: trim each chosen thread and its subgraph
+        threads to their `keep_last` newest, plus what those need to stay readable) or whole
+        threads (without it). Chosen: every top-level thread, or just `thread_id`; with
+        `finished_before` (a unix time) only those whose run finished (done or compensated)
+        before it. Threads a live run holds are skipped. See docs/retention.md."""
 
     @abstractmethod
     async def load(self, thread_id: str, checkpoint_id: str | None = None, *,

@@ -8,6 +8,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from statemachine.errors import ThreadBusyError, ThreadNotFoundError
+
 from .base import (
     DEFAULT_LEASE_SECONDS,
     Chain,
@@ -18,9 +20,25 @@ from .base import (
     NewCheckpoint,
     Owner,
     PendingWrite,
+    Removed,
     ThreadInfo,
     busy_error,
     job_busy_error,
+)
+from .retention import (
+    Family,
+    Plan,
+    Stored,
+    busy_message,
+    busy_reason,
+    check_keep_last,
+    check_prune,
+    in_family,
+    is_top_level,
+    not_found_message,
+    plan_delete,
+    plan_trim,
+    removed_from,
 )
 
 
@@ -78,11 +96,16 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
 
     reuses_ids = False  # a counter that only goes up
 
-    def __init__(self, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+    def __init__(self, *, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                 keep_last: int | None = None) -> None:
         """`lease_seconds` is accepted so code can make either checkpointer alike; in memory a
-        thread is held until its run ends, since a crash would take the memory with it."""
+        thread is held until its run ends, since a crash would take the memory with it.
+
+        `keep_last`: when set, each release trims the thread to its newest `keep_last`
+        checkpoints (see `Checkpointer.keep_last`)."""
         super().__init__()
         self.lease_seconds = lease_seconds
+        self.keep_last = check_keep_last(keep_last)
         self._threads: dict[str, _Thread] = {}
         self._records: dict[str, CheckpointRecord] = {}
         self._pending: dict[str, list[PendingWrite]] = {}
@@ -102,6 +125,10 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
         with self._lock:
             thread = self._threads.get(thread_id)
             if thread is not None and thread.owner == owner.token:
+                if self.keep_last is not None:
+                    family = self._family(thread_id, holder=owner.token)
+                    if not family.busy:
+                        self._remove(plan_trim(family, self.keep_last))
                 thread.owner = None
 
     def _fenced(self, thread_id: str, owner: Owner) -> _Thread:
@@ -139,6 +166,102 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
                 old.id, old.thread_id, old.parent_id, old.step, old.kind, status, old.next,
                 old.writes, old.snapshot or snapshot, extra if extra is not None else old.extra,
                 error, old.created_at)
+
+    async def add_snapshot(self, thread_id: str, owner: Owner, checkpoint_id: str,
+                           snapshot: str) -> None:
+        with self._lock:
+            self._fenced(thread_id, owner)
+            old = self._records.get(checkpoint_id)
+            if old is None or old.thread_id != thread_id:
+                raise ThreadNotFoundError(f"thread {thread_id!r} has no checkpoint "
+                                          f"{checkpoint_id!r} to store a snapshot on.")
+            if old.snapshot is None:
+                self._records[checkpoint_id] = CheckpointRecord(
+                    old.id, old.thread_id, old.parent_id, old.step, old.kind, old.status,
+                    old.next, old.writes, snapshot, old.extra, old.error, old.created_at)
+
+    # -- retention (everything under the lock: one transaction) -------------------------------
+
+    async def delete_thread(self, thread_id: str, *, dry_run: bool = False) -> Removed:
+        with self._lock:
+            family = self._family(thread_id)
+            if not family.threads and thread_id not in self._jobs:
+                raise ThreadNotFoundError(not_found_message(thread_id))
+            if family.busy:
+                raise ThreadBusyError(busy_message(thread_id, family, "delete"))
+            plan = plan_delete(family)
+            if thread_id not in plan.threads:  # a job, and no thread (yet)
+                plan.threads.insert(0, thread_id)
+            return self._carry_out(plan, dry_run)
+
+    async def prune(self, *, thread_id: str | None = None, keep_last: int | None = None,
+                    finished_before: float | None = None, dry_run: bool = False) -> Removed:
+        check_prune(thread_id, keep_last, finished_before)
+        with self._lock:
+            if thread_id is not None and thread_id not in self._threads:
+                raise ThreadNotFoundError(not_found_message(thread_id))
+            roots = [thread_id] if thread_id is not None else \
+                [t for t in self._threads if is_top_level(t)]
+            plan, skipped = Plan(), []
+            for root in roots:
+                family = self._family(root)
+                if not family.finished_before(finished_before):
+                    continue
+                if family.busy:
+                    skipped.append(root)
+                    continue
+                plan.add(plan_delete(family) if keep_last is None else
+                         plan_trim(family, keep_last))
+            return self._carry_out(plan, dry_run, skipped)
+
+    def _family(self, root: str, *, holder: str | None = None) -> Family:
+        """The thread `root` and those under it, as retention sees them; a thread held by
+        `holder` (the run releasing it) is not busy."""
+        threads, busy = {}, {}
+        for name, thread in self._threads.items():
+            if not in_family(root, name):
+                continue
+            head = thread.checkpoints[-1] if thread.checkpoints else None
+            threads[name] = [self._stored(cid, thread.updated_at if cid == head else None)
+                             for cid in thread.checkpoints]
+            if thread.owner is not None and thread.owner != holder:
+                busy[name] = busy_reason(name, job=False)
+        for name, job in self._jobs.items():
+            if in_family(root, name) and job.status == "running":
+                busy.setdefault(name, busy_reason(name, job=True))
+        parent = root.rsplit("::", 1)[0] if not is_top_level(root) else None
+        parent_thread = self._threads.get(parent) if parent is not None else None
+        parent_head = self._stored(parent_thread.checkpoints[-1]) \
+            if parent_thread is not None and parent_thread.checkpoints else None
+        return Family(root, threads, busy, parent_head)
+
+    def _stored(self, checkpoint_id: str, changed_at: float | None = None) -> Stored:
+        r = self._records[checkpoint_id]
+        return Stored(int(r.id), None if r.parent_id is None else int(r.parent_id),
+                      r.snapshot is not None, r.status, r.kind, r.extra,
+                      r.created_at if changed_at is None else changed_at)
+
+    def _carry_out(self, plan: Plan, dry_run: bool, skipped: list[str] | None = None
+                   ) -> Removed:
+        ids = [str(cid) for cid in plan.checkpoint_ids]
+        pending = sum(len(self._pending.get(cid, ())) for cid in ids)
+        jobs = sum(1 for name in plan.threads if name in self._jobs)
+        if not dry_run:
+            self._remove(plan)
+        return removed_from(plan, pending_writes=pending, jobs=jobs, skipped=skipped or ())
+
+    def _remove(self, plan: Plan) -> None:
+        for name, ids in plan.checkpoints.items():
+            gone = {str(cid) for cid in ids}
+            for cid in gone:
+                self._records.pop(cid, None)
+                self._pending.pop(cid, None)
+            thread = self._threads.get(name)
+            if thread is not None:
+                thread.checkpoints = [c for c in thread.checkpoints if c not in gone]
+        for name in plan.threads:
+            self._threads.pop(name, None)
+            self._jobs.pop(name, None)
 
     async def load(self, thread_id: str, checkpoint_id: str | None = None, *,
                    known: str | None = None) -> Chain | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import logging
 import re
 import threading
 import time
@@ -33,7 +34,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from statemachine.errors import CheckpointError, StorageUnavailableError
+from statemachine.errors import (
+    CheckpointError,
+    StorageUnavailableError,
+    ThreadBusyError,
+    ThreadNotFoundError,
+)
 
 from .base import (
     DEFAULT_LEASE_SECONDS,
@@ -45,6 +51,7 @@ from .base import (
     NewCheckpoint,
     Owner,
     PendingWrite,
+    Removed,
     ThreadInfo,
     busy_error,
     checkpoint_number,
@@ -52,6 +59,16 @@ from .base import (
 )
 from .heartbeat import LeaseHeartbeat
 from .redaction import redact_dsn, scrub
+from .retention import (
+    Plan,
+    busy_message,
+    check_keep_last,
+    check_prune,
+    not_found_message,
+    plan_delete,
+    plan_trim,
+    removed_from,
+)
 from .rows import (
     chain_from_rows,
     jobs_from_rows,
@@ -70,7 +87,10 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "PostgresCheckpointer needs psycopg 3 and psycopg_pool: "
         "pip install 'statemachine[postgres]'") from exc
 
+from . import postgres_retention as retention_sql  # after psycopg: it needs it too
+
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _NOW = "extract(epoch from clock_timestamp())"
@@ -174,6 +194,10 @@ FROM pending_writes p WHERE p.checkpoint IN (SELECT id FROM chain)
 """
 
 _FENCE = "SELECT key FROM threads WHERE thread_id = %s AND owner = %s"
+_RELEASE = "UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, " \
+           "lease_expires = NULL WHERE thread_id = %s AND owner = %s"
+_PRUNE_BATCH = 100
+"""Thread families a prune removes per transaction (their rows stay locked until it ends)."""
 
 
 class PostgresCheckpointer(Checkpointer):
@@ -185,6 +209,8 @@ class PostgresCheckpointer(Checkpointer):
     and `max_connections` size the connection pool; `reconnect_seconds` is how long a statement
     keeps being retried while the server cannot be reached before the error is raised.
     `read_only=True` opens every connection read-only and never creates or migrates tables.
+    `keep_last`: when set, each release trims the thread to its newest `keep_last` checkpoints
+    (see `Checkpointer.keep_last`).
     """
 
     reuses_ids = False  # ids come from a sequence; created_at is the server's clock
@@ -192,7 +218,9 @@ class PostgresCheckpointer(Checkpointer):
     def __init__(self, dsn: str, *, schema: str = "statemachine",
                  lease_seconds: float = DEFAULT_LEASE_SECONDS, min_connections: int = 1,
                  max_connections: int = 10, reconnect_seconds: float = 30.0,
-                 connect_timeout: float = 10.0, read_only: bool = False) -> None:
+                 connect_timeout: float = 10.0, read_only: bool = False,
+                 keep_last: int | None = None) -> None:
+        self.keep_last = check_keep_last(keep_last)
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
             raise CheckpointError(
                 f"schema {schema!r} is not a plain PostgreSQL identifier (letters, digits, _).")
@@ -380,10 +408,31 @@ class PostgresCheckpointer(Checkpointer):
 
     async def release(self, thread_id: str, owner: Owner) -> None:
         self._heartbeat.drop(thread_id, owner.token)
-        await self._execute(
-            "UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, "
-            "lease_expires = NULL WHERE thread_id = %s AND owner = %s",
-            (thread_id, owner.token))
+        if self.keep_last is None:
+            await self._execute(_RELEASE, (thread_id, owner.token))
+            return
+        keep_last = self.keep_last
+
+        def release(conn: psycopg.Connection) -> None:
+            # one transaction, fenced: a retry after it committed finds the thread released
+            with conn.transaction():
+                if conn.execute(_FENCE + " FOR UPDATE", (thread_id, owner.token)).fetchone() \
+                        is None:
+                    return
+                family = retention_sql.read_families(
+                    conn, [thread_id], lock=True, holder=owner.token)[thread_id]
+                plan = None
+                if not family.busy:
+                    try:
+                        plan = plan_trim(family, keep_last)
+                    except (ValueError, TypeError, KeyError) as exc:  # damaged rows
+                        log.warning("thread %r: not trimmed to keep_last=%d on release: %s",
+                                    thread_id, keep_last, exc)
+                if plan is not None:
+                    retention_sql.carry_out(conn, plan, dry_run=False)
+                conn.execute(_RELEASE, (thread_id, owner.token))
+
+        await self._call(release)
 
     # -- writes (each one statement: atomic, fenced, and safe to repeat) -------------------------
 
@@ -435,6 +484,88 @@ class PostgresCheckpointer(Checkpointer):
             (status, error, snapshot, extra, int(checkpoint_id), thread_id, owner.token))
         if changed != 1:
             raise busy_error(thread_id, lost=True)
+
+    async def add_snapshot(self, thread_id: str, owner: Owner, checkpoint_id: str,
+                           snapshot: str) -> None:
+        number = checkpoint_number(checkpoint_id)
+        changed = 0 if number is None else await self._execute(
+            "UPDATE checkpoints SET snapshot = coalesce(snapshot, %s) WHERE id = %s AND "
+            f"thread = ({_FENCE})", (snapshot, number, thread_id, owner.token))
+        if changed != 1:
+            if not await self._fetchall(_FENCE, (thread_id, owner.token)):
+                raise busy_error(thread_id, lost=True)
+            raise ThreadNotFoundError(f"thread {thread_id!r} has no checkpoint "
+                                      f"{checkpoint_id!r} to store a snapshot on.")
+
+    # -- retention: plain DELETEs in one transaction; autovacuum makes the space reusable -------
+
+    async def delete_thread(self, thread_id: str, *, dry_run: bool = False) -> Removed:
+        self._check_writable(dry_run)
+        committed: list[Removed] = []
+
+        def delete(conn: psycopg.Connection) -> Removed:
+            with conn.transaction():
+                family = retention_sql.read_families(
+                    conn, [thread_id], lock=not dry_run)[thread_id]
+                if not family.threads and not retention_sql.has_job(conn, thread_id):
+                    if committed:  # a retry: the first attempt committed, its answer was lost
+                        return committed[0]
+                    raise ThreadNotFoundError(not_found_message(thread_id))
+                if family.busy:
+                    raise ThreadBusyError(busy_message(thread_id, family, "delete"))
+                plan = plan_delete(family)
+                if thread_id not in plan.threads:  # a queued job, and no thread yet
+                    plan.threads.insert(0, thread_id)
+                pending, jobs = retention_sql.carry_out(conn, plan, dry_run=dry_run)
+                committed[:] = [removed_from(plan, pending_writes=pending, jobs=jobs)]
+            return committed[0]
+
+        return await self._call(delete)
+
+    async def prune(self, *, thread_id: str | None = None, keep_last: int | None = None,
+                    finished_before: float | None = None, dry_run: bool = False) -> Removed:
+        """Thread families are removed `_PRUNE_BATCH` to a transaction, their rows locked
+        against runs meanwhile; see `Checkpointer.prune`."""
+        check_prune(thread_id, keep_last, finished_before)
+        self._check_writable(dry_run)
+
+        def roots(conn: psycopg.Connection) -> list[str]:
+            if thread_id is None:
+                return retention_sql.candidate_roots(conn, finished_before)
+            if not retention_sql.thread_exists(conn, thread_id):
+                raise ThreadNotFoundError(not_found_message(thread_id))
+            return [thread_id]
+
+        def batch(names: list[str]) -> Callable[[psycopg.Connection], tuple]:
+            def prune(conn: psycopg.Connection) -> tuple[Plan, list[str], int, int]:
+                plan, skipped = Plan(), []
+                with conn.transaction():
+                    families = retention_sql.read_families(conn, names, lock=not dry_run)
+                    for root in names:
+                        family = families[root]
+                        if not family.finished_before(finished_before):
+                            continue
+                        if family.busy:
+                            skipped.append(root)
+                            continue
+                        plan.add(plan_delete(family) if keep_last is None else
+                                 plan_trim(family, keep_last))
+                    return plan, skipped, *retention_sql.carry_out(conn, plan, dry_run=dry_run)
+            return prune
+
+        names = await self._call(roots)
+        plan, skipped, pending, jobs = Plan(), [], 0, 0
+        for start in range(0, len(names), _PRUNE_BATCH):
+            part, busy, part_pending, part_jobs = await self._call(
+                batch(names[start:start + _PRUNE_BATCH]))
+            plan.add(part)
+            skipped += busy
+            pending, jobs = pending + part_pending, jobs + part_jobs
+        return removed_from(plan, pending_writes=pending, jobs=jobs, skipped=skipped)
+
+    def _check_writable(self, dry_run: bool) -> None:
+        if self.read_only and not dry_run:
+            raise CheckpointError(f"{self!r} is read-only: it cannot run or change threads.")
 
     # -- reads ----------------------------------------------------------------------------------
 

@@ -7,12 +7,19 @@ trip to the database thread, a half-written checkpoint cannot exist, and a run t
 lease cannot fork the history. The file runs in WAL mode with synchronous=NORMAL: a commit
 survives a killed process; the last commits before a power loss may roll back, never corrupt.
 
+Retention (delete_thread, prune, a release with keep_last) is the exception: its reads and
+deletes must commit together, so each runs as one BEGIN IMMEDIATE transaction on the direct
+connection (see `_transaction` and sqlite_retention.py). Files are made with incremental
+auto-vacuum so a prune can give the freed pages back to the file system.
+
 Layout (readable with the `sqlite3` shell; all payloads are JSON):
 
     schema_version(version)                       one row; migrations step it up
     threads(key, thread_id, owner, owner_pid, owner_host, lease_expires, created_at)
     checkpoints(id, thread, parent, step, kind, status, next, writes, snapshot, extra, error,
-                created_at, marked_at)            one row per committed step
+                created_at, marked_at)            one row per committed step (and, after a
+                                                  removal took the newest, one placeholder of
+                                                  thread 0 keeping the highest id taken)
     pending_writes(checkpoint, node, idx, writes, meta)  task updates of an unfinished step
     cache(namespace, key, value, expires_at)      cached node results (CachePolicy)
     jobs(thread_id, input, event, base, status, attempts, max_attempts, available_at,
@@ -30,13 +37,20 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 import aiosqlite
 
-from statemachine.errors import CheckpointError, StorageUnavailableError
+from statemachine.errors import (
+    CheckpointError,
+    StorageUnavailableError,
+    ThreadBusyError,
+    ThreadNotFoundError,
+)
 
 from .base import (
     DEFAULT_LEASE_SECONDS,
@@ -48,12 +62,23 @@ from .base import (
     NewCheckpoint,
     Owner,
     PendingWrite,
+    Removed,
     ThreadInfo,
     busy_error,
     checkpoint_number,
     job_busy_error,
 )
 from .heartbeat import LeaseHeartbeat
+from .retention import (
+    Plan,
+    busy_message,
+    check_keep_last,
+    check_prune,
+    not_found_message,
+    plan_delete,
+    plan_trim,
+    removed_from,
+)
 from .rows import (
     chain_from_rows,
     jobs_from_rows,
@@ -63,8 +88,18 @@ from .rows import (
     threads_from_rows,
 )
 from .sqlite_errors import bad_value_error, storage_error
+from .sqlite_retention import (
+    candidate_roots,
+    carry_out,
+    file_bytes,
+    has_job,
+    read_family,
+    shrink,
+    thread_exists,
+)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMA_VERSION = 4
 READABLE_FROM = 3
@@ -183,6 +218,11 @@ round trip: rows tagged 'c' (checkpoint, with its distance from the head) or 'p'
 write)."""
 
 _FENCE = "SELECT key FROM threads WHERE thread_id = ? AND owner = ?"
+_RELEASE = "UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, " \
+           "lease_expires = NULL WHERE thread_id = ? AND owner = ?"
+_PRUNE_BATCH = 20
+"""Thread families a prune removes per transaction: the write lock is given up between
+batches, so other processes' runs commit while a large prune goes on."""
 
 
 class SQLiteCheckpointer(Checkpointer):
@@ -194,16 +234,21 @@ class SQLiteCheckpointer(Checkpointer):
 
     def __init__(self, path: str | os.PathLike[str], *,
                  lease_seconds: float = DEFAULT_LEASE_SECONDS, read_only: bool = False,
-                 busy_timeout: float = 10.0) -> None:
+                 busy_timeout: float = 10.0, keep_last: int | None = None) -> None:
         """`read_only=True` opens an existing database with SQLite's read-only mode: every
         read works, every write (a run, a lease, the schema) is refused, and the file is never
         changed — for viewers and tools that only look. A file on read-only media, or in a
         directory this user cannot write, is opened as immutable.
 
         `busy_timeout` is how many seconds a statement waits for another process's write lock
-        before the run stops with a `CheckpointError` naming the file."""
+        before the run stops with a `CheckpointError` naming the file.
+
+        `keep_last`: when set, each release trims the thread to its newest `keep_last`
+        checkpoints (see `Checkpointer.keep_last`); the pages freed are reused by later steps,
+        so the file stops growing (`prune` also gives them back to the file system)."""
         from statemachine._sync import run_sync
 
+        self.keep_last = check_keep_last(keep_last)
         self.path = Path(path)
         self._where = str(self.path)  # how errors about damaged rows name the store
         self.lease_seconds = lease_seconds
@@ -320,7 +365,10 @@ class SQLiteCheckpointer(Checkpointer):
     async def release(self, thread_id: str, owner: Owner) -> None:
         self._heartbeat.drop(thread_id, owner.token)
         try:
-            await self._release(thread_id, owner.token)
+            if self.keep_last is None:
+                await self._release(thread_id, owner.token)
+            else:
+                await self._release_trimming(thread_id, owner.token, self.keep_last)
         except StorageUnavailableError:
             # a full disk or a lock held too long: tried again by this checkpointer's next
             # acquire and by close(), so the thread does not stay owned until its lease lapses
@@ -328,10 +376,28 @@ class SQLiteCheckpointer(Checkpointer):
             raise
 
     async def _release(self, thread_id: str, token: str) -> None:
-        await self._execute(
-            f"release thread {thread_id!r}",
-            "UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, "
-            "lease_expires = NULL WHERE thread_id = ? AND owner = ?", (thread_id, token))
+        await self._execute(f"release thread {thread_id!r}", _RELEASE, (thread_id, token))
+
+    async def _release_trimming(self, thread_id: str, token: str, keep_last: int) -> None:
+        """Trim the thread to `keep_last` and release it, in one transaction, if `token` still
+        holds it. A trim that cannot be planned (damaged rows) is logged and left out: a
+        retention setting must never keep a run from giving its thread up."""
+        def work(conn: sqlite3.Connection) -> None:
+            if conn.execute(_FENCE, (thread_id, token)).fetchone() is None:
+                return
+            family = read_family(conn, thread_id, holder=token)
+            plan = None
+            if not family.busy:
+                try:
+                    plan = plan_trim(family, keep_last)
+                except (ValueError, TypeError, KeyError) as exc:  # damaged rows
+                    log.warning("thread %r: not trimmed to keep_last=%d on release: %s",
+                                thread_id, keep_last, exc)
+            if plan is not None:
+                carry_out(conn, plan, dry_run=False)
+            conn.execute(_RELEASE, (thread_id, token))
+
+        await self._transaction(f"release thread {thread_id!r}", work)
 
     async def _release_left_over(self) -> None:
         """The releases the store refused earlier, tried again."""
@@ -377,6 +443,123 @@ class SQLiteCheckpointer(Checkpointer):
              owner.token))
         if cursor[0] != 1:
             raise busy_error(thread_id, lost=True)
+
+    async def add_snapshot(self, thread_id: str, owner: Owner, checkpoint_id: str,
+                           snapshot: str) -> None:
+        doing = f"store a snapshot on checkpoint {checkpoint_id} of thread {thread_id!r}"
+        number = checkpoint_number(checkpoint_id)
+        changed, _ = await self._execute(
+            doing, "UPDATE checkpoints SET snapshot = coalesce(snapshot, ?) WHERE id = ? AND "
+            f"thread = ({_FENCE})", (snapshot, number, thread_id, owner.token))
+        if changed != 1:
+            if not await self._fetchall(doing, _FENCE, (thread_id, owner.token)):
+                raise busy_error(thread_id, lost=True)
+            raise ThreadNotFoundError(f"thread {thread_id!r} has no checkpoint "
+                                      f"{checkpoint_id!r} to store a snapshot on.")
+
+    # -- retention ------------------------------------------------------------------------------
+
+    async def delete_thread(self, thread_id: str, *, dry_run: bool = False) -> Removed:
+        before = file_bytes(self.path)
+
+        def work(conn: sqlite3.Connection) -> Removed:
+            family = read_family(conn, thread_id)
+            if not family.threads and not has_job(conn, thread_id):
+                raise ThreadNotFoundError(not_found_message(thread_id))
+            if family.busy:
+                raise ThreadBusyError(busy_message(thread_id, family, "delete"))
+            plan = plan_delete(family)
+            if thread_id not in plan.threads:  # a queued job, and no thread yet
+                plan.threads.insert(0, thread_id)
+            pending, jobs = carry_out(conn, plan, dry_run=dry_run)
+            return removed_from(plan, pending_writes=pending, jobs=jobs)
+
+        removed = await self._transaction(f"delete thread {thread_id!r}", work,
+                                          write=not dry_run)
+        return await self._shrunk(removed, before, dry_run)
+
+    async def prune(self, *, thread_id: str | None = None, keep_last: int | None = None,
+                    finished_before: float | None = None, dry_run: bool = False) -> Removed:
+        """Thread families are removed `_PRUNE_BATCH` to a transaction, so a kill leaves each
+        family either pruned or as it was; see `Checkpointer.prune`."""
+        check_prune(thread_id, keep_last, finished_before)
+        before = file_bytes(self.path)
+
+        def roots(conn: sqlite3.Connection) -> list[str]:
+            if thread_id is None:
+                return candidate_roots(conn, finished_before)
+            if not thread_exists(conn, thread_id):
+                raise ThreadNotFoundError(not_found_message(thread_id))
+            return [thread_id]
+
+        def batch(names: list[str]) -> Callable[[sqlite3.Connection], tuple]:
+            def work(conn: sqlite3.Connection) -> tuple[Plan, list[str], int, int]:
+                plan, skipped = Plan(), []
+                for root in names:
+                    family = read_family(conn, root)
+                    if not family.finished_before(finished_before):
+                        continue
+                    if family.busy:
+                        skipped.append(root)
+                        continue
+                    plan.add(plan_delete(family) if keep_last is None else
+                             plan_trim(family, keep_last))
+                return plan, skipped, *carry_out(conn, plan, dry_run=dry_run)
+            return work
+
+        names = await self._transaction("list threads to prune", roots, write=False)
+        plan, skipped, pending, jobs = Plan(), [], 0, 0
+        for start in range(0, len(names), _PRUNE_BATCH):
+            part, busy, part_pending, part_jobs = await self._transaction(
+                "prune threads", batch(names[start:start + _PRUNE_BATCH]), write=not dry_run)
+            plan.add(part)
+            skipped += busy
+            pending, jobs = pending + part_pending, jobs + part_jobs
+        removed = removed_from(plan, pending_writes=pending, jobs=jobs, skipped=skipped)
+        return await self._shrunk(removed, before, dry_run)
+
+    async def _shrunk(self, removed: Removed, before: int, dry_run: bool) -> Removed:
+        """`removed` with the file's sizes, after giving the freed space back (see `shrink`)."""
+        if dry_run or not removed.removed_anything:
+            return replace(removed, bytes_before=before, bytes_after=None if dry_run else before)
+
+        def run() -> list[str]:
+            with self._direct_lock:
+                return shrink(self._direct)
+
+        notes = run() if self._in_caller_thread else await asyncio.to_thread(run)
+        return replace(removed, bytes_before=before, bytes_after=file_bytes(self.path),
+                       notes=(*removed.notes, *notes))
+
+    async def _transaction(self, doing: str, work: Callable[[sqlite3.Connection], T], *,
+                           write: bool = True) -> T:
+        """`work(conn)` in one transaction on this checkpointer's direct connection: in the
+        calling thread for the sync API, else on a worker thread. Several statements must
+        commit together here, which aiosqlite's connection cannot promise: another task's
+        statement could land inside the transaction. `write` takes the write lock at the start
+        (BEGIN IMMEDIATE), so what is read is still true when it is changed."""
+        self._check_open()
+        if write and self.read_only:
+            raise CheckpointError(f"{self!r} is read-only: it cannot run or change threads.")
+
+        def run() -> T:
+            with self._failures(doing), self._direct_lock:
+                if self._immutable:  # each read a fresh look: a writer may have come
+                    self._direct.close()
+                    self._direct, self._immutable = _connect_read_only(
+                        self.path, self.busy_timeout)
+                conn = self._direct
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    result = work(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                return result
+
+        return run() if self._in_caller_thread else await asyncio.to_thread(run)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -661,6 +844,9 @@ def _prepare_file_once(path: Path, busy_timeout: float) -> None:
     try:
         app_id, tables = _identify(conn)
         if not tables and app_id == 0:
+            # before anything writes the header (switching to WAL does): a file can only take
+            # auto-vacuum while it is new, and with it a prune gives space back (retention)
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("BEGIN IMMEDIATE")
             try:

@@ -12,6 +12,9 @@
     statemachine submit GRAPH --db URL --thread t1 [--input JSON] [--event JSON]   queue a run
     statemachine worker GRAPH --db URL [--concurrency 4] [--drain]   run queued runs
     statemachine jobs --db URL                         the queue: each job's status, attempts
+    statemachine prune --db runs.db --keep-last N [--thread t1] [--finished-before DATE]
+                       [--dry-run]                     drop old checkpoints or finished threads
+    statemachine delete --db runs.db --thread t1 [--dry-run]   delete a thread whole
 
 --db takes a SQLite file or a PostgreSQL URL (postgresql://user@host/database; --schema names
 the schema holding the tables, default statemachine).
@@ -60,7 +63,8 @@ import traceback
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn, TypeVar
@@ -69,6 +73,7 @@ import click
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
+from checkpoints.base import Removed
 from checkpoints.redaction import MASK, redact_dsn, secret_fragments
 
 from ._sync import run_sync
@@ -1437,6 +1442,157 @@ def jobs(db: Db | None, as_json: bool) -> None:
                       row["finished"] or "")
     out.print(table)
     _print_errors(out, [(f"thread {_id(row['thread_id'])}", row["error"]) for row in rows])
+
+
+# -- retention --------------------------------------------------------------------------------
+
+def _unix_time(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """An ISO 8601 date or date and time as a unix time; without a time zone, UTC."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"'{visible(value, one_line=True)}' is not an ISO 8601 date or date and time "
+            "(e.g. 2026-01-31, 2026-01-31T18:00, 2026-01-31T18:00+01:00)") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _bytes(count: int) -> str:
+    """A size for people: 812 bytes, 64.4 MB."""
+    size, units = float(count), ["KB", "MB", "GB"]
+    if count < 1000:
+        return f"{count:,} bytes"
+    size /= 1000
+    while size >= 1000 and len(units) > 1:
+        size, units = size / 1000, units[1:]
+    return f"{size:,.1f} {units[0]}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def _print_removed(db: Db, removed: Removed, *, doing: str, dry_run: bool,
+                   as_json: bool) -> None:
+    """What a prune or delete removed (or, dry, would remove): a table of the threads that
+    lost checkpoints or went whole, the totals, the busy threads left alone, the file's size."""
+    if as_json:
+        _echo_json({"dry_run": dry_run, **asdict(removed)})
+        return
+    out = _stdout()
+    verb = "would remove" if dry_run else "removed"
+    out.print(Text(f"{doing} in {_shown(db)}" + (" (dry run: nothing was removed)"
+                                                 if dry_run else ""), style="bold"))
+    gone = set(removed.threads)
+    names = [*removed.checkpoints, *(t for t in removed.threads if t not in removed.checkpoints)]
+    if names:
+        from rich import box
+        from rich.table import Table
+
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+        table.add_column("thread", overflow="fold", min_width=8)
+        table.add_column("checkpoints " + verb, justify="right", no_wrap=True)
+        table.add_column("kept", justify="right", no_wrap=True)
+        for name in names:
+            kept = Text("thread deleted", style="red") if name in gone else \
+                Text(f"{removed.kept.get(name, 0):,}")
+            table.add_row(safe(name, one_line=True), f"{removed.checkpoints.get(name, 0):,}",
+                          kept)
+        out.print(table)
+    trimmed = [t for t in removed.kept if t not in removed.checkpoints]
+    out.print(Text(
+        f"{verb}: {_plural(len(removed.threads), 'thread')}, "
+        f"{_plural(sum(removed.checkpoints.values()), 'checkpoint')}, "
+        f"{_plural(removed.pending_writes, 'pending write')}, "
+        f"{_plural(removed.jobs, 'job')}"
+        + (f"; {_plural(len(trimmed), 'other thread')} had nothing to remove"
+           if trimmed else "")))
+    if removed.skipped:
+        out.print(Text(f"skipped {_plural(len(removed.skipped), 'thread')}: a live run holds "
+                       "it or a worker is running its job (try again when it has finished): "
+                       + ", ".join(_id(t) for t in removed.skipped), style="yellow"))
+    if removed.bytes_before is not None:
+        after = "unchanged" if removed.bytes_after is None else _bytes(removed.bytes_after)
+        out.print(Text(f"file: {_bytes(removed.bytes_before)} -> {after}" + (
+            f" ({removed.bytes_before:,} -> {removed.bytes_after:,} bytes)"
+            if removed.bytes_after is not None and removed.bytes_after != removed.bytes_before
+            else "")))
+    elif isinstance(db, str) and removed.removed_anything and not dry_run:
+        out.print(Text("PostgreSQL reuses the space of the removed rows for new ones once "
+                       "autovacuum has run; its files do not shrink.", style="dim"))
+    for note in removed.notes:
+        out.print(Text(f"note: {note}", style="yellow"))
+
+
+def _check_thread(store: Store, thread: str, db: Db) -> None:
+    """A CLI error naming the threads there are, with a close match, if `thread` has none."""
+    if not store.call(lambda: store.saver.list(thread, limit=1)):
+        known = [t.thread_id for t in store.call(lambda: store.saver.threads(
+            limit=_KNOWN_THREADS))]
+        raise _no_thread(thread, known, db)
+
+
+@cli.command(epilog=EPILOG)
+@DB_OPTION
+@click.option("--keep-last", type=click.IntRange(1), metavar="N",
+              help="Trim each thread (and the threads its subgraph nodes ran) to its N newest "
+                   "checkpoints, plus the older ones those are rebuilt from.")
+@click.option("--thread", help="Only this thread (with its subgraph threads).")
+@click.option("--finished-before", callback=_unix_time, metavar="DATE",
+              help="Only threads whose run finished (done or compensated) before DATE: ISO "
+                   "8601, e.g. 2026-01-31 or 2026-01-31T18:00+01:00; a DATE without a time "
+                   "zone is UTC. Without --keep-last, those threads are deleted whole.")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
+def prune(db: Db | None, keep_last: int | None, thread: str | None,
+          finished_before: float | None, dry_run: bool, as_json: bool) -> None:
+    """Remove old checkpoints (--keep-last) or finished threads (--finished-before).
+
+    A kept checkpoint stays exactly readable, resumable and forkable: with it are kept the
+    older checkpoints its state is rebuilt from, the whole run of a thread that has not
+    finished (rollback needs it), and the subgraph threads its steps ran. Threads a live run
+    holds are skipped. A SQLite file gets smaller on disk (one made before files had
+    incremental auto-vacuum is rewritten once, by a VACUUM); PostgreSQL reuses the space for
+    new rows. See docs/retention.md.
+    """
+    db = _need_db(db)
+    if keep_last is None and finished_before is None:
+        raise CliError("say what to remove: --keep-last N (trim each thread to its N newest "
+                       "checkpoints), --finished-before DATE (delete the threads that finished "
+                       "before it), or both", EXIT_USAGE,
+                       hint="to delete one thread whole: statemachine delete --db ... "
+                            "--thread ID")
+    with contextlib.ExitStack() as stack, _library_errors():
+        store = open_store(db, stack, create=False, read_only=dry_run)
+        if thread is not None:
+            _check_thread(store, thread, db)
+        removed = store.call(lambda: store.saver.prune(
+            thread_id=thread, keep_last=keep_last, finished_before=finished_before,
+            dry_run=dry_run))
+    _print_removed(db, removed, doing="prune", dry_run=dry_run, as_json=as_json)
+
+
+@cli.command(epilog=EPILOG)
+@DB_OPTION
+@click.option("--thread", required=True,
+              help="The thread to delete, with the threads its subgraph nodes ran.")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
+def delete(db: Db | None, thread: str, dry_run: bool, as_json: bool) -> None:
+    """Delete a thread: its checkpoints, pending writes and queued job, and the threads its
+    subgraph nodes ran, in one transaction. Refused (exit 5) while a live run holds it."""
+    db = _need_db(db)
+    with contextlib.ExitStack() as stack, _library_errors():
+        store = open_store(db, stack, create=False, read_only=dry_run)
+        try:
+            removed = store.call(lambda: store.saver.delete_thread(thread, dry_run=dry_run))
+        except ThreadNotFoundError:
+            _check_thread(store, thread, db)
+            raise
+    _print_removed(db, removed, doing=f"delete thread {_id(thread)}", dry_run=dry_run,
+                   as_json=as_json)
 
 
 # -- ui ---------------------------------------------------------------------------------------
