@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -20,7 +21,7 @@ from .compiler import GraphSpec
 from .types import Snapshot, StepEvent
 
 if TYPE_CHECKING:
-    from checkpoints.base import Checkpointer, JobInfo, ThreadInfo
+    from checkpoints.base import Checkpointer, JobInfo, Removed, ThreadInfo
 
 DEFAULT_MAX_STEPS = 10_000
 
@@ -240,3 +241,41 @@ class CompiledGraph:
 
     async def athreads(self) -> list[ThreadInfo]:
         return await self._executor.threads()
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def delete_thread(self, thread_id: str, *, dry_run: bool = False) -> Removed:
+        """Remove the thread with its subgraph threads, pending writes and jobs, at once and
+        whole; `ThreadBusyError` if a live run holds it. `dry_run`: only say what would go."""
+        return run_sync(lambda: self._executor.delete_thread(thread_id, dry_run=dry_run,
+                                                             blocking=True))
+
+    async def adelete_thread(self, thread_id: str, *, dry_run: bool = False) -> Removed:
+        return await self._executor.delete_thread(thread_id, dry_run=dry_run)
+
+    def prune(self, thread_id: str | None = None, *, keep_last: int | None = None,
+              finished_before: datetime | float | None = None,
+              dry_run: bool = False) -> Removed:
+        """Remove old checkpoints: with `keep_last`, keep each thread's (or `thread_id`'s)
+        newest `keep_last` (its oldest kept one gets a snapshot first, so nothing older has to
+        stay); without it, delete whole threads. `finished_before` (a datetime, naive meaning
+        UTC, or a unix time) limits it to threads that finished before then. Threads a run
+        holds are skipped. Every kept checkpoint still reads, forks and resumes exactly. See
+        docs/retention.md."""
+        return run_sync(lambda: self._executor.prune(
+            thread_id, keep_last=keep_last, finished_before=_unix_time(finished_before),
+            dry_run=dry_run, blocking=True))
+
+    async def aprune(self, thread_id: str | None = None, *, keep_last: int | None = None,
+                     finished_before: datetime | float | None = None,
+                     dry_run: bool = False) -> Removed:
+        return await self._executor.prune(
+            thread_id, keep_last=keep_last, finished_before=_unix_time(finished_before),
+            dry_run=dry_run)
+
+
+def _unix_time(moment: datetime | float | None) -> float | None:
+    """A datetime (naive: UTC) or a unix time, as a unix time."""
+    if isinstance(moment, datetime):
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    return moment
