@@ -1544,10 +1544,15 @@ def _check_thread(store: Store, thread: str, db: Db) -> None:
               help="Only threads whose run finished (done or compensated) before DATE: ISO "
                    "8601, e.g. 2026-01-31 or 2026-01-31T18:00+01:00; a DATE without a time "
                    "zone is UTC. Without --keep-last, those threads are deleted whole.")
+@click.option("--graph", "target", metavar="GRAPH",
+              help="The graph the threads ran: with --keep-last, the oldest checkpoint each "
+                   "thread keeps first gets its state stored whole, so nothing older has to "
+                   "be kept to rebuild it (without it, those stay).")
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
 def prune(db: Db | None, keep_last: int | None, thread: str | None,
-          finished_before: float | None, dry_run: bool, as_json: bool) -> None:
+          finished_before: float | None, target: str | None, dry_run: bool,
+          as_json: bool) -> None:
     """Remove old checkpoints (--keep-last) or finished threads (--finished-before).
 
     A kept checkpoint stays exactly readable, resumable and forkable: with it are kept the
@@ -1568,10 +1573,20 @@ def prune(db: Db | None, keep_last: int | None, thread: str | None,
         store = open_store(db, stack, create=False, read_only=dry_run)
         if thread is not None:
             _check_thread(store, thread, db)
-        removed = store.call(lambda: store.saver.prune(
-            thread_id=thread, keep_last=keep_last, finished_before=finished_before,
-            dry_run=dry_run))
+        if target is not None and keep_last is not None and not dry_run:
+            app = build_app(target, db, stack, create=False)
+            removed = app.prune(thread, keep_last=keep_last, finished_before=finished_before)
+        else:
+            removed = store.call(lambda: store.saver.prune(
+                thread_id=thread, keep_last=keep_last, finished_before=finished_before,
+                dry_run=dry_run))
     _print_removed(db, removed, doing="prune", dry_run=dry_run, as_json=as_json)
+    if keep_last is not None and target is None and not as_json and any(
+            kept > keep_last for kept in removed.kept.values()):
+        _stderr().print(Text(
+            f"some threads keep more than {keep_last}: their oldest kept checkpoints are "
+            "rebuilt from older ones. With --graph GRAPH, prune stores those states first "
+            "and keeps no more than asked.", style="dim"))
 
 
 @cli.command(epilog=EPILOG)

@@ -13,6 +13,7 @@
 - `unmapped`: valid, but its router has no path map (a compile warning).
 - `invalid`: a StateGraph with several problems (compile() refuses it).
 - `research`: a subgraph node (`research` runs `inner`, its own two-node graph).
+- `chat`: one `reply` node appending to `messages` (every turn an append: rare snapshots).
 - `not_a_graph`, `make_graph`: things that are not graphs.
 """
 
@@ -209,6 +210,17 @@ research.add_edge(START, "plan")
 research.add_edge("plan", "research")
 research.add_edge("research", "write")
 research.add_edge("write", END)
+
+
+
+class ChatState(BaseModel):
+    messages: Annotated[list[str], operator.add] = []
+
+
+chat = StateGraph(ChatState)
+chat.add_node("reply", lambda state: {"messages": [f"reply {len(state.messages)}"]})
+chat.add_edge(START, "reply")
+chat.add_edge("reply", END)
 
 not_a_graph = 42
 

@@ -185,3 +185,32 @@ def test_help_lists_the_retention_commands(command):
     top = cli("--help")
     assert re.search(rf"^\s+{command}\s", top.stdout, re.M), top.stdout
     assert cli(command, "--help").returncode == OK
+
+
+def test_prune_with_the_graph_keeps_no_more_than_asked(durable_store):
+    """Without the graph, a kept checkpoint keeps the older ones its state is rebuilt from
+    (and the command says so); with --graph, those states are stored first, and exactly the
+    newest N remain, each reading as before."""
+    from cli_graphs import chat
+
+    with durable_store.open() as saver:
+        app = chat.compile(checkpointer=saver)
+        for thread in ("a", "b"):
+            for turn in range(30):
+                app.invoke({"messages": [f"turn {turn}"]}, thread_id=thread)
+        before = {t: {s.checkpoint_id: s.state for s in app.history(t)} for t in ("a", "b")}
+    blind = cli("prune", *durable_store.cli_args, "--keep-last", "3", "--thread", "a")
+    assert blind.returncode == OK, blind.stderr
+    assert counts(durable_store)["a"] > 3
+    assert "--graph GRAPH" in blind.stderr
+
+    told = cli("prune", *durable_store.cli_args, "--keep-last", "3", "--graph",
+               "tests.cli_graphs:chat")
+    assert told.returncode == OK, told.stderr
+    assert counts(durable_store) == {"a": 3, "b": 3}
+    assert "--graph GRAPH" not in told.stderr
+    with durable_store.open() as saver:
+        app = chat.compile(checkpointer=saver)
+        for thread in ("a", "b"):
+            kept = {s.checkpoint_id: s.state for s in app.history(thread)}
+            assert kept == {c: before[thread][c] for c in kept}
