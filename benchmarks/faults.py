@@ -342,7 +342,7 @@ def small_disk(directory: Path, size: str = "1m") -> Iterator[Callable[[str], No
 
 
 def disk_full(workdir: Path) -> Outcome:
-    """A run on a 1 MB tmpfs whose state grows 120 KB a task: the disk fills mid-run. The run
+    """A run on a 1 MB tmpfs whose state grows 80 KB a task: the disk fills mid-run. The run
     must raise CheckpointError naming the file and a full disk, mark its step failed (or at
     least release the thread), close cleanly, keep every committed step, and resume once
     there is room."""
@@ -350,7 +350,7 @@ def disk_full(workdir: Path) -> Outcome:
     disk = workdir / "disk"
     db, ledger, thread = disk / "full.db", workdir / "full-ledger.db", "disk-full"
     with small_disk(disk) as resize:
-        done = child("run", sqlite_store(db), thread, "run", FAULT_BLOB=120_000,
+        done = child("run", sqlite_store(db), thread, "run", FAULT_BLOB=80_000,
                      FAULT_LEDGER=ledger)
         outcome.faults["disk full"] += 1
         message = done.report.get("message", "")
@@ -373,7 +373,7 @@ def disk_full(workdir: Path) -> Outcome:
             outcome.problems.append(f"disk full: the thread is left running: head {rows[-1]}, "
                                     f"owner {info['owner']}")
         resize("64m")
-        resumed = child("run", sqlite_store(db), thread, "resume", FAULT_BLOB=120_000,
+        resumed = child("run", sqlite_store(db), thread, "resume", FAULT_BLOB=80_000,
                         FAULT_LEDGER=ledger)
         check_final(thread, resumed, outcome, "resume after freeing space")
         after = inspect(db, outcome).get(thread)

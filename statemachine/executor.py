@@ -1252,11 +1252,19 @@ class Run:
         assert self.saver is not None and self.thread_id is not None and self.head_id
         # a failed thread is read by people, often without the graph (statemachine show):
         # it gets its state whole, once (a thread takes no new input until it is resumed)
-        snapshot = None
-        if self.replay.steps_since:
-            snapshot = self.replay.stored(self.spec.schema.encode_state(self.state))
+        error = f"{type(exc).__name__}: {exc}"
+        if self.replay.steps_since and not isinstance(exc, StorageUnavailableError):
+            snapshot = self.spec.schema.encode_state(self.state)
+            try:
+                await self.saver.mark(self.thread_id, self.owner, self.head_id,
+                                      status="failed", error=error, snapshot=snapshot)
+            except StorageUnavailableError:
+                pass  # a full disk, say: the small mark below may still fit
+            else:
+                self.replay.stored(snapshot)
+                return
         await self.saver.mark(self.thread_id, self.owner, self.head_id, status="failed",
-                              error=f"{type(exc).__name__}: {exc}", snapshot=snapshot)
+                              error=error)
 
     async def _fail_step_limit(self) -> None:
         nodes = [t.node for t in self.tasks]
