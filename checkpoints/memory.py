@@ -37,6 +37,7 @@ from .retention import (
     is_top_level,
     not_found_message,
     plan_delete,
+    plan_prune,
     plan_trim,
     removed_from,
 )
@@ -202,16 +203,8 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
                 raise ThreadNotFoundError(not_found_message(thread_id))
             roots = [thread_id] if thread_id is not None else \
                 [t for t in self._threads if is_top_level(t)]
-            plan, skipped = Plan(), []
-            for root in roots:
-                family = self._family(root)
-                if not family.finished_before(finished_before):
-                    continue
-                if family.busy:
-                    skipped.append(root)
-                    continue
-                plan.add(plan_delete(family) if keep_last is None else
-                         plan_trim(family, keep_last))
+            plan, skipped = plan_prune((self._family(root) for root in roots),
+                                       keep_last=keep_last, finished_before=finished_before)
             return self._carry_out(plan, dry_run, skipped)
 
     def _family(self, root: str, *, holder: str | None = None) -> Family:

@@ -66,6 +66,7 @@ from .retention import (
     check_prune,
     not_found_message,
     plan_delete,
+    plan_prune,
     plan_trim,
     removed_from,
 )
@@ -538,18 +539,11 @@ class PostgresCheckpointer(Checkpointer):
 
         def batch(names: list[str]) -> Callable[[psycopg.Connection], tuple]:
             def prune(conn: psycopg.Connection) -> tuple[Plan, list[str], int, int]:
-                plan, skipped = Plan(), []
                 with conn.transaction():
                     families = retention_sql.read_families(conn, names, lock=not dry_run)
-                    for root in names:
-                        family = families[root]
-                        if not family.finished_before(finished_before):
-                            continue
-                        if family.busy:
-                            skipped.append(root)
-                            continue
-                        plan.add(plan_delete(family) if keep_last is None else
-                                 plan_trim(family, keep_last))
+                    plan, skipped = plan_prune((families[root] for root in names),
+                                               keep_last=keep_last,
+                                               finished_before=finished_before)
                     return plan, skipped, *retention_sql.carry_out(conn, plan, dry_run=dry_run)
             return prune
 

@@ -174,6 +174,22 @@ def plan_delete(family: Family) -> Plan:
     return plan
 
 
+def plan_prune(families: Iterable[Family], *, keep_last: int | None,
+               finished_before: float | None) -> tuple[Plan, list[str]]:
+    """What a prune removes from these families (each trimmed to `keep_last`, or deleted whole
+    without it; only those finished before `finished_before` when given), and the roots it
+    skips because a live run holds them."""
+    plan, skipped = Plan(), []
+    for family in families:
+        if not family.finished_before(finished_before):
+            continue
+        if family.busy:
+            skipped.append(family.root)
+            continue
+        plan.add(plan_delete(family) if keep_last is None else plan_trim(family, keep_last))
+    return plan, skipped
+
+
 def plan_trim(family: Family, keep_last: int) -> Plan:
     """Trim each member to its `keep_last` newest checkpoints plus what those need (see the
     module docstring); subgraph threads whose origin is no longer kept go whole."""

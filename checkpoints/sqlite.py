@@ -76,6 +76,7 @@ from .retention import (
     check_prune,
     not_found_message,
     plan_delete,
+    plan_prune,
     plan_trim,
     removed_from,
 )
@@ -494,16 +495,9 @@ class SQLiteCheckpointer(Checkpointer):
 
         def batch(names: list[str]) -> Callable[[sqlite3.Connection], tuple]:
             def work(conn: sqlite3.Connection) -> tuple[Plan, list[str], int, int]:
-                plan, skipped = Plan(), []
-                for root in names:
-                    family = read_family(conn, root)
-                    if not family.finished_before(finished_before):
-                        continue
-                    if family.busy:
-                        skipped.append(root)
-                        continue
-                    plan.add(plan_delete(family) if keep_last is None else
-                             plan_trim(family, keep_last))
+                plan, skipped = plan_prune((read_family(conn, root) for root in names),
+                                           keep_last=keep_last,
+                                           finished_before=finished_before)
                 return plan, skipped, *carry_out(conn, plan, dry_run=dry_run)
             return work
 
