@@ -41,6 +41,7 @@ from .retention import (
     plan_trim,
     removed_from,
 )
+from .rows import damaged
 
 
 @dataclass
@@ -268,8 +269,12 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
                 return None
             records = [record]
             while records[-1].snapshot is None and records[-1].id != known:
-                assert records[-1].parent_id is not None, "a root checkpoint has a snapshot"
-                records.append(self._records[records[-1].parent_id])
+                parent = self._records.get(records[-1].parent_id or "")
+                if parent is None:  # only a bug elsewhere (a prune, say) could do this
+                    raise damaged("memory", thread_id, records[-1].id,
+                                  "its state has no stored snapshot and its parent "
+                                  f"{records[-1].parent_id} is gone")
+                records.append(parent)
             if records[-1].id == known:
                 records[-1] = replace(records[-1], snapshot=None)
             records.reverse()

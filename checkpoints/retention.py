@@ -211,8 +211,10 @@ def plan_trim(family: Family, keep_last: int) -> Plan:
         whole_run = (own_head is not None and own_head.status not in FINISHED) or \
             _ran_by_open_step(origin_in_name(name), parent_head)
         kept[name] = keep_set(rows, keep_last, whole_run=whole_run)
-        plan.kept[name] = len(kept[name])
-        dropped = sorted(c.id for c in rows if c.id not in kept[name])
+    _keep_subgraph_bases(family, kept)
+    for name, ids in kept.items():
+        plan.kept[name] = len(ids)
+        dropped = sorted(c.id for c in family.threads[name] if c.id not in ids)
         if dropped:
             plan.checkpoints[name] = dropped
     for name in sorted(gone, key=lambda n: (len(n), n)):
@@ -220,6 +222,28 @@ def plan_trim(family: Family, keep_last: int) -> Plan:
         if family.threads[name]:
             plan.checkpoints[name] = sorted(c.id for c in family.threads[name])
     return plan
+
+
+def _keep_subgraph_bases(family: Family, kept: dict[str, set[int]]) -> None:
+    """A subgraph thread's first checkpoint may have as parent the checkpoint of its parent
+    thread whose state was its input (instead of a copy of it): where a kept one does, that
+    checkpoint is kept too, with what it is rebuilt from. Deepest threads first, so a base
+    kept in a middle thread has its own base kept in turn."""
+    for name in sorted(kept, key=lambda n: (-n.count("::"), n)):
+        if "::" not in name:
+            continue
+        own = {c.id for c in family.threads[name]}
+        parent = parent_thread(name, family.threads)
+        if parent is None or parent not in kept:
+            continue
+        by_id = {c.id: c for c in family.threads[parent]}
+        for record in family.threads[name]:
+            if record.id in kept[name] and not record.has_snapshot and \
+                    record.parent is not None and record.parent not in own:
+                base = by_id.get(record.parent)
+                while base is not None and base.id not in kept[parent]:
+                    kept[parent].add(base.id)
+                    base = None if base.has_snapshot else _parent(base, by_id)
 
 
 def keep_set(rows: Sequence[Stored], keep_last: int, *, whole_run: bool = False) -> set[int]:

@@ -1252,9 +1252,9 @@ def _print_errors(out: Console, errors: Sequence[tuple[str, str | None]]) -> Non
 def show(db: Db | None, thread: str, checkpoint: str | None, target: str | None) -> None:
     """Print a thread's state (latest or at --checkpoint) as JSON.
 
-    The latest checkpoint of a finished, failed or paused run always stores the whole state.
-    An intermediate one may store only its writes: with --graph the state is rebuilt exactly;
-    without, the nearest stored state and the raw writes since are printed, and said so.
+    A failed step's checkpoint stores the whole state; others mostly store only their writes
+    (storage grows with what changed): with --graph the state is rebuilt exactly; without,
+    the nearest stored state and the raw writes since are printed, and said so.
     """
     db = _need_db(db)
     err = _stderr()

@@ -217,10 +217,15 @@ class Executor:
         nearest snapshot, which (snapshots being rare) may be most of the thread."""
         saver = self._require_saver("prune threads", blocking)
         if keep_last is not None and keep_last >= 1 and not dry_run:
-            chosen = [thread_id] if thread_id is not None else [
-                t.thread_id for t in await saver.threads() if "::" not in t.thread_id and (
-                    finished_before is None or (t.status in ("done", "compensated")
-                                                and t.updated_at < finished_before))]
+            # a subgraph's thread is trimmed with its parent by the store's own rules: its
+            # states are of the subgraph's schema, which this executor does not write
+            if thread_id is not None:
+                chosen = [] if "::" in thread_id else [thread_id]
+            else:
+                chosen = [t.thread_id for t in await saver.threads()
+                          if "::" not in t.thread_id and (finished_before is None or (
+                              t.status in ("done", "compensated")
+                              and t.updated_at < finished_before))]
             for thread in chosen:
                 await self._snapshot_oldest_kept(saver, thread, keep_last)
         removed = await saver.prune(thread_id=thread_id, keep_last=keep_last,
@@ -314,7 +319,7 @@ class Executor:
                 extra["joins"] = encode_joins(joins)
             writes = spec.schema.encode_writes([(writer, index, encoded)])
             snapshot = None
-            if cost.due(0 if spec.schema.appends_only(update) else len(writes),
+            if cost.due(*_counted(len(writes), spec.schema.appends_only(update)),
                         saver.keep_last):
                 snapshot = cost.stored(spec.schema.encode_state(new_state))
             created = time.time()
@@ -672,7 +677,8 @@ class Run:
             self.tasks = decode_tasks(head.next)
             await self._put(NewCheckpoint(
                 parent_id=head.id, step=head.step, kind="fork", status="running",
-                next=head.next, snapshot=self._snapshot_if_due(0), extra=self._extra_json()))
+                next=head.next, snapshot=self._snapshot_if_due(0, True),
+                extra=self._extra_json()))
             return
         self.head_id, self.head_created = head.id, head.created_at
         self.step_origin = extra.get("origin")
@@ -738,11 +744,11 @@ class Run:
             writes = self.spec.schema.encode_writes([(INPUT, 0, encoded)])
         status = "running" if self.tasks else "done"
         # a new thread's first checkpoint is where every replay starts: it always has the state
-        written = 0 if update is None or self.spec.schema.appends_only(update) else \
-            len(writes or "")
+        appends = update is None or self.spec.schema.appends_only(update)
         if parent_id is None and self.input_base is not None:
             parent_id, self.replay = self.input_base
-        snapshot = self._snapshot_if_due(written) if parent_id is not None else \
+        snapshot = self._snapshot_if_due(len(writes or ""), appends) if parent_id is not None \
+            else \
             self.replay.stored(self.spec.schema.encode_state(self.state))
         await self._put(NewCheckpoint(
             parent_id=parent_id, step=step, kind="input", status=status,
@@ -1209,13 +1215,13 @@ class Run:
                   for t, _ in ordered if t.key not in self.committed_pending]
         writes = schema.encode_writes(inline) if inline else None
         appends = self.spec.schema.appends_only
-        written = 0 if all(appends(update) for _, update in ordered) else \
-            len(writes or "") + sum(len(self.encoded[key]) for key in self.committed_pending)
+        size = len(writes or "") + sum(len(self.encoded[key]) for key in self.committed_pending)
         self.joins = joins
         await self._put(NewCheckpoint(
             parent_id=self.head_id, step=self.step + 1, kind="step", status=status,
             next=encode_tasks(tasks), writes=writes,
-            snapshot=self._snapshot_if_due(written, new_state),
+            snapshot=self._snapshot_if_due(size, all(appends(u) for _, u in ordered),
+                                           new_state),
             extra=self._extra_json(interrupt="after" if status == "interrupted" else None,
                                    metadata=metadata)))
 
@@ -1227,10 +1233,11 @@ class Run:
                                             replace(checkpoint, created_at=created))
         self.head_created = created
 
-    def _snapshot_if_due(self, written: int, state: BaseModel | None = None) -> str | None:
-        """The state as a snapshot for the next checkpoint (with `written` bytes of writes), if
-        the replay it would otherwise add is due one (see `snapshots`)."""
-        if not self.replay.due(written, self.keep_last):
+    def _snapshot_if_due(self, size: int, appends: bool,
+                         state: BaseModel | None = None) -> str | None:
+        """The state as a snapshot for the next checkpoint (with `size` bytes of writes that
+        only append, or not), if the replay it would otherwise add is due one (`snapshots`)."""
+        if not self.replay.due(*_counted(size, appends), self.keep_last):
             return None
         return self.replay.stored(self.spec.schema.encode_state(
             self.state if state is None else state))
@@ -1384,6 +1391,11 @@ def _needs_checkpointer(what: str) -> StateMachineError:
     return ThreadStateError(
         f"to {what} the graph needs a checkpointer: compile(checkpointer=SQLiteCheckpointer("
         "'runs.db')) (or MemoryCheckpointer() for tests).")
+
+
+def _counted(size: int, appends: bool) -> tuple[int, int]:
+    """`ReplayCost.due`'s bytes that count and bytes that only append, of `size` bytes."""
+    return (0, size) if appends else (size, 0)
 
 
 def _stale(record: CheckpointRecord, exc: ValidationError) -> CheckpointError:

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from checkpoints.base import CheckpointRecord, PendingWrite
+from checkpoints.rows import damaged
 
 from .commands import Send
 from .policies import CachePolicy
@@ -110,16 +111,23 @@ def stored_writes(record: CheckpointRecord, parent: CheckpointRecord | None,
 
     A step applies the writes its parent carried (update_state on a failed step), its parent's
     pending writes and its own; they merge in the order the parent's `next` lists the tasks.
+    Rows read only for their writes are checked here (see rows.record_from_row's `replayed`):
+    a damaged one is a `CheckpointError` naming it.
     """
     writes: list[list[Any]] = []
-    if record.kind == "step" and parent is not None:
-        writes += [list(w) for w in extra_of(parent).get("carried", ())]
-        writes += [[w.node, w.index, json.loads(w.writes)] for w in pending.get(parent.id, [])]
-    if record.kind != "fork" and record.writes:
-        writes += json.loads(record.writes)
-    if record.kind == "step" and parent is not None:
-        order = {t.key: position for position, t in enumerate(decode_tasks(parent.next))}
-        writes.sort(key=lambda w: order.get((w[0], w[1]), len(order)))
+    try:
+        if record.kind == "step" and parent is not None:
+            writes += [list(w) for w in extra_of(parent).get("carried", ())]
+            writes += [[w.node, w.index, json.loads(w.writes)]
+                       for w in pending.get(parent.id, [])]
+        if record.kind != "fork" and record.writes:
+            writes += json.loads(record.writes)
+        if record.kind == "step" and parent is not None:
+            order = {t.key: position for position, t in enumerate(decode_tasks(parent.next))}
+            writes.sort(key=lambda w: order.get((w[0], w[1]), len(order)))
+    except (ValueError, TypeError, IndexError) as exc:
+        raise damaged(None, record.thread_id, record.id, "its writes, or the tasks and "
+                      f"writes of its parent, are not what a run stores ({exc})") from None
     return writes
 
 

@@ -54,26 +54,39 @@ class ReplayCost:
     snapshot_bytes: int = 0
     bytes_since: int = 0
     steps_since: int = 0
+    appended: int = 0
+    """Bytes of writes since that only appended: not replay cost, but state all the same."""
+
+    @property
+    def state_bytes(self) -> int:
+        """About how large the state is, as JSON (what a cache holding it counts)."""
+        return self.snapshot_bytes + self.bytes_since + self.appended
 
     def plus(self, chain: Chain, counted: Sequence[bool]) -> ReplayCost:
         """This cost (of rebuilding `chain.records[0]`) plus replaying the rest of `chain`;
         `counted[i]` says whether the writes of `chain.records[i + 1]` count (see `due`)."""
-        written = 0
+        written = appended = 0
         for (parent, record), count in zip(pairwise(chain.records), counted, strict=True):
+            size = len(record.writes or "") if record.kind != "fork" else 0
+            if record.kind == "step":
+                size += sum(len(w.writes) for w in chain.pending.get(parent.id, ()))
             if count:
-                written += len(record.writes or "") if record.kind != "fork" else 0
-                if record.kind == "step":
-                    written += sum(len(w.writes) for w in chain.pending.get(parent.id, ()))
+                written += size
+            else:
+                appended += size
         return ReplayCost(self.snapshot_bytes, self.bytes_since + written,
-                          self.steps_since + len(chain.records) - 1)
+                          self.steps_since + len(chain.records) - 1, self.appended + appended)
 
     def copy(self) -> ReplayCost:
-        return ReplayCost(self.snapshot_bytes, self.bytes_since, self.steps_since)
+        return ReplayCost(self.snapshot_bytes, self.bytes_since, self.steps_since,
+                          self.appended)
 
-    def due(self, written: int, keep_last: int | None = None) -> bool:
+    def due(self, written: int, appended: int = 0, keep_last: int | None = None) -> bool:
         """Count one more checkpoint carrying `written` bytes of writes that count (those that
-        do more than append); whether it should store a snapshot (then call `stored`)."""
+        do more than append) and `appended` bytes that only append; whether it should store a
+        snapshot (then call `stored`)."""
         self.bytes_since += written
+        self.appended += appended
         self.steps_since += 1
         return (self.bytes_since + RECORD_COST * self.steps_since >= GROWTH * self.snapshot_bytes
                 or self.steps_since >= MAX_REPLAY_STEPS
@@ -82,4 +95,5 @@ class ReplayCost:
     def stored(self, snapshot: str) -> str:
         """A snapshot was stored at the head: replays start from it now."""
         self.snapshot_bytes, self.bytes_since, self.steps_since = len(snapshot), 0, 0
+        self.appended = 0
         return snapshot

@@ -37,7 +37,7 @@ class CachedState:
 
     @property
     def size(self) -> int:
-        return self.cost.snapshot_bytes + self.cost.bytes_since
+        return self.cost.state_bytes
 
 
 class StateCache:
@@ -81,8 +81,9 @@ class StateCache:
                 return None
             assert entry is not None
             self._entries.move_to_end(thread_id)
-        return CachedState(checkpoint_id, created_at, detached(entry.state),
-                           entry.cost.copy())
+            # copied under the lock: a run in another thread may `take` it meanwhile
+            return CachedState(checkpoint_id, created_at, detached(entry.state),
+                               entry.cost.copy())
 
     def put(self, thread_id: str, checkpoint_id: str, created_at: float, state: BaseModel,
             cost: ReplayCost) -> None:

@@ -18,11 +18,12 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from checkpoints import SQLiteCheckpointer
+from checkpoints import MemoryCheckpointer, SQLiteCheckpointer
 from statemachine import END, START, Send, StateGraph, reducers
 from statemachine.snapshots import GROWTH
 from statemachine.state import StateSchema
@@ -269,3 +270,89 @@ def test_a_file_written_before_reads_and_runs(tmp_path):
         assert after.messages[len(before.messages):][:2] == ["one more", "reply to one more"]
     with SQLiteCheckpointer(path) as saver:
         assert graph().compile(checkpointer=saver).get_state("chat").state == after
+
+
+# -- subgraph threads that start from their parent's checkpoint --------------------------------
+
+class Log(BaseModel):
+    log: Annotated[list[str], operator.add] = []
+    note: str = ""
+
+
+def sub_and_flaky(failures: dict[str, int]) -> StateGraph:
+    """A subgraph `sub` (one node `c1`) beside `boom`, which fails `failures["boom"]` times;
+    then `after`. The subgraph's thread starts from the parent's input checkpoint."""
+    child = StateGraph(Log)
+    child.add_node("c1", lambda s: {"log": ["c1"]})
+    child.add_edge(START, "c1")
+    child.add_edge("c1", END)
+
+    def boom(state: Log) -> dict:
+        if failures["boom"] > 0:
+            failures["boom"] -= 1
+            raise ConnectionError("boom")
+        return {"log": ["boom"]}
+
+    g = StateGraph(Log)
+    g.add_node("sub", child.compile())
+    g.add_node("boom", boom)
+    g.add_node("after", lambda s: {"log": ["after"]})
+    g.add_edge(START, "sub")
+    g.add_edge(START, "boom")
+    g.add_edge(["sub", "boom"], "after")
+    g.add_edge("after", END)
+    return g
+
+
+def test_a_kept_subgraph_thread_keeps_the_parent_checkpoint_it_starts_from(tmp_path):
+    """The subgraph thread is kept (an edit carries its origin), so the parent checkpoint its
+    first checkpoint points to stays too, even when older than what was asked to keep."""
+    for saver in (MemoryCheckpointer(), SQLiteCheckpointer(tmp_path / "runs.db")):
+        app = sub_and_flaky({"boom": 1}).compile(checkpointer=saver)
+        with pytest.raises(ConnectionError):
+            app.invoke({"note": "x" * 2000}, thread_id="t")
+        app.update_state("t", {"note": "fixed"})  # carries the failed step's origin
+        app.invoke(None, thread_id="t")
+        sub = next(t.thread_id for t in app.threads() if "::" in t.thread_id)
+        assert app.get_state(sub).state.log == ["c1"]
+        removed = app.prune("t", keep_last=len(app.history("t")) - 1)
+        assert sub in removed.kept
+        fresh = sub_and_flaky({"boom": 0}).compile(checkpointer=saver)  # nothing in memory
+        assert fresh.get_state(sub).state.log == ["c1"]
+        assert fresh.get_state("t").state.log == ["c1", "boom", "after"]
+        saver.close()
+
+
+def test_a_subgraph_thread_stores_no_copy_of_its_parents_state(tmp_path):
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path) as saver:
+        app = sub_and_flaky({"boom": 0}).compile(checkpointer=saver)
+        for turn in range(40):
+            app.invoke({"note": f"{turn}" + "n" * 5000}, thread_id="t")
+        subs = [t.thread_id for t in app.threads() if "::" in t.thread_id]
+        assert len(subs) == 40
+        assert app.get_state(subs[-1]).state.log[-1] == "c1"
+    with sqlite3.connect(path) as conn:
+        copies = conn.execute(
+            "SELECT count(*) FROM checkpoints c JOIN threads t ON t.key = c.thread "
+            "WHERE t.thread_id LIKE 't::%' AND c.snapshot IS NOT NULL").fetchone()[0]
+    # 40 copies of a growing state before; now a subgraph thread stores a snapshot only when
+    # its chain (which runs on into the parent's) is due one, like any checkpoint
+    assert copies <= 3
+    with SQLiteCheckpointer(path) as saver:  # a fresh process reads every subgraph thread
+        fresh = sub_and_flaky({"boom": 0}).compile(checkpointer=saver)
+        assert all(fresh.get_state(s).state.log[-1] == "c1" for s in subs)
+        for sub in subs[:3]:  # its first checkpoint holds the parent's state, read from there
+            newest, *_, first = [s.state.log for s in fresh.history(sub)]
+            assert newest == [*first, "c1"] and len(first) % 3 == 0
+
+
+def test_the_cache_counts_appended_state_against_its_limit(tmp_path):
+    with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
+        app = chat_graph().compile(checkpointer=saver)
+        for turn in range(50):
+            app.invoke(message(turn), thread_id="chat")
+        entry = app._executor.states.take("chat", *(lambda s: (s.checkpoint_id, s.created_at))(
+            app.get_state("chat")))
+        assert entry is not None
+        assert entry.size >= len(entry.state.model_dump_json()) * 0.9

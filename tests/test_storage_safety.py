@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -673,3 +674,27 @@ def test_a_stalled_claim_is_taken_after_one_still_period_whatever_its_clock(tmp_
             time.sleep(0.05)
         assert job is not None and job.thread_id == "t" and job.attempts == 1
         assert 0.9 <= time.monotonic() - started < 5
+
+
+def test_a_damaged_ancestor_read_only_for_its_writes_is_named_by_the_cli(sqlite_store):
+    """Rows replayed on the way to a checkpoint are parsed once, by whoever reads their
+    writes; damage there is still a one-line error naming the checkpoint, never a traceback."""
+    app = loop(12).compile(checkpointer=sqlite_store.open())
+    app.invoke({}, thread_id="t")
+    sqlite_store.close()
+    ids = [row[0] for row in sqlite_store.query(
+        "SELECT id FROM checkpoints WHERE snapshot IS NULL ORDER BY id")]
+    # two checkpoints in a row without a snapshot: the second is rebuilt through the first
+    damaged_id, later = next((a, b) for a, b in pairwise(ids) if b == a + 1)
+    sqlite_store.change("UPDATE checkpoints SET writes = '[oops]', next = '[oops]' "
+                        "WHERE id = ?", damaged_id)
+    for command in (["show", "--thread", "t", "--checkpoint", str(later)],
+                    ["history", "--thread", "t", "--json"]):
+        result = subprocess.run([sys.executable, "-m", "statemachine", *command, "--db",
+                                 str(sqlite_store.path)], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert "'t'" in result.stderr and "checkpoint" in result.stderr, result.stderr
+    fresh = loop(12).compile(checkpointer=sqlite_store.open())
+    with pytest.raises(CheckpointError, match=rf"checkpoint {damaged_id}"):
+        fresh.get_state("t", str(later))
