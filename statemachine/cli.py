@@ -1581,12 +1581,15 @@ def prune(db: Db | None, keep_last: int | None, thread: str | None,
                 thread_id=thread, keep_last=keep_last, finished_before=finished_before,
                 dry_run=dry_run))
     _print_removed(db, removed, doing="prune", dry_run=dry_run, as_json=as_json)
-    if keep_last is not None and target is None and not as_json and any(
+    if keep_last is not None and not as_json and any(
             kept > keep_last for kept in removed.kept.values()):
         _stderr().print(Text(
             f"some threads keep more than {keep_last}: their oldest kept checkpoints are "
-            "rebuilt from older ones. With --graph GRAPH, prune stores those states first "
-            "and keeps no more than asked.", style="dim"))
+            "rebuilt from older ones. " + (
+                "Run without --dry-run, the prune stores those states first (--graph) and "
+                "keeps no more than asked." if target is not None else
+                "With --graph GRAPH, prune stores those states first and keeps no more than "
+                "asked."), style="dim"))
 
 
 @cli.command(epilog=EPILOG)
