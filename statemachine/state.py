@@ -200,12 +200,8 @@ class StateSchema:
                     changes[name] = value
                 else:
                     current = changes[name] if name in changes else getattr(state, name)
-                    try:
-                        changes[name] = reducer(current, value)
-                    except Exception as exc:
-                        exc.add_note(f"while merging the update of node {node!r} into field "
-                                     f"{name!r}{_where(step, thread_id)}")
-                        raise
+                    changes[name] = _merge(reducer, current, value, node, name, step,
+                                           thread_id)
         return state.model_copy(update=changes) if changes else state
 
     def replay(self, state: BaseModel, steps: Iterable[Sequence[Write]], *,
@@ -257,12 +253,7 @@ class StateSchema:
                             continue
                     old = current(name)
                     lists.pop(name, None)
-                    try:
-                        changes[name] = reducer(old, value)
-                    except Exception as exc:
-                        exc.add_note(f"while merging the update of node {node!r} into field "
-                                     f"{name!r}{_where(None, thread_id)}")
-                        raise
+                    changes[name] = _merge(reducer, old, value, node, name, None, thread_id)
         for name in list(strings):
             current(name)
         return state.model_copy(update=changes) if changes else state
@@ -330,6 +321,17 @@ class StateSchema:
 
 _APPENDS = (operator.add, append)
 """Reducers that append (to a list or, operator.add only, a string): replay grows the value."""
+
+
+def _merge(reducer: Reducer, current: Any, value: Any, node: str, field: str,
+           step: int | None, thread_id: str | None) -> Any:
+    """`reducer(current, value)`; its exception says which node's update into which field."""
+    try:
+        return reducer(current, value)
+    except Exception as exc:
+        exc.add_note(f"while merging the update of node {node!r} into field {field!r}"
+                     f"{_where(step, thread_id)}")
+        raise
 
 
 def _two_writers(first: str, second: str, field: str, step: int | None,
