@@ -42,6 +42,7 @@ from checkpoints.base import (
 from checkpoints.memory import MemoryCache
 from checkpoints.rows import damaged
 
+from . import pruning
 from .clock import get_clock
 from .commands import Command, Send
 from .compensation import COMPENSATE, current_run, rollback
@@ -199,61 +200,19 @@ class Executor:
     async def threads(self, *, blocking: bool = False) -> list[Any]:
         return await self._require_saver("list threads", blocking).threads()
 
-    # -- retention ----------------------------------------------------------------------------
+    # -- retention (see pruning) ----------------------------------------------------------
 
     async def delete_thread(self, thread_id: str, *, dry_run: bool = False,
                             blocking: bool = False) -> Removed:
-        removed = await self._require_saver("delete a thread", blocking).delete_thread(
-            thread_id, dry_run=dry_run)
-        for thread in removed.threads:
-            self.states.forget(thread)
-        return removed
+        saver = self._require_saver("delete a thread", blocking)
+        return await pruning.delete_thread(self, saver, thread_id, dry_run=dry_run)
 
     async def prune(self, thread_id: str | None, *, keep_last: int | None,
                     finished_before: float | None, dry_run: bool = False,
                     blocking: bool = False) -> Removed:
-        """The store's `prune`, after giving the oldest checkpoint each trimmed thread keeps
-        a snapshot: without one, the store must also keep every older checkpoint back to the
-        nearest snapshot, which (snapshots being rare) may be most of the thread."""
         saver = self._require_saver("prune threads", blocking)
-        if keep_last is not None and keep_last >= 1 and not dry_run:
-            # a subgraph's thread is trimmed with its parent by the store's own rules: its
-            # states are of the subgraph's schema, which this executor does not write
-            if thread_id is not None:
-                chosen = [] if "::" in thread_id else [thread_id]
-            else:
-                chosen = [t.thread_id for t in await saver.threads()
-                          if "::" not in t.thread_id and (finished_before is None or (
-                              t.status in ("done", "compensated")
-                              and t.updated_at < finished_before))]
-            for thread in chosen:
-                await self._snapshot_oldest_kept(saver, thread, keep_last)
-        removed = await saver.prune(thread_id=thread_id, keep_last=keep_last,
-                                    finished_before=finished_before, dry_run=dry_run)
-        for thread in removed.threads:
-            self.states.forget(thread)
-        return removed
-
-    async def _snapshot_oldest_kept(self, saver: Checkpointer, thread_id: str,
-                                    keep_last: int) -> None:
-        page = await saver.list(thread_id, limit=keep_last + 1)
-        if len(page) <= keep_last or page[keep_last - 1].snapshot is not None:
-            return
-        oldest = page[keep_last - 1]
-        owner = Owner.new()
-        try:
-            await saver.acquire(thread_id, owner)
-        except ThreadBusyError:
-            return  # a run holds it: the prune skips it too
-        try:
-            loaded = await self.load_state(saver, thread_id, oldest.id, own=False)
-            if loaded is not None:
-                await saver.add_snapshot(thread_id, owner, oldest.id,
-                                         self.spec.schema.encode_state(loaded[0]))
-        except BaseException as exc:
-            await release_after(saver, thread_id, owner, exc)
-            raise
-        await saver.release(thread_id, owner)
+        return await pruning.prune(self, saver, thread_id, keep_last=keep_last,
+                                   finished_before=finished_before, dry_run=dry_run)
 
     # -- editing ------------------------------------------------------------------------------
 
