@@ -21,7 +21,7 @@ import inspect
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from itertools import pairwise
 from typing import Any
@@ -78,6 +78,7 @@ from .records import (
     record_metadata,
     task_key,
 )
+from .routing import RefusedRoute, resolve_route, route_items
 from .secret_types import mentions_secret
 from .snapshots import ReplayCost
 from .state_cache import StateCache
@@ -1118,41 +1119,16 @@ class Run:
             exc.add_note(f"raised by router {info.name!r} after node {branch.source!r} at "
                          f"step {step}{self._of_thread()}")
             raise
-        items: Iterable[Any] = result if isinstance(result, (list, tuple, set, frozenset)) \
-            else (result,)
-        return [self._resolve(branch, item, step) for item in items]
+        return [self._resolve(branch, item, step) for item in route_items(result)]
 
     def _resolve(self, branch: Branch, item: Any, step: int) -> str | Send:
-        if isinstance(item, Send):
-            targets = branch.targets if (branch.mapping is not None or
-                                         branch.allowed is not None) else tuple(self.spec.nodes)
-            if item.node in targets and item.node in self.spec.nodes:
-                return item
-            raise InvalidRouteError(
-                f"router {branch.router.name!r} after node {branch.source!r} returned "
-                f"Send({item.node!r}, ...), but {item.node!r} is not one of its targets "
-                f"({', '.join(map(repr, targets))}) at step {step}{self._of_thread()}.",
-                node=branch.source, returned=item, allowed=targets, step=step,
-                thread_id=self.thread_id)
-        if branch.mapping is not None:
-            try:
-                return branch.mapping[item]
-            except (KeyError, TypeError):
-                allowed = list(branch.mapping)
-        elif branch.allowed is not None:
-            if item in branch.allowed:
-                return item
-            allowed = sorted(branch.allowed)
-        else:
-            if isinstance(item, str) and (item in self.spec.nodes or item == END):
-                return item
-            allowed = [*self.spec.nodes, END]
+        target = resolve_route(self.spec, branch, item)
+        if not isinstance(target, RefusedRoute):
+            return target
         raise InvalidRouteError(
-            f"router {branch.router.name!r} after node {branch.source!r} returned {item!r}"
-            f"{did_you_mean(item, [str(a) for a in allowed])}, which is not one of its routes "
-            f"({', '.join(repr(a) for a in allowed)}) at step {step}{self._of_thread()}.",
-            node=branch.source, returned=item, allowed=[str(a) for a in allowed], step=step,
-            thread_id=self.thread_id)
+            f"router {branch.router.name!r} after node {branch.source!r} {target.reason} at "
+            f"step {step}{self._of_thread()}.", node=branch.source, returned=item,
+            allowed=list(target.allowed), step=step, thread_id=self.thread_id)
 
     # -- committing ---------------------------------------------------------------------------
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import operator
 import time
+import warnings
 from typing import Annotated, Any, Literal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, Field, field_validator
 
 from statemachine import (
@@ -476,3 +479,39 @@ def test_graph_validation_error_is_raised_by_compile_with_all_problems():
         g.compile()
     assert info.value.codes == ["unreachable_node", "dead_end", "dead_end"]
     assert [p.nodes for p in info.value.problems] == [("b",), ("a",), ("b",)]
+
+
+class _Routed(BaseModel):
+    n: int = 0
+
+
+_ROUTES = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from(["yes", "no", "y", "x"]),
+    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner) |
+    st.dictionaries(st.sampled_from(["yes", "y"]), inner, max_size=2),
+    max_leaves=6)
+
+
+@pytest.mark.parametrize("path_map", [["yes", "no"], {"y": "yes", "n": "no"}, None],
+                         ids=["list", "dict", "none"])
+@settings(max_examples=60, deadline=None)
+@given(returned=_ROUTES)
+def test_whatever_a_router_returns_routes_or_is_an_invalid_route(path_map, returned):
+    """A router's answer of any shape (a nested list, a dict, a tuple holding a list) either
+    routes or is an InvalidRouteError naming the router and its routes; a list path map with a
+    list inside the answer was a bare TypeError."""
+    g = StateGraph(_Routed)
+    g.add_node("a", lambda s: {"n": 1})
+    g.add_node("yes", lambda s: {"n": 2})
+    g.add_node("no", lambda s: {"n": 3})
+    g.add_edge(START, "a")
+    g.add_conditional_edges("a", lambda s: returned, path_map)
+    g.add_edge("yes", END)
+    g.add_edge("no", END)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        app = g.compile()
+    try:
+        assert app.invoke({}).n in (1, 2, 3)
+    except InvalidRouteError as exc:
+        assert "after node 'a'" in str(exc) and "not one of its routes" in str(exc)

@@ -27,12 +27,10 @@ from pydantic import BaseModel
 import checkpoints
 
 from .._sync import run_sync
-from ..commands import Send
 from ..compiled import CompiledGraph
 from ..compiler import Branch, GraphSpec, NodeSpec
-from ..constants import END
-from ..errors import did_you_mean
 from ..graph import StateGraph
+from ..routing import RefusedRoute, resolve_route, route_items
 from ..types import RunContext
 
 Invariant = Callable[[Any, Any], Any]
@@ -283,37 +281,13 @@ def run_context(node: str, step: int = 0) -> RunContext:
 
 
 def route_problem(spec: GraphSpec, branch: Branch, item: Any) -> str | None:
-    """Why `item`, one route a router returned, would be refused (as the executor would)."""
-    if isinstance(item, Send):
-        targets = branch.targets if (branch.mapping is not None or
-                                     branch.allowed is not None) else tuple(spec.nodes)
-        if item.node in targets and item.node in spec.nodes:
-            return None
-        return (f"returned Send({item.node!r}, ...), but {item.node!r} is not one of its "
-                f"targets ({', '.join(map(repr, targets))})")
-    if branch.mapping is not None:
-        try:
-            branch.mapping[item]
-            return None
-        except (KeyError, TypeError):
-            allowed: list[Any] = list(branch.mapping)
-    elif branch.allowed is not None:
-        try:
-            if item in branch.allowed:
-                return None
-        except TypeError:
-            pass
-        allowed = sorted(branch.allowed)
-    else:
-        if isinstance(item, str) and (item in spec.nodes or item == END):
-            return None
-        allowed = [*spec.nodes, END]
-    return (f"returned {item!r}{did_you_mean(item, [str(a) for a in allowed])}, which is not "
-            f"one of its routes ({', '.join(repr(a) for a in allowed)})")
+    """Why `item`, one route a router returned, would be refused (the executor's own rule)."""
+    target = resolve_route(spec, branch, item)
+    return target.reason if isinstance(target, RefusedRoute) else None
 
 
-def router_items(result: Any) -> list[Any]:
-    return list(result) if isinstance(result, (list, tuple, set, frozenset)) else [result]
+router_items = route_items
+"""The routes a router returned (the executor's own rule)."""
 
 
 def router_label(branch: Branch) -> str:
