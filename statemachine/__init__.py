@@ -13,6 +13,7 @@ from .compiled import CompiledGraph
 from .compiler import GraphSpec, RouterWithoutPathMapWarning
 from .constants import END, START
 from .errors import (
+    CheckpointerRequiredError,
     CheckpointError,
     GraphValidationError,
     InvalidRouteError,
@@ -37,6 +38,7 @@ __all__ = [
     "START",
     "CachePolicy",
     "CheckpointError",
+    "CheckpointerRequiredError",
     "Command",
     "CompiledGraph",
     "FakeClock",

@@ -515,3 +515,17 @@ def test_whatever_a_router_returns_routes_or_is_an_invalid_route(path_map, retur
         assert app.invoke({}).n in (1, 2, 3)
     except InvalidRouteError as exc:
         assert "after node 'a'" in str(exc) and "not one of its routes" in str(exc)
+
+
+def test_every_error_the_library_raises_is_exported_from_the_package():
+    """User code catches errors by importing them from `statemachine`: each subclass of
+    StateMachineError the library defines is there (CheckpointerRequiredError was not)."""
+    import statemachine
+    from statemachine import errors
+
+    defined = {name for name, value in vars(errors).items()
+               if isinstance(value, type) and issubclass(value, errors.StateMachineError)}
+    assert "CheckpointerRequiredError" in defined
+    missing = {name for name in defined if getattr(statemachine, name, None) is None}
+    assert missing == set()
+    assert defined <= set(statemachine.__all__)
