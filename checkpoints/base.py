@@ -186,12 +186,14 @@ class Owner:
 
 
 class CacheStore(Protocol):
-    """Where cached node results live (JSON text under a namespace and key)."""
+    """Where cached node results live (JSON text under a namespace and key). `now` is the
+    caller's time (the runs' clock, which tests replace); None: the store's own clock."""
 
-    async def cache_get(self, namespace: str, key: str) -> str | None: ...
+    async def cache_get(self, namespace: str, key: str, *,
+                        now: float | None = None) -> str | None: ...
 
     async def cache_put(self, namespace: str, key: str, value: str,
-                        ttl: float | None) -> None: ...
+                        ttl: float | None, *, now: float | None = None) -> None: ...
 
 
 class Checkpointer(ABC):
@@ -294,13 +296,14 @@ class Checkpointer(ABC):
         whose latest checkpoint changed after it."""
 
     @abstractmethod
-    async def cache_get(self, namespace: str, key: str) -> str | None:
-        """A cached value that has not expired, or None."""
+    async def cache_get(self, namespace: str, key: str, *,
+                        now: float | None = None) -> str | None:
+        """A cached value that has not expired by `now` (None: the store's clock), or None."""
 
     @abstractmethod
     async def cache_put(self, namespace: str, key: str, value: str,
-                        ttl: float | None) -> None:
-        """Store a value for `ttl` seconds (None: until replaced)."""
+                        ttl: float | None, *, now: float | None = None) -> None:
+        """Store a value for `ttl` seconds from `now` (None: until replaced)."""
 
     # -- the work queue: runs submitted here, claimed and run by workers -----------------------
 

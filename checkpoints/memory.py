@@ -76,21 +76,23 @@ class MemoryCache:
         self._entries: dict[tuple[str, str], tuple[str, float | None]] = {}
         self._lock = threading.Lock()
 
-    async def cache_get(self, namespace: str, key: str) -> str | None:
+    async def cache_get(self, namespace: str, key: str, *,
+                        now: float | None = None) -> str | None:
         with self._lock:
             entry = self._entries.get((namespace, key))
             if entry is None:
                 return None
             value, expires = entry
-            if expires is not None and expires <= time.time():
+            if expires is not None and expires <= (time.time() if now is None else now):
                 del self._entries[(namespace, key)]
                 return None
             return value
 
     async def cache_put(self, namespace: str, key: str, value: str,
-                        ttl: float | None) -> None:
+                        ttl: float | None, *, now: float | None = None) -> None:
         with self._lock:
-            self._entries[(namespace, key)] = (value, None if ttl is None else time.time() + ttl)
+            expires = None if ttl is None else (time.time() if now is None else now) + ttl
+            self._entries[(namespace, key)] = (value, expires)
 
 
 class MemoryCheckpointer(MemoryCache, Checkpointer):

@@ -595,18 +595,20 @@ class PostgresCheckpointer(Checkpointer):
             "= ANY(%s) ORDER BY checkpoint, node, idx", ([int(c) for c in checkpoint_ids],))
         return pending_from_rows(rows, where=self.where)
 
-    async def cache_get(self, namespace: str, key: str) -> str | None:
+    async def cache_get(self, namespace: str, key: str, *,
+                        now: float | None = None) -> str | None:
         rows = await self._fetchall(
             "SELECT value FROM cache WHERE namespace = %s AND key = %s AND "
-            f"(expires_at IS NULL OR expires_at > {_NOW})", (namespace, key))
+            f"(expires_at IS NULL OR expires_at > coalesce(%s, {_NOW}))", (namespace, key, now))
         return rows[0][0] if rows else None
 
     async def cache_put(self, namespace: str, key: str, value: str,
-                        ttl: float | None) -> None:
+                        ttl: float | None, *, now: float | None = None) -> None:
         await self._execute(
             "INSERT INTO cache(namespace, key, value, expires_at) VALUES (%s, %s, %s, "
-            f"{_NOW} + %s) ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
-            "expires_at = excluded.expires_at", (namespace, key, value, ttl))
+            f"coalesce(%s, {_NOW}) + %s) ON CONFLICT (namespace, key) DO UPDATE SET "
+            "value = excluded.value, expires_at = excluded.expires_at",
+            (namespace, key, value, now, ttl))
 
     async def threads(self, *, limit: int | None = None, offset: int = 0,
                       updated_since: float | None = None) -> list[ThreadInfo]:

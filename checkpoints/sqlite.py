@@ -591,19 +591,22 @@ class SQLiteCheckpointer(Checkpointer):
             f"IN ({marks})", [int(c) for c in checkpoint_ids])
         return pending_from_rows(rows, where=self._where)
 
-    async def cache_get(self, namespace: str, key: str) -> str | None:
+    async def cache_get(self, namespace: str, key: str, *,
+                        now: float | None = None) -> str | None:
         rows = await self._fetchall(
             "read the cache",
             "SELECT value FROM cache WHERE namespace = ? AND key = ? AND "
-            "(expires_at IS NULL OR expires_at > ?)", (namespace, key, time.time()))
+            "(expires_at IS NULL OR expires_at > ?)",
+            (namespace, key, time.time() if now is None else now))
         return rows[0][0] if rows else None
 
     async def cache_put(self, namespace: str, key: str, value: str,
-                        ttl: float | None) -> None:
+                        ttl: float | None, *, now: float | None = None) -> None:
+        start = time.time() if now is None else now
         await self._execute(
             "write the cache",
             "INSERT OR REPLACE INTO cache(namespace, key, value, expires_at) VALUES (?, ?, ?, ?)",
-            (namespace, key, value, None if ttl is None else time.time() + ttl))
+            (namespace, key, value, None if ttl is None else start + ttl))
 
     async def threads(self, *, limit: int | None = None, offset: int = 0,
                       updated_since: float | None = None) -> list[ThreadInfo]:

@@ -869,7 +869,8 @@ class Run:
         cache_key = None
         if node.cache is not None:
             cache_key = cache_key_for(node.cache, arg)
-            hit = await self.executor.cache_store().cache_get(self._cache_space(node), cache_key)
+            hit = await self.executor.cache_store().cache_get(
+                self._cache_space(node), cache_key, now=get_clock().time())
             if hit is not None:
                 cached = json.loads(hit)
                 update = self.spec.schema.decode_update(json.dumps(cached["update"]))
@@ -914,8 +915,9 @@ class Run:
             value = json.dumps({"update": json.loads(self.spec.schema.encode_update(
                 update, node=task.node, step=step, thread_id=self.thread_id)),
                 "goto": encode_goto(goto)})
-            await self.executor.cache_store().cache_put(self._cache_space(node), cache_key,
-                                                        value, node.cache.ttl)
+            await self.executor.cache_store().cache_put(
+                self._cache_space(node), cache_key, value, node.cache.ttl,
+                now=get_clock().time())
         await self._finish(task, update, goto, {"attempts": attempt} if attempt > 1 else {},
                            step, seconds)
 

@@ -30,6 +30,7 @@ from statemachine import (
     START,
     CachePolicy,
     Command,
+    FakeClock,
     GraphValidationError,
     InvalidRouteError,
     InvalidUpdateError,
@@ -41,6 +42,7 @@ from statemachine import (
     StateGraph,
     ThreadNotFoundError,
     ThreadStateError,
+    use_clock,
     wait_for,
 )
 
@@ -564,14 +566,18 @@ def test_a_custom_key_decides_what_counts_as_the_same_input():
 
 
 def test_an_entry_expires_after_its_ttl(store):
+    """The TTL runs on the runs' clock (`use_clock`), so this test cannot race a slow
+    machine: the entry lives exactly 30 clock seconds."""
     calls: list[int] = []
     app = chain(("expensive", cached_node(calls)),
-                expensive={"cache": CachePolicy(ttl=0.3)}).compile(checkpointer=store.open())
-    app.invoke({"value": 1}, thread_id="a")
-    app.invoke({"value": 1}, thread_id="b")
-    assert calls == [1]
-    time.sleep(0.4)
-    app.invoke({"value": 1}, thread_id="c")
+                expensive={"cache": CachePolicy(ttl=30)}).compile(checkpointer=store.open())
+    with use_clock(FakeClock(start=1_000.0)) as clock:
+        app.invoke({"value": 1}, thread_id="a")
+        clock.now += 29.9
+        app.invoke({"value": 1}, thread_id="b")
+        assert calls == [1]
+        clock.now += 0.2
+        app.invoke({"value": 1}, thread_id="c")
     assert calls == [1, 1]
     assert "cache_hits" not in app.get_state("c").metadata
     assert app.get_state("b").metadata["cache_hits"] == ["expensive"]
