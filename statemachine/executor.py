@@ -3,7 +3,8 @@
 One step (superstep) runs every triggered task concurrently, applies their updates through
 the reducers in a fixed order (declaration order, then task index — never completion order),
 evaluates the routers on the new state, and commits one checkpoint. With a checkpointer the
-commit protocol is this (docs/reliability.md says what it withstands, and how that is tested):
+commit protocol is this (docs/design.md sets it out with its guarantees; docs/reliability.md
+says what it withstands, and how that is tested):
 
 - when a step has several tasks, each task's update is committed as a *pending write* the
   moment it finishes (the last one rides in the checkpoint itself), so a failing sibling or a
