@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
-from statemachine.errors import ThreadBusyError
+from .errors import ThreadBusyError
 
 DEFAULT_LEASE_SECONDS = 30.0
 
@@ -348,7 +348,7 @@ class Checkpointer(ABC):
         """Release resources; the checkpointer cannot be used afterwards."""
 
     def close(self) -> None:
-        from statemachine._sync import run_sync
+        from ._sync import run_sync
 
         run_sync(self.aclose)
 

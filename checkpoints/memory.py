@@ -8,8 +8,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from statemachine.errors import ThreadBusyError, ThreadNotFoundError
-
 from .base import (
     DEFAULT_LEASE_SECONDS,
     Chain,
@@ -25,6 +23,7 @@ from .base import (
     busy_error,
     job_busy_error,
 )
+from .errors import ThreadBusyError, ThreadNotFoundError
 from .retention import (
     Family,
     Plan,

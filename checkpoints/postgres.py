@@ -34,13 +34,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from statemachine.errors import (
-    CheckpointError,
-    StorageUnavailableError,
-    ThreadBusyError,
-    ThreadNotFoundError,
-)
-
 from .base import (
     DEFAULT_LEASE_SECONDS,
     Chain,
@@ -56,6 +49,12 @@ from .base import (
     busy_error,
     checkpoint_number,
     job_busy_error,
+)
+from .errors import (
+    CheckpointError,
+    StorageUnavailableError,
+    ThreadBusyError,
+    ThreadNotFoundError,
 )
 from .heartbeat import LeaseHeartbeat
 from .redaction import redact_dsn, scrub

@@ -12,9 +12,8 @@ from collections.abc import Iterable, Sequence
 from itertools import pairwise
 from typing import Any
 
-from statemachine.errors import CheckpointError
-
 from .base import Chain, CheckpointRecord, JobInfo, PendingWrite, ThreadInfo, process_space
+from .errors import CheckpointError
 
 
 def record_from_row(row: Sequence[Any], *, where: str = "the store",

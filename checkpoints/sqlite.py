@@ -45,13 +45,6 @@ from urllib.parse import quote
 
 import aiosqlite
 
-from statemachine.errors import (
-    CheckpointError,
-    StorageUnavailableError,
-    ThreadBusyError,
-    ThreadNotFoundError,
-)
-
 from .base import (
     DEFAULT_LEASE_SECONDS,
     Chain,
@@ -67,6 +60,12 @@ from .base import (
     busy_error,
     checkpoint_number,
     job_busy_error,
+)
+from .errors import (
+    CheckpointError,
+    StorageUnavailableError,
+    ThreadBusyError,
+    ThreadNotFoundError,
 )
 from .heartbeat import LeaseHeartbeat
 from .retention import (
@@ -247,7 +246,7 @@ class SQLiteCheckpointer(Checkpointer):
         `keep_last`: when set, each release trims the thread to its newest `keep_last`
         checkpoints (see `Checkpointer.keep_last`); the pages freed are reused by later steps,
         so the file stops growing (`prune` also gives them back to the file system)."""
-        from statemachine._sync import run_sync
+        from ._sync import run_sync
 
         self.keep_last = check_keep_last(keep_last)
         self.path = Path(path)

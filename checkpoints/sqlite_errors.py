@@ -11,7 +11,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from statemachine.errors import CheckpointError, StorageUnavailableError
+from .errors import CheckpointError, StorageUnavailableError
 
 
 def storage_error(path: Path, exc: sqlite3.Error, doing: str, *,

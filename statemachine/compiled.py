@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from ._sync import iterate_sync, run_sync
 from .compiler import GraphSpec
+from .executor import Executor
 from .types import Snapshot, StepEvent
 
 if TYPE_CHECKING:
@@ -34,10 +35,6 @@ class CompiledGraph:
         self.spec = spec
         self.checkpointer = checkpointer
         self.name = name or f"{spec.schema.model.__name__}Graph"
-        # imported here: the executor needs checkpoints.base, which needs statemachine.errors,
-        # so importing it with the package would make `import checkpoints` circular
-        from .executor import Executor
-
         self._executor = Executor(spec, checkpointer, name=self.name)
 
     def __repr__(self) -> str:

@@ -6,9 +6,32 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
 
+# the storage layer's errors (and the base class), defined there so it imports no engine code
+from checkpoints.errors import (
+    CheckpointError,
+    StateMachineError,
+    StorageUnavailableError,
+    ThreadBusyError,
+    ThreadNotFoundError,
+)
 
-class StateMachineError(Exception):
-    """Base class of every error raised by statemachine."""
+__all__ = [
+    "CheckpointError",
+    "CheckpointerRequiredError",
+    "GraphValidationError",
+    "InvalidRouteError",
+    "InvalidUpdateError",
+    "NodeTimeoutError",
+    "Problem",
+    "StateMachineError",
+    "StepLimitError",
+    "StorageUnavailableError",
+    "ThreadBusyError",
+    "ThreadNotFoundError",
+    "ThreadStateError",
+    "closest_name",
+    "did_you_mean",
+]
 
 
 @dataclass(frozen=True)
@@ -94,29 +117,16 @@ class NodeTimeoutError(StateMachineError, TimeoutError):
         super().__init__(message)
 
 
-class ThreadBusyError(StateMachineError):
-    """Another run owns this thread right now (one writer per thread)."""
 
 
-class ThreadNotFoundError(StateMachineError, KeyError):
-    """No checkpoint exists for this thread (or this checkpoint id in this thread)."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
 
 
 class ThreadStateError(StateMachineError):
     """The thread is not in a state that allows what was asked (e.g. new input on a failed run)."""
 
 
-class CheckpointError(StateMachineError):
-    """Stored data cannot be read back: wrong file, newer schema, or data that no longer fits."""
 
 
-class StorageUnavailableError(CheckpointError):
-    """The store could not do what was asked right now: a full disk, a lock another process
-    holds too long, a read-only or missing directory, an unreachable server. Every step
-    committed before it is kept; the thread resumes from there once the cause is mended."""
 
 
 class CheckpointerRequiredError(StateMachineError):
