@@ -13,11 +13,18 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
 from .errors import ThreadBusyError
 
 DEFAULT_LEASE_SECONDS = 30.0
+
+Status = Literal["running", "done", "failed", "interrupted", "compensated"]
+"""A checkpoint's status: its step is running (or its run crashed there), the run is done,
+a node failed, the run paused (an interrupt or `wait_for`), or a rollback undid the run."""
+
+FINISHED: frozenset[str] = frozenset({"done", "compensated"})
+"""Statuses of a thread whose run is over: it takes new input; any other is resumed."""
 
 
 @dataclass(frozen=True, slots=True)

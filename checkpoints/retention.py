@@ -29,9 +29,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .base import Removed
+from .base import FINISHED, Removed
 
-FINISHED = frozenset({"done", "compensated"})
 """Statuses of a run that ended: nothing will read its line again to continue or undo it."""
 
 RUN_STARTS = frozenset({"input", "fork"})

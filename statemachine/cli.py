@@ -73,7 +73,7 @@ import click
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
-from checkpoints.base import Removed
+from checkpoints.base import FINISHED, Removed
 from checkpoints.redaction import MASK, redact_dsn, secret_fragments
 
 from ._sync import run_sync
@@ -89,6 +89,7 @@ from .errors import (
     closest_name,
 )
 from .graph import StateGraph
+from .records import INPUT
 from .store_reader import (
     format_time,
     history_page,
@@ -109,9 +110,6 @@ EXIT_INVALID_GRAPH = 3
 EXIT_NOT_FOUND = 4
 EXIT_BUSY = 5
 EXIT_INTERRUPTED = 130
-
-_INPUT = "__input__"
-"""The executor's pseudo-node that writes a run's input."""
 
 EPILOG = """\b
 GRAPH is package.module:attribute (or path/to/file.py:attribute), a StateGraph or a
@@ -857,7 +855,7 @@ def _setup_exit_code(exc: BaseException) -> int | None:
         return EXIT_NOT_FOUND
     if isinstance(exc, (ThreadStateError, CheckpointError)):
         return EXIT_USAGE
-    if isinstance(exc, InvalidUpdateError) and exc.node in (None, _INPUT):
+    if isinstance(exc, InvalidUpdateError) and exc.node in (None, INPUT):
         return EXIT_USAGE
     return None
 
@@ -1041,7 +1039,7 @@ def resume(ctx: click.Context, target: str, db: Db | None, thread: str, event: s
                 f"thread {thread!r} is waiting for event {', '.join(map(repr, missing))}; "
                 "deliver it with --event", EXIT_USAGE,
                 hint=_resume_command(ctx, target, db, thread, waits_for))
-        if snapshot.status in ("done", "compensated"):
+        if snapshot.status in FINISHED:
             if events:
                 raise CliError(f"thread {thread!r} finished ({snapshot.status}), so --event has "
                                "nowhere to go", EXIT_USAGE)

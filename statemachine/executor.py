@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from checkpoints.base import (
+    FINISHED,
     CacheStore,
     Chain,
     Checkpointer,
@@ -621,7 +622,7 @@ class Run:
         head = chain.head
         extra = extra_of(head)
         if input is not None:
-            if checkpoint_id is None and head.status not in ("done", "compensated"):
+            if checkpoint_id is None and head.status not in FINISHED:
                 raise ThreadStateError(_unfinished_message(head))
             update = self.spec.schema.validate_update(input, node=INPUT, step=head.step,
                                                       thread_id=self.thread_id)
@@ -969,7 +970,7 @@ class Run:
             chain = await self.saver.load(thread)
             head = chain.head if chain is not None else None
             extra = extra_of(head) if head is not None else {}
-            if head is not None and head.status in ("done", "compensated"):
+            if head is not None and head.status in FINISHED:
                 final = child.rebuild(chain)  # type: ignore[arg-type]
             else:
                 event = None

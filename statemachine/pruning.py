@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from checkpoints.base import Checkpointer, Owner, Removed
+from checkpoints.base import FINISHED, Checkpointer, Owner, Removed
 
 from .errors import ThreadBusyError
 
@@ -39,7 +39,7 @@ async def prune(executor: Executor, saver: Checkpointer, thread_id: str | None, 
         else:
             chosen = [t.thread_id for t in await saver.threads()
                       if "::" not in t.thread_id and (finished_before is None or (
-                          t.status in ("done", "compensated")
+                          t.status in FINISHED
                           and t.updated_at < finished_before))]
         for thread in chosen:
             await _snapshot_oldest_kept(executor, saver, thread, keep_last)

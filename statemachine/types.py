@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from checkpoints.base import Status
+
 StateT = TypeVar("StateT", bound=BaseModel)
-Status = Literal["running", "done", "failed", "interrupted", "compensated"]
 
 
 def task_id(*parts: object) -> str:

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_json
 
+from checkpoints.base import FINISHED
+
 from .errors import (
     CheckpointerRequiredError,
     CheckpointError,
@@ -43,6 +45,7 @@ from .errors import (
     ThreadNotFoundError,
     ThreadStateError,
 )
+from .records import INPUT
 
 if TYPE_CHECKING:
     from checkpoints.base import Checkpointer, ClaimedJob
@@ -86,15 +89,15 @@ async def submit(app: CompiledGraph, input: Any, thread_id: str, *,
                 "submit it with an input: submit({...}, thread_id=...).")
         encoded = schema.encode_state(schema.validate_input(input, thread_id=thread_id))
     elif input is not None:
-        if chain.head.status not in ("done", "compensated"):
+        if chain.head.status not in FINISHED:
             raise await refuse(ThreadStateError(
                 f"thread {thread_id!r} has an unfinished run (status {chain.head.status!r}); "
                 f"submit(None, thread_id={thread_id!r}) queues its continuation."))
-        update = schema.validate_update(input, node="__input__", step=chain.head.step,
+        update = schema.validate_update(input, node=INPUT, step=chain.head.step,
                                         thread_id=thread_id)
-        encoded = schema.encode_update(update, node="__input__", step=chain.head.step,
+        encoded = schema.encode_update(update, node=INPUT, step=chain.head.step,
                                        thread_id=thread_id)
-    elif chain.head.status in ("done", "compensated"):
+    elif chain.head.status in FINISHED:
         raise await refuse(ThreadStateError(
             f"thread {thread_id!r} has finished (status {chain.head.status!r}); there is "
             "nothing to continue. Submit an input to run it again."))
@@ -267,7 +270,7 @@ class Worker:
                 await self.app.ainvoke(value, thread_id=thread)
             else:
                 await self.app.aresume(thread)
-        elif head is not None and head.status in ("done", "compensated", "interrupted"):
+        elif head is not None and head.status in FINISHED | {"interrupted"}:
             return "interrupted" if head.status == "interrupted" else "done"  # ran already
         else:  # an earlier attempt started it: continue from its last committed step
             await self.app.aresume(thread)
