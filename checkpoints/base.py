@@ -8,6 +8,7 @@ every write is atomic and fenced — a write by an owner that lost its lease is 
 
 from __future__ import annotations
 
+import builtins
 import os
 import socket
 from abc import ABC, abstractmethod
@@ -72,6 +73,10 @@ class PendingWrite:
     writes: str
     meta: str | None = None
     """JSON: what else the task decided (Command targets, attempts, cache hit)."""
+
+
+PendingByCheckpoint = dict[str, list[PendingWrite]]
+"""Pending writes, by the id of the checkpoint whose step they belong to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +284,7 @@ class Checkpointer(ABC):
         (a checkpoint id) only those older than it — a page costs what it returns."""
 
     @abstractmethod
-    async def list_pending(self, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
+    async def list_pending(self, checkpoint_ids: Sequence[str]) -> PendingByCheckpoint:
         """Pending writes of the given checkpoints."""
 
     async def parents_outside(self, thread_id: str, page: Sequence[CheckpointRecord],
@@ -297,7 +302,7 @@ class Checkpointer(ABC):
 
     @abstractmethod
     async def threads(self, *, limit: int | None = None, offset: int = 0,
-                      updated_since: float | None = None) -> list[ThreadInfo]:
+                      updated_since: float | None = None) -> builtins.list[ThreadInfo]:
         """The threads in the store with their latest status, most recently updated first:
         at most `limit` from `offset` on, and with `updated_since` (a unix time) only those
         whose latest checkpoint changed after it."""
@@ -338,7 +343,7 @@ class Checkpointer(ABC):
 
     @abstractmethod
     async def jobs(self, *, graph: str | None = None, thread_id: str | None = None,
-                   open_only: bool = False) -> list[JobInfo]:
+                   open_only: bool = False) -> builtins.list[JobInfo]:
         """The jobs in the queue, oldest submission first: all, or those of one graph or
         thread; with `open_only`, only those queued or running."""
 

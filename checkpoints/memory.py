@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from .base import (
     JobInfo,
     NewCheckpoint,
     Owner,
+    PendingByCheckpoint,
     PendingWrite,
     Removed,
     ThreadInfo,
@@ -294,12 +296,12 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
             chosen = ids[::-1] if limit is None else ids[:-limit - 1:-1] if limit > 0 else []
             return [self._records[c] for c in chosen]
 
-    async def list_pending(self, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
+    async def list_pending(self, checkpoint_ids: Sequence[str]) -> PendingByCheckpoint:
         with self._lock:
             return {c: list(self._pending[c]) for c in checkpoint_ids if c in self._pending}
 
     async def threads(self, *, limit: int | None = None, offset: int = 0,
-                      updated_since: float | None = None) -> list[ThreadInfo]:
+                      updated_since: float | None = None) -> builtins.list[ThreadInfo]:
         with self._lock:
             infos = []
             for thread_id, thread in self._threads.items():
@@ -357,7 +359,7 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
             return True
 
     async def jobs(self, *, graph: str | None = None, thread_id: str | None = None,
-                   open_only: bool = False) -> list[JobInfo]:
+                   open_only: bool = False) -> builtins.list[JobInfo]:
         with self._lock:
             return [JobInfo(j.thread_id, j.status, j.attempts, j.max_attempts, j.available_at,
                             j.error, j.submitted_at, j.finished_at, j.claimed_by, j.graph)

@@ -23,6 +23,7 @@ of connections serves every event loop; the sync API does its I/O in the calling
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import copy
 import logging
@@ -43,6 +44,7 @@ from .base import (
     JobInfo,
     NewCheckpoint,
     Owner,
+    PendingByCheckpoint,
     PendingWrite,
     Removed,
     ThreadInfo,
@@ -292,15 +294,18 @@ class PostgresCheckpointer(Checkpointer):
         if not columns:
             return None
         if [tuple(column) for column in columns] != [("version", "integer")]:
-            raise self._foreign_tables(conn)
+            foreign = self._foreign_tables(conn)
+            assert foreign is not None  # schema_version itself is there, and not ours
+            raise foreign
         row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
         return row[0] if row else None
 
     def _foreign_tables(self, conn: psycopg.Connection) -> CheckpointError | None:
         """The error for a schema holding tables that are not ours; None if it holds none."""
-        foreign = conn.execute(
+        row = conn.execute(
             "SELECT string_agg(table_name, ', ' ORDER BY table_name) FROM "
-            "information_schema.tables WHERE table_schema = %s", (self.schema,)).fetchone()[0]
+            "information_schema.tables WHERE table_schema = %s", (self.schema,)).fetchone()
+        foreign = row[0] if row else None
         if not foreign:
             return None
         return CheckpointError(
@@ -586,7 +591,7 @@ class PostgresCheckpointer(Checkpointer):
              "limit": limit})
         return [record_from_row(row, where=self.where) for row in rows]
 
-    async def list_pending(self, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
+    async def list_pending(self, checkpoint_ids: Sequence[str]) -> PendingByCheckpoint:
         if not checkpoint_ids:
             return {}
         rows = await self._fetchall(
@@ -610,7 +615,7 @@ class PostgresCheckpointer(Checkpointer):
             (namespace, key, value, now, ttl))
 
     async def threads(self, *, limit: int | None = None, offset: int = 0,
-                      updated_since: float | None = None) -> list[ThreadInfo]:
+                      updated_since: float | None = None) -> builtins.list[ThreadInfo]:
         rows = await self._fetchall(
             "SELECT t.thread_id, c.status, c.step, c.id, coalesce(c.marked_at, c.created_at), "
             f"c.error, t.owner IS NOT NULL AND t.lease_expires > {_NOW}, t.owner_pid, "
@@ -702,7 +707,7 @@ class PostgresCheckpointer(Checkpointer):
             (status, error, job.thread_id, job.claim_key)) == 1
 
     async def jobs(self, *, graph: str | None = None, thread_id: str | None = None,
-                   open_only: bool = False) -> list[JobInfo]:
+                   open_only: bool = False) -> builtins.list[JobInfo]:
         rows = await self._fetchall(
             "SELECT thread_id, status, attempts, max_attempts, available_at, error, "
             "submitted_at, finished_at, claimed_by, graph FROM jobs WHERE (%s::text IS NULL "
@@ -776,7 +781,7 @@ class PostgresCheckpointer(Checkpointer):
         return await self._call(lambda conn: conn.execute(query.encode(), params).rowcount)
 
     async def _fetchall(self, query: str, params: Sequence[Any] | dict[str, Any]
-                        ) -> list[tuple]:
+                        ) -> builtins.list[tuple]:
         return await self._call(lambda conn: conn.execute(query.encode(), params).fetchall())
 
 

@@ -76,12 +76,18 @@ def read_families(conn: psycopg.Connection, roots: Sequence[str], *, lock: bool,
         owner_family.threads[names[key]].append(stored(row))
     for root, family in families.items():
         if not is_top_level(root):
-            row = conn.execute(
+            head = conn.execute(
                 f"SELECT {_SHAPE} FROM checkpoints WHERE thread = (SELECT key FROM threads "
                 "WHERE thread_id = %s) ORDER BY id DESC LIMIT 1",
                 (root.rsplit("::", 1)[0],)).fetchone()
-            family.parent_head = None if row is None else stored(row)
+            family.parent_head = None if head is None else stored(head)
     return families
+
+
+def _count(conn: psycopg.Connection, sql: str, values: Sequence[Any]) -> int:
+    row = conn.execute(sql, (list(values),)).fetchone()
+    assert row is not None  # count(*) always answers
+    return int(row[0])
 
 
 def stored(row: Sequence[Any]) -> Stored:
@@ -115,10 +121,9 @@ def carry_out(conn: psycopg.Connection, plan: Plan, *, dry_run: bool) -> tuple[i
     """Count the pending writes and jobs going with `plan` and, unless `dry_run`, remove
     everything it names (checkpoints before their threads: they reference them)."""
     ids, names = plan.checkpoint_ids, plan.threads
-    pending = conn.execute("SELECT count(*) FROM pending_writes WHERE checkpoint = ANY(%s)",
-                           (ids,)).fetchone()[0]
-    jobs = conn.execute("SELECT count(*) FROM jobs WHERE thread_id = ANY(%s)",
-                        (names,)).fetchone()[0]
+    pending = _count(conn, "SELECT count(*) FROM pending_writes WHERE checkpoint = ANY(%s)",
+                     ids)
+    jobs = _count(conn, "SELECT count(*) FROM jobs WHERE thread_id = ANY(%s)", names)
     if not dry_run:
         conn.execute("DELETE FROM pending_writes WHERE checkpoint = ANY(%s)", (ids,))
         conn.execute("DELETE FROM checkpoints WHERE id = ANY(%s)", (ids,))

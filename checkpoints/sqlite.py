@@ -30,6 +30,7 @@ Layout (readable with the `sqlite3` shell; all payloads are JSON):
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import copy
 import logging
@@ -54,6 +55,7 @@ from .base import (
     JobInfo,
     NewCheckpoint,
     Owner,
+    PendingByCheckpoint,
     PendingWrite,
     Removed,
     ThreadInfo,
@@ -225,6 +227,9 @@ _PRUNE_BATCH = 20
 batches, so other processes' runs commit while a large prune goes on."""
 
 
+_Rows = list[tuple]
+
+
 class SQLiteCheckpointer(Checkpointer):
     """Checkpoints in a SQLite file. Many threads and graphs can share one file.
 
@@ -323,7 +328,7 @@ class SQLiteCheckpointer(Checkpointer):
         self._heartbeat.hold(thread_id, owner.token)
 
     async def _take_held(self, thread_id: str, owner: Owner) -> bool:
-        watched: tuple[str, float] | None = None
+        watched: tuple[str, float | None] | None = None
         started = time.monotonic()
         while True:
             holder = await self._holder(thread_id)
@@ -580,7 +585,7 @@ class SQLiteCheckpointer(Checkpointer):
             (thread_id, below, below, -1 if limit is None else limit))
         return [record_from_row(row, where=self._where) for row in rows]
 
-    async def list_pending(self, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
+    async def list_pending(self, checkpoint_ids: Sequence[str]) -> PendingByCheckpoint:
         if not checkpoint_ids:
             return {}
         marks = ",".join("?" * len(checkpoint_ids))
@@ -608,7 +613,7 @@ class SQLiteCheckpointer(Checkpointer):
             (namespace, key, value, None if ttl is None else start + ttl))
 
     async def threads(self, *, limit: int | None = None, offset: int = 0,
-                      updated_since: float | None = None) -> list[ThreadInfo]:
+                      updated_since: float | None = None) -> builtins.list[ThreadInfo]:
         rows = await self._fetchall(
             "list threads",
             "SELECT t.thread_id, c.status, c.step, c.id, coalesce(c.marked_at, c.created_at), "
@@ -662,7 +667,7 @@ class SQLiteCheckpointer(Checkpointer):
         self._heartbeat.hold_claim(job.thread_id, key)
         return job
 
-    async def _claim_stalled(self, worker: Owner, graph: str | None, key: str) -> list[tuple]:
+    async def _claim_stalled(self, worker: Owner, graph: str | None, key: str) -> _Rows:
         running = await self._fetchall(
             "read running jobs",
             "SELECT thread_id, claim_key, claimed_until, claim_seconds FROM jobs WHERE "
@@ -713,7 +718,7 @@ class SQLiteCheckpointer(Checkpointer):
         return changed == 1
 
     async def jobs(self, *, graph: str | None = None, thread_id: str | None = None,
-                   open_only: bool = False) -> list[JobInfo]:
+                   open_only: bool = False) -> builtins.list[JobInfo]:
         rows = await self._fetchall(
             "list jobs",
             "SELECT thread_id, status, attempts, max_attempts, available_at, error, "
@@ -767,7 +772,7 @@ class SQLiteCheckpointer(Checkpointer):
 
     async def _fetchall(self, doing: str, sql: str,
                         params: Sequence[object] | dict[str, object], *, write: bool = False
-                        ) -> list[tuple]:
+                        ) -> _Rows:
         self._check_open()
         if write and self.read_only:
             raise CheckpointError(f"{self!r} is read-only: it cannot run or change threads.")
@@ -780,7 +785,7 @@ class SQLiteCheckpointer(Checkpointer):
                             self.path, self.busy_timeout)
                     return self._direct.execute(sql, params).fetchall()
             assert self._conn is not None
-            return list(await self._conn.execute_fetchall(sql, params))
+            return [tuple(row) for row in await self._conn.execute_fetchall(sql, params)]
 
     @contextlib.contextmanager
     def _failures(self, doing: str) -> Iterator[None]:
@@ -905,13 +910,14 @@ def _open_read_only(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection
     if app_id != APPLICATION_ID:
         conn.close()
         raise _foreign(path, tables)
-    if not READABLE_FROM <= version <= SCHEMA_VERSION:
+    if version is None or not READABLE_FROM <= version <= SCHEMA_VERSION:
         conn.close()
         raise CheckpointError(
             f"{str(path)!r} has schema version {version}; this statemachine reads versions "
             f"{READABLE_FROM} to {SCHEMA_VERSION}" + (
                 " (open it once with a read-write SQLiteCheckpointer to migrate it)."
-                if version < SCHEMA_VERSION else "; upgrade statemachine to read it."))
+                if version is not None and version < SCHEMA_VERSION
+                else "; upgrade statemachine to read it."))
     return conn, immutable
 
 

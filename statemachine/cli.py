@@ -73,7 +73,7 @@ import click
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
-from checkpoints.base import FINISHED, Removed
+from checkpoints.base import FINISHED, Checkpointer, Removed
 from checkpoints.redaction import MASK, redact_dsn, secret_fragments
 
 from ._sync import run_sync
@@ -136,7 +136,7 @@ class CliError(click.ClickException):
     def __init__(self, message: str, exit_code: int = EXIT_USAGE, *,
                  details: Sequence[str] = (), hint: str | None = None) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click reads it off the instance
         self.details = list(details)
         self.hint = hint
 
@@ -386,6 +386,7 @@ def open_store(db: Db, stack: contextlib.ExitStack, *, create: bool,
     creates nor changes anything."""
     from checkpoints import SQLiteCheckpointer
 
+    saver: Checkpointer
     if isinstance(db, str):
         from checkpoints import PostgresCheckpointer
 

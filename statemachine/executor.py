@@ -188,10 +188,10 @@ class Executor:
                 parent = by_id.get(record.parent_id)
                 if parent is None:  # dangling (loading it says what is damaged), or the
                     # input of a subgraph's thread that starts from its parent's state
-                    chain = await saver.load(thread_id, record.id)
-                    if chain is None or chain.records[0].thread_id == thread_id:
+                    own = await saver.load(thread_id, record.id)
+                    if own is None or own.records[0].thread_id == thread_id:
                         raise _not_found(thread_id, record.parent_id)
-                    states[record.id] = self.rebuild(chain)
+                    states[record.id] = self.rebuild(own)
                     continue
                 states[record.id] = self._apply_record(
                     states[parent.id], parent, record, pending.get(parent.id, []))
@@ -551,8 +551,8 @@ class Run:
             if resume or checkpoint_id is not None or event is not None:
                 raise _needs_checkpointer("resume or fork a run")
             await self.start_fresh(input)
-            async for event in self.steps():
-                yield event
+            async for step_event in self.steps():
+                yield step_event
             return
         if not isinstance(self.thread_id, str) or not self.thread_id:
             raise ThreadStateError(
@@ -917,6 +917,7 @@ class Run:
             value = json.dumps({"update": json.loads(self.spec.schema.encode_update(
                 update, node=task.node, step=step, thread_id=self.thread_id)),
                 "goto": encode_goto(goto)})
+            assert node.cache is not None
             await self.executor.cache_store().cache_put(
                 self._cache_space(node), cache_key, value, node.cache.ttl,
                 now=get_clock().time())
@@ -957,7 +958,7 @@ class Run:
         sub = node.subgraph
         assert sub is not None
         child = self.executor.child_executor(node)
-        child_input = arg if sub.same_schema else sub.input(arg)
+        child_input = arg if sub.input is None else sub.input(arg)  # None: the same schema
         if self.saver is None:
             run = child.new_run(self.thread_id, inline_sync=self.inline_sync)
             run.collected = []
@@ -997,7 +998,7 @@ class Run:
                         f"subgraph node {node.name!r} paused on an interrupt of its own; "
                         "interrupts inside subgraphs are not supported: use wait_for().")
             writes = [update for *_, update in (await child.run_writes(thread, self.saver))[1]]
-        if sub.same_schema:
+        if sub.output is None:  # the same schema: its writes pass up
             return self.spec.schema.combine(writes)
         return sub.output(final)
 

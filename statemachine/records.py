@@ -92,7 +92,8 @@ def decode_joins(extra: dict[str, Any]) -> dict[int, set[str]]:
 
 def record_metadata(record: CheckpointRecord) -> dict[str, Any]:
     extra = extra_of(record)
-    metadata = {k: extra[k] for k in ("attempts", "cache_hits", "compensates") if k in extra}
+    metadata: dict[str, Any] = {k: extra[k] for k in ("attempts", "cache_hits", "compensates")
+                                if k in extra}
     if "waiting" in extra:
         metadata["waits_for"] = [event for _, _, event in extra["waiting"]]
     return metadata

@@ -12,7 +12,7 @@ import inspect
 import json
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from pydantic import (
     AfterValidator,
@@ -80,9 +80,9 @@ class StateSchema:
                 Annotated[(info.annotation, *constraints)] if constraints else info.annotation
             )
         update_type = TypedDict(f"{model.__name__}Update", annotations, total=False)  # type: ignore[misc]
-        update_type.__pydantic_config__ = ConfigDict(  # type: ignore[attr-defined]
-            **{k: model.model_config[k] for k in _CONFIG_KEYS if k in model.model_config}
-        )
+        model_config = cast(dict[str, Any], model.model_config)
+        config = {k: model_config[k] for k in _CONFIG_KEYS if k in model_config}
+        update_type.__pydantic_config__ = cast(ConfigDict, config)  # type: ignore[attr-defined]
         self._annotations = annotations
         self._aliases = {info.alias: name for name, info in model.model_fields.items()
                          if info.alias}
@@ -91,10 +91,12 @@ class StateSchema:
             if secret_paths(info.annotation, name) or looks_secret(name) or looks_secret(info.alias)
             for key in (name, info.alias) if key)
         """Fields (and aliases) whose rejected values errors never echo."""
-        self._update = TypeAdapter(update_type)
-        self._writes = TypeAdapter(list[tuple[str, int, update_type]])  # type: ignore[valid-type]
-        self._chain_writes = TypeAdapter(
-            list[list[tuple[str, int, update_type]]])  # type: ignore[valid-type]
+        # typed Any: what they return is the update dict the rest of the engine works with
+        self._update: TypeAdapter[Any] = TypeAdapter(update_type)
+        self._writes: TypeAdapter[Any] = TypeAdapter(
+            list[tuple[str, int, update_type]])
+        self._chain_writes: TypeAdapter[Any] = TypeAdapter(
+            list[list[tuple[str, int, update_type]]])
 
     # -- validation -------------------------------------------------------------------------
 

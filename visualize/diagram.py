@@ -115,6 +115,7 @@ def _stored_run(app: Any, thread_id: str) -> list[dict[str, Any]]:
     records = run_sync(lambda: saver.list(thread_id)) if saver is not None else []
     if not records:
         app.history(thread_id)  # raises the error that says why there is nothing to draw
+    assert saver is not None
     pending = run_sync(lambda: saver.list_pending([r.id for r in records]))
     return list(reversed(history_rows(records, pending)))
 

@@ -139,6 +139,7 @@ def make_settings(max_examples: int | None, base: Settings | None, **changes: An
     Nothing else changes, except that the explain phase is skipped: it only adds notes to
     hypothesis' own report, which the checkers replace with theirs, and it costs seconds."""
     parent = base if base is not None else Settings.default
+    assert parent is not None  # hypothesis always has a default profile
     if max_examples is not None:
         changes["max_examples"] = max_examples
     changes.setdefault("phases", tuple(p for p in parent.phases if p is not Phase.explain))

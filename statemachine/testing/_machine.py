@@ -150,7 +150,7 @@ class GraphStateMachine(RuleBasedStateMachine):
             strategy = cls.__dict__.get("_default_states")
             if strategy is None:
                 strategy = states_of(self._app().spec.schema.model)
-                cls._default_states = strategy  # type: ignore[attr-defined]
+                cls._default_states = strategy
         return strategy
 
     def _begin(self, state: Any) -> None:

@@ -7,7 +7,7 @@ import inspect
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,7 +57,7 @@ class NeedsEvent(Exception):
 
 
 def run_events(graph: CompiledGraph, input: Any, thread_id: str | None, max_steps: int,
-               next_event: Callable[[str], Any]) -> Iterator[StepEvent]:
+               next_event: Callable[[str], Any]) -> Generator[StepEvent, None, None]:
     """The step events of a run to its end, delivering `wait_for` events from `next_event`."""
     steps = 0
     for event in graph.stream(input, thread_id=thread_id, max_steps=max_steps):

@@ -223,7 +223,7 @@ def _max_size(c: Constraints, default: int) -> int:
     return max(default, (c.min_length or 0) + default)
 
 
-def _sizes(c: Constraints) -> dict[str, int]:
+def _sizes(c: Constraints) -> dict[str, Any]:
     return {"min_size": c.min_length or 0, "max_size": _max_size(c, DEFAULT_MAX_SIZE)}
 
 
@@ -268,7 +268,8 @@ def _decimals(c: Constraints) -> SearchStrategy[Decimal]:
     strategy = st.decimals(min_value=low, max_value=high, places=places, allow_nan=False,
                            allow_infinity=False)
     if c.max_digits is not None:
-        strategy = strategy.filter(lambda d: len(d.as_tuple().digits) <= c.max_digits)
+        digits = c.max_digits
+        strategy = strategy.filter(lambda d: len(d.as_tuple().digits) <= digits)
     return strategy.filter(lambda d: (c.gt is None or d > c.gt) and (c.lt is None or d < c.lt))
 
 

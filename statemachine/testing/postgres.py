@@ -111,7 +111,9 @@ def restart_server(dsn: str) -> None:
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        data = conn.execute("SHOW data_directory").fetchone()[0]
+        row = conn.execute("SHOW data_directory").fetchone()
+        assert row is not None  # SHOW always answers
+        data = row[0]
     bin_dir = find_postgres_bin()
     run_as = ["runuser", "-u", Path(data).owner(), "--"] if os.geteuid() == 0 else []
     log = str(Path(data).parent / "server.log")

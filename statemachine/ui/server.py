@@ -40,6 +40,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from checkpoints.redaction import redact_dsn
 from statemachine.errors import StateMachineError
 from statemachine.records import extra_of, stored_writes
 from statemachine.store_reader import open_read_only, row_from_record, thread_row, unmerged_state
@@ -330,7 +331,7 @@ def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = No
         return FileResponse(STATIC / "index.html")
 
     async def info(request: Request) -> Response:
-        where = viewer.store.where if isinstance(viewer.db, str) else str(viewer.db)
+        where = redact_dsn(viewer.db) if isinstance(viewer.db, str) else str(viewer.db)
         return JSONResponse({"db": where, "graph": graph_name,
                              "allow_actions": allow_actions, "read_only": not allow_actions,
                              "statuses": list(STATUSES)})
@@ -397,7 +398,7 @@ def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = No
             except StateMachineError:
                 raise
             except Exception as exc:  # the run failed again: its node's error
-                error = f"{type(exc).__name__}: {exc}"
+                error: str | None = f"{type(exc).__name__}: {exc}"
             else:
                 error = None
             snapshot = app.get_state(thread_id)
