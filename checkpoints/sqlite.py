@@ -866,6 +866,8 @@ def _prepare_file_once(path: Path, busy_timeout: float) -> None:
         if app_id != APPLICATION_ID:
             raise _foreign(path, tables)
         version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        if not isinstance(version, int):
+            raise _unversioned(path, version)
         if version > SCHEMA_VERSION:
             raise CheckpointError(
                 f"{str(path)!r} was written by a newer statemachine (schema version {version}, "
@@ -910,7 +912,10 @@ def _open_read_only(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection
     if app_id != APPLICATION_ID:
         conn.close()
         raise _foreign(path, tables)
-    if version is None or not READABLE_FROM <= version <= SCHEMA_VERSION:
+    if not isinstance(version, int):
+        conn.close()
+        raise _unversioned(path, version)
+    if not READABLE_FROM <= version <= SCHEMA_VERSION:
         conn.close()
         raise CheckpointError(
             f"{str(path)!r} has schema version {version}; this statemachine reads versions "
@@ -953,6 +958,13 @@ def _connect(path: Path, busy_timeout: float, mode: str) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _unversioned(path: Path, version: object) -> CheckpointError:
+    return CheckpointError(
+        f"{str(path)!r} is a statemachine database whose schema_version table holds "
+        f"{'no version' if version is None else repr(version)}: the file is damaged or was "
+        "edited by hand; it was not modified. Restore it from a backup.")
 
 
 def _foreign(path: Path, tables: set[str]) -> CheckpointError:

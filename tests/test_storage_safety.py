@@ -698,3 +698,21 @@ def test_a_damaged_ancestor_read_only_for_its_writes_is_named_by_the_cli(sqlite_
     fresh = loop(12).compile(checkpointer=sqlite_store.open())
     with pytest.raises(CheckpointError, match=rf"checkpoint {damaged_id}"):
         fresh.get_state("t", str(later))
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+@pytest.mark.parametrize("version", [None, "four"])
+def test_a_file_without_a_schema_version_is_damage_not_a_type_error(tmp_path, read_only,
+                                                                     version):
+    """Its version row gone (or not a number): opening it named a TypeError before."""
+    path = tmp_path / "runs.db"
+    SQLiteCheckpointer(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("DELETE FROM schema_version" if version is None else
+                     "UPDATE schema_version SET version = ?", () if version is None else
+                     (version,))
+        conn.commit()
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match=r"runs\.db.*schema_version.*damaged"):
+        SQLiteCheckpointer(path, read_only=read_only)
+    assert path.read_bytes() == before
