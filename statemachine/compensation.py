@@ -65,9 +65,7 @@ async def _rollback(executor: Executor, thread_id: str, saver: Checkpointer,
             if step is not None:
                 undone.add((step, node, index))
     spec = executor.spec
-    finished = sorted([*executor.carried_writes(failed), *(
-        (w.node, w.index, spec.schema.decode_update(w.writes))
-        for w in pending.get(failed.id, []))], key=lambda w: executor.task_order(w[:2]))
+    finished = executor.finished_writes(failed, pending.get(failed.id, []))
     completed += [(failed.step, n, i) for n, i, _ in finished]
     # the failed step's finished tasks completed too: their compensations must see their
     # writes (a refund needs the charge id), so the first compensation commits them as well

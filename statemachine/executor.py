@@ -370,19 +370,32 @@ class Executor:
 
     def _record_writes(self, parent: CheckpointRecord, record: CheckpointRecord,
                        parent_pending: Sequence[PendingWrite]) -> list[tuple[str, dict[str, Any]]]:
-        """What `record` applied to its parent's state, decoded, in merge order."""
-        writes: list[tuple[str, int, dict[str, Any]]] = []
+        return [(n, u) for n, _, u in self.step_writes(parent, record, parent_pending)]
+
+    def step_writes(self, parent: CheckpointRecord, record: CheckpointRecord,
+                    parent_pending: Sequence[PendingWrite]
+                    ) -> list[tuple[str, int, dict[str, Any]]]:
+        """What `record` applied to its parent's state, decoded, in merge order, as (node,
+        index, update): a step's finished tasks (carried or pending on the parent), then its
+        own inline writes; an input, update or compensation its own; a fork nothing. The one
+        definition the live run's order is checked against (`_chain_writes` batches it)."""
+        writes = self.finished_writes(parent, parent_pending) if record.kind == "step" else []
+        if record.kind != "fork":
+            writes += self.decode_record_writes(record)
+        writes.sort(key=self._write_order)
+        return writes
+
+    def finished_writes(self, record: CheckpointRecord, pending: Sequence[PendingWrite]
+                        ) -> list[tuple[str, int, dict[str, Any]]]:
+        """The writes `record`'s step already keeps (carried onto it by update_state, or
+        pending), decoded, in merge order."""
         try:
-            if record.kind == "step":
-                writes += self.carried_writes(parent)
-                writes += [(w.node, w.index, self.spec.schema.decode_update(w.writes))
-                           for w in parent_pending]
-            if record.kind != "fork" and record.writes:
-                writes += self.spec.schema.decode_writes(record.writes)
+            writes = [*self.carried_writes(record), *(
+                (w.node, w.index, self.spec.schema.decode_update(w.writes)) for w in pending)]
         except ValidationError as exc:
             raise _stale(record, exc) from exc
         writes.sort(key=self._write_order)
-        return [(n, u) for n, _, u in writes]
+        return writes
 
     def carried_writes(self, record: CheckpointRecord) -> list[tuple[str, int, dict[str, Any]]]:
         """Writes of finished tasks that update_state carried onto `record`, validated."""
@@ -447,17 +460,9 @@ class Executor:
         pending = await saver.list_pending([r.id for r in line])
         writes: list[tuple[int, str, int, dict[str, Any]]] = []
         for parent, record in pairwise(line):
-            if record.kind != "step":
-                continue
-            try:
-                step_writes = [*self.carried_writes(parent), *(
-                    (w.node, w.index, self.spec.schema.decode_update(w.writes))
-                    for w in pending.get(parent.id, []))]
-            except ValidationError as exc:
-                raise _stale(parent, exc) from exc
-            step_writes += self.decode_record_writes(record)
-            step_writes.sort(key=self._write_order)
-            writes += [(parent.step, n, i, u) for n, i, u in step_writes]
+            if record.kind == "step":
+                writes += [(parent.step, n, i, u) for n, i, u in
+                           self.step_writes(parent, record, pending.get(parent.id, []))]
         return line, writes, pending
 
     async def rollback(self, thread_id: str, *, owner: Owner | None = None,
@@ -468,14 +473,11 @@ class Executor:
 
     def snapshot(self, record: CheckpointRecord, state: BaseModel,
                  pending: Sequence[PendingWrite]) -> Snapshot:
-        done = {(w.node, w.index) for w in pending}
-        carried = self.carried_writes(record)
-        done |= {(n, i) for n, i, _ in carried}
+        finished = self.finished_writes(record, pending)
+        done = {(n, i) for n, i, _ in finished}
         tasks = [t for t in decode_tasks(record.next) if t.key not in done]
         pending_updates: dict[str, Any] = {}
-        for node, _, update in sorted(
-                [*carried, *((w.node, w.index, self.spec.schema.decode_update(w.writes))
-                             for w in pending)], key=self._write_order):
+        for node, _, update in finished:
             _add_update(pending_updates, node, update)
         return Snapshot(
             thread_id=record.thread_id, checkpoint_id=record.id, parent_id=record.parent_id,
