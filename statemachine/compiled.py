@@ -90,7 +90,7 @@ class CompiledGraph:
 
     def stream(self, input: Any, thread_id: str | None = None, *,
                checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
-               max_concurrency: int | None = None) -> Iterator[StepEvent]:
+               max_concurrency: int | None = None) -> Iterator[StepEvent[Any]]:
         """Run, yielding one `StepEvent` per step as it is committed."""
         return iterate_sync(lambda: self._astream(
             input, thread_id, checkpoint_id=checkpoint_id, max_steps=max_steps,
@@ -98,7 +98,7 @@ class CompiledGraph:
 
     def astream(self, input: Any, thread_id: str | None = None, *,
                 checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
-                max_concurrency: int | None = None) -> AsyncIterator[StepEvent]:
+                max_concurrency: int | None = None) -> AsyncIterator[StepEvent[Any]]:
         return self._astream(input, thread_id, checkpoint_id=checkpoint_id,
                              max_steps=max_steps, max_concurrency=max_concurrency,
                              inline_sync=False)
@@ -133,7 +133,7 @@ class CompiledGraph:
 
     async def _astream(self, input: Any, thread_id: str | None, *, inline_sync: bool,
                        checkpoint_id: str | None, max_steps: int,
-                       max_concurrency: int | None) -> AsyncIterator[StepEvent]:
+                       max_concurrency: int | None) -> AsyncIterator[StepEvent[Any]]:
         run = self._executor.new_run(thread_id, max_steps=max_steps, inline_sync=inline_sync,
                                      max_concurrency=max_concurrency)
         async for event in run.execute(input, checkpoint_id=checkpoint_id):
@@ -197,27 +197,27 @@ class CompiledGraph:
 
     # -- threads and checkpoints ----------------------------------------------------------------
 
-    def get_state(self, thread_id: str, checkpoint_id: str | None = None) -> Snapshot:
+    def get_state(self, thread_id: str, checkpoint_id: str | None = None) -> Snapshot[Any]:
         """The latest (or given) checkpoint of a thread; `ThreadNotFoundError` if there is none."""
         return run_sync(lambda: self._executor.get_state(thread_id, checkpoint_id,
                                                           blocking=True))
 
-    async def aget_state(self, thread_id: str, checkpoint_id: str | None = None) -> Snapshot:
+    async def aget_state(self, thread_id: str, checkpoint_id: str | None = None) -> Snapshot[Any]:
         return await self._executor.get_state(thread_id, checkpoint_id)
 
     def history(self, thread_id: str, *, limit: int | None = None,
-                before: str | None = None) -> list[Snapshot]:
+                before: str | None = None) -> list[Snapshot[Any]]:
         """The checkpoints of a thread (all branches), newest first: at most `limit`, and with
         `before` (a checkpoint id) only older ones — pass the last one's id to page on. A page
         costs what it returns, however long the thread."""
         return run_sync(lambda: self._executor.history(thread_id, limit, before, blocking=True))
 
     async def ahistory(self, thread_id: str, *, limit: int | None = None,
-                       before: str | None = None) -> list[Snapshot]:
+                       before: str | None = None) -> list[Snapshot[Any]]:
         return await self._executor.history(thread_id, limit, before)
 
     def update_state(self, thread_id: str, values: Any, as_node: str | None = None, *,
-                     checkpoint_id: str | None = None) -> Snapshot:
+                     checkpoint_id: str | None = None) -> Snapshot[Any]:
         """Commit `values` as a new checkpoint (through the reducers) and return it.
 
         With `as_node`, the values count as that node's output and `next` follows its edges;
@@ -228,7 +228,7 @@ class CompiledGraph:
             thread_id, values, as_node=as_node, checkpoint_id=checkpoint_id, blocking=True))
 
     async def aupdate_state(self, thread_id: str, values: Any, as_node: str | None = None, *,
-                            checkpoint_id: str | None = None) -> Snapshot:
+                            checkpoint_id: str | None = None) -> Snapshot[Any]:
         return await self._executor.update_state(thread_id, values, as_node=as_node,
                                                  checkpoint_id=checkpoint_id)
 
