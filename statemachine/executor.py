@@ -537,6 +537,9 @@ class Run:
         self.head_created = 0.0
         """When the head checkpoint was made: with its id, it keys the state cache."""
         self.keep_last: int | None = getattr(self.saver, "keep_last", None)
+        self.head_status: str | None = None
+        self.head_extra: dict[str, Any] = {}
+        """The status and extra data of the checkpoint a resumed run started from."""
         self.input_base: tuple[str, ReplayCost] | None = None
         """For a subgraph's new thread whose input is its parent thread's state at a stored
         checkpoint: that checkpoint and its replay cost. The thread's first checkpoint then
@@ -672,8 +675,7 @@ class Run:
 
     async def _deliver(self, event: dict[str, Any] | None) -> None:
         """Hand delivered event values to the tasks waiting for them, durably, before running."""
-        waiting = getattr(self, "head_extra", {}).get("waiting") \
-            if getattr(self, "head_status", None) == "interrupted" else None
+        waiting = self.head_extra.get("waiting") if self.head_status == "interrupted" else None
         if not waiting:
             if event is not None:
                 raise ThreadStateError(
