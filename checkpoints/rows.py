@@ -23,7 +23,8 @@ def record_from_row(row: Sequence[Any], *, where: str = "the store",
     database) is refused with `CheckpointError` naming the thread, checkpoint and column.
 
     `replayed`: the row is an ancestor read only to replay its writes, which the caller
-    decodes itself and reports damaged if they are not JSON (`check_writes`); its writes and
+    decodes itself and reports damaged if they are not JSON (`records.stored_writes`, the
+    executor's replay); its writes and
     its `next` (not read) are only checked to be text in brackets. Rebuilding a state reads
     hundreds of rows, and parsing each one's JSON twice was most of the time it took."""
     writes, tasks = row[7], row[6]
@@ -142,13 +143,6 @@ def _sample(value: Any) -> str:
 
 _JSON_COLUMNS: tuple[tuple[str, int, type], ...] = (
     ("next", 6, list), ("writes", 7, list), ("extra", 9, dict))
-
-
-def check_writes(record: CheckpointRecord, where: str | None = None) -> None:
-    """Raise the damaged-data error if the record's writes are not the JSON array a run
-    writes (for readers that took them unchecked: `writes_checked_later`)."""
-    _check_json(record.writes, list, where or "the store", record.thread_id, record.id,
-                "writes")
 
 _CHECKED_COLUMNS: tuple[tuple[str, int, tuple[type, ...]], ...] = (
     ("step", 3, (int,)), ("kind", 4, (str,)), ("status", 5, (str,)), ("next", 6, (str,)),

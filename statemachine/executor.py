@@ -536,7 +536,7 @@ class Run:
         """What rebuilding the head from storage replays: when to store a snapshot next."""
         self.head_created = 0.0
         """When the head checkpoint was made: with its id, it keys the state cache."""
-        self.keep_last: int | None = getattr(self.saver, "keep_last", None)
+        self.keep_last = self.saver.keep_last if self.saver is not None else None
         self.head_status: str | None = None
         self.head_extra: dict[str, Any] = {}
         """The status and extra data of the checkpoint a resumed run started from."""

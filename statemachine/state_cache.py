@@ -102,11 +102,6 @@ class StateCache:
         with self._lock:
             self._remove(thread_id)
 
-    def forget_all(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
-
     def _matches(self, entry: CachedState | None, checkpoint_id: str, created_at: float) -> bool:
         return entry is not None and entry.checkpoint_id == checkpoint_id and \
             (not self.check_created or entry.created_at == created_at)
