@@ -18,13 +18,12 @@ from pydantic import BaseModel
 
 from ._sync import iterate_sync, run_sync
 from .compiler import GraphSpec
+from .constants import DEFAULT_MAX_STEPS
 from .executor import Executor
 from .types import Snapshot, StepEvent
 
 if TYPE_CHECKING:
     from checkpoints.base import Checkpointer, JobInfo, Removed, ThreadInfo
-
-DEFAULT_MAX_STEPS = 10_000
 
 
 class CompiledGraph:

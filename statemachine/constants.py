@@ -1,4 +1,4 @@
-"""The two virtual nodes every graph has."""
+"""The two virtual nodes every graph has, and the engine's defaults."""
 
 from typing import Final
 
@@ -7,3 +7,6 @@ START: Final = "__start__"
 
 END: Final = "__end__"
 """Where a branch stops: a run ends when no node is left to run."""
+
+DEFAULT_MAX_STEPS: Final = 10_000
+"""How many steps one call runs before it stops with `StepLimitError` (`max_steps=`)."""

@@ -36,7 +36,7 @@ from typing import Any
 from ._common import Failure, Invariant, PropertyCheckError
 from ._machine import GraphStateMachine, check_transitions, transition_machine
 from ._nodes import check_nodes
-from ._runs import DEFAULT_MAX_STEPS, SimulatedCrash, SimulatedFailure, check_resume, check_runs
+from ._runs import CHECK_MAX_STEPS, SimulatedCrash, SimulatedFailure, check_resume, check_runs
 from ._strategies import states, values_of
 
 
@@ -52,7 +52,7 @@ def preserves(predicate: Callable[[Any], Any]) -> Invariant:
 
 
 __all__ = [
-    "DEFAULT_MAX_STEPS",
+    "CHECK_MAX_STEPS",
     "Failure",
     "GraphStateMachine",
     "Invariant",

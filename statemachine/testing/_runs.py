@@ -46,7 +46,7 @@ from ._common import (
 )
 from ._strategies import states as states_of
 
-DEFAULT_MAX_STEPS = 100
+CHECK_MAX_STEPS = 100
 """Steps a checked run may take before it counts as not terminating."""
 
 
@@ -117,7 +117,7 @@ def check_runs(
     inputs: SearchStrategy[Any] | None = None,
     invariant: Invariant | None = None,
     final: Callable[[Any], Any] | None = None,
-    max_steps: int = DEFAULT_MAX_STEPS,
+    max_steps: int = CHECK_MAX_STEPS,
     max_examples: int | None = None,
     events: Mapping[str, SearchStrategy[Any]] | None = None,
     settings: Settings | None = None,
@@ -375,7 +375,7 @@ def check_resume(
     app: CompiledGraph,
     *,
     inputs: SearchStrategy[Any] | None = None,
-    max_steps: int = DEFAULT_MAX_STEPS,
+    max_steps: int = CHECK_MAX_STEPS,
     max_examples: int | None = None,
     events: Mapping[str, SearchStrategy[Any]] | None = None,
     storage: Literal["memory", "sqlite"] = "memory",
