@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from checkpoints.base import Checkpointer, CheckpointRecord, NewCheckpoint, Owner
 
+from .calls import call_user_function
 from .errors import ThreadNotFoundError, ThreadStateError
 from .types import RunContext, task_id
 
@@ -50,7 +51,7 @@ async def _rollback(executor: Executor, thread_id: str, saver: Checkpointer,
     head = line[-1]
     chain = await saver.load(thread_id, head.id)
     assert chain is not None
-    state = executor.rebuild(chain)
+    state = executor.replayer.rebuild(chain)
     if head.status == "compensated":
         return state
     if head.status == "done":
@@ -65,7 +66,7 @@ async def _rollback(executor: Executor, thread_id: str, saver: Checkpointer,
             if step is not None:
                 undone.add((step, node, index))
     spec = executor.spec
-    finished = executor.finished_writes(failed, pending.get(failed.id, []))
+    finished = executor.replayer.finished_writes(failed, pending.get(failed.id, []))
     completed += [(failed.step, n, i) for n, i, _ in finished]
     # the failed step's finished tasks completed too: their compensations must see their
     # writes (a refund needs the charge id), so the first compensation commits them as well
@@ -95,8 +96,6 @@ async def _compensate_one(executor: Executor, saver: Checkpointer, owner: Owner,
                           state: BaseModel, head_id: str, failed: CheckpointRecord,
                           task: TaskRef, *, last: bool,
                           carried_in: list[tuple[str, int, str]]) -> tuple[BaseModel, str]:
-    from .executor import call_user_function
-
     step, node, index = task
     spec = executor.spec
     compensate = spec.nodes[node].compensate

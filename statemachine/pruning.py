@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from checkpoints.base import FINISHED, Checkpointer, Owner, Removed
 
+from .committer import release_after
 from .errors import ThreadBusyError
 
 if TYPE_CHECKING:
@@ -53,8 +54,6 @@ async def _snapshot_oldest_kept(executor: Executor, saver: Checkpointer, thread_
                                 keep_last: int) -> None:
     """Store the state of the `keep_last`-th newest checkpoint whole, if it has no snapshot
     and no run holds the thread (the prune then skips it too)."""
-    from .executor import release_after
-
     page = await saver.list(thread_id, limit=keep_last + 1)
     if len(page) <= keep_last or page[keep_last - 1].snapshot is not None:
         return

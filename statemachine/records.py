@@ -103,6 +103,17 @@ def extra_of(record: CheckpointRecord) -> dict[str, Any]:
     return json.loads(record.extra) if record.extra else {}
 
 
+def in_merge_order(writes: list[Any], record: CheckpointRecord) -> list[Any]:
+    """`writes` of tasks of `record`'s step ((node, index, ...) each), sorted in the order the
+    step merges them: the order `record.next` lists its tasks (the router made it declaration
+    order, then task index), never the order they finished. The live run, replay,
+    `update_state`, compensation and the readers all order a step's writes by this one rule.
+    A write of no listed task (only in damaged data) goes last."""
+    if len(writes) < 2:
+        return writes
+    position = {t.key: i for i, t in enumerate(decode_tasks(record.next))}
+    end = len(position)
+    return sorted(writes, key=lambda w: position.get((w[0], w[1]), end))
 
 
 def stored_writes(record: CheckpointRecord, parent: CheckpointRecord | None,
@@ -111,9 +122,10 @@ def stored_writes(record: CheckpointRecord, parent: CheckpointRecord | None,
     merge order, read without the state schema (updates stay JSON).
 
     A step applies the writes its parent carried (update_state on a failed step), its parent's
-    pending writes and its own; they merge in the order the parent's `next` lists the tasks.
-    Rows read only for their writes are checked here (see rows.record_from_row's `replayed`):
-    a damaged one is a `CheckpointError` naming it.
+    pending writes and its own, in merge order (`in_merge_order`); any other checkpoint its
+    own writes, in the order they are stored. Rows read only for their writes are checked
+    here (see rows.record_from_row's `replayed`): a damaged one is a `CheckpointError`
+    naming it.
     """
     writes: list[list[Any]] = []
     try:
@@ -124,8 +136,7 @@ def stored_writes(record: CheckpointRecord, parent: CheckpointRecord | None,
         if record.kind != "fork" and record.writes:
             writes += json.loads(record.writes)
         if record.kind == "step" and parent is not None:
-            order = {t.key: position for position, t in enumerate(decode_tasks(parent.next))}
-            writes.sort(key=lambda w: order.get((w[0], w[1]), len(order)))
+            writes = in_merge_order(writes, parent)
     except (ValueError, TypeError, IndexError) as exc:
         raise damaged(None, record.thread_id, record.id, "its writes, or the tasks and "
                       f"writes of its parent, are not what a run stores ({exc})") from None
@@ -148,3 +159,15 @@ def finished_tasks(record: CheckpointRecord,
     """Tasks of `record`'s step whose writes are already kept (pending or carried)."""
     done = {(w.node, w.index) for w in pending.get(record.id, [])}
     return done | {(w[0], w[1]) for w in extra_of(record).get("carried", ())}
+
+
+def encode_extra(joins: dict[int, set[str]], *, interrupt: str | None = None,
+                 metadata: dict[str, Any] | None = None) -> str | None:
+    """The `extra` JSON of a checkpoint a run commits: its step's metadata, the joins'
+    progress and why the run paused there; None when there is nothing to say."""
+    extra: dict[str, Any] = dict(metadata or {})
+    if joins:
+        extra["joins"] = encode_joins(joins)
+    if interrupt:
+        extra["interrupt"] = interrupt
+    return json.dumps(extra) if extra else None

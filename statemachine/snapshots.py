@@ -21,7 +21,7 @@ at most GROWTH times the snapshot they start from; a process that ran or read th
 its latest state (`state_cache`) and replays nothing.
 
 The counters follow a thread, not a run: a run that continues a thread starts from what its
-chain cost (`Executor.rebuild_counting`), so many short runs on one thread (a chat) add up
+chain cost (`Replayer.rebuild_counting`), so many short runs on one thread (a chat) add up
 exactly as one long run would. A checkpointer's `keep_last` adds a snapshot every
 `keep_last / 2` checkpoints, so pruning to the newest `keep_last` never has to keep older ones
 to rebuild them.

@@ -368,7 +368,7 @@ async def test_reading_a_state_replays_a_bounded_chain(long_thread):
             assert chain.head.id == record.id
             # the snapshot rule: a checkpoint goes without a snapshot only while replaying it
             # costs less than GROWTH times the snapshot it replays from
-            cost = app._executor.rebuild_counting(chain)[1]
+            cost = app._executor.replayer.rebuild_counting(chain)[1]
             assert cost.steps_since < MAX_REPLAY_STEPS, record.step
             assert cost.bytes_since + RECORD_COST * cost.steps_since < \
                 GROWTH * cost.snapshot_bytes, record.step

@@ -1,0 +1,170 @@
+"""The commit protocol of one run on one thread: what it writes to the store, and when.
+
+A `Committer` holds the run's lease (`owner`) and the head the run extends. Every write is
+fenced on the lease by the store. It commits a finished task's writes as a pending write,
+a step (or a run's input, or a fork) as the new head checkpoint with a snapshot when the
+replay it saves is due (`snapshots`), and marks the head failed or interrupted. See
+docs/design.md, "The commit protocol of one step".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from pydantic import BaseModel
+
+from checkpoints.base import Checkpointer, CheckpointRecord, NewCheckpoint, Owner, PendingWrite
+
+from .errors import StateMachineError, StorageUnavailableError
+from .records import INPUT, Task, encode_tasks
+from .snapshots import ReplayCost
+from .state import StateSchema
+from .task_runner import StepResults
+
+
+class Committer:
+    """Writes one run's checkpoints on its thread, under the run's lease."""
+
+    def __init__(self, saver: Checkpointer, thread_id: str, owner: Owner,
+                 schema: StateSchema) -> None:
+        self.saver = saver
+        self.thread_id = thread_id
+        self.owner = owner
+        self.schema = schema
+        self.keep_last = saver.keep_last
+        self.head_id: str | None = None
+        """The run's latest committed checkpoint (None until the run has one)."""
+        self.head_created = 0.0
+        """When the head was made: with its id, it keys the state cache."""
+        self.replay = ReplayCost()
+        """What rebuilding the head from storage replays: when to store a snapshot next."""
+
+    def start_at(self, head: CheckpointRecord, cost: ReplayCost) -> None:
+        """Continue the thread from `head`, whose state costs `cost` to rebuild."""
+        self.head_id, self.head_created, self.replay = head.id, head.created_at, cost
+
+    async def put(self, checkpoint: NewCheckpoint) -> None:
+        """Commit `checkpoint` as the new head."""
+        created = time.time()
+        self.head_id = await self.saver.put(self.thread_id, self.owner,
+                                            replace(checkpoint, created_at=created))
+        self.head_created = created
+
+    def snapshot_if_due(self, size: int, appends: bool, state: BaseModel) -> str | None:
+        """`state` as a snapshot for the next checkpoint (with `size` bytes of writes that
+        only append, or not), if the replay it would otherwise add is due one (`snapshots`)."""
+        if not self.replay.due(*counted(size, appends), self.keep_last):
+            return None
+        return self.replay.stored(self.schema.encode_state(state))
+
+    async def put_input(self, parent_id: str | None, step: int, state: BaseModel,
+                        tasks: Sequence[Task], update: tuple[dict[str, Any], str] | None,
+                        extra: str | None) -> None:
+        """Start a run: its input checkpoint, with the input's `update` (validated, JSON)
+        when it continues the thread from `parent_id`. A new thread's first checkpoint is
+        where every replay starts, so it stores the state, unless `parent_id` is a parent
+        thread's checkpoint whose state this one starts from."""
+        writes = None
+        if update is not None:
+            writes = self.schema.encode_writes([(INPUT, 0, update[1])])
+        appends = update is None or self.schema.appends_only(update[0])
+        snapshot = self.snapshot_if_due(len(writes or ""), appends, state) \
+            if parent_id is not None else self.replay.stored(self.schema.encode_state(state))
+        await self.put(NewCheckpoint(
+            parent_id=parent_id, step=step, kind="input",
+            status="running" if tasks else "done", next=encode_tasks(tasks), writes=writes,
+            snapshot=snapshot, extra=extra))
+
+    async def put_step(self, step: int, ran: Sequence[Task], results: StepResults,
+                       state: BaseModel, tasks: Sequence[Task], status: str,
+                       extra: str | None) -> None:
+        """Commit step `step`: the tasks `ran` made `state` and `tasks` run next. Their
+        writes already stored as pending writes become part of it as they are."""
+        encoded = results.encoded
+        inline = [(t.node, t.index, encoded[t.key]) for t in ran if t.key not in results.committed]
+        writes = self.schema.encode_writes(inline) if inline else None
+        size = len(writes or "") + sum(len(encoded[key]) for key in results.committed)
+        appends = self.schema.appends_only
+        await self.put(NewCheckpoint(
+            parent_id=self.head_id, step=step + 1, kind="step", status=status,
+            next=encode_tasks(tasks), writes=writes,
+            snapshot=self.snapshot_if_due(
+                size, all(appends(results.pending[t.key]) for t in ran), state),
+            extra=extra))
+
+    async def put_pending(self, task: Task, results: StepResults) -> None:
+        """Store a finished task's writes before its step commits."""
+        assert self.head_id is not None
+        meta = results.meta.get(task.key)
+        await self.saver.put_pending(self.thread_id, self.owner, PendingWrite(
+            self.head_id, task.node, task.index, results.encoded[task.key],
+            json.dumps(meta) if meta else None))
+        results.committed.add(task.key)
+
+    async def keep_finished(self, tasks: Sequence[Task], results: StepResults) -> None:
+        """Store the writes of `tasks` that finished and are not stored yet."""
+        for task in tasks:
+            if task.key in results.pending and task.key not in results.committed:
+                await self.put_pending(task, results)
+
+    async def mark(self, status: str, extra: str | None) -> None:
+        """Set the head's status (and extra data) in place: a pause, a delivered event."""
+        assert self.head_id is not None
+        await self.saver.mark(self.thread_id, self.owner, self.head_id, status=status,
+                              extra=extra)
+
+    async def mark_failed(self, exc: BaseException, state: BaseModel) -> None:
+        """Mark the step failed with `exc` on the head. A failed thread is read by people,
+        often without the graph (statemachine show): it gets its `state` whole, once (a
+        thread takes no new input until it is resumed)."""
+        assert self.head_id is not None
+        error = f"{type(exc).__name__}: {exc}"
+        if self.replay.steps_since and not isinstance(exc, StorageUnavailableError):
+            snapshot = self.schema.encode_state(state)
+            try:
+                await self.saver.mark(self.thread_id, self.owner, self.head_id,
+                                      status="failed", error=error, snapshot=snapshot)
+            except StorageUnavailableError:
+                pass  # a full disk, say: the small mark below may still fit
+            else:
+                self.replay.stored(snapshot)
+                return
+        await self.saver.mark(self.thread_id, self.owner, self.head_id, status="failed",
+                              error=error)
+
+    async def mark_storage_failure(self, exc: StorageUnavailableError, state: BaseModel) -> None:
+        """The store refused a write mid-run (a full disk, a lock held too long): say so on the
+        last committed checkpoint, as a node failure would, so the thread reads `failed` with
+        the reason instead of `running`. If the store refuses that too, the error says so."""
+        if self.head_id is None:
+            return
+        try:
+            await self.mark_failed(exc, state)
+        except StateMachineError as again:
+            exc.add_note(f"The thread could not be marked failed either ({again}); it still "
+                         "reads as running at its last committed step.")
+
+
+def counted(size: int, appends: bool) -> tuple[int, int]:
+    """`ReplayCost.due`'s bytes that count and bytes that only append, of `size` bytes."""
+    return (0, size) if appends else (size, 0)
+
+
+async def release_after(saver: Checkpointer, thread_id: str, owner: Owner,
+                        failure: BaseException | None) -> None:
+    """Give the thread up. When a failure is already on its way out and the store refuses the
+    release too (the same full disk, say), that is a note on the failure, not a new error
+    hiding it: the lease then lapses by itself."""
+    try:
+        await saver.release(thread_id, owner)
+    except StateMachineError as exc:
+        if failure is None:
+            raise
+        failure.add_note(
+            f"The thread could not be released either ({exc}); its lease lapses within "
+            f"{saver.lease_seconds:g} s, or as soon as this process exits for a run on this "
+            "machine.")

@@ -1,0 +1,106 @@
+"""`update_state`: a person (or code) changing a thread's state between runs.
+
+The values are applied as the writes of a node (`as_node`) or of no node, through the
+reducers, and committed as a checkpoint of their own. As a node, the graph routes on from
+there; as the one task a failed step still lacked, the step commits whole. Without a node,
+the thread stays where it was: the same tasks stay due, with the same ids.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from checkpoints.base import NewCheckpoint, Owner
+
+from .committer import counted, release_after
+from .errors import ThreadStateError, did_you_mean
+from .records import UPDATE, Task, decode_joins, decode_tasks, encode_joins, encode_tasks, extra_of
+from .routing import next_tasks
+from .run import not_found, stored_results
+from .types import Snapshot
+
+if TYPE_CHECKING:
+    from .executor import Executor
+
+
+async def update_state(executor: Executor, thread_id: str, values: Any, *,
+                       as_node: str | None = None, checkpoint_id: str | None = None,
+                       blocking: bool = False) -> Snapshot:
+    saver = executor.require_saver("update a thread's state", blocking)
+    spec = executor.spec
+    if as_node is not None and as_node not in spec.nodes:
+        raise ThreadStateError(
+            f"update_state(as_node={as_node!r}): no such node"
+            f"{did_you_mean(as_node, list(spec.nodes))}; nodes: {', '.join(spec.nodes)}.")
+    owner = Owner.new()
+    await saver.acquire(thread_id, owner)
+    try:
+        loaded = await executor.load_state(saver, thread_id, checkpoint_id, own=True)
+        if loaded is None:
+            raise not_found(thread_id, checkpoint_id)
+        state, chain, cost = loaded
+        assert cost is not None
+        head = chain.head
+        head_extra = extra_of(head)
+        writer = as_node or UPDATE
+        update = spec.schema.validate_update(values, node=writer, step=head.step,
+                                             thread_id=thread_id)
+        new_state = spec.schema.apply(state, [(writer, update)], step=head.step,
+                                      thread_id=thread_id)
+        encoded = spec.schema.encode_update(update, node=writer, step=head.step,
+                                            thread_id=thread_id)
+        extra: dict[str, Any] = {}
+        kind, index = "update", 0
+        if as_node is not None:
+            results = stored_results(executor, head, chain)
+            missing = [t for t in decode_tasks(head.next) if t.key not in results.pending]
+            if results.pending and [t.node for t in missing] == [as_node]:
+                # the update stands in for the one task the failed step still lacked:
+                # the step commits whole, its finished tasks' writes included
+                kind, index = "step", missing[0].index
+                results.pending[missing[0].key] = update
+                ran = decode_tasks(head.next)
+                new_state = spec.schema.apply(
+                    state, [(t.node, results.pending[t.key]) for t in ran], step=head.step,
+                    thread_id=thread_id)
+            else:
+                ran = [Task(as_node)]
+            tasks, joins = await next_tasks(
+                spec, ran, new_state, head.step, decode_joins(head_extra), gotos=results.gotos,
+                thread_id=thread_id, origin=f"{owner.token}-{head.step}")
+            step, next_json, error = head.step + 1, encode_tasks(tasks), None
+            status = "interrupted" if tasks else "done"
+            if tasks:
+                extra["interrupt"] = "after"
+        else:
+            step, next_json, status, error = head.step, head.next, head.status, head.error
+            joins = decode_joins(head_extra)
+            carried = [*head_extra.get("carried", ()),
+                       *([w.node, w.index, json.loads(w.writes)]
+                         for w in chain.pending.get(head.id, []))]
+            if carried:
+                extra["carried"] = carried
+            if "interrupt" in head_extra:
+                extra["interrupt"] = head_extra["interrupt"]
+            # the same tasks stay due: they keep their ids (idempotency keys)
+            extra["origin"] = head_extra.get("origin", head.id)
+        if joins:
+            extra["joins"] = encode_joins(joins)
+        writes = spec.schema.encode_writes([(writer, index, encoded)])
+        snapshot = None
+        if cost.due(*counted(len(writes), spec.schema.appends_only(update)), saver.keep_last):
+            snapshot = cost.stored(spec.schema.encode_state(new_state))
+        created = time.time()
+        new_id = await saver.put(thread_id, owner, NewCheckpoint(
+            parent_id=head.id, step=step, kind=kind, status=status, next=next_json,
+            writes=writes, snapshot=snapshot, extra=json.dumps(extra) if extra else None,
+            error=error, created_at=created))
+        if executor.remember_states:
+            executor.states.put(thread_id, new_id, created, new_state, cost)
+    except BaseException as exc:
+        await release_after(saver, thread_id, owner, exc)
+        raise
+    await saver.release(thread_id, owner)
+    return await executor.get_state(thread_id, new_id, blocking=blocking)

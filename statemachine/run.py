@@ -1,0 +1,433 @@
+"""The step loop: one call (`invoke`, `resume`, a fork) on one thread, step by step.
+
+One step (superstep) runs every triggered task concurrently (`task_runner`), applies their
+updates through the reducers in merge order (the order the step lists its tasks: declaration
+order, then task index, never completion order), evaluates the routers on the new state
+(`routing`), and commits one checkpoint (`committer`). docs/design.md sets out the commit
+protocol and its guarantees; docs/reliability.md says what it withstands, and how that is
+tested. In short:
+
+- when a step has several tasks, each task's update is committed as a *pending write* the
+  moment it finishes (the last one rides in the checkpoint itself), so a failing sibling or a
+  crash cannot lose it;
+- a failed node, a failing router or an invalid merge leaves the step uncommitted: its
+  finished tasks' writes stay pending and the step's checkpoint is marked failed; resume runs
+  only the tasks without a pending write, then merges as if nothing had happened;
+- the thread is held through a lease (one writer per thread) and every write is fenced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
+
+from checkpoints.base import FINISHED, Chain, CheckpointRecord, NewCheckpoint, Owner
+
+from .committer import Committer, release_after
+from .constants import START
+from .errors import (
+    StateMachineError,
+    StepLimitError,
+    StorageUnavailableError,
+    ThreadBusyError,
+    ThreadNotFoundError,
+    ThreadStateError,
+)
+from .records import (
+    INPUT,
+    Task,
+    decode_goto,
+    decode_joins,
+    decode_tasks,
+    encode_extra,
+    extra_of,
+    task_key,
+)
+from .routing import Joins, next_tasks
+from .task_runner import StepInput, StepResults, TaskRunner
+from .types import StepEvent
+
+if TYPE_CHECKING:
+    from .executor import Executor
+    from .snapshots import ReplayCost
+
+
+class Run:
+    """The mutable state of one call on one thread."""
+
+    def __init__(self, executor: Executor, thread_id: str | None, max_steps: int,
+                 inline_sync: bool, max_concurrency: int | None = None) -> None:
+        self.executor = executor
+        self.spec = executor.spec
+        saver = executor.saver
+        if saver is not None and inline_sync:  # the sync API: our loop, nothing to block
+            saver = saver.in_caller_thread()
+        self.saver = saver
+        self.thread_id = thread_id
+        self.max_steps = max_steps
+        self.owner = Owner.new()
+        self.committer = Committer(saver, thread_id, self.owner, self.spec.schema) \
+            if saver is not None and isinstance(thread_id, str) and thread_id else None
+        self.runner = TaskRunner(executor, thread_id, saver, inline_sync=inline_sync,
+                                 max_concurrency=max_concurrency)
+        self.state: BaseModel
+        self.step = 0
+        self.tasks: list[Task] = []
+        self.joins: Joins = {}
+        self.collected: list[tuple[str, dict[str, Any]]] | None = None
+        """When a list, every step's writes are added to it (subgraphs without storage)."""
+        self.step_origin: str | None = None
+        """Set when the head was made by update_state: the checkpoint the tasks came from."""
+        self.skip_interrupt_before = False
+        self.head_status: str | None = None
+        self.head_extra: dict[str, Any] = {}
+        """The status and extra data of the checkpoint a resumed run started from."""
+        self.input_base: tuple[str, ReplayCost] | None = None
+        """For a subgraph's new thread whose input is its parent thread's state at a stored
+        checkpoint: that checkpoint and its replay cost. The thread's first checkpoint then
+        has it as parent instead of storing the state again."""
+
+    @property
+    def head_id(self) -> str | None:
+        return self.committer.head_id if self.committer is not None else None
+
+    async def execute(self, input: Any, *, checkpoint_id: str | None = None,
+                      resume: bool = False, event: dict[str, Any] | None = None
+                      ) -> AsyncIterator[StepEvent]:
+        """Run (or resume) the thread; yields one event per committed step.
+
+        `event` delivers values to tasks paused in `wait_for` ({event name: value}).
+        """
+        if self.saver is None:
+            if resume or checkpoint_id is not None or event is not None:
+                raise needs_checkpointer("resume or fork a run")
+            await self.start_fresh(input)
+            async for step_event in self.steps():
+                yield step_event
+            return
+        if self.committer is None or self.thread_id is None:
+            raise ThreadStateError(
+                "this graph has a checkpointer, so every run needs a thread: pass "
+                "thread_id='...' (any text naming the run, e.g. an order id).")
+        if resume and input is not None:
+            raise ThreadStateError("resume takes no input; use invoke(input, thread_id=...).")
+        committer = self.committer
+        await self.saver.acquire(self.thread_id, self.owner)
+        failure: BaseException | None = None
+        try:
+            await self.start_on_thread(input, checkpoint_id, resume)
+            await self._deliver(event)
+            async for step_event in self.steps():
+                yield step_event
+            if self.executor.remember_states and committer.head_id is not None:
+                self.executor.states.put(self.thread_id, committer.head_id,
+                                         committer.head_created, self.state, committer.replay)
+        except StorageUnavailableError as exc:
+            failure = exc
+            if committer.head_id is not None:  # the state is known from then on
+                await asyncio.shield(committer.mark_storage_failure(exc, self.state))
+            raise
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            await asyncio.shield(release_after(self.saver, self.thread_id, self.owner, failure))
+
+    # -- starting -----------------------------------------------------------------------------
+
+    async def start_fresh(self, input: Any) -> None:
+        if input is None:
+            raise ThreadStateError(
+                "invoke(None) continues a stored thread, but this graph has no checkpointer; "
+                "pass the input state.")
+        self.state = self.spec.schema.validate_input(input, thread_id=self.thread_id)
+        self.tasks, self.joins = await self.route([Task(START)], self.state, 0, {})
+
+    async def start_on_thread(self, input: Any, checkpoint_id: str | None, resume: bool) -> None:
+        assert self.saver is not None and self.thread_id is not None and self.committer
+        schema = self.spec.schema
+        loaded = await self.executor.load_state(self.saver, self.thread_id, checkpoint_id,
+                                                own=True)
+        if loaded is None:
+            if checkpoint_id is not None or resume:
+                raise not_found(self.thread_id, checkpoint_id)
+            if input is None:
+                raise ThreadStateError(
+                    f"thread {self.thread_id!r} does not exist yet, so there is nothing to "
+                    "continue; start it with an input: invoke({...}, thread_id=...).")
+            self.state = schema.validate_input(input, thread_id=self.thread_id)
+            await self._start_run(None, 0, None)
+            return
+        state, chain, cost = loaded
+        assert cost is not None
+        self.committer.replay = cost
+        head = chain.head
+        extra = extra_of(head)
+        if input is not None:
+            if checkpoint_id is None and head.status not in FINISHED:
+                raise ThreadStateError(_unfinished_message(head))
+            update = schema.validate_update(input, node=INPUT, step=head.step,
+                                            thread_id=self.thread_id)
+            self.state = schema.apply(state, [(INPUT, update)], step=head.step,
+                                      thread_id=self.thread_id)
+            await self._start_run(head.id, head.step, update)
+            return
+        self.state, self.step = state, head.step
+        self.joins = decode_joins(extra)
+        # paused before these tasks (or paused, resumed, then failed in them): run them now
+        self.skip_interrupt_before = head.status in ("interrupted", "failed") and \
+            extra.get("interrupt") == "before"
+        self.tasks = decode_tasks(head.next)
+        if checkpoint_id is not None:  # a fork: a new branch that runs the tasks again
+            await self.committer.put(NewCheckpoint(
+                parent_id=head.id, step=head.step, kind="fork", status="running",
+                next=head.next, snapshot=self.committer.snapshot_if_due(0, True, self.state),
+                extra=encode_extra(self.joins)))
+            return
+        self.committer.start_at(head, cost)
+        self.step_origin = extra.get("origin")
+        self.runner.results = stored_results(self.executor, head, chain)
+        self.runner.results.answers = {
+            task_key(k): list(v) for k, v in extra.get("answers", {}).items()}
+        self.head_status, self.head_extra = head.status, extra
+
+    async def _deliver(self, event: dict[str, Any] | None) -> None:
+        """Hand delivered event values to the tasks waiting for them, durably, before running."""
+        waiting = self.head_extra.get("waiting") if self.head_status == "interrupted" else None
+        if not waiting:
+            if event is not None:
+                raise ThreadStateError(
+                    f"thread {self.thread_id!r} is not waiting for an event, so event="
+                    f"{event!r} has nowhere to go; resume it without one.")
+            return
+        missing = [name for _, _, name in waiting if event is None or name not in event]
+        if missing:
+            raise ThreadStateError(
+                f"thread {self.thread_id!r} is waiting for event {missing[0]!r} (node "
+                f"{waiting[0][0]!r}); resume it with app.resume({self.thread_id!r}, "
+                f"event={{{missing[0]!r}: ...}}).")
+        assert event is not None and self.committer is not None
+        answers = self.runner.results.answers
+        for node, index, name in waiting:
+            answers.setdefault((node, index), []).append(to_jsonable_python(event[name]))
+        self.skip_interrupt_before = True
+        extra = {k: v for k, v in self.head_extra.items() if k not in ("waiting", "interrupt")}
+        extra["answers"] = {f"{n}|{i}": v for (n, i), v in answers.items()}
+        await self.committer.mark("running", json.dumps(extra))
+
+    async def _start_run(self, parent_id: str | None, step: int,
+                         update: dict[str, Any] | None) -> None:
+        """Route from START and commit the run's input checkpoint."""
+        assert self.committer is not None and self.thread_id is not None
+        self.step = step
+        self.tasks, self.joins = await self.route([Task(START)], self.state, step, {})
+        encoded = None
+        if update is not None:
+            encoded = (update, self.spec.schema.encode_update(
+                update, node=INPUT, step=step, thread_id=self.thread_id))
+        if parent_id is None and self.input_base is not None:
+            parent_id, self.committer.replay = self.input_base
+        await self.committer.put_input(parent_id, step, self.state, self.tasks, encoded,
+                                       encode_extra(self.joins))
+
+    # -- the step loop ------------------------------------------------------------------------
+
+    async def steps(self) -> AsyncIterator[StepEvent]:
+        steps_run = 0
+        while self.tasks:
+            if steps_run >= self.max_steps:
+                await self._fail_step_limit()
+            if not self.skip_interrupt_before and self.spec.interrupt_before and any(
+                    t.node in self.spec.interrupt_before for t in self.tasks):
+                if self.committer is not None:
+                    await self.committer.mark("interrupted",
+                                              encode_extra(self.joins, interrupt="before"))
+                return
+            self.skip_interrupt_before = False
+            event = await self._run_step()
+            if event is None:  # a task waits for an event
+                return
+            steps_run += 1
+            yield event
+            if event.status == "interrupted":
+                return
+
+    def origin(self, step: int) -> str:
+        """Where the current step's tasks were scheduled: what their ids derive from."""
+        if self.step_origin is not None:
+            return self.step_origin
+        head_id = self.head_id
+        return head_id if head_id is not None else f"{self.owner.token}-{step}"
+
+    async def route(self, ran: list[Task], state: BaseModel, step: int,
+                    joins: Joins) -> tuple[list[Task], Joins]:
+        return await next_tasks(self.spec, ran, state, step, joins,
+                                gotos=self.runner.results.gotos, thread_id=self.thread_id,
+                                origin=self.origin(step))
+
+    async def _run_step(self) -> StepEvent | None:
+        """Run one step and commit it; None when it paused for an event instead."""
+        step, state, tasks = self.step, self.state, self.tasks
+        observer = self.executor.observer
+        runner, committer = self.runner, self.committer
+        results = runner.results
+        runner.observing = observing = observer.active
+        if observing:
+            await observer.step_start(self.thread_id, step, tuple(t.node for t in tasks))
+        results.timings = {}
+        base = None
+        if committer is not None and committer.head_id is not None and self.step_origin is None:
+            base = (committer.head_id, committer.replay)
+        at = StepInput(step, state, self.origin(step), base)
+        to_run = [t for t in tasks if t.key not in results.pending]
+        outcomes = await runner.run(to_run, at, None if committer is None else
+                                    lambda task: committer.put_pending(task, results))
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            await self._fail(_pick_error(failures))
+        if results.waiting:
+            await self._pause_for_events()
+            return None
+        updates = [(t.node, results.pending[t.key]) for t in tasks]
+        if self.collected is not None:
+            self.collected += updates
+        try:
+            new_state = self.spec.schema.apply(state, updates, step=step,
+                                               thread_id=self.thread_id)
+            next_up, joins = await self.route(tasks, new_state, step, self.joins)
+        except Exception as exc:
+            await self._fail(exc)
+        status = "done" if not next_up else "running"
+        if self.spec.interrupt_after and next_up and any(
+                t.node in self.spec.interrupt_after for t in tasks):
+            status = "interrupted"
+        metadata = results.metadata(tasks)
+        if committer is not None:
+            await committer.put_step(step, tasks, results, new_state, next_up, status, encode_extra(
+                joins, interrupt="after" if status == "interrupted" else None, metadata=metadata))
+        self.state, self.tasks, self.joins, self.step = new_state, next_up, joins, step + 1
+        runner.results = StepResults()
+        self.step_origin = None
+        event = StepEvent(
+            step=step, nodes=tuple(dict.fromkeys(node for node, _ in updates)),
+            updates=merged_updates(updates), state=new_state,
+            status=status,  # type: ignore[arg-type]
+            thread_id=self.thread_id, checkpoint_id=self.head_id, timings=results.timings,
+            attempts=metadata.get("attempts", {}),
+            cache_hits=tuple(metadata.get("cache_hits", ())))
+        if observing:
+            await observer.step_end(event)
+        return event
+
+    async def _pause_for_events(self) -> None:
+        """End the run here: finished tasks' writes stay pending, the step waits for events."""
+        results = self.runner.results
+        if self.committer is None:
+            node, event = next(iter(results.waiting.items()))
+            raise ThreadStateError(
+                f"node {node[0]!r} called wait_for({event!r}), which pauses the run until the "
+                "event is delivered with resume(); that needs a checkpointer to keep the run: "
+                "compile(checkpointer=...).")
+        await self.committer.keep_finished(self.tasks, results)
+        extra = json.loads(encode_extra(self.joins) or "{}")
+        extra["interrupt"] = "wait"
+        extra["waiting"] = [[n, i, e] for (n, i), e in results.waiting.items()]
+        if results.answers:
+            extra["answers"] = {f"{n}|{i}": v for (n, i), v in results.answers.items()}
+        await self.committer.mark("interrupted", json.dumps(extra))
+
+    async def _fail(self, exc: BaseException) -> None:
+        """Keep what finished, mark the step failed, and raise `exc`."""
+        committer = self.committer
+        if committer is not None and not isinstance(exc, ThreadBusyError):
+            assert self.thread_id is not None and self.saver is not None
+            await committer.keep_finished(self.tasks, self.runner.results)
+            await committer.mark_failed(exc, self.state)
+            if self.spec.on_failure == "compensate":
+                await self.executor.rollback(self.thread_id, owner=self.owner, saver=self.saver)
+        raise exc
+
+    async def _fail_step_limit(self) -> None:
+        nodes = [t.node for t in self.tasks]
+        error = StepLimitError(
+            f"the run reached max_steps={self.max_steps} steps{self.runner.of_thread()} and "
+            f"still had node(s) {', '.join(map(repr, nodes))} to run at step {self.step}. If "
+            "the graph loops on purpose, pass a larger max_steps" +
+            ("; resume the thread to continue." if self.saver else "; otherwise check the "
+             "router that should end the loop."), next_nodes=nodes, max_steps=self.max_steps)
+        await self._fail(error)
+
+
+def stored_results(executor: Executor, head: CheckpointRecord, chain: Chain) -> StepResults:
+    """What the tasks of `head`'s step already finished, as stored: writes carried onto it by
+    update_state and its pending writes, with their metadata and `Command` targets."""
+    schema = executor.spec.schema
+    results = StepResults()
+    thread_id = head.thread_id
+    for node, index, update in executor.replayer.carried_writes(head):
+        results.pending[(node, index)] = update
+        results.encoded[(node, index)] = schema.encode_update(
+            update, node=node, step=head.step, thread_id=thread_id)
+    for write in chain.pending.get(head.id, []):
+        key = (write.node, write.index)
+        results.pending[key] = schema.decode_update(write.writes)
+        results.encoded[key] = write.writes
+        if write.meta:
+            meta = json.loads(write.meta)
+            results.meta[key] = meta
+            if "goto" in meta:
+                results.gotos[key] = decode_goto(meta["goto"])
+    results.committed = set(results.pending)
+    return results
+
+
+def merged_updates(updates: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """A step's updates by node: a node's update, or the list of them when it ran several
+    tasks (a `Send` fan-out)."""
+    merged: dict[str, Any] = {}
+    for node, update in updates:
+        if node not in merged:
+            merged[node] = update
+        elif isinstance(merged[node], list):
+            merged[node].append(update)
+        else:
+            merged[node] = [merged[node], update]
+    return merged
+
+
+def _pick_error(failures: list[BaseException]) -> BaseException:
+    """The first failure in task order, preferring a lost lease (nothing else can be saved)."""
+    for failure in failures:
+        if isinstance(failure, ThreadBusyError):
+            return failure
+    return failures[0]
+
+
+def _unfinished_message(head: CheckpointRecord) -> str:
+    what = {"failed": f"failed at step {head.step} ({head.error})",
+            "interrupted": f"is paused before step {head.step}",
+            "running": f"stopped at step {head.step} without finishing (its process ended)"}
+    return (f"thread {head.thread_id!r} {what.get(head.status, head.status)}, so new input "
+            "would drop its pending work. Continue it with app.resume(thread_id) (after "
+            "app.update_state(...) if the state needs fixing), or start a new branch from a "
+            "checkpoint with invoke(input, thread_id=..., checkpoint_id=...).")
+
+
+def not_found(thread_id: str, checkpoint_id: str | None) -> ThreadNotFoundError:
+    if checkpoint_id is not None:
+        return ThreadNotFoundError(
+            f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}; app.history(thread_id) "
+            "lists its checkpoints.")
+    return ThreadNotFoundError(
+        f"no thread {thread_id!r} in this store; app.threads() lists the threads there are.")
+
+
+def needs_checkpointer(what: str) -> StateMachineError:
+    return ThreadStateError(
+        f"to {what} the graph needs a checkpointer: compile(checkpointer=SQLiteCheckpointer("
+        "'runs.db')) (or MemoryCheckpointer() for tests).")

@@ -1,0 +1,300 @@
+"""Running a step's tasks: calling the user's nodes with their cache, timeout and retry
+policies, concurrently when there are several, and collecting what each produced.
+
+The step loop (`run.Run`) decides what runs and commits the outcome; this module only runs
+tasks and records, per task, its validated update, its `Command` targets, its metadata, or
+that it waits for an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from checkpoints.base import Checkpointer
+
+from .calls import call_user_function
+from .clock import get_clock
+from .commands import Command, Send
+from .compiler import NodeSpec
+from .constants import END
+from .errors import InvalidRouteError, InvalidUpdateError, NodeTimeoutError
+from .records import Task, cache_key_for, decode_goto, encode_goto
+from .secret_types import mentions_secret
+from .snapshots import ReplayCost
+from .subgraph_tasks import run_subgraph
+from .types import NodeFailure, RunContext, task_id
+from .waiting import NO_ANSWERS, TaskAnswers, WaitingForEvent, current_answers
+
+if TYPE_CHECKING:
+    from .executor import Executor
+
+Key = tuple[str, int]
+"""A task of a step: (node, task index)."""
+
+
+@dataclass(slots=True)
+class StepResults:
+    """What the tasks of the current step produced so far (a resumed step starts with what
+    its finished tasks stored)."""
+
+    pending: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    """Each finished task's validated update."""
+    encoded: dict[Key, str] = field(default_factory=dict)
+    """JSON of each pending update, made when the task finished (with a checkpointer)."""
+    committed: set[Key] = field(default_factory=set)
+    """Tasks whose writes are already stored as pending writes."""
+    gotos: dict[Key, list[str | Send]] = field(default_factory=dict)
+    """`Command.goto` targets of finished tasks."""
+    meta: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    """Per finished task: attempts, cache hit, goto (stored with its pending write)."""
+    timings: dict[str, float] = field(default_factory=dict)
+    waiting: dict[Key, str] = field(default_factory=dict)
+    """Tasks paused in `wait_for`, with the event each waits for."""
+    answers: dict[Key, list[Any]] = field(default_factory=dict)
+    """Events delivered to the tasks, in order (what `wait_for` returns)."""
+
+    def metadata(self, tasks: list[Task]) -> dict[str, Any]:
+        """What the step's checkpoint records about its tasks (in step order): retries and
+        cache hits."""
+        attempts: dict[str, int] = {}
+        hits: list[str] = []
+        for task in tasks:
+            meta = self.meta.get(task.key)
+            if meta is None:
+                continue
+            if meta.get("attempts", 1) > 1:
+                attempts[task.node] = max(attempts.get(task.node, 1), meta["attempts"])
+            if meta.get("cache_hit") and task.node not in hits:
+                hits.append(task.node)
+        metadata: dict[str, Any] = {}
+        if attempts:
+            metadata["attempts"] = attempts
+        if hits:
+            metadata["cache_hits"] = hits
+        return metadata
+
+
+@dataclass(frozen=True, slots=True)
+class StepInput:
+    """What a step's tasks start from."""
+
+    step: int
+    state: BaseModel
+    origin: str
+    """Where the step's tasks were scheduled: what their ids derive from."""
+    base: tuple[str, ReplayCost] | None = None
+    """The stored checkpoint whose state is `state`, with its replay cost, when there is one
+    (a subgraph thread's first checkpoint can then refer to it instead of copying it)."""
+
+
+class TaskRunner:
+    """Runs the tasks of one run's steps, recording their outcomes in `results`."""
+
+    def __init__(self, executor: Executor, thread_id: str | None, saver: Checkpointer | None,
+                 *, inline_sync: bool, max_concurrency: int | None) -> None:
+        self.executor = executor
+        self.spec = executor.spec
+        self.thread_id = thread_id
+        self.saver = saver
+        """The run's store, if any: updates are then encoded as their tasks finish."""
+        self.inline_sync = inline_sync
+        self.max_concurrency = max_concurrency
+        self.results = StepResults()
+        self.observing = False
+        """Whether listeners are attached: asked once a step, it is on the hot path."""
+
+    async def run(self, tasks: list[Task], at: StepInput,
+                  finished: Callable[[Task], Awaitable[None]] | None = None
+                  ) -> list[BaseException | None]:
+        """Run the tasks; each outcome is None (finished or waiting) or its exception.
+        `finished` is called for each task that finished while others still run."""
+        if len(tasks) == 1:
+            try:
+                await self._execute(tasks[0], at, inline=self.inline_sync)
+            except Exception as exc:
+                return [exc]
+            return [None]
+        remaining = len(tasks)
+        limit = self.max_concurrency or self.spec.max_concurrency
+        gate = asyncio.Semaphore(limit) if limit else None
+
+        async def run_one(task: Task) -> None:
+            nonlocal remaining
+            try:
+                if gate is None:
+                    await self._execute(task, at, inline=False)
+                else:
+                    async with gate:
+                        await self._execute(task, at, inline=False)
+            finally:
+                remaining -= 1
+            if finished is not None and remaining > 0 and task.key in self.results.pending:
+                await finished(task)
+
+        outcomes = await asyncio.gather(*(run_one(t) for t in tasks), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # cancellation, KeyboardInterrupt: not a node failure
+        return [o if isinstance(o, BaseException) else None for o in outcomes]
+
+    def context(self, task: Task, at: StepInput) -> RunContext:
+        return RunContext(self.thread_id, at.step, task.node,
+                          task_id(self.thread_id, at.origin, task.node, task.index))
+
+    async def _execute(self, task: Task, at: StepInput, *, inline: bool) -> None:
+        """Run one task through its cache, timeout and retry policy.
+
+        Its validated update (and, to be stored, its JSON) become pending; a task that calls
+        `wait_for` for an event not yet delivered is recorded as waiting instead.
+        """
+        node = self.spec.nodes[task.node]
+        step = at.step
+        arg = self._payload_input(node, task) if task.sent else at.state
+        observer = self.executor.observer
+        if self.observing:
+            await observer.node_start(self.thread_id, step, task.node)
+        cache_key = None
+        if node.cache is not None:
+            cache_key = cache_key_for(node.cache, arg)
+            hit = await self.executor.cache_store().cache_get(
+                self._cache_space(node), cache_key, now=get_clock().time())
+            if hit is not None:
+                cached = json.loads(hit)
+                update = self.spec.schema.decode_update(json.dumps(cached["update"]))
+                await self._finish(task, update, decode_goto(cached["goto"]),
+                                   {"cache_hit": True}, step, 0.0)
+                return
+        policy = node.retry or self.spec.retry
+        context = self.context(task, at) if node.call.wants_context else None
+        attempt = 0
+        captured = False
+        started = time.perf_counter()
+        while True:
+            attempt += 1
+            try:
+                result = await self._call_node(node, task, arg, context, inline, at)
+                break
+            except WaitingForEvent as waiting:
+                self.results.waiting[task.key] = waiting.event
+                return
+            except Exception as exc:
+                if policy is not None and attempt < policy.max_attempts and \
+                        policy.should_retry(exc):
+                    delay = policy.delay(attempt)
+                    await observer.node_retry(self.thread_id, step, task.node, attempt, exc,
+                                              delay)
+                    await get_clock().sleep(delay)
+                    continue
+                await observer.node_error(self.thread_id, step, task.node, exc, attempt)
+                if node.on_error == "capture":
+                    captured = True
+                    result = {node.error_field: [NodeFailure(
+                        node=task.node, error_type=type(exc).__name__, message=str(exc),
+                        step=step, thread_id=self.thread_id)]}
+                    break
+                if attempt > 1:
+                    exc.add_note(f"node {task.node!r} failed {attempt} attempts")
+                exc.add_note(f"raised by node {task.node!r} at step {step}{self.of_thread()}")
+                raise
+        seconds = time.perf_counter() - started
+        update, goto = self._split_result(node, result, step)
+        if cache_key is not None and not captured:  # a failure is not a result to reuse
+            value = json.dumps({"update": json.loads(self.spec.schema.encode_update(
+                update, node=task.node, step=step, thread_id=self.thread_id)),
+                "goto": encode_goto(goto)})
+            assert node.cache is not None
+            await self.executor.cache_store().cache_put(
+                self._cache_space(node), cache_key, value, node.cache.ttl,
+                now=get_clock().time())
+        await self._finish(task, update, goto, {"attempts": attempt} if attempt > 1 else {},
+                           step, seconds)
+
+    async def _call_node(self, node: NodeSpec, task: Task, arg: Any, context: RunContext | None,
+                         inline: bool, at: StepInput) -> Any:
+        info = node.call
+        args = (arg, context) if info.wants_context else (arg,)
+        answers = self.results.answers.get(task.key)
+        token = current_answers.set(TaskAnswers(list(answers)) if answers else NO_ANSWERS)
+        try:
+            if node.subgraph is not None:
+                call = run_subgraph(self, node, task, arg, at)
+            else:  # with a timeout a sync node runs in a thread, so it can be abandoned
+                call = call_user_function(info, args, inline and node.timeout is None)
+            if node.timeout is None:
+                return await call
+            try:
+                return await asyncio.wait_for(call, node.timeout)
+            except TimeoutError:
+                raise NodeTimeoutError(
+                    f"node {task.node!r} ran longer than its timeout of {node.timeout} s at "
+                    f"step {at.step}{self.of_thread()}", node=task.node, timeout=node.timeout,
+                    step=at.step, thread_id=self.thread_id) from None
+        finally:
+            current_answers.reset(token)
+
+    def _split_result(self, node: NodeSpec, result: Any, step: int
+                      ) -> tuple[dict[str, Any], list[str | Send]]:
+        """A node's return value as (validated update, Command targets)."""
+        goto: list[str | Send] = []
+        if isinstance(result, Command):
+            goto = result.targets()
+            for target in goto:
+                name = target.node if isinstance(target, Send) else target
+                if name not in node.destinations and not (name == END
+                                                           and not isinstance(target, Send)):
+                    raise InvalidRouteError(
+                        f"node {node.name!r} returned Command(goto={name!r}), but its declared "
+                        f"destinations are {list(node.destinations)} (step {step}"
+                        f"{self.of_thread()}); add it: add_node(..., destinations=[...]).",
+                        node=node.name, returned=name, allowed=node.destinations, step=step,
+                        thread_id=self.thread_id)
+            result = result.update
+        update = self.spec.schema.validate_update(result, node=node.name, step=step,
+                                                  thread_id=self.thread_id)
+        return update, goto
+
+    async def _finish(self, task: Task, update: dict[str, Any], goto: list[str | Send],
+                      meta: dict[str, Any], step: int, seconds: float) -> None:
+        results = self.results
+        if self.saver is not None:  # unstorable values fail here, as this node's failure
+            results.encoded[task.key] = self.spec.schema.encode_update(
+                update, node=task.node, step=step, thread_id=self.thread_id)
+        if goto:
+            results.gotos[task.key] = goto
+            meta = {**meta, "goto": encode_goto(goto)}
+        if meta:
+            results.meta[task.key] = meta
+        results.timings[task.node] = results.timings.get(task.node, 0.0) + seconds
+        results.pending[task.key] = update
+        if self.observing:
+            await self.executor.observer.node_end(self.thread_id, step, task.node, update,
+                                                  seconds, meta)
+
+    def _payload_input(self, node: NodeSpec, task: Task) -> Any:
+        """A Send's stored payload, validated into the type the node's parameter declares."""
+        if node.payload_type is None:
+            return task.payload
+        try:
+            return node.payload_type.validate_python(task.payload)
+        except ValidationError as exc:
+            shown = "a value hidden: it holds a secret" if mentions_secret(task.payload) \
+                else f"{task.payload!r:.80}"
+            raise InvalidUpdateError(
+                f"a Send to node {node.name!r} carried a payload that does not fit the type of "
+                f"its parameter: {exc.errors(include_url=False)[0]['msg']} (got "
+                f"{shown}){self.of_thread()}.", node=node.name,
+                thread_id=self.thread_id) from None
+
+    def _cache_space(self, node: NodeSpec) -> str:
+        """Cache entries of different code never mix, even in graphs of the same name."""
+        return f"{self.executor.name}:{node.name}:{node.code_fingerprint}"
+
+    def of_thread(self) -> str:
+        return f" of thread {self.thread_id!r}" if self.thread_id is not None else ""
