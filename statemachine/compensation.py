@@ -8,7 +8,6 @@ the thread "compensated"; rolling back again does nothing.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -16,6 +15,7 @@ from pydantic import BaseModel
 from checkpoints.base import Checkpointer, CheckpointRecord, NewCheckpoint, Owner
 
 from .calls import call_user_function
+from .checkpoint_extra import CheckpointExtra, extra_of
 from .errors import ThreadNotFoundError, ThreadStateError
 from .types import RunContext, task_id
 
@@ -61,10 +61,10 @@ async def _rollback(executor: Executor, thread_id: str, saver: Checkpointer,
     completed: list[TaskRef] = [(step, node, index) for step, node, index, _ in writes]
     undone: set[TaskRef] = set()
     for record in line:
-        if record.kind == "compensation" and record.extra:
-            step, node, index = json.loads(record.extra).get("compensates", (None, "", 0))
-            if step is not None:
-                undone.add((step, node, index))
+        if record.kind == "compensation":
+            undid = extra_of(record).compensates
+            if undid is not None:
+                undone.add(undid)
     spec = executor.spec
     finished = executor.replayer.finished_writes(failed, pending.get(failed.id, []))
     completed += [(failed.step, n, i) for n, i, _ in finished]
@@ -119,7 +119,8 @@ async def _compensate_one(executor: Executor, saver: Checkpointer, owner: Owner,
         parent_id=head_id, step=failed.step, kind="compensation",
         status="compensated" if last else "failed", next="[]",
         writes=schema.encode_writes([*carried_in, (COMPENSATE, 0, encoded)]),
-        snapshot=schema.encode_state(state), extra=json.dumps({"compensates": [step, node, index]}),
+        snapshot=schema.encode_state(state),
+        extra=CheckpointExtra(compensates=(step, node, index)).encode(),
         error=failed.error))
     return state, new_id
 

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from checkpoints.base import NewCheckpoint, Owner
 
+from .checkpoint_extra import CheckpointExtra, extra_of
 from .committer import counted, release_after
 from .errors import ThreadStateError, did_you_mean
-from .records import UPDATE, Task, decode_joins, decode_tasks, encode_joins, encode_tasks, extra_of
+from .records import UPDATE, Task, decode_tasks, encode_tasks
 from .routing import next_tasks
 from .run import not_found, stored_results
 from .types import Snapshot
@@ -51,7 +52,6 @@ async def update_state(executor: Executor, thread_id: str, values: Any, *,
                                       thread_id=thread_id)
         encoded = spec.schema.encode_update(update, node=writer, step=head.step,
                                             thread_id=thread_id)
-        extra: dict[str, Any] = {}
         kind, index = "update", 0
         if as_node is not None:
             results = stored_results(executor, head, chain)
@@ -68,26 +68,19 @@ async def update_state(executor: Executor, thread_id: str, values: Any, *,
             else:
                 ran = [Task(as_node)]
             tasks, joins = await next_tasks(
-                spec, ran, new_state, head.step, decode_joins(head_extra), gotos=results.gotos,
+                spec, ran, new_state, head.step, head_extra.joins, gotos=results.gotos,
                 thread_id=thread_id, origin=f"{owner.token}-{head.step}")
             step, next_json, error = head.step + 1, encode_tasks(tasks), None
             status = "interrupted" if tasks else "done"
-            if tasks:
-                extra["interrupt"] = "after"
+            extra = CheckpointExtra(joins=joins, interrupt="after" if tasks else None)
         else:
             step, next_json, status, error = head.step, head.next, head.status, head.error
-            joins = decode_joins(head_extra)
-            carried = [*head_extra.get("carried", ()),
-                       *([w.node, w.index, json.loads(w.writes)]
-                         for w in chain.pending.get(head.id, []))]
-            if carried:
-                extra["carried"] = carried
-            if "interrupt" in head_extra:
-                extra["interrupt"] = head_extra["interrupt"]
             # the same tasks stay due: they keep their ids (idempotency keys)
-            extra["origin"] = head_extra.get("origin", head.id)
-        if joins:
-            extra["joins"] = encode_joins(joins)
+            extra = CheckpointExtra(
+                carried=[*head_extra.carried, *([w.node, w.index, json.loads(w.writes)]
+                                                for w in chain.pending.get(head.id, []))],
+                origin=head_extra.origin or head.id, joins=head_extra.joins,
+                interrupt=head_extra.interrupt)
         writes = spec.schema.encode_writes([(writer, index, encoded)])
         snapshot = None
         if cost.due(*counted(len(writes), spec.schema.appends_only(update)), saver.keep_last):
@@ -95,7 +88,7 @@ async def update_state(executor: Executor, thread_id: str, values: Any, *,
         created = time.time()
         new_id = await saver.put(thread_id, owner, NewCheckpoint(
             parent_id=head.id, step=step, kind=kind, status=status, next=next_json,
-            writes=writes, snapshot=snapshot, extra=json.dumps(extra) if extra else None,
+            writes=writes, snapshot=snapshot, extra=extra.encode(),
             error=error, created_at=created))
         if executor.remember_states:
             executor.states.put(thread_id, new_id, created, new_state, cost)

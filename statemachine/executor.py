@@ -27,11 +27,12 @@ from checkpoints.base import (
 from checkpoints.memory import MemoryCache
 
 from . import editing, pruning
+from .checkpoint_extra import extra_of
 from .compensation import current_run, rollback
 from .compiler import GraphSpec, NodeSpec
 from .constants import DEFAULT_MAX_STEPS
 from .observe import Observer
-from .records import decode_tasks, ran_nodes, record_metadata
+from .records import decode_tasks, ran_nodes
 from .replay import Replayer
 from .run import Run, merged_updates, needs_checkpointer, not_found
 from .snapshots import ReplayCost
@@ -221,7 +222,7 @@ class Executor:
             step=record.step, state=state, next=tuple(t.node for t in tasks),
             status=record.status,  # type: ignore[arg-type]
             error=record.error, created_at=record.created_at, pending_writes=pending_updates,
-            kind=record.kind, metadata=record_metadata(record))
+            kind=record.kind, metadata=extra_of(record).metadata())
 
     def require_saver(self, what: str, blocking: bool) -> Checkpointer:
         """The checkpointer; with `blocking`, its view that does I/O in the calling thread."""

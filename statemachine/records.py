@@ -1,5 +1,6 @@
 """What the executor stores in a checkpoint besides updates: the tasks due next, `Command`
-targets, join progress and the `extra` JSON (interrupts, answers, step metadata).
+targets, cache keys, and the merge order of a step's writes (the `extra` data is
+`checkpoint_extra`).
 
 Plain functions over JSON, shared by the executor, compensation and the tools that read runs.
 """
@@ -18,6 +19,7 @@ from pydantic_core import to_jsonable_python
 from checkpoints.base import CheckpointRecord, PendingWrite
 from checkpoints.rows import damaged
 
+from .checkpoint_extra import extra_of
 from .commands import Send
 from .policies import CachePolicy
 
@@ -65,11 +67,6 @@ def decode_goto(items: Sequence[Any]) -> list[str | Send]:
             for item in items]
 
 
-def task_key(text: str) -> tuple[str, int]:
-    node, _, index = text.rpartition("|")
-    return node, int(index)
-
-
 def cache_key_for(policy: CachePolicy, arg: Any) -> str:
     if policy.key is not None:
         raw = policy.key(arg)
@@ -80,27 +77,6 @@ def cache_key_for(policy: CachePolicy, arg: Any) -> str:
     else:
         text = json.dumps(to_jsonable_python(arg), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def encode_joins(joins: dict[int, set[str]]) -> dict[str, list[str]]:
-    return {str(k): sorted(v) for k, v in joins.items() if v}
-
-
-def decode_joins(extra: dict[str, Any]) -> dict[int, set[str]]:
-    return {int(k): set(v) for k, v in extra.get("joins", {}).items()}
-
-
-def record_metadata(record: CheckpointRecord) -> dict[str, Any]:
-    extra = extra_of(record)
-    metadata: dict[str, Any] = {k: extra[k] for k in ("attempts", "cache_hits", "compensates")
-                                if k in extra}
-    if "waiting" in extra:
-        metadata["waits_for"] = [event for _, _, event in extra["waiting"]]
-    return metadata
-
-
-def extra_of(record: CheckpointRecord) -> dict[str, Any]:
-    return json.loads(record.extra) if record.extra else {}
 
 
 def in_merge_order(writes: list[Any], record: CheckpointRecord) -> list[Any]:
@@ -130,7 +106,7 @@ def stored_writes(record: CheckpointRecord, parent: CheckpointRecord | None,
     writes: list[list[Any]] = []
     try:
         if record.kind == "step" and parent is not None:
-            writes += [list(w) for w in extra_of(parent).get("carried", ())]
+            writes += [list(w) for w in extra_of(parent).carried]
             writes += [[w.node, w.index, json.loads(w.writes)]
                        for w in pending.get(parent.id, [])]
         if record.kind != "fork" and record.writes:
@@ -158,16 +134,4 @@ def finished_tasks(record: CheckpointRecord,
                    pending: dict[str, list[PendingWrite]]) -> set[tuple[str, int]]:
     """Tasks of `record`'s step whose writes are already kept (pending or carried)."""
     done = {(w.node, w.index) for w in pending.get(record.id, [])}
-    return done | {(w[0], w[1]) for w in extra_of(record).get("carried", ())}
-
-
-def encode_extra(joins: dict[int, set[str]], *, interrupt: str | None = None,
-                 metadata: dict[str, Any] | None = None) -> str | None:
-    """The `extra` JSON of a checkpoint a run commits: its step's metadata, the joins'
-    progress and why the run paused there; None when there is nothing to say."""
-    extra: dict[str, Any] = dict(metadata or {})
-    if joins:
-        extra["joins"] = encode_joins(joins)
-    if interrupt:
-        extra["interrupt"] = interrupt
-    return json.dumps(extra) if extra else None
+    return done | {(w[0], w[1]) for w in extra_of(record).carried}

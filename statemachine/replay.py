@@ -19,8 +19,9 @@ from pydantic import BaseModel, ValidationError
 from checkpoints.base import Chain, CheckpointRecord, PendingWrite
 from checkpoints.rows import damaged
 
+from .checkpoint_extra import extra_of
 from .errors import CheckpointError
-from .records import extra_of, in_merge_order
+from .records import in_merge_order
 from .snapshots import ReplayCost
 from .state import StateSchema
 
@@ -85,7 +86,7 @@ class Replayer:
             items = []
             if record.kind == "step":
                 carried = parent.extra and '"carried"' in parent.extra and \
-                    extra_of(parent).get("carried")
+                    extra_of(parent).carried
                 if carried:
                     items.append(json.dumps(carried)[1:-1])
                 items += [f"[{json.dumps(w.node)},{w.index},{w.writes}]"
@@ -135,7 +136,7 @@ class Replayer:
 
     def carried_writes(self, record: CheckpointRecord) -> list[Write]:
         """Writes of finished tasks that update_state carried onto `record`, validated."""
-        carried = extra_of(record).get("carried")
+        carried = extra_of(record).carried
         if not carried:
             return []
         return self.schema.decode_writes(json.dumps(carried))

@@ -28,6 +28,7 @@ from pydantic_core import to_jsonable_python
 
 from checkpoints.base import FINISHED, Chain, CheckpointRecord, NewCheckpoint, Owner
 
+from .checkpoint_extra import CheckpointExtra, extra_of
 from .committer import Committer, release_after
 from .constants import START
 from .errors import (
@@ -38,16 +39,7 @@ from .errors import (
     ThreadNotFoundError,
     ThreadStateError,
 )
-from .records import (
-    INPUT,
-    Task,
-    decode_goto,
-    decode_joins,
-    decode_tasks,
-    encode_extra,
-    extra_of,
-    task_key,
-)
+from .records import INPUT, Task, decode_goto, decode_tasks
 from .routing import Joins, next_tasks
 from .task_runner import StepInput, StepResults, TaskRunner
 from .types import StepEvent
@@ -85,7 +77,7 @@ class Run:
         """Set when the head was made by update_state: the checkpoint the tasks came from."""
         self.skip_interrupt_before = False
         self.head_status: str | None = None
-        self.head_extra: dict[str, Any] = {}
+        self.head_extra = CheckpointExtra()
         """The status and extra data of the checkpoint a resumed run started from."""
         self.input_base: tuple[str, ReplayCost] | None = None
         """For a subgraph's new thread whose input is its parent thread's state at a stored
@@ -178,27 +170,26 @@ class Run:
             await self._start_run(head.id, head.step, update)
             return
         self.state, self.step = state, head.step
-        self.joins = decode_joins(extra)
+        self.joins = extra.joins
         # paused before these tasks (or paused, resumed, then failed in them): run them now
         self.skip_interrupt_before = head.status in ("interrupted", "failed") and \
-            extra.get("interrupt") == "before"
+            extra.interrupt == "before"
         self.tasks = decode_tasks(head.next)
         if checkpoint_id is not None:  # a fork: a new branch that runs the tasks again
             await self.committer.put(NewCheckpoint(
                 parent_id=head.id, step=head.step, kind="fork", status="running",
                 next=head.next, snapshot=self.committer.snapshot_if_due(0, True, self.state),
-                extra=encode_extra(self.joins)))
+                extra=CheckpointExtra(joins=self.joins).encode()))
             return
         self.committer.start_at(head, cost)
-        self.step_origin = extra.get("origin")
+        self.step_origin = extra.origin
         self.runner.results = stored_results(self.executor, head, chain)
-        self.runner.results.answers = {
-            task_key(k): list(v) for k, v in extra.get("answers", {}).items()}
+        self.runner.results.answers = {k: list(v) for k, v in extra.answers.items()}
         self.head_status, self.head_extra = head.status, extra
 
     async def _deliver(self, event: dict[str, Any] | None) -> None:
         """Hand delivered event values to the tasks waiting for them, durably, before running."""
-        waiting = self.head_extra.get("waiting") if self.head_status == "interrupted" else None
+        waiting = self.head_extra.waiting if self.head_status == "interrupted" else None
         if not waiting:
             if event is not None:
                 raise ThreadStateError(
@@ -216,9 +207,8 @@ class Run:
         for node, index, name in waiting:
             answers.setdefault((node, index), []).append(to_jsonable_python(event[name]))
         self.skip_interrupt_before = True
-        extra = {k: v for k, v in self.head_extra.items() if k not in ("waiting", "interrupt")}
-        extra["answers"] = {f"{n}|{i}": v for (n, i), v in answers.items()}
-        await self.committer.mark("running", json.dumps(extra))
+        extra = self.head_extra.copy(waiting=[], interrupt=None, answers=dict(answers))
+        await self.committer.mark("running", extra.encode())
 
     async def _start_run(self, parent_id: str | None, step: int,
                          update: dict[str, Any] | None) -> None:
@@ -233,7 +223,7 @@ class Run:
         if parent_id is None and self.input_base is not None:
             parent_id, self.committer.replay = self.input_base
         await self.committer.put_input(parent_id, step, self.state, self.tasks, encoded,
-                                       encode_extra(self.joins))
+                                       CheckpointExtra(joins=self.joins).encode())
 
     # -- the step loop ------------------------------------------------------------------------
 
@@ -245,8 +235,8 @@ class Run:
             if not self.skip_interrupt_before and self.spec.interrupt_before and any(
                     t.node in self.spec.interrupt_before for t in self.tasks):
                 if self.committer is not None:
-                    await self.committer.mark("interrupted",
-                                              encode_extra(self.joins, interrupt="before"))
+                    await self.committer.mark("interrupted", CheckpointExtra(
+                        joins=self.joins, interrupt="before").encode())
                 return
             self.skip_interrupt_before = False
             event = await self._run_step()
@@ -308,8 +298,11 @@ class Run:
             status = "interrupted"
         metadata = results.metadata(tasks)
         if committer is not None:
-            await committer.put_step(step, tasks, results, new_state, next_up, status, encode_extra(
-                joins, interrupt="after" if status == "interrupted" else None, metadata=metadata))
+            extra = CheckpointExtra(
+                attempts=metadata.get("attempts", {}), cache_hits=metadata.get("cache_hits", []),
+                joins=joins, interrupt="after" if status == "interrupted" else None)
+            await committer.put_step(step, tasks, results, new_state, next_up, status,
+                                     extra.encode())
         self.state, self.tasks, self.joins, self.step = new_state, next_up, joins, step + 1
         runner.results = StepResults()
         self.step_origin = None
@@ -334,12 +327,10 @@ class Run:
                 "event is delivered with resume(); that needs a checkpointer to keep the run: "
                 "compile(checkpointer=...).")
         await self.committer.keep_finished(self.tasks, results)
-        extra = json.loads(encode_extra(self.joins) or "{}")
-        extra["interrupt"] = "wait"
-        extra["waiting"] = [[n, i, e] for (n, i), e in results.waiting.items()]
-        if results.answers:
-            extra["answers"] = {f"{n}|{i}": v for (n, i), v in results.answers.items()}
-        await self.committer.mark("interrupted", json.dumps(extra))
+        extra = CheckpointExtra(
+            joins=self.joins, interrupt="wait", answers=results.answers,
+            waiting=[(n, i, e) for (n, i), e in results.waiting.items()])
+        await self.committer.mark("interrupted", extra.encode())
 
     async def _fail(self, exc: BaseException) -> None:
         """Keep what finished, mark the step failed, and raise `exc`."""

@@ -20,7 +20,8 @@ from checkpoints.rows import damaged
 from checkpoints.sqlite import SQLiteCheckpointer
 
 from ._sync import run_sync
-from .records import decode_tasks, extra_of, finished_tasks, ran_nodes, stored_writes
+from .checkpoint_extra import extra_of
+from .records import decode_tasks, finished_tasks, ran_nodes, stored_writes
 from .types import Snapshot
 
 # -- records as rows ----------------------------------------------------------------------------
@@ -31,12 +32,12 @@ def row_from_record(record: CheckpointRecord, parent: CheckpointRecord | None,
     extra = extra_of(record)
     done = finished_tasks(record, pending)
     next_nodes = [t.node for t in decode_tasks(record.next) if t.key not in done]
-    compensates = extra.get("compensates")
+    compensates = extra.compensates
     return make_row(record.id, record.parent_id, record.step, record.kind, record.status,
                     list(ran_nodes(record, parent, pending)), list(dict.fromkeys(next_nodes)),
                     sorted({node for node, _ in done}), record.error, record.created_at,
                     compensates[1] if compensates else None,
-                    [name for *_, name in extra.get("waiting", ())])
+                    [name for *_, name in extra.waiting])
 
 
 def row_from_snapshot(snapshot: Snapshot) -> dict[str, Any]:

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from checkpoints.base import FINISHED
 
+from .checkpoint_extra import extra_of
 from .compiler import NodeSpec
 from .errors import ThreadStateError
-from .records import Task, extra_of
+from .records import Task
 from .waiting import WaitingForEvent, current_answers
 
 if TYPE_CHECKING:
@@ -39,13 +40,13 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
         thread = f"{runner.thread_id}::{node.name}:{task.index}@{at.origin}"
         chain = await saver.load(thread)
         head = chain.head if chain is not None else None
-        extra = extra_of(head) if head is not None else {}
+        waits = extra_of(head).waiting if head is not None else []
         if chain is not None and chain.head.status in FINISHED:
             final = child.replayer.rebuild(chain)
         else:
             event = None
-            if head is not None and head.status == "interrupted" and "waiting" in extra:
-                name = extra["waiting"][0][2]
+            if head is not None and head.status == "interrupted" and waits:
+                name = waits[0][2]
                 event = {name: _newest_answer(name)}
             run = child.new_run(thread, inline_sync=runner.inline_sync)
             if head is None and not task.sent and at.base is not None and arg is at.state \
@@ -58,7 +59,7 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
             final = run.state
             ended = await saver.load(thread)
             assert ended is not None
-            waiting = extra_of(ended.head).get("waiting")
+            waiting = extra_of(ended.head).waiting
             if ended.head.status == "interrupted":
                 if waiting:
                     raise WaitingForEvent(waiting[0][2])

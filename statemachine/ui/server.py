@@ -41,8 +41,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from checkpoints.redaction import redact_dsn
+from statemachine.checkpoint_extra import extra_of
 from statemachine.errors import StateMachineError
-from statemachine.records import extra_of, stored_writes
+from statemachine.records import stored_writes
 from statemachine.store_reader import open_read_only, row_from_record, thread_row, unmerged_state
 
 from .guards import HostGuard, SecurityHeaders, allowed_hosts, check_action_request, is_loopback
@@ -205,8 +206,8 @@ class Viewer:
             parent = by_id.get(record.parent_id) if record.parent_id else None
             row = row_from_record(record, parent, pending)
             extra = extra_of(record)
-            row["attempts"] = extra.get("attempts", {})
-            row["cache_hits"] = extra.get("cache_hits", [])
+            row["attempts"] = extra.attempts
+            row["cache_hits"] = extra.cache_hits
             row["duration"] = record.created_at - parent.created_at if parent else None
             rows.append(row)
         return rows

@@ -1,0 +1,133 @@
+"""A checkpoint's `extra` data, typed: what a run stores about a checkpoint besides its writes
+and next tasks, with one encode and one decode. Storage keeps it as opaque JSON text.
+
+Keys a newer version may add are kept as they are (`other`), so reading and rewriting a
+checkpoint's extra data never drops what this version does not know.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from checkpoints.base import CheckpointRecord
+from checkpoints.rows import damaged
+
+Interrupt = Literal["before", "after", "wait"]
+TaskKey = tuple[str, int]
+
+
+@dataclass(slots=True)
+class CheckpointExtra:
+    attempts: dict[str, int] = field(default_factory=dict)
+    """Nodes of the step that needed more than one attempt, with their attempts."""
+    cache_hits: list[str] = field(default_factory=list)
+    """Nodes of the step whose result came from the cache."""
+    compensates: tuple[int, str, int] | None = None
+    """On a compensation checkpoint: the task it undid (step, node, index)."""
+    carried: list[list[Any]] = field(default_factory=list)
+    """[node, index, update] of finished tasks that update_state carried onto this checkpoint
+    (the step it edits still runs its other tasks)."""
+    origin: str | None = None
+    """Set by update_state: the checkpoint the due tasks were scheduled at (their ids)."""
+    joins: dict[int, set[str]] = field(default_factory=dict)
+    """Progress of the graph's joins: join index -> sources seen."""
+    interrupt: Interrupt | None = None
+    """Why the run paused here: before the next tasks, after this step, waiting for events."""
+    waiting: list[tuple[str, int, str]] = field(default_factory=list)
+    """Tasks waiting in `wait_for`: (node, index, event)."""
+    answers: dict[TaskKey, list[Any]] = field(default_factory=dict)
+    """Events delivered to the due tasks, in order."""
+    other: dict[str, Any] = field(default_factory=dict)
+    """Keys this version does not know, kept as they are."""
+
+    def encode(self) -> str | None:
+        """The JSON text to store; None when there is nothing to say."""
+        out: dict[str, Any] = {}
+        if self.attempts:
+            out["attempts"] = self.attempts
+        if self.cache_hits:
+            out["cache_hits"] = self.cache_hits
+        if self.compensates is not None:
+            out["compensates"] = list(self.compensates)
+        if self.carried:
+            out["carried"] = self.carried
+        if self.origin is not None:
+            out["origin"] = self.origin
+        joins = {str(k): sorted(v) for k, v in self.joins.items() if v}
+        if joins:
+            out["joins"] = joins
+        if self.interrupt is not None:
+            out["interrupt"] = self.interrupt
+        if self.waiting:
+            out["waiting"] = [list(w) for w in self.waiting]
+        if self.answers:
+            out["answers"] = {f"{n}|{i}": v for (n, i), v in self.answers.items()}
+        out.update(self.other)
+        return json.dumps(out) if out else None
+
+    def metadata(self) -> dict[str, Any]:
+        """What `Snapshot.metadata` shows of it."""
+        shown: dict[str, Any] = {}
+        if self.attempts:
+            shown["attempts"] = self.attempts
+        if self.cache_hits:
+            shown["cache_hits"] = self.cache_hits
+        if self.compensates is not None:
+            shown["compensates"] = list(self.compensates)
+        if self.waiting:
+            shown["waits_for"] = [event for _, _, event in self.waiting]
+        return shown
+
+    def copy(self, **changes: Any) -> CheckpointExtra:
+        return replace(self, **changes)
+
+
+def decode_extra(text: str | None) -> CheckpointExtra:
+    """The typed form of stored extra JSON; ValueError (or a KeyError, TypeError) if it is
+    not what a run stores."""
+    if not text:
+        return CheckpointExtra()
+    raw = json.loads(text)
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    extra = CheckpointExtra()
+    for key, value in raw.items():
+        if key == "attempts":
+            extra.attempts = {str(k): int(v) for k, v in value.items()}
+        elif key == "cache_hits":
+            extra.cache_hits = [str(n) for n in value]
+        elif key == "compensates":
+            step, node, index = value
+            extra.compensates = (int(step), str(node), int(index))
+        elif key == "carried":
+            extra.carried = [list(w) for w in value]
+        elif key == "origin":
+            extra.origin = str(value)
+        elif key == "joins":
+            extra.joins = {int(k): set(v) for k, v in value.items()}
+        elif key == "interrupt":
+            if value not in ("before", "after", "wait"):
+                raise ValueError(f"unknown interrupt {value!r}")
+            extra.interrupt = value
+        elif key == "waiting":
+            extra.waiting = [(str(n), int(i), str(e)) for n, i, e in value]
+        elif key == "answers":
+            answers = {}
+            for task, values in value.items():
+                node, _, index = task.rpartition("|")
+                answers[(node, int(index))] = list(values)
+            extra.answers = answers
+        else:
+            extra.other[key] = value
+    return extra
+
+
+def extra_of(record: CheckpointRecord) -> CheckpointExtra:
+    """`record`'s extra data, typed; a `CheckpointError` naming it if it is damaged."""
+    try:
+        return decode_extra(record.extra)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise damaged(None, record.thread_id, record.id,
+                      f"its extra data is not what a run stores ({exc})") from None
