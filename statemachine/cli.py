@@ -63,7 +63,7 @@ import traceback
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -73,10 +73,9 @@ import click
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
-from checkpoints.base import FINISHED, Checkpointer, Removed
+from checkpoints.base import FINISHED, Checkpointer, CheckpointRecord, Removed, ThreadInfo
 from checkpoints.redaction import MASK, redact_dsn, secret_fragments
 
-from ._sync import run_sync
 from .compiled import CompiledGraph
 from .errors import (
     CheckpointError,
@@ -91,15 +90,18 @@ from .errors import (
 from .graph import StateGraph
 from .records import INPUT
 from .store_reader import (
+    DEFAULT_SCHEMA,
+    Store,
+    bind_graph,
+    checkpoint_rows,
     format_time,
     history_page,
-    open_read_only,
-    row_from_record,
-    row_from_snapshot,
-    stored_state,
+    listed,
+    location,
+    state_at,
     thread_row,
-    unmerged_state,
 )
+from .store_reader import open_store as open_location
 from .terminal import json_safe, safe, safe_console, visible
 from .types import Snapshot, StepEvent
 
@@ -366,53 +368,31 @@ Db = Path | str
 """A --db value: a SQLite file's path, or a PostgreSQL URL (text)."""
 
 
-@dataclass
-class Store:
-    """A checkpoint database opened for the command, closed when it ends."""
-
-    path: Db
-    saver: Any
-
-    def call(self, make: Callable[[], Any]) -> Any:
-        return run_sync(make)
-
-
 def open_store(db: Db, stack: contextlib.ExitStack, *, create: bool,
                read_only: bool = False, **options: Any) -> Store:
-    """Open `db`; unless `create`, a missing or empty file is an error and nothing is made.
-
-    A PostgreSQL URL opens the schema given by --schema; `read_only` opens it read-only (the
-    reading commands, with the synchronous page reads of `store_reader`), which neither
-    creates nor changes anything."""
-    from checkpoints import SQLiteCheckpointer
-
-    saver: Checkpointer
-    if isinstance(db, str):
-        from checkpoints import PostgresCheckpointer
-
-        try:
-            saver = open_read_only(db, schema=_schema()) if read_only else \
-                PostgresCheckpointer(db, schema=_schema(), **options)
-        except CheckpointError as exc:
-            raise CliError(str(exc), EXIT_NOT_FOUND if "cannot connect" in str(exc)
-                           else EXIT_USAGE) from exc
-        except ImportError as exc:
-            raise CliError(str(exc), EXIT_NOT_FOUND,
-                           hint="pip install 'statemachine[postgres]'") from exc
-        stack.callback(saver.close)
-        return Store(db, saver)
-    if not create:
+    """Open `db`, closed when `stack` is; unless `create`, a missing or empty file is an error
+    and nothing is made. A PostgreSQL URL opens the schema given by --schema; `read_only` (the
+    reading commands) neither creates nor changes anything."""
+    if isinstance(db, Path) and not create:
         if not db.exists():
-            raise CliError(f"no database file {str(db)!r}", EXIT_NOT_FOUND,
-                           hint="give the file a run wrote (statemachine run ... --db FILE)")
+            raise _no_file(db)
         if db.is_file() and db.stat().st_size == 0:
             raise CliError(f"{str(db)!r} is empty, not a checkpoint database", EXIT_USAGE)
     try:
-        saver = open_read_only(db) if read_only else SQLiteCheckpointer(db, **options)
+        store = open_location(db, schema=_schema(), read_only=read_only, **options)
     except CheckpointError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from exc
-    stack.callback(saver.close)
-    return Store(db, saver)
+        connect = isinstance(db, str) and "cannot connect" in str(exc)
+        raise CliError(str(exc), EXIT_NOT_FOUND if connect else EXIT_USAGE) from exc
+    except ImportError as exc:  # psycopg, which a PostgreSQL URL needs
+        raise CliError(str(exc), EXIT_NOT_FOUND,
+                       hint="pip install 'statemachine[postgres]'") from exc
+    stack.callback(store.close)
+    return store
+
+
+def _no_file(db: Path) -> CliError:
+    return CliError(f"no database file {str(db)!r}", EXIT_NOT_FOUND,
+                    hint="give the file a run wrote (statemachine run ... --db FILE)")
 
 
 def build_app(target: str, db: Db | None, stack: contextlib.ExitStack, *,
@@ -420,12 +400,14 @@ def build_app(target: str, db: Db | None, stack: contextlib.ExitStack, *,
     """The graph `target` names, compiled, on the database `db` when given."""
     graph = load_graph(target)
     saver = open_store(db, stack, create=create, **options).saver if db is not None else None
-    if isinstance(graph, CompiledGraph):
-        if saver is None:
-            return graph
-        return CompiledGraph(graph.spec, checkpointer=saver, name=graph.name)
+    return _bind(target, graph, saver)
+
+
+def _bind(target: str, graph: StateGraph | CompiledGraph,
+          saver: Checkpointer | None) -> CompiledGraph:
+    """`graph` (what `target` names) on `saver` (see `bind_graph`); CliError if invalid."""
     try:
-        return graph.compile(checkpointer=saver)
+        return bind_graph(graph, saver)
     except GraphValidationError as exc:
         raise _invalid(target, exc) from exc
 
@@ -478,12 +460,10 @@ def _with(options: Sequence[Callable[[T], T]]) -> Callable[[T], T]:
 def _parse_db(ctx: click.Context, param: click.Parameter, value: str | None) -> Db | None:
     if value is None:
         return None
-    from checkpoints import is_postgres_url
-
-    if not is_postgres_url(value):
-        return Path(value)
-    _PASSWORDS.update(secret_fragments(value))
-    return value
+    db = location(value)
+    if isinstance(db, str):
+        _PASSWORDS.update(secret_fragments(db))
+    return db
 
 
 def _remember_schema(ctx: click.Context, param: click.Parameter, value: str) -> None:
@@ -494,9 +474,6 @@ def _schema() -> str:
     context = click.get_current_context(silent=True)
     return context.meta.get("statemachine.schema", DEFAULT_SCHEMA) if context else \
         DEFAULT_SCHEMA
-
-
-DEFAULT_SCHEMA = "statemachine"
 
 DB_OPTION = _with([
     click.option("--db", callback=_parse_db, metavar="FILE|URL",
@@ -666,14 +643,14 @@ def _require_thread(app: CompiledGraph, thread: str, db: Db | None) -> None:
     try:
         app.get_state(thread)
     except ThreadNotFoundError:
-        known = [t.thread_id for t in app.threads()]
-        raise _no_thread(thread, known, db) from None
+        raise _no_thread(thread, app.threads(), db) from None
 
 
-def _no_thread(thread: str, known: Sequence[str], db: Db | None) -> CliError:
-    match = closest_name(thread, known)
+def _no_thread(thread: str, infos: Sequence[ThreadInfo], db: Db | None) -> CliError:
+    """The error for a thread the store does not hold, naming those it does (`infos`)."""
+    match = closest_name(thread, [t.thread_id for t in infos])
     where = f" in {_shown(db)!r}" if db is not None else ""
-    shown = [t for t in known if "::" not in t]
+    shown = [t.thread_id for t in listed(infos)]
     hint = "threads there: " + ", ".join(map(_id, shown[:10])) + \
         (" ..." if len(shown) > 10 else "") if shown else "the database holds no threads yet"
     return CliError(f"no thread {thread!r}{where}"
@@ -1031,7 +1008,7 @@ def resume(ctx: click.Context, target: str, db: Db | None, thread: str, event: s
             raise CliError("resume needs --db FILE (where the run is stored)", EXIT_USAGE)
         snapshot = _latest(app, thread)
         if snapshot is None:
-            raise _no_thread(thread, [t.thread_id for t in app.threads()], db)
+            raise _no_thread(thread, app.threads(), db)
         waits_for = snapshot.metadata.get("waits_for", []) \
             if snapshot.status == "interrupted" else []
         if waits_for and not (events and all(name in events for name in waits_for)):
@@ -1060,12 +1037,12 @@ def resume(ctx: click.Context, target: str, db: Db | None, thread: str, event: s
 
 # -- reading stored runs (no user code) -------------------------------------------------------
 
-def _newest_records(store: Store, thread: str, count: int) -> list[Any]:
+def _newest_records(store: Store, db: Db, thread: str, count: int = 1
+                    ) -> list[CheckpointRecord]:
     """The thread's `count` newest checkpoints; CliError naming the threads there if none."""
-    records = store.saver.list_sync(thread, limit=count)
+    records = store.records(thread, limit=count)
     if not records:
-        known = [t.thread_id for t in store.saver.threads_sync(limit=_KNOWN_THREADS)]
-        raise _no_thread(thread, known, store.path)
+        raise _no_thread(thread, store.threads(limit=_KNOWN_THREADS), db)
     return records
 
 
@@ -1112,12 +1089,9 @@ def threads(ctx: click.Context, db: Db | None, show_all: bool, as_json: bool, li
     db = _need_db(db)
     with contextlib.ExitStack() as stack, _library_errors():
         store = open_store(db, stack, create=False, read_only=True)
-        infos = store.saver.threads_sync(limit=limit + 1, offset=offset)
+        infos = store.threads(limit=limit + 1, offset=offset)
     more = len(infos) > limit
-    infos = infos[:limit]
-    if not show_all:
-        infos = [t for t in infos if "::" not in t.thread_id]
-    rows = [thread_row(t) for t in infos]
+    rows = [thread_row(t) for t in listed(infos[:limit], show_all=show_all)]
     footer = (lambda: _more(_reading_command(ctx, db, "threads", show_all=show_all,
                                              as_json=as_json, limit=limit),
                             "--offset", offset + limit, len(rows))) if more else (lambda: None)
@@ -1186,14 +1160,9 @@ def history(ctx: click.Context, db: Db | None, thread: str, target: str | None, 
     db = _need_db(db)
     with contextlib.ExitStack() as stack, _library_errors():
         store = open_store(db, stack, create=False, read_only=True)
-        _newest_records(store, thread, 1)
-        if target is not None:
-            app = build_app(target, db, stack, create=False)
-            snapshots = app.history(thread, limit=limit + 1, before=before)
-            rows = [row_from_snapshot(s) for s in snapshots[:limit]]
-            cursor = rows[-1]["checkpoint_id"] if len(snapshots) > limit else None
-        else:
-            rows, cursor = history_page(store.saver, thread, limit=limit, before=before)
+        _newest_records(store, db, thread)
+        app = _bind(target, load_graph(target), store.saver) if target is not None else None
+        rows, cursor = history_page(store, thread, limit=limit, before=before, app=app)
     footer = (lambda: _more(_reading_command(ctx, db, "history", as_json=as_json, limit=limit,
                                              thread=thread, graph=target),
                             "--before", cursor, len(rows))) if cursor else (lambda: None)
@@ -1259,37 +1228,29 @@ def show(db: Db | None, thread: str, checkpoint: str | None, target: str | None)
     err = _stderr()
     with contextlib.ExitStack() as stack, _library_errors():
         store = open_store(db, stack, create=False, read_only=True)
-        records = _newest_records(store, thread, 11)
-        chain = store.call(lambda: store.saver.load(thread, checkpoint))
+        records = _newest_records(store, db, thread, 11)
+        chain = store.load(thread, checkpoint)
         if chain is None:
             ids = ", ".join(r.id for r in records[:10])
             raise CliError(f"thread {thread!r} has no checkpoint {checkpoint!r}", EXIT_NOT_FOUND,
                            hint=f"its checkpoints, newest first: {ids}"
                                 f"{' ...' if len(records) > 10 else ''}")
         head = chain.head
-        by_id = {r.id: r for r in chain.records}
-        by_id.update((parent_id, outside.head) for parent_id, outside in
-                     store.saver.parents_outside_sync(thread, [head], by_id).items())
-        parent = by_id.get(head.parent_id) if head.parent_id else None
-        # the parent's pending writes too: a step's nodes are told from them
-        pending = store.saver.list_pending_sync([head.id, *([parent.id] if parent else [])])
-        row = row_from_record(head, parent, pending)
+        row = checkpoint_rows(store, thread, [head], chain.records)[0]
         err.print(Text(_summary(thread, row)), style="dim")
-        if head.snapshot is not None:
-            _echo_json(stored_state(head))
-            return
-        if target is not None:
-            app = build_app(target, db, stack, create=False)
-            _echo_json(_state_json(app.get_state(thread, head.id).state))
-            return
-        base = chain.records[0]
-        err.print(Text(
-            f"note: checkpoint {head.id} stores no snapshot, and without --graph the writes "
-            "cannot be merged (that needs the state's reducers). Printed: the state stored at "
-            f"checkpoint {base.id} (step {base.step}) and the raw writes since, as [node, "
-            "index, update]. Pass --graph MODULE:ATTRIBUTE for the exact state.",
-            style="yellow"))
-        _echo_json(unmerged_state(chain))
+        app = None
+        if head.snapshot is None and target is not None:  # user code only when needed
+            app = _bind(target, load_graph(target), store.saver)
+        state, exact = state_at(thread, chain, app)
+        if not exact:
+            base = chain.records[0]
+            err.print(Text(
+                f"note: checkpoint {head.id} stores no snapshot, and without --graph the writes "
+                "cannot be merged (that needs the state's reducers). Printed: the state stored "
+                f"at checkpoint {base.id} (step {base.step}) and the raw writes since, as "
+                "[node, index, update]. Pass --graph MODULE:ATTRIBUTE for the exact state.",
+                style="yellow"))
+        _echo_json(state)
 
 
 def _summary(thread: str, row: dict[str, Any]) -> str:
@@ -1416,11 +1377,11 @@ def jobs(db: Db | None, as_json: bool) -> None:
     with contextlib.ExitStack() as stack, _library_errors():
         store = open_store(db, stack, create=False, read_only=True)
         infos = store.call(store.saver.jobs)
-    rows = [{"thread_id": j.thread_id, "graph": j.graph, "status": j.status,
-             "attempts": j.attempts,
-             "max_attempts": j.max_attempts, "error": j.error,
-             "submitted": format_time(j.submitted_at),
-             "finished": format_time(j.finished_at) if j.finished_at else None} for j in infos]
+    rows: list[dict[str, Any]] = [
+        {"thread_id": j.thread_id, "graph": j.graph, "status": j.status,
+         "attempts": j.attempts, "max_attempts": j.max_attempts, "error": j.error,
+         "submitted": format_time(j.submitted_at),
+         "finished": format_time(j.finished_at) if j.finished_at else None} for j in infos]
     if as_json:
         _echo_json(rows)
         return
@@ -1525,14 +1486,6 @@ def _print_removed(db: Db, removed: Removed, *, doing: str, dry_run: bool,
         out.print(Text(f"note: {note}", style="yellow"))
 
 
-def _check_thread(store: Store, thread: str, db: Db) -> None:
-    """A CLI error naming the threads there are, with a close match, if `thread` has none."""
-    if not store.call(lambda: store.saver.list(thread, limit=1)):
-        known = [t.thread_id for t in store.call(lambda: store.saver.threads(
-            limit=_KNOWN_THREADS))]
-        raise _no_thread(thread, known, db)
-
-
 @cli.command(epilog=EPILOG)
 @DB_OPTION
 @click.option("--keep-last", type=click.IntRange(1), metavar="N",
@@ -1571,9 +1524,9 @@ def prune(db: Db | None, keep_last: int | None, thread: str | None,
     with contextlib.ExitStack() as stack, _library_errors():
         store = open_store(db, stack, create=False, read_only=dry_run)
         if thread is not None:
-            _check_thread(store, thread, db)
+            _newest_records(store, db, thread)
         if target is not None and keep_last is not None and not dry_run:
-            app = build_app(target, db, stack, create=False)
+            app = _bind(target, load_graph(target), store.saver)
             removed = app.prune(thread, keep_last=keep_last, finished_before=finished_before)
         else:
             removed = store.call(lambda: store.saver.prune(
@@ -1606,7 +1559,7 @@ def delete(db: Db | None, thread: str, dry_run: bool, as_json: bool) -> None:
         try:
             removed = store.call(lambda: store.saver.delete_thread(thread, dry_run=dry_run))
         except ThreadNotFoundError:
-            _check_thread(store, thread, db)
+            _newest_records(store, db, thread)
             raise
     _print_removed(db, removed, doing=f"delete thread {_id(thread)}", dry_run=dry_run,
                    as_json=as_json)
@@ -1647,19 +1600,11 @@ def ui(db: Db | None, target: str | None, host: str, port: int, allow_actions: b
         raise CliError(f"the viewer needs {exc.name or 'starlette and uvicorn'}",
                        EXIT_NOT_FOUND, hint="pip install 'statemachine[ui]'") from exc
     if isinstance(db, Path) and not db.is_file():
-        raise CliError(f"no database file {str(db)!r}", EXIT_NOT_FOUND,
-                       hint="give the file a run wrote (statemachine run ... --db FILE)")
+        raise _no_file(db)
     if allow_actions and target is None:
         raise CliError("--allow-actions needs --graph (resume and rollback run the graph)",
                        EXIT_USAGE)
-    graph = None
-    if target is not None:
-        graph = load_graph(target)
-        if isinstance(graph, StateGraph):
-            try:
-                graph = graph.compile()
-            except GraphValidationError as exc:
-                raise _invalid(target, exc) from exc
+    graph = _bind(target, load_graph(target), None) if target is not None else None
     with _library_errors():
         app = create_app(db, graph=graph, graph_name=target, allow_actions=allow_actions,
                          host=host, allow_hosts=allow_hosts, schema=_schema())
