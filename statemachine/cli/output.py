@@ -11,7 +11,7 @@ import json
 import os
 import shlex
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -20,6 +20,9 @@ from rich.text import Text
 from checkpoints.redaction import MASK
 
 from ..terminal import json_safe, safe, safe_console, visible
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 def err_console() -> Console:
@@ -75,6 +78,14 @@ def state_json(state: Any) -> Any:
 
 STATUS_STYLE = {"done": "green", "failed": "bold red", "interrupted": "yellow",
                 "running": "cyan", "compensated": "magenta"}
+
+
+def new_table() -> Table:
+    """A table as the commands print them: a rule under the header, no outer edges."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(box=box.SIMPLE_HEAD, show_edge=False)
 
 
 def print_errors(out: Console, errors: Sequence[tuple[str, str | None]]) -> None:

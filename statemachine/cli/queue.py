@@ -14,7 +14,15 @@ from ..store_reader import format_time
 from ..terminal import safe, visible
 from .errors import EPILOG, EXIT_USAGE, CliError, library_errors, setup_exit_code
 from .options import DB_OPTION, GRAPH_ARGUMENT, Db, json_object, need_db, shown_db
-from .output import STATUS_STYLE, echo_json, err_console, out_console, print_errors, show_id
+from .output import (
+    STATUS_STYLE,
+    echo_json,
+    err_console,
+    new_table,
+    out_console,
+    print_errors,
+    show_id,
+)
 from .stores import build_app, open_store
 
 
@@ -131,11 +139,8 @@ def jobs(db: Db | None, as_json: bool) -> None:
     if not rows:
         err_console().print(Text(f"no jobs in {shown_db(db)}"))
         return
-    from rich import box
-    from rich.table import Table
-
     out = out_console()
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    table = new_table()
     for name in ("thread", "graph", "status", "attempts", "submitted", "finished"):
         table.add_column(name, overflow="fold")
     for row in rows:

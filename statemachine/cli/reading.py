@@ -26,6 +26,7 @@ from .output import (
     STATUS_STYLE,
     echo_json,
     err_console,
+    new_table,
     out_console,
     print_errors,
     shell_word,
@@ -70,12 +71,9 @@ def threads(ctx: click.Context, db: Db | None, show_all: bool, as_json: bool, li
                                                                     if offset else "")))
         footer()
         return
-    from rich import box
-    from rich.table import Table
-
     out = out_console()
     out.print(Text(f"threads in {shown_db(db)}", style="bold"))
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    table = new_table()
     table.add_column("thread", overflow="fold", min_width=8)
     for name, justify in (("status", "left"), ("step", "right"), ("checkpoint", "right"),
                           ("updated", "left")):
@@ -125,12 +123,9 @@ def history(ctx: click.Context, db: Db | None, thread: str, target: str | None, 
         err_console().print(Text(f"thread {show_id(thread)} has no checkpoint older than "
                                  f"{show_id(str(before))}"))
         return
-    from rich import box
-    from rich.table import Table
-
     out = out_console()
     out.print(Text(f"thread {show_id(thread)} in {shown_db(db)}", style="bold"))
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    table = new_table()
     for name, justify, wrap in (("id", "right", False), ("step", "right", False),
                                 ("kind", "left", False), ("nodes", "left", True),
                                 ("status", "left", True), ("next", "left", True),

@@ -15,7 +15,7 @@ from ..errors import ThreadNotFoundError
 from ..terminal import safe, visible
 from .errors import EPILOG, EXIT_USAGE, CliError, library_errors
 from .options import DB_OPTION, Db, need_db, shown_db
-from .output import echo_json, err_console, out_console, show_id
+from .output import echo_json, err_console, new_table, out_console, show_id
 from .stores import bind_target, newest_records, open_store
 from .targets import load_graph
 
@@ -126,10 +126,7 @@ def _print_removed(db: Db, removed: Removed, *, doing: str, dry_run: bool,
     gone = set(removed.threads)
     names = [*removed.checkpoints, *(t for t in removed.threads if t not in removed.checkpoints)]
     if names:
-        from rich import box
-        from rich.table import Table
-
-        table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+        table = new_table()
         table.add_column("thread", overflow="fold", min_width=8)
         table.add_column("checkpoints " + verb, justify="right", no_wrap=True)
         table.add_column("kept", justify="right", no_wrap=True)
