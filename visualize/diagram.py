@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from statemachine._sync import run_sync
 from statemachine.constants import END, START
-from statemachine.store_reader import history_rows
+from statemachine.store_reader import Store, history_rows
 
 MARKERS = {"retry": "↻", "timeout": "⏱", "cache": "⚡", "compensate": "↩",
            "interrupt_before": "⏸", "interrupt_after": "⏸", "capture": "⚠"}
@@ -111,12 +110,12 @@ def build(app: Any, *, thread_id: str | None = None, xray: bool = False,
 def _stored_run(app: Any, thread_id: str) -> list[dict[str, Any]]:
     """The thread's checkpoints as stored, oldest first: which nodes ran, what was next, the
     status. Read from the records alone; no state is rebuilt."""
-    saver = app.checkpointer.in_caller_thread() if app.checkpointer is not None else None
-    records = run_sync(lambda: saver.list(thread_id)) if saver is not None else []
+    store = Store(app.checkpointer.in_caller_thread()) if app.checkpointer is not None else None
+    records = store.records(thread_id) if store is not None else []
     if not records:
         app.history(thread_id)  # raises the error that says why there is nothing to draw
-    assert saver is not None
-    pending = run_sync(lambda: saver.list_pending([r.id for r in records]))
+    assert store is not None
+    pending = store.pending([r.id for r in records])
     return list(reversed(history_rows(records, pending)))
 
 

@@ -41,10 +41,20 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from checkpoints.redaction import redact_dsn
-from statemachine.checkpoint_extra import extra_of
+from statemachine.compiled import CompiledGraph
 from statemachine.errors import StateMachineError
 from statemachine.records import stored_writes
-from statemachine.store_reader import open_read_only, row_from_record, thread_row, unmerged_state
+from statemachine.store_reader import (
+    DEFAULT_SCHEMA,
+    Store,
+    bind_graph,
+    checkpoint_rows,
+    listed,
+    location,
+    open_store,
+    state_at,
+    thread_row,
+)
 
 from .guards import HostGuard, SecurityHeaders, allowed_hosts, check_action_request, is_loopback
 from .svg import UnsafeSvgError, sanitize_svg
@@ -93,40 +103,28 @@ class Viewer:
     """What the endpoints read: the read-only store, and the graph when one was given."""
 
     def __init__(self, db: str | Path, *, graph: Any = None, graph_name: str | None = None,
-                 allow_actions: bool = False, schema: str = "statemachine") -> None:
-        from checkpoints import is_postgres_url
-
-        self.db: str | Path = db if isinstance(db, str) and is_postgres_url(db) else Path(db)
+                 allow_actions: bool = False, schema: str = DEFAULT_SCHEMA) -> None:
+        self.db = location(db)
         self.schema = schema
-        self.store = open_read_only(self.db, schema=schema)
+        self.store = open_store(self.db, schema=schema)
         self.graph_name = graph_name
         self.allow_actions = allow_actions
-        self.app = None  # the graph over the read-only store (history, get_state, diagram)
-        self._graph = graph
-        self._actions_app: Any = None
-        if graph is not None:
-            from statemachine.compiled import CompiledGraph
-
-            spec = graph.spec if isinstance(graph, CompiledGraph) else graph.compile().spec
-            name = graph.name if isinstance(graph, CompiledGraph) else None
-            self.app = CompiledGraph(spec, checkpointer=self.store, name=name)
+        # the graph over the read-only store (history, get_state, diagram)
+        self.app = bind_graph(graph, self.store.saver) if graph is not None else None
+        self._actions_app: CompiledGraph | None = None
+        self._writer: Store | None = None  # the store actions write to
 
     def close(self) -> None:
         self.store.close()
-        if self._actions_app is not None:
-            self._actions_app.checkpointer.close()
+        if self._writer is not None:
+            self._writer.close()
 
-    def actions_app(self) -> Any:
+    def actions_app(self) -> CompiledGraph:
         """The graph on a writing checkpointer (made on the first action)."""
         if self._actions_app is None:
-            from checkpoints import open_checkpointer
-            from statemachine.compiled import CompiledGraph
-
             assert self.app is not None
-            options = {"schema": self.schema} if isinstance(self.db, str) else {}
-            self._actions_app = CompiledGraph(self.app.spec, name=self.app.name,
-                                              checkpointer=open_checkpointer(str(self.db),
-                                                                             **options))
+            self._writer = open_store(self.db, schema=self.schema, read_only=False)
+            self._actions_app = bind_graph(self.app, self._writer.saver)
         return self._actions_app
 
     # -- reads (synchronous: the endpoints run them in the thread pool) ---------------------
@@ -137,7 +135,7 @@ class Viewer:
         earlier answer), only the threads changed after it, whatever their status (the page
         drops those its filter no longer takes). `version` changes whenever any thread does.
         """
-        infos = [t for t in self.store.threads_sync() if show_all or "::" not in t.thread_id]
+        infos = listed(self.store.threads(), show_all=show_all)
         matching = [t for t in infos if status is None or t.status == status]
         if since is None:
             chosen = matching[offset:offset + limit]
@@ -153,7 +151,7 @@ class Viewer:
 
     def latest(self, thread_id: str) -> Any:
         """The thread's latest checkpoint record; 404 when there is no such thread."""
-        records = self.store.list_sync(thread_id, limit=1)
+        records = self.store.records(thread_id, limit=1)
         if not records:
             raise HTTPException(404, f"no thread {thread_id!r}")
         return records[0]
@@ -161,7 +159,7 @@ class Viewer:
     def head(self, thread_id: str, latest: Any) -> dict[str, Any] | None:
         """The thread as the list shows it. Threads are listed by their last change, which
         is never before their latest checkpoint: only those changed since are read."""
-        infos = self.store.threads_sync(updated_since=latest.created_at - SINCE_MARGIN)
+        infos = self.store.threads(updated_since=latest.created_at - SINCE_MARGIN)
         info = next((t for t in infos if t.thread_id == thread_id), None)
         return thread_row(info) if info is not None else None
 
@@ -170,7 +168,7 @@ class Viewer:
         the latest checkpoint, its pending writes (parallel nodes finish one by one), the
         thread's status, last change and liveness."""
         latest = self.latest(thread_id)
-        pending = self.store.list_pending_sync([latest.id]).get(latest.id, [])
+        pending = self.store.pending([latest.id]).get(latest.id, [])
         head = self.head(thread_id, latest)
         parts = (latest.id, latest.status, len(pending), head and head["status"],
                  head and head["updated_at"], head and head["busy"])
@@ -184,71 +182,43 @@ class Viewer:
         changed too); `gap` says there were more than `limit`, so the page should start over.
         """
         version, latest, head = self.version(thread_id)
-        records = self.store.list_sync(thread_id, limit=limit + 1, before=before)
+        records = self.store.records(thread_id, limit=limit + 1, before=before)
         page, more, gap = records[:limit], len(records) > limit, False
         if since is not None:
             gap = more and bool(page) and int(page[-1].id) > int(since)
             page, more = [r for r in page if int(r.id) >= int(since)], False
-        return {"thread": head, "checkpoints": self._rows(thread_id, page, records),
+        return {"thread": head,
+                "checkpoints": checkpoint_rows(self.store, thread_id, page, records,
+                                               timings=True),
                 "before": page[-1].id if more and page else None, "gap": gap,
                 "latest": latest.id, "graph": self.graph_name,
                 "allow_actions": self.allow_actions, "version": version}
 
-    def _rows(self, thread_id: str, page: list[Any], read: list[Any]) -> list[dict[str, Any]]:
-        """History rows of `page`, with retries, cache hits and durations; the parents the
-        page points to outside what was `read` are loaded (`parents_outside`)."""
-        by_id = {r.id: r for r in read}
-        by_id.update((parent_id, chain.head) for parent_id, chain in
-                     self.store.parents_outside_sync(thread_id, page, by_id).items())
-        pending = self.store.list_pending_sync([*by_id]) if page else {}
-        rows = []
-        for record in page:
-            parent = by_id.get(record.parent_id) if record.parent_id else None
-            row = row_from_record(record, parent, pending)
-            extra = extra_of(record)
-            row["attempts"] = extra.attempts
-            row["cache_hits"] = extra.cache_hits
-            row["duration"] = record.created_at - parent.created_at if parent else None
-            rows.append(row)
-        return rows
-
     def checkpoint(self, thread_id: str, checkpoint_id: str) -> dict[str, Any]:
+        """The state at a checkpoint (exact, or the nearest stored state and the writes since),
+        what its step wrote, its pending writes, and what changed from its parent's state."""
         self.latest(thread_id)
-        record, parent = self._record(thread_id, checkpoint_id), None
-        if record is None:
+        chain = self.store.load(thread_id, checkpoint_id)
+        if chain is None:
             raise HTTPException(404, f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
-        if record.parent_id:
-            parent = self._record(thread_id, record.parent_id)
-        pending = self.store.list_pending_sync([record.id, *([parent.id] if parent else [])])
+        record = chain.head
+        before = self.store.load(thread_id, record.parent_id) if record.parent_id else None
+        parent = before.head if before is not None else None
+        pending = self.store.pending([record.id, *([parent.id] if parent else [])])
         result: dict[str, Any] = {
             "checkpoint_id": record.id, "parent_id": record.parent_id, "step": record.step,
             "status": record.status, "error": record.error,
             "writes": stored_writes(record, parent, pending),
             "pending_writes": {w.node: json.loads(w.writes)
                                for w in pending.get(record.id, [])}}
-        state, exact = self._state(thread_id, record)
+        state, exact = state_at(thread_id, chain, self.app)
         result["state"], result["exact"] = state, exact
-        if parent is None:
+        if before is None:
             result["diff"] = None
         else:
-            before, before_exact = self._state(thread_id, parent)
-            result["diff"] = json_diff(before, state) if exact and before_exact else None
+            earlier, earlier_exact = state_at(thread_id, before, self.app)
+            result["diff"] = json_diff(earlier, state) if exact and earlier_exact else None
         return result
-
-    def _record(self, thread_id: str, checkpoint_id: str) -> Any:
-        chain = self.store.load_sync(thread_id, checkpoint_id)
-        return chain.head if chain is not None else None
-
-    def _state(self, thread_id: str, record: Any) -> tuple[Any, bool]:
-        """The state at `record`, and whether it is exact (else: unmerged, see below)."""
-        if record.snapshot is not None:
-            return json.loads(record.snapshot), True
-        if self.app is not None:
-            snapshot = self.app.get_state(thread_id, record.id)
-            return snapshot.state.model_dump(mode="json"), True
-        chain = self.store.load_sync(thread_id, record.id)
-        assert chain is not None
-        return unmerged_state(chain), False
 
     def diagram(self, thread_id: str) -> bytes:
         import visualize
@@ -307,7 +277,7 @@ def _checkpoint_param(query: Any, name: str) -> str | None:
 
 def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = None,
                allow_actions: bool = False, host: str = "127.0.0.1",
-               allow_hosts: Iterable[str] = (), schema: str = "statemachine") -> Starlette:
+               allow_hosts: Iterable[str] = (), schema: str = DEFAULT_SCHEMA) -> Starlette:
     """The viewer as an ASGI application (uvicorn runs it: see `statemachine ui`). `db` is a
     SQLite file or a PostgreSQL URL (tables in `schema`).
 
