@@ -20,12 +20,14 @@ from .errors import ThreadBusyError
 
 DEFAULT_LEASE_SECONDS = 30.0
 
-Status = Literal["running", "done", "failed", "interrupted", "compensated"]
+Status = Literal["running", "done", "failed", "interrupted", "compensated", "rollback_failed"]
 """A checkpoint's status: its step is running (or its run crashed there), the run is done,
-a node failed, the run paused (an interrupt or `wait_for`), or a rollback undid the run."""
+a node failed, the run paused (an interrupt or `wait_for`), a rollback undid the run, or a
+rollback stopped at a compensation that failed (rolling back again continues it)."""
 
 FINISHED: frozenset[str] = frozenset({"done", "compensated"})
-"""Statuses of a thread whose run is over: it takes new input; any other is resumed."""
+"""Statuses of a thread whose run is over: it takes new input; any other is continued
+(resumed, or rolled back further)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,9 @@ class CheckpointExtra:
     """Nodes of the step whose result came from the cache."""
     compensates: tuple[int, str, int] | None = None
     """On a compensation checkpoint: the task it undid (step, node, index)."""
+    undo_failed: tuple[int, str, int] | None = None
+    """On a checkpoint where a rollback stopped: the task whose compensation failed (its error
+    is the checkpoint's error)."""
     carried: list[list[Any]] = field(default_factory=list)
     """[node, index, update] of finished tasks that update_state carried onto this checkpoint
     (the step it edits still runs its other tasks)."""
@@ -51,6 +54,8 @@ class CheckpointExtra:
             out["cache_hits"] = self.cache_hits
         if self.compensates is not None:
             out["compensates"] = list(self.compensates)
+        if self.undo_failed is not None:
+            out["undo_failed"] = list(self.undo_failed)
         if self.carried:
             out["carried"] = self.carried
         if self.origin is not None:
@@ -76,6 +81,8 @@ class CheckpointExtra:
             shown["cache_hits"] = self.cache_hits
         if self.compensates is not None:
             shown["compensates"] = list(self.compensates)
+        if self.undo_failed is not None:
+            shown["undo_failed"] = list(self.undo_failed)
         if self.waiting:
             shown["waits_for"] = [event for _, _, event in self.waiting]
         return shown
@@ -101,6 +108,9 @@ def decode_extra(text: str | None) -> CheckpointExtra:
         elif key == "compensates":
             step, node, index = value
             extra.compensates = (int(step), str(node), int(index))
+        elif key == "undo_failed":
+            step, node, index = value
+            extra.undo_failed = (int(step), str(node), int(index))
         elif key == "carried":
             extra.carried = [list(w) for w in value]
         elif key == "origin":

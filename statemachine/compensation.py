@@ -3,11 +3,15 @@
 Each compensation runs in reverse order of completion and commits its own checkpoint (kind
 "compensation", recording which task it undid), so a rollback that crashes half-way resumes
 where it stopped and never undoes a task twice once that undo is committed. The last one marks
-the thread "compensated"; rolling back again does nothing.
+the thread "compensated"; rolling back again does nothing. A compensation that raises stops the
+rollback on a checkpoint of its own, status "rollback_failed", with the compensation's error;
+rolling back again continues from there. A compensation gets the task id of the task it undoes
+(`RunContext.task_id`), so a ledger keyed by task id finds the entry to undo.
 """
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -60,8 +64,11 @@ async def _rollback(executor: Executor, thread_id: str, saver: Checkpointer,
     failed = next(r for r in reversed(line) if r.kind != "compensation")
     completed: list[TaskRef] = [(step, node, index) for step, node, index, _ in writes]
     undone: set[TaskRef] = set()
-    for record in line:
-        if record.kind == "compensation":
+    origins = {failed.step: extra_of(failed).origin or failed.id}
+    for parent, record in pairwise(line):
+        if record.kind == "step":
+            origins[parent.step] = extra_of(parent).origin or parent.id
+        elif record.kind == "compensation":
             undid = extra_of(record).compensates
             if undid is not None:
                 undone.add(undid)
@@ -80,10 +87,17 @@ async def _rollback(executor: Executor, thread_id: str, saver: Checkpointer,
     todo = [t for t in reversed(completed)
             if t[1] in spec.nodes and spec.nodes[t[1]].compensate is not None and t not in undone]
     head_id = head.id
-    for position, (step, node, index) in enumerate(todo):
-        state, head_id = await _compensate_one(
-            executor, saver, owner, thread_id, state, head_id, failed, (step, node, index),
-            last=position == len(todo) - 1, carried_in=carried_in if position == 0 else [])
+    for position, task in enumerate(todo):
+        carried = carried_in if position == 0 else []
+        try:
+            state, head_id = await _compensate_one(
+                executor, saver, owner, thread_id, state, head_id, failed, task,
+                origins.get(task[0], failed.id), last=position == len(todo) - 1,
+                carried_in=carried)
+        except Exception as exc:
+            await _stopped(executor, saver, owner, thread_id, state, head_id, failed, task, exc,
+                           carried)
+            raise
     if not todo:
         await saver.put(thread_id, owner, NewCheckpoint(
             parent_id=head_id, step=failed.step, kind="compensation", status="compensated",
@@ -94,16 +108,15 @@ async def _rollback(executor: Executor, thread_id: str, saver: Checkpointer,
 
 async def _compensate_one(executor: Executor, saver: Checkpointer, owner: Owner, thread_id: str,
                           state: BaseModel, head_id: str, failed: CheckpointRecord,
-                          task: TaskRef, *, last: bool,
+                          task: TaskRef, origin: str, *, last: bool,
                           carried_in: list[tuple[str, int, str]]) -> tuple[BaseModel, str]:
     step, node, index = task
     spec = executor.spec
     compensate = spec.nodes[node].compensate
     assert compensate is not None
     args: tuple[Any, ...] = (state,)
-    if compensate.wants_context:
-        args = (state, RunContext(thread_id, step, node,
-                                  task_id(thread_id, failed.id, node, index, "compensate")))
+    if compensate.wants_context:  # the id of the task it undoes: a ledger keyed by it is found
+        args = (state, RunContext(thread_id, step, node, task_id(thread_id, origin, node, index)))
     try:
         result = await call_user_function(compensate, args, inline=False)
     except Exception as exc:
@@ -123,6 +136,19 @@ async def _compensate_one(executor: Executor, saver: Checkpointer, owner: Owner,
         extra=CheckpointExtra(compensates=(step, node, index)).encode(),
         error=failed.error))
     return state, new_id
+
+
+async def _stopped(executor: Executor, saver: Checkpointer, owner: Owner, thread_id: str,
+                   state: BaseModel, head_id: str, failed: CheckpointRecord, task: TaskRef,
+                   exc: Exception, carried_in: list[tuple[str, int, str]]) -> None:
+    """Record where the rollback stopped: a checkpoint with the compensation's own error
+    (status "rollback_failed"), which `rollback` continues from and `resume` explains."""
+    schema = executor.spec.schema
+    await saver.put(thread_id, owner, NewCheckpoint(
+        parent_id=head_id, step=failed.step, kind="compensation", status="rollback_failed",
+        next="[]", writes=schema.encode_writes(carried_in) if carried_in else None,
+        snapshot=schema.encode_state(state), extra=CheckpointExtra(undo_failed=task).encode(),
+        error=f"{type(exc).__name__}: {exc}"))
 
 
 def current_run(records: list[CheckpointRecord]) -> list[CheckpointRecord]:

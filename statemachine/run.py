@@ -160,6 +160,8 @@ class Run:
         self.committer.replay = cost
         head = chain.head
         extra = extra_of(head)
+        if head.status == "rollback_failed" and checkpoint_id is None:
+            raise ThreadStateError(rollback_stopped_message(head, extra))
         if input is not None:
             if checkpoint_id is None and head.status not in FINISHED:
                 raise ThreadStateError(_unfinished_message(head))
@@ -407,6 +409,20 @@ def _unfinished_message(head: CheckpointRecord) -> str:
             "would drop its pending work. Continue it with app.resume(thread_id) (after "
             "app.update_state(...) if the state needs fixing), or start a new branch from a "
             "checkpoint with invoke(input, thread_id=..., checkpoint_id=...).")
+
+
+def rollback_stopped_message(head: CheckpointRecord, extra: CheckpointExtra) -> str:
+    """Why a thread whose rollback stopped takes neither resume nor new input."""
+    where = ""
+    if extra.undo_failed is not None:
+        step, node, _ = extra.undo_failed
+        where = f" at the compensation of node {node!r} (step {step})"
+    return (f"thread {head.thread_id!r} was being rolled back and the rollback stopped{where}: "
+            f"{head.error}. Its run is undone only in part, so it can neither resume nor take "
+            f"new input. Fix the cause, then continue the rollback with "
+            f"app.rollback({head.thread_id!r}) (statemachine rollback --thread "
+            f"{head.thread_id} ...); or start a new branch from an earlier checkpoint with "
+            "invoke(input, thread_id=..., checkpoint_id=...).")
 
 
 def not_found(thread_id: str, checkpoint_id: str | None) -> ThreadNotFoundError:

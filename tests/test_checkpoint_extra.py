@@ -21,6 +21,7 @@ extras = st.builds(
     attempts=st.dictionaries(names, st.integers(2, 9), max_size=3),
     cache_hits=st.lists(names, max_size=3, unique=True),
     compensates=st.none() | st.tuples(st.integers(0, 99), names, st.integers(0, 9)),
+    undo_failed=st.none() | st.tuples(st.integers(0, 99), names, st.integers(0, 9)),
     carried=st.lists(st.tuples(names, st.integers(0, 9), st.dictionaries(names, jsonable))
                      .map(list), max_size=3),
     origin=st.none() | names,

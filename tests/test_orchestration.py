@@ -835,8 +835,20 @@ def test_a_rollback_that_crashes_resumes_without_repeating_committed_compensatio
         app.rollback("t")
     assert "rollback again" in "\n".join(getattr(info.value, "__notes__", []))
     snap = app.get_state("t")
-    assert snap.status == "failed"  # not compensated yet
+    assert snap.status == "rollback_failed"  # not compensated yet
     assert snap.state.log[-1] == "undo charge"
+    # the compensation's own error is kept, and where the rollback stopped
+    assert snap.error == "ConnectionError: undo reserve crashed"
+    assert snap.metadata["undo_failed"] == [0, "reserve", 0]
+    assert any("ship failed" in (s.error or "") for s in app.history("t") if s.kind == "step")
+    # resume and new input explain themselves instead of doing nothing
+    with pytest.raises(ThreadStateError, match=r"rollback stopped at the compensation of node "
+                       r"'reserve' \(step 0\): ConnectionError: undo reserve crashed.*"
+                       r"app.rollback\('t'\)"):
+        app.resume("t")
+    with pytest.raises(ThreadStateError, match="rollback stopped"):
+        app.invoke({}, thread_id="t")
+    assert app.get_state("t").checkpoint_id == snap.checkpoint_id
 
     final = g.compile(checkpointer=store.open()).rollback("t")
     assert undone == ["undo charge", "undo reserve crashed", "undo reserve"]
@@ -875,7 +887,8 @@ def test_on_failure_compensate_with_a_crashing_compensation_then_rollback(store)
     app = g.compile(checkpointer=store.open(), on_failure="compensate")
     with pytest.raises(ConnectionError, match="undo charge crashed"):
         app.invoke({}, thread_id="t")
-    assert app.get_state("t").status == "failed"
+    assert app.get_state("t").status == "rollback_failed"
+    assert app.get_state("t").error == "ConnectionError: undo charge crashed"
     g.compile(checkpointer=store.open(), on_failure="compensate").rollback("t")
     assert undone == ["undo charge crashed", "undo charge", "undo reserve"]
     assert app.get_state("t").status == "compensated"
@@ -999,8 +1012,14 @@ def test_a_compensation_gets_a_stable_run_context(store):
             crashed.append(True)
             raise ConnectionError("payment gateway down")
 
-    g = chain(("charge", appender("charge")), ("ship", flaky(9, ValueError, name="ship")[0]),
-              charge={"compensate": refund})
+    charged: list[RunContext] = []
+
+    def charge(state: S, context: RunContext) -> dict[str, Any]:
+        charged.append(context)
+        return {"log": ["charge"]}
+
+    g = chain(("pick", appender("pick")), ("charge", charge),
+              ("ship", flaky(9, ValueError, name="ship")[0]), charge={"compensate": refund})
     app = g.compile(checkpointer=store.open())
     with pytest.raises(ValueError):
         app.invoke({}, thread_id="t")
@@ -1008,8 +1027,10 @@ def test_a_compensation_gets_a_stable_run_context(store):
         app.rollback("t")
     g.compile(checkpointer=store.open()).rollback("t")
     first, second = contexts
-    assert first.node == "charge" and first.thread_id == "t" and first.step == 0
+    assert first.node == "charge" and first.thread_id == "t" and first.step == 1
     assert first.task_id == second.task_id and len(first.task_id) == 32
+    # the id of the task it undoes: a ledger keyed by task id finds the entry
+    assert first.task_id == charged[0].task_id
 
 
 def test_each_send_task_is_compensated_once_in_reverse_order(store):

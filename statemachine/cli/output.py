@@ -77,7 +77,7 @@ def state_json(state: Any) -> Any:
 
 
 STATUS_STYLE = {"done": "green", "failed": "bold red", "interrupted": "yellow",
-                "running": "cyan", "compensated": "magenta"}
+                "running": "cyan", "compensated": "magenta", "rollback_failed": "bold red"}
 
 
 def new_table() -> Table:

@@ -29,7 +29,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -40,6 +40,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from checkpoints.base import Status
 from checkpoints.redaction import redact_dsn
 from statemachine.compiled import CompiledGraph
 from statemachine.errors import StateMachineError
@@ -60,7 +61,7 @@ from .guards import HostGuard, SecurityHeaders, allowed_hosts, check_action_requ
 from .svg import UnsafeSvgError, sanitize_svg
 
 STATIC = Path(__file__).resolve().parent / "static"
-STATUSES = ("running", "done", "failed", "interrupted", "compensated")
+STATUSES: tuple[str, ...] = get_args(Status)
 _BAD_ID = re.compile(r"[\x00-\x1f\x7f/\\]")
 PAGE, MAX_PAGE = 100, 1000  # rows per page: by default, and at most
 SINCE_MARGIN = 2.0  # seconds a poll looks back before its cursor (see Viewer.threads)
