@@ -231,6 +231,19 @@ class CompiledGraph:
         return await self._executor.update_state(thread_id, values, as_node=as_node,
                                                  checkpoint_id=checkpoint_id)
 
+    def fork(self, thread_id: str, checkpoint_id: str, *,
+             to_thread: str | None = None) -> Snapshot[Any]:
+        """Branch off at an older checkpoint, paused before the tasks that were due there:
+        `resume` runs them again (a thread poisoned by a bad event or a bad update is saved
+        this way). The fork becomes the thread's head, its newer checkpoints kept in history;
+        with `to_thread` it starts a new thread instead, leaving this one as it is."""
+        return run_sync(lambda: self._executor.fork(thread_id, checkpoint_id,
+                                                    to_thread=to_thread, blocking=True))
+
+    async def afork(self, thread_id: str, checkpoint_id: str, *,
+                    to_thread: str | None = None) -> Snapshot[Any]:
+        return await self._executor.fork(thread_id, checkpoint_id, to_thread=to_thread)
+
     def threads(self) -> list[ThreadInfo]:
         """Every thread in the checkpointer's store with its status, newest first."""
         return run_sync(lambda: self._executor.threads(blocking=True))

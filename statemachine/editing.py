@@ -97,3 +97,47 @@ async def update_state(executor: Executor, thread_id: str, values: Any, *,
         raise
     await saver.release(thread_id, owner)
     return await executor.get_state(thread_id, new_id, blocking=blocking)
+
+
+async def fork(executor: Executor, thread_id: str, checkpoint_id: str, *,
+               to_thread: str | None = None, blocking: bool = False) -> Snapshot:
+    """Branch off a thread at an older checkpoint, paused before that checkpoint's due tasks:
+    `resume` then runs them again. On the same thread the fork becomes its head (the newer
+    checkpoints stay in its history); with `to_thread`, a new thread starts from the state at
+    the checkpoint and the source thread is left as it was."""
+    saver = executor.require_saver("fork a thread", blocking)
+    target = to_thread if to_thread is not None else thread_id
+    if to_thread is not None:
+        if not isinstance(to_thread, str) or not to_thread:
+            raise ThreadStateError(f"fork(to_thread={to_thread!r}): name the new thread with "
+                                   "non-empty text.")
+        if await saver.list(to_thread, limit=1):
+            raise ThreadStateError(
+                f"thread {to_thread!r} already exists; fork to a new thread id, or delete that "
+                f"thread first (app.delete_thread({to_thread!r})).")
+    owner = Owner.new()
+    await saver.acquire(target, owner)
+    try:
+        loaded = await executor.load_state(saver, thread_id, checkpoint_id, own=False)
+        if loaded is None:
+            raise not_found(thread_id, checkpoint_id)
+        state, chain, cost = loaded
+        source = chain.head
+        if source.thread_id != thread_id:  # a subgraph's checkpoint reached through its parent
+            raise not_found(thread_id, checkpoint_id)
+        extra = CheckpointExtra(joins=extra_of(source).joins,
+                                interrupt="before" if source.next != "[]" else None)
+        encoded = executor.spec.schema.encode_state(state)
+        snapshot: str | None = encoded
+        if to_thread is None and cost is not None and not cost.due(0, 0, saver.keep_last):
+            snapshot = None  # rebuilt from the checkpoint it forks, as that one is
+        created = time.time()
+        new_id = await saver.put(target, owner, NewCheckpoint(
+            parent_id=source.id if to_thread is None else None, step=source.step, kind="fork",
+            status="interrupted" if source.next != "[]" else "done", next=source.next,
+            snapshot=snapshot, extra=extra.encode(), created_at=created))
+    except BaseException as exc:
+        await release_after(saver, target, owner, exc)
+        raise
+    await saver.release(target, owner)
+    return await executor.get_state(target, new_id, blocking=blocking)

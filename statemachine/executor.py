@@ -155,6 +155,11 @@ class Executor:
     async def threads(self, *, blocking: bool = False) -> list[Any]:
         return await self.require_saver("list threads", blocking).threads()
 
+    async def fork(self, thread_id: str, checkpoint_id: str, *, to_thread: str | None = None,
+                   blocking: bool = False) -> Snapshot:
+        return await editing.fork(self, thread_id, checkpoint_id, to_thread=to_thread,
+                                  blocking=blocking)
+
     # -- retention (see pruning) ----------------------------------------------------------
 
     async def delete_thread(self, thread_id: str, *, dry_run: bool = False,

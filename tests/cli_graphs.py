@@ -9,6 +9,8 @@
 - `approval`: submit -> approve, which waits for the "approval" event.
 - `reviewed`: `passing` compiled with interrupt_before=["finish"].
 - `saga`: book (compensated by cancel) -> charge, which fails like flaky's.
+- `trip`: hotel -> flight -> pay, hotel and flight compensated. `pay` fails while the state
+  is `poisoned`; cancelling the flight fails while the file named by `airline_down` exists.
 - `slow`: one async node that waits until the file named by `flag` exists (up to 30 s).
 - `unmapped`: valid, but its router has no path map (a compile warning).
 - `invalid`: a StateGraph with several problems (compile() refuses it).
@@ -130,6 +132,35 @@ saga.add_node(charge)
 saga.add_edge(START, "book")
 saga.add_edge("book", "charge")
 saga.add_edge("charge", END)
+
+
+class TripState(BaseModel):
+    log: Annotated[list[str], operator.add] = []
+    poisoned: bool = False
+    airline_down: str = ""
+
+
+def pay(state: TripState) -> dict:
+    if state.poisoned:
+        raise ValueError("card declined: the order was poisoned")
+    return {"log": ["pay"]}
+
+
+def cancel_flight(state: TripState) -> dict:
+    if state.airline_down and Path(state.airline_down).exists():
+        raise ConnectionError("airline API down")
+    return {"log": ["cancel flight"]}
+
+
+trip = StateGraph(TripState)
+trip.add_node("hotel", lambda state: {"log": ["hotel"]},
+              compensate=lambda state: {"log": ["cancel hotel"]})
+trip.add_node("flight", lambda state: {"log": ["flight"]}, compensate=cancel_flight)
+trip.add_node(pay)
+trip.add_edge(START, "hotel")
+trip.add_edge("hotel", "flight")
+trip.add_edge("flight", "pay")
+trip.add_edge("pay", END)
 
 
 async def wait_for_flag(state: OrderState) -> dict:

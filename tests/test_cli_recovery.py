@@ -1,0 +1,147 @@
+"""Getting a run back from the command line, as an operator does: `update`, `fork` and
+`rollback` (with `resume`, `show` and `history`) in subprocesses on a real SQLite file. Each
+command says what it did and prints the commands that continue and undo it; the tests run
+those printed commands as they are."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from test_cli import NOT_FOUND, OK, RUN_FAILED, USAGE, cli, run_words
+
+TRIP = "tests.cli_graphs:trip"
+
+
+def printed(stdout: str, label: str) -> list[str]:
+    """The command a recovery command printed after `label:`."""
+    lines = [line for line in stdout.splitlines() if line.strip().startswith(f"{label}:")]
+    assert len(lines) == 1, stdout
+    return shlex.split(lines[0].split(f"{label}:", 1)[1])
+
+
+def state(db: Path, thread: str) -> dict:
+    shown = cli("show", "--db", str(db), "--thread", thread, "--graph", TRIP)
+    assert shown.returncode == OK, shown.stderr
+    return json.loads(shown.stdout)
+
+
+def head(db: Path, thread: str) -> dict:
+    rows = cli("history", "--db", str(db), "--thread", thread, "--json")
+    assert rows.returncode == OK, rows.stderr
+    return json.loads(rows.stdout)[0]
+
+
+def failed_run(db: Path, thread: str = "t", **input_: object) -> None:
+    ran = cli("run", TRIP, "--db", str(db), "--thread", thread, "--input",
+              json.dumps({"poisoned": True, **input_}))
+    assert ran.returncode == RUN_FAILED, ran.stderr
+    assert "card declined" in ran.stderr
+
+
+def test_a_poisoned_thread_is_fixed_with_update_then_resume_and_the_undo_restores_it(tmp_path):
+    db = tmp_path / "runs.db"
+    failed_run(db)
+    before = head(db, "t")
+    assert before["status"] == "failed" and before["next"] == ["pay"]
+
+    fixed = cli("update", TRIP, "--db", str(db), "--thread", "t", "--values",
+                '{"poisoned": false}')
+    assert fixed.returncode == OK, fixed.stderr
+    assert f"after checkpoint {before['checkpoint_id']}" in fixed.stdout
+    assert "status failed, next: pay" in fixed.stdout
+    assert state(db, "t")["poisoned"] is False
+
+    # the printed undo puts the thread back exactly: the poisoned state, the same task due
+    undo = run_words(printed(fixed.stdout, "undo"))
+    assert undo.returncode == OK, undo.stderr
+    assert state(db, "t")["poisoned"] is True and head(db, "t")["next"] == ["pay"]
+    # and the fix again, then the printed continue command finishes the run
+    again = cli("update", TRIP, "--db", str(db), "--thread", "t", "--values",
+                '{"poisoned": false}')
+    resumed = run_words(printed(again.stdout, "continue"))
+    assert resumed.returncode == OK, resumed.stderr
+    assert json.loads(resumed.stdout)["log"] == ["hotel", "flight", "pay"]
+    assert head(db, "t")["status"] == "done"
+
+
+def test_update_as_a_node_routes_on_from_it(tmp_path):
+    db = tmp_path / "runs.db"
+    failed_run(db)
+    done = cli("update", TRIP, "--db", str(db), "--thread", "t", "--as-node", "pay",
+               "--values", '{"log": ["paid by phone"]}', "--json")
+    assert done.returncode == OK, done.stderr
+    row = json.loads(done.stdout)
+    assert row["kind"] == "update" and row["status"] == "done" and row["next"] == []
+    assert state(db, "t")["log"] == ["hotel", "flight", "paid by phone"]
+
+
+def test_fork_branches_off_an_older_checkpoint_on_the_thread_or_to_a_new_one(tmp_path):
+    db = tmp_path / "runs.db"
+    ran = cli("run", TRIP, "--db", str(db), "--thread", "t")
+    assert ran.returncode == OK, ran.stderr
+    rows = json.loads(cli("history", "--db", str(db), "--thread", "t", "--json").stdout)
+    before_flight = next(r for r in rows if r["next"] == ["flight"])
+
+    to_new = cli("fork", TRIP, "--db", str(db), "--thread", "t", "--checkpoint",
+                 before_flight["checkpoint_id"], "--to", "t2")
+    assert to_new.returncode == OK, to_new.stderr
+    assert "onto new thread t2" in to_new.stdout and "next: flight" in to_new.stdout
+    assert head(db, "t2")["status"] == "interrupted"
+    resumed = run_words(printed(to_new.stdout, "continue"))
+    assert resumed.returncode == OK, resumed.stderr
+    assert json.loads(resumed.stdout)["log"] == ["hotel", "flight", "pay"]
+    assert head(db, "t")["status"] == "done"  # the source is left as it was
+    dropped = run_words(printed(to_new.stdout, "undo"))  # delete the new thread
+    assert dropped.returncode == OK and "t2" not in cli("threads", "--db", str(db)).stdout
+
+    same = cli("fork", TRIP, "--db", str(db), "--thread", "t", "--checkpoint",
+               before_flight["checkpoint_id"], "--json")
+    assert same.returncode == OK, same.stderr
+    assert json.loads(same.stdout)["next"] == ["flight"]
+    assert state(db, "t")["log"] == ["hotel"]
+    assert cli("resume", TRIP, "--db", str(db), "--thread", "t").returncode == OK
+    assert state(db, "t")["log"] == ["hotel", "flight", "pay"]
+
+
+def test_a_failed_compensation_is_kept_shown_explained_and_continued(tmp_path):
+    db, down = tmp_path / "runs.db", tmp_path / "airline-down"
+    failed_run(db, airline_down=str(down))
+    down.touch()
+    stopped = cli("rollback", TRIP, "--db", str(db), "--thread", "t")
+    assert stopped.returncode == RUN_FAILED, stopped.stderr
+    assert "compensation of node 'flight' (step 1) failed" in stopped.stdout
+    assert "ConnectionError: airline API down" in stopped.stdout
+
+    row = head(db, "t")
+    assert row["status"] == "rollback_failed"
+    assert row["error"] == "ConnectionError: airline API down"
+    shown = cli("history", "--db", str(db), "--thread", "t")
+    assert "airline API down" in shown.stdout and "card declined" in shown.stdout
+    refused = cli("resume", TRIP, "--db", str(db), "--thread", "t")
+    assert refused.returncode == USAGE
+    assert "rollback stopped at the compensation of node 'flight'" in refused.stderr
+
+    down.unlink()
+    retried = run_words(printed(stopped.stdout, "after fixing the cause, continue the rollback"))
+    assert retried.returncode == OK, retried.stderr
+    assert "flight (step 1), hotel (step 0)" in retried.stdout
+    assert head(db, "t")["status"] == "compensated"
+    assert state(db, "t")["log"] == ["hotel", "flight", "cancel flight", "cancel hotel"]
+    again = cli("rollback", TRIP, "--db", str(db), "--thread", "t")
+    assert again.returncode == OK and "already rolled back" in again.stdout
+
+
+def test_recovery_commands_name_what_is_missing(tmp_path):
+    db = tmp_path / "runs.db"
+    failed_run(db)
+    assert cli("update", TRIP, "--db", str(db), "--thread", "nope", "--values",
+               "{}").returncode == NOT_FOUND
+    bad = cli("update", TRIP, "--db", str(db), "--thread", "t", "--values", "[1]")
+    assert bad.returncode == USAGE and "--values must be a JSON object" in bad.stderr
+    taken = cli("fork", TRIP, "--db", str(db), "--thread", "t", "--checkpoint",
+                head(db, "t")["checkpoint_id"], "--to", "t")
+    assert taken.returncode == USAGE and "already exists" in taken.stderr
+    gone = cli("fork", TRIP, "--db", str(db), "--thread", "t", "--checkpoint", "999")
+    assert gone.returncode == NOT_FOUND and "no checkpoint '999'" in gone.stderr
