@@ -79,6 +79,8 @@ from .rows import (
     record_from_row,
     threads_from_rows,
 )
+from .sql_dialect import POSTGRES
+from .sql_schema import tables
 
 try:
     import psycopg
@@ -95,72 +97,10 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-_NOW = "extract(epoch from clock_timestamp())"
+_NOW = POSTGRES.server_clock
 """Seconds since the epoch by the server's clock: leases and claims are judged by one clock."""
 
-_TABLES = f"""
-CREATE TABLE schema_version (version INTEGER NOT NULL);
-CREATE TABLE threads (
-    key BIGSERIAL PRIMARY KEY,
-    thread_id TEXT NOT NULL UNIQUE,
-    owner TEXT,
-    owner_pid INTEGER,
-    owner_host TEXT,
-    lease_expires DOUBLE PRECISION,
-    created_at DOUBLE PRECISION NOT NULL DEFAULT {_NOW}
-);
-CREATE TABLE checkpoints (
-    id BIGSERIAL PRIMARY KEY,
-    thread BIGINT NOT NULL REFERENCES threads(key),
-    parent BIGINT,
-    step INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    status TEXT NOT NULL,
-    next TEXT NOT NULL,
-    writes TEXT,
-    snapshot TEXT,
-    extra TEXT,
-    error TEXT,
-    created_at DOUBLE PRECISION NOT NULL,
-    marked_at DOUBLE PRECISION,
-    commit_key TEXT NOT NULL UNIQUE
-);
-CREATE INDEX checkpoints_by_thread ON checkpoints(thread, id);
-CREATE TABLE pending_writes (
-    checkpoint BIGINT NOT NULL,
-    node TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    writes TEXT NOT NULL,
-    meta TEXT,
-    PRIMARY KEY (checkpoint, node, idx)
-);
-CREATE TABLE cache (
-    namespace TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    expires_at DOUBLE PRECISION,
-    PRIMARY KEY (namespace, key)
-);
-CREATE TABLE jobs (
-    thread_id TEXT PRIMARY KEY,
-    input TEXT,
-    event TEXT,
-    base TEXT,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL,
-    available_at DOUBLE PRECISION NOT NULL,
-    claimed_by TEXT,
-    claim_key TEXT,
-    claimed_until DOUBLE PRECISION,
-    error TEXT,
-    submitted_at DOUBLE PRECISION NOT NULL,
-    finished_at DOUBLE PRECISION,
-    submit_key TEXT,
-    graph TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX jobs_ready ON jobs(graph, available_at) WHERE status IN ('queued', 'running');
-"""
+_TABLES = tables(POSTGRES)
 
 # version -> SQL that upgrades a store from that version to the next one
 _MIGRATIONS: dict[int, str] = {}

@@ -89,6 +89,9 @@ from .rows import (
     record_from_row,
     threads_from_rows,
 )
+from .sql_dialect import SQLITE
+from .sql_schema import cache_table, jobs_table
+from .sql_schema import tables as new_tables
 from .sqlite_errors import bad_value_error, storage_error
 from .sqlite_retention import (
     candidate_roots,
@@ -109,84 +112,15 @@ READABLE_FROM = 3
 the reads do not need (4: threads.lease_seconds, jobs.claim_seconds)."""
 APPLICATION_ID = 0x53544D43  # "STMC": marks a file as ours, so a foreign database is refused
 
-_CACHE_TABLE = """
-CREATE TABLE cache (
-    namespace TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    expires_at REAL,
-    PRIMARY KEY (namespace, key)
-) WITHOUT ROWID;
-"""
-
-_JOBS_TABLE = """
-CREATE TABLE jobs (
-    thread_id TEXT PRIMARY KEY,
-    input TEXT,
-    event TEXT,
-    base TEXT,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL,
-    available_at REAL NOT NULL,
-    claimed_by TEXT,
-    claim_key TEXT,
-    claimed_until REAL,
-    error TEXT,
-    submitted_at REAL NOT NULL,
-    finished_at REAL,
-    graph TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX jobs_ready ON jobs(graph, available_at) WHERE status IN ('queued', 'running');
-"""
-
-_SCHEMA = f"""
-CREATE TABLE schema_version (version INTEGER NOT NULL);
-CREATE TABLE threads (
-    key INTEGER PRIMARY KEY,
-    thread_id TEXT NOT NULL UNIQUE,
-    owner TEXT,
-    owner_pid INTEGER,
-    owner_host TEXT,
-    lease_expires REAL,
-    created_at REAL NOT NULL,
-    lease_seconds REAL
-);
-CREATE TABLE checkpoints (
-    id INTEGER PRIMARY KEY,
-    thread INTEGER NOT NULL REFERENCES threads(key),
-    parent INTEGER,
-    step INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    status TEXT NOT NULL,
-    next TEXT NOT NULL,
-    writes TEXT,
-    snapshot TEXT,
-    extra TEXT,
-    error TEXT,
-    created_at REAL NOT NULL,
-    marked_at REAL
-);
-CREATE INDEX checkpoints_by_thread ON checkpoints(thread, id);
-CREATE TABLE pending_writes (
-    checkpoint INTEGER NOT NULL,
-    node TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    writes TEXT NOT NULL,
-    meta TEXT,
-    PRIMARY KEY (checkpoint, node, idx)
-) WITHOUT ROWID;
-{_CACHE_TABLE}{_JOBS_TABLE}
-ALTER TABLE jobs ADD COLUMN claim_seconds REAL;
-"""
+_SCHEMA = new_tables(SQLITE)
 
 # version -> SQL that upgrades a file from that version to the next one
 _MIGRATIONS: dict[int, str] = {
     1: f"""
 ALTER TABLE pending_writes ADD COLUMN meta TEXT;
 ALTER TABLE checkpoints ADD COLUMN marked_at REAL;
-{_CACHE_TABLE}""",
-    2: _JOBS_TABLE,
+{cache_table(SQLITE)}""",
+    2: jobs_table(SQLITE),
     3: "ALTER TABLE threads ADD COLUMN lease_seconds REAL; "
        "ALTER TABLE jobs ADD COLUMN claim_seconds REAL",
 }
