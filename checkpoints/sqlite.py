@@ -10,13 +10,17 @@ survives a killed process; the last commits before a power loss may roll back, n
 Retention (delete_thread, prune, a release with keep_last) is the exception: its reads and
 deletes must commit together, so each runs as one BEGIN IMMEDIATE transaction on the direct
 connection (see `_transaction` and sqlite_retention.py). Files are made with incremental
-auto-vacuum so a prune can give the freed pages back to the file system. Opening, checking and
-migrating the file is sqlite_file.py.
+auto-vacuum so a prune can give the freed pages back to the file system.
 
-Layout (readable with the `sqlite3` shell; all payloads are JSON):
+The SQL both SQL stores share, and what is done with its answers, is `SQLCheckpointer`'s
+(sql_store.py); here are the connections, leases and claims judged on this machine's clock,
+and retention. Opening, checking and migrating the file is sqlite_file.py.
+
+Layout (readable with the `sqlite3` shell; all payloads are JSON; sql_schema.py):
 
     schema_version(version)                       one row; migrations step it up
-    threads(key, thread_id, owner, owner_pid, owner_host, lease_expires, created_at)
+    threads(key, thread_id, owner, owner_pid, owner_host, lease_expires, created_at,
+            lease_seconds)
     checkpoints(id, thread, parent, step, kind, status, next, writes, snapshot, extra, error,
                 created_at, marked_at)            one row per committed step (and, after a
                                                   removal took the newest, one placeholder of
@@ -24,22 +28,20 @@ Layout (readable with the `sqlite3` shell; all payloads are JSON):
     pending_writes(checkpoint, node, idx, writes, meta)  task updates of an unfinished step
     cache(namespace, key, value, expires_at)      cached node results (CachePolicy)
     jobs(thread_id, input, event, base, status, attempts, max_attempts, available_at,
-         claimed_by, claim_key, claimed_until, error, submitted_at, finished_at)
-                                                  the work queue (submit / statemachine worker)
+         claimed_by, claim_key, claimed_until, error, submitted_at, finished_at, graph,
+         claim_seconds)                           the work queue (submit / statemachine worker)
 """
 
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
-import copy
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
@@ -48,20 +50,10 @@ import aiosqlite
 
 from .base import (
     DEFAULT_LEASE_SECONDS,
-    Chain,
-    Checkpointer,
-    CheckpointRecord,
     ClaimedJob,
-    JobInfo,
-    NewCheckpoint,
     Owner,
-    PendingByCheckpoint,
-    PendingWrite,
     Removed,
-    ThreadInfo,
     busy_error,
-    checkpoint_number,
-    job_busy_error,
 )
 from .errors import (
     CheckpointError,
@@ -73,7 +65,6 @@ from .heartbeat import LeaseHeartbeat
 from .retention import (
     Plan,
     busy_message,
-    check_keep_last,
     check_prune,
     not_found_message,
     plan_delete,
@@ -81,14 +72,10 @@ from .retention import (
     plan_trim,
     removed_from,
 )
-from .rows import (
-    chain_from_rows,
-    jobs_from_rows,
-    pending_from_rows,
-    process_alive,
-    record_from_row,
-    threads_from_rows,
-)
+from .rows import process_alive
+from .sql_dialect import SQLITE
+from .sql_statements import Statements
+from .sql_store import Params, Rows, SQLCheckpointer
 from .sqlite_errors import bad_value_error, storage_error
 from .sqlite_file import SCHEMA_VERSION as SCHEMA_VERSION  # the file format this code writes
 from .sqlite_file import (
@@ -111,34 +98,6 @@ from .sqlite_retention import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_COLUMNS = "c.id, t.thread_id, c.parent, c.step, c.kind, c.status, c.next, c.writes, " \
-           "c.snapshot, c.extra, c.error, c.created_at"
-
-_LOAD = f"""
-WITH RECURSIVE chain(n, id) AS (
-    SELECT 0, c.id FROM checkpoints c
-    WHERE c.thread = (SELECT key FROM threads WHERE thread_id = :thread)
-      AND c.id = coalesce(:checkpoint, (SELECT max(id) FROM checkpoints
-                  WHERE thread = (SELECT key FROM threads WHERE thread_id = :thread)))
-    UNION ALL
-    -- parents are strictly older (smaller ids): a damaged or crafted cycle ends the chain
-    -- early, where chain_from_rows reports it, instead of recursing forever
-    SELECT chain.n + 1, cur.parent FROM chain JOIN checkpoints cur ON cur.id = chain.id
-    WHERE cur.snapshot IS NULL AND cur.parent IS NOT NULL AND cur.parent < cur.id
-      AND cur.id IS NOT :known
-)
-SELECT 'c', chain.n, {_COLUMNS.replace("c.snapshot", "iif(c.id IS :known, NULL, c.snapshot)")}
-FROM chain JOIN checkpoints c ON c.id = chain.id
-JOIN threads t ON t.key = c.thread
-UNION ALL
-SELECT 'p', NULL, p.checkpoint, p.node, p.idx, p.writes, p.meta, NULL, NULL, NULL, NULL, NULL,
-       NULL, NULL
-FROM pending_writes p WHERE p.checkpoint IN (SELECT id FROM chain)
-"""
-"""A checkpoint, the checkpoints back to its nearest snapshot, and their pending writes, in one
-round trip: rows tagged 'c' (checkpoint, with its distance from the head) or 'p' (a pending
-write)."""
-
 _FENCE = "SELECT key FROM threads WHERE thread_id = ? AND owner = ?"
 _RELEASE = "UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, " \
            "lease_expires = NULL WHERE thread_id = ? AND owner = ?"
@@ -147,15 +106,14 @@ _PRUNE_BATCH = 20
 batches, so other processes' runs commit while a large prune goes on."""
 
 
-_Rows = list[tuple]
-
-
-class SQLiteCheckpointer(Checkpointer):
+class SQLiteCheckpointer(SQLCheckpointer):
     """Checkpoints in a SQLite file. Many threads and graphs can share one file.
 
     The file is checked when the checkpointer is made: a file that is not SQLite, belongs to
     another application or has a newer schema is refused with `CheckpointError`, untouched.
     """
+
+    _sql = Statements(SQLITE)
 
     def __init__(self, path: str | os.PathLike[str], *,
                  lease_seconds: float = DEFAULT_LEASE_SECONDS, read_only: bool = False,
@@ -173,14 +131,10 @@ class SQLiteCheckpointer(Checkpointer):
         so the file stops growing (`prune` also gives them back to the file system)."""
         from ._sync import run_sync
 
-        self.keep_last = check_keep_last(keep_last)
+        super().__init__(lease_seconds=lease_seconds, read_only=read_only, keep_last=keep_last)
         self.path = Path(path)
-        self._where = str(self.path)  # how errors about damaged rows name the store
-        self.lease_seconds = lease_seconds
-        self.read_only = read_only
         self.busy_timeout = busy_timeout
         self._direct_lock = threading.Lock()
-        self._closed = threading.Event()  # an object, so in_caller_thread() views share it
         self._unreleased: dict[str, str] = {}  # thread -> owner token whose release failed
         self._immutable = False  # a read-only file read without locks: reopened for each read
         self._stalled: dict[str, tuple[str | None, float | None, float]] = {}
@@ -201,11 +155,14 @@ class SQLiteCheckpointer(Checkpointer):
         except sqlite3.Error as exc:
             raise storage_error(self.path, exc, "open the checkpoint database",
                                 busy_timeout=busy_timeout) from exc
-        self._in_caller_thread = False
 
     def __repr__(self) -> str:
         mode = ", read_only=True" if self.read_only else ""
         return f"SQLiteCheckpointer({str(self.path)!r}{mode})"
+
+    @property
+    def _where(self) -> str:
+        return str(self.path)
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -222,7 +179,7 @@ class SQLiteCheckpointer(Checkpointer):
         if self._unreleased:
             await self._release_left_over()
         now = time.time()
-        cursor = await self._execute(
+        changed = await self._execute(
             f"take thread {thread_id!r}",
             "INSERT INTO threads(thread_id, owner, owner_pid, owner_host, lease_expires, "
             "lease_seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(thread_id) "
@@ -231,7 +188,7 @@ class SQLiteCheckpointer(Checkpointer):
             "lease_seconds = excluded.lease_seconds WHERE threads.owner IS NULL",
             (thread_id, owner.token, owner.pid, owner.host, now + self.lease_seconds,
              self.lease_seconds, now))
-        if cursor[0] != 1 and not await self._take_held(thread_id, owner):
+        if changed != 1 and not await self._take_held(thread_id, owner):
             raise busy_error(thread_id)
         self._heartbeat.hold(thread_id, owner.token)
 
@@ -267,13 +224,13 @@ class SQLiteCheckpointer(Checkpointer):
     async def _take_from(self, thread_id: str, owner: Owner, token: str | None,
                          expires: float | None) -> bool:
         """Take the thread if it is still held by `token` with the lease seen (None: free)."""
-        cursor = await self._execute(
+        changed = await self._execute(
             f"take thread {thread_id!r} over",
             "UPDATE threads SET owner = ?, owner_pid = ?, owner_host = ?, lease_expires = ?, "
             "lease_seconds = ? WHERE thread_id = ? AND owner IS ? AND lease_expires IS ?",
             (owner.token, owner.pid, owner.host, time.time() + self.lease_seconds,
              self.lease_seconds, thread_id, token, expires))
-        return cursor[0] == 1
+        return changed == 1
 
     async def release(self, thread_id: str, owner: Owner) -> None:
         self._heartbeat.drop(thread_id, owner.token)
@@ -318,57 +275,6 @@ class SQLiteCheckpointer(Checkpointer):
             with contextlib.suppress(StorageUnavailableError):
                 await self._release(thread_id, token)
                 self._unreleased.pop(thread_id, None)
-
-    # -- writes (each one statement: atomic and fenced) ---------------------------------------
-
-    async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint) -> str:
-        cp = checkpoint
-        cursor = await self._execute(
-            f"commit step {cp.step} of thread {thread_id!r}",
-            "INSERT INTO checkpoints(thread, parent, step, kind, status, next, writes, snapshot, "
-            "extra, error, created_at) SELECT key, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM threads "
-            "WHERE thread_id = ? AND owner = ?",
-            (None if cp.parent_id is None else int(cp.parent_id), cp.step, cp.kind, cp.status,
-             cp.next, cp.writes, cp.snapshot, cp.extra, cp.error,
-             time.time() if cp.created_at is None else cp.created_at, thread_id, owner.token))
-        if cursor[0] != 1:
-            raise busy_error(thread_id, lost=True)
-        return str(cursor[1])
-
-    async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite) -> None:
-        cursor = await self._execute(
-            f"save node {write.node!r}'s update of thread {thread_id!r}",
-            "INSERT INTO pending_writes(checkpoint, node, idx, writes, meta) "
-            f"SELECT ?, ?, ?, ?, ? WHERE EXISTS ({_FENCE})",
-            (int(write.checkpoint_id), write.node, write.index, write.writes, write.meta,
-             thread_id, owner.token))
-        if cursor[0] != 1:
-            raise busy_error(thread_id, lost=True)
-
-    async def mark(self, thread_id: str, owner: Owner, checkpoint_id: str, *, status: str,
-                   error: str | None = None, snapshot: str | None = None,
-                   extra: str | None = None) -> None:
-        cursor = await self._execute(
-            f"mark thread {thread_id!r} {status}",
-            "UPDATE checkpoints SET status = ?, error = ?, snapshot = coalesce(snapshot, ?), "
-            f"extra = coalesce(?, extra), marked_at = ? WHERE id = ? AND thread = ({_FENCE})",
-            (status, error, snapshot, extra, time.time(), int(checkpoint_id), thread_id,
-             owner.token))
-        if cursor[0] != 1:
-            raise busy_error(thread_id, lost=True)
-
-    async def add_snapshot(self, thread_id: str, owner: Owner, checkpoint_id: str,
-                           snapshot: str) -> None:
-        doing = f"store a snapshot on checkpoint {checkpoint_id} of thread {thread_id!r}"
-        number = checkpoint_number(checkpoint_id)
-        changed, _ = await self._execute(
-            doing, "UPDATE checkpoints SET snapshot = coalesce(snapshot, ?) WHERE id = ? AND "
-            f"thread = ({_FENCE})", (snapshot, number, thread_id, owner.token))
-        if changed != 1:
-            if not await self._fetchall(doing, _FENCE, (thread_id, owner.token)):
-                raise busy_error(thread_id, lost=True)
-            raise ThreadNotFoundError(f"thread {thread_id!r} has no checkpoint "
-                                      f"{checkpoint_id!r} to store a snapshot on.")
 
     # -- retention ------------------------------------------------------------------------------
 
@@ -437,120 +343,8 @@ class SQLiteCheckpointer(Checkpointer):
         return replace(removed, bytes_before=before, bytes_after=file_bytes(self.path),
                        notes=(*removed.notes, *notes))
 
-    async def _transaction(self, doing: str, work: Callable[[sqlite3.Connection], T], *,
-                           write: bool = True) -> T:
-        """`work(conn)` in one transaction on this checkpointer's direct connection: in the
-        calling thread for the sync API, else on a worker thread. Several statements must
-        commit together here, which aiosqlite's connection cannot promise: another task's
-        statement could land inside the transaction. `write` takes the write lock at the start
-        (BEGIN IMMEDIATE), so what is read is still true when it is changed."""
-        self._check_open()
-        if write and self.read_only:
-            raise CheckpointError(f"{self!r} is read-only: it cannot run or change threads.")
-
-        def run() -> T:
-            with self._failures(doing), self._direct_lock:
-                if self._immutable:  # each read a fresh look: a writer may have come
-                    self._direct.close()
-                    self._direct, self._immutable = connect_read_only(
-                        self.path, self.busy_timeout)
-                conn = self._direct
-                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                try:
-                    result = work(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-                return result
-
-        return run() if self._in_caller_thread else await asyncio.to_thread(run)
-
-    # -- reads ----------------------------------------------------------------------------------
-
-    async def load(self, thread_id: str, checkpoint_id: str | None = None, *,
-                   known: str | None = None) -> Chain | None:
-        number = None if checkpoint_id is None else checkpoint_number(checkpoint_id)
-        if checkpoint_id is not None and number is None:
-            return None
-        known_number = None if known is None else checkpoint_number(known)
-        rows = await self._fetchall(f"read thread {thread_id!r}", _LOAD,
-                                    {"thread": thread_id, "checkpoint": number,
-                                     "known": known_number})
-        return chain_from_rows(rows, (3, 4, 5, 6), where=self._where,
-                               known=None if known_number is None else str(known_number))
-
-    async def list(self, thread_id: str, *, limit: int | None = None,
-                   before: str | None = None) -> list[CheckpointRecord]:
-        below = None if before is None else checkpoint_number(before)
-        if before is not None and below is None:
-            return []
-        rows = await self._fetchall(
-            f"list the checkpoints of thread {thread_id!r}",
-            f"SELECT {_COLUMNS} FROM checkpoints c JOIN threads t ON t.key = c.thread "
-            "WHERE t.thread_id = ? AND (? IS NULL OR c.id < ?) ORDER BY c.id DESC LIMIT ?",
-            (thread_id, below, below, -1 if limit is None else limit))
-        return [record_from_row(row, where=self._where) for row in rows]
-
-    async def list_pending(self, checkpoint_ids: Sequence[str]) -> PendingByCheckpoint:
-        if not checkpoint_ids:
-            return {}
-        marks = ",".join("?" * len(checkpoint_ids))
-        rows = await self._fetchall(
-            "read pending writes",
-            f"SELECT checkpoint, node, idx, writes, meta FROM pending_writes WHERE checkpoint "
-            f"IN ({marks})", [int(c) for c in checkpoint_ids])
-        return pending_from_rows(rows, where=self._where)
-
-    async def cache_get(self, namespace: str, key: str, *,
-                        now: float | None = None) -> str | None:
-        rows = await self._fetchall(
-            "read the cache",
-            "SELECT value FROM cache WHERE namespace = ? AND key = ? AND "
-            "(expires_at IS NULL OR expires_at > ?)",
-            (namespace, key, time.time() if now is None else now))
-        return rows[0][0] if rows else None
-
-    async def cache_put(self, namespace: str, key: str, value: str,
-                        ttl: float | None, *, now: float | None = None) -> None:
-        start = time.time() if now is None else now
-        await self._execute(
-            "write the cache",
-            "INSERT OR REPLACE INTO cache(namespace, key, value, expires_at) VALUES (?, ?, ?, ?)",
-            (namespace, key, value, None if ttl is None else start + ttl))
-
-    async def threads(self, *, limit: int | None = None, offset: int = 0,
-                      updated_since: float | None = None) -> builtins.list[ThreadInfo]:
-        rows = await self._fetchall(
-            "list threads",
-            "SELECT t.thread_id, c.status, c.step, c.id, coalesce(c.marked_at, c.created_at), "
-            "c.error, t.owner IS NOT NULL AND t.lease_expires > ?, t.owner_pid, t.owner_host "
-            "FROM threads t JOIN checkpoints c ON c.id = (SELECT max(id) FROM checkpoints "
-            "WHERE thread = t.key) WHERE (? IS NULL OR coalesce(c.marked_at, c.created_at) > ?) "
-            "ORDER BY coalesce(c.marked_at, c.created_at) DESC, c.id DESC LIMIT ? OFFSET ?",
-            (time.time(), updated_since, updated_since, -1 if limit is None else limit, offset))
-        return threads_from_rows(rows, where=self._where)
-
     # -- the work queue (each change one statement; SQLite runs one writer at a time, so a
     # claim's select-then-update cannot interleave with another's) ----------------------------
-
-    async def enqueue(self, thread_id: str, *, input: str | None, event: str | None,
-                      base: str | None, max_attempts: int, graph: str = "") -> None:
-        now = time.time()
-        changed, _ = await self._execute(
-            f"queue thread {thread_id!r}",
-            "INSERT INTO jobs(thread_id, input, event, base, status, attempts, max_attempts, "
-            "available_at, submitted_at, graph) VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?) "
-            "ON CONFLICT(thread_id) DO UPDATE SET input = excluded.input, graph = excluded.graph, "
-            "event = excluded.event, base = excluded.base, status = 'queued', attempts = 0, "
-            "max_attempts = excluded.max_attempts, available_at = excluded.available_at, "
-            "claimed_by = NULL, claim_key = NULL, claimed_until = NULL, error = NULL, "
-            "submitted_at = excluded.submitted_at, finished_at = NULL "
-            "WHERE jobs.status NOT IN ('queued', 'running')",
-            (thread_id, input, event, base, max_attempts, now, now, graph))
-        if changed != 1:
-            raise job_busy_error(thread_id)
 
     async def claim(self, worker: Owner, graph: str | None = None) -> ClaimedJob | None:
         """The next due queued job; else a running one whose worker stopped renewing its claim,
@@ -570,12 +364,9 @@ class SQLiteCheckpointer(Checkpointer):
             rows = await self._claim_stalled(worker, graph, key)
         if not rows:
             return None
-        row = rows[0]
-        job = ClaimedJob(row[0], key, row[1], row[2], row[3], row[4], row[5])
-        self._heartbeat.hold_claim(job.thread_id, key)
-        return job
+        return self._claimed(rows[0], key)
 
-    async def _claim_stalled(self, worker: Owner, graph: str | None, key: str) -> _Rows:
+    async def _claim_stalled(self, worker: Owner, graph: str | None, key: str) -> Rows:
         running = await self._fetchall(
             "read running jobs",
             "SELECT thread_id, claim_key, claimed_until, claim_seconds FROM jobs WHERE "
@@ -605,36 +396,7 @@ class SQLiteCheckpointer(Checkpointer):
                 return rows
         return []
 
-    async def finish(self, job: ClaimedJob, *, status: str, error: str | None = None,
-                     retry_in: float | None = None, count_attempt: bool = True) -> bool:
-        self._heartbeat.drop_claim(job.thread_id, job.claim_key)
-        if retry_in is not None:
-            changed, _ = await self._execute(
-                f"queue thread {job.thread_id!r} again",
-                "UPDATE jobs SET status = 'queued', available_at = ?, error = ?, "
-                "claimed_by = NULL, claimed_until = NULL, "
-                "attempts = attempts - ? WHERE thread_id = ? AND claim_key = ? "
-                "AND status = 'running'",
-                (time.time() + retry_in, error, 0 if count_attempt else 1, job.thread_id,
-                 job.claim_key))
-            return changed == 1
-        changed, _ = await self._execute(
-            f"finish the job of thread {job.thread_id!r}",
-            "UPDATE jobs SET status = ?, error = ?, finished_at = ?, claimed_by = NULL, "
-            "claimed_until = NULL WHERE thread_id = ? AND claim_key = ?",
-            (status, error, time.time(), job.thread_id, job.claim_key))
-        return changed == 1
-
-    async def jobs(self, *, graph: str | None = None, thread_id: str | None = None,
-                   open_only: bool = False) -> builtins.list[JobInfo]:
-        rows = await self._fetchall(
-            "list jobs",
-            "SELECT thread_id, status, attempts, max_attempts, available_at, error, "
-            "submitted_at, finished_at, claimed_by, graph FROM jobs WHERE (? IS NULL OR "
-            "graph = ?) AND (? IS NULL OR thread_id = ?) AND (NOT ? OR status IN ('queued', "
-            "'running')) ORDER BY submitted_at, thread_id",
-            (graph, graph, thread_id, thread_id, open_only))
-        return jobs_from_rows(rows)
+    # -- plumbing -------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         if not self._closed.is_set():
@@ -652,48 +414,52 @@ class SQLiteCheckpointer(Checkpointer):
                     await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 await self._conn.close()
 
-    def in_caller_thread(self) -> SQLiteCheckpointer:
-        """This checkpointer, doing its SQL in the calling thread instead of aiosqlite's.
-
-        For the sync API, whose event loop is private: a WAL commit takes ~20 us, while
-        handing it to another thread and back costs several times that.
-        """
-        view = copy.copy(self)
-        view._in_caller_thread = True
-        return view
-
-    async def _execute(self, doing: str, sql: str, params: Sequence[object] | dict[str, object]
-                       ) -> tuple[int, int | None]:
-        """Run one statement (its own transaction): (rows changed, last row id). `doing` says
-        what it is for, in the `CheckpointError` that a failure of SQLite becomes."""
-        self._check_open()
-        if self.read_only:
-            raise CheckpointError(f"{self!r} is read-only: it cannot run or change threads.")
+    async def _execute(self, doing: str, sql: str, params: Params) -> int:
+        self._check_usable(write=True)
         with self._failures(doing):
             if self._in_caller_thread:
                 with self._direct_lock:
-                    cursor = self._direct.execute(sql, params)
-                    return cursor.rowcount, cursor.lastrowid
+                    return self._direct.execute(sql, params).rowcount
             assert self._conn is not None
-            async_cursor = await self._conn.execute(sql, params)
-            return async_cursor.rowcount, async_cursor.lastrowid
+            return (await self._conn.execute(sql, params)).rowcount
 
-    async def _fetchall(self, doing: str, sql: str,
-                        params: Sequence[object] | dict[str, object], *, write: bool = False
-                        ) -> _Rows:
-        self._check_open()
-        if write and self.read_only:
-            raise CheckpointError(f"{self!r} is read-only: it cannot run or change threads.")
+    async def _fetchall(self, doing: str, sql: str, params: Params, *,
+                        write: bool = False) -> Rows:
+        self._check_usable(write=write)
         with self._failures(doing):
             if self._in_caller_thread:
                 with self._direct_lock:
-                    if self._immutable:  # each read a fresh look: a writer may have come
-                        self._direct.close()
-                        self._direct, self._immutable = connect_read_only(
-                            self.path, self.busy_timeout)
-                    return self._direct.execute(sql, params).fetchall()
+                    return self._reader().execute(sql, params).fetchall()
             assert self._conn is not None
             return [tuple(row) for row in await self._conn.execute_fetchall(sql, params)]
+
+    async def _write_once(self, doing: str, sql: str, landed: str, params: Params) -> Rows:
+        # a statement here runs once: it commits or raises, and is never run again
+        return await self._fetchall(doing, sql, params, write=True)
+
+    async def _transaction(self, doing: str, work: Callable[[sqlite3.Connection], T], *,
+                           write: bool = True) -> T:
+        """`work(conn)` in one transaction on this checkpointer's direct connection: in the
+        calling thread for the sync API, else on a worker thread. Several statements must
+        commit together here, which aiosqlite's connection cannot promise: another task's
+        statement could land inside the transaction. `write` takes the write lock at the start
+        (BEGIN IMMEDIATE), so what is read is still true when it is changed."""
+        self._check_usable(write=write)
+
+        def run() -> T:
+            with self._failures(doing), self._direct_lock:
+                conn = self._reader()
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    result = work(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                return result
+
+        return run() if self._in_caller_thread else await asyncio.to_thread(run)
 
     @contextlib.contextmanager
     def _failures(self, doing: str) -> Iterator[None]:
@@ -705,11 +471,19 @@ class SQLiteCheckpointer(Checkpointer):
         except UnicodeEncodeError as exc:
             raise bad_value_error(self.path, exc, doing) from None
 
-    def _check_open(self) -> None:
+    def _check_usable(self, *, write: bool) -> None:
         if self._closed.is_set():
             raise CheckpointError(f"{self!r} is closed.")
+        if write and self.read_only:
+            raise self._read_only_error()
 
-
+    def _reader(self) -> sqlite3.Connection:
+        """The direct connection, to use under `_direct_lock`. A read-only file read without
+        locks is opened again for each read: a writer may have come since."""
+        if self._immutable:
+            self._direct.close()
+            self._direct, self._immutable = connect_read_only(self.path, self.busy_timeout)
+        return self._direct
 
 
 def renewed(expires: float | None, period: float) -> bool:
