@@ -20,8 +20,8 @@ race. Calls from `async` code run on a small thread pool (one per checkpointer),
 of connections serves every event loop; the sync API does its I/O in the calling thread.
 
 The SQL both SQL stores share, and what is done with its answers, is `SQLCheckpointer`'s
-(sql_store.py); here are the connections and retries, the schema and its migrations, the
-leases and claims judged by the server's clock, and retention.
+(sql_store.py); here are the connections and retries, the schema and its migrations, and the
+leases and claims judged by the server's clock.
 """
 
 from __future__ import annotations
@@ -32,31 +32,17 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from .base import DEFAULT_LEASE_SECONDS, ClaimedJob, Owner, Removed, busy_error
-from .errors import (
-    CheckpointError,
-    StorageUnavailableError,
-    ThreadBusyError,
-    ThreadNotFoundError,
-)
+from .errors import CheckpointError, StorageUnavailableError
 from .heartbeat import LeaseHeartbeat
 from .redaction import redact_dsn, scrub
-from .retention import (
-    Plan,
-    busy_message,
-    check_prune,
-    not_found_message,
-    plan_delete,
-    plan_prune,
-    plan_trim,
-    removed_from,
-)
 from .rows import process_alive
 from .sql_dialect import POSTGRES
+from .sql_retention import Connection
 from .sql_schema import tables
 from .sql_statements import Statements
 from .sql_store import Params, Rows, SQLCheckpointer
@@ -70,7 +56,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "PostgresCheckpointer needs psycopg 3 and psycopg_pool: "
         "pip install 'statemachine[postgres]'") from exc
 
-from . import postgres_retention as retention_sql  # after psycopg: it needs it too
+from .postgres_retention import RETENTION
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -83,12 +69,6 @@ _TABLES = tables(POSTGRES)
 
 # version -> SQL that upgrades a store from that version to the next one
 _MIGRATIONS: dict[int, str] = {}
-
-_FENCE = "SELECT key FROM threads WHERE thread_id = %s AND owner = %s"
-_RELEASE = "UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, " \
-           "lease_expires = NULL WHERE thread_id = %s AND owner = %s"
-_PRUNE_BATCH = 100
-"""Thread families a prune removes per transaction (their rows stay locked until it ends)."""
 
 
 class PostgresCheckpointer(SQLCheckpointer):
@@ -106,6 +86,10 @@ class PostgresCheckpointer(SQLCheckpointer):
 
     reuses_ids = False  # ids come from a sequence; created_at is the server's clock
     _sql = Statements(POSTGRES)
+    _retention = RETENTION
+    _prune_batch = 100
+    """Thread families a prune removes per transaction (their rows stay locked until it ends)."""
+    _log = log
 
     def __init__(self, dsn: str, *, schema: str = "statemachine",
                  lease_seconds: float = DEFAULT_LEASE_SECONDS, min_connections: int = 1,
@@ -227,98 +211,6 @@ class PostgresCheckpointer(SQLCheckpointer):
             (owner.token, owner.pid, owner.host, self.lease_seconds, thread_id, token,
              owner.token)) == 1
 
-    async def release(self, thread_id: str, owner: Owner) -> None:
-        self._heartbeat.drop(thread_id, owner.token)
-        if self.keep_last is None:
-            await self._execute(f"release thread {thread_id!r}", _RELEASE,
-                                (thread_id, owner.token))
-            return
-        keep_last = self.keep_last
-
-        def release(conn: psycopg.Connection) -> None:
-            # one transaction, fenced: a retry after it committed finds the thread released
-            with conn.transaction():
-                if conn.execute(_FENCE + " FOR UPDATE", (thread_id, owner.token)).fetchone() \
-                        is None:
-                    return
-                family = retention_sql.read_families(
-                    conn, [thread_id], lock=True, holder=owner.token)[thread_id]
-                plan = None
-                if not family.busy:
-                    try:
-                        plan = plan_trim(family, keep_last)
-                    except (ValueError, TypeError, KeyError) as exc:  # damaged rows
-                        log.warning("thread %r: not trimmed to keep_last=%d on release: %s",
-                                    thread_id, keep_last, exc)
-                if plan is not None:
-                    retention_sql.carry_out(conn, plan, dry_run=False)
-                conn.execute(_RELEASE, (thread_id, owner.token))
-
-        await self._call(release)
-
-    # -- retention: plain DELETEs in one transaction; autovacuum makes the space reusable -------
-
-    async def delete_thread(self, thread_id: str, *, dry_run: bool = False) -> Removed:
-        self._check_writable(dry_run)
-        committed: list[Removed] = []
-
-        def delete(conn: psycopg.Connection) -> Removed:
-            with conn.transaction():
-                family = retention_sql.read_families(
-                    conn, [thread_id], lock=not dry_run)[thread_id]
-                if not family.threads and not retention_sql.has_job(conn, thread_id):
-                    if committed:  # a retry: the first attempt committed, its answer was lost
-                        return committed[0]
-                    raise ThreadNotFoundError(not_found_message(thread_id))
-                if family.busy:
-                    raise ThreadBusyError(busy_message(thread_id, family, "delete"))
-                plan = plan_delete(family)
-                if thread_id not in plan.threads:  # a queued job, and no thread yet
-                    plan.threads.insert(0, thread_id)
-                pending, jobs = retention_sql.carry_out(conn, plan, dry_run=dry_run)
-                committed[:] = [removed_from(plan, pending_writes=pending, jobs=jobs)]
-            return committed[0]
-
-        return await self._call(delete)
-
-    async def prune(self, *, thread_id: str | None = None, keep_last: int | None = None,
-                    finished_before: float | None = None, dry_run: bool = False) -> Removed:
-        """Thread families are removed `_PRUNE_BATCH` to a transaction, their rows locked
-        against runs meanwhile; see `Checkpointer.prune`."""
-        check_prune(thread_id, keep_last, finished_before)
-        self._check_writable(dry_run)
-
-        def roots(conn: psycopg.Connection) -> list[str]:
-            if thread_id is None:
-                return retention_sql.candidate_roots(conn, finished_before)
-            if not retention_sql.thread_exists(conn, thread_id):
-                raise ThreadNotFoundError(not_found_message(thread_id))
-            return [thread_id]
-
-        def batch(names: list[str]) -> Callable[[psycopg.Connection], tuple]:
-            def prune(conn: psycopg.Connection) -> tuple[Plan, list[str], int, int]:
-                with conn.transaction():
-                    families = retention_sql.read_families(conn, names, lock=not dry_run)
-                    plan, skipped = plan_prune((families[root] for root in names),
-                                               keep_last=keep_last,
-                                               finished_before=finished_before)
-                    return plan, skipped, *retention_sql.carry_out(conn, plan, dry_run=dry_run)
-            return prune
-
-        names = await self._call(roots)
-        plan, skipped, pending, jobs = Plan(), [], 0, 0
-        for start in range(0, len(names), _PRUNE_BATCH):
-            part, busy, part_pending, part_jobs = await self._call(
-                batch(names[start:start + _PRUNE_BATCH]))
-            plan.add(part)
-            skipped += busy
-            pending, jobs = pending + part_pending, jobs + part_jobs
-        return removed_from(plan, pending_writes=pending, jobs=jobs, skipped=skipped)
-
-    def _check_writable(self, dry_run: bool) -> None:
-        if self.read_only and not dry_run:
-            raise self._read_only_error()
-
     # -- the work queue: claims are taken with FOR UPDATE SKIP LOCKED, judged by the server's
     # clock ----------------------------------------------------------------------------------
 
@@ -412,6 +304,20 @@ class PostgresCheckpointer(SQLCheckpointer):
                 conn.execute(landed.encode(), params).fetchall()
 
         return await self._call(write)
+
+    async def _transaction(self, doing: str, work: Callable[[Connection], T], *,
+                           write: bool = True) -> T:
+        def run(conn: psycopg.Connection) -> T:
+            with conn.transaction():
+                return work(conn)
+
+        return await self._call(run)
+
+    async def _removal(self, dry_run: bool, remove: Callable[[], Awaitable[Removed]]
+                       ) -> Removed:
+        if self.read_only and not dry_run:
+            raise self._read_only_error()
+        return await remove()
 
 
 

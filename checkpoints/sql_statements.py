@@ -75,6 +75,9 @@ class Statements:
         d = self.dialect = dialect
         keys = d.retry_keys
         self.fence = d.render(_FENCE)
+        self.release = d.render(
+            "UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, "
+            "lease_expires = NULL WHERE thread_id = :thread AND owner = :owner")
 
         # -- writes of a run, fenced ----------------------------------------------------------
         # PostgreSQL stamps checkpoints with the server's clock, whatever the run's says

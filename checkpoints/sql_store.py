@@ -2,20 +2,21 @@
 
 Each operation here is its SQL (`sql_statements.py`, rendered for the store's dialect) and
 what is done with the answer. A store says how it runs a statement (`_execute`,
-`_fetchall`) and a write that may run twice (`_write_once`); it keeps its connections, its
-schema and migrations, its leases and claims, which is where the two really differ, and (for
-now) its retention.
+`_fetchall`), a write that may run twice (`_write_once`), several statements that commit
+together (`_transaction`) and a removal (`_removal`); it keeps its connections, its schema
+and migrations, and its leases and claims, which is where the two really differ.
 """
 
 from __future__ import annotations
 
 import builtins
 import copy
+import logging
 import threading
 import time
 import uuid
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self, TypeVar
 
 from .base import (
@@ -28,6 +29,7 @@ from .base import (
     Owner,
     PendingByCheckpoint,
     PendingWrite,
+    Removed,
     ThreadInfo,
     busy_error,
     checkpoint_number,
@@ -35,7 +37,7 @@ from .base import (
 )
 from .errors import CheckpointError, ThreadNotFoundError
 from .heartbeat import LeaseHeartbeat
-from .retention import check_keep_last
+from .retention import Plan, check_keep_last, check_prune, removed_from
 from .rows import (
     chain_from_rows,
     jobs_from_rows,
@@ -43,6 +45,7 @@ from .rows import (
     record_from_row,
     threads_from_rows,
 )
+from .sql_retention import Connection, RetentionSQL
 from .sql_statements import PENDING_COLUMNS, Statements
 
 T = TypeVar("T")
@@ -54,6 +57,10 @@ class SQLCheckpointer(Checkpointer):
     """A checkpointer on a SQL database; subclasses run its statements (see the module)."""
 
     _sql: ClassVar[Statements]
+    _retention: ClassVar[RetentionSQL]
+    _prune_batch: ClassVar[int]
+    """Thread families a prune removes per transaction."""
+    _log: ClassVar[logging.Logger]
     _heartbeat: LeaseHeartbeat
 
     def __init__(self, *, lease_seconds: float, read_only: bool,
@@ -63,6 +70,20 @@ class SQLCheckpointer(Checkpointer):
         self.read_only = read_only
         self._in_caller_thread = False
         self._closed = threading.Event()  # an object, so in_caller_thread() views share it
+
+    # -- leases ------------------------------------------------------------------------------
+
+    async def release(self, thread_id: str, owner: Owner) -> None:
+        self._heartbeat.drop(thread_id, owner.token)
+        if self.keep_last is None:
+            await self._release(thread_id, owner.token)
+            return
+        keep_last, token = self.keep_last, owner.token
+
+        def trim_and_release(conn: Connection) -> None:
+            self._retention.trim_and_release(conn, thread_id, token, keep_last, self._log)
+
+        await self._transaction(f"release thread {thread_id!r}", trim_and_release)
 
     # -- writes (each one statement: atomic and fenced) ---------------------------------------
 
@@ -112,6 +133,50 @@ class SQLCheckpointer(Checkpointer):
                 raise busy_error(thread_id, lost=True)
             raise ThreadNotFoundError(f"thread {thread_id!r} has no checkpoint "
                                       f"{checkpoint_id!r} to store a snapshot on.")
+
+    # -- retention -------------------------------------------------------------------------------
+
+    async def delete_thread(self, thread_id: str, *, dry_run: bool = False) -> Removed:
+        committed: list[Removed] = []
+
+        def delete(conn: Connection) -> Removed:
+            return self._retention.delete(conn, thread_id, dry_run=dry_run, committed=committed)
+
+        async def remove() -> Removed:
+            return await self._transaction(f"delete thread {thread_id!r}", delete,
+                                           write=not dry_run)
+
+        return await self._removal(dry_run, remove)
+
+    async def prune(self, *, thread_id: str | None = None, keep_last: int | None = None,
+                    finished_before: float | None = None, dry_run: bool = False) -> Removed:
+        """Thread families are removed a batch to a transaction, so a kill leaves each family
+        either pruned or as it was (PostgreSQL locks their rows against runs meanwhile); see
+        `Checkpointer.prune`."""
+        check_prune(thread_id, keep_last, finished_before)
+        retention = self._retention
+
+        def roots(conn: Connection) -> list[str]:
+            return retention.prune_roots(conn, thread_id, finished_before)
+
+        def batch(names: list[str]) -> Callable[[Connection], tuple[Plan, list[str], int, int]]:
+            return lambda conn: retention.prune(conn, names, keep_last=keep_last,
+                                                finished_before=finished_before,
+                                                dry_run=dry_run)
+
+        async def remove() -> Removed:
+            names = await self._transaction("list threads to prune", roots, write=False)
+            plan, skipped, pending, jobs = Plan(), [], 0, 0
+            for start in range(0, len(names), self._prune_batch):
+                part, busy, part_pending, part_jobs = await self._transaction(
+                    "prune threads", batch(names[start:start + self._prune_batch]),
+                    write=not dry_run)
+                plan.add(part)
+                skipped += busy
+                pending, jobs = pending + part_pending, jobs + part_jobs
+            return removed_from(plan, pending_writes=pending, jobs=jobs, skipped=skipped)
+
+        return await self._removal(dry_run, remove)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -231,6 +296,16 @@ class SQLCheckpointer(Checkpointer):
         """The rows `sql` returns; none, from a store that may have run it twice (a dropped
         connection), the rows of `landed`, which finds what the first run wrote."""
 
+    @abstractmethod
+    async def _transaction(self, doing: str, work: Callable[[Connection], T], *,
+                           write: bool = True) -> T:
+        """`work(conn)` in one transaction (`write`: it changes the store)."""
+
+    @abstractmethod
+    async def _removal(self, dry_run: bool, remove: Callable[[], Awaitable[Removed]]
+                       ) -> Removed:
+        """What `remove` (a deletion or prune) removed, with what the store adds to it."""
+
     # -- helpers ---------------------------------------------------------------------------------
 
     def _read_only_error(self) -> CheckpointError:
@@ -239,6 +314,10 @@ class SQLCheckpointer(Checkpointer):
     def _retry_key(self) -> str | None:
         """A key for a write that may run twice (None where the store never runs it again)."""
         return uuid.uuid4().hex if self._sql.dialect.retry_keys else None
+
+    async def _release(self, thread_id: str, token: str) -> None:
+        await self._execute(f"release thread {thread_id!r}", self._sql.release,
+                            {"thread": thread_id, "owner": token})
 
     def _claimed(self, row: Sequence[Any], key: str) -> ClaimedJob:
         """The job a claim returned (thread_id, input, event, base, attempts, max_attempts),

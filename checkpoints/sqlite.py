@@ -14,7 +14,7 @@ auto-vacuum so a prune can give the freed pages back to the file system.
 
 The SQL both SQL stores share, and what is done with its answers, is `SQLCheckpointer`'s
 (sql_store.py); here are the connections, leases and claims judged on this machine's clock,
-and retention. Opening, checking and migrating the file is sqlite_file.py.
+and retention's file sizes. Opening, checking and migrating the file is sqlite_file.py.
 
 Layout (readable with the `sqlite3` shell; all payloads are JSON; sql_schema.py):
 
@@ -41,7 +41,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
@@ -55,25 +55,11 @@ from .base import (
     Removed,
     busy_error,
 )
-from .errors import (
-    CheckpointError,
-    StorageUnavailableError,
-    ThreadBusyError,
-    ThreadNotFoundError,
-)
+from .errors import CheckpointError, StorageUnavailableError
 from .heartbeat import LeaseHeartbeat
-from .retention import (
-    Plan,
-    busy_message,
-    check_prune,
-    not_found_message,
-    plan_delete,
-    plan_prune,
-    plan_trim,
-    removed_from,
-)
 from .rows import process_alive
 from .sql_dialect import SQLITE
+from .sql_retention import Connection
 from .sql_statements import Statements
 from .sql_store import Params, Rows, SQLCheckpointer
 from .sqlite_errors import bad_value_error, storage_error
@@ -85,25 +71,10 @@ from .sqlite_file import (
     open_read_only,
     prepare_file,
 )
-from .sqlite_retention import (
-    candidate_roots,
-    carry_out,
-    file_bytes,
-    has_job,
-    read_family,
-    shrink,
-    thread_exists,
-)
+from .sqlite_retention import RETENTION, file_bytes, shrink
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_FENCE = "SELECT key FROM threads WHERE thread_id = ? AND owner = ?"
-_RELEASE = "UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, " \
-           "lease_expires = NULL WHERE thread_id = ? AND owner = ?"
-_PRUNE_BATCH = 20
-"""Thread families a prune removes per transaction: the write lock is given up between
-batches, so other processes' runs commit while a large prune goes on."""
 
 
 class SQLiteCheckpointer(SQLCheckpointer):
@@ -114,6 +85,11 @@ class SQLiteCheckpointer(SQLCheckpointer):
     """
 
     _sql = Statements(SQLITE)
+    _retention = RETENTION
+    _prune_batch = 20
+    """Thread families a prune removes per transaction: the write lock is given up between
+    batches, so other processes' runs commit while a large prune goes on."""
+    _log = log
 
     def __init__(self, path: str | os.PathLike[str], *,
                  lease_seconds: float = DEFAULT_LEASE_SECONDS, read_only: bool = False,
@@ -233,41 +209,13 @@ class SQLiteCheckpointer(SQLCheckpointer):
         return changed == 1
 
     async def release(self, thread_id: str, owner: Owner) -> None:
-        self._heartbeat.drop(thread_id, owner.token)
         try:
-            if self.keep_last is None:
-                await self._release(thread_id, owner.token)
-            else:
-                await self._release_trimming(thread_id, owner.token, self.keep_last)
+            await super().release(thread_id, owner)
         except StorageUnavailableError:
             # a full disk or a lock held too long: tried again by this checkpointer's next
             # acquire and by close(), so the thread does not stay owned until its lease lapses
             self._unreleased[thread_id] = owner.token
             raise
-
-    async def _release(self, thread_id: str, token: str) -> None:
-        await self._execute(f"release thread {thread_id!r}", _RELEASE, (thread_id, token))
-
-    async def _release_trimming(self, thread_id: str, token: str, keep_last: int) -> None:
-        """Trim the thread to `keep_last` and release it, in one transaction, if `token` still
-        holds it. A trim that cannot be planned (damaged rows) is logged and left out: a
-        retention setting must never keep a run from giving its thread up."""
-        def work(conn: sqlite3.Connection) -> None:
-            if conn.execute(_FENCE, (thread_id, token)).fetchone() is None:
-                return
-            family = read_family(conn, thread_id, holder=token)
-            plan = None
-            if not family.busy:
-                try:
-                    plan = plan_trim(family, keep_last)
-                except (ValueError, TypeError, KeyError) as exc:  # damaged rows
-                    log.warning("thread %r: not trimmed to keep_last=%d on release: %s",
-                                thread_id, keep_last, exc)
-            if plan is not None:
-                carry_out(conn, plan, dry_run=False)
-            conn.execute(_RELEASE, (thread_id, token))
-
-        await self._transaction(f"release thread {thread_id!r}", work)
 
     async def _release_left_over(self) -> None:
         """The releases the store refused earlier, tried again."""
@@ -276,62 +224,14 @@ class SQLiteCheckpointer(SQLCheckpointer):
                 await self._release(thread_id, token)
                 self._unreleased.pop(thread_id, None)
 
-    # -- retention ------------------------------------------------------------------------------
+    # -- retention: removals give the freed space back to the file system --------------------
 
-    async def delete_thread(self, thread_id: str, *, dry_run: bool = False) -> Removed:
+    async def _removal(self, dry_run: bool, remove: Callable[[], Awaitable[Removed]]
+                       ) -> Removed:
+        """What `remove` removed, with the file's sizes, after giving the freed space back
+        (see `shrink`)."""
         before = file_bytes(self.path)
-
-        def work(conn: sqlite3.Connection) -> Removed:
-            family = read_family(conn, thread_id)
-            if not family.threads and not has_job(conn, thread_id):
-                raise ThreadNotFoundError(not_found_message(thread_id))
-            if family.busy:
-                raise ThreadBusyError(busy_message(thread_id, family, "delete"))
-            plan = plan_delete(family)
-            if thread_id not in plan.threads:  # a queued job, and no thread yet
-                plan.threads.insert(0, thread_id)
-            pending, jobs = carry_out(conn, plan, dry_run=dry_run)
-            return removed_from(plan, pending_writes=pending, jobs=jobs)
-
-        removed = await self._transaction(f"delete thread {thread_id!r}", work,
-                                          write=not dry_run)
-        return await self._shrunk(removed, before, dry_run)
-
-    async def prune(self, *, thread_id: str | None = None, keep_last: int | None = None,
-                    finished_before: float | None = None, dry_run: bool = False) -> Removed:
-        """Thread families are removed `_PRUNE_BATCH` to a transaction, so a kill leaves each
-        family either pruned or as it was; see `Checkpointer.prune`."""
-        check_prune(thread_id, keep_last, finished_before)
-        before = file_bytes(self.path)
-
-        def roots(conn: sqlite3.Connection) -> list[str]:
-            if thread_id is None:
-                return candidate_roots(conn, finished_before)
-            if not thread_exists(conn, thread_id):
-                raise ThreadNotFoundError(not_found_message(thread_id))
-            return [thread_id]
-
-        def batch(names: list[str]) -> Callable[[sqlite3.Connection], tuple]:
-            def work(conn: sqlite3.Connection) -> tuple[Plan, list[str], int, int]:
-                plan, skipped = plan_prune((read_family(conn, root) for root in names),
-                                           keep_last=keep_last,
-                                           finished_before=finished_before)
-                return plan, skipped, *carry_out(conn, plan, dry_run=dry_run)
-            return work
-
-        names = await self._transaction("list threads to prune", roots, write=False)
-        plan, skipped, pending, jobs = Plan(), [], 0, 0
-        for start in range(0, len(names), _PRUNE_BATCH):
-            part, busy, part_pending, part_jobs = await self._transaction(
-                "prune threads", batch(names[start:start + _PRUNE_BATCH]), write=not dry_run)
-            plan.add(part)
-            skipped += busy
-            pending, jobs = pending + part_pending, jobs + part_jobs
-        removed = removed_from(plan, pending_writes=pending, jobs=jobs, skipped=skipped)
-        return await self._shrunk(removed, before, dry_run)
-
-    async def _shrunk(self, removed: Removed, before: int, dry_run: bool) -> Removed:
-        """`removed` with the file's sizes, after giving the freed space back (see `shrink`)."""
+        removed = await remove()
         if dry_run or not removed.removed_anything:
             return replace(removed, bytes_before=before, bytes_after=None if dry_run else before)
 
@@ -437,7 +337,7 @@ class SQLiteCheckpointer(SQLCheckpointer):
         # a statement here runs once: it commits or raises, and is never run again
         return await self._fetchall(doing, sql, params, write=True)
 
-    async def _transaction(self, doing: str, work: Callable[[sqlite3.Connection], T], *,
+    async def _transaction(self, doing: str, work: Callable[[Connection], T], *,
                            write: bool = True) -> T:
         """`work(conn)` in one transaction on this checkpointer's direct connection: in the
         calling thread for the sync API, else on a worker thread. Several statements must
