@@ -15,16 +15,15 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from .base import Removed
-from .errors import ThreadBusyError, ThreadNotFoundError
+from .errors import ThreadNotFoundError
 from .retention import (
     FINISHED,
     Family,
     Plan,
     Stored,
-    busy_message,
     is_top_level,
     not_found_message,
-    plan_delete,
+    plan_delete_thread,
     plan_prune,
     plan_trim,
     removed_from,
@@ -87,15 +86,13 @@ class RetentionSQL(ABC):
         `committed` holds what an earlier run of this very work removed: a store that runs
         it again (its connection dropped before the answer came) answers with it."""
         family = self.read_families(conn, [thread_id], lock=not dry_run)[thread_id]
-        if not family.threads and not self.has_job(conn, thread_id):
+        try:
+            plan = plan_delete_thread(thread_id, family,
+                                      has_job=self.has_job(conn, thread_id))
+        except ThreadNotFoundError:
             if committed:  # a retry: the first attempt committed, its answer was lost
                 return committed[0]
-            raise ThreadNotFoundError(not_found_message(thread_id))
-        if family.busy:
-            raise ThreadBusyError(busy_message(thread_id, family, "delete"))
-        plan = plan_delete(family)
-        if thread_id not in plan.threads:  # a queued job, and no thread yet
-            plan.threads.insert(0, thread_id)
+            raise
         pending, jobs = self.carry_out(conn, plan, dry_run=dry_run)
         committed[:] = [removed_from(plan, pending_writes=pending, jobs=jobs)]
         return committed[0]
