@@ -34,6 +34,10 @@ class Dialect:
     retry_keys: bool
     """Writes carry a key that makes running them twice the same as running them once (a
     store that runs a statement again after a dropped connection needs them)."""
+    returns: bool
+    """Whether a write reports the row it wrote with RETURNING (PostgreSQL: it has no last row
+    id); else the store reads the rows changed and the last row id off the cursor (SQLite:
+    RETURNING makes its commit a third slower)."""
     lateral: bool
     """Whether `JOIN LATERAL` is there: one index lookup per row, where a correlated join may
     make the planner scan a whole table (PostgreSQL's recursive chain load, a thread's head)."""
@@ -88,21 +92,25 @@ class Dialect:
         earlier run of the same write landed."""
         return f" ON CONFLICT ({key}) DO NOTHING" if self.retry_keys else ""
 
+    def returning(self, columns: str) -> str:
+        """What makes a write return `columns` of the row it wrote, where it reports so."""
+        return f" RETURNING {columns}" if self.returns else ""
+
     def limit(self, limit: int | None) -> int | None:
         """`limit` as a LIMIT parameter (None: no limit)."""
         return self.unlimited if limit is None else limit
 
 
 SQLITE = Dialect(
-    name="SQLite", server_clock=None, retry_keys=False, lateral=False, arrays=False,
-    strpos="instr", lock_rows="", unlimited=-1, float_type="REAL", id_type="INTEGER",
-    id_key="INTEGER PRIMARY KEY", without_rowid=" WITHOUT ROWID")
+    name="SQLite", server_clock=None, retry_keys=False, returns=False, lateral=False,
+    arrays=False, strpos="instr", lock_rows="", unlimited=-1, float_type="REAL",
+    id_type="INTEGER", id_key="INTEGER PRIMARY KEY", without_rowid=" WITHOUT ROWID")
 
 POSTGRES = Dialect(
     name="PostgreSQL", server_clock="extract(epoch from clock_timestamp())", retry_keys=True,
-    lateral=True, arrays=True, strpos="strpos", lock_rows=" FOR UPDATE", unlimited=None,
-    float_type="DOUBLE PRECISION", id_type="BIGINT", id_key="BIGSERIAL PRIMARY KEY",
-    without_rowid="")
+    returns=True, lateral=True, arrays=True, strpos="strpos", lock_rows=" FOR UPDATE",
+    unlimited=None, float_type="DOUBLE PRECISION", id_type="BIGINT",
+    id_key="BIGSERIAL PRIMARY KEY", without_rowid="")
 
 
 __all__ = ["POSTGRES", "SQLITE", "Dialect"]

@@ -2,8 +2,9 @@
 the spelling) and rendered for a dialect by `Statements`.
 
 Every write is one statement, fenced on the thread's owner where a run makes it: it only
-takes effect while the writing run still holds the thread (`fence`). With retry keys
-(PostgreSQL) a write also says how to find it again (`*_landed`): a store that runs a
+takes effect while the writing run still holds the thread (`fence`). A write that must say
+what it wrote returns it (`Dialect.returning`; SQLite's cursor says it instead). With retry
+keys (PostgreSQL) a write also says how to find it again (`*_landed`): a store that runs a
 statement again after a dropped connection asks there whether the first run landed.
 """
 
@@ -86,13 +87,13 @@ class Statements:
             f"snapshot, extra, error, created_at{', commit_key' if keys else ''}) SELECT key, "
             ":parent, :step, :kind, :status, :next, :writes, :snapshot, :extra, :error, "
             f"{':now' if d.server_clock else ':created_at'}{', :key' if keys else ''} "
-            f"FROM threads WHERE thread_id = :thread AND owner = :owner{d.once('commit_key')} "
-            "RETURNING id")
+            f"FROM threads WHERE thread_id = :thread AND owner = :owner{d.once('commit_key')}"
+            f"{d.returning('id')}")
         self.put_landed = d.render("SELECT id FROM checkpoints WHERE commit_key = :key")
         self.put_pending = d.render(
             "INSERT INTO pending_writes(checkpoint, node, idx, writes, meta) SELECT "
             f":checkpoint, :node, :idx, :writes, :meta WHERE EXISTS ({_FENCE})"
-            f"{d.once('checkpoint, node, idx')} RETURNING 1")
+            f"{d.once('checkpoint, node, idx')}{d.returning('1')}")
         self.mark = d.render(
             "UPDATE checkpoints SET status = :status, error = :error, snapshot = "
             "coalesce(snapshot, :snapshot), extra = coalesce(:extra, extra), marked_at = :now "
@@ -139,7 +140,7 @@ class Statements:
             "claimed_by = NULL, claim_key = NULL, claimed_until = NULL, error = NULL, "
             "submitted_at = excluded.submitted_at, finished_at = NULL"
             f"{', submit_key = excluded.submit_key' if keys else ''} "
-            "WHERE jobs.status NOT IN ('queued', 'running') RETURNING 1")
+            f"WHERE jobs.status NOT IN ('queued', 'running'){d.returning('1')}")
         self.enqueue_landed = d.render(
             "SELECT 1 FROM jobs WHERE thread_id = :thread AND submit_key = :key")
         # only from running, so a requeue run twice changes nothing more; the job keeps its
@@ -148,7 +149,7 @@ class Statements:
             "UPDATE jobs SET status = 'queued', available_at = :now + :retry_in, "
             "error = :error, claimed_by = NULL, claimed_until = NULL, "
             "attempts = attempts - :uncounted WHERE thread_id = :thread AND claim_key = :key "
-            "AND status = 'running' RETURNING 1")
+            f"AND status = 'running'{d.returning('1')}")
         self.requeue_landed = d.render(
             "SELECT 1 FROM jobs WHERE thread_id = :thread AND claim_key = :key AND "
             "status = 'queued'")

@@ -293,8 +293,9 @@ class SQLCheckpointer(Checkpointer):
 
     @abstractmethod
     async def _write_once(self, doing: str, sql: str, landed: str, params: Params) -> Rows:
-        """The rows `sql` returns; none, from a store that may have run it twice (a dropped
-        connection), the rows of `landed`, which finds what the first run wrote."""
+        """What the write `sql` wrote: one row holding the written row's id (or 1), or none.
+        A store that may have run it twice (a dropped connection) finds, when the second run
+        wrote nothing, what the first one wrote with `landed`."""
 
     @abstractmethod
     async def _transaction(self, doing: str, work: Callable[[Connection], T], *,

@@ -315,13 +315,19 @@ class SQLiteCheckpointer(SQLCheckpointer):
                 await self._conn.close()
 
     async def _execute(self, doing: str, sql: str, params: Params) -> int:
+        return (await self._write(doing, sql, params))[0]
+
+    async def _write(self, doing: str, sql: str, params: Params) -> tuple[int, int | None]:
+        """Run one statement (its own transaction): (rows changed, last row id)."""
         self._check_usable(write=True)
         with self._failures(doing):
             if self._in_caller_thread:
                 with self._direct_lock:
-                    return self._direct.execute(sql, params).rowcount
+                    cursor = self._direct.execute(sql, params)
+                    return cursor.rowcount, cursor.lastrowid
             assert self._conn is not None
-            return (await self._conn.execute(sql, params)).rowcount
+            async_cursor = await self._conn.execute(sql, params)
+            return async_cursor.rowcount, async_cursor.lastrowid
 
     async def _fetchall(self, doing: str, sql: str, params: Params, *,
                         write: bool = False) -> Rows:
@@ -334,8 +340,9 @@ class SQLiteCheckpointer(SQLCheckpointer):
             return [tuple(row) for row in await self._conn.execute_fetchall(sql, params)]
 
     async def _write_once(self, doing: str, sql: str, landed: str, params: Params) -> Rows:
-        # a statement here runs once: it commits or raises, and is never run again
-        return await self._fetchall(doing, sql, params, write=True)
+        # a statement here runs once (it commits or raises) and writes one row or none
+        changed, row_id = await self._write(doing, sql, params)
+        return [(row_id,)] if changed == 1 else []
 
     async def _transaction(self, doing: str, work: Callable[[Connection], T], *,
                            write: bool = True) -> T:
