@@ -172,10 +172,13 @@ class SQLiteCheckpointer(SQLCheckpointer):
         watched: tuple[str, float | None] | None = None
         started = time.monotonic()
         while True:
-            holder = await self._holder(thread_id)
-            if holder is None:  # released meanwhile
+            holder = await self._fetchall(
+                f"read who holds thread {thread_id!r}",
+                "SELECT owner, owner_pid, owner_host, lease_expires, lease_seconds FROM threads "
+                "WHERE thread_id = ? AND owner IS NOT NULL", (thread_id,))
+            if not holder:  # released meanwhile
                 return await self._take_from(thread_id, owner, None, None)
-            token, pid, host, expires, period = holder
+            token, pid, host, expires, period = holder[0]
             if host == owner.host and pid != owner.pid and not process_alive(pid):
                 return await self._take_from(thread_id, owner, token, expires)
             period = period or self.lease_seconds  # a lease taken before schema 4
@@ -188,14 +191,6 @@ class SQLiteCheckpointer(SQLCheckpointer):
             if time.monotonic() - started >= period:
                 return await self._take_from(thread_id, owner, token, expires)
             await asyncio.sleep(min(period / 10, 0.5))
-
-    async def _holder(self, thread_id: str
-                      ) -> tuple[str, int, str, float | None, float | None] | None:
-        rows = await self._fetchall(
-            f"read who holds thread {thread_id!r}",
-            "SELECT owner, owner_pid, owner_host, lease_expires, lease_seconds FROM threads "
-            "WHERE thread_id = ? AND owner IS NOT NULL", (thread_id,))
-        return rows[0] if rows else None
 
     async def _take_from(self, thread_id: str, owner: Owner, token: str | None,
                          expires: float | None) -> bool:
