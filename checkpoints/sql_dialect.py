@@ -1,7 +1,8 @@
 """How SQLite and PostgreSQL spell the SQL the two stores share.
 
-The shared statements (`sql_statements.py`, `sql_schema.py`, `sql_retention.py`) are written
-once, in SQLite's spelling with three conventions, and rendered for each database here:
+The shared statements (`sql_statements.py`, `sql_retention.py`) are written once, in
+SQLite's spelling with three conventions, and rendered for each database here (the tables,
+`sql_schema.py`, take their column types from the dialect):
 
 * `:name` is a named parameter (`%(name)s` for psycopg);
 * `:name::type` is a parameter PostgreSQL needs the type of, because it may be NULL
