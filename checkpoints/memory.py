@@ -25,19 +25,18 @@ from .base import (
     busy_error,
     job_busy_error,
 )
-from .errors import ThreadBusyError, ThreadNotFoundError
+from .errors import ThreadNotFoundError
 from .retention import (
     Family,
     Plan,
     Stored,
-    busy_message,
     busy_reason,
     check_keep_last,
     check_prune,
     in_family,
     is_top_level,
     not_found_message,
-    plan_delete,
+    plan_delete_thread,
     plan_prune,
     plan_trim,
     removed_from,
@@ -189,14 +188,8 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
 
     async def delete_thread(self, thread_id: str, *, dry_run: bool = False) -> Removed:
         with self._lock:
-            family = self._family(thread_id)
-            if not family.threads and thread_id not in self._jobs:
-                raise ThreadNotFoundError(not_found_message(thread_id))
-            if family.busy:
-                raise ThreadBusyError(busy_message(thread_id, family, "delete"))
-            plan = plan_delete(family)
-            if thread_id not in plan.threads:  # a job, and no thread (yet)
-                plan.threads.insert(0, thread_id)
+            plan = plan_delete_thread(thread_id, self._family(thread_id),
+                                      has_job=thread_id in self._jobs)
             return self._carry_out(plan, dry_run)
 
     async def prune(self, *, thread_id: str | None = None, keep_last: int | None = None,

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .base import FINISHED, Removed
+from .errors import ThreadBusyError, ThreadNotFoundError
 
 """Statuses of a run that ended: nothing will read its line again to continue or undo it."""
 
@@ -170,6 +171,20 @@ def plan_delete(family: Family) -> Plan:
         plan.threads.append(name)
         if family.threads[name]:
             plan.checkpoints[name] = sorted(c.id for c in family.threads[name])
+    return plan
+
+
+def plan_delete_thread(thread_id: str, family: Family, *, has_job: bool) -> Plan:
+    """What `delete_thread(thread_id)` removes: its family whole, and the thread's job (which
+    may be queued before the thread exists). `ThreadNotFoundError` if there is neither thread
+    nor job, `ThreadBusyError` if a live run holds a member."""
+    if not family.threads and not has_job:
+        raise ThreadNotFoundError(not_found_message(thread_id))
+    if family.busy:
+        raise ThreadBusyError(busy_message(thread_id, family, "delete"))
+    plan = plan_delete(family)
+    if thread_id not in plan.threads:  # a queued job, and no thread yet
+        plan.threads.insert(0, thread_id)
     return plan
 
 

@@ -1,141 +1,87 @@
-"""The SQL of retention on a SQLite file: reading a thread family, removing a plan, and giving
+"""Retention on a SQLite file: reading a thread family, keeping removed ids taken, and giving
 the freed space back to the file system.
 
-Every function here runs on one `sqlite3.Connection` inside a transaction that
-`SQLiteCheckpointer` opens (BEGIN IMMEDIATE when it writes), except `shrink`, which runs after
-the commit: the rows are gone whether or not the file can be made smaller right then.
+Everything but `shrink` runs on one `sqlite3.Connection` inside a transaction that
+`SQLiteCheckpointer` opens (BEGIN IMMEDIATE when it writes: the whole file is locked, so
+reading a family locks nothing more). `shrink` runs after the commit: the rows are gone
+whether or not the file can be made smaller right then. The rest of retention's SQL is
+shared with PostgreSQL (`sql_retention.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from .base import process_space
-from .retention import (
-    FINISHED,
-    Family,
-    Plan,
-    Stored,
-    busy_reason,
-    family_range,
-    in_family,
-    is_top_level,
-)
+from .retention import Family, Plan, Stored, busy_reason, family_range, in_family
 from .rows import process_alive
+from .sql_dialect import SQLITE
+from .sql_retention import Connection, RetentionSQL, number
 
 _IN_FAMILY = "(thread_id = :root OR (thread_id >= :low AND thread_id < :high))"
 """A thread and those under it, as an index range on the unique thread_id index: text compares
 as UTF-8 bytes (BINARY), so the range holds exactly the ids starting with `root::`."""
 
 
-def read_family(conn: sqlite3.Connection, root: str, *, holder: str | None = None) -> Family:
-    """The thread `root` and every thread under it, with their checkpoints' shape and who holds
-    them. A lease counts while it has not expired by this machine's clock, unless its holder
-    was a process of this machine that is gone; the run `holder` (releasing the thread) does
-    not count. A job counts while a worker's claim on it has not expired."""
-    low, high = family_range(root)
-    bounds = {"root": root, "low": low, "high": high}
-    now, here = time.time(), process_space()
-    members = [row for row in conn.execute(
-        f"SELECT key, thread_id, owner, owner_pid, owner_host, lease_expires FROM threads "
-        f"WHERE {_IN_FAMILY}", bounds) if isinstance(row[1], str) and in_family(root, row[1])]
-    busy: dict[str, str] = {}
-    for _, name, owner, pid, host, expires in members:
-        if owner is not None and owner != holder and _number(expires) >= now and \
-                not (host == here and not process_alive(pid)):
-            busy[name] = busy_reason(name, job=False)
-    for (name,) in conn.execute(
-            f"SELECT thread_id FROM jobs WHERE {_IN_FAMILY} AND status = 'running' AND "
-            "claimed_until >= :now", {**bounds, "now": now}):
-        if in_family(root, name):
-            busy.setdefault(name, busy_reason(name, job=True))
-    names = {key: name for key, name, *_ in members}
-    threads: dict[str, list[Stored]] = {name: [] for name in names.values()}
-    for key, *row in conn.execute(
-            "SELECT thread, id, parent, snapshot IS NOT NULL, status, kind, extra, "
-            "coalesce(marked_at, created_at) FROM checkpoints WHERE thread IN "
-            "(SELECT value FROM json_each(?))", (json.dumps(list(names)),)):
-        threads[names[key]].append(stored(row))
-    parent_head = None
-    if not is_top_level(root):
-        row = conn.execute(
-            "SELECT id, parent, snapshot IS NOT NULL, status, kind, extra, "
-            "coalesce(marked_at, created_at) FROM checkpoints WHERE thread = (SELECT key FROM "
-            "threads WHERE thread_id = ?) ORDER BY id DESC LIMIT 1",
-            (root.rsplit("::", 1)[0],)).fetchone()
-        parent_head = None if row is None else stored(row)
-    return Family(root, threads, busy, parent_head)
+class SQLiteRetention(RetentionSQL):
+    """Retention's SQL on a SQLite file: one family at a time, by an index range."""
+
+    def read_families(self, conn: Connection, roots: Sequence[str], *, lock: bool,
+                      holder: str | None = None) -> dict[str, Family]:
+        """See `read_family`; the transaction already locks the file, so `lock` adds nothing."""
+        return {root: self.read_family(conn, root, holder=holder) for root in roots}
+
+    def read_family(self, conn: Connection, root: str, *, holder: str | None = None
+                    ) -> Family:
+        """The thread `root` and every thread under it, with their checkpoints' shape and who
+        holds them. A lease counts while it has not expired by this machine's clock, unless
+        its holder was a process of this machine that is gone; the run `holder` (releasing the
+        thread) does not count. A job counts while a worker's claim on it has not expired."""
+        low, high = family_range(root)
+        bounds = {"root": root, "low": low, "high": high}
+        now, here = time.time(), process_space()
+        members = [row for row in conn.execute(
+            f"SELECT key, thread_id, owner, owner_pid, owner_host, lease_expires FROM threads "
+            f"WHERE {_IN_FAMILY}", bounds) if isinstance(row[1], str) and in_family(root, row[1])]
+        busy: dict[str, str] = {}
+        for _, name, owner, pid, host, expires in members:
+            if owner is not None and owner != holder and number(expires) >= now and \
+                    not (host == here and not process_alive(pid)):
+                busy[name] = busy_reason(name, job=False)
+        for (name,) in conn.execute(
+                f"SELECT thread_id FROM jobs WHERE {_IN_FAMILY} AND status = 'running' AND "
+                "claimed_until >= :now", {**bounds, "now": now}):
+            if in_family(root, name):
+                busy.setdefault(name, busy_reason(name, job=True))
+        names = {key: name for key, name, *_ in members}
+        threads: dict[str, list[Stored]] = {name: [] for name in names.values()}
+        for name, checkpoint in self.checkpoints_of(conn, names):
+            threads[name].append(checkpoint)
+        return Family(root, threads, busy, self.parent_head(conn, root))
+
+    def carry_out(self, conn: Connection, plan: Plan, *, dry_run: bool) -> tuple[int, int]:
+        """See `RetentionSQL.carry_out`; then, if the newest checkpoint went, its id stays
+        taken (`keep_ids_taken`)."""
+        top = None if dry_run else conn.execute("SELECT max(id) FROM checkpoints").fetchone()[0]
+        counted = super().carry_out(conn, plan, dry_run=dry_run)
+        if not dry_run:
+            keep_ids_taken(conn, top)
+        return counted
 
 
-def stored(row: Sequence[Any]) -> Stored:
-    """A checkpoint's shape from (id, parent, has snapshot, status, kind, extra, changed at).
-    A damaged value reads as what removes least: no parent link, a status that is not
-    finished, an extra that cannot be read."""
-    cid, parent, snapshot, status, kind, extra, changed = row
-    return Stored(cid, parent if isinstance(parent, int) else None, bool(snapshot),
-                  status if isinstance(status, str) else "?",
-                  kind if isinstance(kind, str) else "?",
-                  extra if isinstance(extra, str) or extra is None else "?",
-                  _number(changed, default=float("inf")))
-
-
-def has_job(conn: sqlite3.Connection, thread_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM jobs WHERE thread_id = ?", (thread_id,)).fetchone() \
-        is not None
-
-
-def thread_exists(conn: sqlite3.Connection, thread_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM threads WHERE thread_id = ?", (thread_id,)).fetchone() \
-        is not None
-
-
-def candidate_roots(conn: sqlite3.Connection, finished_before: float | None) -> list[str]:
-    """The top-level threads a prune looks at (with `finished_before`, those whose latest
-    checkpoint finished before it: checked again, under the write lock, in `read_family`)."""
-    rows = conn.execute(
-        "SELECT t.thread_id, c.status, coalesce(c.marked_at, c.created_at) FROM threads t "
-        "LEFT JOIN checkpoints c ON c.id = (SELECT max(id) FROM checkpoints WHERE thread = "
-        "t.key) WHERE instr(t.thread_id, '::') = 0 ORDER BY t.key").fetchall()
-    return [name for name, status, changed in rows if isinstance(name, str) and (
-        finished_before is None or (status in FINISHED and
-                                    _number(changed, default=float("inf")) < finished_before))]
-
-
-def carry_out(conn: sqlite3.Connection, plan: Plan, *, dry_run: bool) -> tuple[int, int]:
-    """Count the pending writes and jobs going with `plan` and, unless `dry_run`, remove
-    everything it names: (pending writes, jobs)."""
-    ids, names = json.dumps(plan.checkpoint_ids), json.dumps(plan.threads)
-    pending = conn.execute("SELECT count(*) FROM pending_writes WHERE checkpoint IN "
-                           "(SELECT value FROM json_each(?))", (ids,)).fetchone()[0]
-    jobs = conn.execute("SELECT count(*) FROM jobs WHERE thread_id IN "
-                        "(SELECT value FROM json_each(?))", (names,)).fetchone()[0]
-    if not dry_run:
-        top = conn.execute("SELECT max(id) FROM checkpoints").fetchone()[0]
-        conn.execute("DELETE FROM pending_writes WHERE checkpoint IN "
-                     "(SELECT value FROM json_each(?))", (ids,))
-        conn.execute("DELETE FROM checkpoints WHERE id IN (SELECT value FROM json_each(?))",
-                     (ids,))
-        conn.execute("DELETE FROM jobs WHERE thread_id IN (SELECT value FROM json_each(?))",
-                     (names,))
-        conn.execute("DELETE FROM threads WHERE thread_id IN (SELECT value FROM json_each(?))",
-                     (names,))
-        keep_ids_taken(conn, top)
-    return pending, jobs
-
+RETENTION = SQLiteRetention(SQLITE)
 
 PLACEHOLDER_THREAD = 0
 """The thread key of the row that keeps the highest checkpoint id taken (no thread has it:
 keys start at 1), so that row is in no thread, no list and no load."""
 
 
-def keep_ids_taken(conn: sqlite3.Connection, top: int | None) -> None:
+def keep_ids_taken(conn: Connection, top: int | None) -> None:
     """Never give a removed checkpoint's id again. SQLite numbers a new row one past the
     highest id in the table, so removing the newest rows would hand their ids out anew — and
     a checkpoint id is where task ids come from (the idempotency keys nodes give payment
@@ -198,10 +144,4 @@ def file_bytes(path: Path) -> int:
     return total
 
 
-def _number(value: object, default: float = float("-inf")) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
-        else default
-
-
-__all__ = ["candidate_roots", "carry_out", "file_bytes", "has_job", "read_family", "shrink",
-           "stored", "thread_exists"]
+__all__ = ["RETENTION", "SQLiteRetention", "file_bytes", "keep_ids_taken", "shrink"]
