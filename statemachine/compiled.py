@@ -17,8 +17,8 @@ import networkx as nx
 from pydantic import BaseModel
 
 from ._sync import iterate_sync, run_sync
-from .compiler import GraphSpec
 from .executor import Executor
+from .spec import GraphSpec
 from .types import Snapshot, StepEvent
 
 if TYPE_CHECKING:

@@ -48,7 +48,6 @@ from . import pruning
 from .clock import get_clock
 from .commands import Command, Send
 from .compensation import COMPENSATE, current_run, rollback
-from .compiler import Branch, CallableInfo, GraphSpec, NodeSpec
 from .constants import END, START
 from .errors import (
     CheckpointError,
@@ -83,6 +82,7 @@ from .records import (
 from .routing import RefusedRoute, resolve_route, route_items
 from .secret_types import mentions_secret
 from .snapshots import ReplayCost
+from .spec import Branch, CallableInfo, GraphSpec, NodeSpec
 from .state_cache import StateCache
 from .types import NodeFailure, RunContext, Snapshot, StepEvent, task_id
 from .waiting import NO_ANSWERS, TaskAnswers, WaitingForEvent, current_answers

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .commands import Send
-from .compiler import Branch, GraphSpec
 from .constants import END
 from .errors import did_you_mean
+from .spec import Branch, GraphSpec
 
 
 @dataclass(frozen=True, slots=True)

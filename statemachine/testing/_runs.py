@@ -20,8 +20,8 @@ from checkpoints import MemoryCheckpointer, SQLiteCheckpointer
 
 from ..clock import FakeClock, use_clock
 from ..compiled import CompiledGraph
-from ..compiler import GraphSpec, NodeSpec
 from ..errors import InvalidRouteError, InvalidUpdateError, StepLimitError
+from ..spec import GraphSpec, NodeSpec
 from ..types import StepEvent
 from ._common import (
     CHECK_THREAD,
