@@ -6,7 +6,7 @@ import asyncio
 import inspect
 from typing import Any
 
-from .compiler import CallableInfo
+from .spec import CallableInfo
 
 
 async def call_user_function(info: CallableInfo, args: tuple[Any, ...], inline: bool) -> Any:

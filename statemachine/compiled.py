@@ -17,9 +17,9 @@ import networkx as nx
 from pydantic import BaseModel
 
 from ._sync import iterate_sync, run_sync
-from .compiler import GraphSpec
 from .constants import DEFAULT_MAX_STEPS
 from .executor import Executor
+from .spec import GraphSpec
 from .types import Snapshot, StepEvent
 
 if TYPE_CHECKING:

@@ -29,13 +29,13 @@ from checkpoints.memory import MemoryCache
 from . import editing, pruning
 from .checkpoint_extra import extra_of
 from .compensation import current_run, rollback
-from .compiler import GraphSpec, NodeSpec
 from .constants import DEFAULT_MAX_STEPS
 from .observe import Observer
 from .records import decode_tasks, ran_nodes
 from .replay import Replayer
 from .run import Run, merged_updates, needs_checkpointer, not_found
 from .snapshots import ReplayCost
+from .spec import GraphSpec, NodeSpec
 from .state_cache import StateCache
 from .types import Snapshot
 

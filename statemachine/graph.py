@@ -10,6 +10,8 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Self
 
+from .compiler import compile_graph
+
 if TYPE_CHECKING:
     from checkpoints.base import Checkpointer
 
@@ -148,8 +150,6 @@ class StateGraph:
         how many tasks of a step run at once (overridable per call); `on_failure="compensate"`
         rolls a failed run back (see `CompiledGraph.rollback`) before the error propagates.
         """
-        from .compiler import compile_graph
-
         return compile_graph(
             self,
             checkpointer=checkpointer,

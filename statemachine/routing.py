@@ -18,10 +18,10 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from .calls import call_user_function
 from .commands import Send
-from .compiler import Branch, GraphSpec
 from .constants import END
 from .errors import InvalidRouteError, InvalidUpdateError, did_you_mean
 from .records import Task
+from .spec import Branch, GraphSpec
 from .types import RunContext, task_id
 
 Joins = dict[int, set[str]]

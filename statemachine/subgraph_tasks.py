@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from checkpoints.base import FINISHED
 
 from .checkpoint_extra import extra_of
-from .compiler import NodeSpec
 from .errors import ThreadStateError
 from .records import Task
+from .spec import NodeSpec
 from .waiting import WaitingForEvent, current_answers
 
 if TYPE_CHECKING:

@@ -22,12 +22,12 @@ from checkpoints.base import Checkpointer
 from .calls import call_user_function
 from .clock import get_clock
 from .commands import Command, Send
-from .compiler import NodeSpec
 from .constants import END
 from .errors import InvalidRouteError, InvalidUpdateError, NodeTimeoutError
 from .records import Task, cache_key_for, decode_goto, encode_goto
 from .secret_types import mentions_secret
 from .snapshots import ReplayCost
+from .spec import NodeSpec
 from .subgraph_tasks import run_subgraph
 from .types import NodeFailure, RunContext, task_id
 from .waiting import NO_ANSWERS, TaskAnswers, WaitingForEvent, current_answers

@@ -3,8 +3,9 @@
 - `chain`: a -> b -> c, one async node per step. Each node first appends a line
   `thread node step pid` to the file named by $QUEUE_LOG (flushed and fsync'd, so a SIGKILL
   right after it loses nothing), then sleeps $QUEUE_SLEEP seconds (default 0.1), then adds 1 to
-  `n` and its name to `log`. With $QUEUE_GATE set, node `a` waits (after logging) until that
-  file exists: a run holding the thread can be kept there for as long as a test needs.
+  `n` and its name to `log`. With $QUEUE_GATE set, node `a` (or the node named by
+  $QUEUE_GATE_NODE) waits (after logging) until that file exists: a run holding the thread can
+  be kept there for as long as a test needs.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _node(name: str):
     async def node(state: Job, context: RunContext) -> dict:
         side_effect(context)
         gate = os.environ.get("QUEUE_GATE")
-        if gate and name == "a":
+        if gate and name == os.environ.get("QUEUE_GATE_NODE", "a"):
             for _ in range(1200):
                 if Path(gate).exists():
                     break

@@ -43,7 +43,9 @@ def test_quick_scale_out_passes_and_writes_the_verification(postgres_dsn, tmp_pa
 
 def test_quick_scale_out_with_a_killed_worker_passes(postgres_dsn, tmp_path):
     out = tmp_path / "scale_out.json"
-    result = _run(postgres_dsn, out, "--kill", "--lease", "1")
+    # 3 s, beaten every second: a live worker's job is taken only if its heartbeat stood still
+    # for two seconds (PostgreSQL hands an expired claim over at once)
+    result = _run(postgres_dsn, out, "--kill", "--lease", "3")
     assert result.returncode == 0, result.stdout + result.stderr
     [run] = json.loads(out.read_text())["runs"]
     assert run["passed"] is True

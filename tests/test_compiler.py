@@ -190,6 +190,16 @@ def test_router_without_path_map_or_literal_warns_and_may_reach_every_node_and_E
     assert set(app.to_networkx().successors("a")) == {"a", "b", END}
 
 
+def test_router_warning_points_at_the_users_compile_call():
+    g = StateGraph(State)
+    g.add_node("a", noop)
+    g.add_edge(START, "a")
+    g.add_conditional_edges("a", route_anywhere)
+    with pytest.warns(RouterWithoutPathMapWarning) as caught:
+        g.compile()
+    assert caught[0].filename == __file__
+
+
 def test_router_with_a_path_map_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -37,6 +37,7 @@ from statemachine import END, START, StateGraph, ThreadBusyError, ThreadStateErr
 DB, LOG, THREAD, MODE = sys.argv[1:5]
 CRASH = json.loads(os.environ.get("CRASH") or "null")  # {"step", "node", "when"}
 BLOCK = json.loads(os.environ.get("BLOCK") or "null")  # {"step", "node", "until": path}
+GATE = json.loads(os.environ.get("GATE") or "null")  # {"ready": path, "go": path}
 PAUSE = float(os.environ.get("PAUSE") or 0)
 LEASE = float(os.environ.get("LEASE") or 30)
 ROUNDS = 3
@@ -109,6 +110,10 @@ def graph():
 
 with SQLiteCheckpointer(DB, lease_seconds=LEASE) as saver:
     app = graph().compile(checkpointer=saver)
+    if GATE:  # started and imported; the test says when to go
+        open(GATE["ready"], "w").close()
+        while not os.path.exists(GATE["go"]):
+            time.sleep(0.005)
     try:
         final = app.invoke({}, thread_id=THREAD) if MODE == "run" else app.resume(THREAD)
     except ThreadBusyError as exc:
@@ -210,6 +215,12 @@ def listed_busy(workdir: Path) -> bool:
     with SQLiteCheckpointer(workdir / "runs.db") as saver:
         (info,) = run_sync(saver.threads)
     return info.busy
+
+
+def lease_expires(workdir: Path) -> float | None:
+    """When the thread's lease runs out unless renewed, read straight from the file."""
+    rows = query(workdir, "SELECT lease_expires FROM threads WHERE thread_id = ?", THREAD)
+    return rows[0][0] if rows else None
 
 
 def pending_count(workdir: Path) -> int:
@@ -342,12 +353,16 @@ def test_killed_process_does_not_lock_its_thread(tmp_path, reference):
 
 def test_second_process_on_a_running_thread_gets_thread_busy(tmp_path, reference):
     go = tmp_path / "go"
-    holder = Child(tmp_path, "run", LEASE="1",
+    # 2 s, beaten every 2/3 s: the holder keeps it unless it stands still for seconds
+    holder = Child(tmp_path, "run", LEASE="2",
                    BLOCK={"step": 1, "node": "fetch_b", "until": str(go)})
     try:
         wait_until(lambda: (1, "fetch_b") in {(s, n) for s, n, _, _ in effects(tmp_path)},
                    what="fetch_b to start")
-        time.sleep(2.0)  # twice the lease: the holder's heartbeat must keep it
+        first = lease_expires(tmp_path)
+        # past the end of the lease seen as fetch_b started: only the heartbeat keeps it now
+        wait_until(lambda: time.time() > first and lease_expires(tmp_path) > first,
+                   what="the lease to outlive its first period")
         for mode in ("resume", "run"):
             other = run(tmp_path, mode)
             assert other.rc == 3, (mode, other.rc, other.err)
@@ -368,21 +383,32 @@ def test_second_process_on_a_running_thread_gets_thread_busy(tmp_path, reference
 
 def test_stuck_process_loses_its_lease_and_cannot_commit_after(tmp_path, reference):
     go = tmp_path / "go"
-    lease = 4.0
+    lease = 3.0
     stuck = Child(tmp_path, "run", LEASE=str(lease),
                   BLOCK={"step": 1, "node": "fetch_b", "until": str(go)})
+    early = None
     try:
         wait_until(lambda: (1, "fetch_b") in {(s, n) for s, n, _, _ in effects(tmp_path)},
                    what="fetch_b to start")
         wait_until(lambda: pending_count(tmp_path) == 2, what="the siblings to commit")
+        # the early resumer starts up (imports, opens the file) before the freeze, so what
+        # races the frozen lease is its resume alone, not a process start-up
+        ready, resume_now = tmp_path / "early-ready", tmp_path / "early-go"
+        early = Child(tmp_path, "resume", GATE={"ready": str(ready), "go": str(resume_now)})
+        wait_until(ready.exists, 60, what="the early resumer to start")
+        # frozen right after a beat: never halfway through one (holding the write lock)
+        beat = lease_expires(tmp_path)
+        wait_until(lambda: lease_expires(tmp_path) != beat, what="a heartbeat")
         os.kill(stuck.pid, signal.SIGSTOP)  # alive but frozen, heartbeat included
         frozen_at = time.monotonic()
 
-        # its pid lives and its lease holds (renewed at most lease/3 before the freeze): busy
-        early = run(tmp_path, "resume")
+        # its pid lives and its lease, just renewed, holds: busy
+        resume_now.touch()
+        early.wait()
         assert early.rc == 3, (early.err, time.monotonic() - frozen_at)
 
-        time.sleep(max(0.0, lease + 0.3 - (time.monotonic() - frozen_at)))
+        expires = lease_expires(tmp_path)
+        wait_until(lambda: time.time() > expires, lease + 5, what="the frozen lease to expire")
         taken = run(tmp_path, "resume")  # the lease expired: the thread is taken over
         assert taken.final == reference["final"]
         checkpoints = query(tmp_path, "SELECT count(*) FROM checkpoints")[0][0]
@@ -392,6 +418,8 @@ def test_stuck_process_loses_its_lease_and_cannot_commit_after(tmp_path, referen
         stuck.wait()
     finally:
         stuck.kill()
+        if early is not None:
+            early.kill()
     # woken up, the old owner finishes its node but its commit is fenced off
     assert stuck.rc == 3, (stuck.rc, stuck.out, stuck.err)
     assert "taken over" in stuck.err

@@ -760,21 +760,29 @@ async def test_second_run_on_a_running_thread_is_busy(saver):
 
 @pytest.mark.parametrize("kind", STORES)
 async def test_live_run_keeps_its_thread_longer_than_lease_seconds(kind, tmp_path, request):
+    # beaten every 2/3 s: PostgreSQL (which takes an expired lease at once) would hand it over
+    # only if the heartbeat stood still for more than a second
+    lease = 2.0
+    started, release = asyncio.Event(), asyncio.Event()
+
     async def slow(state: Count) -> dict:
-        await asyncio.sleep(2.0)
+        started.set()
+        await release.wait()  # running until the test is done, however slow the machine
         return {"count": state.count + 1}
 
     g = StateGraph(Count)
     g.add_node("slow", slow)
     g.add_edge(START, "slow")
     g.add_edge("slow", END)
-    with make_checkpointer(kind, tmp_path, request, lease_seconds=0.5) as checkpointer:
+    with make_checkpointer(kind, tmp_path, request, lease_seconds=lease) as checkpointer:
         app = g.compile(checkpointer=checkpointer)
         first = asyncio.create_task(app.ainvoke({"count": 0}, thread_id="t"))
         try:
-            await asyncio.sleep(1.2)  # well past the lease: only renewal keeps it
+            await asyncio.wait_for(started.wait(), 10)  # the lease was taken before this
+            await asyncio.sleep(lease * 1.25)  # past the lease: only renewal keeps it
             with pytest.raises(ThreadBusyError):
                 await app.aresume("t")
+            release.set()
             assert (await first).count == 1
         finally:  # on failure too: no task left behind with an unretrieved exception
             first.cancel()

@@ -460,15 +460,19 @@ def test_a_timed_out_attempt_is_retried_when_the_policy_says_so():
 
 def test_the_default_retry_on_retries_a_timeout():
     calls = []
+    release = threading.Event()
 
     def sometimes_slow(state: S) -> dict[str, Any]:
         calls.append(1)
         if len(calls) == 1:
-            time.sleep(0.5)
+            release.wait(10)  # past any timeout; the retry must fit in one, even on a slow machine
         return {"log": ["ok"]}
 
-    app = chain(("n", sometimes_slow), n={"timeout": 0.1, "retry": fast(max_attempts=2)})
-    assert app.compile().invoke({}).log == ["ok"]
+    app = chain(("n", sometimes_slow), n={"timeout": 0.5, "retry": fast(max_attempts=2)})
+    try:
+        assert app.compile().invoke({}).log == ["ok"]
+    finally:
+        release.set()
     assert len(calls) == 2
 
 
@@ -488,18 +492,19 @@ def test_a_timeout_is_not_retried_when_retry_on_excludes_it():
 
 def test_the_timeout_applies_to_each_attempt_not_to_all_of_them():
     calls = []
+    timeout, pause = 0.8, 0.3  # each attempt well within the limit, three of them past it
 
     async def slowish(state: S) -> dict[str, Any]:
         calls.append(1)
-        await asyncio.sleep(0.12)
+        await asyncio.sleep(pause)
         if len(calls) < 3:
             raise ConnectionError("flaky")
         return {"log": ["done"]}
 
-    app = chain(("n", slowish), n={"timeout": 0.25, "retry": fast(max_attempts=3)}).compile()
+    app = chain(("n", slowish), n={"timeout": timeout, "retry": fast(max_attempts=3)}).compile()
     started = time.perf_counter()
     assert app.invoke({}).log == ["done"]
-    assert time.perf_counter() - started > 0.3  # longer in all than the limit of one attempt
+    assert time.perf_counter() - started > timeout  # longer in all than the limit of one attempt
     assert len(calls) == 3
 
 
@@ -1487,7 +1492,11 @@ def test_send_tasks_finished_before_a_crash_are_not_rerun(durable_store, tmp_pat
             with open({str(effects)!r}, "a") as f:
                 f.write(f"start {{payload}}\\n")
             if payload == 2 and sys.argv[1] == "crash":
-                await asyncio.sleep(0.5)  # the others finish and commit meanwhile
+                for _ in range(3000):  # until the other three have committed their writes
+                    chain = await app.checkpointer.load("fan")
+                    if sum(len(writes) for writes in chain.pending.values()) == 3:
+                        break
+                    await asyncio.sleep(0.01)
                 os._exit(9)
             await asyncio.sleep(0.01 * (4 - payload))
             return {{"results": [payload * 10]}}

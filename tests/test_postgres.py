@@ -667,28 +667,44 @@ async def test_a_repeated_claim_and_finish_land_once(dsn, schema, savers, twice)
 
 async def test_an_expired_lease_is_judged_by_the_server_clock_and_fences_its_holder(
         dsn, schema, savers):
-    a_saver = savers(dsn, schema, lease_seconds=0.5)
-    b_saver = savers(dsn, schema, lease_seconds=0.5)
+    lease = 1.0
+    a_saver = savers(dsn, schema, lease_seconds=lease)
+    b_saver = savers(dsn, schema, lease_seconds=lease)
     a = Owner.new()
     b = Owner(os.urandom(12).hex(), os.getpid(), "another-machine")  # no dead-process shortcut
     await a_saver.acquire("t", a)
     first = await a_saver.put("t", a, NewCheckpoint(None, 0, "input", "done", "[]",
                                                     snapshot='{"n": 0}'))
     step = await a_saver.put("t", a, NewCheckpoint(first, 1, "step", "running", '["x"]'))
-    # the lease runs on the server's clock
-    [(left,)] = query(dsn, schema, "SELECT lease_expires - extract(epoch from "
-                                   "clock_timestamp()) FROM threads")
-    assert 0 < left <= 0.5
 
-    # while A's heartbeat renews it, the lease outlives lease_seconds
-    await asyncio.sleep(1.2)
+    def lease_left() -> float:
+        [(seconds,)] = query(dsn, schema, "SELECT lease_expires - extract(epoch from "
+                                          "clock_timestamp()) FROM threads")
+        return seconds
+
+    async def wait_until(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.02)
+
+    # the lease runs on the server's clock
+    left = lease_left()
+    assert 0 < left <= lease
+    taken_until = time.time() + left
+
+    # while A's heartbeat renews it, the lease outlives lease_seconds: past the end of the
+    # lease as taken it still holds, for half a lease more (B asks at once, not after a late
+    # beat's delay: the server hands an expired lease over on the spot)
+    await wait_until(lambda: time.time() > taken_until and lease_left() > lease / 2,
+                     "the lease to be renewed past its first period")
     with pytest.raises(ThreadBusyError):
         await b_saver.acquire("t", b)
     [info] = await b_saver.threads()
     assert info.busy
 
     a_saver._heartbeat.stop()  # A's process hangs: nothing renews its lease any more
-    await asyncio.sleep(0.8)
+    await wait_until(lambda: lease_left() < 0, "the lease to run out")
     [info] = await b_saver.threads()
     assert not info.busy
     await b_saver.acquire("t", b)

@@ -117,6 +117,14 @@ def job_of(app, thread: str):
     return job
 
 
+def wait_until(condition, timeout: float = 10, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
 # -- submit and drain ---------------------------------------------------------------------------
 
 def test_submitted_jobs_are_queued_then_a_draining_worker_runs_every_one(store):
@@ -458,7 +466,16 @@ def test_a_job_whose_worker_vanished_is_claimed_again_once_its_claim_expires(kin
         assert job is not None and job.thread_id == thread
         run_sync(lambda: vanished.acquire(thread, owner))  # it was about to run the thread
         assert [(j.status, j.attempts) for j in app.jobs()] == [("running", 1)]
-        time.sleep(lease * 1.2)  # renewed while the checkpointer lives: still its claim
+
+        def claimed_until() -> float:
+            [(until,)] = store.query("SELECT claimed_until FROM jobs WHERE thread_id = ?", thread)
+            return until
+
+        # renewed while the checkpointer lives: past the end of the claim as it was taken, it
+        # still holds, for half a lease more (asked at once, not after a late beat's delay)
+        first = claimed_until()
+        wait_until(lambda: time.time() > first and claimed_until() > time.time() + lease / 2,
+                   what="the claim to be renewed past its first period")
         assert run_sync(lambda: vanished.claim(Owner.new())) is None
         vanished.close()  # the worker is gone: nothing renews its claim or its lease
 
@@ -590,14 +607,14 @@ def test_a_job_claimed_while_the_worker_stops_goes_back_to_the_queue(kind, tmp_p
     by a worker that will never run it."""
     store = make_store(kind, tmp_path, request)
     base = type(store.open())
-    claimed = threading.Event()
+    claimed, stopped = threading.Event(), threading.Event()
 
-    class SlowAnswers(base):  # the store's answer to a claim takes a while to arrive
+    class SlowAnswers(base):  # the store's answer to a claim arrives only after stop()
         async def claim(self, worker, graph=None):
             job = await super().claim(worker, graph)
             if job is not None:
                 claimed.set()
-                await asyncio.sleep(0.6)
+                await asyncio.get_running_loop().run_in_executor(None, stopped.wait, 10)
             return job
 
     saver = SlowAnswers(store.dsn, schema=store.schema) if kind == "postgres" else \
@@ -612,6 +629,7 @@ def test_a_job_claimed_while_the_worker_stops_goes_back_to_the_queue(kind, tmp_p
             task = asyncio.create_task(worker.run())
             await asyncio.get_running_loop().run_in_executor(None, claimed.wait, 10)
             worker.stop()
+            stopped.set()
             await asyncio.wait_for(task, 10)
             return worker
 

@@ -26,7 +26,8 @@ from queue_graphs import NODES, chain
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
     p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p), "COLUMNS": "200"}
-for _name in ("NO_COLOR", "STATEMACHINE_PG_SCHEMA", "QUEUE_LOG", "QUEUE_SLEEP", "QUEUE_GATE"):
+for _name in ("NO_COLOR", "STATEMACHINE_PG_SCHEMA", "QUEUE_LOG", "QUEUE_SLEEP", "QUEUE_GATE",
+              "QUEUE_GATE_NODE"):
     ENV.pop(_name, None)
 
 GRAPH = "tests.queue_graphs:chain"
@@ -144,6 +145,12 @@ def pg_query(store: Store, sql: str, *args: object) -> list[tuple]:
         return [tuple(row) for row in conn.execute(sql, args).fetchall()]
 
 
+def claimed_until(store: Store, thread: str) -> float | None:
+    """When the claim on `thread`'s job runs out unless renewed (the server's clock)."""
+    [(until,)] = pg_query(store, "SELECT claimed_until FROM jobs WHERE thread_id = %s", thread)
+    return until
+
+
 def holds_committed_thread(store: Store, pid: int) -> bool:
     """Whether process `pid` holds a thread that has at least one committed step."""
     return bool(pg_query(
@@ -256,9 +263,11 @@ def test_a_worker_killed_mid_run_is_taken_over_and_no_committed_step_runs_again(
 def test_two_workers_share_the_queue_and_take_over_from_a_third_killed_one(pg, tmp_path):
     app, threads = submit_jobs(pg, 10)
     log = tmp_path / "effects.log"
+    # Only the doomed worker's claim must expire, so only its lease is short; it runs alone,
+    # and the survivors (default leases) start once it is dead: a heartbeat late on a loaded
+    # machine cannot hand a live worker's job to another.
     doomed = worker(pg, "--lease", "1", QUEUE_LOG=log, QUEUE_SLEEP=0.3)
-    survivors = [worker(pg, "--lease", "1", "--drain", QUEUE_LOG=log, QUEUE_SLEEP=0.15)
-                 for _ in range(2)]
+    survivors: list[Proc] = []
     try:
         wait_until(lambda: holds_committed_thread(pg, doomed.pid), 30,
                    "the doomed worker to commit a step")
@@ -266,6 +275,7 @@ def test_two_workers_share_the_queue_and_take_over_from_a_third_killed_one(pg, t
         before_kill = effects(log)
         committed_before = committed(app, threads)
         held = {j.thread_id for j in app.jobs() if j.status == "running"}
+        survivors = [worker(pg, "--drain", QUEUE_LOG=log, QUEUE_SLEEP=0.15) for _ in range(2)]
         for survivor in survivors:
             survivor.wait()
     finally:
@@ -291,23 +301,30 @@ def test_two_workers_share_the_queue_and_take_over_from_a_third_killed_one(pg, t
 def test_a_frozen_worker_past_its_lease_is_fenced_out_after_another_finished_its_job(pg,
                                                                                    tmp_path):
     app, (thread,) = submit_jobs(pg, 1)
-    log = tmp_path / "effects.log"
-    stale = worker(pg, "--lease", "1", "--max-jobs", "1", QUEUE_LOG=log, QUEUE_SLEEP=1.5)
+    log, gate = tmp_path / "effects.log", tmp_path / "gate"
+    # it waits in node b (at the gate) until the test lets it go, however slow the machine;
+    # its lease is short, to expire once it is frozen (no other worker runs before that)
+    stale = worker(pg, "--lease", "1", "--max-jobs", "1", QUEUE_LOG=log, QUEUE_GATE=gate,
+                   QUEUE_GATE_NODE="b", QUEUE_SLEEP=0.05)
     try:
         wait_until(lambda: (thread, "b", 1, stale.pid) in effects(log), 30,
                    "the first worker to be inside node b")
+        # frozen right after a beat: never halfway through one (holding its rows' locks)
+        beat = claimed_until(pg, thread)
+        wait_until(lambda: claimed_until(pg, thread) != beat, 10, "a heartbeat")
         stale.signal(signal.SIGSTOP)  # frozen in node b: its heartbeat stops with it
         frozen_at = time.time()
         assert [s.ran for s in app.history(thread)] == [("a",), ()]
         wait_until(lambda: not next(t for t in app.threads() if t.thread_id == thread).busy,
                    10, "the frozen worker's lease to expire")
 
-        taker = worker(pg, "--lease", "1", "--drain", QUEUE_LOG=log, QUEUE_SLEEP=0.05).wait()
+        taker = worker(pg, "--drain", QUEUE_LOG=log, QUEUE_SLEEP=0.05).wait()
         assert taker.rc == 0, taker.err
         assert "worker done: 1 claimed, 1 done" in taker.err
         after_takeover = run_sync_list(app.checkpointer, thread)
         assert (app.jobs()[0].status, app.jobs()[0].attempts) == ("done", 2)
 
+        gate.touch()
         stale.signal(signal.SIGCONT)  # its node b returns, and its commit is refused
         stale.wait(30)
     finally:
@@ -390,8 +407,9 @@ def test_submit_jobs_worker_and_the_reading_commands_on_postgres(pg):
 
 def test_sigterm_hands_the_running_job_back_and_the_next_worker_finishes_it(pg, tmp_path):
     app, (thread,) = submit_jobs(pg, 1)
-    log = tmp_path / "effects.log"
-    first = worker(pg, "--lease", "1", QUEUE_LOG=log, QUEUE_SLEEP=2)
+    log, gate = tmp_path / "effects.log", tmp_path / "gate"
+    # it waits in node b (at a gate never opened) until the SIGTERM, however slow the machine
+    first = worker(pg, QUEUE_LOG=log, QUEUE_GATE=gate, QUEUE_GATE_NODE="b", QUEUE_SLEEP=0.05)
     try:
         wait_until(lambda: (thread, "b", 1, first.pid) in effects(log), 30,
                    "the worker to be inside node b")

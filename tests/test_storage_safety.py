@@ -326,7 +326,7 @@ from checkpoints import SQLiteCheckpointer
 from checkpoints.base import Owner
 from statemachine import ThreadBusyError
 from test_storage import loop
-with SQLiteCheckpointer(sys.argv[1], lease_seconds=1.0) as saver:
+with SQLiteCheckpointer(sys.argv[1], lease_seconds=2.0) as saver:
     started = time.monotonic()
     try:
         loop(3).compile(checkpointer=saver).resume("t")
@@ -340,7 +340,8 @@ with SQLiteCheckpointer(sys.argv[1], lease_seconds=1.0) as saver:
 def test_a_resumer_whose_clock_runs_ahead_does_not_take_a_live_lease(tmp_path):
     """The holder's lease looks an hour expired to the resumer; it watches the heartbeat
     instead of trusting its clock, sees it beat, and backs off: the running node runs once
-    (before, it took over at once and the node ran twice)."""
+    (before, it took over at once and the node ran twice). The lease is 2 s, beaten every
+    2/3 s: only a heartbeat standing still for over a second could look like a dead holder."""
     path, release, calls = tmp_path / "runs.db", threading.Event(), []
 
     def work(state: Items) -> dict:
@@ -354,7 +355,7 @@ def test_a_resumer_whose_clock_runs_ahead_does_not_take_a_live_lease(tmp_path):
     g.add_edge(START, "work")
     g.add_conditional_edges("work", lambda s: "again" if s.n < 3 else "done",
                             {"again": "work", "done": END})
-    with SQLiteCheckpointer(path, lease_seconds=1.0) as saver:
+    with SQLiteCheckpointer(path, lease_seconds=2.0) as saver:
         app = g.compile(checkpointer=saver)
         runner = threading.Thread(target=lambda: app.invoke({}, thread_id="t"))
         runner.start()
@@ -628,9 +629,9 @@ time.time = lambda: real() + 3600  # this worker's clock runs an hour ahead
 from checkpoints import SQLiteCheckpointer
 from checkpoints.base import Owner
 from checkpoints.base import Owner
-with SQLiteCheckpointer(sys.argv[1], lease_seconds=1.0) as saver:
+with SQLiteCheckpointer(sys.argv[1], lease_seconds=2.0) as saver:
     from statemachine._sync import run_sync
-    until = time.monotonic() + 2.5
+    until = time.monotonic() + 5.0  # two and a half of the holder's claim periods
     while time.monotonic() < until:
         if run_sync(lambda: saver.claim(Owner.new())) is not None:
             print("stole it")
@@ -643,11 +644,12 @@ with SQLiteCheckpointer(sys.argv[1], lease_seconds=1.0) as saver:
 
 def test_a_worker_whose_clock_runs_ahead_leaves_a_live_claim_alone(tmp_path):
     """Claims are judged like leases: a worker an hour ahead watches a running job's claim,
-    sees it renewed, and leaves it (it took every running job before)."""
+    sees it renewed, and leaves it (it took every running job before). The claim lasts 2 s,
+    beaten every 2/3 s: only a heartbeat standing still for over a second could look dead."""
     from statemachine._sync import run_sync
 
     path = tmp_path / "runs.db"
-    with SQLiteCheckpointer(path, lease_seconds=1.0) as saver:
+    with SQLiteCheckpointer(path, lease_seconds=2.0) as saver:
         loop(2).compile(checkpointer=saver).submit({}, thread_id="t")
         job = run_sync(lambda: saver.claim(Owner.new()))
         assert job is not None

@@ -36,7 +36,8 @@ from typing import Any
 from ._common import Failure, Invariant, PropertyCheckError
 from ._machine import GraphStateMachine, check_transitions, transition_machine
 from ._nodes import check_nodes
-from ._runs import CHECK_MAX_STEPS, SimulatedCrash, SimulatedFailure, check_resume, check_runs
+from ._resume import SimulatedCrash, SimulatedFailure, check_resume
+from ._runs import CHECK_MAX_STEPS, check_runs
 from ._strategies import states, values_of
 
 

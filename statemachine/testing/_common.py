@@ -28,9 +28,9 @@ import checkpoints
 
 from .._sync import run_sync
 from ..compiled import CompiledGraph
-from ..compiler import Branch, GraphSpec, NodeSpec
 from ..graph import StateGraph
 from ..routing import RefusedRoute, resolve_route, route_items
+from ..spec import Branch, GraphSpec, NodeSpec
 from ..types import RunContext
 
 Invariant = Callable[[Any, Any], Any]

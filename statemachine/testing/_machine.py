@@ -21,9 +21,9 @@ from checkpoints import MemoryCheckpointer
 from ..clock import FakeClock, use_clock
 from ..commands import Send
 from ..compiled import CompiledGraph
-from ..compiler import Branch, GraphSpec
 from ..constants import END
 from ..errors import InvalidRouteError, InvalidUpdateError
+from ..spec import Branch, GraphSpec
 from ..types import StepEvent
 from ._common import (
     CHECK_THREAD,

@@ -13,9 +13,9 @@ from hypothesis.strategies import SearchStrategy
 from ..clock import FakeClock, use_clock
 from ..commands import Command, Send
 from ..compiled import CompiledGraph
-from ..compiler import Branch, NodeSpec
 from ..constants import END
 from ..errors import InvalidUpdateError, did_you_mean
+from ..spec import Branch, NodeSpec
 from ..waiting import TaskAnswers, WaitingForEvent, current_answers
 from ._common import (
     EventScript,
