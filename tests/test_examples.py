@@ -425,7 +425,9 @@ def test_saga_rollback_interrupted_by_a_crash_resumes_without_refunding_twice(tm
         with pytest.raises(OSError, match="warehouse API down"):
             app.rollback(module.THREAD)
         assert module.calls == ["reserve", "charge", "ship", "refund", "release"]
-        assert app.get_state(module.THREAD).status == "failed"
+        stopped = app.get_state(module.THREAD)
+        assert stopped.status == "rollback_failed"
+        assert stopped.error == "OSError: warehouse API down"
         module.warehouse.release = release
         final = app.rollback(module.THREAD)
     assert module.calls[5:] == ["release"]  # the committed refund does not run again
