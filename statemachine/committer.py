@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel
@@ -48,11 +47,9 @@ class Committer:
         self.head_id, self.head_created, self.replay = head.id, head.created_at, cost
 
     async def put(self, checkpoint: NewCheckpoint) -> None:
-        """Commit `checkpoint` as the new head."""
-        created = time.time()
-        self.head_id = await self.saver.put(self.thread_id, self.owner,
-                                            replace(checkpoint, created_at=created))
-        self.head_created = created
+        """Commit `checkpoint` (made with `created_at=time.time()`) as the new head."""
+        self.head_id = await self.saver.put(self.thread_id, self.owner, checkpoint)
+        self.head_created = checkpoint.created_at
 
     def snapshot_if_due(self, size: int, appends: bool, state: BaseModel) -> str | None:
         """`state` as a snapshot for the next checkpoint (with `size` bytes of writes that
@@ -77,7 +74,7 @@ class Committer:
         await self.put(NewCheckpoint(
             parent_id=parent_id, step=step, kind="input",
             status="running" if tasks else "done", next=encode_tasks(tasks), writes=writes,
-            snapshot=snapshot, extra=extra))
+            snapshot=snapshot, extra=extra, created_at=time.time()))
 
     async def put_step(self, step: int, ran: Sequence[Task], results: StepResults,
                        state: BaseModel, tasks: Sequence[Task], status: str,
@@ -94,7 +91,7 @@ class Committer:
             next=encode_tasks(tasks), writes=writes,
             snapshot=self.snapshot_if_due(
                 size, all(appends(results.pending[t.key]) for t in ran), state),
-            extra=extra))
+            extra=extra, created_at=time.time()))
 
     async def put_pending(self, task: Task, results: StepResults) -> None:
         """Store a finished task's writes before its step commits."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -181,7 +182,7 @@ class Run:
             await self.committer.put(NewCheckpoint(
                 parent_id=head.id, step=head.step, kind="fork", status="running",
                 next=head.next, snapshot=self.committer.snapshot_if_due(0, True, self.state),
-                extra=CheckpointExtra(joins=self.joins).encode()))
+                extra=CheckpointExtra(joins=self.joins).encode(), created_at=time.time()))
             return
         self.committer.start_at(head, cost)
         self.step_origin = extra.origin
@@ -271,11 +272,13 @@ class Run:
         runner.observing = observing = observer.active
         if observing:
             await observer.step_start(self.thread_id, step, tuple(t.node for t in tasks))
-        results.timings = {}
         base = None
         if committer is not None and committer.head_id is not None and self.step_origin is None:
             base = (committer.head_id, committer.replay)
-        at = StepInput(step, state, self.origin(step), base)
+            origin = committer.head_id
+        else:
+            origin = self.origin(step)
+        at = StepInput(step, state, origin, base)
         to_run = [t for t in tasks if t.key not in results.pending]
         outcomes = await runner.run(to_run, at, None if committer is None else
                                     lambda task: committer.put_pending(task, results))
@@ -291,7 +294,9 @@ class Run:
         try:
             new_state = self.spec.schema.apply(state, updates, step=step,
                                                thread_id=self.thread_id)
-            next_up, joins = await self.route(tasks, new_state, step, self.joins)
+            next_up, joins = await next_tasks(self.spec, tasks, new_state, step, self.joins,
+                                              gotos=results.gotos, thread_id=self.thread_id,
+                                              origin=origin)
         except Exception as exc:
             await self._fail(exc)
         status = "done" if not next_up else "running"
@@ -300,11 +305,13 @@ class Run:
             status = "interrupted"
         metadata = results.metadata(tasks)
         if committer is not None:
-            extra = CheckpointExtra(
-                attempts=metadata.get("attempts", {}), cache_hits=metadata.get("cache_hits", []),
-                joins=joins, interrupt="after" if status == "interrupted" else None)
-            await committer.put_step(step, tasks, results, new_state, next_up, status,
-                                     extra.encode())
+            extra = None
+            if joins or metadata or status == "interrupted":  # else nothing to say (hot path)
+                extra = CheckpointExtra(
+                    attempts=metadata.get("attempts", {}),
+                    cache_hits=metadata.get("cache_hits", []), joins=joins,
+                    interrupt="after" if status == "interrupted" else None).encode()
+            await committer.put_step(step, tasks, results, new_state, next_up, status, extra)
         self.state, self.tasks, self.joins, self.step = new_state, next_up, joins, step + 1
         runner.results = StepResults()
         self.step_origin = None

@@ -63,6 +63,8 @@ class StepResults:
     def metadata(self, tasks: list[Task]) -> dict[str, Any]:
         """What the step's checkpoint records about its tasks (in step order): retries and
         cache hits."""
+        if not self.meta:
+            return {}
         attempts: dict[str, int] = {}
         hits: list[str] = []
         for task in tasks:
