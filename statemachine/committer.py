@@ -18,8 +18,9 @@ from pydantic import BaseModel
 
 from checkpoints.base import Checkpointer, CheckpointRecord, NewCheckpoint, Owner, PendingWrite
 
+from .constants import INPUT
 from .errors import StateMachineError, StorageUnavailableError
-from .records import INPUT, Task, encode_tasks
+from .records import Task, encode_tasks
 from .snapshots import ReplayCost
 from .state import StateSchema
 from .task_runner import StepResults
@@ -48,6 +49,7 @@ class Committer:
 
     async def put(self, checkpoint: NewCheckpoint) -> None:
         """Commit `checkpoint` (made with `created_at=time.time()`) as the new head."""
+        assert checkpoint.created_at is not None
         self.head_id = await self.saver.put(self.thread_id, self.owner, checkpoint)
         self.head_created = checkpoint.created_at
 

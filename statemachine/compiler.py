@@ -83,8 +83,7 @@ def compile_graph(
 ) -> CompiledGraph:
     """Check `builder` and make it runnable; raises `GraphValidationError` with every problem."""
     spec = build_spec(builder, interrupt_before=interrupt_before, interrupt_after=interrupt_after,
-                      retry=retry, max_concurrency=max_concurrency, on_failure=on_failure,
-                      has_checkpointer=checkpointer is not None)
+                      retry=retry, max_concurrency=max_concurrency, on_failure=on_failure)
     return CompiledGraph(spec, checkpointer=checkpointer, name=name)
 
 
@@ -96,7 +95,6 @@ def build_spec(
     retry: RetryPolicy | None = None,
     max_concurrency: int | None = None,
     on_failure: str = "raise",
-    has_checkpointer: bool = True,
 ) -> GraphSpec:
     """Check every declaration of `builder`; return the frozen graph or raise with all problems.
 
@@ -104,7 +102,7 @@ def build_spec(
     nodes, edges, joins, conditional edges, each node's destinations and error field,
     interrupts, and last the shape of the whole graph.
     """
-    problems = _check_compile_options(retry, max_concurrency, on_failure, has_checkpointer)
+    problems = _check_compile_options(retry, max_concurrency, on_failure)
     problems += _check_schema(builder.state_schema)
     nodes = check_nodes(builder, problems)
     names = list(nodes)
@@ -144,8 +142,8 @@ def build_spec(
     )
 
 
-def _check_compile_options(retry: object, max_concurrency: object, on_failure: object,
-                           has_checkpointer: bool) -> list[Problem]:
+def _check_compile_options(retry: object, max_concurrency: object, on_failure: object
+                           ) -> list[Problem]:
     problems = []
     if retry is not None and not isinstance(retry, RetryPolicy):
         problems.append(Problem("invalid_option", f"compile(retry=...) must be a RetryPolicy, "
@@ -157,12 +155,6 @@ def _check_compile_options(retry: object, max_concurrency: object, on_failure: o
     if on_failure not in ("raise", "compensate"):
         problems.append(Problem("invalid_option", "compile(on_failure=...) must be 'raise' or "
                                 f"'compensate', got {on_failure!r}."))
-    if on_failure == "compensate" and not has_checkpointer:
-        problems.append(Problem(
-            "invalid_option", "compile(on_failure='compensate') needs a checkpointer: the "
-            "rollback reads which nodes completed from the thread's checkpoints and commits "
-            "each compensation.", hint="compile(checkpointer=SQLiteCheckpointer('runs.db'), "
-            "on_failure='compensate')."))
     return problems
 
 

@@ -10,3 +10,9 @@ END: Final = "__end__"
 
 DEFAULT_MAX_STEPS: Final = 10_000
 """How many steps one call runs before it stops with `StepLimitError` (`max_steps=`)."""
+
+INPUT: Final = "__input__"
+"""The pseudo-node that writes a run's input."""
+
+UPDATE: Final = "__update__"
+"""The pseudo-node that writes `update_state` values given without `as_node`."""

@@ -16,8 +16,9 @@ from checkpoints.base import NewCheckpoint, Owner
 
 from .checkpoint_extra import CheckpointExtra, extra_of
 from .committer import counted, release_after
+from .constants import UPDATE
 from .errors import ThreadStateError, did_you_mean
-from .records import UPDATE, Task, decode_tasks, encode_tasks
+from .records import Task, decode_tasks, encode_tasks
 from .routing import next_tasks
 from .run import not_found, stored_results
 from .types import Snapshot

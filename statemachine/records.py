@@ -21,12 +21,8 @@ from checkpoints.rows import damaged
 
 from .checkpoint_extra import extra_of
 from .commands import Send
+from .constants import UPDATE
 from .policies import CachePolicy
-
-INPUT = "__input__"
-"""The pseudo-node that writes a run's input."""
-UPDATE = "__update__"
-"""The pseudo-node that writes `update_state` values given without `as_node`."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)

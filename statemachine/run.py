@@ -31,7 +31,7 @@ from checkpoints.base import FINISHED, Chain, CheckpointRecord, NewCheckpoint, O
 
 from .checkpoint_extra import CheckpointExtra, extra_of
 from .committer import Committer, release_after
-from .constants import START
+from .constants import INPUT, START
 from .errors import (
     StateMachineError,
     StepLimitError,
@@ -40,7 +40,7 @@ from .errors import (
     ThreadNotFoundError,
     ThreadStateError,
 )
-from .records import INPUT, Task, decode_goto, decode_tasks
+from .records import Task, decode_goto, decode_tasks
 from .routing import Joins, next_tasks
 from .task_runner import StepInput, StepResults, TaskRunner
 from .types import StepEvent
@@ -96,9 +96,17 @@ class Run:
 
         `event` delivers values to tasks paused in `wait_for` ({event name: value}).
         """
+        if self.thread_id is not None and not isinstance(self.thread_id, str):
+            raise ThreadStateError(
+                f"thread_id must be text, got {type(self.thread_id).__name__} "
+                f"{self.thread_id!r}: pass thread_id={str(self.thread_id)!r}.")
         if self.saver is None:
             if resume or checkpoint_id is not None or event is not None:
                 raise needs_checkpointer("resume or fork a run")
+            if self.spec.on_failure == "compensate":
+                raise needs_checkpointer(
+                    "run with on_failure='compensate' (the rollback reads which nodes completed "
+                    "from the thread's checkpoints)")
             await self.start_fresh(input)
             async for step_event in self.steps():
                 yield step_event

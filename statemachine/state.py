@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticSerializationError
 from typing_extensions import TypedDict
 
+from .constants import INPUT, UPDATE
 from .errors import InvalidUpdateError, Problem, did_you_mean
 from .reducers import append
 from .secret_types import looks_secret, mentions_secret, secret_paths
@@ -136,15 +137,16 @@ class StateSchema:
         if isinstance(update, self.model):
             update = {name: getattr(update, name) for name in update.model_fields_set}
         elif not isinstance(update, Mapping):
-            who = f"node {node!r}" if node else "the update"
+            who = {INPUT: "the input is", UPDATE: "update_state() was given"}.get(
+                node or "", f"node {node!r} returned" if node else "the update is")
             raise InvalidUpdateError(
-                f"{who} returned {type(update).__name__} ({_short(update)}), expected a dict "
+                f"{who} {type(update).__name__} ({_short(update)}), expected a dict "
                 f"of state fields, an instance of {self.model.__name__} or None"
                 f"{_where(step, thread_id)}.",
                 node=node, step=step, thread_id=thread_id)
         if not update:
             return {}
-        what = f"node {node!r}" if node else "the update"
+        what = _subject(node)
         self._reject_unknown_keys(update, what, node=node, step=step, thread_id=thread_id)
         if self._aliases and any(key in self._aliases for key in update):
             update = {self._aliases.get(key, key): value for key, value in update.items()}
@@ -155,7 +157,7 @@ class StateSchema:
             reasons, hidden = _reasons(exc, self._secret_fields)
             # pydantic's own text (a chained cause, shown in tracebacks) quotes the input
             raise InvalidUpdateError(
-                f"{what} returned an invalid value for field {field!r}"
+                f"{what} {_verb(what)} an invalid value for field {field!r}"
                 f"{_where(step, thread_id)}: {reasons}",
                 node=node, field=field, step=step, thread_id=thread_id
             ) from (None if hidden else exc)
@@ -168,9 +170,8 @@ class StateSchema:
                    and key not in self._aliases]
         if unknown:
             key = unknown[0]
-            verb = "has" if what == "the input" else "returned"
             raise InvalidUpdateError(
-                f"{what} {verb} unknown field {key!r}{did_you_mean(key, self.fields)}"
+                f"{what} {_verb(what)} unknown field {key!r}{did_you_mean(key, self.fields)}"
                 f"{_where(step, thread_id)}; the fields of {self.model.__name__} are: "
                 f"{', '.join(self.fields)}.",
                 node=node, field=str(key), step=step, thread_id=thread_id)
@@ -422,6 +423,19 @@ def _qualified(cls: type) -> str:
 def _short(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _subject(node: str | None) -> str:
+    """Who gave an update, as messages name it: a node, the run's input, update_state()."""
+    if node == INPUT:
+        return "the input"
+    if node == UPDATE:
+        return "the update_state() values"
+    return f"node {node!r}" if node else "the update"
+
+
+def _verb(subject: str) -> str:
+    return {"the input": "has", "the update_state() values": "have"}.get(subject, "returned")
 
 
 def _where(step: int | None, thread_id: str | None) -> str:

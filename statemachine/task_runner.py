@@ -203,7 +203,9 @@ class TaskRunner:
                     break
                 if attempt > 1:
                     exc.add_note(f"node {task.node!r} failed {attempt} attempts")
-                exc.add_note(f"raised by node {task.node!r} at step {step}{self.of_thread()}")
+                exc.add_note(f"raised by node {task.node!r} at step {step}{self.of_thread()}"
+                             + (f", in the task a Send gave {_payload_shown(task.payload)}"
+                                if task.sent else ""))
                 raise
         seconds = time.perf_counter() - started
         update, goto = self._split_result(node, result, step)
@@ -286,12 +288,10 @@ class TaskRunner:
         try:
             return node.payload_type.validate_python(task.payload)
         except ValidationError as exc:
-            shown = "a value hidden: it holds a secret" if mentions_secret(task.payload) \
-                else f"{task.payload!r:.80}"
             raise InvalidUpdateError(
                 f"a Send to node {node.name!r} carried a payload that does not fit the type of "
                 f"its parameter: {exc.errors(include_url=False)[0]['msg']} (got "
-                f"{shown}){self.of_thread()}.", node=node.name,
+                f"{_payload_shown(task.payload)}){self.of_thread()}.", node=node.name,
                 thread_id=self.thread_id) from None
 
     def _cache_space(self, node: NodeSpec) -> str:
@@ -300,3 +300,9 @@ class TaskRunner:
 
     def of_thread(self) -> str:
         return f" of thread {self.thread_id!r}" if self.thread_id is not None else ""
+
+
+def _payload_shown(payload: Any) -> str:
+    """A Send's payload as an error message shows it: short, and never a secret."""
+    return "a value hidden: it holds a secret" if mentions_secret(payload) else \
+        f"{payload!r:.80}"

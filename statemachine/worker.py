@@ -36,6 +36,7 @@ from pydantic_core import to_json
 
 from checkpoints.base import FINISHED
 
+from .constants import INPUT
 from .errors import (
     CheckpointerRequiredError,
     CheckpointError,
@@ -45,7 +46,6 @@ from .errors import (
     ThreadNotFoundError,
     ThreadStateError,
 )
-from .records import INPUT
 
 if TYPE_CHECKING:
     from checkpoints.base import Checkpointer, ClaimedJob

@@ -529,3 +529,65 @@ def test_every_error_the_library_raises_is_exported_from_the_package():
     missing = {name for name in defined if getattr(statemachine, name, None) is None}
     assert missing == set()
     assert defined <= set(statemachine.__all__)
+
+
+# -- errors that name what the user gave (issue 16) --------------------------------------------
+
+
+@pytest.mark.parametrize("thread_id", [123, 4.5, ("a",), b"t"])
+def test_a_thread_id_that_is_not_text_says_so(thread_id):
+    from checkpoints import MemoryCheckpointer
+
+    g = StateGraph(State)
+    g.add_node("node", lambda s: {"count": 1})
+    g.add_edge(START, "node")
+    g.add_edge("node", END)
+    for app in (g.compile(), g.compile(checkpointer=MemoryCheckpointer())):
+        with pytest.raises(ThreadStateError, match="thread_id must be text") as info:
+            app.invoke({}, thread_id=thread_id)
+        assert f"got {type(thread_id).__name__} {thread_id!r}: pass " \
+               f"thread_id={str(thread_id)!r}" in str(info.value)
+
+
+def test_update_state_errors_name_update_state_not_a_pseudo_node():
+    from checkpoints import MemoryCheckpointer
+
+    app = StateGraph(State)
+    app.add_node("node", lambda s: {"count": 1})
+    app.add_edge(START, "node")
+    app.add_edge("node", END)
+    app = app.compile(checkpointer=MemoryCheckpointer())
+    app.invoke({}, thread_id="t")
+    for values, message in [({"cuont": 1}, "the update_state() values have unknown field "
+                             "'cuont' (did you mean 'count'?)"),
+                            ({"score": -1}, "the update_state() values have an invalid value "
+                             "for field 'score'"),
+                            ([1], "update_state() was given list")]:
+        with pytest.raises(InvalidUpdateError) as info:
+            app.update_state("t", values)
+        assert message in str(info.value) and "__update__" not in str(info.value)
+    with pytest.raises(InvalidUpdateError) as info:
+        app.invoke({"cuont": 1}, thread_id="t")
+    assert "the input has unknown field 'cuont'" in str(info.value)
+    assert "__input__" not in str(info.value)
+
+
+def test_a_failing_send_task_says_which_payload_it_had():
+    from statemachine import Send
+
+    def work(item: dict) -> dict:
+        if item["n"] == 2:
+            raise ValueError("bad item")
+        return {"count": item["n"]}
+
+    g = StateGraph(State)
+    g.add_node("fan", lambda s: None)
+    g.add_node("work", work)
+    g.add_edge(START, "fan")
+    g.add_conditional_edges("fan", lambda s: [Send("work", {"n": n}) for n in range(3)],
+                            ["work"])
+    g.add_edge("work", END)
+    with pytest.raises(ValueError, match="bad item") as info:
+        g.compile().invoke({})
+    notes = "\n".join(info.value.__notes__)
+    assert "raised by node 'work' at step 1, in the task a Send gave {'n': 2}" in notes

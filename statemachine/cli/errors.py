@@ -10,6 +10,7 @@ from typing import Any
 import click
 from rich.text import Text
 
+from ..constants import INPUT
 from ..errors import (
     CheckpointError,
     GraphValidationError,
@@ -19,7 +20,6 @@ from ..errors import (
     ThreadNotFoundError,
     ThreadStateError,
 )
-from ..records import INPUT
 from ..terminal import visible
 from .output import err_console
 
