@@ -1184,7 +1184,7 @@ def test_on_failure_compensate_is_never_silently_ignored():
     calls: list[str] = []
     g = saga(undone, step_calls=calls)
     app = g.compile(on_failure="compensate")
-    with pytest.raises(ThreadStateError, match="on_failure='compensate'.*checkpointer"):
+    with pytest.raises(ThreadStateError, match=r"on_failure='compensate'.*checkpointer"):
         app.invoke({})
     assert calls == [] and undone == []
 
