@@ -13,9 +13,12 @@ the same on every attempt of that task, so a payment that did go through before 
 would not be taken twice.
 
 Run it with a path to keep the database: `python examples/resume_after_crash.py runs.db`.
+From the command line, `PAYMENT_GATEWAY_DOWN=1` makes the gateway unreachable in that process
+(it is up otherwise), so `statemachine run` fails and a later `statemachine resume` finishes.
 """
 
 import operator
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -41,10 +44,11 @@ class State(BaseModel):
 
 
 class PaymentGateway:
-    """A stand-in payment provider: unreachable until `online` is set."""
+    """A stand-in payment provider: unreachable while `online` is False (at start, when the
+    PAYMENT_GATEWAY_DOWN environment variable is set)."""
 
     def __init__(self) -> None:
-        self.online = False
+        self.online = not os.environ.get("PAYMENT_GATEWAY_DOWN")
         self.charges: dict[str, float] = {}
 
     def charge(self, idempotency_key: str, amount: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
+from typing import Literal, get_args
 
 # the storage layer's errors (and the base class), defined there so it imports no engine code
 from checkpoints.errors import (
@@ -34,15 +35,26 @@ __all__ = [
 ]
 
 
+ProblemCode = Literal[
+    "schema_not_model", "invalid_reducer", "reserved_name", "duplicate_node",
+    "node_not_callable", "bad_signature", "invalid_edge", "unknown_node", "invalid_path_map",
+    "invalid_option", "invalid_error_field", "subgraph_schema", "secret_field", "no_entry",
+    "unreachable_node", "dead_end", "no_path_to_end",
+]
+"""Every code a `Problem` can have; the type checker holds the compiler to this list."""
+
+PROBLEM_CODES: tuple[str, ...] = get_args(ProblemCode)
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a graph, as data first and prose second.
 
-    `code` is stable and machine-readable (see `GraphValidationError`), `nodes` are the node
+    `code` is stable and machine-readable (one of `PROBLEM_CODES`), `nodes` are the node
     names involved, `message` says what is wrong and `hint` how to fix it.
     """
 
-    code: str
+    code: ProblemCode
     message: str
     nodes: tuple[str, ...] = ()
     hint: str | None = None

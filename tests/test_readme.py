@@ -20,3 +20,62 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if line and not line.startswith(("#", "set ", "cd ", "export CI="))]
     assert ci == [tests]
+
+
+def section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_quick_start_prints_what_the_readme_says(tmp_path):
+    import subprocess
+    import sys
+
+    quick = section("Quick start")
+    code = re.search(r"```python\n(.*?)```", quick, re.S)[1]
+    shown = re.search(r"prints\n\n```text\n(.*?)```", quick, re.S)[1]
+    ran = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == shown
+
+
+def test_the_readme_lists_every_problem_code_there_is():
+    from statemachine.errors import PROBLEM_CODES
+
+    text = (ROOT / "README.md").read_text()
+    listed = text.split("The compiler's problem codes", 1)[1].split("\n\n", 1)[0]
+    codes = re.findall(r"`([a-z]+(?:_[a-z]+)+)`", listed)
+    assert codes == list(PROBLEM_CODES)
+
+
+def test_the_command_line_run_and_resume_pair_works_as_written(tmp_path):
+    """The README's `run` (gateway down) then `resume` of resume_after_crash, run verbatim
+    from an empty directory, with `statemachine` as `python -m statemachine`."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    block = re.search(r"```bash\n(.*?)```", section("Command line"), re.S)[1]
+    lines = [line.split("   #")[0].strip() for line in block.splitlines()
+             if "examples.resume_after_crash:graph" in line
+             and (" run " in line or line.startswith("statemachine resume"))]
+    assert len(lines) == 2, lines
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    codes = []
+    for line in lines:
+        words = shlex.split(line)
+        extra = {}
+        while "=" in words[0]:
+            name, value = words.pop(0).split("=", 1)
+            extra[name] = value
+        assert words[0] == "statemachine"
+        ran = subprocess.run([sys.executable, "-m", "statemachine", *words[1:]], cwd=tmp_path,
+                             env={**env, **extra}, capture_output=True, text=True, timeout=60)
+        codes.append(ran.returncode)
+        if ran.returncode == 0:
+            assert '"tracking": "trk-1"' in ran.stdout
+        else:
+            assert "payment gateway unreachable" in ran.stderr
+    assert codes == [1, 0]
