@@ -28,6 +28,7 @@ from .errors import (
     ThreadStateError,
 )
 from .graph import StateGraph
+from .migrations import Drop, Rename
 from .policies import CachePolicy, RetryPolicy
 from .types import NodeFailure, RunContext, Snapshot, StepEvent
 from .waiting import wait_for
@@ -41,6 +42,7 @@ __all__ = [
     "CheckpointerRequiredError",
     "Command",
     "CompiledGraph",
+    "Drop",
     "FakeClock",
     "GraphSpec",
     "GraphValidationError",
@@ -49,6 +51,7 @@ __all__ = [
     "NodeFailure",
     "NodeTimeoutError",
     "Problem",
+    "Rename",
     "RetryPolicy",
     "RouterWithoutPathMapWarning",
     "RunContext",

@@ -43,7 +43,8 @@ from .edge_checks import (
     check_interrupts,
     check_joins,
 )
-from .errors import GraphValidationError, Problem
+from .errors import GraphValidationError, Problem, did_you_mean
+from .migrations import Drop, Rename
 from .node_checks import check_error_field, check_nodes, secret_problem
 from .policies import RetryPolicy
 from .secret_types import model_secret_paths
@@ -104,6 +105,7 @@ def build_spec(
     """
     problems = _check_compile_options(retry, max_concurrency, on_failure)
     problems += _check_schema(builder.state_schema)
+    problems += _check_migrations(builder)
     nodes = check_nodes(builder, problems)
     names = list(nodes)
     checker = EdgeChecker(names, problems)
@@ -126,7 +128,7 @@ def build_spec(
         for s in join.sources:
             by_source.setdefault(s, []).append(join)
     return GraphSpec(
-        schema=StateSchema(builder.state_schema),
+        schema=StateSchema(builder.state_schema, builder.migrations),
         nodes=nodes,
         order={n: i for i, n in enumerate(names)},
         edges={k: tuple(v) for k, v in edges.items()},
@@ -155,6 +157,39 @@ def _check_compile_options(retry: object, max_concurrency: object, on_failure: o
     if on_failure not in ("raise", "compensate"):
         problems.append(Problem("invalid_option", "compile(on_failure=...) must be 'raise' or "
                                 f"'compensate', got {on_failure!r}."))
+    return problems
+
+
+def _check_migrations(builder: StateGraph) -> list[Problem]:
+    """Each migration names a stored field the model no longer has, once; a rename leads to a
+    field it has."""
+    problems: list[Problem] = []
+    model = builder.state_schema
+    fields = set(getattr(model, "model_fields", {}))
+    seen: set[str] = set()
+    for migration in getattr(builder, "migrations", ()):
+        if not isinstance(migration, (Rename, Drop)):
+            problems.append(Problem("invalid_migration", f"migrations=[...] holds {migration!r}, "
+                                    "which is not a Rename or a Drop."))
+            continue
+        old = migration.old if isinstance(migration, Rename) else migration.field
+        if old in fields:
+            problems.append(Problem(
+                "invalid_migration", f"{migration!r} names stored field {old!r}, but "
+                f"{model.__name__} still has a field {old!r}: a migration is for fields the "
+                "model no longer has."))
+        if old in seen:
+            problems.append(Problem("invalid_migration", f"stored field {old!r} has more than "
+                                    "one migration."))
+        seen.add(old)
+        if isinstance(migration, Rename) and migration.new not in fields:
+            problems.append(Problem(
+                "invalid_migration", f"{migration!r} renames to {migration.new!r}, which is not "
+                f"a field of {model.__name__}{did_you_mean(migration.new, sorted(fields))}."))
+        if isinstance(migration, Rename) and migration.convert is not None \
+                and not callable(migration.convert):
+            problems.append(Problem("invalid_migration", f"{migration!r}: convert must be "
+                                    "callable."))
     return problems
 
 

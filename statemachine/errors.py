@@ -38,7 +38,8 @@ __all__ = [
 ProblemCode = Literal[
     "schema_not_model", "invalid_reducer", "reserved_name", "duplicate_node",
     "node_not_callable", "bad_signature", "invalid_edge", "unknown_node", "invalid_path_map",
-    "invalid_option", "invalid_error_field", "subgraph_schema", "secret_field", "no_entry",
+    "invalid_option", "invalid_error_field", "subgraph_schema", "invalid_migration",
+    "secret_field", "no_entry",
     "unreachable_node", "dead_end", "no_path_to_end",
 ]
 """Every code a `Problem` can have; the type checker holds the compiler to this list."""

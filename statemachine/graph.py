@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from .compiler import compile_graph
+from .migrations import Migration
 
 if TYPE_CHECKING:
     from checkpoints.base import Checkpointer
@@ -53,8 +54,11 @@ class StateGraph:
     >>> app = g.compile()
     """
 
-    def __init__(self, state_schema: type) -> None:
+    def __init__(self, state_schema: type, *, migrations: Sequence[Migration] = ()) -> None:
+        """`migrations` say what became of fields stored by earlier versions of the state
+        model (`Rename`, `Drop`: see `statemachine.migrations`)."""
         self.state_schema = state_schema
+        self.migrations: tuple[Migration, ...] = tuple(migrations)
         self.node_declarations: list[NodeDeclaration] = []
         self.edges: list[tuple[Any, Any]] = []
         self.joins: list[tuple[tuple[Any, ...], Any]] = []

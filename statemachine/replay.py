@@ -21,6 +21,7 @@ from checkpoints.rows import damaged
 
 from .checkpoint_extra import extra_of
 from .errors import CheckpointError
+from .migrations import UnknownStoredFields
 from .records import in_merge_order
 from .snapshots import ReplayCost
 from .state import StateSchema
@@ -65,7 +66,7 @@ class Replayer:
             return state, cost
         try:
             steps = self._chain_writes(chain)
-        except (ValidationError, ValueError):
+        except (ValidationError, ValueError):  # incl. UnknownStoredFields: named per checkpoint
             steps = [[(n, u) for n, _, u in self.step_writes(
                 parent, record, chain.pending.get(parent.id, []))]
                 for parent, record in pairwise(chain.records)]
@@ -130,7 +131,7 @@ class Replayer:
         try:
             writes = [*self.carried_writes(record), *(
                 (w.node, w.index, self.schema.decode_update(w.writes)) for w in pending)]
-        except ValidationError as exc:
+        except (ValidationError, UnknownStoredFields) as exc:
             raise stale(record, exc) from exc
         return in_merge_order(writes, record)
 
@@ -147,7 +148,7 @@ class Replayer:
             return []
         try:
             return self.schema.decode_writes(record.writes)
-        except ValidationError as exc:
+        except (ValidationError, UnknownStoredFields) as exc:
             raise stale(record, exc) from exc
 
     def decode_snapshot(self, record: CheckpointRecord) -> BaseModel:
@@ -157,12 +158,21 @@ class Replayer:
                 "no parent to rebuild it from; the file is damaged.")
         try:
             return self.schema.decode_state(record.snapshot)
-        except ValidationError as exc:
+        except (ValidationError, UnknownStoredFields) as exc:
             raise stale(record, exc) from exc
 
 
-def stale(record: CheckpointRecord, exc: ValidationError) -> CheckpointError:
+def stale(record: CheckpointRecord, exc: ValidationError | UnknownStoredFields
+          ) -> CheckpointError:
     """The error for a checkpoint whose stored JSON no longer validates."""
+    if isinstance(exc, UnknownStoredFields):
+        many = len(exc.fields) != 1
+        return CheckpointError(
+            f"checkpoint {record.id} of thread {record.thread_id!r} holds field"
+            f"{'s' if many else ''} {', '.join(map(repr, exc.fields))}, which the state model "
+            f"no longer has. Say what became of {'them' if many else 'it'}, and nothing stored "
+            f"is lost: StateGraph(State, migrations=[Rename({exc.fields[0]!r}, 'new_name')]) "
+            f"or [Drop({exc.fields[0]!r})] (statemachine.migrations).")
     if any(e["type"] == "json_invalid" for e in exc.errors()):
         return damaged(None, record.thread_id, record.id, "its stored state or writes are not "
                        f"valid JSON ({exc.errors(include_url=False)[0]['msg']})")

@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
 from checkpoints.base import FINISHED, Chain, CheckpointRecord, NewCheckpoint, Owner
@@ -40,7 +40,9 @@ from .errors import (
     ThreadNotFoundError,
     ThreadStateError,
 )
+from .migrations import UnknownStoredFields
 from .records import Task, decode_goto, decode_tasks
+from .replay import stale
 from .routing import Joins, next_tasks
 from .task_runner import StepInput, StepResults, TaskRunner
 from .types import StepEvent
@@ -383,7 +385,10 @@ def stored_results(executor: Executor, head: CheckpointRecord, chain: Chain) -> 
             update, node=node, step=head.step, thread_id=thread_id)
     for write in chain.pending.get(head.id, []):
         key = (write.node, write.index)
-        results.pending[key] = schema.decode_update(write.writes)
+        try:
+            results.pending[key] = schema.decode_update(write.writes)
+        except (ValidationError, UnknownStoredFields) as exc:
+            raise stale(head, exc) from exc
         results.encoded[key] = write.writes
         if write.meta:
             meta = json.loads(write.meta)

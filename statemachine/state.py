@@ -24,11 +24,12 @@ from pydantic import (
     ValidationError,
     WrapValidator,
 )
-from pydantic_core import PydanticSerializationError
+from pydantic_core import PydanticSerializationError, from_json
 from typing_extensions import TypedDict
 
 from .constants import INPUT, UPDATE
 from .errors import InvalidUpdateError, Problem, did_you_mean
+from .migrations import Migration, UnknownStoredFields, migrate, old_names
 from .reducers import append
 from .secret_types import looks_secret, mentions_secret, secret_paths
 
@@ -65,8 +66,10 @@ def reducer_problems(schema: type[BaseModel]) -> list[Problem]:
 class StateSchema:
     """A pydantic state model, read once: fields, reducers, adapters for updates and writes."""
 
-    def __init__(self, model: type[BaseModel]) -> None:
+    def __init__(self, model: type[BaseModel], migrations: Sequence[Migration] = ()) -> None:
         self.model = model
+        self.migrations = tuple(migrations)
+        self._old_names = old_names(self.migrations)
         self.fields: tuple[str, ...] = tuple(model.model_fields)
         self.reducers: dict[str, Reducer] = {}
         annotations: dict[str, Any] = {}
@@ -83,10 +86,16 @@ class StateSchema:
         update_type = TypedDict(f"{model.__name__}Update", annotations, total=False)  # type: ignore[misc]
         model_config = cast(dict[str, Any], model.model_config)
         config = {k: model_config[k] for k in _CONFIG_KEYS if k in model_config}
+        # a stored update with a field the model no longer has is an error, never dropped
+        config["extra"] = "forbid"
         update_type.__pydantic_config__ = cast(ConfigDict, config)  # type: ignore[attr-defined]
         self._annotations = annotations
         self._aliases = {info.alias: name for name, info in model.model_fields.items()
                          if info.alias}
+        self._stored_keys = frozenset((*self.fields, *self._aliases))
+        self._checks_stored_keys = model_config.get("extra", "ignore") == "ignore"
+        """Whether a stored state's unknown fields must be looked for: a model that allows
+        extra fields keeps them, one that forbids them refuses them itself."""
         self._secret_fields = frozenset(
             key for name, info in model.model_fields.items()
             if secret_paths(info.annotation, name) or looks_secret(name) or looks_secret(info.alias)
@@ -298,19 +307,57 @@ class StateSchema:
         return "[" + ",".join(f"[{json.dumps(n)},{i},{u}]" for n, i, u in writes) + "]"
 
     def decode_writes(self, text: str) -> list[tuple[str, int, dict[str, Any]]]:
-        return self._writes.validate_json(text)
+        try:
+            return self._writes.validate_json(text)
+        except ValidationError as exc:
+            return self._writes.validate_json(self._migrated(text, exc, 1))
 
     def decode_chain_writes(self, text: str) -> list[list[tuple[str, int, dict[str, Any]]]]:
         """The writes of many checkpoints in one call: a JSON array of `encode_writes` arrays."""
-        return self._chain_writes.validate_json(text)
+        try:
+            return self._chain_writes.validate_json(text)
+        except ValidationError as exc:
+            return self._chain_writes.validate_json(self._migrated(text, exc, 2))
 
     def decode_update(self, text: str) -> dict[str, Any]:
-        return self._update.validate_json(text)
+        try:
+            return self._update.validate_json(text)
+        except ValidationError as exc:
+            return self._update.validate_json(self._migrated(text, exc, 0))
+
+    def _migrated(self, text: str, exc: ValidationError, depth: int) -> str:
+        """Stored updates (`depth` arrays deep: an update, a step's writes, a chain's) whose
+        fields the model no longer has, with the migrations applied; re-raises `exc` when it
+        is about something else, `UnknownStoredFields` for fields no migration covers."""
+        unknown = {str(e["loc"][-1]) for e in exc.errors() if e["type"] == "extra_forbidden"}
+        if not unknown:
+            raise exc
+        uncovered = sorted(unknown - self._old_names)
+        if uncovered:
+            raise UnknownStoredFields(uncovered) from None
+
+        def upgrade(value: Any, level: int) -> Any:
+            if level == 0:
+                return migrate(value, self.migrations) if isinstance(value, dict) else value
+            return [[*w[:2], upgrade(w[2], 0)] if level == 1 and isinstance(w, list) and
+                    len(w) == 3 else upgrade(w, level - 1) for w in value]
+
+        return json.dumps(upgrade(json.loads(text), depth))
 
     def encode_state(self, state: BaseModel) -> str:
         return state.model_dump_json(round_trip=True)
 
     def decode_state(self, text: str) -> BaseModel:
+        """A stored state; `UnknownStoredFields` if it has fields the model no longer has and
+        no migration covers (they are never dropped silently)."""
+        if self._checks_stored_keys:
+            raw = from_json(text)
+            if isinstance(raw, dict) and not self._stored_keys.issuperset(raw):
+                unknown = [key for key in raw if key not in self._stored_keys]
+                uncovered = [key for key in unknown if key not in self._old_names]
+                if uncovered:
+                    raise UnknownStoredFields(uncovered)
+                text = json.dumps(migrate(raw, self.migrations))
         return self.model.model_validate_json(text, by_alias=True, by_name=True)
 
     def _unserializable_field(self, update: Mapping[str, Any]) -> str | None:
