@@ -116,13 +116,14 @@ class Committer:
         await self.saver.mark(self.thread_id, self.owner, self.head_id, status=status,
                               extra=extra)
 
-    async def mark_failed(self, exc: BaseException, state: BaseModel) -> None:
+    async def mark_failed(self, exc: BaseException, state: BaseModel | None) -> None:
         """Mark the step failed with `exc` on the head. A failed thread is read by people,
         often without the graph (statemachine show): it gets its `state` whole, once (a
         thread takes no new input until it is resumed)."""
         assert self.head_id is not None
         error = f"{type(exc).__name__}: {exc}"
-        if self.replay.steps_since and not isinstance(exc, StorageUnavailableError):
+        if state is not None and self.replay.steps_since and \
+                not isinstance(exc, StorageUnavailableError):
             snapshot = self.schema.encode_state(state)
             try:
                 await self.saver.mark(self.thread_id, self.owner, self.head_id,

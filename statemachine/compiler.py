@@ -29,9 +29,11 @@ Problem codes (stable, for tools and tests):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from . import mutation
 from .callables import inspect_callable
 from .compiled import CompiledGraph
 from .edge_checks import (
@@ -81,10 +83,12 @@ def compile_graph(
     retry: RetryPolicy | None = None,
     max_concurrency: int | None = None,
     on_failure: str = "raise",
+    check_mutation: str | None = None,
 ) -> CompiledGraph:
     """Check `builder` and make it runnable; raises `GraphValidationError` with every problem."""
     spec = build_spec(builder, interrupt_before=interrupt_before, interrupt_after=interrupt_after,
-                      retry=retry, max_concurrency=max_concurrency, on_failure=on_failure)
+                      retry=retry, max_concurrency=max_concurrency, on_failure=on_failure,
+                      check_mutation=check_mutation)
     return CompiledGraph(spec, checkpointer=checkpointer, name=name)
 
 
@@ -96,6 +100,7 @@ def build_spec(
     retry: RetryPolicy | None = None,
     max_concurrency: int | None = None,
     on_failure: str = "raise",
+    check_mutation: str | None = None,
 ) -> GraphSpec:
     """Check every declaration of `builder`; return the frozen graph or raise with all problems.
 
@@ -103,7 +108,14 @@ def build_spec(
     nodes, edges, joins, conditional edges, each node's destinations and error field,
     interrupts, and last the shape of the whole graph.
     """
+    if check_mutation is None:
+        check_mutation = os.environ.get(mutation.ENVIRONMENT) or "sizes"
     problems = _check_compile_options(retry, max_concurrency, on_failure)
+    if check_mutation not in mutation.CHECK_MUTATION_MODES:
+        problems.append(Problem(
+            "invalid_option", f"compile(check_mutation=...) (or {mutation.ENVIRONMENT}) must "
+            f"be one of {', '.join(map(repr, mutation.CHECK_MUTATION_MODES))}, got "
+            f"{check_mutation!r}."))
     problems += _check_schema(builder.state_schema)
     problems += _check_migrations(builder)
     nodes = check_nodes(builder, problems)
@@ -141,6 +153,7 @@ def build_spec(
         retry=retry,
         max_concurrency=max_concurrency,
         on_failure=on_failure,
+        check_mutation=check_mutation,
     )
 
 

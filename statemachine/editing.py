@@ -18,9 +18,10 @@ from .checkpoint_extra import CheckpointExtra, extra_of
 from .committer import counted, release_after
 from .constants import UPDATE
 from .errors import ThreadStateError, did_you_mean
+from .messages import not_found
 from .records import Task, decode_tasks, encode_tasks
 from .routing import next_tasks
-from .run import not_found, stored_results
+from .run_start import stored_results
 from .types import Snapshot
 
 if TYPE_CHECKING:

@@ -30,10 +30,11 @@ from . import editing, pruning
 from .checkpoint_extra import extra_of
 from .compensation import current_run, rollback
 from .constants import DEFAULT_MAX_STEPS
+from .messages import needs_checkpointer, not_found
 from .observe import Observer
 from .records import decode_tasks, ran_nodes
 from .replay import Replayer
-from .run import Run, merged_updates, needs_checkpointer, not_found
+from .run import Run, merged_updates
 from .snapshots import ReplayCost
 from .spec import GraphSpec, NodeSpec
 from .state_cache import StateCache

@@ -147,12 +147,17 @@ class StateGraph:
         retry: RetryPolicy | None = None,
         max_concurrency: int | None = None,
         on_failure: Literal["raise", "compensate"] = "raise",
+        check_mutation: Literal["sizes", "full", "off"] | None = None,
     ) -> CompiledGraph:
         """Check the whole graph and freeze it; raises `GraphValidationError` with every problem.
 
         `retry` is the default policy of nodes without their own; `max_concurrency` bounds
         how many tasks of a step run at once (overridable per call); `on_failure="compensate"`
         rolls a failed run back (see `CompiledGraph.rollback`) before the error propagates.
+        `check_mutation` says how each step checks that its nodes did not change the state
+        they were given in place: "sizes" (the default, about 1 µs a step), "full" (the
+        whole state compared, for tests) or "off"; the STATEMACHINE_CHECK_MUTATION
+        environment variable sets the default (see `statemachine.mutation`).
         """
         return compile_graph(
             self,
@@ -163,4 +168,5 @@ class StateGraph:
             retry=retry,
             max_concurrency=max_concurrency,
             on_failure=on_failure,
+            check_mutation=check_mutation,
         )

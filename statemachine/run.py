@@ -19,31 +19,27 @@ tested. In short:
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
-from pydantic_core import to_jsonable_python
+from pydantic import BaseModel
 
-from checkpoints.base import FINISHED, Chain, CheckpointRecord, NewCheckpoint, Owner
+from checkpoints.base import Owner
 
-from .checkpoint_extra import CheckpointExtra, extra_of
+from .checkpoint_extra import CheckpointExtra
 from .committer import Committer, release_after
-from .constants import INPUT, START
+from .constants import START
 from .errors import (
-    StateMachineError,
     StepLimitError,
     StorageUnavailableError,
     ThreadBusyError,
-    ThreadNotFoundError,
     ThreadStateError,
 )
-from .migrations import UnknownStoredFields
-from .records import Task, decode_goto, decode_tasks
-from .replay import stale
+from .messages import needs_checkpointer
+from .mutation import Fingerprint, mutated
+from .records import Task
 from .routing import Joins, next_tasks
+from .run_start import deliver, start_on_thread
 from .task_runner import StepInput, StepResults, TaskRunner
 from .types import StepEvent
 
@@ -123,8 +119,8 @@ class Run:
         await self.saver.acquire(self.thread_id, self.owner)
         failure: BaseException | None = None
         try:
-            await self.start_on_thread(input, checkpoint_id, resume)
-            await self._deliver(event)
+            await start_on_thread(self, input, checkpoint_id, resume)
+            await deliver(self, event)
             async for step_event in self.steps():
                 yield step_event
             if self.executor.remember_states and committer.head_id is not None:
@@ -150,93 +146,6 @@ class Run:
                 "pass the input state.")
         self.state = self.spec.schema.validate_input(input, thread_id=self.thread_id)
         self.tasks, self.joins = await self.route([Task(START)], self.state, 0, {})
-
-    async def start_on_thread(self, input: Any, checkpoint_id: str | None, resume: bool) -> None:
-        assert self.saver is not None and self.thread_id is not None and self.committer
-        schema = self.spec.schema
-        loaded = await self.executor.load_state(self.saver, self.thread_id, checkpoint_id,
-                                                own=True)
-        if loaded is None:
-            if checkpoint_id is not None or resume:
-                raise not_found(self.thread_id, checkpoint_id)
-            if input is None:
-                raise ThreadStateError(
-                    f"thread {self.thread_id!r} does not exist yet, so there is nothing to "
-                    "continue; start it with an input: invoke({...}, thread_id=...).")
-            self.state = schema.validate_input(input, thread_id=self.thread_id)
-            await self._start_run(None, 0, None)
-            return
-        state, chain, cost = loaded
-        assert cost is not None
-        self.committer.replay = cost
-        head = chain.head
-        extra = extra_of(head)
-        if head.status == "rollback_failed" and checkpoint_id is None:
-            raise ThreadStateError(rollback_stopped_message(head, extra))
-        if input is not None:
-            if checkpoint_id is None and head.status not in FINISHED:
-                raise ThreadStateError(_unfinished_message(head))
-            update = schema.validate_update(input, node=INPUT, step=head.step,
-                                            thread_id=self.thread_id)
-            self.state = schema.apply(state, [(INPUT, update)], step=head.step,
-                                      thread_id=self.thread_id)
-            await self._start_run(head.id, head.step, update)
-            return
-        self.state, self.step = state, head.step
-        self.joins = extra.joins
-        # paused before these tasks (or paused, resumed, then failed in them): run them now
-        self.skip_interrupt_before = head.status in ("interrupted", "failed") and \
-            extra.interrupt == "before"
-        self.tasks = decode_tasks(head.next)
-        if checkpoint_id is not None:  # a fork: a new branch that runs the tasks again
-            await self.committer.put(NewCheckpoint(
-                parent_id=head.id, step=head.step, kind="fork", status="running",
-                next=head.next, snapshot=self.committer.snapshot_if_due(0, True, self.state),
-                extra=CheckpointExtra(joins=self.joins).encode(), created_at=time.time()))
-            return
-        self.committer.start_at(head, cost)
-        self.step_origin = extra.origin
-        self.runner.results = stored_results(self.executor, head, chain)
-        self.runner.results.answers = {k: list(v) for k, v in extra.answers.items()}
-        self.head_status, self.head_extra = head.status, extra
-
-    async def _deliver(self, event: dict[str, Any] | None) -> None:
-        """Hand delivered event values to the tasks waiting for them, durably, before running."""
-        waiting = self.head_extra.waiting if self.head_status == "interrupted" else None
-        if not waiting:
-            if event is not None:
-                raise ThreadStateError(
-                    f"thread {self.thread_id!r} is not waiting for an event, so event="
-                    f"{event!r} has nowhere to go; resume it without one.")
-            return
-        missing = [name for _, _, name in waiting if event is None or name not in event]
-        if missing:
-            raise ThreadStateError(
-                f"thread {self.thread_id!r} is waiting for event {missing[0]!r} (node "
-                f"{waiting[0][0]!r}); resume it with app.resume({self.thread_id!r}, "
-                f"event={{{missing[0]!r}: ...}}).")
-        assert event is not None and self.committer is not None
-        answers = self.runner.results.answers
-        for node, index, name in waiting:
-            answers.setdefault((node, index), []).append(to_jsonable_python(event[name]))
-        self.skip_interrupt_before = True
-        extra = self.head_extra.copy(waiting=[], interrupt=None, answers=dict(answers))
-        await self.committer.mark("running", extra.encode())
-
-    async def _start_run(self, parent_id: str | None, step: int,
-                         update: dict[str, Any] | None) -> None:
-        """Route from START and commit the run's input checkpoint."""
-        assert self.committer is not None and self.thread_id is not None
-        self.step = step
-        self.tasks, self.joins = await self.route([Task(START)], self.state, step, {})
-        encoded = None
-        if update is not None:
-            encoded = (update, self.spec.schema.encode_update(
-                update, node=INPUT, step=step, thread_id=self.thread_id))
-        if parent_id is None and self.input_base is not None:
-            parent_id, self.committer.replay = self.input_base
-        await self.committer.put_input(parent_id, step, self.state, self.tasks, encoded,
-                                       CheckpointExtra(joins=self.joins).encode())
 
     # -- the step loop ------------------------------------------------------------------------
 
@@ -290,8 +199,18 @@ class Run:
             origin = self.origin(step)
         at = StepInput(step, state, origin, base)
         to_run = [t for t in tasks if t.key not in results.pending]
+        check = self.spec.check_mutation
+        if check == "sizes":
+            sizer = self.spec.schema.sizer
+            before: Any = sizer.measure(state)
+        elif check == "full":
+            before = Fingerprint(state)
         outcomes = await runner.run(to_run, at, None if committer is None else
                                     lambda task: committer.put_pending(task, results))
+        if check == "sizes" and sizer.measure(state) != before:
+            await self._fail_mutation(sizer.changed_fields(state, before), to_run)
+        elif check == "full" and before.changed():
+            await self._fail_mutation(before.changed_fields(), to_run)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
             await self._fail(_pick_error(failures))
@@ -336,6 +255,17 @@ class Run:
             await observer.step_end(event)
         return event
 
+    async def _fail_mutation(self, fields: list[str], ran: list[Task]) -> None:
+        """Fail the step whose nodes changed `fields` of the state in place (see `mutation`).
+        The changed state is not what the store holds, so it is not stored with the mark, and
+        the writes made from it are dropped (unless several tasks ran and some are stored)."""
+        error = mutated(fields, [t.node for t in ran], self.step, self.thread_id)
+        results = self.runner.results
+        for task in ran:
+            if task.key not in results.committed:
+                results.pending.pop(task.key, None)
+        await self._fail(error, state_changed=True)
+
     async def _pause_for_events(self) -> None:
         """End the run here: finished tasks' writes stay pending, the step waits for events."""
         results = self.runner.results
@@ -351,13 +281,14 @@ class Run:
             waiting=[(n, i, e) for (n, i), e in results.waiting.items()])
         await self.committer.mark("interrupted", extra.encode())
 
-    async def _fail(self, exc: BaseException) -> None:
-        """Keep what finished, mark the step failed, and raise `exc`."""
+    async def _fail(self, exc: BaseException, *, state_changed: bool = False) -> None:
+        """Keep what finished, mark the step failed, and raise `exc`. `state_changed`: a node
+        changed the state in place, so it is not stored with the mark."""
         committer = self.committer
         if committer is not None and not isinstance(exc, ThreadBusyError):
             assert self.thread_id is not None and self.saver is not None
             await committer.keep_finished(self.tasks, self.runner.results)
-            await committer.mark_failed(exc, self.state)
+            await committer.mark_failed(exc, None if state_changed else self.state)
             if self.spec.on_failure == "compensate":
                 await self.executor.rollback(self.thread_id, owner=self.owner, saver=self.saver)
         raise exc
@@ -371,32 +302,6 @@ class Run:
             ("; resume the thread to continue." if self.saver else "; otherwise check the "
              "router that should end the loop."), next_nodes=nodes, max_steps=self.max_steps)
         await self._fail(error)
-
-
-def stored_results(executor: Executor, head: CheckpointRecord, chain: Chain) -> StepResults:
-    """What the tasks of `head`'s step already finished, as stored: writes carried onto it by
-    update_state and its pending writes, with their metadata and `Command` targets."""
-    schema = executor.spec.schema
-    results = StepResults()
-    thread_id = head.thread_id
-    for node, index, update in executor.replayer.carried_writes(head):
-        results.pending[(node, index)] = update
-        results.encoded[(node, index)] = schema.encode_update(
-            update, node=node, step=head.step, thread_id=thread_id)
-    for write in chain.pending.get(head.id, []):
-        key = (write.node, write.index)
-        try:
-            results.pending[key] = schema.decode_update(write.writes)
-        except (ValidationError, UnknownStoredFields) as exc:
-            raise stale(head, exc) from exc
-        results.encoded[key] = write.writes
-        if write.meta:
-            meta = json.loads(write.meta)
-            results.meta[key] = meta
-            if "goto" in meta:
-                results.gotos[key] = decode_goto(meta["goto"])
-    results.committed = set(results.pending)
-    return results
 
 
 def merged_updates(updates: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
@@ -419,42 +324,3 @@ def _pick_error(failures: list[BaseException]) -> BaseException:
         if isinstance(failure, ThreadBusyError):
             return failure
     return failures[0]
-
-
-def _unfinished_message(head: CheckpointRecord) -> str:
-    what = {"failed": f"failed at step {head.step} ({head.error})",
-            "interrupted": f"is paused before step {head.step}",
-            "running": f"stopped at step {head.step} without finishing (its process ended)"}
-    return (f"thread {head.thread_id!r} {what.get(head.status, head.status)}, so new input "
-            "would drop its pending work. Continue it with app.resume(thread_id) (after "
-            "app.update_state(...) if the state needs fixing), or start a new branch from a "
-            "checkpoint with invoke(input, thread_id=..., checkpoint_id=...).")
-
-
-def rollback_stopped_message(head: CheckpointRecord, extra: CheckpointExtra) -> str:
-    """Why a thread whose rollback stopped takes neither resume nor new input."""
-    where = ""
-    if extra.undo_failed is not None:
-        step, node, _ = extra.undo_failed
-        where = f" at the compensation of node {node!r} (step {step})"
-    return (f"thread {head.thread_id!r} was being rolled back and the rollback stopped{where}: "
-            f"{head.error}. Its run is undone only in part, so it can neither resume nor take "
-            f"new input. Fix the cause, then continue the rollback with "
-            f"app.rollback({head.thread_id!r}) (statemachine rollback --thread "
-            f"{head.thread_id} ...); or start a new branch from an earlier checkpoint with "
-            "invoke(input, thread_id=..., checkpoint_id=...).")
-
-
-def not_found(thread_id: str, checkpoint_id: str | None) -> ThreadNotFoundError:
-    if checkpoint_id is not None:
-        return ThreadNotFoundError(
-            f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}; app.history(thread_id) "
-            "lists its checkpoints.")
-    return ThreadNotFoundError(
-        f"no thread {thread_id!r} in this store; app.threads() lists the threads there are.")
-
-
-def needs_checkpointer(what: str) -> StateMachineError:
-    return ThreadStateError(
-        f"to {what} the graph needs a checkpointer: compile(checkpointer=SQLiteCheckpointer("
-        "'runs.db')) (or MemoryCheckpointer() for tests).")

@@ -107,3 +107,5 @@ class GraphSpec:
     retry: RetryPolicy | None = None
     max_concurrency: int | None = None
     on_failure: str = "raise"
+    check_mutation: str = "sizes"
+    """How a step checks that its nodes left the state they were given alone (`mutation`)."""

@@ -30,6 +30,7 @@ from typing_extensions import TypedDict
 from .constants import INPUT, UPDATE
 from .errors import InvalidUpdateError, Problem, did_you_mean
 from .migrations import Migration, UnknownStoredFields, migrate, old_names
+from .mutation import Sizer
 from .reducers import append
 from .secret_types import looks_secret, mentions_secret, secret_paths
 
@@ -93,6 +94,8 @@ class StateSchema:
         self._aliases = {info.alias: name for name, info in model.model_fields.items()
                          if info.alias}
         self._stored_keys = frozenset((*self.fields, *self._aliases))
+        self.sizer = Sizer(model)
+        """What the "sizes" check of in-place changes measures (`mutation`)."""
         self._checks_stored_keys = model_config.get("extra", "ignore") == "ignore"
         """Whether a stored state's unknown fields must be looked for: a model that allows
         extra fields keeps them, one that forbids them refuses them itself."""

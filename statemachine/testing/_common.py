@@ -3,11 +3,9 @@ calling user functions, spotting mutated inputs, and graphs rebuilt for checking
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import inspect
-import json
 import os
 import sysconfig
 import textwrap
@@ -22,13 +20,13 @@ from hypothesis import settings as Settings
 from hypothesis import strategies as st
 from hypothesis.errors import FlakyFailure
 from hypothesis.strategies import SearchStrategy
-from pydantic import BaseModel
 
 import checkpoints
 
 from .._sync import run_sync
 from ..compiled import CompiledGraph
 from ..graph import StateGraph
+from ..mutation import Fingerprint, mutation_message
 from ..routing import RefusedRoute, resolve_route, route_items
 from ..spec import Branch, GraphSpec, NodeSpec
 from ..types import RunContext
@@ -205,61 +203,6 @@ def path_text(steps: list[tuple[str, ...]], *, ended: bool) -> str:
 
 
 # -- inputs, mutation and user calls --------------------------------------------------------------
-
-class Fingerprint:
-    """What a value was before a user function saw it, to tell whether it changed it."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-        self.text: str | None = None
-        self.copy: Any = None
-        self.usable = True
-        try:
-            if isinstance(value, BaseModel):
-                self.text = value.model_dump_json(round_trip=True)
-            else:
-                from pydantic_core import to_json
-
-                self.text = to_json(value).decode()
-        except Exception:
-            try:
-                self.copy = copy.deepcopy(value)
-                self.usable = bool(self.copy == value)  # no meaningful ==: cannot tell
-            except Exception:
-                self.usable = False
-
-    def changed(self) -> bool:
-        if not self.usable:
-            return False
-        try:
-            if self.text is not None:
-                if isinstance(self.value, BaseModel):
-                    return self.value.model_dump_json(round_trip=True) != self.text
-                from pydantic_core import to_json
-
-                return to_json(self.value).decode() != self.text
-            return bool(self.copy != self.value)
-        except Exception:
-            return True  # it no longer even serializes: it was changed
-
-    def changed_fields(self) -> list[str]:
-        if not isinstance(self.value, BaseModel) or self.text is None:
-            return []
-        try:
-            old = json.loads(self.text)
-            new = json.loads(self.value.model_dump_json(round_trip=True))
-        except Exception:
-            return []
-        return [k for k in new if old.get(k) != new.get(k)]
-
-
-def mutation_message(who: str, fp: Fingerprint, what: str = "input state") -> str:
-    fields = fp.changed_fields()
-    changed = f" (changed: {', '.join(fields)})" if fields else ""
-    return (f"{who} changed its {what} in place{changed} instead of returning an update. The "
-            "executor keeps earlier states for history and resume and shares values between "
-            "them: return new values, e.g. {'items': [*state.items, x]}, or use a reducer.")
-
 
 def call_user(fn: Callable[..., Any], args: tuple[Any, ...], is_async: bool) -> Any:
     """Call a node or router like the executor does: sync, or async to completion."""

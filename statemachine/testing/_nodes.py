@@ -15,12 +15,12 @@ from ..commands import Command, Send
 from ..compiled import CompiledGraph
 from ..constants import END
 from ..errors import InvalidUpdateError, did_you_mean
+from ..mutation import Fingerprint, mutation_message
 from ..spec import Branch, NodeSpec
 from ..waiting import TaskAnswers, WaitingForEvent, current_answers
 from ._common import (
     EventScript,
     Failure,
-    Fingerprint,
     Invariant,
     as_compiled,
     call_user,
@@ -29,7 +29,6 @@ from ._common import (
     fail,
     graph_key,
     make_settings,
-    mutation_message,
     needs_event_message,
     raise_report,
     route_problem,

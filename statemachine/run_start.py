@@ -1,0 +1,145 @@
+"""Starting a run on a stored thread: what the head checkpoint says the run does (a new
+thread, new input on a finished run, a fork, or the due tasks of a paused, failed or crashed
+step with the work it already kept), and delivering events to tasks waiting in `wait_for`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from pydantic_core import to_jsonable_python
+
+from checkpoints.base import FINISHED, Chain, CheckpointRecord, NewCheckpoint
+
+from .checkpoint_extra import CheckpointExtra, extra_of
+from .constants import INPUT, START
+from .errors import ThreadStateError
+from .messages import not_found, rollback_stopped_message, unfinished_message
+from .migrations import UnknownStoredFields
+from .records import Task, decode_goto, decode_tasks
+from .replay import stale
+from .task_runner import StepResults
+
+if TYPE_CHECKING:
+    from .executor import Executor
+    from .run import Run
+
+
+async def start_on_thread(run: Run, input: Any, checkpoint_id: str | None, resume: bool
+                          ) -> None:
+    """Load the thread's head and set `run` up from it: a new thread, new input on a
+    finished one, a fork, or the head's due tasks (with the work its step already kept)."""
+    assert run.saver is not None and run.thread_id is not None and run.committer
+    schema = run.spec.schema
+    loaded = await run.executor.load_state(run.saver, run.thread_id, checkpoint_id,
+                                            own=True)
+    if loaded is None:
+        if checkpoint_id is not None or resume:
+            raise not_found(run.thread_id, checkpoint_id)
+        if input is None:
+            raise ThreadStateError(
+                f"thread {run.thread_id!r} does not exist yet, so there is nothing to "
+                "continue; start it with an input: invoke({...}, thread_id=...).")
+        run.state = schema.validate_input(input, thread_id=run.thread_id)
+        await _start_run(run, None, 0, None)
+        return
+    state, chain, cost = loaded
+    assert cost is not None
+    run.committer.replay = cost
+    head = chain.head
+    extra = extra_of(head)
+    if head.status == "rollback_failed" and checkpoint_id is None:
+        raise ThreadStateError(rollback_stopped_message(head, extra))
+    if input is not None:
+        if checkpoint_id is None and head.status not in FINISHED:
+            raise ThreadStateError(unfinished_message(head))
+        update = schema.validate_update(input, node=INPUT, step=head.step,
+                                        thread_id=run.thread_id)
+        run.state = schema.apply(state, [(INPUT, update)], step=head.step,
+                                  thread_id=run.thread_id)
+        await _start_run(run, head.id, head.step, update)
+        return
+    run.state, run.step = state, head.step
+    run.joins = extra.joins
+    # paused before these tasks (or paused, resumed, then failed in them): run them now
+    run.skip_interrupt_before = head.status in ("interrupted", "failed") and \
+        extra.interrupt == "before"
+    run.tasks = decode_tasks(head.next)
+    if checkpoint_id is not None:  # a fork: a new branch that runs the tasks again
+        await run.committer.put(NewCheckpoint(
+            parent_id=head.id, step=head.step, kind="fork", status="running",
+            next=head.next, snapshot=run.committer.snapshot_if_due(0, True, run.state),
+            extra=CheckpointExtra(joins=run.joins).encode(), created_at=time.time()))
+        return
+    run.committer.start_at(head, cost)
+    run.step_origin = extra.origin
+    run.runner.results = stored_results(run.executor, head, chain)
+    run.runner.results.answers = {k: list(v) for k, v in extra.answers.items()}
+    run.head_status, run.head_extra = head.status, extra
+
+async def deliver(run: Run, event: dict[str, Any] | None) -> None:
+    """Hand delivered event values to the tasks waiting for them, durably, before running."""
+    waiting = run.head_extra.waiting if run.head_status == "interrupted" else None
+    if not waiting:
+        if event is not None:
+            raise ThreadStateError(
+                f"thread {run.thread_id!r} is not waiting for an event, so event="
+                f"{event!r} has nowhere to go; resume it without one.")
+        return
+    missing = [name for _, _, name in waiting if event is None or name not in event]
+    if missing:
+        raise ThreadStateError(
+            f"thread {run.thread_id!r} is waiting for event {missing[0]!r} (node "
+            f"{waiting[0][0]!r}); resume it with app.resume({run.thread_id!r}, "
+            f"event={{{missing[0]!r}: ...}}).")
+    assert event is not None and run.committer is not None
+    answers = run.runner.results.answers
+    for node, index, name in waiting:
+        answers.setdefault((node, index), []).append(to_jsonable_python(event[name]))
+    run.skip_interrupt_before = True
+    extra = run.head_extra.copy(waiting=[], interrupt=None, answers=dict(answers))
+    await run.committer.mark("running", extra.encode())
+
+async def _start_run(run: Run, parent_id: str | None, step: int,
+                     update: dict[str, Any] | None) -> None:
+    """Route from START and commit the run's input checkpoint."""
+    assert run.committer is not None and run.thread_id is not None
+    run.step = step
+    run.tasks, run.joins = await run.route([Task(START)], run.state, step, {})
+    encoded = None
+    if update is not None:
+        encoded = (update, run.spec.schema.encode_update(
+            update, node=INPUT, step=step, thread_id=run.thread_id))
+    if parent_id is None and run.input_base is not None:
+        parent_id, run.committer.replay = run.input_base
+    await run.committer.put_input(parent_id, step, run.state, run.tasks, encoded,
+                                   CheckpointExtra(joins=run.joins).encode())
+
+
+def stored_results(executor: Executor, head: CheckpointRecord, chain: Chain) -> StepResults:
+    """What the tasks of `head`'s step already finished, as stored: writes carried onto it by
+    update_state and its pending writes, with their metadata and `Command` targets."""
+    schema = executor.spec.schema
+    results = StepResults()
+    thread_id = head.thread_id
+    for node, index, update in executor.replayer.carried_writes(head):
+        results.pending[(node, index)] = update
+        results.encoded[(node, index)] = schema.encode_update(
+            update, node=node, step=head.step, thread_id=thread_id)
+    for write in chain.pending.get(head.id, []):
+        key = (write.node, write.index)
+        try:
+            results.pending[key] = schema.decode_update(write.writes)
+        except (ValidationError, UnknownStoredFields) as exc:
+            raise stale(head, exc) from exc
+        results.encoded[key] = write.writes
+        if write.meta:
+            meta = json.loads(write.meta)
+            results.meta[key] = meta
+            if "goto" in meta:
+                results.gotos[key] = decode_goto(meta["goto"])
+    results.committed = set(results.pending)
+    return results
