@@ -354,7 +354,10 @@ class StateSchema:
         """A stored state; `UnknownStoredFields` if it has fields the model no longer has and
         no migration covers (they are never dropped silently)."""
         if self._checks_stored_keys:
-            raw = from_json(text)
+            try:
+                raw = from_json(text)
+            except ValueError:  # not JSON: model_validate_json below says so, as pydantic does
+                raw = None
             if isinstance(raw, dict) and not self._stored_keys.issuperset(raw):
                 unknown = [key for key in raw if key not in self._stored_keys]
                 uncovered = [key for key in unknown if key not in self._old_names]
