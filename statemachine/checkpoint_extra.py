@@ -38,6 +38,9 @@ class CheckpointExtra:
     """Progress of the graph's joins: join index -> sources seen."""
     interrupt: Interrupt | None = None
     """Why the run paused here: before the next tasks, after this step, waiting for events."""
+    failed: list[str] = field(default_factory=list)
+    """On a checkpoint marked failed: the nodes whose tasks raised (none when a router, a merge
+    or the step limit failed the step: the error names those)."""
     waiting: list[tuple[str, int, str]] = field(default_factory=list)
     """Tasks waiting in `wait_for`: (node, index, event)."""
     answers: dict[TaskKey, list[Any]] = field(default_factory=dict)
@@ -65,6 +68,8 @@ class CheckpointExtra:
             out["joins"] = joins
         if self.interrupt is not None:
             out["interrupt"] = self.interrupt
+        if self.failed:
+            out["failed"] = self.failed
         if self.waiting:
             out["waiting"] = [list(w) for w in self.waiting]
         if self.answers:
@@ -83,6 +88,8 @@ class CheckpointExtra:
             shown["compensates"] = list(self.compensates)
         if self.undo_failed is not None:
             shown["undo_failed"] = list(self.undo_failed)
+        if self.failed:
+            shown["failed_nodes"] = list(self.failed)
         if self.waiting:
             shown["waits_for"] = [event for _, _, event in self.waiting]
         return shown
@@ -121,6 +128,8 @@ def decode_extra(text: str | None) -> CheckpointExtra:
             if value not in ("before", "after", "wait"):
                 raise ValueError(f"unknown interrupt {value!r}")
             extra.interrupt = value
+        elif key == "failed":
+            extra.failed = [str(n) for n in value]
         elif key == "waiting":
             extra.waiting = [(str(n), int(i), str(e)) for n, i, e in value]
         elif key == "answers":

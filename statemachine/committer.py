@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from checkpoints.base import Checkpointer, CheckpointRecord, NewCheckpoint, Owner, PendingWrite
 
+from .checkpoint_extra import decode_extra
 from .constants import INPUT
 from .errors import StateMachineError, StorageUnavailableError
 from .records import Task, encode_tasks
@@ -42,16 +43,19 @@ class Committer:
         """When the head was made: with its id, it keys the state cache."""
         self.replay = ReplayCost()
         """What rebuilding the head from storage replays: when to store a snapshot next."""
+        self.head_extra: str | None = None
+        """The head's extra data as stored (a mark adds to it)."""
 
     def start_at(self, head: CheckpointRecord, cost: ReplayCost) -> None:
         """Continue the thread from `head`, whose state costs `cost` to rebuild."""
         self.head_id, self.head_created, self.replay = head.id, head.created_at, cost
+        self.head_extra = head.extra
 
     async def put(self, checkpoint: NewCheckpoint) -> None:
         """Commit `checkpoint` (made with `created_at=time.time()`) as the new head."""
         assert checkpoint.created_at is not None
         self.head_id = await self.saver.put(self.thread_id, self.owner, checkpoint)
-        self.head_created = checkpoint.created_at
+        self.head_created, self.head_extra = checkpoint.created_at, checkpoint.extra
 
     def snapshot_if_due(self, size: int, appends: bool, state: BaseModel) -> str | None:
         """`state` as a snapshot for the next checkpoint (with `size` bytes of writes that
@@ -115,26 +119,34 @@ class Committer:
         assert self.head_id is not None
         await self.saver.mark(self.thread_id, self.owner, self.head_id, status=status,
                               extra=extra)
+        if extra is not None:
+            self.head_extra = extra
 
-    async def mark_failed(self, exc: BaseException, state: BaseModel | None) -> None:
+    async def mark_failed(self, exc: BaseException, state: BaseModel | None,
+                          nodes: Sequence[str] = ()) -> None:
         """Mark the step failed with `exc` on the head. A failed thread is read by people,
         often without the graph (statemachine show): it gets its `state` whole, once (a
         thread takes no new input until it is resumed)."""
         assert self.head_id is not None
         error = f"{type(exc).__name__}: {exc}"
+        extra: str | None = None
+        if nodes:  # the failed row of a history names what failed, not what ran before it
+            extra = decode_extra(self.head_extra).copy(
+                failed=list(dict.fromkeys(nodes))).encode()
         if state is not None and self.replay.steps_since and \
                 not isinstance(exc, StorageUnavailableError):
             snapshot = self.schema.encode_state(state)
             try:
                 await self.saver.mark(self.thread_id, self.owner, self.head_id,
-                                      status="failed", error=error, snapshot=snapshot)
+                                      status="failed", error=error, snapshot=snapshot,
+                                      extra=extra)
             except StorageUnavailableError:
                 pass  # a full disk, say: the small mark below may still fit
             else:
                 self.replay.stored(snapshot)
                 return
         await self.saver.mark(self.thread_id, self.owner, self.head_id, status="failed",
-                              error=error)
+                              error=error, extra=extra)
 
     async def mark_storage_failure(self, exc: StorageUnavailableError, state: BaseModel) -> None:
         """The store refused a write mid-run (a full disk, a lock held too long): say so on the

@@ -82,7 +82,7 @@ async def update_state(executor: Executor, thread_id: str, values: Any, *,
                 carried=[*head_extra.carried, *([w.node, w.index, json.loads(w.writes)]
                                                 for w in chain.pending.get(head.id, []))],
                 origin=head_extra.origin or head.id, joins=head_extra.joins,
-                interrupt=head_extra.interrupt)
+                interrupt=head_extra.interrupt, failed=head_extra.failed)
         writes = spec.schema.encode_writes([(writer, index, encoded)])
         snapshot = None
         if cost.due(*counted(len(writes), spec.schema.appends_only(update)), saver.keep_last):

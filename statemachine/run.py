@@ -19,7 +19,7 @@ tested. In short:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -213,7 +213,9 @@ class Run:
             await self._fail_mutation(before.changed_fields(), to_run)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
-            await self._fail(_pick_error(failures))
+            await self._fail(_pick_error(failures), nodes=[
+                t.node for t, o in zip(to_run, outcomes, strict=True)
+                if isinstance(o, BaseException)])
         if results.waiting:
             await self._pause_for_events()
             return None
@@ -264,7 +266,7 @@ class Run:
         for task in ran:
             if task.key not in results.committed:
                 results.pending.pop(task.key, None)
-        await self._fail(error, state_changed=True)
+        await self._fail(error, state_changed=True, nodes=[t.node for t in ran])
 
     async def _pause_for_events(self) -> None:
         """End the run here: finished tasks' writes stay pending, the step waits for events."""
@@ -281,14 +283,15 @@ class Run:
             waiting=[(n, i, e) for (n, i), e in results.waiting.items()])
         await self.committer.mark("interrupted", extra.encode())
 
-    async def _fail(self, exc: BaseException, *, state_changed: bool = False) -> None:
+    async def _fail(self, exc: BaseException, *, state_changed: bool = False,
+                    nodes: Sequence[str] = ()) -> None:
         """Keep what finished, mark the step failed, and raise `exc`. `state_changed`: a node
         changed the state in place, so it is not stored with the mark."""
         committer = self.committer
         if committer is not None and not isinstance(exc, ThreadBusyError):
             assert self.thread_id is not None and self.saver is not None
             await committer.keep_finished(self.tasks, self.runner.results)
-            await committer.mark_failed(exc, None if state_changed else self.state)
+            await committer.mark_failed(exc, None if state_changed else self.state, nodes)
             if self.spec.on_failure == "compensate":
                 await self.executor.rollback(self.thread_id, owner=self.owner, saver=self.saver)
         raise exc

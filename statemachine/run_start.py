@@ -100,7 +100,7 @@ async def deliver(run: Run, event: dict[str, Any] | None) -> None:
     for node, index, name in waiting:
         answers.setdefault((node, index), []).append(to_jsonable_python(event[name]))
     run.skip_interrupt_before = True
-    extra = run.head_extra.copy(waiting=[], interrupt=None, answers=dict(answers))
+    extra = run.head_extra.copy(waiting=[], interrupt=None, failed=[], answers=dict(answers))
     await run.committer.mark("running", extra.encode())
 
 async def _start_run(run: Run, parent_id: str | None, step: int,

@@ -182,7 +182,7 @@ def row_from_record(record: CheckpointRecord, parent: CheckpointRecord | None,
                     list(ran_nodes(record, parent, pending)), list(dict.fromkeys(next_nodes)),
                     sorted({node for node, _ in done}), record.error, record.created_at,
                     compensates[1] if compensates else None,
-                    [name for *_, name in extra.waiting])
+                    [name for *_, name in extra.waiting], list(extra.failed))
 
 
 def row_from_snapshot(snapshot: Snapshot) -> dict[str, Any]:
@@ -192,15 +192,19 @@ def row_from_snapshot(snapshot: Snapshot) -> dict[str, Any]:
                     snapshot.status, list(snapshot.ran), list(dict.fromkeys(snapshot.next)),
                     sorted(snapshot.pending_writes), snapshot.error, snapshot.created_at,
                     compensates[1] if compensates else None,
-                    list(snapshot.metadata.get("waits_for", [])))
+                    list(snapshot.metadata.get("waits_for", [])),
+                    list(snapshot.metadata.get("failed_nodes", [])))
 
 
 def make_row(checkpoint_id: str, parent_id: str | None, step: int, kind: str, status: str,
              nodes: list[str], next_nodes: list[str], kept: list[str], error: str | None,
-             created_at: float, compensates: str | None, waits_for: list[str]
-             ) -> dict[str, Any]:
+             created_at: float, compensates: str | None, waits_for: list[str],
+             failed_nodes: list[str]) -> dict[str, Any]:
+    """A checkpoint as history shows it. `nodes` are those whose writes made it; on a failed
+    checkpoint, `failed_nodes` are those whose tasks raised in the step after it."""
     return {"checkpoint_id": checkpoint_id, "parent_id": parent_id, "step": step, "kind": kind,
-            "status": status, "nodes": nodes, "next": next_nodes, "pending_writes": kept,
+            "status": status, "nodes": nodes, "failed_nodes": failed_nodes, "next": next_nodes,
+            "pending_writes": kept,
             "waits_for": waits_for, "compensates": compensates, "error": error,
             "created_at": created_at, "time": format_time(created_at)}
 

@@ -28,6 +28,7 @@ extras = st.builds(
     joins=st.dictionaries(st.integers(0, 9), st.sets(names, min_size=1, max_size=3),
                           max_size=3),
     interrupt=st.sampled_from([None, "before", "after", "wait"]),
+    failed=st.lists(names, max_size=3, unique=True),
     waiting=st.lists(st.tuples(names, st.integers(0, 9), names), max_size=3),
     answers=st.dictionaries(st.tuples(names, st.integers(0, 9)), st.lists(jsonable, max_size=2),
                             max_size=3),

@@ -298,7 +298,8 @@ def test_a_failed_run_resumes_in_another_process_with_the_printed_command(tmp_pa
     lines = table.stdout.splitlines()
     assert re.search(r"\b3\s+step\s+ship\s+done\b", table.stdout)
     assert re.search(r"\b2\s+step\s+reserve, charge\s+running\s+ship\b", table.stdout)
-    assert re.search(r"\b1\s+step\s+prepare\s+failed\s+charge \(kept: reserve\)", table.stdout)
+    assert re.search(r"\b1\s+step\s+prepare\s+failed in charge\s+charge \(kept: reserve\)",
+                     table.stdout)
     assert re.search(r"\b0\s+input\s+\(input\)\s+running\s+prepare\b", table.stdout)
     assert any(line.startswith("checkpoint ") and "ConnectionError" in line for line in lines)
     assert done_again.returncode == OK

@@ -145,3 +145,22 @@ def test_recovery_commands_name_what_is_missing(tmp_path):
     assert taken.returncode == USAGE and "already exists" in taken.stderr
     gone = cli("fork", TRIP, "--db", str(db), "--thread", "t", "--checkpoint", "999")
     assert gone.returncode == NOT_FOUND and "no checkpoint '999'" in gone.stderr
+
+
+def test_a_failed_row_names_the_node_that_failed_not_the_one_before_it(tmp_path):
+    db = tmp_path / "runs.db"
+    failed_run(db)
+    row = head(db, "t")
+    assert row["status"] == "failed" and row["nodes"] == ["flight"]
+    assert row["failed_nodes"] == ["pay"]
+    shown = cli("history", "--db", str(db), "--thread", "t")
+    assert "failed in pay" in shown.stdout
+    fixed = cli("update", TRIP, "--db", str(db), "--thread", "t", "--values",
+                '{"poisoned": false}')
+    assert fixed.returncode == OK
+    assert cli("resume", TRIP, "--db", str(db), "--thread", "t").returncode == OK
+    rows = json.loads(cli("history", "--db", str(db), "--thread", "t", "--json").stdout)
+    # the update kept the step failed, with its error and what failed
+    assert [(r["kind"], r["failed_nodes"]) for r in rows if r["status"] == "failed"] == [
+        ("update", ["pay"]), ("step", ["pay"])]
+    assert rows[0]["status"] == "done" and rows[0]["failed_nodes"] == []

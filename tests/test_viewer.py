@@ -183,6 +183,8 @@ def test_failed_thread_shows_failed_node_timeline_and_diff(server, page, tmp_pat
     assert rows.count() == 2  # the input checkpoint, then the failed step
     assert rows.nth(0).get_attribute("data-status") == "failed"
     assert "prepare" in rows.nth(0).locator(".nodes").inner_text()
+    # the failed row says which node failed, not only which ran before it
+    assert rows.nth(0).locator(".status").inner_text() == "failed in charge"
     assert "selected" in rows.nth(0).get_attribute("class")
 
     page.wait_for_selector("#diff li.diff-added")

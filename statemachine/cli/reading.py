@@ -134,6 +134,8 @@ def history(ctx: click.Context, db: Db | None, thread: str, target: str | None, 
                          overflow="fold", min_width=8 if wrap else None)
     for row in rows:
         status = row["status"]
+        if row["failed_nodes"] and status == "failed":
+            status += f" in {', '.join(row['failed_nodes'])}"
         if row["waits_for"]:
             status += f" (waits for {', '.join(row['waits_for'])})"
         next_cell = ", ".join(row["next"])

@@ -303,6 +303,9 @@ function renderTimeline(checkpoints) {
     let nodes = cp.nodes.join(", ");
     if (!nodes) nodes = cp.compensates ? `↩ ${cp.compensates}` : `(${cp.kind})`;
     let status = cp.status;
+    if (cp.status === "failed" && (cp.failed_nodes || []).length) {
+      status += ` in ${cp.failed_nodes.join(", ")}`;
+    }
     if (cp.waits_for.length) status += ` (waits for ${cp.waits_for.join(", ")})`;
     const retries = Object.entries(cp.attempts || {})
       .map(([node, attempts]) => `${node}: ${attempts} attempts`).join(", ");
