@@ -53,6 +53,8 @@ async def start_on_thread(run: Run, input: Any, checkpoint_id: str | None, resum
     extra = extra_of(head)
     if head.status == "rollback_failed" and checkpoint_id is None:
         raise ThreadStateError(rollback_stopped_message(head, extra))
+    if input is None:
+        _check_nodes_known(run, head, chain)
     if input is not None:
         if checkpoint_id is None and head.status not in FINISHED:
             raise ThreadStateError(unfinished_message(head))
@@ -117,6 +119,23 @@ async def _start_run(run: Run, parent_id: str | None, step: int,
         parent_id, run.committer.replay = run.input_base
     await run.committer.put_input(parent_id, step, run.state, run.tasks, encoded,
                                    CheckpointExtra(joins=run.joins).encode())
+
+
+def _check_nodes_known(run: Run, head: CheckpointRecord, chain: Chain) -> None:
+    """The head's due tasks and kept work name only nodes of this graph: a thread run by
+    another graph is refused before anything runs, its stored error left as it is."""
+    nodes = run.spec.nodes
+    named = [t.node for t in decode_tasks(head.next)]
+    named += [w.node for w in chain.pending.get(head.id, [])]
+    unknown = [name for name in dict.fromkeys(named) if name not in nodes]
+    if unknown:
+        raise ThreadStateError(
+            f"thread {run.thread_id!r} is due to run node"
+            f"{'s' if len(unknown) != 1 else ''} {', '.join(map(repr, unknown))}, which graph "
+            f"{run.executor.name!r} does not have (its nodes: {', '.join(nodes)}): it was run by "
+            "another graph, or by an older version of this one. Continue it with the graph "
+            "that ran it; or start a new branch from a checkpoint this graph can run with "
+            "app.fork(...) or invoke(input, thread_id=..., checkpoint_id=...).")
 
 
 def stored_results(executor: Executor, head: CheckpointRecord, chain: Chain) -> StepResults:

@@ -9,6 +9,7 @@ import json
 import shlex
 from pathlib import Path
 
+import pytest
 from test_cli import NOT_FOUND, OK, RUN_FAILED, USAGE, cli, run_words
 
 TRIP = "tests.cli_graphs:trip"
@@ -164,3 +165,30 @@ def test_a_failed_row_names_the_node_that_failed_not_the_one_before_it(tmp_path)
     assert [(r["kind"], r["failed_nodes"]) for r in rows if r["status"] == "failed"] == [
         ("update", ["pay"]), ("step", ["pay"])]
     assert rows[0]["status"] == "done" and rows[0]["failed_nodes"] == []
+
+
+def test_a_thread_resumed_with_another_graph_is_refused_and_its_error_kept(tmp_path):
+    from checkpoints import SQLiteCheckpointer
+    from statemachine import END, START, StateGraph, ThreadStateError
+    from tests.cli_graphs import TripState
+    from tests.cli_graphs import trip as trip_graph
+
+    db = tmp_path / "runs.db"
+    failed_run(db)
+    other = StateGraph(TripState)
+    other.add_node("hotel", lambda state: {"log": ["other hotel"]})
+    other.add_edge(START, "hotel")
+    other.add_edge("hotel", END)
+    app = other.compile(checkpointer=SQLiteCheckpointer(db), name="other")
+    before = app.get_state("t")
+
+    with pytest.raises(ThreadStateError, match=r"due to run node 'pay', which graph 'other' "
+                       r"does not have \(its nodes: hotel\)"):
+        app.resume("t")
+    after = trip_graph.compile(checkpointer=SQLiteCheckpointer(db)).get_state("t")
+    assert after.checkpoint_id == before.checkpoint_id and after.error == before.error
+    assert "card declined" in (after.error or "")
+    # a graph of another state model is refused too: the stored fields it lacks are named
+    refused = cli("resume", "tests.cli_graphs:passing", "--db", str(db), "--thread", "t")
+    assert refused.returncode == USAGE and "'poisoned'" in refused.stderr
+    assert head(db, "t")["error"] == before.error
