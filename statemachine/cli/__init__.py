@@ -8,6 +8,9 @@
     statemachine threads --db runs.db [--limit 100] [--offset N]   threads with their status
     statemachine history --db runs.db --thread t1 [--limit 50] [--before ID]   its checkpoints
     statemachine show --db runs.db --thread t1 [--checkpoint ID]   its state as JSON
+    statemachine update GRAPH --db runs.db --thread t1 --values JSON [--as-node N] [--checkpoint ID]
+    statemachine fork GRAPH --db runs.db --thread t1 --checkpoint ID [--to t2]   branch off, paused
+    statemachine rollback GRAPH --db runs.db --thread t1   run the compensations of a failed run
     statemachine ui --db runs.db [--graph GRAPH] [--port 8765] [--allow-actions]   web viewer
     statemachine submit GRAPH --db URL --thread t1 [--input JSON] [--event JSON]   queue a run
     statemachine worker GRAPH --db URL [--concurrency 4] [--drain]   run queued runs
