@@ -2,7 +2,8 @@
 
 Each step with a side effect declares how to undo it: `add_node("charge", charge,
 compensate=refund)`. The carrier rejects the parcel, so `ship` fails after stock was reserved
-and the card charged. The failed run stays in the SQLite file; `app.rollback(thread_id)`, here
+and the card charged. The failed run stays in the SQLite file; `app.rollback(thread_id)` (or
+`statemachine rollback examples.order_saga:graph --db orders.db --thread order-7`), here
 from a freshly opened file as an operator's script would, runs the compensations of the
 completed nodes newest first (refund, then release), each committed as its own checkpoint,
 and leaves the thread "compensated". Rolling back again does nothing: no compensation runs
@@ -72,9 +73,8 @@ class PaymentGateway:
         self.charges.setdefault(key, amount)  # the idempotency key: charged once
         return f"pay-{key[:8]}"
 
-    def refund(self, payment: str) -> None:
-        key = next(k for k in self.charges if payment == f"pay-{k[:8]}")
-        self.refunds.setdefault(payment, self.charges[key])
+    def refund(self, payment: str, amount: float) -> None:
+        self.refunds.setdefault(payment, amount)  # refunding twice refunds once
 
 
 warehouse = Warehouse()
@@ -103,7 +103,7 @@ def charge(state: State, context: RunContext) -> dict:
 
 def refund(state: State) -> dict:
     calls.append("refund")
-    gateway.refund(state.payment)
+    gateway.refund(state.payment, state.amount)
     return {"log": [f"refunded {state.amount:.2f} of {state.payment}"]}
 
 
