@@ -178,7 +178,9 @@ def _check_migrations(builder: StateGraph) -> list[Problem]:
     field it has."""
     problems: list[Problem] = []
     model = builder.state_schema
-    fields = set(getattr(model, "model_fields", {}))
+    if not is_state_model(model):  # the schema's own problem says what is wrong
+        return problems
+    fields = set(model.model_fields)
     seen: set[str] = set()
     for migration in getattr(builder, "migrations", ()):
         if not isinstance(migration, (Rename, Drop)):

@@ -12,7 +12,7 @@ import inspect
 import json
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeGuard, cast
 
 from pydantic import (
     AfterValidator,
@@ -42,7 +42,7 @@ _CONFIG_KEYS = ("strict", "arbitrary_types_allowed", "str_strip_whitespace", "se
                 "val_json_bytes", "ser_json_timedelta", "coerce_numbers_to_str")
 
 
-def is_state_model(schema: object) -> bool:
+def is_state_model(schema: object) -> TypeGuard[type[BaseModel]]:
     return isinstance(schema, type) and issubclass(schema, BaseModel)
 
 
