@@ -114,6 +114,11 @@ class Committer:
             if task.key in results.pending and task.key not in results.committed:
                 await self.put_pending(task, results)
 
+    def extra_with(self, **changes: Any) -> str | None:
+        """The head's extra data with `changes` (fields of `CheckpointExtra`), encoded: a mark
+        adds to what the head says (carried work, the tasks' origin), never drops it."""
+        return decode_extra(self.head_extra).copy(**changes).encode()
+
     async def mark(self, status: str, extra: str | None) -> None:
         """Set the head's status (and extra data) in place: a pause, a delivered event."""
         assert self.head_id is not None
@@ -129,10 +134,10 @@ class Committer:
         thread takes no new input until it is resumed)."""
         assert self.head_id is not None
         error = f"{type(exc).__name__}: {exc}"
-        extra: str | None = None
-        if nodes:  # the failed row of a history names what failed, not what ran before it
-            extra = decode_extra(self.head_extra).copy(
-                failed=list(dict.fromkeys(nodes))).encode()
+        # the failed row of a history names what failed, not what ran before it (none: a
+        # router, a merge or the step limit; the error says which)
+        extra = (self.extra_with(failed=list(dict.fromkeys(nodes))) or "{}") \
+            if nodes or (self.head_extra and '"failed"' in self.head_extra) else None
         if state is not None and self.replay.steps_since and \
                 not isinstance(exc, StorageUnavailableError):
             snapshot = self.schema.encode_state(state)

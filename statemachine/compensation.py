@@ -5,8 +5,9 @@ Each compensation runs in reverse order of completion and commits its own checkp
 where it stopped and never undoes a task twice once that undo is committed. The last one marks
 the thread "compensated"; rolling back again does nothing. A compensation that raises stops the
 rollback on a checkpoint of its own, status "rollback_failed", with the compensation's error;
-rolling back again continues from there. A compensation gets the task id of the task it undoes
-(`RunContext.task_id`), so a ledger keyed by task id finds the entry to undo.
+rolling back again continues from there. A compensation's `RunContext.task_id` is its own
+stable id (an idempotency key for the undo); `RunContext.undoes_task_id` is the id of the task
+it undoes, so a ledger keyed by task id finds the entry to undo.
 """
 
 from __future__ import annotations
@@ -115,8 +116,10 @@ async def _compensate_one(executor: Executor, saver: Checkpointer, owner: Owner,
     compensate = spec.nodes[node].compensate
     assert compensate is not None
     args: tuple[Any, ...] = (state,)
-    if compensate.wants_context:  # the id of the task it undoes: a ledger keyed by it is found
-        args = (state, RunContext(thread_id, step, node, task_id(thread_id, origin, node, index)))
+    if compensate.wants_context:  # its own stable id, and the id of the task it undoes
+        args = (state, RunContext(thread_id, step, node,
+                                  task_id(thread_id, failed.id, node, index, "compensate"),
+                                  undoes_task_id=task_id(thread_id, origin, node, index)))
     try:
         result = await call_user_function(compensate, args, inline=False)
     except Exception as exc:

@@ -3,6 +3,8 @@ to do about it."""
 
 from __future__ import annotations
 
+import shlex
+
 from checkpoints.base import CheckpointRecord
 
 from .checkpoint_extra import CheckpointExtra
@@ -21,16 +23,17 @@ def unfinished_message(head: CheckpointRecord) -> str:
 
 def rollback_stopped_message(head: CheckpointRecord, extra: CheckpointExtra) -> str:
     """Why a thread whose rollback stopped takes neither resume nor new input."""
-    where = ""
     if extra.undo_failed is not None:
         step, node, _ = extra.undo_failed
-        where = f" at the compensation of node {node!r} (step {step})"
-    return (f"thread {head.thread_id!r} was being rolled back and the rollback stopped{where}: "
-            f"{head.error}. Its run is undone only in part, so it can neither resume nor take "
-            f"new input. Fix the cause, then continue the rollback with "
-            f"app.rollback({head.thread_id!r}) (statemachine rollback --thread "
-            f"{head.thread_id} ...); or start a new branch from an earlier checkpoint with "
-            "invoke(input, thread_id=..., checkpoint_id=...).")
+        why = f"the rollback stopped at the compensation of node {node!r} (step {step}): " \
+              f"{head.error}"
+    else:  # a compensation committed, the rollback's process ended before the next
+        why = "the rollback stopped part-way (its process ended)"
+    return (f"thread {head.thread_id!r} was being rolled back and {why}. Its run is undone "
+            "only in part, so it can neither resume nor take new input. Fix the cause, then "
+            f"continue the rollback with app.rollback({head.thread_id!r}) (statemachine "
+            f"rollback GRAPH --db ... --thread {shlex.quote(head.thread_id)}); or start a new "
+            "branch from an earlier checkpoint with app.fork(...).")
 
 
 def not_found(thread_id: str, checkpoint_id: str | None) -> ThreadNotFoundError:

@@ -94,7 +94,8 @@ class Run:
 
         `event` delivers values to tasks paused in `wait_for` ({event name: value}).
         """
-        if self.thread_id is not None and not isinstance(self.thread_id, str):
+        if self.saver is not None and self.thread_id is not None and \
+                not isinstance(self.thread_id, str):
             raise ThreadStateError(
                 f"thread_id must be text, got {type(self.thread_id).__name__} "
                 f"{self.thread_id!r}: pass thread_id={str(self.thread_id)!r}.")
@@ -157,8 +158,8 @@ class Run:
             if not self.skip_interrupt_before and self.spec.interrupt_before and any(
                     t.node in self.spec.interrupt_before for t in self.tasks):
                 if self.committer is not None:
-                    await self.committer.mark("interrupted", CheckpointExtra(
-                        joins=self.joins, interrupt="before").encode())
+                    await self.committer.mark("interrupted", self.committer.extra_with(
+                        joins=self.joins, interrupt="before", failed=[]))
                 return
             self.skip_interrupt_before = False
             event = await self._run_step()
@@ -266,6 +267,13 @@ class Run:
         for task in ran:
             if task.key not in results.committed:
                 results.pending.pop(task.key, None)
+        kept = [t.node for t in ran if t.key in results.committed]
+        if kept and self.committer is not None and self.committer.head_id is not None:
+            error.add_note(
+                f"The writes of {', '.join(map(repr, kept))} were stored as they finished, "
+                "before the change was seen, and resume would keep them; once the code is "
+                f"fixed, run the whole step again with app.fork({self.thread_id!r}, "
+                f"{self.committer.head_id!r}) then resume.")
         await self._fail(error, state_changed=True, nodes=[t.node for t in ran])
 
     async def _pause_for_events(self) -> None:
@@ -278,10 +286,9 @@ class Run:
                 "event is delivered with resume(); that needs a checkpointer to keep the run: "
                 "compile(checkpointer=...).")
         await self.committer.keep_finished(self.tasks, results)
-        extra = CheckpointExtra(
-            joins=self.joins, interrupt="wait", answers=results.answers,
-            waiting=[(n, i, e) for (n, i), e in results.waiting.items()])
-        await self.committer.mark("interrupted", extra.encode())
+        await self.committer.mark("interrupted", self.committer.extra_with(
+            joins=self.joins, interrupt="wait", answers=dict(results.answers), failed=[],
+            waiting=[(n, i, e) for (n, i), e in results.waiting.items()]))
 
     async def _fail(self, exc: BaseException, *, state_changed: bool = False,
                     nodes: Sequence[str] = ()) -> None:

@@ -51,7 +51,8 @@ async def start_on_thread(run: Run, input: Any, checkpoint_id: str | None, resum
     run.committer.replay = cost
     head = chain.head
     extra = extra_of(head)
-    if head.status == "rollback_failed" and checkpoint_id is None:
+    rolling_back = head.kind == "compensation" and head.status not in FINISHED
+    if (head.status == "rollback_failed" or rolling_back) and checkpoint_id is None:
         raise ThreadStateError(rollback_stopped_message(head, extra))
     if input is None:
         _check_nodes_known(run, head, chain)

@@ -96,9 +96,10 @@ class StateSchema:
         self._stored_keys = frozenset((*self.fields, *self._aliases))
         self.sizer = Sizer(model)
         """What the "sizes" check of in-place changes measures (`mutation`)."""
-        self._checks_stored_keys = model_config.get("extra", "ignore") == "ignore"
-        """Whether a stored state's unknown fields must be looked for: a model that allows
-        extra fields keeps them, one that forbids them refuses them itself."""
+        self._drops_unknown = model_config.get("extra", "ignore") == "ignore"
+        """Whether the model would drop a stored field it does not have (extra="ignore"):
+        then such a field no migration covers is refused here. A model that allows extra
+        fields keeps them; one that forbids them refuses them itself."""
         self._secret_fields = frozenset(
             key for name, info in model.model_fields.items()
             if secret_paths(info.annotation, name) or looks_secret(name) or looks_secret(info.alias)
@@ -353,7 +354,7 @@ class StateSchema:
     def decode_state(self, text: str) -> BaseModel:
         """A stored state; `UnknownStoredFields` if it has fields the model no longer has and
         no migration covers (they are never dropped silently)."""
-        if self._checks_stored_keys:
+        if self._drops_unknown or self.migrations:
             try:
                 raw = from_json(text)
             except ValueError:  # not JSON: model_validate_json below says so, as pydantic does
@@ -361,9 +362,10 @@ class StateSchema:
             if isinstance(raw, dict) and not self._stored_keys.issuperset(raw):
                 unknown = [key for key in raw if key not in self._stored_keys]
                 uncovered = [key for key in unknown if key not in self._old_names]
-                if uncovered:
+                if uncovered and self._drops_unknown:
                     raise UnknownStoredFields(uncovered)
-                text = json.dumps(migrate(raw, self.migrations))
+                if len(uncovered) < len(unknown):
+                    text = json.dumps(migrate(raw, self.migrations))
         return self.model.model_validate_json(text, by_alias=True, by_name=True)
 
     def _unserializable_field(self, update: Mapping[str, Any]) -> str | None:

@@ -31,6 +31,9 @@ class RunContext:
     step: int
     node: str
     task_id: str
+    undoes_task_id: str | None = None
+    """For a compensation: the `task_id` of the task it undoes (what that task saw), to find
+    the side effect to undo; its own `task_id` stays its own idempotency key."""
 
 
 @dataclass(frozen=True, slots=True)

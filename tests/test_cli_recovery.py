@@ -192,3 +192,20 @@ def test_a_thread_resumed_with_another_graph_is_refused_and_its_error_kept(tmp_p
     refused = cli("resume", "tests.cli_graphs:passing", "--db", str(db), "--thread", "t")
     assert refused.returncode == USAGE and "'poisoned'" in refused.stderr
     assert head(db, "t")["error"] == before.error
+
+
+def test_the_undo_of_an_update_of_an_older_checkpoint_restores_the_head_it_replaced(tmp_path):
+    db = tmp_path / "runs.db"
+    failed_run(db)
+    rows = json.loads(cli("history", "--db", str(db), "--thread", "t", "--json").stdout)
+    failed_head, first = rows[0], rows[-1]
+    branched = cli("update", TRIP, "--db", str(db), "--thread", "t", "--checkpoint",
+                   first["checkpoint_id"], "--values", '{"poisoned": false}')
+    assert branched.returncode == OK, branched.stderr
+    assert head(db, "t")["next"] == ["hotel"]
+    undone = run_words(printed(branched.stdout, "undo"))
+    assert undone.returncode == OK, undone.stderr
+    back = head(db, "t")
+    assert (back["status"], back["next"], back["pending_writes"]) == (
+        failed_head["status"], failed_head["next"], failed_head["pending_writes"])
+    assert state(db, "t")["poisoned"] is True and state(db, "t")["log"] == ["hotel", "flight"]

@@ -171,3 +171,32 @@ def test_migrations_that_cannot_be_right_are_compile_problems():
         assert [p.code for p in info.value.problems] == ["invalid_migration"] * len(
             info.value.problems)
         assert message in str(info.value)
+
+
+@pytest.mark.parametrize("extra", ["allow", "forbid"])
+def test_models_that_allow_or_forbid_extra_fields_are_migrated_too(tmp_path, extra):
+    from pydantic import ConfigDict
+
+    class Old(BaseModel):
+        count: int = 0
+        ballast: str = BALLAST
+
+    class New(BaseModel):
+        model_config = ConfigDict(extra=extra)
+        total: int = 0
+        ballast: str = BALLAST
+
+    def turn(old: bool):
+        g = StateGraph(Old if old else New, migrations=() if old else [Rename("count", "total")])
+        field = "count" if old else "total"
+        g.add_node("bump", lambda state: {field: getattr(state, field) + 1})
+        g.add_edge(START, "bump")
+        g.add_edge("bump", END)
+        return g.compile(checkpointer=SQLiteCheckpointer(tmp_path / "runs.db"))
+
+    turn(True).invoke({"count": 4}, thread_id="t")
+    new = turn(False)
+    read = new.get_state("t").state
+    assert read.total == 5 and not (read.model_extra or {})
+    assert [s.state.total for s in new.history("t")] == [5, 4]
+    assert new.invoke({}, thread_id="t").total == 6

@@ -107,3 +107,36 @@ def test_the_environment_sets_the_default_and_a_bad_mode_is_a_compile_problem():
         assert ran.stdout.strip() == expected, ran.stderr
     with pytest.raises(GraphValidationError, match="check_mutation"):
         graph(fine).compile(check_mutation="always")
+
+
+def test_in_a_parallel_step_the_error_says_how_to_run_the_whole_step_again(tmp_path):
+    import time
+
+    def sloppy(state: S) -> dict:
+        state.items.append(1)
+        return {"n": len(state.items)}
+
+    def slow(state: S) -> dict:
+        time.sleep(0.2)
+        return {"tags": {"b": 1}}
+
+    def build(first):
+        g = StateGraph(S)
+        g.add_node("a", first)
+        g.add_node("b", slow)
+        g.add_edge(START, "a")
+        g.add_edge(START, "b")
+        g.add_edge("a", END)
+        g.add_edge("b", END)
+        return g.compile(checkpointer=SQLiteCheckpointer(tmp_path / "runs.db"))
+
+    app = build(sloppy)
+    with pytest.raises(InvalidUpdateError) as info:
+        app.invoke({}, thread_id="t")
+    notes = "\n".join(info.value.__notes__)
+    head = app.get_state("t").checkpoint_id
+    assert f"app.fork('t', {head!r})" in notes and "'a'" in notes
+    fixed = build(lambda state: {"n": len(state.items) + 1})
+    fixed.fork("t", head)
+    final = fixed.resume("t")
+    assert final.items == [1] and final.n == 2 and final.tags == {"b": 1}

@@ -1034,8 +1034,10 @@ def test_a_compensation_gets_a_stable_run_context(store):
     first, second = contexts
     assert first.node == "charge" and first.thread_id == "t" and first.step == 1
     assert first.task_id == second.task_id and len(first.task_id) == 32
-    # the id of the task it undoes: a ledger keyed by task id finds the entry
-    assert first.task_id == charged[0].task_id
+    # its own id is its own (an idempotency key for the refund); the id of the task it undoes
+    # finds the charge in a ledger keyed by task id
+    assert first.undoes_task_id == second.undoes_task_id == charged[0].task_id
+    assert first.task_id != charged[0].task_id
 
 
 def test_each_send_task_is_compensated_once_in_reverse_order(store):

@@ -50,6 +50,7 @@ def update(ctx: click.Context, target: str, db: Db | None, thread: str, values: 
     with contextlib.ExitStack() as stack, library_errors():
         app = _app(target, db, stack)
         before = app.get_state(thread, checkpoint)
+        head = app.get_state(thread) if checkpoint is not None else before
         after = app.update_state(thread, data, as_node=as_node, checkpoint_id=checkpoint)
     if as_json:
         echo_json(row_from_snapshot(after))
@@ -60,7 +61,7 @@ def update(ctx: click.Context, target: str, db: Db | None, thread: str, values: 
                    f"{before.step}); {_where(after)}"))
     out.print(safe(f"  values: {json.dumps(data)}", "dim"))
     _continue(ctx, target, db, after)
-    out.print(Text("  undo:     " + _undo(ctx, target, db, thread, before)), soft_wrap=True)
+    out.print(Text("  undo:     " + _undo(ctx, target, db, thread, head)), soft_wrap=True)
 
 
 @click.command(epilog=EPILOG)
