@@ -346,6 +346,40 @@ def test_actions_need_allow_actions_and_then_resume_and_roll_back(prepared, tmp_
                        "order-held": "interrupted"}
 
 
+def test_actions_fork_and_edit_a_thread_from_the_page(prepared, tmp_path, page):
+    db = tmp_path / "actions.db"
+    shutil.copyfile(prepared[0], db)
+    s = Server(db, "--graph", GRAPH, "--allow-actions")
+    try:
+        headers = {"X-Statemachine-Action": "1"}
+        for body, status in (([1], 400), ({"values": [1]}, 400), ({"values": {}, "checkpoint":
+                             "../x"}, 400), ({}, 400)):
+            name = "fork" if "values" not in body and body != [1] else "update"
+            refused = s.post(f"/api/threads/order-failed/{name}", json=body, headers=headers)
+            assert refused.status_code == status, (body, refused.text)
+        page.goto(s.url + "/#/thread/order-failed")
+        page.wait_for_selector("#actions:not([hidden]) #fork")
+        rows = page.locator("#timeline tbody tr.checkpoint")
+        expect(rows).to_have_count(2)
+        rows.last.click()  # the input checkpoint: fork the whole run again from there
+        page.click("#fork")
+        expect(page.locator("#action-result")).to_contain_text("fork: interrupted")
+        expect(page.locator("#thread-status")).to_have_text("interrupted")
+
+        page.click("#edit summary")
+        page.fill("#edit-values", "{oops")
+        page.click("#apply-edit")
+        expect(page.locator("#action-result")).to_contain_text("not JSON")
+        page.fill("#edit-values", '{"fail": false}')
+        page.click("#apply-edit")
+        expect(page.locator("#action-result")).to_contain_text("update: interrupted")
+        page.click("#resume")
+        expect(page.locator("#thread-status")).to_have_text("done")
+    finally:
+        s.stop()
+    assert {t["thread_id"]: t["status"] for t in _threads_json(db)}["order-failed"] == "done"
+
+
 def _threads_json(db: Path) -> list[dict]:
     result = subprocess.run([sys.executable, "-m", "statemachine", "threads", "--db", str(db),
                              "--json"], cwd=ROOT, env=ENV, capture_output=True, text=True,

@@ -11,6 +11,8 @@
     GET  /api/threads/{id}/diagram.svg               the graph with the run path (needs graph;
                                                      sanitised SVG)
     POST /api/threads/{id}/resume | /rollback        only with allow_actions (and a graph)
+    POST /api/threads/{id}/update  {"values": {...}, "as_node"?, "checkpoint"?}   (the same)
+    POST /api/threads/{id}/fork    {"checkpoint": "7", "to"?: "new-thread"}         (the same)
 
 The page polls every second: with `since` and the ETag of its last answer (If-None-Match), an
 unchanged thread or list answers 304 with no body, a changed one only the rows that changed.
@@ -64,6 +66,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 STATUSES: tuple[str, ...] = get_args(Status)
 _BAD_ID = re.compile(r"[\x00-\x1f\x7f/\\]")
 PAGE, MAX_PAGE = 100, 1000  # rows per page: by default, and at most
+ACTIONS = ("resume", "rollback", "update", "fork")
+MAX_ACTION_BODY = 1_000_000  # bytes of an update's values
 SINCE_MARGIN = 2.0  # seconds a poll looks back before its cursor (see Viewer.threads)
 
 
@@ -350,7 +354,7 @@ def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = No
     async def action(request: Request) -> Response:
         thread_id = thread_param(request)
         name = request.path_params["action"]
-        if name not in ("resume", "rollback"):
+        if name not in ACTIONS:
             raise HTTPException(404, f"no action {name!r}")
         if not allow_actions:
             raise HTTPException(403, "read-only viewer: start it with --allow-actions to "
@@ -358,26 +362,69 @@ def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = No
         check_action_request(request, token)
         if viewer.app is None:
             raise HTTPException(409, "actions need the graph: pass --graph MODULE:ATTRIBUTE")
+        options = await action_options(request, name)
         await off_loop(viewer.latest, thread_id)
 
         def run() -> dict[str, Any]:
             app = viewer.actions_app()
+            target = thread_id
             try:
                 if name == "resume":
                     app.resume(thread_id)
-                else:
+                elif name == "rollback":
                     app.rollback(thread_id)
+                elif name == "update":
+                    app.update_state(thread_id, options["values"],
+                                     as_node=options.get("as_node"),
+                                     checkpoint_id=options.get("checkpoint"))
+                else:
+                    target = options.get("to") or thread_id
+                    app.fork(thread_id, options["checkpoint"], to_thread=options.get("to"))
             except StateMachineError:
                 raise
             except Exception as exc:  # the run failed again: its node's error
                 error: str | None = f"{type(exc).__name__}: {exc}"
             else:
                 error = None
-            snapshot = app.get_state(thread_id)
-            return {"action": name, "status": snapshot.status, "step": snapshot.step,
+            snapshot = app.get_state(target)
+            return {"action": name, "thread_id": target, "status": snapshot.status,
+                    "step": snapshot.step, "checkpoint_id": snapshot.checkpoint_id,
                     "error": error or snapshot.error}
 
         return JSONResponse(await off_loop(run))
+
+    async def action_options(request: Request, name: str) -> dict[str, Any]:
+        """The JSON body of an update or a fork, checked: what the action needs, nothing else."""
+        if name not in ("update", "fork"):
+            return {}
+        raw = await request.body()
+        if len(raw) > MAX_ACTION_BODY:
+            raise HTTPException(413, f"the request is larger than {MAX_ACTION_BODY:,} bytes")
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            raise HTTPException(400, "the request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise HTTPException(400, "the request body must be a JSON object")
+        options: dict[str, Any] = {}
+        for key in ("checkpoint", "to", "as_node"):
+            value = body.get(key)
+            if value not in (None, ""):
+                if not isinstance(value, str) or len(value) > 512:
+                    raise HTTPException(400, f"{key} must be text")
+                options[key] = value
+        if "checkpoint" in options and not (options["checkpoint"].isascii()
+                                            and options["checkpoint"].isdigit()):
+            raise HTTPException(400, "checkpoint must be a checkpoint id")
+        if "to" in options:
+            check_thread_id(options["to"])
+        if name == "update":
+            if not isinstance(body.get("values"), dict):
+                raise HTTPException(400, "values must be a JSON object of state fields")
+            options["values"] = body["values"]
+        elif "checkpoint" not in options:
+            raise HTTPException(400, "fork needs the checkpoint to branch off")
+        return options
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

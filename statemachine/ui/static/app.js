@@ -370,17 +370,22 @@ async function renderCheckpoint(checkpointId) {
   }
 }
 
-async function act(name) {
+async function act(name, payload) {
   const result = $("action-result");
   result.textContent = `${name}…`;
   for (const button of $("actions").querySelectorAll("button")) button.disabled = true;
   try {
     const headers = { "X-Statemachine-Action": "1" };
     if (state.token) headers["X-Statemachine-Token"] = state.token;
+    const options = { method: "POST", headers };
+    if (payload !== undefined) {
+      headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(payload);
+    }
     const body = await api(`/api/threads/${encodeURIComponent(state.threadId)}/${name}`,
-      { method: "POST", headers });
-    result.textContent = `${name}: ${body.status} at step ${body.step}` +
-      (body.error ? ` (${firstLine(body.error)})` : "");
+      options);
+    result.textContent = `${name}: ${body.status} at step ${body.step}, checkpoint ` +
+      `${body.checkpoint_id}` + (body.error ? ` (${firstLine(body.error)})` : "");
     Object.assign(state, { followLatest: true, version: null, etag: null });
   } catch (error) {
     result.textContent = `${name} failed: ${error.message}`;
@@ -406,6 +411,21 @@ async function start() {
   $("older-checkpoints").addEventListener("click", olderCheckpoints);
   $("resume").addEventListener("click", () => act("resume"));
   $("rollback").addEventListener("click", () => act("rollback"));
+  $("fork").addEventListener("click", () => {
+    if (state.selected) act("fork", { checkpoint: state.selected });
+    else $("action-result").textContent = "select a checkpoint in the timeline first";
+  });
+  $("apply-edit").addEventListener("click", () => {
+    let values;
+    try {
+      values = JSON.parse($("edit-values").value);
+    } catch (error) {
+      $("action-result").textContent = `the values are not JSON: ${error.message}`;
+      return;
+    }
+    const asNode = $("edit-as-node").value.trim();
+    act("update", asNode ? { values, as_node: asNode } : { values });
+  });
   window.addEventListener("hashchange", route);
   route();
 }
