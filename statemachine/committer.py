@@ -9,9 +9,10 @@ docs/design.md, "The commit protocol of one step".
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -169,6 +170,20 @@ class Committer:
 def counted(size: int, appends: bool) -> tuple[int, int]:
     """`ReplayCost.due`'s bytes that count and bytes that only append, of `size` bytes."""
     return (0, size) if appends else (size, 0)
+
+
+@contextlib.asynccontextmanager
+async def holding(saver: Checkpointer, thread_id: str) -> AsyncIterator[Owner]:
+    """Hold `thread_id` (its lease) for the writes of the block, under a new owner; given up
+    after it, and after a failure too (see `release_after`)."""
+    owner = Owner.new()
+    await saver.acquire(thread_id, owner)
+    try:
+        yield owner
+    except BaseException as exc:
+        await release_after(saver, thread_id, owner, exc)
+        raise
+    await saver.release(thread_id, owner)
 
 
 async def release_after(saver: Checkpointer, thread_id: str, owner: Owner,

@@ -12,10 +12,10 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from checkpoints.base import NewCheckpoint, Owner
+from checkpoints.base import NewCheckpoint
 
 from .checkpoint_extra import CheckpointExtra, extra_of
-from .committer import counted, release_after
+from .committer import counted, holding
 from .constants import UPDATE
 from .errors import ThreadStateError, did_you_mean
 from .messages import not_found
@@ -37,9 +37,7 @@ async def update_state(executor: Executor, thread_id: str, values: Any, *,
         raise ThreadStateError(
             f"update_state(as_node={as_node!r}): no such node"
             f"{did_you_mean(as_node, list(spec.nodes))}; nodes: {', '.join(spec.nodes)}.")
-    owner = Owner.new()
-    await saver.acquire(thread_id, owner)
-    try:
+    async with holding(saver, thread_id) as owner:
         loaded = await executor.load_state(saver, thread_id, checkpoint_id, own=True)
         if loaded is None:
             raise not_found(thread_id, checkpoint_id)
@@ -94,10 +92,6 @@ async def update_state(executor: Executor, thread_id: str, values: Any, *,
             error=error, created_at=created))
         if executor.remember_states:
             executor.states.put(thread_id, new_id, created, new_state, cost)
-    except BaseException as exc:
-        await release_after(saver, thread_id, owner, exc)
-        raise
-    await saver.release(thread_id, owner)
     return await executor.get_state(thread_id, new_id, blocking=blocking)
 
 
@@ -117,9 +111,7 @@ async def fork(executor: Executor, thread_id: str, checkpoint_id: str, *,
             raise ThreadStateError(
                 f"thread {to_thread!r} already exists; fork to a new thread id, or delete that "
                 f"thread first (app.delete_thread({to_thread!r})).")
-    owner = Owner.new()
-    await saver.acquire(target, owner)
-    try:
+    async with holding(saver, target) as owner:
         loaded = await executor.load_state(saver, thread_id, checkpoint_id, own=False)
         if loaded is None:
             raise not_found(thread_id, checkpoint_id)
@@ -138,8 +130,4 @@ async def fork(executor: Executor, thread_id: str, checkpoint_id: str, *,
             parent_id=source.id if to_thread is None else None, step=source.step, kind="fork",
             status="interrupted" if source.next != "[]" else "done", next=source.next,
             snapshot=snapshot, extra=extra.encode(), created_at=created))
-    except BaseException as exc:
-        await release_after(saver, target, owner, exc)
-        raise
-    await saver.release(target, owner)
     return await executor.get_state(target, new_id, blocking=blocking)
