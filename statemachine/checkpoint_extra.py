@@ -125,9 +125,10 @@ def decode_extra(text: str | None) -> CheckpointExtra:
         elif key == "joins":
             extra.joins = {int(k): set(v) for k, v in value.items()}
         elif key == "interrupt":
-            if value not in ("before", "after", "wait"):
-                raise ValueError(f"unknown interrupt {value!r}")
-            extra.interrupt = value
+            if value in ("before", "after", "wait"):
+                extra.interrupt = value
+            else:  # a kind of pause a newer version knows: kept as it is
+                extra.other[key] = value
         elif key == "failed":
             extra.failed = [str(n) for n in value]
         elif key == "waiting":

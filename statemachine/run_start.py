@@ -54,8 +54,8 @@ async def start_on_thread(run: Run, input: Any, checkpoint_id: str | None, resum
     rolling_back = head.kind == "compensation" and head.status not in FINISHED
     if (head.status == "rollback_failed" or rolling_back) and checkpoint_id is None:
         raise ThreadStateError(rollback_stopped_message(head, extra))
-    if input is None:
-        _check_nodes_known(run, head, chain)
+    if input is None:  # a fork runs the due tasks again: the step's kept work is not used
+        _check_nodes_known(run, head, chain if checkpoint_id is None else None)
     if input is not None:
         if checkpoint_id is None and head.status not in FINISHED:
             raise ThreadStateError(unfinished_message(head))
@@ -122,12 +122,13 @@ async def _start_run(run: Run, parent_id: str | None, step: int,
                                    CheckpointExtra(joins=run.joins).encode())
 
 
-def _check_nodes_known(run: Run, head: CheckpointRecord, chain: Chain) -> None:
+def _check_nodes_known(run: Run, head: CheckpointRecord, chain: Chain | None) -> None:
     """The head's due tasks and kept work name only nodes of this graph: a thread run by
     another graph is refused before anything runs, its stored error left as it is."""
     nodes = run.spec.nodes
     named = [t.node for t in decode_tasks(head.next)]
-    named += [w.node for w in chain.pending.get(head.id, [])]
+    if chain is not None:
+        named += [w.node for w in chain.pending.get(head.id, [])]
     unknown = [name for name in dict.fromkeys(named) if name not in nodes]
     if unknown:
         raise ThreadStateError(

@@ -46,6 +46,13 @@ def test_what_is_encoded_decodes_to_the_same_extra_data(extra):
         assert extra == CheckpointExtra()
 
 
+def test_a_kind_of_pause_a_newer_version_wrote_survives_a_rewrite():
+    extra = decode_extra('{"interrupt": "sideways", "joins": {"0": ["a"]}}')
+    assert extra.interrupt is None and extra.joins == {0: {"a"}}
+    assert json.loads(extra.copy(failed=["b"]).encode() or "{}") == {
+        "failed": ["b"], "joins": {"0": ["a"]}, "interrupt": "sideways"}
+
+
 def test_keys_a_newer_version_wrote_survive_a_rewrite():
     text = json.dumps({"interrupt": "wait", "waiting": [["a", 0, "approve"]],
                        "x-priority": {"level": 3}})
@@ -54,7 +61,7 @@ def test_keys_a_newer_version_wrote_survive_a_rewrite():
                                                        "x-priority": {"level": 3}}
 
 
-@pytest.mark.parametrize("text", ['[1, 2]', '{"interrupt": "sideways"}',
+@pytest.mark.parametrize("text", ['[1, 2]', '{"attempts": {"a": "many"}}',
                                   '{"joins": {"x": ["a"]}}', '{"waiting": [["a", 0]]}',
                                   '{"compensates": 7}', "{not json"])
 def test_damaged_extra_data_is_an_error_naming_the_checkpoint(text):

@@ -52,6 +52,7 @@ def test_a_poisoned_thread_is_fixed_with_update_then_resume_and_the_undo_restore
     assert fixed.returncode == OK, fixed.stderr
     assert f"after checkpoint {before['checkpoint_id']}" in fixed.stdout
     assert "status failed, next: pay" in fixed.stdout
+    assert "fields: poisoned" in fixed.stdout  # the fields, never their values
     assert state(db, "t")["poisoned"] is False
 
     # the printed undo puts the thread back exactly: the poisoned state, the same task due

@@ -4,7 +4,6 @@ hand. Each prints what it did, and the commands that continue it and that undo i
 from __future__ import annotations
 
 import contextlib
-import json
 import shlex
 import sys
 
@@ -12,7 +11,6 @@ import click
 from rich.text import Text
 
 from ..compiled import CompiledGraph
-from ..errors import StateMachineError
 from ..store_reader import DEFAULT_SCHEMA, row_from_snapshot
 from ..terminal import safe
 from ..types import Snapshot
@@ -59,7 +57,8 @@ def update(ctx: click.Context, target: str, db: Db | None, thread: str, values: 
     out.print(Text(f"updated thread {show_id(thread)}: new checkpoint {after.checkpoint_id} "
                    f"({after.kind} after checkpoint {before.checkpoint_id}, step "
                    f"{before.step}); {_where(after)}"))
-    out.print(safe(f"  values: {json.dumps(data)}", "dim"))
+    # the fields, not their values: a value may be a secret, never printed
+    out.print(safe(f"  fields: {', '.join(map(str, data)) or '(none)'}", "dim"))
     _continue(ctx, target, db, after)
     out.print(Text("  undo:     " + _undo(ctx, target, db, thread, head)), soft_wrap=True)
 
@@ -120,11 +119,11 @@ def rollback(ctx: click.Context, target: str, db: Db | None, thread: str,
         failure: Exception | None = None
         try:
             app.rollback(thread)
-        except StateMachineError:
-            raise
-        except Exception as exc:  # a compensation raised: the rollback stopped there
+        except Exception as exc:
             failure = exc
         after = app.get_state(thread)
+        if failure is not None and after.status != "rollback_failed":
+            raise failure  # not a compensation: the thread cannot be rolled back (why it says)
         undone = _compensations_since(app, thread, before.checkpoint_id)
         failed_at = _failed_checkpoint(app, thread)
     if as_json:
