@@ -139,7 +139,7 @@ def run(path: Path) -> State:
         print(f"snapshot: status={done.status} step={done.step} next={list(done.next)}")
         print("history (oldest first):")
         for snap in reversed(app.history(THREAD)):
-            print(f"  step {snap.step} {snap.kind:<5} {snap.status:<7} next={list(snap.next)}")
+            print(f"  step {snap.step} {snap.kind:<6} {snap.status:<7} next={list(snap.next)}")
 
     print(f"same idempotency key on both charge attempts: {len(set(charge_keys)) == 1}")
     print(f"log: {final.log}")

@@ -119,7 +119,8 @@ async def _compensate_one(executor: Executor, saver: Checkpointer, owner: Owner,
     if compensate.wants_context:  # its own stable id, and the id of the task it undoes
         args = (state, RunContext(thread_id, step, node,
                                   task_id(thread_id, failed.id, node, index, "compensate"),
-                                  undoes_task_id=task_id(thread_id, origin, node, index)))
+                                  undoes_task_id=task_id(thread_id, origin, node, index),
+                                  index=index))
     try:
         result = await call_user_function(compensate, args, inline=False)
     except Exception as exc:

@@ -16,3 +16,7 @@ INPUT: Final = "__input__"
 
 UPDATE: Final = "__update__"
 """The pseudo-node that writes `update_state` values given without `as_node`."""
+
+CONTINUATIONS: Final = frozenset({"resume", "event"})
+"""Kinds of the checkpoint a run commits when it continues a paused or failed step (`event`
+when it delivers events): the step's due tasks again, with the work it kept."""

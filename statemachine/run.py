@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from checkpoints.base import Owner
+from checkpoints.base import CheckpointRecord, Owner, PendingWrite
 
 from .checkpoint_extra import CheckpointExtra
 from .committer import Committer, release_after
@@ -78,6 +78,10 @@ class Run:
         self.head_status: str | None = None
         self.head_extra = CheckpointExtra()
         """The status and extra data of the checkpoint a resumed run started from."""
+        self.head_record: CheckpointRecord | None = None
+        self.head_pending: list[PendingWrite] = []
+        """That checkpoint, and the writes its step kept (carried on if the run continues
+        it on a checkpoint of its own)."""
         self.input_base: tuple[str, ReplayCost] | None = None
         """For a subgraph's new thread whose input is its parent thread's state at a stored
         checkpoint: that checkpoint and its replay cost. The thread's first checkpoint then

@@ -1,6 +1,10 @@
 """Starting a run on a stored thread: what the head checkpoint says the run does (a new
 thread, new input on a finished run, a fork, or the due tasks of a paused, failed or crashed
 step with the work it already kept), and delivering events to tasks waiting in `wait_for`.
+
+Continuing a paused or failed step commits a checkpoint of its own first (kind `resume`, or
+`event` when it delivers events), carrying the step's kept work: the paused or failed one
+stays in the history as it was, and a later pause or failure is marked on the new one.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pydantic_core import to_jsonable_python
 from checkpoints.base import FINISHED, Chain, CheckpointRecord, NewCheckpoint
 
 from .checkpoint_extra import CheckpointExtra, extra_of
-from .constants import INPUT, START
+from .constants import CONTINUATIONS, INPUT, START
 from .errors import ThreadStateError
 from .messages import not_found, rollback_stopped_message, unfinished_message
 from .migrations import UnknownStoredFields
@@ -68,8 +72,8 @@ async def start_on_thread(run: Run, input: Any, checkpoint_id: str | None, resum
     run.state, run.step = state, head.step
     run.joins = extra.joins
     # paused before these tasks (or paused, resumed, then failed in them): run them now
-    run.skip_interrupt_before = head.status in ("interrupted", "failed") and \
-        extra.interrupt == "before"
+    run.skip_interrupt_before = head.kind in CONTINUATIONS or (
+        head.status in ("interrupted", "failed") and extra.interrupt == "before")
     run.tasks = decode_tasks(head.next)
     if checkpoint_id is not None:  # a fork: a new branch that runs the tasks again
         await run.committer.put(NewCheckpoint(
@@ -82,15 +86,20 @@ async def start_on_thread(run: Run, input: Any, checkpoint_id: str | None, resum
     run.runner.results = stored_results(run.executor, head, chain)
     run.runner.results.answers = {k: list(v) for k, v in extra.answers.items()}
     run.head_status, run.head_extra = head.status, extra
+    run.head_record, run.head_pending = head, chain.pending.get(head.id, [])
+
 
 async def deliver(run: Run, event: dict[str, Any] | None) -> None:
-    """Hand delivered event values to the tasks waiting for them, durably, before running."""
+    """Hand delivered event values to the tasks waiting for them, durably, before running;
+    a paused or failed step is continued on a checkpoint of its own (see the module)."""
     waiting = run.head_extra.waiting if run.head_status == "interrupted" else None
     if not waiting:
         if event is not None:
             raise ThreadStateError(
                 f"thread {run.thread_id!r} is not waiting for an event, so event="
                 f"{event!r} has nowhere to go; resume it without one.")
+        if run.head_status in ("interrupted", "failed") and run.tasks:
+            await _continue(run, "resume", run.runner.results.answers)
         return
     missing = [name for _, _, name in waiting if event is None or name not in event]
     if missing:
@@ -103,8 +112,26 @@ async def deliver(run: Run, event: dict[str, Any] | None) -> None:
     for node, index, name in waiting:
         answers.setdefault((node, index), []).append(to_jsonable_python(event[name]))
     run.skip_interrupt_before = True
-    extra = run.head_extra.copy(waiting=[], interrupt=None, failed=[], answers=dict(answers))
-    await run.committer.mark("running", extra.encode())
+    await _continue(run, "event", answers)
+
+
+async def _continue(run: Run, kind: str, answers: dict[tuple[str, int], list[Any]]) -> None:
+    """Commit the checkpoint continuing the paused or failed head: its due tasks, with the
+    work the head's step kept (carried, as update_state carries it), the same task ids (their
+    origin) and the events delivered so far."""
+    head, committer = run.head_record, run.committer
+    assert head is not None and committer is not None
+    kept = run.head_extra
+    extra = CheckpointExtra(
+        carried=[*kept.carried, *([w.node, w.index, json.loads(w.writes)]
+                                  for w in run.head_pending)],
+        origin=kept.origin or head.id, joins=kept.joins, answers=dict(answers),
+        other=kept.other)
+    await committer.put(NewCheckpoint(
+        parent_id=head.id, step=head.step, kind=kind, status="running", next=head.next,
+        snapshot=committer.snapshot_if_due(0, True, run.state), extra=extra.encode(),
+        created_at=time.time()))
+    run.step_origin = extra.origin
 
 async def _start_run(run: Run, parent_id: str | None, step: int,
                      update: dict[str, Any] | None) -> None:

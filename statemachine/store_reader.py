@@ -200,10 +200,13 @@ def make_row(checkpoint_id: str, parent_id: str | None, step: int, kind: str, st
              nodes: list[str], next_nodes: list[str], kept: list[str], error: str | None,
              created_at: float, compensates: str | None, waits_for: list[str],
              failed_nodes: list[str]) -> dict[str, Any]:
-    """A checkpoint as history shows it. `nodes` are those whose writes made it; on a failed
-    checkpoint, `failed_nodes` are those whose tasks raised in the step after it."""
+    """A checkpoint as history shows it. `nodes` are those whose writes made it: they ran at
+    step `nodes_step`, the one before the checkpoint's own (a checkpoint's step is the one its
+    `next` tasks run at, as a run's output numbers them); on a failed checkpoint,
+    `failed_nodes` are those whose tasks raised at its step."""
     return {"checkpoint_id": checkpoint_id, "parent_id": parent_id, "step": step, "kind": kind,
-            "status": status, "nodes": nodes, "failed_nodes": failed_nodes, "next": next_nodes,
+            "status": status, "nodes": nodes, "nodes_step": step - 1 if nodes else None,
+            "failed_nodes": failed_nodes, "next": next_nodes,
             "pending_writes": kept,
             "waits_for": waits_for, "compensates": compensates, "error": error,
             "created_at": created_at, "time": format_time(created_at)}

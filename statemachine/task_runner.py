@@ -148,7 +148,8 @@ class TaskRunner:
 
     def context(self, task: Task, at: StepInput) -> RunContext:
         return RunContext(self.thread_id, at.step, task.node,
-                          task_id(self.thread_id, at.origin, task.node, task.index))
+                          task_id(self.thread_id, at.origin, task.node, task.index),
+                          index=task.index)
 
     async def _execute(self, task: Task, at: StepInput, *, inline: bool) -> None:
         """Run one task through its cache, timeout and retry policy.

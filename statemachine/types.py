@@ -34,6 +34,9 @@ class RunContext:
     undoes_task_id: str | None = None
     """For a compensation: the `task_id` of the task it undoes (what that task saw), to find
     the side effect to undo; its own `task_id` stays its own idempotency key."""
+    index: int = 0
+    """Which of the step's tasks of this node it is: 0, or a `Send`'s position among the
+    node's tasks of the step."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,8 @@ class Snapshot(Generic[StateT]):
     pending_writes: dict[str, Any] = field(default_factory=dict)
     """Updates of tasks of this step that finished before the step failed: applied on resume."""
     kind: str = "step"
-    """How this checkpoint was made: input, step, update, fork or compensation."""
+    """How this checkpoint was made: input, step, update, fork, compensation, or resume and
+    event (a paused or failed step continued, with delivered events for `event`)."""
     ran: tuple[str, ...] = ()
     """Nodes whose updates made this checkpoint, in merge order (filled in by `history`)."""
     metadata: dict[str, Any] = field(default_factory=dict)

@@ -290,16 +290,21 @@ def test_a_failed_run_resumes_in_another_process_with_the_printed_command(tmp_pa
         ("history", "--db", str(db), "--thread", thread),
         ("resume", "tests.cli_graphs:flaky", "--db", str(db), "--thread", thread))
     rows = json.loads(stored.stdout)
-    assert [(r["step"], r["nodes"], r["status"]) for r in rows] == [
-        (3, ["ship"], "done"), (2, ["reserve", "charge"], "running"),
-        (1, ["prepare"], "failed"), (0, [], "running")]
+    assert [(r["step"], r["kind"], r["nodes"], r["status"]) for r in rows] == [
+        (3, "step", ["ship"], "done"), (2, "step", ["reserve", "charge"], "running"),
+        (1, "resume", [], "running"), (1, "step", ["prepare"], "failed"),
+        (0, "input", [], "running")]
+    # the step numbers the run printed: prepare ran at step 0, charge failed at step 1
+    assert [r["nodes_step"] for r in rows] == [2, 1, None, 0, None]
     # read without the graph's code, the stored writes say the same as app.history()
     assert rows == json.loads(through_graph.stdout)
     lines = table.stdout.splitlines()
-    assert re.search(r"\b3\s+step\s+ship\s+done\b", table.stdout)
-    assert re.search(r"\b2\s+step\s+reserve, charge\s+running\s+ship\b", table.stdout)
-    assert re.search(r"\b1\s+step\s+prepare\s+failed in charge\s+charge \(kept: reserve\)",
+    assert re.search(r"\b3\s+step\s+ship \(step 2\)\s+done\b", table.stdout)
+    assert re.search(r"\b2\s+step\s+reserve, charge \(step 1\)\s+running\s+ship\b",
                      table.stdout)
+    assert re.search(r"\b1\s+resume\s+\(resume\)\s+running\s+charge\s", table.stdout)
+    assert re.search(r"\b1\s+step\s+prepare \(step 0\)\s+failed in charge\s+charge "
+                     r"\(kept: reserve\)", table.stdout)
     assert re.search(r"\b0\s+input\s+\(input\)\s+running\s+prepare\b", table.stdout)
     assert any(line.startswith("checkpoint ") and "ConnectionError" in line for line in lines)
     assert done_again.returncode == OK
@@ -433,10 +438,11 @@ def test_history_without_the_graph_matches_app_history_for_every_kind_of_checkpo
     assert rows_a == json.loads(graph_a.stdout)
     assert rows_b == json.loads(graph_b.stdout)
     assert [r["kind"] for r in rows_a] == ["update", "step", "step", "step", "fork", "step",
-                                           "step", "update", "step", "input"]
+                                           "step", "resume", "update", "step", "input"]
     assert [r["nodes"] for r in rows_a][:4] == [["ship"], ["ship"], ["reserve", "charge"],
                                                 ["prepare"]]
-    assert rows_a[7]["pending_writes"] == ["reserve"]  # carried by the update
+    assert rows_a[8]["pending_writes"] == ["reserve"]  # carried by the update
+    assert rows_a[7]["pending_writes"] == ["reserve"]  # and on by the resume
     assert [(r["kind"], r["status"], r["compensates"]) for r in rows_b] == [
         ("compensation", "compensated", "book"), ("step", "failed", None),
         ("input", "running", None)]

@@ -279,11 +279,12 @@ def test_resume_charges_once_with_the_same_idempotency_key(tmp_path, capsys):
 def test_resume_history_records_the_failure_and_the_recovery(tmp_path, capsys):
     load("resume_after_crash").main(tmp_path / "runs.db")
     history = capsys.readouterr().out.split("history (oldest first):\n")[1]
-    assert history.splitlines()[:4] == [
-        "  step 0 input running next=['validate']",
-        "  step 1 step  failed  next=['charge']",
-        "  step 2 step  running next=['ship']",
-        "  step 3 step  done    next=[]",
+    assert history.splitlines()[:5] == [
+        "  step 0 input  running next=['validate']",
+        "  step 1 step   failed  next=['charge']",
+        "  step 1 resume running next=['charge']",  # the failed checkpoint stays as it was
+        "  step 2 step   running next=['ship']",
+        "  step 3 step   done    next=[]",
     ]
 
 

@@ -161,7 +161,12 @@ def apply(app: Any, model: Model, thread: str, arm: Arm, op: str, arg: Any) -> N
         model.made(replied.checkpoint_id, [*state, text, reply_to(text)])
     elif op == "resume" and last is not None and last.status == "failed":
         app.resume(thread)
-        [made] = newest(app, thread, 1)
+        # the failed checkpoint stays as it was: the resume continues on one of its own
+        continued, made = newest(app, thread, 2)
+        assert (continued.kind, continued.status, continued.parent_id) == \
+            ("resume", "running", last.checkpoint_id)
+        assert app.get_state(thread, last.checkpoint_id).status == "failed"
+        model.made(continued.checkpoint_id, list(state))
         model.written += len(reply_to(state[-1]))
         model.made(made.checkpoint_id, [*state, reply_to(state[-1])])
     elif op == "edit" and last is not None:

@@ -216,8 +216,9 @@ def _more(command: str, option: str, value: object, shown: int) -> None:
 
 
 def _nodes_cell(row: dict[str, Any]) -> Text:
-    if row["nodes"]:
-        return safe(", ".join(row["nodes"]), "bold", one_line=True)
+    if row["nodes"]:  # they ran at the step before the checkpoint's, as the run printed them
+        return safe(f"{', '.join(row['nodes'])} (step {row['nodes_step']})", "bold",
+                    one_line=True)
     if row["compensates"]:
         return safe(f"↩ {row['compensates']}", "magenta", one_line=True)
     return safe(f"({row['kind']})", "dim", one_line=True)

@@ -3,6 +3,7 @@ resumed ends as if nothing had happened."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import tempfile
 import threading
@@ -20,8 +21,8 @@ from checkpoints import MemoryCheckpointer, SQLiteCheckpointer
 
 from ..clock import FakeClock, use_clock
 from ..compiled import CompiledGraph
-from ..spec import GraphSpec, NodeSpec
-from ..types import StepEvent
+from ..spec import Branch, GraphSpec, NodeSpec
+from ..types import RunContext, StepEvent, task_id
 from ._common import (
     CHECK_THREAD,
     Abort,
@@ -132,6 +133,26 @@ class _Injector:
         return wrapper
 
 
+def _positional_ids(part: NodeSpec | Branch) -> Callable[..., Any]:
+    """The node's (or router's) function, seeing a task id made of the task's place in the
+    run (thread, step, node, index) instead of the checkpoint it was scheduled at.
+
+    A task keeps its id when it runs again, which is what a resume needs; but a resumed run
+    commits checkpoints of its own (continuing the failed step), so the tasks of later steps
+    get other ids than in the uninterrupted run. Comparing the two runs, a node keyed on its
+    task id must see the same id for the same task in both."""
+    fn = part.call.fn if isinstance(part, NodeSpec) else part.router.fn
+
+    def with_positional_id(*args: Any) -> Any:
+        if len(args) > 1 and isinstance(args[1], RunContext):
+            context = args[1]
+            args = (args[0], dataclasses.replace(context, task_id=task_id(
+                context.thread_id, "check_resume", context.step, context.node,
+                context.index)), *args[2:])
+        return fn(*args)
+    return with_positional_id
+
+
 @dataclass
 class _Outcome:
     steps: list[StepEvent] = field(default_factory=list)
@@ -204,7 +225,7 @@ def check_resume(
     app = as_compiled(app)
     spec = app.spec
     input_strategy = inputs if inputs is not None else states_of(spec.schema.model)
-    plain = checking_spec(spec)
+    plain = checking_spec(spec, wrap_node=_positional_ids, wrap_router=_positional_ids)
 
     def test(data: Any) -> None:
         input = data.draw(input_strategy, label="input")
@@ -295,7 +316,7 @@ def _check_resume_once(app: CompiledGraph, spec: GraphSpec, plain: GraphSpec, in
     how = data.draw(st.sampled_from(hows), label="how")
     point = CrashPoint(step, node, occurrence, when, how)
     injector = _Injector(point)
-    crashed_spec = checking_spec(spec, wrap_node=injector.wrap)
+    crashed_spec = checking_spec(plain, wrap_node=injector.wrap)
     try:
         resumed = _drive(graph(crashed_spec), input, max_steps, script.cursor(), injector)
     except Abort as abort:

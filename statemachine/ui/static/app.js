@@ -300,7 +300,8 @@ function renderTimeline(checkpoints) {
   const body = $("timeline").tBodies[0];
   $("older-checkpoints").hidden = !state.before;
   body.replaceChildren(...checkpoints.map((cp, index) => {
-    let nodes = cp.nodes.join(", ");
+    // the nodes whose writes made the checkpoint ran at the step before its own
+    let nodes = cp.nodes.length ? `${cp.nodes.join(", ")} (step ${cp.nodes_step})` : "";
     if (!nodes) nodes = cp.compensates ? `↩ ${cp.compensates}` : `(${cp.kind})`;
     let status = cp.status;
     if (cp.status === "failed" && (cp.failed_nodes || []).length) {
