@@ -303,6 +303,16 @@ class Checkpointer(ABC):
         return chains
 
     @abstractmethod
+    async def bind_graph(self, thread_id: str, owner: Owner, graph: str) -> None:
+        """Record which graph runs the held thread (opaque text the engine reads back with
+        `thread_graphs`); fenced on the lease like every write."""
+
+    @abstractmethod
+    async def thread_graphs(self, thread_ids: Sequence[str]) -> dict[str, str]:
+        """What `bind_graph` recorded for each of these threads; threads never bound (or a
+        store too old to say, opened read-only) are left out."""
+
+    @abstractmethod
     async def threads(self, *, limit: int | None = None, offset: int = 0,
                       updated_since: float | None = None) -> builtins.list[ThreadInfo]:
         """The threads in the store with their latest status, most recently updated first:

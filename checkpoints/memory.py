@@ -67,6 +67,7 @@ class _Thread:
     checkpoints: list[str] = field(default_factory=list)
     owner: str | None = None
     updated_at: float = 0.0
+    graph: str | None = None
 
 
 class MemoryCache:
@@ -170,6 +171,19 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
                 old.id, old.thread_id, old.parent_id, old.step, old.kind, status, old.next,
                 old.writes, old.snapshot or snapshot, extra if extra is not None else old.extra,
                 error, old.created_at)
+
+    async def bind_graph(self, thread_id: str, owner: Owner, graph: str) -> None:
+        with self._lock:
+            thread = self._threads.get(thread_id)
+            if thread is None or thread.owner != owner.token:
+                raise busy_error(thread_id, lost=True)
+            thread.graph = graph
+
+    async def thread_graphs(self, thread_ids: Sequence[str]) -> dict[str, str]:
+        with self._lock:
+            return {t: graph for t in thread_ids
+                    if (thread := self._threads.get(t)) is not None
+                    and (graph := thread.graph) is not None}
 
     async def add_snapshot(self, thread_id: str, owner: Owner, checkpoint_id: str,
                            snapshot: str) -> None:

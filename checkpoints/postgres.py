@@ -61,14 +61,16 @@ from .postgres_retention import RETENTION
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _NOW = POSTGRES.server_clock
 """Seconds since the epoch by the server's clock: leases and claims are judged by one clock."""
 
 _TABLES = tables(POSTGRES)
 
 # version -> SQL that upgrades a store from that version to the next one
-_MIGRATIONS: dict[int, str] = {}
+_MIGRATIONS: dict[int, str] = {
+    1: "ALTER TABLE threads ADD COLUMN graph TEXT",
+}
 
 
 class PostgresCheckpointer(SQLCheckpointer):

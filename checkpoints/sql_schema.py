@@ -5,8 +5,9 @@ the column types, and a few columns only one of them needs: PostgreSQL's retry k
 (`checkpoints.commit_key`, `jobs.submit_key`: a write run again after a dropped connection
 finds that it landed) and SQLite's lease periods (`threads.lease_seconds`,
 `jobs.claim_seconds`: a lapse is watched on this machine's clock for the holder's period,
-since the holder's clock is never compared with ours). Migrations stay with each store: a
-file or schema of an older version is upgraded by the statements its own store kept.
+since the holder's clock is never compared with ours). `threads.graph` is what a run bound
+the thread to (the graph's name and structure, JSON the engine reads). Migrations stay with
+each store: a file or schema of an older version is upgraded by the statements its own store kept.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ CREATE TABLE threads (
     owner_pid INTEGER,
     owner_host TEXT,
     lease_expires {d.float_type},
-    created_at {d.float_type} NOT NULL{created}{_column("lease_seconds REAL", local_clock)}
+    created_at {d.float_type} NOT NULL{created}{_column("lease_seconds REAL", local_clock)},
+    graph TEXT
 );
 CREATE TABLE checkpoints (
     id {d.id_key},

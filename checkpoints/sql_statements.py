@@ -98,6 +98,8 @@ class Statements:
             "UPDATE checkpoints SET status = :status, error = :error, snapshot = "
             "coalesce(snapshot, :snapshot), extra = coalesce(:extra, extra), marked_at = :now "
             f"WHERE id = :id AND thread = ({_FENCE})")
+        self.bind_graph = d.render(
+            "UPDATE threads SET graph = :graph WHERE thread_id = :thread AND owner = :owner")
         self.add_snapshot = d.render(
             "UPDATE checkpoints SET snapshot = coalesce(snapshot, :snapshot) WHERE id = :id "
             f"AND thread = ({_FENCE})")
@@ -111,6 +113,9 @@ class Statements:
         self.list_pending = d.render(
             "SELECT checkpoint, node, idx, writes, meta FROM pending_writes WHERE "
             f"{d.in_list('checkpoint', 'ids')} ORDER BY checkpoint, node, idx")
+        self.thread_graphs = d.render(
+            "SELECT thread_id, graph FROM threads WHERE graph IS NOT NULL AND "
+            f"{d.in_list('thread_id', 'threads')}")
         self.threads = d.render(
             "SELECT t.thread_id, c.status, c.step, c.id, coalesce(c.marked_at, c.created_at), "
             "c.error, t.owner IS NOT NULL AND t.lease_expires > :now, t.owner_pid, "

@@ -122,6 +122,13 @@ class SQLCheckpointer(Checkpointer):
         if changed != 1:
             raise busy_error(thread_id, lost=True)
 
+    async def bind_graph(self, thread_id: str, owner: Owner, graph: str) -> None:
+        changed = await self._execute(
+            f"bind thread {thread_id!r} to its graph", self._sql.bind_graph,
+            {"graph": graph, "thread": thread_id, "owner": owner.token})
+        if changed != 1:
+            raise busy_error(thread_id, lost=True)
+
     async def add_snapshot(self, thread_id: str, owner: Owner, checkpoint_id: str,
                            snapshot: str) -> None:
         doing = f"store a snapshot on checkpoint {checkpoint_id} of thread {thread_id!r}"
@@ -210,6 +217,14 @@ class SQLCheckpointer(Checkpointer):
             {"ids": self._sql.dialect.array([int(c) for c in checkpoint_ids])})
         return pending_from_rows(rows, where=self._where)
 
+    async def thread_graphs(self, thread_ids: Sequence[str]) -> dict[str, str]:
+        if not thread_ids or not self._records_graphs:
+            return {}
+        rows = await self._fetchall(
+            "read which graph runs each thread", self._sql.thread_graphs,
+            {"threads": self._sql.dialect.array(list(thread_ids))})
+        return {str(thread): str(graph) for thread, graph in rows}
+
     async def threads(self, *, limit: int | None = None, offset: int = 0,
                       updated_since: float | None = None) -> builtins.list[ThreadInfo]:
         rows = await self._fetchall(
@@ -275,6 +290,12 @@ class SQLCheckpointer(Checkpointer):
         return view
 
     # -- what each store provides --------------------------------------------------------------
+
+    @property
+    def _records_graphs(self) -> bool:
+        """Whether the tables have `threads.graph` (an older SQLite file opened read-only
+        has not been migrated)."""
+        return True
 
     @property
     @abstractmethod

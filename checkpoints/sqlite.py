@@ -63,14 +63,15 @@ from .sql_retention import Connection
 from .sql_statements import Statements
 from .sql_store import Params, Rows, SQLCheckpointer
 from .sqlite_errors import bad_value_error, storage_error
-from .sqlite_file import SCHEMA_VERSION as SCHEMA_VERSION  # the file format this code writes
 from .sqlite_file import (
+    GRAPHS_FROM,
     connect_async,
     connect_direct,
     connect_read_only,
     open_read_only,
     prepare_file,
 )
+from .sqlite_file import SCHEMA_VERSION as SCHEMA_VERSION  # the file format this code writes
 from .sqlite_retention import RETENTION, file_bytes, shrink
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,10 @@ class SQLiteCheckpointer(SQLCheckpointer):
         renewer = _Renewer(self.path, lease_seconds, busy_timeout)
         self._heartbeat = LeaseHeartbeat(lease_seconds, f"statemachine-lease:{self.path.name}",
                                          renewer.renew, renewer.close)
+        self._version = SCHEMA_VERSION
         if read_only:  # no writer connection, no aiosqlite thread: reads in the caller's thread
-            self._direct, self._immutable = open_read_only(self.path, busy_timeout)
+            self._direct, self._immutable, self._version = open_read_only(self.path,
+                                                                          busy_timeout)
             self._conn: aiosqlite.Connection | None = None
             self._in_caller_thread = True
             return
@@ -135,6 +138,10 @@ class SQLiteCheckpointer(SQLCheckpointer):
     def __repr__(self) -> str:
         mode = ", read_only=True" if self.read_only else ""
         return f"SQLiteCheckpointer({str(self.path)!r}{mode})"
+
+    @property
+    def _records_graphs(self) -> bool:
+        return self._version >= GRAPHS_FROM
 
     @property
     def _where(self) -> str:

@@ -22,10 +22,13 @@ from .sql_schema import cache_table, jobs_table
 from .sql_schema import tables as new_tables
 from .sqlite_errors import storage_error
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 READABLE_FROM = 3
 """Read-only opening reads files from this version on: later versions only added columns that
-the reads do not need (4: threads.lease_seconds, jobs.claim_seconds)."""
+the reads do not need (4: threads.lease_seconds, jobs.claim_seconds) or do without (5:
+threads.graph: an older file's threads are bound to no graph)."""
+GRAPHS_FROM = 5
+"""The version whose threads record their graph."""
 APPLICATION_ID = 0x53544D43  # "STMC": marks a file as ours, so a foreign database is refused
 
 _SCHEMA = new_tables(SQLITE)
@@ -39,6 +42,7 @@ ALTER TABLE checkpoints ADD COLUMN marked_at REAL;
     2: jobs_table(SQLITE),
     3: "ALTER TABLE threads ADD COLUMN lease_seconds REAL; "
        "ALTER TABLE jobs ADD COLUMN claim_seconds REAL",
+    4: "ALTER TABLE threads ADD COLUMN graph TEXT",
 }
 
 
@@ -146,9 +150,9 @@ def connect_direct(path: Path, busy_timeout: float) -> sqlite3.Connection:
     return conn
 
 
-def open_read_only(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, bool]:
-    """A read-only connection to one of our databases of a version it can read, and whether it
-    is immutable (see `connect_read_only`)."""
+def open_read_only(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, bool, int]:
+    """A read-only connection to one of our databases of a version it can read, whether it
+    is immutable (see `connect_read_only`), and its schema version."""
     if not path.is_file():
         raise CheckpointError(f"no database file {str(path)!r}.")
     try:
@@ -173,7 +177,7 @@ def open_read_only(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection,
                 " (open it once with a read-write SQLiteCheckpointer to migrate it)."
                 if version is not None and version < SCHEMA_VERSION
                 else "; upgrade statemachine to read it."))
-    return conn, immutable
+    return conn, immutable, version
 
 
 def connect_read_only(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, bool]:

@@ -15,6 +15,7 @@ from .constants import END, START
 from .errors import (
     CheckpointerRequiredError,
     CheckpointError,
+    GraphMismatchError,
     GraphValidationError,
     InvalidRouteError,
     InvalidUpdateError,
@@ -44,6 +45,7 @@ __all__ = [
     "CompiledGraph",
     "Drop",
     "FakeClock",
+    "GraphMismatchError",
     "GraphSpec",
     "GraphValidationError",
     "InvalidRouteError",

@@ -22,6 +22,7 @@ from checkpoints.base import Checkpointer, CheckpointRecord, NewCheckpoint, Owne
 from .calls import call_user_function
 from .checkpoint_extra import CheckpointExtra, extra_of
 from .errors import ThreadNotFoundError, ThreadStateError
+from .graph_binding import check_binding
 from .types import RunContext, task_id
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ async def rollback(executor: Executor, thread_id: str, *, saver: Checkpointer,
     if not held:
         await saver.acquire(thread_id, owner)
     try:
+        if not held:  # a run rolling itself back checked when it started
+            await check_binding(saver, thread_id, owner, executor.identity)
         return await _rollback(executor, thread_id, saver, owner)
     finally:
         if not held:

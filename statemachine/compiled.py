@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from ._sync import iterate_sync, run_sync
 from .constants import DEFAULT_MAX_STEPS
 from .executor import Executor
+from .graph_binding import GraphIdentity
 from .spec import GraphSpec
 from .types import Snapshot, StepEvent
 
@@ -34,7 +35,7 @@ class CompiledGraph:
         self.spec = spec
         self.checkpointer = checkpointer
         self.name = name or f"{spec.schema.model.__name__}Graph"
-        self._executor = Executor(spec, checkpointer, name=self.name)
+        self._executor = Executor(spec, checkpointer, name=self.name, named=name is not None)
 
     def __repr__(self) -> str:
         return (f"<CompiledGraph {self.name!r}: {len(self.spec.nodes)} nodes, "
@@ -243,6 +244,24 @@ class CompiledGraph:
     async def afork(self, thread_id: str, checkpoint_id: str, *,
                     to_thread: str | None = None) -> Snapshot[Any]:
         return await self._executor.fork(thread_id, checkpoint_id, to_thread=to_thread)
+
+    @property
+    def identity(self) -> GraphIdentity:
+        """What threads this graph runs are bound to: its name and a fingerprint of its
+        structure (nodes and edges; not the nodes' code, not the state schema). Running,
+        editing or rolling back a thread bound to another identity raises
+        `GraphMismatchError`."""
+        return self._executor.identity
+
+    def rebind(self, thread_id: str) -> GraphIdentity | None:
+        """Move a thread to this graph on purpose (a new version of its graph, deployed):
+        from now on this graph runs it and others are refused. Returns what it was bound to
+        before (None: nothing yet). Refused if the thread is due to run nodes this graph
+        lacks; its checkpoints are not changed."""
+        return run_sync(lambda: self._executor.rebind(thread_id, blocking=True))
+
+    async def arebind(self, thread_id: str) -> GraphIdentity | None:
+        return await self._executor.rebind(thread_id)
 
     def threads(self) -> list[ThreadInfo]:
         """Every thread in the checkpointer's store with its status, newest first."""

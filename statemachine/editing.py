@@ -18,6 +18,7 @@ from .checkpoint_extra import CheckpointExtra, extra_of
 from .committer import counted, holding
 from .constants import UPDATE
 from .errors import ThreadStateError, did_you_mean
+from .graph_binding import check_binding, check_reader
 from .messages import not_found
 from .records import Task, decode_tasks, encode_tasks
 from .routing import next_tasks
@@ -38,6 +39,7 @@ async def update_state(executor: Executor, thread_id: str, values: Any, *,
             f"update_state(as_node={as_node!r}): no such node"
             f"{did_you_mean(as_node, list(spec.nodes))}; nodes: {', '.join(spec.nodes)}.")
     async with holding(saver, thread_id) as owner:
+        await check_binding(saver, thread_id, owner, executor.identity)
         loaded = await executor.load_state(saver, thread_id, checkpoint_id, own=True)
         if loaded is None:
             raise not_found(thread_id, checkpoint_id)
@@ -112,6 +114,9 @@ async def fork(executor: Executor, thread_id: str, checkpoint_id: str, *,
                 f"thread {to_thread!r} already exists; fork to a new thread id, or delete that "
                 f"thread first (app.delete_thread({to_thread!r})).")
     async with holding(saver, target) as owner:
+        if to_thread is not None:  # the source is only read: it must be this graph's
+            await check_reader(saver, thread_id, executor.identity)
+        await check_binding(saver, target, owner, executor.identity)
         loaded = await executor.load_state(saver, thread_id, checkpoint_id, own=False)
         if loaded is None:
             raise not_found(thread_id, checkpoint_id)

@@ -138,8 +138,17 @@ class ThreadStateError(StateMachineError):
     """The thread is not in a state that allows what was asked (e.g. new input on a failed run)."""
 
 
+class GraphMismatchError(ThreadStateError):
+    """The thread was run by another graph, or by a version of this one with another
+    structure: nothing was run or written. The message names both and the way to move the
+    thread on purpose (`app.rebind`)."""
 
-
+    def __init__(self, message: str, *, thread_id: str, stored: str, stored_fingerprint: str,
+                 graph: str, fingerprint: str) -> None:
+        super().__init__(message)
+        self.thread_id = thread_id
+        self.stored, self.stored_fingerprint = stored, stored_fingerprint
+        self.graph, self.fingerprint = graph, fingerprint
 
 
 class CheckpointerRequiredError(StateMachineError):

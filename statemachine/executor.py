@@ -26,10 +26,11 @@ from checkpoints.base import (
 )
 from checkpoints.memory import MemoryCache
 
-from . import editing, pruning
+from . import editing, graph_binding, pruning
 from .checkpoint_extra import extra_of
 from .compensation import current_run, rollback
 from .constants import DEFAULT_MAX_STEPS
+from .graph_binding import GraphIdentity, identity_of
 from .messages import needs_checkpointer, not_found
 from .observe import Observer
 from .records import decode_tasks, ran_nodes
@@ -45,7 +46,7 @@ class Executor:
     """Runs one compiled graph, with or without a checkpointer."""
 
     def __init__(self, spec: GraphSpec, checkpointer: Checkpointer | None, *,
-                 name: str = "graph") -> None:
+                 name: str = "graph", named: bool = True) -> None:
         self.spec = spec
         self.saver = checkpointer
         self.name = name
@@ -58,6 +59,10 @@ class Executor:
         """False for a subgraph's executor: each of its threads runs once, for one task."""
         self.replayer = Replayer(spec.schema)
         """Rebuilds this graph's states from storage."""
+        self.identity = identity_of(spec, name, named=named)
+        """What threads run here are bound to (`graph_binding`)."""
+        self.binds_threads = True
+        """False for a subgraph's executor."""
 
     # -- running ----------------------------------------------------------------------------
 
@@ -161,6 +166,10 @@ class Executor:
         return await editing.fork(self, thread_id, checkpoint_id, to_thread=to_thread,
                                   blocking=blocking)
 
+    async def rebind(self, thread_id: str, *, blocking: bool = False) -> GraphIdentity | None:
+        saver = self.require_saver("bind a thread to this graph", blocking)
+        return await graph_binding.rebind(saver, thread_id, self.identity, tuple(self.spec.nodes))
+
     # -- retention (see pruning) ----------------------------------------------------------
 
     async def delete_thread(self, thread_id: str, *, dry_run: bool = False,
@@ -192,6 +201,7 @@ class Executor:
             child.observer = self.observer
             child._memory_cache = self._memory_cache
             child.remember_states = False
+            child.binds_threads = False  # its threads belong to the parent's, bound there
             child.replayer.parent = self.replayer
             self._children[node.name] = child
         return child

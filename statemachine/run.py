@@ -35,6 +35,7 @@ from .errors import (
     ThreadBusyError,
     ThreadStateError,
 )
+from .graph_binding import check_binding
 from .messages import needs_checkpointer
 from .mutation import Fingerprint, mutated
 from .records import Task
@@ -124,6 +125,9 @@ class Run:
         await self.saver.acquire(self.thread_id, self.owner)
         failure: BaseException | None = None
         try:
+            if self.executor.binds_threads:
+                await check_binding(self.saver, self.thread_id, self.owner,
+                                    self.executor.identity)
             await start_on_thread(self, input, checkpoint_id, resume)
             await deliver(self, event)
             async for step_event in self.steps():

@@ -25,6 +25,7 @@ from checkpoints.rows import damaged
 from ._sync import run_sync
 from .checkpoint_extra import extra_of
 from .compiled import CompiledGraph
+from .graph_binding import GraphIdentity, decode_identity
 from .records import decode_tasks, finished_tasks, ran_nodes, stored_writes
 from .types import Snapshot
 
@@ -91,6 +92,12 @@ class Store:
         return run_sync(lambda: self.saver.threads(limit=limit, offset=offset,
                                                    updated_since=updated_since))
 
+    def graphs(self, thread_ids: Sequence[str]) -> dict[str, GraphIdentity]:
+        """The graph each of these threads is bound to (`graph_binding`); unbound ones are
+        left out."""
+        stored = run_sync(lambda: self.saver.thread_graphs(thread_ids))
+        return {thread: decode_identity(text, thread) for thread, text in stored.items()}
+
     def close(self) -> None:
         self.saver.close()
 
@@ -101,7 +108,8 @@ def bind_graph(graph: StateGraph | CompiledGraph, saver: Checkpointer | None) ->
     is compiled and a CompiledGraph stays as it is. `GraphValidationError` if it is invalid."""
     if isinstance(graph, CompiledGraph):
         return graph if saver is None else \
-            CompiledGraph(graph.spec, checkpointer=saver, name=graph.name)
+            CompiledGraph(graph.spec, checkpointer=saver,
+                          name=graph.name if graph.identity.named else None)
     return graph.compile(checkpointer=saver)
 
 
@@ -113,10 +121,12 @@ def listed(infos: Iterable[ThreadInfo], *, show_all: bool = False) -> list[Threa
     return [t for t in infos if show_all or is_top_level(t.thread_id)]
 
 
-def thread_row(info: ThreadInfo) -> dict[str, Any]:
-    """A thread as a dict (what `threads --json` prints)."""
+def thread_row(info: ThreadInfo, graph: GraphIdentity | None = None) -> dict[str, Any]:
+    """A thread as a dict (what `threads --json` prints), with the graph it is bound to."""
     return {"thread_id": info.thread_id, "status": info.status, "step": info.step,
             "checkpoint_id": info.checkpoint_id, "busy": info.busy, "error": info.error,
+            "graph": graph.name if graph else None,
+            "graph_structure": graph.fingerprint if graph else None,
             "updated_at": info.updated_at, "time": format_time(info.updated_at)}
 
 

@@ -118,6 +118,26 @@ flaky.add_edge(["reserve", "charge"], "ship")
 flaky.add_edge("ship", END)
 
 
+def shipping(*, audit: bool) -> StateGraph:
+    """Two versions of one deployed graph (compiled under one name): the second audits."""
+    g = StateGraph(OrderState)
+    g.add_node(charge)
+    g.add_node(ship)
+    g.add_edge(START, "charge")
+    g.add_edge("charge", "ship")
+    if audit:
+        g.add_node("audit", lambda state: {"log": ["audit"]})
+        g.add_edge("ship", "audit")
+        g.add_edge("audit", END)
+    else:
+        g.add_edge("ship", END)
+    return g
+
+
+shipping_v1 = shipping(audit=False).compile(name="shipping")
+shipping_v2 = shipping(audit=True).compile(name="shipping")
+
+
 def book(state: OrderState) -> dict:
     return {"log": ["book"]}
 

@@ -170,7 +170,7 @@ def test_a_failed_row_names_the_node_that_failed_not_the_one_before_it(tmp_path)
 
 def test_a_thread_resumed_with_another_graph_is_refused_and_its_error_kept(tmp_path):
     from checkpoints import SQLiteCheckpointer
-    from statemachine import END, START, StateGraph, ThreadStateError
+    from statemachine import END, START, GraphMismatchError, StateGraph, ThreadStateError
     from tests.cli_graphs import TripState
     from tests.cli_graphs import trip as trip_graph
 
@@ -183,15 +183,23 @@ def test_a_thread_resumed_with_another_graph_is_refused_and_its_error_kept(tmp_p
     app = other.compile(checkpointer=SQLiteCheckpointer(db), name="other")
     before = app.get_state("t")
 
-    with pytest.raises(ThreadStateError, match=r"due to run node 'pay', which graph 'other' "
-                       r"does not have \(its nodes: hotel\)"):
+    with pytest.raises(GraphMismatchError, match=r"thread 't' was run by graph 'TripStateGraph' "
+                       r"\(structure [0-9a-f]{12}\), and this graph 'other' has another "
+                       r"structure \([0-9a-f]{12}: nodes removed: flight, pay\)") as refused_:
         app.resume("t")
+    assert isinstance(refused_.value, ThreadStateError)
+    assert (refused_.value.stored, refused_.value.graph) == ("TripStateGraph", "other")
     after = trip_graph.compile(checkpointer=SQLiteCheckpointer(db)).get_state("t")
     assert after.checkpoint_id == before.checkpoint_id and after.error == before.error
     assert "card declined" in (after.error or "")
-    # a graph of another state model is refused too: the stored fields it lacks are named
+    # and moving it on purpose is refused too: 'other' could never run the due node
+    with pytest.raises(ThreadStateError, match=r"due to run node 'pay', which graph 'other' "
+                       r"does not have"):
+        app.rebind("t")
+    # from the command line: a graph of another state model, refused naming both graphs
     refused = cli("resume", "tests.cli_graphs:passing", "--db", str(db), "--thread", "t")
-    assert refused.returncode == USAGE and "'poisoned'" in refused.stderr
+    assert refused.returncode == USAGE, refused.stderr
+    assert "was run by graph 'TripStateGraph'" in refused.stderr
     assert head(db, "t")["error"] == before.error
 
 
@@ -210,3 +218,39 @@ def test_the_undo_of_an_update_of_an_older_checkpoint_restores_the_head_it_repla
     assert (back["status"], back["next"], back["pending_writes"]) == (
         failed_head["status"], failed_head["next"], failed_head["pending_writes"])
     assert state(db, "t")["poisoned"] is True and state(db, "t")["log"] == ["hotel", "flight"]
+
+
+def test_a_new_version_is_refused_with_the_rebind_command_and_rebind_moves_threads(tmp_path):
+    """Deploying a graph with another structure: its in-flight threads are refused with the
+    command that moves them; `rebind --all` moves every thread of the old version; the
+    threads list says which graph runs each thread."""
+    db, flag = tmp_path / "runs.db", tmp_path / "flag"
+    for thread in ("o-1", "o-2"):
+        ran = cli("run", "tests.cli_graphs:shipping_v1", "--db", str(db), "--thread", thread,
+                  "--input", json.dumps({"flag": str(flag)}))
+        assert ran.returncode == RUN_FAILED, ran.stderr
+    flag.touch()
+    refused = cli("resume", "tests.cli_graphs:shipping_v2", "--db", str(db), "--thread", "o-1")
+    assert refused.returncode == USAGE
+    assert "thread 'o-1' was run by graph 'shipping' (structure " in refused.stderr
+    assert "nodes added: audit" in refused.stderr
+    moved = run_words(shlex.split(refused.stderr.split("on purpose: ")[-1].strip()))
+    assert moved.returncode == OK, moved.stderr
+    assert "thread o-1: now bound to graph 'shipping'" in moved.stdout
+    resumed = cli("resume", "tests.cli_graphs:shipping_v2", "--db", str(db), "--thread", "o-1")
+    assert resumed.returncode == OK, resumed.stderr
+    assert json.loads(resumed.stdout)["log"] == ["charge", "ship", "audit"]
+
+    every = cli("rebind", "tests.cli_graphs:shipping_v2", "--db", str(db), "--all")
+    assert every.returncode == OK, every.stderr
+    assert "thread o-2: now bound" in every.stdout and "o-1" not in every.stdout
+    listed = json.loads(cli("threads", "--db", str(db), "--json").stdout)
+    structures = {row["thread_id"]: (row["graph"], row["graph_structure"]) for row in listed}
+    assert structures["o-1"] == structures["o-2"] and structures["o-1"][0] == "shipping"
+    again = cli("rebind", "tests.cli_graphs:shipping_v2", "--db", str(db), "--all")
+    assert "nothing to do" in again.stdout
+    # the old version is now refused the same way, and the same command moves it back
+    old = cli("resume", "tests.cli_graphs:shipping_v1", "--db", str(db), "--thread", "o-2")
+    assert old.returncode == USAGE and "nodes removed: audit" in old.stderr
+    usage = cli("rebind", "tests.cli_graphs:shipping_v2", "--db", str(db))
+    assert usage.returncode == USAGE and "--thread ID, or pass --all" in usage.stderr

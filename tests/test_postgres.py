@@ -31,7 +31,15 @@ from pydantic import BaseModel
 from checkpoints import PostgresCheckpointer
 from checkpoints import postgres as pg_module
 from checkpoints.base import NewCheckpoint, Owner, PendingWrite
-from statemachine import END, START, CheckpointError, StateGraph, ThreadBusyError, reducers
+from statemachine import (
+    END,
+    START,
+    CheckpointError,
+    GraphMismatchError,
+    StateGraph,
+    ThreadBusyError,
+    reducers,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -290,6 +298,31 @@ def test_an_old_schema_is_migrated_once_and_keeps_its_threads(dsn, schema, saver
     assert final == Items(n=4, items=["item-0", "item-1", "new", "item-2", "item-3"])
     savers(dsn, schema, read_only=True)  # and now a reader opens it
     assert query(dsn, schema, "SELECT count(*) FROM migration_runs") == [(1,)]
+
+
+def test_a_version_1_schema_gets_the_graph_column_and_its_threads_are_bound_by_their_next_run(
+        dsn, schema, savers):
+    """Schema 1 (before threads recorded their graph): a reader is refused until a writer
+    migrates it; the thread it held is bound by its next run, and another graph is refused."""
+    with PostgresCheckpointer(dsn, schema=schema) as saver:
+        loop(2).compile(checkpointer=saver).invoke({}, thread_id="old")
+    with connect(dsn, schema) as conn:  # as release 1 left it
+        conn.execute("ALTER TABLE threads DROP COLUMN graph")
+        conn.execute("UPDATE schema_version SET version = 1")
+    with pytest.raises(CheckpointError, match="needs upgrading"):
+        savers(dsn, schema, read_only=True)
+    app = loop(4).compile(checkpointer=savers(dsn, schema), name="loop")
+    assert query(dsn, schema, "SELECT version FROM schema_version") == [
+        (pg_module.SCHEMA_VERSION,)]
+    assert query(dsn, schema, "SELECT graph FROM threads") == [(None,)]
+    assert app.invoke({}, thread_id="old").n == 4
+    [(bound,)] = query(dsn, schema, "SELECT graph FROM threads")
+    assert '"name":"loop"' in bound
+    other = loop(4).compile(checkpointer=savers(dsn, schema, read_only=True), name="other")
+    assert other.get_state("old").state.n == 4  # reading is not refused
+    with pytest.raises(GraphMismatchError, match="run by graph 'loop'"):
+        loop(4).compile(checkpointer=savers(dsn, schema), name="other").invoke(
+            {}, thread_id="old")
 
 
 # -- connecting ------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from test_storage import Items, loop
 
 from checkpoints import SQLiteCheckpointer
 from checkpoints.base import Owner
+from checkpoints.sqlite import SCHEMA_VERSION
 from statemachine import (
     END,
     START,
@@ -486,6 +487,7 @@ def schema_3_file(path: Path) -> None:
         loop(2).compile(checkpointer=saver).invoke({}, thread_id="old")
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("ALTER TABLE threads DROP COLUMN lease_seconds")
+        conn.execute("ALTER TABLE threads DROP COLUMN graph")
         conn.execute("ALTER TABLE jobs DROP COLUMN claim_seconds")
         conn.execute("UPDATE schema_version SET version = 3")
 
@@ -507,7 +509,8 @@ def test_processes_upgrading_one_old_file_at_once_all_succeed(tmp_path):
         assert app.get_state("old").state.n == 2
         assert app.invoke({}, thread_id="old").n == 4
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == \
+            [(SCHEMA_VERSION,)]
 
 
 def test_text_that_is_not_utf8_is_damage_not_a_passing_fault(sqlite_store):

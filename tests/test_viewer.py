@@ -460,3 +460,46 @@ def test_a_malformed_thread_link_shows_the_list(server, page):
     page.wait_for_selector("#threads tbody tr.thread-row")
     assert set(listed(page)) == {"order-done", "order-failed", "order-held"}
     assert page.evaluate("location.hash") == ""
+
+
+def test_each_thread_is_shown_with_the_graph_that_ran_it_or_says_which_that_was(
+        prepared, tmp_path, page):
+    """Given one graph, a thread another graph ran gets no diagram, no rebuilt state and no
+    actions from it: the page names the graph that ran it; given both, each thread is drawn
+    with its own."""
+    from checkpoints import SQLiteCheckpointer
+    from tests.viewer_graphs import counter
+
+    db = tmp_path / "two.db"
+    shutil.copyfile(prepared[0], db)
+    with SQLiteCheckpointer(db) as saver:
+        counter.compile(checkpointer=saver).invoke({"until": 3}, "count-1")
+    one = Server(db, "--graph", GRAPH, "--allow-actions")
+    try:
+        page.goto(one.url + "/#/thread/count-1")
+        page.wait_for_selector("#diagram-note")
+        note = page.inner_text("#diagram-note")
+        assert "thread 'count-1' was run by graph 'CounterStateGraph' (structure " in note
+        assert GRAPH in note and "--graph" in note
+        refused = one.post("/api/threads/count-1/resume",
+                           headers={"X-Statemachine-Action": "1"})
+        assert refused.status_code == 409
+        assert "run by graph 'CounterStateGraph'" in refused.json()["error"]
+        assert "schema" not in refused.json()["error"]
+        assert one.get("/api/threads/count-1/diagram.svg").status_code == 409
+        assert one.get("/api/threads/order-done/diagram.svg").status_code == 200
+    finally:
+        one.stop()
+    both = Server(db, "--graph", GRAPH, "--graph", "tests.viewer_graphs:counter")
+    try:
+        for thread, node in (("count-1", "tick"), ("order-done", "ship")):
+            answer = both.get(f"/api/threads/{thread}")
+            assert answer.json()["graph_note"] is None
+            svg = both.get(f"/api/threads/{thread}/diagram.svg")
+            assert svg.status_code == 200 and node in svg.text
+        page.goto(both.url + "/#/thread/count-1")
+        page.wait_for_selector("#diagram svg")
+        assert "tick" in page.inner_text("#diagram")
+        assert json.loads(page.inner_text("#state"))["n"] == 3  # rebuilt exactly
+    finally:
+        both.stop()

@@ -23,7 +23,7 @@ from .errors import (
 )
 from .options import DB_OPTION, GRAPH_ARGUMENT, Db
 from .output import echo_json, err_console, out_console
-from .stores import build_app, no_thread
+from .stores import build_app, check_thread_graph, no_thread
 from .targets import load_graph
 
 
@@ -128,6 +128,7 @@ def draw(target: str, output: Path | None, fmt: str | None, db: Db | None,
                            EXIT_USAGE)
         if thread is not None:
             _require_thread(app, thread, db)
+            check_thread_graph(app, thread, target, db)
         if fmt == "mermaid":
             data: bytes = visualize.to_mermaid(app, thread_id=thread, xray=xray).encode()
         elif fmt == "dot":

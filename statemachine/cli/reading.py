@@ -32,7 +32,7 @@ from .output import (
     shell_word,
     show_id,
 )
-from .stores import bind_target, newest_records, open_store
+from .stores import bind_target, check_thread_graph, newest_records, open_store
 from .targets import load_graph
 
 HISTORY_LIMIT = 50
@@ -57,8 +57,10 @@ def threads(ctx: click.Context, db: Db | None, show_all: bool, as_json: bool, li
     with contextlib.ExitStack() as stack, library_errors():
         store = open_store(db, stack, create=False, read_only=True)
         infos = store.threads(limit=limit + 1, offset=offset)
+        shown = listed(infos[:limit], show_all=show_all)
+        graphs = store.graphs([t.thread_id for t in shown])
     more = len(infos) > limit
-    rows = [thread_row(t) for t in listed(infos[:limit], show_all=show_all)]
+    rows = [thread_row(t, graphs.get(t.thread_id)) for t in shown]
     footer = (lambda: _more(_reading_command(ctx, db, "threads", show_all=show_all,
                                              as_json=as_json, limit=limit),
                             "--offset", offset + limit, len(rows))) if more else (lambda: None)
@@ -76,13 +78,15 @@ def threads(ctx: click.Context, db: Db | None, show_all: bool, as_json: bool, li
     table = new_table()
     table.add_column("thread", overflow="fold", min_width=8)
     for name, justify in (("status", "left"), ("step", "right"), ("checkpoint", "right"),
-                          ("updated", "left")):
+                          ("graph", "left"), ("updated", "left")):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in rows:
         status = row["status"] + (" (live run)" if row["busy"] else "")
+        graph = f"{row['graph']} ({row['graph_structure']})" if row["graph"] else "-"
         table.add_row(safe(row["thread_id"], one_line=True),
                       Text(status, style=STATUS_STYLE.get(row["status"], "")),
-                      str(row["step"]), safe(row["checkpoint_id"], one_line=True), row["time"])
+                      str(row["step"]), safe(row["checkpoint_id"], one_line=True),
+                      safe(graph, one_line=True), row["time"])
     out.print(table)
     print_errors(out, [(f"thread {show_id(row['thread_id'])}", row["error"]) for row in rows])
     footer()
@@ -111,6 +115,8 @@ def history(ctx: click.Context, db: Db | None, thread: str, target: str | None, 
         store = open_store(db, stack, create=False, read_only=True)
         newest_records(store, db, thread)
         app = bind_target(target, load_graph(target), store.saver) if target is not None else None
+        if app is not None and target is not None:
+            check_thread_graph(app, thread, target, db)
         rows, cursor = history_page(store, thread, limit=limit, before=before, app=app)
     footer = (lambda: _more(_reading_command(ctx, db, "history", as_json=as_json, limit=limit,
                                              thread=thread, graph=target),
@@ -182,6 +188,7 @@ def show(db: Db | None, thread: str, checkpoint: str | None, target: str | None)
         app = None
         if head.snapshot is None and target is not None:  # user code only when needed
             app = bind_target(target, load_graph(target), store.saver)
+            check_thread_graph(app, thread, target, db)
         state, exact = state_at(thread, chain, app)
         if not exact:
             base = chain.records[0]

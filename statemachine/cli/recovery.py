@@ -1,5 +1,6 @@
-"""`update`, `fork` and `rollback`: a person getting a stuck, failed or poisoned run back by
-hand. Each prints what it did, and the commands that continue it and that undo it."""
+"""`update`, `fork`, `rollback` and `rebind`: a person getting a stuck, failed or poisoned
+run back by hand, or moving threads to a new version of their graph. Each prints what it
+did, and the commands that continue it and that undo it."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import sys
 import click
 from rich.text import Text
 
+from .._sync import run_sync
 from ..compiled import CompiledGraph
-from ..store_reader import DEFAULT_SCHEMA, row_from_snapshot
+from ..errors import ThreadStateError
+from ..graph_binding import decode_identity
+from ..store_reader import DEFAULT_SCHEMA, listed, row_from_snapshot
 from ..terminal import safe
 from ..types import Snapshot
 from .errors import EPILOG, EXIT_RUN_FAILED, EXIT_USAGE, CliError, library_errors
 from .options import DB_OPTION, GRAPH_ARGUMENT, Db, json_object, pg_schema, prog, shown_db
 from .output import echo_json, out_console, shell_word, show_id
-from .stores import build_app
+from .stores import build_app, check_thread_graph
 
 JSON_OPTION = click.option("--json", "as_json", is_flag=True,
                            help="Print the new checkpoint as JSON (as history --json does).")
@@ -46,7 +50,7 @@ def update(ctx: click.Context, target: str, db: Db | None, thread: str, values: 
     """
     data = json_object(values, "--values")
     with contextlib.ExitStack() as stack, library_errors():
-        app = _app(target, db, stack)
+        app = _app(target, db, stack, thread)
         before = app.get_state(thread, checkpoint)
         head = app.get_state(thread) if checkpoint is not None else before
         after = app.update_state(thread, data, as_node=as_node, checkpoint_id=checkpoint)
@@ -82,7 +86,7 @@ def fork(ctx: click.Context, target: str, db: Db | None, thread: str, checkpoint
     its history.
     """
     with contextlib.ExitStack() as stack, library_errors():
-        app = _app(target, db, stack)
+        app = _app(target, db, stack, thread)
         head = app.get_state(thread)
         forked = app.fork(thread, checkpoint, to_thread=to_thread)
     if as_json:
@@ -114,7 +118,7 @@ def rollback(ctx: click.Context, target: str, db: Db | None, thread: str,
     (app.rollback). A rollback that stopped at a failing compensation continues where it
     stopped; one that finished does nothing."""
     with contextlib.ExitStack() as stack, library_errors():
-        app = _app(target, db, stack)
+        app = _app(target, db, stack, thread)
         before = app.get_state(thread)
         failure: Exception | None = None
         try:
@@ -152,10 +156,14 @@ def rollback(ctx: click.Context, target: str, db: Db | None, thread: str,
                    + f" --checkpoint {failed_at}"), soft_wrap=True)
 
 
-def _app(target: str, db: Db | None, stack: contextlib.ExitStack) -> CompiledGraph:
+def _app(target: str, db: Db | None, stack: contextlib.ExitStack,
+         thread: str | None = None) -> CompiledGraph:
+    """The graph on the store; with `thread`, checked to be the graph that runs it."""
     app = build_app(target, db, stack, create=False)
     if app.checkpointer is None:
         raise CliError("this command needs --db FILE (where the thread is stored)", EXIT_USAGE)
+    if thread is not None:
+        check_thread_graph(app, thread, target, db)
     return app
 
 
@@ -212,3 +220,58 @@ def _failed_checkpoint(app: CompiledGraph, thread: str) -> str:
         if snapshot.kind != "compensation":
             return snapshot.checkpoint_id
     return "ID"
+
+
+@click.command(epilog=EPILOG)
+@GRAPH_ARGUMENT
+@DB_OPTION
+@click.option("--thread", help="The thread to move to GRAPH.")
+@click.option("--all", "every", is_flag=True,
+              help="Every thread bound to a graph of GRAPH's name with another structure (the "
+                   "threads of the previous version, after deploying a new one).")
+@click.pass_context
+def rebind(ctx: click.Context, target: str, db: Db | None, thread: str | None,
+           every: bool) -> None:
+    """Move threads to GRAPH on purpose (app.rebind): from then on GRAPH runs them and
+    other graphs are refused.
+
+    A thread is bound to the graph that first ran it (its name and structure); a new version
+    of the graph with other nodes or edges is refused on it until it is moved. A thread due to
+    run a node GRAPH lacks is left as it is. Checkpoints are not changed.
+    """
+    if (thread is None) == (not every):
+        raise CliError("name the thread to move with --thread ID, or pass --all", EXIT_USAGE)
+    with contextlib.ExitStack() as stack, library_errors():
+        app = _app(target, db, stack)
+        current = app.identity
+        if thread is not None:
+            threads = [thread]
+        else:
+            saver = app.checkpointer
+            assert saver is not None
+            names = [t.thread_id for t in listed(app.threads())]
+            bound = run_sync(lambda: saver.thread_graphs(names))
+            threads = [name for name in names if name in bound and (
+                (old := decode_identity(bound[name], name)).name == current.name
+                and old.fingerprint != current.fingerprint)]
+        out, refused = out_console(), 0
+        if not threads:
+            out.print(Text(f"no thread is bound to another version of graph "
+                           f"{current.name!r}; nothing to do"))
+        for name in threads:
+            try:
+                before = app.rebind(name)
+            except ThreadStateError as exc:
+                if thread is not None:
+                    raise
+                refused += 1
+                out.print(safe(f"✗ thread {show_id(name)} left as it was: {exc}", "red"))
+                continue
+            was = before.describe() if before is not None else "no graph yet"
+            out.print(safe(f"thread {show_id(name)}: now bound to graph {current.describe()}; "
+                           f"before: {was}"))
+            if before is not None and before != current:
+                out.print(Text("  undo:     rebind it with the graph that ran it before: "
+                               + _command(ctx, ["rebind", "GRAPH"], db, name)), soft_wrap=True)
+    if refused:
+        sys.exit(EXIT_USAGE)

@@ -16,7 +16,7 @@ from ..terminal import safe, visible
 from .errors import EPILOG, EXIT_USAGE, CliError, library_errors
 from .options import DB_OPTION, Db, need_db, shown_db
 from .output import echo_json, err_console, new_table, out_console, show_id
-from .stores import bind_target, newest_records, open_store
+from .stores import bind_target, check_thread_graph, newest_records, open_store
 from .targets import load_graph
 
 
@@ -74,6 +74,8 @@ def prune(db: Db | None, keep_last: int | None, thread: str | None,
             newest_records(store, db, thread)
         if target is not None and keep_last is not None and not dry_run:
             app = bind_target(target, load_graph(target), store.saver)
+            if thread is not None:
+                check_thread_graph(app, thread, target, db)
             removed = app.prune(thread, keep_last=keep_last, finished_before=finished_before)
         else:
             removed = store.call(lambda: store.saver.prune(

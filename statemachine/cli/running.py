@@ -45,7 +45,7 @@ from .options import (
     with_options,
 )
 from .output import echo_json, err_console, shell_word, show_id, state_json
-from .stores import build_app, no_thread
+from .stores import build_app, check_thread_graph, no_thread
 
 RUN_OPTIONS = [
     click.option("--max-steps", type=click.IntRange(min=1), default=10_000, show_default=True,
@@ -80,6 +80,8 @@ def run(ctx: click.Context, target: str, input_: str, db: Db | None, thread: str
             thread = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
             if not quiet:
                 err_console().print(Text(f"thread {show_id(thread)}", style="dim"))
+        if thread is not None:
+            check_thread_graph(app, thread, target, db)
         if app.checkpointer is None and (app.spec.interrupt_before or app.spec.interrupt_after):
             err_console().print(Text("note: the graph has interrupts, which pause a run only with "
                                      "--db", style="yellow"))
@@ -108,6 +110,7 @@ def resume(ctx: click.Context, target: str, db: Db | None, thread: str, event: s
         app = build_app(target, db, stack, create=False)
         if app.checkpointer is None:
             raise CliError("resume needs --db FILE (where the run is stored)", EXIT_USAGE)
+        check_thread_graph(app, thread, target, db)
         snapshot = _latest(app, thread)
         if snapshot is None:
             raise no_thread(thread, app.threads(), db)

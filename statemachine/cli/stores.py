@@ -4,20 +4,25 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import click
+
 from checkpoints.base import Checkpointer, CheckpointRecord, ThreadInfo
 
 from .. import store_reader
+from .._sync import run_sync
 from ..compiled import CompiledGraph
-from ..errors import CheckpointError, GraphValidationError, closest_name
+from ..errors import CheckpointError, GraphMismatchError, GraphValidationError, closest_name
 from ..graph import StateGraph
-from ..store_reader import Store, bind_graph, listed
+from ..graph_binding import check_reader
+from ..store_reader import DEFAULT_SCHEMA, Store, bind_graph, listed
 from .errors import EXIT_NOT_FOUND, EXIT_USAGE, CliError, invalid
-from .options import Db, pg_schema, shown_db
-from .output import show_id
+from .options import Db, pg_schema, prog, shown_db
+from .output import shell_word, show_id
 from .targets import load_graph
 
 KNOWN_THREADS = 1000
@@ -30,6 +35,23 @@ def build_app(target: str, db: Db | None, stack: contextlib.ExitStack, *,
     graph = load_graph(target)
     saver = open_store(db, stack, create=create, **options).saver if db is not None else None
     return bind_target(target, graph, saver)
+
+
+def check_thread_graph(app: CompiledGraph, thread: str, target: str, db: Db | None) -> None:
+    """Say why not, before anything reads or runs `thread` through `app`, when the thread
+    is bound to another graph (`graph_binding`): CliError with the command that moves it."""
+    if app.checkpointer is None:
+        return
+    saver = app.checkpointer
+    try:
+        run_sync(lambda: check_reader(saver, thread, app.identity))
+    except GraphMismatchError as exc:
+        words = ["rebind", target] + (["--db", shown_db(db)] if db is not None else [])
+        if isinstance(db, str) and pg_schema() != DEFAULT_SCHEMA:
+            words += ["--schema", pg_schema()]
+        raise CliError(str(exc), EXIT_USAGE, hint="to move it to this graph on purpose: "
+                       f"{prog(click.get_current_context())} {shlex.join(words)} --thread "
+                       f"{shell_word(thread)}") from exc
 
 
 def bind_target(target: str, graph: StateGraph | CompiledGraph,

@@ -16,9 +16,10 @@ from .targets import load_graph
 
 @click.command(epilog=EPILOG)
 @DB_OPTION
-@click.option("--graph", "target", metavar="GRAPH",
+@click.option("--graph", "targets", metavar="GRAPH", multiple=True,
               help="The graph the threads ran: shows diagrams with the run path, exact states, "
-                   "and allows actions. Without it, no user code is imported.")
+                   "and allows actions; repeat it for several (each thread is shown with the "
+                   "one it is bound to). Without it, no user code is imported.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to listen on (loopback only by default).")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
@@ -29,7 +30,7 @@ from .targets import load_graph
 @click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
               help="Another host name the viewer answers to (repeatable); loopback names, "
                    "--host and this machine's names always are.")
-def ui(db: Db | None, target: str | None, host: str, port: int, allow_actions: bool,
+def ui(db: Db | None, targets: tuple[str, ...], host: str, port: int, allow_actions: bool,
        allow_hosts: tuple[str, ...]) -> None:
     """Serve a web viewer of the database's runs: threads, diagrams, timelines, states.
 
@@ -48,13 +49,13 @@ def ui(db: Db | None, target: str | None, host: str, port: int, allow_actions: b
                        EXIT_NOT_FOUND, hint="pip install 'statemachine[ui]'") from exc
     if isinstance(db, Path) and not db.is_file():
         raise no_file(db)
-    if allow_actions and target is None:
+    if allow_actions and not targets:
         raise CliError("--allow-actions needs --graph (resume and rollback run the graph)",
                        EXIT_USAGE)
-    graph = bind_target(target, load_graph(target), None) if target is not None else None
+    graphs = [(bind_target(target, load_graph(target), None), target) for target in targets]
     with library_errors():
-        app = create_app(db, graph=graph, graph_name=target, allow_actions=allow_actions,
-                         host=host, allow_hosts=allow_hosts, schema=pg_schema())
+        app = create_app(db, graphs=graphs, allow_actions=allow_actions, host=host,
+                         allow_hosts=allow_hosts, schema=pg_schema())
     err = err_console()
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(Text(f"warning: listening on {host}: anyone who can reach it can read every "
@@ -64,5 +65,6 @@ def ui(db: Db | None, target: str | None, host: str, port: int, allow_actions: b
     query = f"?token={app.state.token}" if app.state.token else ""  # actions need it
     err.print(Text.assemble(("statemachine ui: ", "bold"), f"http://{shown}:{port}/{query}",
                             (f"  ({db}, {'actions allowed' if allow_actions else 'read-only'}"
-                             f"{', graph ' + target if target else ''}; Ctrl-C stops)", "dim")))
+                             f"{', graph ' + ', '.join(targets) if targets else ''}; Ctrl-C "
+                             "stops)", "dim")))
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -19,7 +19,10 @@ unchanged thread or list answers 304 with no body, a changed one only the rows t
 
 Without a graph, everything comes from the stored records (no user code is imported); a
 checkpoint that stores no snapshot is shown as the nearest stored state plus the raw writes
-since. With a graph, states are rebuilt exactly through its reducers.
+since. With a graph, states are rebuilt exactly through its reducers. Given several graphs,
+each thread is read, drawn and acted on with the one it is bound to (`graph_binding`); a
+thread bound to none of them is shown from its records, with a note saying which graph ran
+it, and its actions answer 409 with the same reason.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
@@ -46,6 +49,7 @@ from checkpoints.base import Status
 from checkpoints.redaction import redact_dsn
 from statemachine.compiled import CompiledGraph
 from statemachine.errors import StateMachineError
+from statemachine.graph_binding import mismatch
 from statemachine.records import stored_writes
 from statemachine.store_reader import (
     DEFAULT_SCHEMA,
@@ -108,15 +112,17 @@ class Viewer:
     """What the endpoints read: the read-only store, and the graph when one was given."""
 
     def __init__(self, db: str | Path, *, graph: Any = None, graph_name: str | None = None,
-                 allow_actions: bool = False, schema: str = DEFAULT_SCHEMA) -> None:
+                 graphs: Sequence[tuple[Any, str]] = (), allow_actions: bool = False,
+                 schema: str = DEFAULT_SCHEMA) -> None:
         self.db = location(db)
         self.schema = schema
         self.store = open_store(self.db, schema=schema)
-        self.graph_name = graph_name
+        given = [*graphs, *([(graph, graph_name or "graph")] if graph is not None else [])]
+        self.graph_name = ", ".join(name for _, name in given) or None
         self.allow_actions = allow_actions
-        # the graph over the read-only store (history, get_state, diagram)
-        self.app = bind_graph(graph, self.store.saver) if graph is not None else None
-        self._actions_app: CompiledGraph | None = None
+        # the graphs over the read-only store (history, get_state, diagram), with their names
+        self.apps = [(bind_graph(g, self.store.saver), name) for g, name in given]
+        self._actions_apps: dict[int, CompiledGraph] = {}
         self._writer: Store | None = None  # the store actions write to
 
     def close(self) -> None:
@@ -124,13 +130,40 @@ class Viewer:
         if self._writer is not None:
             self._writer.close()
 
-    def actions_app(self) -> CompiledGraph:
-        """The graph on a writing checkpointer (made on the first action)."""
-        if self._actions_app is None:
-            assert self.app is not None
-            self._writer = open_store(self.db, schema=self.schema, read_only=False)
-            self._actions_app = bind_graph(self.app, self._writer.saver)
-        return self._actions_app
+    def graph_for(self, thread_id: str) -> tuple[int | None, str | None]:
+        """Which of the given graphs runs the thread (its index), or why none may: the thread
+        is bound to another graph (`graph_binding`). A thread never bound takes the first."""
+        if not self.apps:
+            return None, None
+        stored = self.store.graphs([thread_id]).get(thread_id)
+        if stored is None:
+            return 0, None
+        for index, (app, _) in enumerate(self.apps):
+            if mismatch(thread_id, stored, app.identity) is None:
+                return index, None
+        given = "; ".join(f"{name}: {app.identity.describe()}" for app, name in self.apps)
+        return None, (f"thread {thread_id!r} was run by graph {stored.describe()}, and the "
+                      f"viewer was given another ({given}). Start the viewer with --graph "
+                      "naming the graph that ran it (repeat --graph for several), or move the "
+                      "thread to one of these on purpose with `statemachine rebind`.")
+
+    def app_for(self, thread_id: str) -> CompiledGraph | None:
+        """The graph reading the thread (None: none given, or none of them ran it)."""
+        index, _ = self.graph_for(thread_id)
+        return None if index is None else self.apps[index][0]
+
+    def actions_app(self, thread_id: str) -> CompiledGraph:
+        """The graph that runs the thread, on a writing checkpointer (made on the first
+        action); a 409 saying why when no graph given runs it."""
+        index, why = self.graph_for(thread_id)
+        if index is None:
+            raise HTTPException(409, why or "actions need the graph: pass --graph "
+                                             "MODULE:ATTRIBUTE")
+        if index not in self._actions_apps:
+            if self._writer is None:
+                self._writer = open_store(self.db, schema=self.schema, read_only=False)
+            self._actions_apps[index] = bind_graph(self.apps[index][0], self._writer.saver)
+        return self._actions_apps[index]
 
     # -- reads (synchronous: the endpoints run them in the thread pool) ---------------------
 
@@ -192,11 +225,13 @@ class Viewer:
         if since is not None:
             gap = more and bool(page) and int(page[-1].id) > int(since)
             page, more = [r for r in page if int(r.id) >= int(since)], False
+        index, why = self.graph_for(thread_id)
         return {"thread": head,
                 "checkpoints": checkpoint_rows(self.store, thread_id, page, records,
                                                timings=True),
                 "before": page[-1].id if more and page else None, "gap": gap,
-                "latest": latest.id, "graph": self.graph_name,
+                "latest": latest.id,
+                "graph": None if index is None else self.apps[index][1], "graph_note": why,
                 "allow_actions": self.allow_actions, "version": version}
 
     def checkpoint(self, thread_id: str, checkpoint_id: str) -> dict[str, Any]:
@@ -216,23 +251,25 @@ class Viewer:
             "writes": stored_writes(record, parent, pending),
             "pending_writes": {w.node: json.loads(w.writes)
                                for w in pending.get(record.id, [])}}
-        state, exact = state_at(thread_id, chain, self.app)
+        app = self.app_for(thread_id)
+        state, exact = state_at(thread_id, chain, app)
         result["state"], result["exact"] = state, exact
         if before is None:
             result["diff"] = None
         else:
-            earlier, earlier_exact = state_at(thread_id, before, self.app)
+            earlier, earlier_exact = state_at(thread_id, before, app)
             result["diff"] = json_diff(earlier, state) if exact and earlier_exact else None
         return result
 
     def diagram(self, thread_id: str) -> bytes:
         import visualize
 
-        if self.app is None:
-            raise HTTPException(409, "pass --graph MODULE:ATTRIBUTE to see the diagram")
         self.latest(thread_id)
+        index, why = self.graph_for(thread_id)
+        if index is None:
+            raise HTTPException(409, why or "pass --graph MODULE:ATTRIBUTE to see the diagram")
         try:
-            svg = visualize.render_bytes(self.app, "svg", thread_id=thread_id)
+            svg = visualize.render_bytes(self.apps[index][0], "svg", thread_id=thread_id)
         except visualize.GraphvizNotFoundError as exc:
             raise HTTPException(501, str(exc)) from exc
         try:  # whatever stored text slipped into it must not reach the page as markup
@@ -281,8 +318,9 @@ def _checkpoint_param(query: Any, name: str) -> str | None:
 
 
 def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = None,
-               allow_actions: bool = False, host: str = "127.0.0.1",
-               allow_hosts: Iterable[str] = (), schema: str = DEFAULT_SCHEMA) -> Starlette:
+               graphs: Sequence[tuple[Any, str]] = (), allow_actions: bool = False,
+               host: str = "127.0.0.1", allow_hosts: Iterable[str] = (),
+               schema: str = DEFAULT_SCHEMA) -> Starlette:
     """The viewer as an ASGI application (uvicorn runs it: see `statemachine ui`). `db` is a
     SQLite file or a PostgreSQL URL (tables in `schema`).
 
@@ -290,8 +328,8 @@ def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = No
     this machine's names, `allow_hosts`). Listening beyond loopback with actions on, actions
     also need `app.state.token` (print it for the user: the page takes it from ?token=).
     """
-    viewer = Viewer(db, graph=graph, graph_name=graph_name, allow_actions=allow_actions,
-                    schema=schema)
+    viewer = Viewer(db, graph=graph, graph_name=graph_name, graphs=graphs,
+                    allow_actions=allow_actions, schema=schema)
     token = secrets.token_urlsafe(32) if allow_actions and not is_loopback(host) else None
 
     async def off_loop(fn: Callable[..., Any], *args: Any) -> Any:
@@ -360,13 +398,13 @@ def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = No
             raise HTTPException(403, "read-only viewer: start it with --allow-actions to "
                                      "resume or roll back runs")
         check_action_request(request, token)
-        if viewer.app is None:
+        if not viewer.apps:
             raise HTTPException(409, "actions need the graph: pass --graph MODULE:ATTRIBUTE")
         options = await action_options(request, name)
         await off_loop(viewer.latest, thread_id)
+        app = await off_loop(viewer.actions_app, thread_id)
 
         def run() -> dict[str, Any]:
-            app = viewer.actions_app()
             target = thread_id
             try:
                 if name == "resume":

@@ -270,7 +270,7 @@ async function renderThread(data) {
 async function renderDiagram(data) {
   const box = $("diagram");
   if (!data.graph) {
-    box.replaceChildren(el("p", { class: "note", id: "diagram-note" },
+    box.replaceChildren(el("p", { class: "note", id: "diagram-note" }, data.graph_note ||
       "No diagram: pass --graph MODULE:ATTRIBUTE to `statemachine ui` to see the diagram " +
       "with this run's path (diagrams need the graph; the rest of this page reads only the " +
       "database)."));
