@@ -113,6 +113,8 @@ class Statements:
         self.list_pending = d.render(
             "SELECT checkpoint, node, idx, writes, meta FROM pending_writes WHERE "
             f"{d.in_list('checkpoint', 'ids')} ORDER BY checkpoint, node, idx")
+        self.thread_graph = d.render(
+            "SELECT thread_id, graph FROM threads WHERE thread_id = :thread AND graph IS NOT NULL")
         self.thread_graphs = d.render(
             "SELECT thread_id, graph FROM threads WHERE graph IS NOT NULL AND "
             f"{d.in_list('thread_id', 'threads')}")

@@ -220,9 +220,14 @@ class SQLCheckpointer(Checkpointer):
     async def thread_graphs(self, thread_ids: Sequence[str]) -> dict[str, str]:
         if not thread_ids or not self._records_graphs:
             return {}
-        rows = await self._fetchall(
-            "read which graph runs each thread", self._sql.thread_graphs,
-            {"threads": self._sql.dialect.array(list(thread_ids))})
+        if len(thread_ids) == 1:  # every run asks for its own thread's
+            rows = await self._fetchall(
+                f"read which graph runs thread {thread_ids[0]!r}", self._sql.thread_graph,
+                {"thread": thread_ids[0]})
+        else:
+            rows = await self._fetchall(
+                "read which graph runs each thread", self._sql.thread_graphs,
+                {"threads": self._sql.dialect.array(list(thread_ids))})
         return {str(thread): str(graph) for thread, graph in rows}
 
     async def threads(self, *, limit: int | None = None, offset: int = 0,

@@ -16,6 +16,7 @@ of the same name).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -48,12 +49,18 @@ class GraphIdentity:
     class name: only given names tell graphs apart (renaming a model is not a new graph)."""
 
     def encode(self) -> str:
-        return json.dumps({"name": self.name, "fingerprint": self.fingerprint,
-                           "nodes": list(self.nodes), "named": self.named},
-                          separators=(",", ":"))
+        return _encoded(self)
 
     def describe(self) -> str:
         return f"{self.name!r} (structure {self.fingerprint})"
+
+
+@functools.cache
+def _encoded(identity: GraphIdentity) -> str:
+    """An identity as stored (made once: every run compares the stored text with it)."""
+    return json.dumps({"name": identity.name, "fingerprint": identity.fingerprint,
+                       "nodes": list(identity.nodes), "named": identity.named},
+                      separators=(",", ":"))
 
 
 def identity_of(spec: GraphSpec, name: str, *, named: bool = True) -> GraphIdentity:
@@ -121,11 +128,13 @@ async def check_binding(saver: Checkpointer, thread_id: str, owner: Owner,
     """Under the thread's lease (`owner`): bind a thread never bound to `current`, or raise
     `GraphMismatchError` if it is bound to another graph (nothing is written then). A thread
     with no checkpoint (a first run refused its input, say) is anyone's."""
-    stored = await stored_identity(saver, thread_id)
-    if stored is None:
+    text = (await saver.thread_graphs([thread_id])).get(thread_id)
+    if text is None:
         await saver.bind_graph(thread_id, owner, current.encode())
         return
-    error = refusal(thread_id, stored, current)
+    if text == current.encode():  # the common case, without decoding
+        return
+    error = refusal(thread_id, decode_identity(text, thread_id), current)
     if error is not None and not await saver.list(thread_id, limit=1):
         await saver.bind_graph(thread_id, owner, current.encode())
     elif error is not None:
