@@ -375,9 +375,22 @@ def test_actions_fork_and_edit_a_thread_from_the_page(prepared, tmp_path, page):
         expect(page.locator("#action-result")).to_contain_text("update: interrupted")
         page.click("#resume")
         expect(page.locator("#thread-status")).to_have_text("done")
+
+        page.goto(s.url + "/#/thread/order-done")
+        page.wait_for_selector("#actions:not([hidden]) #delete")
+        page.once("dialog", lambda dialog: dialog.dismiss())  # asked first: nothing happens
+        page.click("#delete")
+        assert s.get("/api/threads/order-done").status_code == 200
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#delete")
+        page.wait_for_selector("#list-view:not([hidden])")
+        expect(page.locator("#threads")).to_contain_text("order-held")
+        expect(page.locator("#threads")).not_to_contain_text("order-done")
+        assert s.get("/api/threads/order-done").status_code == 404
     finally:
         s.stop()
-    assert {t["thread_id"]: t["status"] for t in _threads_json(db)}["order-failed"] == "done"
+    threads = {t["thread_id"]: t["status"] for t in _threads_json(db)}
+    assert threads["order-failed"] == "done" and "order-done" not in threads
 
 
 def _threads_json(db: Path) -> list[dict]:

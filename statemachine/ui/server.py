@@ -13,6 +13,7 @@
     POST /api/threads/{id}/resume | /rollback        only with allow_actions (and a graph)
     POST /api/threads/{id}/update  {"values": {...}, "as_node"?, "checkpoint"?}   (the same)
     POST /api/threads/{id}/fork    {"checkpoint": "7", "to"?: "new-thread"}         (the same)
+    POST /api/threads/{id}/delete                    the thread and its subgraph threads (the same)
 
 The page polls every second: with `since` and the ETag of its last answer (If-None-Match), an
 unchanged thread or list answers 304 with no body, a changed one only the rows that changed.
@@ -70,7 +71,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 STATUSES: tuple[str, ...] = get_args(Status)
 _BAD_ID = re.compile(r"[\x00-\x1f\x7f/\\]")
 PAGE, MAX_PAGE = 100, 1000  # rows per page: by default, and at most
-ACTIONS = ("resume", "rollback", "update", "fork")
+ACTIONS = ("resume", "rollback", "update", "fork", "delete")
 MAX_ACTION_BODY = 1_000_000  # bytes of an update's values
 SINCE_MARGIN = 2.0  # seconds a poll looks back before its cursor (see Viewer.threads)
 
@@ -164,6 +165,18 @@ class Viewer:
                 self._writer = open_store(self.db, schema=self.schema, read_only=False)
             self._actions_apps[index] = bind_graph(self.apps[index][0], self._writer.saver)
         return self._actions_apps[index]
+
+    def delete(self, thread_id: str) -> dict[str, Any]:
+        """Delete the thread with its subgraph threads (a live run's thread is refused)."""
+        if self._writer is None:
+            self._writer = open_store(self.db, schema=self.schema, read_only=False)
+        writer = self._writer
+        removed = writer.call(lambda: writer.saver.delete_thread(thread_id))
+        if thread_id in removed.skipped:
+            raise HTTPException(409, f"thread {thread_id!r} is held by a live run; it was not "
+                                     "deleted")
+        return {"action": "delete", "thread_id": thread_id, "threads": list(removed.threads),
+                "checkpoints": sum(removed.checkpoints.values())}
 
     # -- reads (synchronous: the endpoints run them in the thread pool) ---------------------
 
@@ -402,6 +415,8 @@ def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = No
             raise HTTPException(409, "actions need the graph: pass --graph MODULE:ATTRIBUTE")
         options = await action_options(request, name)
         await off_loop(viewer.latest, thread_id)
+        if name == "delete":  # storage alone: any graph's thread may go
+            return JSONResponse(await off_loop(viewer.delete, thread_id))
         app = await off_loop(viewer.actions_app, thread_id)
 
         def run() -> dict[str, Any]:

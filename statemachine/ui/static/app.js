@@ -385,6 +385,12 @@ async function act(name, payload) {
     }
     const body = await api(`/api/threads/${encodeURIComponent(state.threadId)}/${name}`,
       options);
+    if (name === "delete") {
+      result.textContent = `deleted: ${body.checkpoints} checkpoints of ${body.threads.length} ` +
+        "thread(s)";
+      location.hash = "#/";
+      return;
+    }
     result.textContent = `${name}: ${body.status} at step ${body.step}, checkpoint ` +
       `${body.checkpoint_id}` + (body.error ? ` (${firstLine(body.error)})` : "");
     Object.assign(state, { followLatest: true, version: null, etag: null });
@@ -412,6 +418,11 @@ async function start() {
   $("older-checkpoints").addEventListener("click", olderCheckpoints);
   $("resume").addEventListener("click", () => act("resume"));
   $("rollback").addEventListener("click", () => act("rollback"));
+  $("delete").addEventListener("click", () => {
+    const question = `Delete thread ${state.threadId} and every checkpoint of it? ` +
+      "This cannot be undone.";
+    if (confirm(question)) act("delete");
+  });
   $("fork").addEventListener("click", () => {
     if (state.selected) act("fork", { checkpoint: state.selected });
     else $("action-result").textContent = "select a checkpoint in the timeline first";
