@@ -254,3 +254,34 @@ def test_a_new_version_is_refused_with_the_rebind_command_and_rebind_moves_threa
     assert old.returncode == USAGE and "nodes removed: audit" in old.stderr
     usage = cli("rebind", "tests.cli_graphs:shipping_v2", "--db", str(db))
     assert usage.returncode == USAGE and "--thread ID, or pass --all" in usage.stderr
+
+
+def test_a_thread_poisoned_by_a_bad_event_is_forked_at_its_pause_and_given_a_good_one(tmp_path):
+    """A bad event fails the waiting node, and every resume delivers it again. The pause is
+    still its own checkpoint: fork there, and the thread waits for the event anew."""
+    db, graph = tmp_path / "runs.db", "tests.cli_graphs:approval"
+    paused = cli("run", graph, "--db", str(db), "--thread", "a", "--input",
+                 '{"request": "laptop"}')
+    assert paused.returncode == OK, paused.stderr
+    poisoned = cli("resume", graph, "--db", str(db), "--thread", "a", "--event",
+                   '{"approval": "yes"}')  # the node wants {"ok": ...}
+    assert poisoned.returncode == RUN_FAILED and "TypeError" in poisoned.stderr
+    again = cli("resume", graph, "--db", str(db), "--thread", "a")
+    assert again.returncode == RUN_FAILED and "TypeError" in again.stderr  # still poisoned
+    rows = json.loads(cli("history", "--db", str(db), "--thread", "a", "--json").stdout)
+    assert [(r["kind"], r["status"]) for r in rows] == [
+        ("resume", "failed"), ("event", "failed"), ("step", "interrupted"), ("input", "running")]
+    pause = rows[2]
+    assert pause["waits_for"] == ["approval"] and pause["error"] is None
+
+    forked = cli("fork", graph, "--db", str(db), "--thread", "a", "--checkpoint",
+                 pause["checkpoint_id"])
+    assert forked.returncode == OK, forked.stderr
+    waiting = run_words(printed(forked.stdout, "continue"))
+    assert waiting.returncode == OK, waiting.stderr
+    assert "waiting for event 'approval'" in waiting.stderr
+    done = cli("resume", graph, "--db", str(db), "--thread", "a", "--event",
+               '{"approval": {"ok": true}}')
+    assert done.returncode == OK, done.stderr
+    assert json.loads(done.stdout) == {"request": "laptop", "approved": True,
+                                       "log": ["submitted laptop", "decided"]}
