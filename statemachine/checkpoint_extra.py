@@ -30,8 +30,11 @@ class CheckpointExtra:
     """On a checkpoint where a rollback stopped: the task whose compensation failed (its error
     is the checkpoint's error)."""
     carried: list[list[Any]] = field(default_factory=list)
-    """[node, index, update] of finished tasks that update_state carried onto this checkpoint
-    (the step it edits still runs its other tasks)."""
+    """[node, index, update] of finished tasks carried onto this checkpoint by update_state or
+    by a resume (the step still runs its other tasks)."""
+    carried_meta: dict[TaskKey, dict[str, Any]] = field(default_factory=dict)
+    """What those tasks decided besides their update, as their pending writes kept it
+    (`Command` targets, attempts, a cache hit)."""
     origin: str | None = None
     """Set by update_state: the checkpoint the due tasks were scheduled at (their ids)."""
     joins: dict[int, set[str]] = field(default_factory=dict)
@@ -61,6 +64,8 @@ class CheckpointExtra:
             out["undo_failed"] = list(self.undo_failed)
         if self.carried:
             out["carried"] = self.carried
+        if self.carried_meta:
+            out["carried_meta"] = {f"{n}|{i}": m for (n, i), m in self.carried_meta.items()}
         if self.origin is not None:
             out["origin"] = self.origin
         joins = {str(k): sorted(v) for k, v in self.joins.items() if v}
@@ -120,6 +125,12 @@ def decode_extra(text: str | None) -> CheckpointExtra:
             extra.undo_failed = (int(step), str(node), int(index))
         elif key == "carried":
             extra.carried = [list(w) for w in value]
+        elif key == "carried_meta":
+            carried_meta = {}
+            for task, meta in value.items():
+                node, _, index = task.rpartition("|")
+                carried_meta[(node, int(index))] = dict(meta)
+            extra.carried_meta = carried_meta
         elif key == "origin":
             extra.origin = str(value)
         elif key == "joins":

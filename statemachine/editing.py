@@ -8,7 +8,6 @@ the thread stays where it was: the same tasks stay due, with the same ids.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,7 @@ from .graph_binding import check_binding, check_reader
 from .messages import not_found
 from .records import Task, decode_tasks, encode_tasks
 from .routing import next_tasks
-from .run_start import stored_results
+from .run_start import carried_on, stored_results
 from .types import Snapshot
 
 if TYPE_CHECKING:
@@ -78,9 +77,7 @@ async def update_state(executor: Executor, thread_id: str, values: Any, *,
         else:
             step, next_json, status, error = head.step, head.next, head.status, head.error
             # the same tasks stay due: they keep their ids (idempotency keys)
-            extra = CheckpointExtra(
-                carried=[*head_extra.carried, *([w.node, w.index, json.loads(w.writes)]
-                                                for w in chain.pending.get(head.id, []))],
+            extra = carried_on(head_extra, chain.pending.get(head.id, [])).copy(
                 origin=head_extra.origin or head.id, joins=head_extra.joins,
                 interrupt=head_extra.interrupt, failed=head_extra.failed)
         writes = spec.schema.encode_writes([(writer, index, encoded)])

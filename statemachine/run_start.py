@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
-from checkpoints.base import FINISHED, Chain, CheckpointRecord, NewCheckpoint
+from checkpoints.base import FINISHED, Chain, CheckpointRecord, NewCheckpoint, PendingWrite
 
 from .checkpoint_extra import CheckpointExtra, extra_of
 from .constants import CONTINUATIONS, INPUT, START
@@ -122,11 +122,10 @@ async def _continue(run: Run, kind: str, answers: dict[tuple[str, int], list[Any
     head, committer = run.head_record, run.committer
     assert head is not None and committer is not None
     kept = run.head_extra
-    extra = CheckpointExtra(
-        carried=[*kept.carried, *([w.node, w.index, json.loads(w.writes)]
-                                  for w in run.head_pending)],
+    # an operator's go-ahead past an interrupt_before stays given (an edit keeps it too)
+    extra = carried_on(kept, run.head_pending).copy(
         origin=kept.origin or head.id, joins=kept.joins, answers=dict(answers),
-        other=kept.other)
+        interrupt="before" if kept.interrupt == "before" else None, other=kept.other)
     await committer.put(NewCheckpoint(
         parent_id=head.id, step=head.step, kind=kind, status="running", next=head.next,
         snapshot=committer.snapshot_if_due(0, True, run.state), extra=extra.encode(),
@@ -173,10 +172,12 @@ def stored_results(executor: Executor, head: CheckpointRecord, chain: Chain) -> 
     schema = executor.spec.schema
     results = StepResults()
     thread_id = head.thread_id
+    carried_meta = extra_of(head).carried_meta
     for node, index, update in executor.replayer.carried_writes(head):
         results.pending[(node, index)] = update
         results.encoded[(node, index)] = schema.encode_update(
             update, node=node, step=head.step, thread_id=thread_id)
+        _keep_meta(results, (node, index), carried_meta.get((node, index)))
     for write in chain.pending.get(head.id, []):
         key = (write.node, write.index)
         try:
@@ -184,10 +185,23 @@ def stored_results(executor: Executor, head: CheckpointRecord, chain: Chain) -> 
         except (ValidationError, UnknownStoredFields) as exc:
             raise stale(head, exc) from exc
         results.encoded[key] = write.writes
-        if write.meta:
-            meta = json.loads(write.meta)
-            results.meta[key] = meta
-            if "goto" in meta:
-                results.gotos[key] = decode_goto(meta["goto"])
+        _keep_meta(results, key, json.loads(write.meta) if write.meta else None)
     results.committed = set(results.pending)
     return results
+
+
+def _keep_meta(results: StepResults, key: tuple[str, int], meta: dict[str, Any] | None) -> None:
+    if meta:
+        results.meta[key] = meta
+        if "goto" in meta:
+            results.gotos[key] = decode_goto(meta["goto"])
+
+
+def carried_on(extra: CheckpointExtra, pending: list[PendingWrite]) -> CheckpointExtra:
+    """What a checkpoint continuing a step carries of it: the work the step's checkpoint
+    carried and its pending writes, with what those tasks decided (`Command` targets)."""
+    meta = dict(extra.carried_meta)
+    meta.update(((w.node, w.index), json.loads(w.meta)) for w in pending if w.meta)
+    return CheckpointExtra(
+        carried=[*extra.carried, *([w.node, w.index, json.loads(w.writes)] for w in pending)],
+        carried_meta=meta)

@@ -153,3 +153,110 @@ def test_the_step_numbers_a_run_prints_are_those_of_its_history(tmp_path):
     [failed_row] = [r for r in rows if r["status"] == "failed"]
     assert failed_row["step"] == int(failure.group(1))
     assert failed_row["failed_nodes"] == ["charge"]
+
+
+def test_a_command_of_a_finished_task_survives_two_failures_of_its_step(tmp_path):
+    """The kept work a resume carries includes what the task decided: a's Command(goto='x')
+    still routes after b failed twice (and after a kill while b re-ran, see test_crash)."""
+    from statemachine import Command
+
+    fails = {"b": 2}
+
+    def b(state: S) -> dict:
+        if fails["b"]:
+            fails["b"] -= 1
+            raise RuntimeError("b down")
+        return {"log": ["b"]}
+
+    g = StateGraph(S)
+    g.add_node("a", lambda state: Command(update={"log": ["a"]}, goto="x"),
+               destinations=("x",))
+    g.add_node("b", b)
+    g.add_node("x", lambda state: {"log": ["x"]})
+    g.add_edge(START, "a")
+    g.add_edge(START, "b")
+    g.add_edge("b", END)
+    g.add_edge("x", END)
+    with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
+        app = g.compile(checkpointer=saver)
+        for attempt in (lambda: app.invoke({}, thread_id="t"), lambda: app.resume("t")):
+            with pytest.raises(RuntimeError):
+                attempt()
+        assert sorted(app.resume("t").log) == ["a", "b", "x"]
+
+
+def test_an_approved_step_edited_after_it_failed_does_not_ask_again(tmp_path):
+    fail = {"b": True}
+
+    def b(state: S) -> dict:
+        if fail["b"]:
+            raise ValueError("negative amount")
+        return {"log": ["b"]}
+
+    g = StateGraph(S)
+    g.add_node("a", lambda state: {"log": ["a"]})
+    g.add_node("b", b)
+    g.add_edge(START, "a")
+    g.add_edge("a", "b")
+    g.add_edge("b", END)
+    with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
+        app = g.compile(checkpointer=saver, interrupt_before=["b"])
+        app.invoke({}, thread_id="t")  # paused before b
+        with pytest.raises(ValueError):
+            app.resume("t")  # approved: b runs and fails
+        app.update_state("t", {"log": ["fixed"]})
+        fail["b"] = False
+        final = app.resume("t")
+        assert app.get_state("t").status == "done" and final.log == ["a", "fixed", "b"]
+
+
+CHILD = """
+import operator, os, sys
+from typing import Annotated
+from pydantic import BaseModel
+from checkpoints import SQLiteCheckpointer
+from statemachine import END, START, Command, RunContext, StateGraph
+
+class S(BaseModel):
+    log: Annotated[list[str], operator.add] = []
+
+def b(state, ctx: RunContext):
+    print(ctx.task_id, flush=True)
+    if sys.argv[2] == "fail":
+        raise RuntimeError("b down")
+    if sys.argv[2] == "kill":
+        os._exit(9)
+    return {"log": ["b"]}
+
+g = StateGraph(S)
+g.add_node("a", lambda s: Command(update={"log": ["a"]}, goto="x"), destinations=("x",))
+g.add_node("b", b)
+g.add_node("x", lambda s: {"log": ["x"]})
+g.add_edge(START, "a"); g.add_edge(START, "b"); g.add_edge("x", END); g.add_edge("b", END)
+app = g.compile(checkpointer=SQLiteCheckpointer(sys.argv[1]))
+if sys.argv[2] == "fail":
+    try:
+        app.invoke({}, thread_id="t")
+    except RuntimeError:
+        pass
+else:
+    print(sorted(app.resume("t").log), flush=True)
+"""
+
+
+def test_a_process_killed_after_its_resume_checkpoint_loses_no_kept_work(tmp_path):
+    """A real process is killed while the resumed step runs (its 'resume' checkpoint is
+    committed): the next resume applies a's kept work once, with its Command, and b keeps
+    its task id throughout."""
+    db = tmp_path / "runs.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def child(mode: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", CHILD, str(db), mode], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    failed, killed, done = child("fail"), child("kill"), child("done")
+    assert killed.returncode == 9 and done.returncode == 0, done.stderr
+    ids = {failed.stdout.split()[0], killed.stdout.split()[0], done.stdout.splitlines()[0]}
+    assert len(ids) == 1
+    assert done.stdout.splitlines()[1] == "['a', 'b', 'x']"
