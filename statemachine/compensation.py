@@ -21,8 +21,8 @@ from checkpoints.base import Checkpointer, CheckpointRecord, NewCheckpoint, Owne
 
 from .calls import call_user_function
 from .checkpoint_extra import CheckpointExtra, extra_of
-from .errors import ThreadNotFoundError, ThreadStateError
-from .graph_binding import check_binding
+from .errors import StateMachineError, ThreadNotFoundError, ThreadStateError
+from .graph_binding import bind, check_binding
 from .types import RunContext, task_id
 
 if TYPE_CHECKING:
@@ -43,9 +43,18 @@ async def rollback(executor: Executor, thread_id: str, *, saver: Checkpointer,
     if not held:
         await saver.acquire(thread_id, owner)
     try:
-        if not held:  # a run rolling itself back checked when it started
-            await check_binding(saver, thread_id, owner, executor.identity)
-        return await _rollback(executor, thread_id, saver, owner)
+        if held:  # a run rolling itself back: checked (and bound) by the run
+            return await _rollback(executor, thread_id, saver, owner)
+        unbound = await check_binding(saver, thread_id, executor.identity)
+        try:
+            state = await _rollback(executor, thread_id, saver, owner)
+        except StateMachineError:
+            raise  # refused before anything was written
+        except Exception:
+            await bind(saver, thread_id, owner, executor.identity, unbound)  # a compensation
+            raise
+        await bind(saver, thread_id, owner, executor.identity, unbound)
+        return state
     finally:
         if not held:
             await saver.release(thread_id, owner)

@@ -17,7 +17,7 @@ from .checkpoint_extra import CheckpointExtra, extra_of
 from .committer import counted, holding
 from .constants import UPDATE
 from .errors import ThreadStateError, did_you_mean
-from .graph_binding import check_binding, check_reader
+from .graph_binding import bind, check_binding, check_reader
 from .messages import not_found
 from .records import Task, decode_tasks, encode_tasks
 from .routing import next_tasks
@@ -38,7 +38,7 @@ async def update_state(executor: Executor, thread_id: str, values: Any, *,
             f"update_state(as_node={as_node!r}): no such node"
             f"{did_you_mean(as_node, list(spec.nodes))}; nodes: {', '.join(spec.nodes)}.")
     async with holding(saver, thread_id) as owner:
-        await check_binding(saver, thread_id, owner, executor.identity)
+        unbound = await check_binding(saver, thread_id, executor.identity)
         loaded = await executor.load_state(saver, thread_id, checkpoint_id, own=True)
         if loaded is None:
             raise not_found(thread_id, checkpoint_id)
@@ -89,6 +89,7 @@ async def update_state(executor: Executor, thread_id: str, values: Any, *,
             parent_id=head.id, step=step, kind=kind, status=status, next=next_json,
             writes=writes, snapshot=snapshot, extra=extra.encode(),
             error=error, created_at=created))
+        await bind(saver, thread_id, owner, executor.identity, unbound)
         if executor.remember_states:
             executor.states.put(thread_id, new_id, created, new_state, cost)
     return await executor.get_state(thread_id, new_id, blocking=blocking)
@@ -113,7 +114,7 @@ async def fork(executor: Executor, thread_id: str, checkpoint_id: str, *,
     async with holding(saver, target) as owner:
         if to_thread is not None:  # the source is only read: it must be this graph's
             await check_reader(saver, thread_id, executor.identity)
-        await check_binding(saver, target, owner, executor.identity)
+        unbound = await check_binding(saver, target, executor.identity)
         loaded = await executor.load_state(saver, thread_id, checkpoint_id, own=False)
         if loaded is None:
             raise not_found(thread_id, checkpoint_id)
@@ -132,4 +133,5 @@ async def fork(executor: Executor, thread_id: str, checkpoint_id: str, *,
             parent_id=source.id if to_thread is None else None, step=source.step, kind="fork",
             status="interrupted" if source.next != "[]" else "done", next=source.next,
             snapshot=snapshot, extra=extra.encode(), created_at=created))
+        await bind(saver, target, owner, executor.identity, unbound)
     return await executor.get_state(target, new_id, blocking=blocking)

@@ -123,22 +123,28 @@ def mismatch(thread_id: str, stored: GraphIdentity, current: GraphIdentity) -> s
             f"--db ... --thread {thread_id}.")
 
 
-async def check_binding(saver: Checkpointer, thread_id: str, owner: Owner,
-                        current: GraphIdentity) -> None:
-    """Under the thread's lease (`owner`): bind a thread never bound to `current`, or raise
-    `GraphMismatchError` if it is bound to another graph (nothing is written then). A thread
-    with no checkpoint (a first run refused its input, say) is anyone's."""
+async def check_binding(saver: Checkpointer, thread_id: str, current: GraphIdentity) -> bool:
+    """Raise `GraphMismatchError` if `thread_id` is bound to another graph than `current`;
+    whether `current` should bind it once it wrote to it (`bind`): the thread was never
+    bound (a new thread, or one stored before threads recorded their graph), or has no
+    checkpoint (a first run refused its input, say), which makes it anyone's. Writes nothing:
+    a run or edit refused later must not bind the thread to the graph it refused."""
     text = (await saver.thread_graphs([thread_id])).get(thread_id)
     if text is None:
-        await saver.bind_graph(thread_id, owner, current.encode())
-        return
+        return True
     if text == current.encode():  # the common case, without decoding
-        return
+        return False
     error = refusal(thread_id, decode_identity(text, thread_id), current)
-    if error is not None and not await saver.list(thread_id, limit=1):
-        await saver.bind_graph(thread_id, owner, current.encode())
-    elif error is not None:
+    if error is not None and await saver.list(thread_id, limit=1):
         raise error
+    return error is not None
+
+
+async def bind(saver: Checkpointer, thread_id: str, owner: Owner, current: GraphIdentity,
+               needed: bool) -> None:
+    """Bind the held thread to `current` when `check_binding` said it should."""
+    if needed:
+        await saver.bind_graph(thread_id, owner, current.encode())
 
 
 async def check_reader(saver: Checkpointer, thread_id: str, current: GraphIdentity) -> None:

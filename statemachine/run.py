@@ -35,7 +35,7 @@ from .errors import (
     ThreadBusyError,
     ThreadStateError,
 )
-from .graph_binding import check_binding
+from .graph_binding import bind, check_binding
 from .messages import needs_checkpointer
 from .mutation import Fingerprint, mutated
 from .records import Task
@@ -125,11 +125,12 @@ class Run:
         await self.saver.acquire(self.thread_id, self.owner)
         failure: BaseException | None = None
         try:
-            if self.executor.binds_threads:
-                await check_binding(self.saver, self.thread_id, self.owner,
-                                    self.executor.identity)
+            identity = self.executor.identity
+            unbound = self.executor.binds_threads and \
+                await check_binding(self.saver, self.thread_id, identity)
             await start_on_thread(self, input, checkpoint_id, resume)
             await deliver(self, event)
+            await bind(self.saver, self.thread_id, self.owner, identity, unbound)
             async for step_event in self.steps():
                 yield step_event
             if self.executor.remember_states and committer.head_id is not None:

@@ -19,6 +19,7 @@ from checkpoints import SQLiteCheckpointer
 from statemachine import (
     END,
     START,
+    CheckpointError,
     GraphMismatchError,
     StateGraph,
     ThreadNotFoundError,
@@ -189,3 +190,24 @@ def test_a_default_name_does_not_tell_graphs_apart_only_their_structure(tmp_path
         assert renamed.invoke({}, thread_id="o-1").log == ["charged", "charged"]
         with pytest.raises(GraphMismatchError, match="nodes added: audit"):
             orders(audit=True).compile(checkpointer=saver).invoke({}, thread_id="o-1")
+
+
+def test_a_refused_run_or_edit_does_not_bind_an_old_thread_to_its_graph(tmp_path):
+    """A thread stored before binding is bound by the first graph that writes to it, not by
+    one that was refused: the graph that ran it can still continue it."""
+    from data.make_schema4_fixture import graph
+
+    path = tmp_path / "old.db"
+    shutil.copy(DATA / "schema4_chat.db", path)
+    with SQLiteCheckpointer(path) as saver:
+        strangers = orders().compile(checkpointer=saver, name="orders")
+        with pytest.raises(CheckpointError, match="fields 'messages', 'turns'"):
+            strangers.update_state("chat", {"fail": True})  # its states are not ours
+        with pytest.raises(CheckpointError, match="field 'messages'"):
+            strangers.rollback("chat")
+        assert asyncio.run(saver.thread_graphs(["chat"])) == {}
+        own = graph().compile(checkpointer=saver, name="chat")
+        assert own.invoke({"messages": ["again"]}, thread_id="chat").messages[-1] == \
+            "done part 2"
+        with pytest.raises(GraphMismatchError):
+            strangers.update_state("chat", {"fail": True})
