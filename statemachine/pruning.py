@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from checkpoints.base import FINISHED, Checkpointer, Owner, Removed
 
 from .committer import release_after
-from .errors import ThreadBusyError
+from .errors import CheckpointError, ThreadBusyError
+from .graph_binding import decode_identity, mismatch
 
 if TYPE_CHECKING:
     from .executor import Executor
@@ -32,8 +33,9 @@ async def prune(executor: Executor, saver: Checkpointer, thread_id: str | None, 
                 keep_last: int | None, finished_before: float | None,
                 dry_run: bool) -> Removed:
     """The store's `prune`, after giving the oldest checkpoint each trimmed thread keeps a
-    snapshot. A subgraph's thread is left to the store's own rules: its states are of the
-    subgraph's model, which this executor does not write."""
+    snapshot. Only threads bound to this graph get one (`graph_binding`): another graph's
+    states, rebuilt through this one's reducers, would be wrong. The others, and a subgraph's
+    threads (of the subgraph's model), are left to the store's own rules, which keep more."""
     if keep_last is not None and keep_last >= 1 and not dry_run:
         if thread_id is not None:
             chosen = [] if "::" in thread_id else [thread_id]
@@ -42,8 +44,10 @@ async def prune(executor: Executor, saver: Checkpointer, thread_id: str | None, 
                       if "::" not in t.thread_id and (finished_before is None or (
                           t.status in FINISHED
                           and t.updated_at < finished_before))]
+        bound = await saver.thread_graphs(chosen)
         for thread in chosen:
-            await _snapshot_oldest_kept(executor, saver, thread, keep_last)
+            if thread in bound and _ours(executor, thread, bound[thread]):
+                await _snapshot_oldest_kept(executor, saver, thread, keep_last)
     removed = await saver.prune(thread_id=thread_id, keep_last=keep_last,
                                 finished_before=finished_before, dry_run=dry_run)
     _forget(executor, removed)
@@ -72,6 +76,17 @@ async def _snapshot_oldest_kept(executor: Executor, saver: Checkpointer, thread_
         await release_after(saver, thread_id, owner, exc)
         raise
     await saver.release(thread_id, owner)
+
+
+def _ours(executor: Executor, thread_id: str, stored: str) -> bool:
+    """Whether the thread bound to `stored` is this graph's (a damaged binding is not)."""
+    current = executor.identity
+    if stored == current.encode():
+        return True
+    try:
+        return mismatch(thread_id, decode_identity(stored, thread_id), current) is None
+    except CheckpointError:
+        return False
 
 
 def _forget(executor: Executor, removed: Removed) -> None:

@@ -211,3 +211,36 @@ def test_a_refused_run_or_edit_does_not_bind_an_old_thread_to_its_graph(tmp_path
             "done part 2"
         with pytest.raises(GraphMismatchError):
             strangers.update_state("chat", {"fail": True})
+
+
+def test_prune_through_a_graph_leaves_other_graphs_threads_readable(tmp_path):
+    """app.prune(keep_last=...) stores the state of each trimmed thread's oldest kept
+    checkpoint; another graph's thread (whose reducers differ) is left to the store's own
+    rules, so it reads as before."""
+    class Log(BaseModel):
+        log: Annotated[list[str], operator.add] = []
+
+    class Plain(BaseModel):
+        log: list[str] = []
+
+    def one(model: type[BaseModel], name: str) -> StateGraph:
+        g = StateGraph(model)
+        g.add_node("step", lambda state: {"log": [f"entry {len(state.log)}"]})
+        g.add_edge(START, "step")
+        g.add_edge("step", END)
+        return g
+
+    with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
+        appends = one(Log, "B").compile(checkpointer=saver, name="B")
+        for _ in range(6):
+            appends.invoke({}, thread_id="b1")
+        before = appends.get_state("b1").state.log
+        replaces = one(Plain, "A").compile(checkpointer=saver, name="A")
+        replaces.invoke({}, thread_id="a1")
+        replaces.invoke({}, thread_id="a1")
+        removed = replaces.prune(keep_last=1)
+        assert removed.kept["a1"] == 1  # its own thread: cut exactly
+        assert removed.kept.get("b1", 99) > 1
+    with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
+        assert one(Log, "B").compile(checkpointer=saver, name="B").get_state(
+            "b1").state.log == before

@@ -743,3 +743,30 @@ def test_the_property_testing_example_passes_under_pytest():
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"\b\d+ passed\b", result.stdout)
+
+
+def test_check_resume_passes_when_a_subgraph_node_keys_its_state_on_its_task_id():
+    """A resumed run commits checkpoints the uninterrupted one does not, which renames a
+    later subgraph's thread: the check compares the runs by each task's place, subgraph
+    tasks included, so a node that records its task id is still resume-safe."""
+    from statemachine import RunContext
+    from statemachine.testing import check_resume
+
+    class Refs(BaseModel):
+        n: int = 0
+        refs: Annotated[list[str], operator.add] = []
+
+    def pay(state: Refs, context: RunContext) -> dict:
+        return {"refs": [context.task_id]}
+
+    inner = StateGraph(Refs)
+    inner.add_node("pay", pay)
+    inner.add_edge(START, "pay")
+    inner.add_edge("pay", END)
+    g = StateGraph(Refs)
+    g.add_node("pre", lambda state: {"n": state.n + 1})
+    g.add_node("checkout", inner.compile(name="inner"))
+    g.add_edge(START, "pre")
+    g.add_edge("pre", "checkout")
+    g.add_edge("checkout", END)
+    check_resume(g.compile(name="shop"), inputs=st.builds(Refs, n=st.just(0)), max_examples=30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import tempfile
 import threading
 from collections import Counter
@@ -146,11 +147,33 @@ def _positional_ids(part: NodeSpec | Branch) -> Callable[..., Any]:
     def with_positional_id(*args: Any) -> Any:
         if len(args) > 1 and isinstance(args[1], RunContext):
             context = args[1]
+            # a subgraph's thread is named after its parent's checkpoint: leave that out
+            thread = re.sub(r"@[^:]*", "", str(context.thread_id))
             args = (args[0], dataclasses.replace(context, task_id=task_id(
-                context.thread_id, "check_resume", context.step, context.node,
-                context.index)), *args[2:])
+                thread, "check_resume", context.step, context.node, context.index)),
+                *args[2:])
         return fn(*args)
     return with_positional_id
+
+
+def _with_positional_ids(spec: GraphSpec) -> GraphSpec:
+    """`spec` with `_positional_ids` on every node and router, its subgraphs' too."""
+    nodes: dict[str, NodeSpec] = {}
+    for name, node in spec.nodes.items():
+        if node.subgraph is not None:
+            inner = node.subgraph.graph
+            graph = CompiledGraph(_with_positional_ids(inner.spec),
+                                  name=inner.name if inner.identity.named else None)
+            node = dataclasses.replace(node, subgraph=dataclasses.replace(node.subgraph,
+                                                                          graph=graph))
+        else:
+            node = dataclasses.replace(node, call=dataclasses.replace(
+                node.call, fn=_positional_ids(node)))
+        nodes[name] = node
+    branches = {source: tuple(dataclasses.replace(b, router=dataclasses.replace(
+        b.router, fn=_positional_ids(b))) for b in group)
+        for source, group in spec.branches.items()}
+    return dataclasses.replace(spec, nodes=nodes, branches=branches)
 
 
 @dataclass
@@ -225,7 +248,7 @@ def check_resume(
     app = as_compiled(app)
     spec = app.spec
     input_strategy = inputs if inputs is not None else states_of(spec.schema.model)
-    plain = checking_spec(spec, wrap_node=_positional_ids, wrap_router=_positional_ids)
+    plain = checking_spec(_with_positional_ids(spec))
 
     def test(data: Any) -> None:
         input = data.draw(input_strategy, label="input")
