@@ -62,6 +62,9 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+READABLE_FROM = 1
+"""Read-only checkpointers open schemas from this version on: version 2 only added a column
+the reads do without (threads.graph: an older schema's threads are bound to no graph)."""
 _NOW = POSTGRES.server_clock
 """Seconds since the epoch by the server's clock: leases and claims are judged by one clock."""
 
@@ -88,6 +91,7 @@ class PostgresCheckpointer(SQLCheckpointer):
 
     reuses_ids = False  # ids come from a sequence; created_at is the server's clock
     _sql = Statements(POSTGRES)
+    _graphs_from = 2
     _retention = RETENTION
     _prune_batch = 100
     """Thread families a prune removes per transaction (their rows stay locked until it ends)."""
@@ -123,9 +127,13 @@ class PostgresCheckpointer(SQLCheckpointer):
                                  connect_timeout=max(1, int(connect_timeout))) as conn:
                 self._configure(conn)
                 if read_only:
-                    _check_version(self, _version(self, conn))
+                    version = _version(self, conn)
+                    _check_version(self, version)
+                    assert version is not None
+                    self._version = version
                 else:
                     _migrate(self, conn)
+                    self._version = SCHEMA_VERSION
             self._pool.open(wait=False)
         except psycopg.Error as exc:
             self._threads.shutdown(wait=False)
@@ -366,7 +374,7 @@ def _check_version(saver: PostgresCheckpointer, version: int | None) -> None:
             f"{saver!r}: the tables were written by a newer statemachine (schema version "
             f"{version}, this one reads up to {SCHEMA_VERSION}); nothing was changed. "
             "Upgrade statemachine to use them.")
-    if version < SCHEMA_VERSION and saver.read_only:
+    if version < READABLE_FROM and saver.read_only:
         raise CheckpointError(
             f"{saver!r}: schema version {version} needs upgrading to {SCHEMA_VERSION}; "
             "open it once with a read-write PostgresCheckpointer to migrate it.")

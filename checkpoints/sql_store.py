@@ -218,7 +218,7 @@ class SQLCheckpointer(Checkpointer):
         return pending_from_rows(rows, where=self._where)
 
     async def thread_graphs(self, thread_ids: Sequence[str]) -> dict[str, str]:
-        if not thread_ids or not self._records_graphs:
+        if not thread_ids or not await self._records_graphs():
             return {}
         if len(thread_ids) == 1:  # every run asks for its own thread's
             rows = await self._fetchall(
@@ -296,11 +296,20 @@ class SQLCheckpointer(Checkpointer):
 
     # -- what each store provides --------------------------------------------------------------
 
-    @property
-    def _records_graphs(self) -> bool:
-        """Whether the tables have `threads.graph` (an older SQLite file opened read-only
-        has not been migrated)."""
-        return True
+    _version: int
+    """The tables' schema version, as last read."""
+    _graphs_from: ClassVar[int]
+    """The first schema version whose threads record their graph."""
+
+    async def _records_graphs(self) -> bool:
+        """Whether the tables have `threads.graph`: an older store opened read-only has not
+        been migrated, until a writer does it (read again then, so a long-lived reader such
+        as the viewer sees the bindings from then on)."""
+        if self._version < self._graphs_from:
+            rows = await self._fetchall("read the schema version",
+                                        "SELECT max(version) FROM schema_version", {})
+            self._version = int(rows[0][0])
+        return self._version >= self._graphs_from
 
     @property
     @abstractmethod

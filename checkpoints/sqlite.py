@@ -86,6 +86,7 @@ class SQLiteCheckpointer(SQLCheckpointer):
     """
 
     _sql = Statements(SQLITE)
+    _graphs_from = GRAPHS_FROM
     _retention = RETENTION
     _prune_batch = 20
     """Thread families a prune removes per transaction: the write lock is given up between
@@ -138,10 +139,6 @@ class SQLiteCheckpointer(SQLCheckpointer):
     def __repr__(self) -> str:
         mode = ", read_only=True" if self.read_only else ""
         return f"SQLiteCheckpointer({str(self.path)!r}{mode})"
-
-    @property
-    def _records_graphs(self) -> bool:
-        return self._version >= GRAPHS_FROM
 
     @property
     def _where(self) -> str:

@@ -152,10 +152,10 @@ def test_threads_stored_before_binding_are_bound_by_their_next_run(tmp_path):
 
     path = tmp_path / "old.db"
     shutil.copy(DATA / "schema4_chat.db", path)
-    with SQLiteCheckpointer(path, read_only=True) as reader:
-        app = graph().compile(checkpointer=reader)
-        assert app.get_state("chat").status == "done"
-        assert asyncio.run(reader.thread_graphs(["chat", "other"])) == {}  # no such column
+    reader = SQLiteCheckpointer(path, read_only=True)
+    app = graph().compile(checkpointer=reader)
+    assert app.get_state("chat").status == "done"
+    assert asyncio.run(reader.thread_graphs(["chat", "other"])) == {}  # no such column
     with SQLiteCheckpointer(path) as saver:
         app = graph().compile(checkpointer=saver, name="chat-v1")
         app.invoke({"messages": ["again"]}, thread_id="chat")
@@ -164,6 +164,9 @@ def test_threads_stored_before_binding_are_bound_by_their_next_run(tmp_path):
             other.invoke({"messages": ["more"]}, thread_id="chat")
         assert other.invoke({"messages": ["x"]}, thread_id="other").messages[-1] == \
             "done part 2"  # 'other' was never run since: the first graph to run it binds it
+    # the reader opened before the file was migrated sees the bindings now
+    assert set(asyncio.run(reader.thread_graphs(["chat", "other"]))) == {"chat", "other"}
+    reader.close()
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
         bound = dict(conn.execute("SELECT thread_id, graph IS NOT NULL FROM threads"))
     assert bound == {"chat": 1, "other": 1}

@@ -267,8 +267,10 @@ def test_an_old_schema_is_migrated_once_and_keeps_its_threads(dsn, schema, saver
     with PostgresCheckpointer(dsn, schema=schema) as saver:
         loop(2).compile(checkpointer=saver).invoke({}, thread_id="old")
     old = pg_module.SCHEMA_VERSION
-    # a future release: one more migration, which counts how often it runs
+    # a future release: one more migration, which counts how often it runs, and which
+    # readers need too
     monkeypatch.setattr(pg_module, "SCHEMA_VERSION", old + 1)
+    monkeypatch.setattr(pg_module, "READABLE_FROM", old + 1)
     monkeypatch.setitem(pg_module._MIGRATIONS, old, f"""
         ALTER TABLE checkpoints ADD COLUMN note TEXT;
         CREATE TABLE IF NOT EXISTS migration_runs (ran_at TIMESTAMPTZ DEFAULT now());
@@ -302,15 +304,18 @@ def test_an_old_schema_is_migrated_once_and_keeps_its_threads(dsn, schema, saver
 
 def test_a_version_1_schema_gets_the_graph_column_and_its_threads_are_bound_by_their_next_run(
         dsn, schema, savers):
-    """Schema 1 (before threads recorded their graph): a reader is refused until a writer
-    migrates it; the thread it held is bound by its next run, and another graph is refused."""
+    """Schema 1 (before threads recorded their graph): a reader opens it as it is (its threads
+    bound to no graph) and sees the bindings once a writer migrated it; the thread it held is
+    bound by its next run, and another graph is refused."""
     with PostgresCheckpointer(dsn, schema=schema) as saver:
         loop(2).compile(checkpointer=saver).invoke({}, thread_id="old")
     with connect(dsn, schema) as conn:  # as release 1 left it
         conn.execute("ALTER TABLE threads DROP COLUMN graph")
         conn.execute("UPDATE schema_version SET version = 1")
-    with pytest.raises(CheckpointError, match="needs upgrading"):
-        savers(dsn, schema, read_only=True)
+    reader = savers(dsn, schema, read_only=True)
+    assert loop(2).compile(checkpointer=reader).get_state("old").state.n == 2
+    assert asyncio.run(reader.thread_graphs(["old"])) == {}
+    assert query(dsn, schema, "SELECT version FROM schema_version") == [(1,)]  # untouched
     app = loop(4).compile(checkpointer=savers(dsn, schema), name="loop")
     assert query(dsn, schema, "SELECT version FROM schema_version") == [
         (pg_module.SCHEMA_VERSION,)]
@@ -318,6 +323,7 @@ def test_a_version_1_schema_gets_the_graph_column_and_its_threads_are_bound_by_t
     assert app.invoke({}, thread_id="old").n == 4
     [(bound,)] = query(dsn, schema, "SELECT graph FROM threads")
     assert '"name":"loop"' in bound
+    assert asyncio.run(reader.thread_graphs(["old"])) == {"old": bound}  # the reader sees it
     other = loop(4).compile(checkpointer=savers(dsn, schema, read_only=True), name="other")
     assert other.get_state("old").state.n == 4  # reading is not refused
     with pytest.raises(GraphMismatchError, match="run by graph 'loop'"):
