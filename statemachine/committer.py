@@ -46,6 +46,8 @@ class Committer:
         """What rebuilding the head from storage replays: when to store a snapshot next."""
         self.head_extra: str | None = None
         """The head's extra data as stored (a mark adds to it)."""
+        self.wrote = False
+        """Whether this run committed anything yet."""
 
     def start_at(self, head: CheckpointRecord, cost: ReplayCost) -> None:
         """Continue the thread from `head`, whose state costs `cost` to rebuild."""
@@ -57,6 +59,7 @@ class Committer:
         assert checkpoint.created_at is not None
         self.head_id = await self.saver.put(self.thread_id, self.owner, checkpoint)
         self.head_created, self.head_extra = checkpoint.created_at, checkpoint.extra
+        self.wrote = True
 
     def snapshot_if_due(self, size: int, appends: bool, state: BaseModel) -> str | None:
         """`state` as a snapshot for the next checkpoint (with `size` bytes of writes that

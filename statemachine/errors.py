@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 # the storage layer's errors (and the base class), defined there so it imports no engine code
 from checkpoints.errors import (
@@ -149,6 +149,17 @@ class GraphMismatchError(ThreadStateError):
         self.thread_id = thread_id
         self.stored, self.stored_fingerprint = stored, stored_fingerprint
         self.graph, self.fingerprint = graph, fingerprint
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only arguments: pickled by hand
+        return (_graph_mismatch, (str(self), self.thread_id, self.stored,
+                                  self.stored_fingerprint, self.graph, self.fingerprint))
+
+
+def _graph_mismatch(message: str, thread_id: str, stored: str, stored_fingerprint: str,
+                    graph: str, fingerprint: str) -> GraphMismatchError:
+    return GraphMismatchError(message, thread_id=thread_id, stored=stored,
+                              stored_fingerprint=stored_fingerprint, graph=graph,
+                              fingerprint=fingerprint)
 
 
 class CheckpointerRequiredError(StateMachineError):

@@ -100,18 +100,23 @@ async def stored_identity(saver: Checkpointer, thread_id: str) -> GraphIdentity 
     return None if text is None else decode_identity(text, thread_id)
 
 
+def same_name(stored: GraphIdentity, current: GraphIdentity) -> bool:
+    """Whether two identities name the same graph: only given names tell graphs apart."""
+    return stored.name == current.name or not (stored.named and current.named)
+
+
 def mismatch(thread_id: str, stored: GraphIdentity, current: GraphIdentity) -> str | None:
     """Why `current` may not continue a thread bound to `stored`; None when it may: the same
     structure, under the same name where both names were given."""
-    same_name = stored.name == current.name or not (stored.named and current.named)
-    if same_name and stored.fingerprint == current.fingerprint:
+    named_alike = same_name(stored, current)
+    if named_alike and stored.fingerprint == current.fingerprint:
         return None
-    if same_name:
+    if named_alike:
         added = [n for n in current.nodes if n not in stored.nodes]
         removed = [n for n in stored.nodes if n not in current.nodes]
         changes = [f"nodes added: {', '.join(added)}"] * bool(added) + \
             [f"nodes removed: {', '.join(removed)}"] * bool(removed)
-        what = "; ".join(changes) if changes else "its edges changed"
+        what = "; ".join(changes) if changes else "its edges or subgraphs changed"
         return (f"thread {thread_id!r} was run by graph {stored.describe()}, and this graph "
                 f"{current.name!r} has another structure ({current.fingerprint}: {what}). "
                 f"If this version is meant to continue it, move it on purpose: "

@@ -138,7 +138,10 @@ class Run:
                                          committer.head_created, self.state, committer.replay)
         except StorageUnavailableError as exc:
             failure = exc
-            if committer.head_id is not None:  # the state is known from then on
+            # the state is known from then on; a failed or paused head this run never got
+            # past keeps its own error and status
+            if committer.head_id is not None and (
+                    committer.wrote or self.head_status in (None, "running")):
                 await asyncio.shield(committer.mark_storage_failure(exc, self.state))
             raise
         except BaseException as exc:

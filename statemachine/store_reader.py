@@ -9,6 +9,7 @@ else the nearest stored state and the raw writes since; a graph on a store (`bin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from checkpoints import SQLiteCheckpointer, is_postgres_url
 from checkpoints.base import Chain, Checkpointer, CheckpointRecord, PendingWrite, ThreadInfo
+from checkpoints.errors import CheckpointError
 from checkpoints.retention import is_top_level
 from checkpoints.rows import damaged
 
@@ -94,9 +96,14 @@ class Store:
 
     def graphs(self, thread_ids: Sequence[str]) -> dict[str, GraphIdentity]:
         """The graph each of these threads is bound to (`graph_binding`); unbound ones are
-        left out."""
+        left out, and so is a damaged binding (one thread's must not take a listing down;
+        running that thread says what is wrong)."""
         stored = run_sync(lambda: self.saver.thread_graphs(thread_ids))
-        return {thread: decode_identity(text, thread) for thread, text in stored.items()}
+        graphs = {}
+        for thread, text in stored.items():
+            with contextlib.suppress(CheckpointError):
+                graphs[thread] = decode_identity(text, thread)
+        return graphs
 
     def close(self) -> None:
         self.saver.close()

@@ -40,12 +40,14 @@ from .constants import INPUT
 from .errors import (
     CheckpointerRequiredError,
     CheckpointError,
+    GraphMismatchError,
     GraphValidationError,
     InvalidUpdateError,
     ThreadBusyError,
     ThreadNotFoundError,
     ThreadStateError,
 )
+from .graph_binding import check_reader
 
 if TYPE_CHECKING:
     from checkpoints.base import Checkpointer, ClaimedJob
@@ -69,6 +71,7 @@ async def submit(app: CompiledGraph, input: Any, thread_id: str, *,
         raise ThreadStateError("submit() needs a thread_id: any text naming the run.")
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
+    await check_reader(saver, thread_id, app.identity)  # another graph's thread: say so now
     chain = await saver.load(thread_id)
 
     async def refuse(error: ThreadStateError) -> ThreadBusyError | ThreadStateError:
@@ -125,6 +128,8 @@ class WorkerStats:
     failed: int = 0
     lost: int = 0
     """Jobs whose claim another worker took over while this one ran them."""
+    other_graph: int = 0
+    """Jobs handed back because another version of the graph runs their thread."""
     errors: list[str] = field(default_factory=list)
 
 
@@ -152,6 +157,8 @@ class Worker:
         self.stats = WorkerStats()
         self._stopping = asyncio.Event()
         self._claiming = 0
+        self._foreign: set[str] = set()
+        """Threads found bound to another graph (their jobs are left to its workers)."""
         """Claims in progress: they count against `max_jobs` until they return."""
 
     def stop(self) -> None:
@@ -189,9 +196,11 @@ class Worker:
                 return
             try:
                 job = await self._claim()
-                # draining: done once this graph has no job queued (later) or running
-                if job is None and drain and not await self.saver.jobs(
-                        graph=self.app.name, open_only=True):
+                # draining: done once this graph has no job queued (later) or running, but
+                # those of threads another version of it runs (handed back for its workers)
+                if job is None and drain and not any(
+                        j.thread_id not in self._foreign for j in await self.saver.jobs(
+                            graph=self.app.name, open_only=True)):
                     return
             except CheckpointError as exc:  # the store is unreachable: wait, then look again
                 log.error("cannot claim a job: %s", exc)
@@ -235,6 +244,19 @@ class Worker:
             await asyncio.shield(self.saver.finish(job, status="queued", retry_in=0,
                                                    count_attempt=False))
             raise
+        except GraphMismatchError as exc:
+            # another version of the graph runs this thread (a rolling deploy): leave the job
+            # to a worker of that version, or to an operator's `statemachine rebind`
+            self._foreign.add(thread)
+            self.stats.other_graph += 1
+            if await self.saver.finish(job, status="queued", error=str(exc),
+                                       retry_in=min(self.saver.lease_seconds, 5.0),
+                                       count_attempt=False):
+                log.warning("%s is bound to another graph; queued again for a worker of "
+                            "that graph: %s", thread, exc)
+            else:
+                self.stats.lost += 1
+            return
         except ThreadBusyError as exc:
             if not await self.saver.finish(job, status="queued", error=str(exc),
                                            retry_in=min(self.saver.lease_seconds, 5.0),

@@ -247,3 +247,31 @@ def test_prune_through_a_graph_leaves_other_graphs_threads_readable(tmp_path):
     with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
         assert one(Log, "B").compile(checkpointer=saver, name="B").get_state(
             "b1").state.log == before
+
+
+def test_a_worker_of_a_new_version_hands_an_old_threads_job_back_and_submit_says_why(tmp_path):
+    """A rolling deploy: the job of a thread the old version runs is not failed by a worker
+    of the new one, it goes back to the queue for a worker of the old one; submitting it
+    through the new version is refused at once."""
+    import asyncio as aio
+
+    from statemachine import Worker
+
+    with SQLiteCheckpointer(tmp_path / "runs.db", lease_seconds=1.0) as saver:
+        v1 = orders().compile(checkpointer=saver, name="orders")
+        v2 = orders(audit=True).compile(checkpointer=saver, name="orders")
+        fail_once(v1, "o-1")
+        with pytest.raises(GraphMismatchError):
+            v2.submit(None, thread_id="o-1")
+        v1.submit(None, thread_id="o-1")
+
+        async def drain(app) -> object:
+            worker = Worker(app, poll_interval=0.05)
+            return await worker.run(drain=True)
+
+        handed = aio.run(drain(v2))
+        assert (handed.other_graph, handed.failed, handed.done) == (1, 0, 0)
+        [job] = v1.jobs()
+        assert job.status == "queued" and "run by graph 'orders'" in (job.error or "")
+        assert aio.run(drain(v1)).done == 1  # once the job is due again
+        assert v1.get_state("o-1").state.log == ["charged"]

@@ -113,7 +113,10 @@ def worker(target: str, db: Db | None, concurrency: int, poll: float, lease: flo
     summary = (f"worker done: {stats.claimed} claimed, {stats.done} done, "
                f"{stats.interrupted} interrupted, {stats.retried} retried, "
                f"{stats.failed} failed" + (f", {stats.lost} lost to other workers"
-                                           if stats.lost else ""))
+                                           if stats.lost else "")
+               + (f", {stats.other_graph} handed back (their threads are bound to another "
+                  "version of the graph: see `statemachine rebind`)" if stats.other_graph
+                  else ""))
     err.print(Text(summary, style="bold"))
     for line in stats.errors:
         err.print(Text(f"  {line}", style="red"), soft_wrap=True)

@@ -14,7 +14,7 @@ from rich.text import Text
 from .._sync import run_sync
 from ..compiled import CompiledGraph
 from ..errors import ThreadStateError
-from ..graph_binding import decode_identity
+from ..graph_binding import decode_identity, same_name
 from ..store_reader import DEFAULT_SCHEMA, listed, row_from_snapshot
 from ..terminal import safe
 from ..types import Snapshot
@@ -252,7 +252,7 @@ def rebind(ctx: click.Context, target: str, db: Db | None, thread: str | None,
             names = [t.thread_id for t in listed(app.threads())]
             bound = run_sync(lambda: saver.thread_graphs(names))
             threads = [name for name in names if name in bound and (
-                (old := decode_identity(bound[name], name)).name == current.name
+                same_name(old := decode_identity(bound[name], name), current)
                 and old.fingerprint != current.fingerprint)]
         out, refused = out_console(), 0
         if not threads:
