@@ -18,10 +18,10 @@ from .committer import counted, holding
 from .constants import UPDATE
 from .errors import ThreadStateError, did_you_mean
 from .graph_binding import bind, check_binding, check_reader
-from .messages import not_found
 from .records import Task, decode_tasks, encode_tasks
 from .routing import next_tasks
 from .run_start import carried_on, stored_results
+from .thread_errors import not_found
 from .types import Snapshot
 
 if TYPE_CHECKING:

@@ -31,7 +31,6 @@ from .checkpoint_extra import extra_of
 from .compensation import current_run, rollback
 from .constants import DEFAULT_MAX_STEPS
 from .graph_binding import GraphIdentity, identity_of
-from .messages import needs_checkpointer, not_found
 from .observe import Observer
 from .records import decode_tasks, ran_nodes
 from .replay import Replayer
@@ -39,6 +38,7 @@ from .run import Run, merged_updates
 from .snapshots import ReplayCost
 from .spec import GraphSpec, NodeSpec
 from .state_cache import StateCache
+from .thread_errors import needs_checkpointer, not_found
 from .types import Snapshot
 
 

@@ -29,8 +29,8 @@ from checkpoints.errors import CheckpointError
 from .checkpoint_extra import extra_of
 from .committer import holding
 from .errors import GraphMismatchError, ThreadStateError
-from .messages import not_found
 from .records import decode_tasks
+from .thread_errors import not_found
 
 if TYPE_CHECKING:
     from .spec import GraphSpec

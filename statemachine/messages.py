@@ -1,51 +1,145 @@
-"""The errors the engine raises about a thread's state, worded once: what is wrong and what
-to do about it."""
+"""Chat messages: the message list every chat memory is built on.
+
+    from statemachine.messages import Message, MessagesState, RemoveMessage, add_messages
+
+    class Chat(MessagesState):          # messages: Annotated[list[Message], add_messages]
+        summary: str = ""
+
+    def answer(state: Chat) -> dict:
+        return {"messages": [Message(role="assistant", content="Hello!")]}
+
+`add_messages` merges an update into the list: a message whose `id` is already there replaces
+it in place, `RemoveMessage(id=...)` removes one, any other is appended. Plain dicts
+(`{"role": "user", "content": "hi"}`) are validated into `Message`s like any update.
+
+A message without an id gets one when it is merged, made from the message before it, its
+role and its content, so replaying the stored updates (resume, `history`) gives every message
+the same id again; an update is stored as it was given, so replacing one message stores that
+message, not the list.
+"""
 
 from __future__ import annotations
 
-import shlex
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from typing import Annotated, Any, Literal
 
-from checkpoints.base import CheckpointRecord
+from pydantic import BaseModel, ConfigDict, field_validator
 
-from .checkpoint_extra import CheckpointExtra
-from .errors import StateMachineError, ThreadNotFoundError, ThreadStateError
+Role = Literal["system", "user", "assistant", "tool", "remove"]
 
-
-def unfinished_message(head: CheckpointRecord) -> str:
-    what = {"failed": f"failed at step {head.step} ({head.error})",
-            "interrupted": f"is paused before step {head.step}",
-            "running": f"stopped at step {head.step} without finishing (its process ended)"}
-    return (f"thread {head.thread_id!r} {what.get(head.status, head.status)}, so new input "
-            "would drop its pending work. Continue it with app.resume(thread_id) (after "
-            "app.update_state(...) if the state needs fixing), or start a new branch from a "
-            "checkpoint with invoke(input, thread_id=..., checkpoint_id=...).")
+_ROLE_ALIASES = {"human": "user", "ai": "assistant", "developer": "system"}
 
 
-def rollback_stopped_message(head: CheckpointRecord, extra: CheckpointExtra) -> str:
-    """Why a thread whose rollback stopped takes neither resume nor new input."""
-    if extra.undo_failed is not None:
-        step, node, _ = extra.undo_failed
-        why = f"the rollback stopped at the compensation of node {node!r} (step {step}): " \
-              f"{head.error}"
-    else:  # a compensation committed, the rollback's process ended before the next
-        why = "the rollback stopped part-way (its process ended)"
-    return (f"thread {head.thread_id!r} was being rolled back and {why}. Its run is undone "
-            "only in part, so it can neither resume nor take new input. Fix the cause, then "
-            f"continue the rollback with app.rollback({head.thread_id!r}) (statemachine "
-            f"rollback GRAPH --db ... --thread {shlex.quote(head.thread_id)}); or start a new "
-            "branch from an earlier checkpoint with app.fork(...).")
+class Message(BaseModel):
+    """One chat message. `role` also takes LangChain's "human" and "ai"; `content` is text
+    or a list of parts (images, tool results) as your model's API takes them; tool calls
+    and the id of the call a tool message answers ride along."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: Role
+    content: str | list[Any] = ""
+    id: str | None = None
+    """Set by `add_messages` when missing; give one to replace the message later."""
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] = []
+    tool_call_id: str | None = None
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _known_role(cls, value: Any) -> Any:
+        return _ROLE_ALIASES.get(value, value) if isinstance(value, str) else value
 
 
-def not_found(thread_id: str, checkpoint_id: str | None) -> ThreadNotFoundError:
-    if checkpoint_id is not None:
-        return ThreadNotFoundError(
-            f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}; app.history(thread_id) "
-            "lists its checkpoints.")
-    return ThreadNotFoundError(
-        f"no thread {thread_id!r} in this store; app.threads() lists the threads there are.")
+class RemoveMessage(Message):
+    """An update entry that removes the message with this `id` (stored as a message with
+    role "remove", so a replayed update removes it again)."""
+
+    role: Literal["remove"] = "remove"
+    id: str
+
+    def __init__(self, id: str, **data: Any) -> None:
+        super().__init__(id=id, **data)
 
 
-def needs_checkpointer(what: str) -> StateMachineError:
-    return ThreadStateError(
-        f"to {what} the graph needs a checkpointer: compile(checkpointer=SQLiteCheckpointer("
-        "'runs.db')) (or MemoryCheckpointer() for tests).")
+def add_messages(current: Sequence[Message] | None,
+                 update: Sequence[Message | dict[str, Any]] | Message | None
+                 ) -> list[Message]:
+    """`current` with `update` merged: same id replaces (in place), role "remove" removes
+    (an unknown id is an error), anything else is appended with an id (see the module).
+    Returns a new list; neither argument is changed."""
+    merged = list(current or ())
+    if update is None:
+        return merged
+    entries = [update] if isinstance(update, (Message, dict)) else list(update)
+    position = {m.id: i for i, m in enumerate(merged) if m.id is not None}
+    removed: set[int] = set()
+    for entry in entries:
+        message = entry if isinstance(entry, Message) else Message.model_validate(entry)
+        if message.role == "remove":
+            if message.id not in position or position[message.id] in removed:
+                raise ValueError(f"RemoveMessage(id={message.id!r}): no message with that id "
+                                 f"(ids: {_shown(position, removed)})")
+            removed.add(position[message.id])
+            continue
+        if message.id is not None and message.id in position and \
+                position[message.id] not in removed:
+            merged[position[message.id]] = message
+            continue
+        if message.id is None:
+            message = message.model_copy(update={"id": _new_id(merged, removed, position,
+                                                                message)})
+        position[message.id] = len(merged)
+        merged.append(message)
+    return [m for i, m in enumerate(merged) if i not in removed]
+
+
+def _new_id(merged: list[Message], removed: set[int], position: dict[str | None, int],
+            message: Message) -> str:
+    """An id from what precedes the message and what it says: the same on every replay."""
+    at = len(merged) - 1
+    while at in removed:
+        at -= 1
+    previous = merged[at].id if at >= 0 else ""
+    seed = json.dumps([previous, message.role, message.content, message.name,
+                       message.tool_call_id], sort_keys=True, default=str)
+    candidate = hashlib.sha256(seed.encode()).hexdigest()[:16]
+    suffix = 1
+    while candidate in position and position[candidate] not in removed:
+        candidate = f"{candidate[:16]}-{suffix}"
+        suffix += 1
+    return candidate
+
+
+def _shown(position: dict[str | None, int], removed: set[int]) -> str:
+    ids = [str(i) for i, p in position.items() if p not in removed]
+    return ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else "") if ids else "none"
+
+
+class MessagesState(BaseModel):
+    """A state with a chat history: subclass it and add your fields."""
+
+    messages: Annotated[list[Message], add_messages] = []
+
+
+def only_appends(update: Any) -> bool:
+    """Whether an `add_messages` update can only append (no ids, no removals): replaying it
+    reads no more than a snapshot would hold (see `StateSchema.appends_only`)."""
+    entries = [update] if isinstance(update, (Message, dict)) else update
+    if not isinstance(entries, Sequence):
+        return False
+    for entry in entries:
+        fields = entry if isinstance(entry, dict) else {"id": entry.id, "role": entry.role}
+        if fields.get("id") is not None or fields.get("role") == "remove":
+            return False
+    return True
+
+
+def messages_of(values: Iterable[Message | dict[str, Any]]) -> list[Message]:
+    """Messages from `Message`s and plain dicts, validated (ids left as they are)."""
+    return [v if isinstance(v, Message) else Message.model_validate(v) for v in values]
+
+
+__all__ = ["Message", "MessagesState", "RemoveMessage", "Role", "add_messages", "messages_of"]

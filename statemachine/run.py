@@ -36,12 +36,12 @@ from .errors import (
     ThreadStateError,
 )
 from .graph_binding import bind, check_binding
-from .messages import needs_checkpointer
 from .mutation import Fingerprint, mutated
 from .records import Task
 from .routing import Joins, next_tasks
 from .run_start import deliver, start_on_thread
 from .task_runner import StepInput, StepResults, TaskRunner
+from .thread_errors import needs_checkpointer
 from .types import StepEvent
 
 if TYPE_CHECKING:

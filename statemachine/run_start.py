@@ -21,11 +21,11 @@ from checkpoints.base import FINISHED, Chain, CheckpointRecord, NewCheckpoint, P
 from .checkpoint_extra import CheckpointExtra, extra_of
 from .constants import CONTINUATIONS, INPUT, START
 from .errors import ThreadStateError
-from .messages import not_found, rollback_stopped_message, unfinished_message
 from .migrations import UnknownStoredFields
 from .records import Task, decode_goto, decode_tasks
 from .replay import stale
 from .task_runner import StepResults
+from .thread_errors import not_found, rollback_stopped_message, unfinished_message
 
 if TYPE_CHECKING:
     from .executor import Executor

@@ -29,6 +29,7 @@ from typing_extensions import TypedDict
 
 from .constants import INPUT, UPDATE
 from .errors import InvalidUpdateError, Problem, did_you_mean
+from .messages import add_messages, only_appends
 from .migrations import Migration, UnknownStoredFields, migrate, old_names
 from .mutation import Sizer
 from .reducers import append
@@ -115,9 +116,10 @@ class StateSchema:
     # -- validation -------------------------------------------------------------------------
 
     def validate_input(self, value: object, *, thread_id: str | None = None) -> BaseModel:
-        """The full state for a new run: a dict or an instance of the model."""
+        """The full state for a new run: a dict or an instance of the model. Message lists
+        (`add_messages`) are merged into an empty one, so their messages get ids too."""
         if isinstance(value, self.model):
-            return value
+            return self._with_message_ids(value)
         if not isinstance(value, Mapping):
             expected, got = _qualified(self.model), _qualified(type(value))
             if got == expected or type(value).__name__ != self.model.__name__:
@@ -127,7 +129,7 @@ class StateSchema:
                 f"{_where(None, thread_id)}.", thread_id=thread_id)
         self._reject_unknown_keys(value, "the input", node=None, step=None, thread_id=thread_id)
         try:
-            return self.model.model_validate(dict(value), by_alias=True, by_name=True)
+            state = self.model.model_validate(dict(value), by_alias=True, by_name=True)
         except ValidationError as exc:
             field = _first_field(exc)
             reasons, hidden = _reasons(exc, self._secret_fields)
@@ -135,6 +137,13 @@ class StateSchema:
                 f"the input is not a valid {self.model.__name__}"
                 f"{_where(None, thread_id)}: {reasons}",
                 field=field, thread_id=thread_id) from (None if hidden else exc)
+        return self._with_message_ids(state)
+
+    def _with_message_ids(self, state: BaseModel) -> BaseModel:
+        changes = {name: add_messages([], getattr(state, name)) for name, reducer in
+                   self.reducers.items() if reducer is add_messages
+                   and any(m.id is None for m in getattr(state, name) or ())}
+        return state.model_copy(update=changes) if changes else state
 
     def validate_update(
         self,
@@ -279,7 +288,9 @@ class StateSchema:
         `reducers.append`): replaying it
         reads no more than a snapshot of the state it makes would hold."""
         reducers = self.reducers
-        return all(reducers.get(name) in _APPENDS for name in update)
+        return all(reducers.get(name) in _APPENDS or (
+            reducers.get(name) is add_messages and only_appends(value))
+            for name, value in update.items())
 
     def combine(self, updates: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Several successive updates as one: reducer fields folded through their reducer
