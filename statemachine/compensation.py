@@ -36,18 +36,19 @@ TaskRef = tuple[int, str, int]
 
 
 async def rollback(executor: Executor, thread_id: str, *, saver: Checkpointer,
-                   owner: Owner | None = None) -> BaseModel:
-    """Compensate the completed nodes of the thread's failed run; returns the final state."""
+                   owner: Owner | None = None, context: Any = None) -> BaseModel:
+    """Compensate the completed nodes of the thread's failed run; returns the final state.
+    Compensations get `context` (the call's run-scoped context) in their RunContext."""
     held = owner is not None
     owner = owner or Owner.new()
     if not held:
         await saver.acquire(thread_id, owner)
     try:
         if held:  # a run rolling itself back: checked (and bound) by the run
-            return await _rollback(executor, thread_id, saver, owner)
+            return await _rollback(executor, thread_id, saver, owner, context)
         unbound = await check_binding(saver, thread_id, executor.identity)
         try:
-            state = await _rollback(executor, thread_id, saver, owner)
+            state = await _rollback(executor, thread_id, saver, owner, context)
         except StateMachineError:
             raise  # refused before anything was written
         except Exception:
@@ -61,7 +62,7 @@ async def rollback(executor: Executor, thread_id: str, *, saver: Checkpointer,
 
 
 async def _rollback(executor: Executor, thread_id: str, saver: Checkpointer,
-                    owner: Owner) -> BaseModel:
+                    owner: Owner, context: Any) -> BaseModel:
     line, writes, pending = await executor.run_writes(thread_id, saver)
     if not line:
         raise ThreadNotFoundError(f"no thread {thread_id!r} in this store.")
@@ -106,7 +107,7 @@ async def _rollback(executor: Executor, thread_id: str, saver: Checkpointer,
             state, head_id = await _compensate_one(
                 executor, saver, owner, thread_id, state, head_id, failed, task,
                 origins.get(task[0], failed.id), last=position == len(todo) - 1,
-                carried_in=carried)
+                carried_in=carried, context=context)
         except Exception as exc:
             await _stopped(executor, saver, owner, thread_id, state, head_id, failed, task, exc,
                            carried)
@@ -122,7 +123,8 @@ async def _rollback(executor: Executor, thread_id: str, saver: Checkpointer,
 async def _compensate_one(executor: Executor, saver: Checkpointer, owner: Owner, thread_id: str,
                           state: BaseModel, head_id: str, failed: CheckpointRecord,
                           task: TaskRef, origin: str, *, last: bool,
-                          carried_in: list[tuple[str, int, str]]) -> tuple[BaseModel, str]:
+                          carried_in: list[tuple[str, int, str]], context: Any
+                          ) -> tuple[BaseModel, str]:
     step, node, index = task
     spec = executor.spec
     compensate = spec.nodes[node].compensate
@@ -132,7 +134,7 @@ async def _compensate_one(executor: Executor, saver: Checkpointer, owner: Owner,
         args = (state, RunContext(thread_id, step, node,
                                   task_id(thread_id, failed.id, node, index, "compensate"),
                                   undoes_task_id=task_id(thread_id, origin, node, index),
-                                  index=index))
+                                  index=index, context=context))
     try:
         result = await call_user_function(compensate, args, inline=False)
     except Exception as exc:

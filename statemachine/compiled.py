@@ -75,57 +75,63 @@ class CompiledGraph:
 
     def invoke(self, input: Any, thread_id: str | None = None, *,
                checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
-               max_concurrency: int | None = None) -> Any:
-        """Run to the end (or to an interrupt) and return the final state."""
+               max_concurrency: int | None = None, context: Any = None) -> Any:
+        """Run to the end (or to an interrupt) and return the final state. `context`: the
+        call's run-scoped dependencies, in every node's `RunContext.context`, never stored
+        (validated into the graph's `context_schema` when it has one)."""
         return run_sync(lambda: self._ainvoke(
             input, thread_id, checkpoint_id=checkpoint_id, max_steps=max_steps,
-            max_concurrency=max_concurrency, inline_sync=True))
+            max_concurrency=max_concurrency, inline_sync=True, context=context))
 
     async def ainvoke(self, input: Any, thread_id: str | None = None, *,
                       checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
-                      max_concurrency: int | None = None) -> Any:
+                      max_concurrency: int | None = None, context: Any = None) -> Any:
         return await self._ainvoke(input, thread_id, checkpoint_id=checkpoint_id,
                                    max_steps=max_steps, max_concurrency=max_concurrency,
-                                   inline_sync=False)
+                                   inline_sync=False, context=context)
 
     def stream(self, input: Any, thread_id: str | None = None, *,
                checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
-               max_concurrency: int | None = None) -> Iterator[StepEvent[Any]]:
+               max_concurrency: int | None = None,
+               context: Any = None) -> Iterator[StepEvent[Any]]:
         """Run, yielding one `StepEvent` per step as it is committed."""
         return iterate_sync(lambda: self._astream(
             input, thread_id, checkpoint_id=checkpoint_id, max_steps=max_steps,
-            max_concurrency=max_concurrency, inline_sync=True))
+            max_concurrency=max_concurrency, inline_sync=True, context=context))
 
     def astream(self, input: Any, thread_id: str | None = None, *,
                 checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
-                max_concurrency: int | None = None) -> AsyncIterator[StepEvent[Any]]:
+                max_concurrency: int | None = None,
+                context: Any = None) -> AsyncIterator[StepEvent[Any]]:
         return self._astream(input, thread_id, checkpoint_id=checkpoint_id,
                              max_steps=max_steps, max_concurrency=max_concurrency,
-                             inline_sync=False)
+                             inline_sync=False, context=context)
 
     def resume(self, thread_id: str, *, event: dict[str, Any] | None = None,
-               max_steps: int = DEFAULT_MAX_STEPS, max_concurrency: int | None = None) -> Any:
+               max_steps: int = DEFAULT_MAX_STEPS, max_concurrency: int | None = None,
+               context: Any = None) -> Any:
         """Continue a failed, interrupted, waiting or crashed run; returns its final state.
 
-        `event` delivers values to a run paused in `wait_for`: {event name: value}.
+        `event` delivers values to a run paused in `wait_for`: {event name: value}. `context`
+        is this call's (nothing of an earlier call's context is stored).
         """
         return run_sync(lambda: self._ainvoke(
             None, thread_id, max_steps=max_steps, max_concurrency=max_concurrency,
-            inline_sync=True, resume=True, event=event))
+            inline_sync=True, resume=True, event=event, context=context))
 
     async def aresume(self, thread_id: str, *, event: dict[str, Any] | None = None,
                       max_steps: int = DEFAULT_MAX_STEPS,
-                      max_concurrency: int | None = None) -> Any:
+                      max_concurrency: int | None = None, context: Any = None) -> Any:
         return await self._ainvoke(None, thread_id, max_steps=max_steps,
                                    max_concurrency=max_concurrency, inline_sync=False,
-                                   resume=True, event=event)
+                                   resume=True, event=event, context=context)
 
     async def _ainvoke(self, input: Any, thread_id: str | None, *, inline_sync: bool,
                        checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
                        max_concurrency: int | None = None, resume: bool = False,
-                       event: dict[str, Any] | None = None) -> Any:
+                       event: dict[str, Any] | None = None, context: Any = None) -> Any:
         run = self._executor.new_run(thread_id, max_steps=max_steps, inline_sync=inline_sync,
-                                     max_concurrency=max_concurrency)
+                                     max_concurrency=max_concurrency, context=context)
         async for _ in run.execute(input, checkpoint_id=checkpoint_id, resume=resume,
                                    event=event):
             pass
@@ -133,9 +139,10 @@ class CompiledGraph:
 
     async def _astream(self, input: Any, thread_id: str | None, *, inline_sync: bool,
                        checkpoint_id: str | None, max_steps: int,
-                       max_concurrency: int | None) -> AsyncIterator[StepEvent[Any]]:
+                       max_concurrency: int | None,
+                       context: Any = None) -> AsyncIterator[StepEvent[Any]]:
         run = self._executor.new_run(thread_id, max_steps=max_steps, inline_sync=inline_sync,
-                                     max_concurrency=max_concurrency)
+                                     max_concurrency=max_concurrency, context=context)
         async for event in run.execute(input, checkpoint_id=checkpoint_id):
             yield event
 
@@ -173,17 +180,18 @@ class CompiledGraph:
 
     # -- sagas and observability ------------------------------------------------------------------
 
-    def rollback(self, thread_id: str) -> Any:
+    def rollback(self, thread_id: str, *, context: Any = None) -> Any:
         """Undo a failed run: run the compensations of its completed nodes, newest first.
 
         Each compensation commits its own checkpoint, so a rollback that crashes resumes where
         it stopped; the thread ends "compensated" and rolling back again does nothing.
         Returns the state after the compensations.
         """
-        return run_sync(lambda: self._executor.rollback(thread_id, blocking=True))
+        return run_sync(lambda: self._executor.rollback(thread_id, blocking=True,
+                                                        context=context))
 
-    async def arollback(self, thread_id: str) -> Any:
-        return await self._executor.rollback(thread_id)
+    async def arollback(self, thread_id: str, *, context: Any = None) -> Any:
+        return await self._executor.rollback(thread_id, context=context)
 
     def add_listener(self, listener: Any) -> None:
         """Call `listener`'s hooks (on_step_start, on_node_end, ...) as runs progress.

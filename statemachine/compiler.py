@@ -49,6 +49,7 @@ from .errors import GraphValidationError, Problem, did_you_mean
 from .migrations import Drop, Rename
 from .node_checks import check_error_field, check_nodes, secret_problem
 from .policies import RetryPolicy
+from .run_context import ContextSchema, check_context_schema
 from .secret_types import model_secret_paths
 from .spec import Branch, CallableInfo, GraphSpec, Join, NodeSpec, Subgraph
 from .state import StateSchema, is_state_model, reducer_problems
@@ -118,6 +119,9 @@ def build_spec(
             f"{check_mutation!r}."))
     problems += _check_schema(builder.state_schema)
     problems += _check_migrations(builder)
+    context_schema = getattr(builder, "context_schema", None)
+    if context_schema is not None and (why := check_context_schema(context_schema)):
+        problems.append(Problem("invalid_option", why))
     nodes = check_nodes(builder, problems)
     names = list(nodes)
     checker = EdgeChecker(names, problems)
@@ -154,6 +158,7 @@ def build_spec(
         max_concurrency=max_concurrency,
         on_failure=on_failure,
         check_mutation=check_mutation,
+        context=None if context_schema is None else ContextSchema(context_schema),
     )
 
 

@@ -162,6 +162,10 @@ def _graph_mismatch(message: str, thread_id: str, stored: str, stored_fingerprin
                               fingerprint=fingerprint)
 
 
+class InvalidContextError(StateMachineError, ValueError):
+    """The `context=` of a call does not fit the graph's `context_schema`."""
+
+
 class CheckpointerRequiredError(StateMachineError):
     """The operation needs a graph compiled with a checkpointer."""
 

@@ -67,13 +67,18 @@ class Executor:
     # -- running ----------------------------------------------------------------------------
 
     def new_run(self, thread_id: str | None, *, max_steps: int = DEFAULT_MAX_STEPS,
-                inline_sync: bool = False, max_concurrency: int | None = None) -> Run:
-        """A call on one thread: iterate `run.execute(...)`, then read `run.state`."""
+                inline_sync: bool = False, max_concurrency: int | None = None,
+                context: Any = None) -> Run:
+        """A call on one thread: iterate `run.execute(...)`, then read `run.state`.
+        `context` is the call's run-scoped context (`run_context`), validated here."""
         if max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}.")
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}.")
-        return Run(self, thread_id, max_steps, inline_sync, max_concurrency)
+        run = Run(self, thread_id, max_steps, inline_sync, max_concurrency)
+        run.runner.call_context = context if self.spec.context is None else \
+            self.spec.context.validate(context)
+        return run
 
     def cache_store(self) -> CacheStore:
         """Where cached node results live: the checkpointer's store, else this process."""
@@ -222,10 +227,14 @@ class Executor:
         return line, writes, pending
 
     async def rollback(self, thread_id: str, *, owner: Owner | None = None,
-                       saver: Checkpointer | None = None, blocking: bool = False) -> BaseModel:
-        """Run the compensations of the failed run's completed nodes (see `compensation`)."""
+                       saver: Checkpointer | None = None, blocking: bool = False,
+                       context: Any = None, validated: bool = False) -> BaseModel:
+        """Run the compensations of the failed run's completed nodes (see `compensation`);
+        `context` is the call's run-scoped context (`validated`: already, by the run)."""
         saver = saver or self.require_saver("roll a run back", blocking)
-        return await rollback(self, thread_id, saver=saver, owner=owner)
+        if not validated and self.spec.context is not None:
+            context = self.spec.context.validate(context)
+        return await rollback(self, thread_id, saver=saver, owner=owner, context=context)
 
     def snapshot(self, record: CheckpointRecord, state: BaseModel,
                  pending: Sequence[PendingWrite]) -> Snapshot:

@@ -54,11 +54,14 @@ class StateGraph:
     >>> app = g.compile()
     """
 
-    def __init__(self, state_schema: type, *, migrations: Sequence[Migration] = ()) -> None:
+    def __init__(self, state_schema: type, *, migrations: Sequence[Migration] = (),
+                 context_schema: type | None = None) -> None:
         """`migrations` say what became of fields stored by earlier versions of the state
-        model (`Rename`, `Drop`: see `statemachine.migrations`)."""
+        model (`Rename`, `Drop`: see `statemachine.migrations`); `context_schema` is the type
+        of the per-call `context=` nodes get in `RunContext.context` (`run_context`)."""
         self.state_schema = state_schema
         self.migrations: tuple[Migration, ...] = tuple(migrations)
+        self.context_schema = context_schema
         self.node_declarations: list[NodeDeclaration] = []
         self.edges: list[tuple[Any, Any]] = []
         self.joins: list[tuple[tuple[Any, ...], Any]] = []

@@ -74,12 +74,13 @@ def add_messages(current: Sequence[Message] | None,
     if update is None:
         return merged
     entries = [update] if isinstance(update, (Message, dict)) else list(update)
-    position = {m.id: i for i, m in enumerate(merged) if m.id is not None}
+    position: dict[str, int] = {m.id: i for i, m in enumerate(merged) if m.id is not None}
     removed: set[int] = set()
     for entry in entries:
         message = entry if isinstance(entry, Message) else Message.model_validate(entry)
         if message.role == "remove":
-            if message.id not in position or position[message.id] in removed:
+            if message.id is None or message.id not in position or \
+                    position[message.id] in removed:
                 raise ValueError(f"RemoveMessage(id={message.id!r}): no message with that id "
                                  f"(ids: {_shown(position, removed)})")
             removed.add(position[message.id])
@@ -88,15 +89,16 @@ def add_messages(current: Sequence[Message] | None,
                 position[message.id] not in removed:
             merged[position[message.id]] = message
             continue
-        if message.id is None:
-            message = message.model_copy(update={"id": _new_id(merged, removed, position,
-                                                                message)})
-        position[message.id] = len(merged)
+        key = message.id
+        if key is None:
+            key = _new_id(merged, removed, position, message)
+            message = message.model_copy(update={"id": key})
+        position[key] = len(merged)
         merged.append(message)
     return [m for i, m in enumerate(merged) if i not in removed]
 
 
-def _new_id(merged: list[Message], removed: set[int], position: dict[str | None, int],
+def _new_id(merged: list[Message], removed: set[int], position: dict[str, int],
             message: Message) -> str:
     """An id from what precedes the message and what it says: the same on every replay."""
     at = len(merged) - 1
@@ -113,7 +115,7 @@ def _new_id(merged: list[Message], removed: set[int], position: dict[str | None,
     return candidate
 
 
-def _shown(position: dict[str | None, int], removed: set[int]) -> str:
+def _shown(position: dict[str, int], removed: set[int]) -> str:
     ids = [str(i) for i, p in position.items() if p not in removed]
     return ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else "") if ids else "none"
 

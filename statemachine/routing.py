@@ -81,7 +81,8 @@ def _hashes(item: Any) -> bool:
 
 async def next_tasks(spec: GraphSpec, ran: Sequence[Task], state: BaseModel, step: int,
                      joins: Joins, *, gotos: Mapping[tuple[str, int], Sequence[str | Send]],
-                     thread_id: str | None, origin: str) -> tuple[list[Task], Joins]:
+                     thread_id: str | None, origin: str, context: Any = None
+                     ) -> tuple[list[Task], Joins]:
     """The tasks of the next step, after `ran` (with `Command` targets `gotos`) produced
     `state` at `step`, and the joins' progress then (`joins` is not changed). Routers that
     take a context get the task id of their source node's task 0 from `origin` (where the
@@ -92,7 +93,8 @@ async def next_tasks(spec: GraphSpec, ran: Sequence[Task], state: BaseModel, ste
         node = task.node
         targets.extend(spec.edges.get(node, ()))
         for branch in spec.branches.get(node, ()):
-            targets.extend(await _take_branch(spec, branch, state, step, thread_id, origin))
+            targets.extend(await _take_branch(spec, branch, state, step, thread_id, origin,
+                                              context))
         targets.extend(gotos.get(task.key, ()))
         for join in spec.joins_by_source.get(node, ()):
             if progress is joins:
@@ -128,13 +130,14 @@ def _storable_payload(send: Send, thread_id: str | None) -> Any:
 
 
 async def _take_branch(spec: GraphSpec, branch: Branch, state: BaseModel, step: int,
-                       thread_id: str | None, origin: str) -> list[str | Send]:
+                       thread_id: str | None, origin: str, context: Any) -> list[str | Send]:
     info = branch.router
     of_thread = f" of thread {thread_id!r}" if thread_id is not None else ""
     args: tuple[Any, ...] = (state,)
     if info.wants_context:
         args = (state, RunContext(thread_id, step, branch.source,
-                                  task_id(thread_id, origin, branch.source, 0)))
+                                  task_id(thread_id, origin, branch.source, 0),
+                                  context=context))
     try:
         result = await call_user_function(info, args, inline=True)
     except Exception as exc:

@@ -193,7 +193,7 @@ class Run:
                     joins: Joins) -> tuple[list[Task], Joins]:
         return await next_tasks(self.spec, ran, state, step, joins,
                                 gotos=self.runner.results.gotos, thread_id=self.thread_id,
-                                origin=self.origin(step))
+                                origin=self.origin(step), context=self.runner.call_context)
 
     async def _run_step(self) -> StepEvent | None:
         """Run one step and commit it; None when it paused for an event instead."""
@@ -240,7 +240,7 @@ class Run:
                                                thread_id=self.thread_id)
             next_up, joins = await next_tasks(self.spec, tasks, new_state, step, self.joins,
                                               gotos=results.gotos, thread_id=self.thread_id,
-                                              origin=origin)
+                                              origin=origin, context=runner.call_context)
         except Exception as exc:
             await self._fail(exc)
         status = "done" if not next_up else "running"
@@ -312,7 +312,8 @@ class Run:
             await committer.keep_finished(self.tasks, self.runner.results)
             await committer.mark_failed(exc, None if state_changed else self.state, nodes)
             if self.spec.on_failure == "compensate":
-                await self.executor.rollback(self.thread_id, owner=self.owner, saver=self.saver)
+                await self.executor.rollback(self.thread_id, owner=self.owner, saver=self.saver,
+                                             context=self.runner.call_context, validated=True)
         raise exc
 
     async def _fail_step_limit(self) -> None:

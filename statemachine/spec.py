@@ -14,6 +14,7 @@ import networkx as nx
 from pydantic import TypeAdapter
 
 from .policies import CachePolicy, RetryPolicy
+from .run_context import ContextSchema
 from .state import StateSchema
 
 
@@ -109,3 +110,5 @@ class GraphSpec:
     on_failure: str = "raise"
     check_mutation: str = "sizes"
     """How a step checks that its nodes left the state they were given alone (`mutation`)."""
+    context: ContextSchema | None = None
+    """Validates a call's `context=` (`run_context`); None: taken as it is."""

@@ -30,7 +30,8 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
     child_input = arg if sub.input is None else sub.input(arg)  # None: the same schema
     saver = runner.saver
     if saver is None:
-        run = child.new_run(runner.thread_id, inline_sync=runner.inline_sync)
+        run = child.new_run(runner.thread_id, inline_sync=runner.inline_sync,
+                            context=runner.call_context)
         run.collected = []
         async for _ in run.execute(child_input):
             pass
@@ -48,7 +49,8 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
             if head is not None and head.status == "interrupted" and waits:
                 name = waits[0][2]
                 event = {name: _newest_answer(name)}
-            run = child.new_run(thread, inline_sync=runner.inline_sync)
+            run = child.new_run(thread, inline_sync=runner.inline_sync,
+                                context=runner.call_context)
             if head is None and not task.sent and at.base is not None and arg is at.state \
                     and child.spec.schema.model is runner.spec.schema.model:
                 # its input is this thread's state at the head: refer to it, not a copy

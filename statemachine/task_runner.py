@@ -108,6 +108,8 @@ class TaskRunner:
         """The run's store, if any: updates are then encoded as their tasks finish."""
         self.inline_sync = inline_sync
         self.max_concurrency = max_concurrency
+        self.call_context: Any = None
+        """The call's run-scoped context, handed to every node (`RunContext.context`)."""
         self.results = StepResults()
         self.observing = False
         """Whether listeners are attached: asked once a step, it is on the hot path."""
@@ -149,7 +151,7 @@ class TaskRunner:
     def context(self, task: Task, at: StepInput) -> RunContext:
         return RunContext(self.thread_id, at.step, task.node,
                           task_id(self.thread_id, at.origin, task.node, task.index),
-                          index=task.index)
+                          index=task.index, context=self.call_context)
 
     async def _execute(self, task: Task, at: StepInput, *, inline: bool) -> None:
         """Run one task through its cache, timeout and retry policy.

@@ -37,6 +37,9 @@ class RunContext:
     index: int = 0
     """Which of the step's tasks of this node it is: 0, or a `Send`'s position among the
     node's tasks of the step."""
+    context: Any = None
+    """The call's `context=` (validated into the graph's `context_schema`): per-call
+    dependencies, never checkpointed."""
 
 
 @dataclass(frozen=True, slots=True)

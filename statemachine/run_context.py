@@ -1,0 +1,51 @@
+"""Run-scoped context: per-call dependencies (a user id, an API client, a model name) handed
+to every node and router of one call, never checkpointed.
+
+    g = StateGraph(State, context_schema=Deps)          # a pydantic model, dataclass or TypedDict
+    app.invoke(inp, thread_id="t", context={"user_id": "u1"})   # validated into Deps
+    def node(state, ctx: RunContext): ctx.context.user_id
+
+Without a `context_schema`, whatever is passed is handed on as it is. A resumed run gets the
+context its own call passes: nothing of it is stored with the thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from .errors import InvalidContextError
+
+
+class ContextSchema:
+    """Validates the `context=` of a call into the graph's `context_schema`."""
+
+    def __init__(self, schema: type) -> None:
+        self.schema = schema
+        self._adapter: TypeAdapter[Any] = TypeAdapter(schema)
+
+    def validate(self, value: Any) -> Any:
+        if value is None or isinstance(value, self.schema):
+            return value
+        try:
+            return self._adapter.validate_python(value)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'the value'}: {e['msg']}"
+                for e in exc.errors(include_url=False, include_input=False))
+            raise InvalidContextError(
+                f"context= does not fit the graph's context_schema {self.schema.__name__}: "
+                f"{problems}.") from None
+
+
+def check_context_schema(schema: object) -> str | None:
+    """Why `schema` cannot be a context_schema; None when it can."""
+    if not isinstance(schema, type):
+        return f"context_schema must be a class (a pydantic model, dataclass or TypedDict), " \
+               f"got {schema!r}."
+    try:
+        TypeAdapter(schema)
+    except Exception as exc:  # pydantic's schema errors vary by type
+        return f"context_schema {schema.__name__} cannot validate a context: {exc}"
+    return None
