@@ -32,6 +32,7 @@ from .errors import (
 from .graph import StateGraph
 from .migrations import Drop, Rename
 from .policies import CachePolicy, RetryPolicy
+from .streaming import emit
 from .types import NodeFailure, RunContext, Snapshot, StepEvent
 from .waiting import wait_for
 from .worker import Worker, WorkerStats
@@ -71,6 +72,7 @@ __all__ = [
     "ThreadStateError",
     "Worker",
     "WorkerStats",
+    "emit",
     "reducers",
     "use_clock",
     "wait_for",

@@ -8,8 +8,9 @@ so they overlap and never block your event loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,8 @@ from .constants import DEFAULT_MAX_STEPS
 from .executor import Executor
 from .graph_binding import GraphIdentity
 from .spec import GraphSpec
-from .types import Snapshot, StepEvent
+from .streaming import StreamChannel, check_modes
+from .types import Snapshot
 
 if TYPE_CHECKING:
     from checkpoints.base import Checkpointer, JobInfo, Removed, ThreadInfo
@@ -92,20 +94,26 @@ class CompiledGraph:
 
     def stream(self, input: Any, thread_id: str | None = None, *,
                checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
-               max_concurrency: int | None = None,
-               context: Any = None) -> Iterator[StepEvent[Any]]:
-        """Run, yielding one `StepEvent` per step as it is committed."""
+               max_concurrency: int | None = None, context: Any = None,
+               stream_mode: str | Sequence[str] = "steps") -> Iterator[Any]:
+        """Run, yielding as it goes. `stream_mode`: "steps" (one `StepEvent` per committed
+        step), "values" (the state where the run starts and after each step), "updates"
+        ({node: update} as each task finishes), "custom" (what nodes `emit`, as they emit
+        it), or a list of them (then `(mode, payload)` pairs; see `streaming`)."""
+        check_modes(stream_mode)
         return iterate_sync(lambda: self._astream(
             input, thread_id, checkpoint_id=checkpoint_id, max_steps=max_steps,
-            max_concurrency=max_concurrency, inline_sync=True, context=context))
+            max_concurrency=max_concurrency, inline_sync=True, context=context,
+            stream_mode=stream_mode))
 
     def astream(self, input: Any, thread_id: str | None = None, *,
                 checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
-                max_concurrency: int | None = None,
-                context: Any = None) -> AsyncIterator[StepEvent[Any]]:
+                max_concurrency: int | None = None, context: Any = None,
+                stream_mode: str | Sequence[str] = "steps") -> AsyncIterator[Any]:
+        check_modes(stream_mode)
         return self._astream(input, thread_id, checkpoint_id=checkpoint_id,
                              max_steps=max_steps, max_concurrency=max_concurrency,
-                             inline_sync=False, context=context)
+                             inline_sync=False, context=context, stream_mode=stream_mode)
 
     def resume(self, thread_id: str, *, event: dict[str, Any] | None = None,
                max_steps: int = DEFAULT_MAX_STEPS, max_concurrency: int | None = None,
@@ -139,12 +147,38 @@ class CompiledGraph:
 
     async def _astream(self, input: Any, thread_id: str | None, *, inline_sync: bool,
                        checkpoint_id: str | None, max_steps: int,
-                       max_concurrency: int | None,
-                       context: Any = None) -> AsyncIterator[StepEvent[Any]]:
+                       max_concurrency: int | None, context: Any = None,
+                       stream_mode: str | Sequence[str] = "steps") -> AsyncIterator[Any]:
         run = self._executor.new_run(thread_id, max_steps=max_steps, inline_sync=inline_sync,
                                      max_concurrency=max_concurrency, context=context)
-        async for event in run.execute(input, checkpoint_id=checkpoint_id):
-            yield event
+        if stream_mode == "steps":
+            async for event in run.execute(input, checkpoint_id=checkpoint_id):
+                yield event
+            return
+        modes, single = check_modes(stream_mode)
+        channel = run.runner.channel = StreamChannel(modes)
+
+        async def produce() -> None:  # the run, in a task of its own: the caller reads
+            try:
+                async for event in run.execute(input, checkpoint_id=checkpoint_id):
+                    if "steps" in channel.modes:
+                        channel.put("steps", event)
+                    if channel.values:
+                        channel.put("values", event.state)
+                    await channel.drained()
+            finally:
+                channel.close()
+
+        producer = asyncio.ensure_future(produce())
+        try:
+            async for mode, payload in channel.items():
+                yield payload if single else (mode, payload)
+            await producer  # the run's own error, if it failed
+        finally:
+            if not producer.done():  # the caller stopped reading: stop the run
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
 
     # -- the work queue (statemachine worker) ------------------------------------------------------
 

@@ -164,6 +164,9 @@ class Run:
 
     async def steps(self) -> AsyncIterator[StepEvent]:
         steps_run = 0
+        channel = self.runner.channel
+        if channel is not None and channel.values:  # where the run starts from
+            channel.put("values", self.state)
         while self.tasks:
             if steps_run >= self.max_steps:
                 await self._fail_step_limit()

@@ -28,6 +28,7 @@ from .records import Task, cache_key_for, decode_goto, encode_goto
 from .secret_types import mentions_secret
 from .snapshots import ReplayCost
 from .spec import NodeSpec
+from .streaming import Emitter, StreamChannel, current_emitter
 from .subgraph_tasks import run_subgraph
 from .types import NodeFailure, RunContext, task_id
 from .waiting import NO_ANSWERS, TaskAnswers, WaitingForEvent, current_answers
@@ -110,6 +111,8 @@ class TaskRunner:
         self.max_concurrency = max_concurrency
         self.call_context: Any = None
         """The call's run-scoped context, handed to every node (`RunContext.context`)."""
+        self.channel: StreamChannel | None = None
+        """Where a streamed run's updates and emitted chunks go (`streaming`)."""
         self.results = StepResults()
         self.observing = False
         """Whether listeners are attached: asked once a step, it is on the hot path."""
@@ -229,11 +232,17 @@ class TaskRunner:
         args = (arg, context) if info.wants_context else (arg,)
         answers = self.results.answers.get(task.key)
         token = current_answers.set(TaskAnswers(list(answers)) if answers else NO_ANSWERS)
+        channel = self.channel
+        emitting = channel is not None and channel.custom
+        emitter = current_emitter.set(Emitter(channel, task.node)) \
+            if channel is not None and emitting else None
         try:
             if node.subgraph is not None:
                 call = run_subgraph(self, node, task, arg, at)
-            else:  # with a timeout a sync node runs in a thread, so it can be abandoned
-                call = call_user_function(info, args, inline and node.timeout is None)
+            else:  # with a timeout a sync node runs in a thread, so it can be abandoned; so
+                # does one whose emitted chunks are streamed, so they reach the caller live
+                call = call_user_function(info, args,
+                                          inline and node.timeout is None and not emitting)
             if node.timeout is None:
                 return await call
             try:
@@ -245,6 +254,8 @@ class TaskRunner:
                     step=at.step, thread_id=self.thread_id) from None
         finally:
             current_answers.reset(token)
+            if emitter is not None:
+                current_emitter.reset(emitter)
 
     def _split_result(self, node: NodeSpec, result: Any, step: int
                       ) -> tuple[dict[str, Any], list[str | Send]]:
@@ -280,6 +291,8 @@ class TaskRunner:
             results.meta[task.key] = meta
         results.timings[task.node] = results.timings.get(task.node, 0.0) + seconds
         results.pending[task.key] = update
+        if self.channel is not None and self.channel.updates:
+            self.channel.put("updates", {task.node: update})
         if self.observing:
             await self.executor.observer.node_end(self.thread_id, step, task.node, update,
                                                   seconds, meta)

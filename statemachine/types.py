@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict
 
 from checkpoints.base import Status
 
+from .streaming import emit
+
 StateT = TypeVar("StateT", bound=BaseModel)
 
 
@@ -40,6 +42,10 @@ class RunContext:
     context: Any = None
     """The call's `context=` (validated into the graph's `context_schema`): per-call
     dependencies, never checkpointed."""
+
+    def emit(self, chunk: Any) -> None:
+        """Stream `chunk` to a caller reading stream_mode="custom" (`streaming.emit`)."""
+        emit(chunk)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,97 @@
+"""Stream modes, and live output from nodes (`emit`).
+
+    for state in app.stream(inp, thread_id="t", stream_mode="values"): ...   # after each step
+    for upd in app.stream(inp, thread_id="t", stream_mode="updates"): ...    # {node: update}
+    for chunk in app.stream(inp, thread_id="t", stream_mode="custom"): ...   # what nodes emit
+    for mode, payload in app.stream(inp, stream_mode=["updates", "custom"]): ...
+
+The run goes on in a task of its own while the caller reads; what it produces goes through one
+queue (`StreamChannel`), so a chunk a node emits reaches the caller while the node still runs,
+from async nodes, sync nodes (run in threads while `custom` is streamed) and parallel tasks.
+The run starts a step only once the caller has read what the previous one produced.
+With several modes, custom chunks come as `(node, chunk)`. `emit` is a context-variable read
+and nothing else when nobody streams `custom`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Literal
+
+StreamMode = Literal["steps", "values", "updates", "custom"]
+STREAM_MODES: tuple[str, ...] = ("steps", "values", "updates", "custom")
+
+_END = object()
+
+
+class StreamChannel:
+    """What a streamed run produces, in order, for the caller: (mode, payload) items. Safe to
+    put into from the run's loop and from worker threads."""
+
+    def __init__(self, modes: Sequence[str]) -> None:
+        self.modes = frozenset(modes)
+        self.custom = "custom" in self.modes
+        self.updates = "updates" in self.modes
+        self.values = "values" in self.modes
+        self.several = len(self.modes) > 1
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def put(self, mode: str, payload: Any) -> None:
+        item = (mode, payload)
+        if threading.get_ident() == self._thread:
+            self._queue.put_nowait(item)
+        else:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def close(self) -> None:
+        self._queue.put_nowait(_END)
+
+    async def items(self) -> AsyncIterator[tuple[str, Any]]:
+        while (item := await self._queue.get()) is not _END:
+            yield item
+            self._queue.task_done()
+
+    async def drained(self) -> None:
+        """Wait until the caller has read everything put so far: a run streams a step ahead
+        of its reader at most, and one the caller stopped reading stops with it."""
+        await self._queue.join()
+
+
+@dataclass(frozen=True, slots=True)
+class Emitter:
+    """Where the running task's `emit` goes."""
+
+    channel: StreamChannel
+    node: str
+
+    def __call__(self, chunk: Any) -> None:
+        self.channel.put("custom", (self.node, chunk) if self.channel.several else chunk)
+
+
+current_emitter: ContextVar[Emitter | None] = ContextVar("statemachine_emitter", default=None)
+
+
+def emit(chunk: Any) -> None:
+    """Send `chunk` (LLM tokens, progress) to whoever streams this run with
+    stream_mode="custom", now, while the node runs; nothing when nobody does. Call it from a
+    node (sync or async); `RunContext.emit` is the same."""
+    emitter = current_emitter.get()
+    if emitter is not None:
+        emitter(chunk)
+
+
+def check_modes(stream_mode: str | Sequence[str]) -> tuple[tuple[str, ...], bool]:
+    """The modes asked for, and whether one was (payloads alone) or several (tagged)."""
+    single = isinstance(stream_mode, str)
+    modes = (stream_mode,) if isinstance(stream_mode, str) else tuple(stream_mode)
+    unknown = [m for m in modes if m not in STREAM_MODES]
+    if unknown or not modes:
+        raise ValueError(f"stream_mode must be one of {', '.join(map(repr, STREAM_MODES))} "
+                         f"or a list of them, got {stream_mode!r}.")
+    return tuple(dict.fromkeys(modes)), single

@@ -1,0 +1,198 @@
+"""Stream modes and live output from nodes (`emit`): a chunk reaches the caller while its node
+still runs (the node waits for the caller to have seen it, with a timeout, so a buffered
+stream fails instead of hanging), from sync, async and parallel nodes, with stream and
+astream, with and without a checkpointer; and the modes agree with each other and with the
+history."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import threading
+from typing import Annotated, Any
+
+import pytest
+from pydantic import BaseModel
+
+from checkpoints import MemoryCheckpointer, SQLiteCheckpointer
+from statemachine import END, START, RunContext, Send, StateGraph, StepEvent, emit
+
+WAIT = 5.0
+
+
+class S(BaseModel):
+    log: Annotated[list[str], operator.add] = []
+    n: int = 0
+
+
+def handshake_graph(seen: dict[str, threading.Event], parallel: bool) -> StateGraph:
+    """Nodes that emit a chunk and then wait until the caller has seen it."""
+    def sync_node(state: S) -> dict:
+        emit("sync:1")
+        if not seen["sync:1"].wait(WAIT):
+            raise TimeoutError("the caller never saw sync:1 while the node ran")
+        emit("sync:2")
+        return {"log": ["sync"]}
+
+    async def async_node(state: S, ctx: RunContext) -> dict:
+        ctx.emit("async:1")
+        for _ in range(int(WAIT * 100)):
+            if seen["async:1"].is_set():
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise TimeoutError("the caller never saw async:1 while the node ran")
+        return {"log": ["async"]}
+
+    g = StateGraph(S)
+    g.add_node("sync_node", sync_node)
+    g.add_node("async_node", async_node)
+    g.add_edge(START, "sync_node")
+    if parallel:
+        g.add_edge(START, "async_node")
+        g.add_edge("sync_node", END)
+    else:
+        g.add_edge("sync_node", "async_node")
+    g.add_edge("async_node", END)
+    return g
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("store", [None, "sqlite"])
+def test_emitted_chunks_reach_the_caller_while_the_node_runs(parallel, store, tmp_path):
+    seen = {key: threading.Event() for key in ("sync:1", "async:1")}
+    saver = SQLiteCheckpointer(tmp_path / "runs.db") if store else None
+    app = handshake_graph(seen, parallel).compile(checkpointer=saver)
+    got = []
+    for chunk in app.stream({}, thread_id="t" if saver else None, stream_mode="custom"):
+        got.append(chunk)
+        if chunk in seen:
+            seen[chunk].set()
+    assert sorted(got) == ["async:1", "sync:1", "sync:2"]
+    assert got.index("sync:1") < got.index("sync:2")
+    if saver is not None:
+        assert app.get_state("t").state.log in (["sync", "async"], ["async", "sync"])
+        saver.close()
+
+
+def test_astream_delivers_emitted_chunks_live_too():
+    seen = {key: threading.Event() for key in ("sync:1", "async:1")}
+    app = handshake_graph(seen, parallel=True).compile()
+
+    async def read() -> list[Any]:
+        got = []
+        async for mode, payload in app.astream({}, stream_mode=["custom", "updates"]):
+            got.append((mode, payload))
+            if mode == "custom" and payload[1] in seen:
+                seen[payload[1]].set()
+        return got
+
+    got = asyncio.run(read())
+    custom = [payload for mode, payload in got if mode == "custom"]
+    assert sorted(custom) == [("async_node", "async:1"), ("sync_node", "sync:1"),
+                              ("sync_node", "sync:2")]  # tagged with their node
+    updates = [payload for mode, payload in got if mode == "updates"]
+    assert sorted(updates, key=str) == [{"async_node": {"log": ["async"]}},
+                                        {"sync_node": {"log": ["sync"]}}]
+
+
+def busy_graph() -> StateGraph:
+    """A loop, a parallel step and a Send fan-out."""
+    def start(state: S) -> dict:
+        return {"n": state.n + 1, "log": [f"start {state.n}"]}
+
+    def fan(state: S) -> list[Send]:
+        return [Send("part", S(n=i)) for i in range(3)]
+
+    def part(state: S) -> dict:
+        emit(f"part {state.n}")
+        return {"log": [f"part {state.n}"]}
+
+    g = StateGraph(S)
+    g.add_node("start", start)
+    g.add_node("side", lambda state: {"log": ["side"]})
+    g.add_node("part", part)
+    g.add_node("again", lambda state: {})
+    g.add_edge(START, "start")
+    g.add_edge(START, "side")
+    g.add_edge("side", END)
+    g.add_conditional_edges("start", fan, ["part"])
+    g.add_edge("part", "again")
+    g.add_conditional_edges("again", lambda s: "start" if s.n < 2 else END, ["start", END])
+    return g
+
+
+def test_every_mode_agrees_with_the_others_and_with_the_history(tmp_path):
+    modes = ["steps", "values", "updates", "custom"]
+    with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
+        app = busy_graph().compile(checkpointer=saver)
+        items = list(app.stream({}, thread_id="t", stream_mode=modes))
+        by_mode: dict[str, list[Any]] = {m: [p for mode, p in items if mode == m]
+                                         for m in modes}
+        steps: list[StepEvent] = by_mode["steps"]
+        values = by_mode["values"]
+        # values: where the run starts, then the state after each step, as the steps say
+        assert values[0] == S()
+        assert values[1:] == [e.state for e in steps]
+        # updates: one per task, as it finished; together they are each step's updates
+        per_node: dict[str, list[Any]] = {}
+        for update in by_mode["updates"]:
+            [(node, value)] = update.items()
+            per_node.setdefault(node, []).append(value)
+        from_steps: dict[str, list[Any]] = {}
+        for event in steps:
+            for node, value in event.updates.items():
+                from_steps.setdefault(node, []).extend(
+                    value if isinstance(value, list) else [value])
+        assert {k: sorted(map(str, v)) for k, v in per_node.items()} == \
+            {k: sorted(map(str, v)) for k, v in from_steps.items()}
+        assert sorted(by_mode["custom"], key=str) == sorted(
+            [("part", f"part {i}") for i in range(3)] * 2, key=str)
+        # and the history holds the same states, step by step
+        history = [s for s in reversed(app.history("t")) if s.kind == "step"]
+        assert [s.state for s in history] == [e.state for e in steps]
+        assert app.get_state("t").state == values[-1]
+        # the default mode is still one StepEvent per step
+        again = list(app.stream({}, thread_id="u"))
+        assert [e.nodes for e in again] == [e.nodes for e in steps]
+
+
+def test_a_stream_stopped_early_stops_the_run_and_errors_reach_the_caller():
+    calls = []
+
+    def slow(state: S) -> dict:
+        calls.append(state.n)
+        return {"n": state.n + 1}
+
+    g = StateGraph(S)
+    g.add_node("slow", slow)
+    g.add_edge(START, "slow")
+    g.add_conditional_edges("slow", lambda s: "slow" if s.n < 1000 else END, ["slow", END])
+    app = g.compile(checkpointer=MemoryCheckpointer())
+    for state in app.stream({}, thread_id="t", stream_mode="values"):
+        if state.n == 3:
+            break
+    assert len(calls) < 50  # the run did not go on to 1000 behind the caller's back
+
+    def broken(state: S) -> dict:
+        emit("before the failure")
+        raise ValueError("node broke")
+
+    b = StateGraph(S)
+    b.add_node("broken", broken)
+    b.add_edge(START, "broken")
+    b.add_edge("broken", END)
+    got = []
+    with pytest.raises(ValueError, match="node broke"):
+        for chunk in b.compile().stream({}, stream_mode="custom"):
+            got.append(chunk)
+    assert got == ["before the failure"]
+    with pytest.raises(ValueError, match="stream_mode must be one of"):
+        b.compile().stream({}, stream_mode="tokens")
+
+
+def test_emit_does_nothing_when_nobody_streams_custom():
+    app = busy_graph().compile()
+    assert app.invoke({}).n == 2
+    assert [m for m, _ in app.stream({}, stream_mode=["values", "updates"])].count(
+        "custom") == 0
