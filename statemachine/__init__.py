@@ -34,7 +34,7 @@ from .migrations import Drop, Rename
 from .policies import CachePolicy, RetryPolicy
 from .streaming import emit
 from .types import NodeFailure, RunContext, Snapshot, StepEvent
-from .waiting import wait_for
+from .waiting import Interrupt, interrupt, wait_for
 from .worker import Worker, WorkerStats
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "GraphMismatchError",
     "GraphSpec",
     "GraphValidationError",
+    "Interrupt",
     "InvalidContextError",
     "InvalidRouteError",
     "InvalidUpdateError",
@@ -73,6 +74,7 @@ __all__ = [
     "Worker",
     "WorkerStats",
     "emit",
+    "interrupt",
     "reducers",
     "use_clock",
     "wait_for",

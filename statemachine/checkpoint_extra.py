@@ -16,6 +16,7 @@ from checkpoints.rows import damaged
 
 Interrupt = Literal["before", "after", "wait"]
 TaskKey = tuple[str, int]
+Question = tuple[str, str, int, str, Any, int]
 
 
 @dataclass(slots=True)
@@ -48,6 +49,10 @@ class CheckpointExtra:
     """Tasks waiting in `wait_for`: (node, index, event)."""
     answers: dict[TaskKey, list[Any]] = field(default_factory=dict)
     """Events delivered to the due tasks, in order."""
+    questions: list[Question] = field(default_factory=list)
+    """What the paused tasks wait for, as callers see it (`Interrupt`): (id, node, index,
+    event, what `interrupt` asked or {"wait_for": event}, the answer's position). Kept on
+    the checkpoint delivering the answers, so a wrong answer can be replaced."""
     other: dict[str, Any] = field(default_factory=dict)
     """Keys this version does not know, kept as they are."""
 
@@ -79,6 +84,8 @@ class CheckpointExtra:
             out["waiting"] = [list(w) for w in self.waiting]
         if self.answers:
             out["answers"] = {f"{n}|{i}": v for (n, i), v in self.answers.items()}
+        if self.questions:
+            out["questions"] = [list(q) for q in self.questions]
         out.update(self.other)
         return json.dumps(out) if out else None
 
@@ -144,6 +151,9 @@ def decode_extra(text: str | None) -> CheckpointExtra:
             extra.failed = [str(n) for n in value]
         elif key == "waiting":
             extra.waiting = [(str(n), int(i), str(e)) for n, i, e in value]
+        elif key == "questions":
+            extra.questions = [(str(i), str(n), int(x), str(e), v, int(p))
+                               for i, n, x, e, v, p in value]
         elif key == "answers":
             answers = {}
             for task, values in value.items():

@@ -7,6 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class _NoResume:
+    def __repr__(self) -> str:
+        return "<no answer>"
+
+
+NO_RESUME: Any = _NoResume()
+
+
 @dataclass(frozen=True)
 class Send:
     """Run `node` once more in the next step, with `payload` as its input instead of the state.
@@ -30,6 +38,13 @@ class Command:
 
     update: Mapping[str, Any] | None = None
     goto: str | Send | Sequence[str | Send] = field(default=())
+    resume: Any = field(default=NO_RESUME)
+    """Given to `invoke`/`stream` (not returned by a node): the answer to a paused run's
+    `interrupt` question, `{interrupt id: answer}` for several; see `resume(answer=...)`."""
+
+    @property
+    def resumes(self) -> bool:
+        return self.resume is not NO_RESUME
 
     def targets(self) -> list[str | Send]:
         goto = self.goto

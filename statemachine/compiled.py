@@ -18,6 +18,7 @@ import networkx as nx
 from pydantic import BaseModel
 
 from ._sync import iterate_sync, run_sync
+from .commands import NO_RESUME, Command
 from .constants import DEFAULT_MAX_STEPS
 from .executor import Executor
 from .graph_binding import GraphIdentity
@@ -116,32 +117,37 @@ class CompiledGraph:
                              inline_sync=False, context=context, stream_mode=stream_mode)
 
     def resume(self, thread_id: str, *, event: dict[str, Any] | None = None,
-               max_steps: int = DEFAULT_MAX_STEPS, max_concurrency: int | None = None,
-               context: Any = None) -> Any:
+               answer: Any = NO_RESUME, max_steps: int = DEFAULT_MAX_STEPS,
+               max_concurrency: int | None = None, context: Any = None) -> Any:
         """Continue a failed, interrupted, waiting or crashed run; returns its final state.
 
-        `event` delivers values to a run paused in `wait_for`: {event name: value}. `context`
-        is this call's (nothing of an earlier call's context is stored).
+        `event` delivers values to a run paused in `wait_for`: {event name: value}. `answer`
+        answers what a node asked with `interrupt` (several questions: {interrupt id: answer},
+        ids in `get_state(thread).interrupts`); given to a run that failed after an answer,
+        it replaces that answer. `context` is this call's (no call's context is stored).
         """
         return run_sync(lambda: self._ainvoke(
             None, thread_id, max_steps=max_steps, max_concurrency=max_concurrency,
-            inline_sync=True, resume=True, event=event, context=context))
+            inline_sync=True, resume=True, event=event, answer=answer, context=context))
 
     async def aresume(self, thread_id: str, *, event: dict[str, Any] | None = None,
-                      max_steps: int = DEFAULT_MAX_STEPS,
+                      answer: Any = NO_RESUME, max_steps: int = DEFAULT_MAX_STEPS,
                       max_concurrency: int | None = None, context: Any = None) -> Any:
         return await self._ainvoke(None, thread_id, max_steps=max_steps,
                                    max_concurrency=max_concurrency, inline_sync=False,
-                                   resume=True, event=event, context=context)
+                                   resume=True, event=event, answer=answer, context=context)
 
     async def _ainvoke(self, input: Any, thread_id: str | None, *, inline_sync: bool,
                        checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
                        max_concurrency: int | None = None, resume: bool = False,
-                       event: dict[str, Any] | None = None, context: Any = None) -> Any:
+                       event: dict[str, Any] | None = None, answer: Any = NO_RESUME,
+                       context: Any = None) -> Any:
         run = self._executor.new_run(thread_id, max_steps=max_steps, inline_sync=inline_sync,
                                      max_concurrency=max_concurrency, context=context)
-        async for _ in run.execute(input, checkpoint_id=checkpoint_id, resume=resume,
-                                   event=event):
+        if answer is not NO_RESUME:
+            input = Command(resume=answer)
+        async for _ in run.execute(input, checkpoint_id=checkpoint_id, resume=resume and
+                                   answer is NO_RESUME, event=event):
             pass
         return run.state
 

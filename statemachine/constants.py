@@ -20,3 +20,6 @@ UPDATE: Final = "__update__"
 CONTINUATIONS: Final = frozenset({"resume", "event"})
 """Kinds of the checkpoint a run commits when it continues a paused or failed step (`event`
 when it delivers events): the step's due tasks again, with the work it kept."""
+
+INTERRUPTS: Final = "__interrupt__"
+"""The key of the `updates` stream item saying a run paused, with what it waits for."""

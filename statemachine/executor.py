@@ -40,6 +40,7 @@ from .spec import GraphSpec, NodeSpec
 from .state_cache import StateCache
 from .thread_errors import needs_checkpointer, not_found
 from .types import Snapshot
+from .waiting import Interrupt
 
 
 class Executor:
@@ -242,12 +243,15 @@ class Executor:
         done = {(n, i) for n, i, _ in finished}
         tasks = [t for t in decode_tasks(record.next) if t.key not in done]
         pending_updates = merged_updates([(node, update) for node, _, update in finished])
+        extra = extra_of(record)
         return Snapshot(
             thread_id=record.thread_id, checkpoint_id=record.id, parent_id=record.parent_id,
             step=record.step, state=state, next=tuple(t.node for t in tasks),
             status=record.status,  # type: ignore[arg-type]
             error=record.error, created_at=record.created_at, pending_writes=pending_updates,
-            kind=record.kind, metadata=extra_of(record).metadata())
+            kind=record.kind, metadata=extra.metadata(),
+            interrupts=tuple(Interrupt(q[0], q[1], q[4]) for q in extra.questions)
+            if record.status == "interrupted" else ())
 
     def require_saver(self, what: str, blocking: bool) -> Checkpointer:
         """The checkpointer; with `blocking`, its view that does I/O in the calling thread."""

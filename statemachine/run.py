@@ -23,12 +23,14 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from checkpoints.base import CheckpointRecord, Owner, PendingWrite
 
 from .checkpoint_extra import CheckpointExtra
+from .commands import Command
 from .committer import Committer, release_after
-from .constants import START
+from .constants import INTERRUPTS, START
 from .errors import (
     StepLimitError,
     StorageUnavailableError,
@@ -39,10 +41,11 @@ from .graph_binding import bind, check_binding
 from .mutation import Fingerprint, mutated
 from .records import Task
 from .routing import Joins, next_tasks
-from .run_start import deliver, start_on_thread
+from .run_start import NO_ANSWER, deliver, start_on_thread
 from .task_runner import StepInput, StepResults, TaskRunner
 from .thread_errors import needs_checkpointer
-from .types import StepEvent
+from .types import StepEvent, task_id
+from .waiting import INTERRUPT_EVENT, Interrupt
 
 if TYPE_CHECKING:
     from .executor import Executor
@@ -93,19 +96,27 @@ class Run:
         return self.committer.head_id if self.committer is not None else None
 
     async def execute(self, input: Any, *, checkpoint_id: str | None = None,
-                      resume: bool = False, event: dict[str, Any] | None = None
-                      ) -> AsyncIterator[StepEvent]:
+                      resume: bool = False, event: dict[str, Any] | None = None,
+                      answer: Any = NO_ANSWER) -> AsyncIterator[StepEvent]:
         """Run (or resume) the thread; yields one event per committed step.
 
-        `event` delivers values to tasks paused in `wait_for` ({event name: value}).
+        `event` delivers values to tasks paused in `wait_for` ({event name: value}), `answer`
+        answers `interrupt` questions; `Command(resume=...)` as the input is `answer`.
         """
+        if isinstance(input, Command):
+            if not input.resumes or input.update is not None or input.goto:
+                raise ThreadStateError(
+                    "a Command given to invoke or stream answers a paused run: "
+                    "Command(resume=answer), without update or goto (a node returns those).")
+            input, resume, answer = None, True, input.resume
         if self.saver is not None and self.thread_id is not None and \
                 not isinstance(self.thread_id, str):
             raise ThreadStateError(
                 f"thread_id must be text, got {type(self.thread_id).__name__} "
                 f"{self.thread_id!r}: pass thread_id={str(self.thread_id)!r}.")
         if self.saver is None:
-            if resume or checkpoint_id is not None or event is not None:
+            if resume or checkpoint_id is not None or event is not None or \
+                    answer is not NO_ANSWER:
                 raise needs_checkpointer("resume or fork a run")
             if self.spec.on_failure == "compensate":
                 raise needs_checkpointer(
@@ -129,7 +140,7 @@ class Run:
             unbound = self.executor.binds_threads and \
                 await check_binding(self.saver, self.thread_id, identity)
             await start_on_thread(self, input, checkpoint_id, resume)
-            await deliver(self, event)
+            await deliver(self, event, answer)
             await bind(self.saver, self.thread_id, self.owner, identity, unbound)
             async for step_event in self.steps():
                 yield step_event
@@ -233,8 +244,17 @@ class Run:
                 t.node for t, o in zip(to_run, outcomes, strict=True)
                 if isinstance(o, BaseException)])
         if results.waiting:
-            await self._pause_for_events()
-            return None
+            interrupts = await self._pause_for_events(origin)
+            finished = [(t.node, results.pending[t.key]) for t in tasks
+                        if t.key in results.pending]
+            pause = StepEvent(
+                step=step, nodes=tuple(dict.fromkeys(node for node, _ in finished)),
+                updates=merged_updates(finished), state=state, status="interrupted",
+                thread_id=self.thread_id, checkpoint_id=self.head_id, timings=results.timings,
+                interrupts=interrupts)
+            if runner.channel is not None and runner.channel.updates:
+                runner.channel.put("updates", {INTERRUPTS: interrupts})
+            return pause
         updates = [(t.node, results.pending[t.key]) for t in tasks]
         if self.collected is not None:
             self.collected += updates
@@ -291,19 +311,29 @@ class Run:
                 f"{self.committer.head_id!r}) then resume.")
         await self._fail(error, state_changed=True, nodes=[t.node for t in ran])
 
-    async def _pause_for_events(self) -> None:
-        """End the run here: finished tasks' writes stay pending, the step waits for events."""
+    async def _pause_for_events(self, origin: str) -> tuple[Interrupt, ...]:
+        """End the run here: finished tasks' writes stay pending, the step waits for events
+        and answers; what it waits for, as the caller sees it."""
         results = self.runner.results
         if self.committer is None:
             node, event = next(iter(results.waiting.items()))
+            call = "interrupt(...)" if event.startswith(INTERRUPT_EVENT) else \
+                f"wait_for({event!r})"
             raise ThreadStateError(
-                f"node {node[0]!r} called wait_for({event!r}), which pauses the run until the "
-                "event is delivered with resume(); that needs a checkpointer to keep the run: "
+                f"node {node[0]!r} called {call}, which pauses the run until it is answered "
+                "with resume(); that needs a checkpointer to keep the run: "
                 "compile(checkpointer=...).")
+        questions = [
+            (task_id(self.thread_id, origin, n, i, e), n, i, e,
+             to_jsonable_python(results.questions[(n, i)]) if (n, i) in results.questions
+             else {"wait_for": e}, len(results.answers.get((n, i), ())))
+            for (n, i), e in results.waiting.items()]
         await self.committer.keep_finished(self.tasks, results)
         await self.committer.mark("interrupted", self.committer.extra_with(
             joins=self.joins, interrupt="wait", answers=dict(results.answers), failed=[],
-            waiting=[(n, i, e) for (n, i), e in results.waiting.items()]))
+            waiting=[(n, i, e) for (n, i), e in results.waiting.items()],
+            questions=questions))
+        return tuple(Interrupt(q[0], q[1], q[4]) for q in questions)
 
     async def _fail(self, exc: BaseException, *, state_changed: bool = False,
                     nodes: Sequence[str] = ()) -> None:

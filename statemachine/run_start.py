@@ -18,7 +18,8 @@ from pydantic_core import to_jsonable_python
 
 from checkpoints.base import FINISHED, Chain, CheckpointRecord, NewCheckpoint, PendingWrite
 
-from .checkpoint_extra import CheckpointExtra, extra_of
+from .checkpoint_extra import CheckpointExtra, Question, extra_of
+from .commands import NO_RESUME
 from .constants import CONTINUATIONS, INPUT, START
 from .errors import ThreadStateError
 from .migrations import UnknownStoredFields
@@ -26,6 +27,7 @@ from .records import Task, decode_goto, decode_tasks
 from .replay import stale
 from .task_runner import StepResults
 from .thread_errors import not_found, rollback_stopped_message, unfinished_message
+from .waiting import INTERRUPT_EVENT
 
 if TYPE_CHECKING:
     from .executor import Executor
@@ -89,10 +91,23 @@ async def start_on_thread(run: Run, input: Any, checkpoint_id: str | None, resum
     run.head_record, run.head_pending = head, chain.pending.get(head.id, [])
 
 
-async def deliver(run: Run, event: dict[str, Any] | None) -> None:
-    """Hand delivered event values to the tasks waiting for them, durably, before running;
-    a paused or failed step is continued on a checkpoint of its own (see the module)."""
+NO_ANSWER: Any = NO_RESUME
+"""`answer` not given (None is an answer)."""
+
+
+async def deliver(run: Run, event: dict[str, Any] | None, answer: Any = NO_ANSWER) -> None:
+    """Hand delivered event values (and answers to `interrupt` questions) to the tasks
+    waiting for them, durably, before running; a paused or failed step is continued on a
+    checkpoint of its own (see the module). An answer given to a step that failed after its
+    questions were answered replaces the answer (a wrong one must not leave it stuck)."""
     waiting = run.head_extra.waiting if run.head_status == "interrupted" else None
+    by_task: dict[tuple[str, int, str], Any] = {}
+    if answer is not NO_ANSWER:
+        if not waiting and run.head_status == "failed" and run.head_extra.questions:
+            run.runner.results.answers = _replaced(run, answer)
+            await _continue(run, "event", run.runner.results.answers)
+            return
+        by_task = _as_events(run, answer, waiting or [])
     if not waiting:
         if event is not None:
             raise ThreadStateError(
@@ -101,18 +116,73 @@ async def deliver(run: Run, event: dict[str, Any] | None) -> None:
         if run.head_status in ("interrupted", "failed") and run.tasks:
             await _continue(run, "resume", run.runner.results.answers)
         return
-    missing = [name for _, _, name in waiting if event is None or name not in event]
+    missing = [name for n, i, name in waiting
+               if (n, i, name) not in by_task and (event is None or name not in event)]
+    asked = [q for q in run.head_extra.questions if q[3] in missing
+             and q[3].startswith(INTERRUPT_EVENT)]
+    if asked:
+        questions = "; ".join(f"{q[0]} (node {q[1]!r}): {q[4]!r}" for q in asked)
+        raise ThreadStateError(
+            f"thread {run.thread_id!r} waits for an answer: {questions}. Give it with "
+            f"app.resume({run.thread_id!r}, answer=...) or invoke(Command(resume=...), "
+            f"thread_id={run.thread_id!r}).")
     if missing:
         raise ThreadStateError(
             f"thread {run.thread_id!r} is waiting for event {missing[0]!r} (node "
             f"{waiting[0][0]!r}); resume it with app.resume({run.thread_id!r}, "
             f"event={{{missing[0]!r}: ...}}).")
-    assert event is not None and run.committer is not None
+    assert run.committer is not None
     answers = run.runner.results.answers
     for node, index, name in waiting:
-        answers.setdefault((node, index), []).append(to_jsonable_python(event[name]))
+        value = by_task[(node, index, name)] if (node, index, name) in by_task else \
+            (event or {})[name]
+        answers.setdefault((node, index), []).append(to_jsonable_python(value))
     run.skip_interrupt_before = True
     await _continue(run, "event", answers)
+
+
+def _pending(run: Run, waiting: list[tuple[str, int, str]]) -> list[Question]:
+    """The questions of the head still waiting for an answer (all, on a failed head)."""
+    names = {(n, i, e) for n, i, e in waiting}
+    return [q for q in run.head_extra.questions if not names or (q[1], q[2], q[3]) in names]
+
+
+def _by_id(run: Run, answer: Any, pending: list[Question]) -> dict[str, Any]:
+    """`answer` as {interrupt id: answer}: a dict of pending ids, or the one answer."""
+    ids = {q[0] for q in pending}
+    if isinstance(answer, dict) and answer and set(answer) <= ids:
+        return answer
+    if len(pending) == 1:
+        return {pending[0][0]: answer}
+    if not pending:
+        raise ThreadStateError(f"thread {run.thread_id!r} asked nothing, so answer= has "
+                               "nowhere to go; resume it without one.")
+    asked = "; ".join(f"{q[0]} (node {q[1]!r}: {q[4]!r})" for q in pending)
+    raise ThreadStateError(
+        f"thread {run.thread_id!r} waits for {len(pending)} answers: answer each by its id, "
+        f"answer={{id: ..., ...}}. Waiting: {asked}.")
+
+
+def _as_events(run: Run, answer: Any, waiting: list[tuple[str, int, str]]
+               ) -> dict[tuple[str, int, str], Any]:
+    """Answers to a paused head's questions, by the waiting task and event they answer."""
+    pending = _pending(run, waiting)
+    by_id = _by_id(run, answer, pending)
+    return {(q[1], q[2], q[3]): by_id[q[0]] for q in pending if q[0] in by_id}
+
+
+def _replaced(run: Run, answer: Any) -> dict[tuple[str, int], list[Any]]:
+    """The failed head's answers with those of `answer` replaced (and any given after them
+    dropped: they answered questions asked after the wrong answer)."""
+    pending = _pending(run, [])
+    by_id = _by_id(run, answer, pending)
+    answers = {k: list(v) for k, v in run.runner.results.answers.items()}
+    for q in pending:
+        if q[0] in by_id:
+            key = (q[1], q[2])
+            answers[key] = [*answers.get(key, [])[:q[5]], to_jsonable_python(by_id[q[0]])]
+    run.skip_interrupt_before = True
+    return answers
 
 
 async def _continue(run: Run, kind: str, answers: dict[tuple[str, int], list[Any]]) -> None:
@@ -125,7 +195,8 @@ async def _continue(run: Run, kind: str, answers: dict[tuple[str, int], list[Any
     # an operator's go-ahead past an interrupt_before stays given (an edit keeps it too)
     extra = carried_on(kept, run.head_pending).copy(
         origin=kept.origin or head.id, joins=kept.joins, answers=dict(answers),
-        interrupt="before" if kept.interrupt == "before" else None, other=kept.other)
+        interrupt="before" if kept.interrupt == "before" else None, other=kept.other,
+        questions=kept.questions)
     await committer.put(NewCheckpoint(
         parent_id=head.id, step=head.step, kind=kind, status="running", next=head.next,
         snapshot=committer.snapshot_if_due(0, True, run.state), extra=extra.encode(),

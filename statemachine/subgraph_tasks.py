@@ -15,7 +15,7 @@ from .checkpoint_extra import extra_of
 from .errors import ThreadStateError
 from .records import Task
 from .spec import NodeSpec
-from .waiting import WaitingForEvent, current_answers
+from .waiting import INTERRUPT_EVENT, WaitingForEvent, current_answers
 
 if TYPE_CHECKING:
     from .task_runner import StepInput, TaskRunner
@@ -61,10 +61,14 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
             final = run.state
             ended = await saver.load(thread)
             assert ended is not None
-            waiting = extra_of(ended.head).waiting
+            ended_extra = extra_of(ended.head)
+            waiting = ended_extra.waiting
             if ended.head.status == "interrupted":
-                if waiting:
-                    raise WaitingForEvent(waiting[0][2])
+                if waiting:  # what the subgraph's node asked is what the parent asks
+                    asked = [q[4] for q in ended_extra.questions
+                             if (q[1], q[2], q[3]) == waiting[0]
+                             and q[3].startswith(INTERRUPT_EVENT)]
+                    raise WaitingForEvent(waiting[0][2], asked[0] if asked else None)
                 raise ThreadStateError(
                     f"subgraph node {node.name!r} paused on an interrupt of its own; "
                     "interrupts inside subgraphs are not supported: use wait_for().")

@@ -57,7 +57,9 @@ class StepResults:
     """Per finished task: attempts, cache hit, goto (stored with its pending write)."""
     timings: dict[str, float] = field(default_factory=dict)
     waiting: dict[Key, str] = field(default_factory=dict)
-    """Tasks paused in `wait_for`, with the event each waits for."""
+    """Tasks paused in `wait_for` or `interrupt`, with the event each waits for."""
+    questions: dict[Key, Any] = field(default_factory=dict)
+    """What the tasks paused in `interrupt` asked."""
     answers: dict[Key, list[Any]] = field(default_factory=dict)
     """Events delivered to the tasks, in order (what `wait_for` returns)."""
 
@@ -191,6 +193,8 @@ class TaskRunner:
                 break
             except WaitingForEvent as waiting:
                 self.results.waiting[task.key] = waiting.event
+                if waiting.question is not None:
+                    self.results.questions[task.key] = waiting.question
                 return
             except Exception as exc:
                 if policy is not None and attempt < policy.max_attempts and \

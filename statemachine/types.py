@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from checkpoints.base import Status
 
 from .streaming import emit
+from .waiting import Interrupt
 
 StateT = TypeVar("StateT", bound=BaseModel)
 
@@ -66,6 +67,9 @@ class StepEvent(Generic[StateT]):
     """node -> attempts it took, for nodes that were retried."""
     cache_hits: tuple[str, ...] = ()
     """Nodes whose update came from the cache instead of running."""
+    interrupts: tuple[Interrupt, ...] = ()
+    """When the step paused in `interrupt` or `wait_for` (status "interrupted"): what it
+    waits for."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,9 @@ class Snapshot(Generic[StateT]):
     """Nodes whose updates made this checkpoint, in merge order (filled in by `history`)."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """What the step recorded: `attempts` of retried nodes, `cache_hits`, what it `waits_for`."""
+    interrupts: tuple[Interrupt, ...] = ()
+    """On a paused checkpoint: what its tasks wait for (`interrupt` questions, and
+    `wait_for` events as {"wait_for": name}), each with the id to answer it by."""
 
 
 class NodeFailure(BaseModel):

@@ -1,4 +1,5 @@
-"""`wait_for`: pause a run durably until an event is delivered with `resume(event=...)`."""
+"""`wait_for` and `interrupt`: pause a run durably until an event is delivered with
+`resume(event=...)`, or a question `interrupt` asked is answered with `resume(answer=...)`."""
 
 from __future__ import annotations
 
@@ -22,14 +23,47 @@ current_answers: ContextVar[TaskAnswers | None] = ContextVar("statemachine_answe
 
 
 class WaitingForEvent(BaseException):
-    """Raised by `wait_for` to end the task until the event arrives.
+    """Raised by `wait_for` (and `interrupt`) to end the task until the event arrives.
 
-    A BaseException, so a node's own `except Exception` cannot swallow the pause.
+    A BaseException, so a node's own `except Exception` cannot swallow the pause. `question`
+    is what an `interrupt` asked (None for `wait_for`).
     """
 
-    def __init__(self, event: str) -> None:
+    def __init__(self, event: str, question: Any = None) -> None:
         self.event = event
+        self.question = question
         super().__init__(event)
+
+
+INTERRUPT_EVENT = "__interrupt__"
+"""Events an `interrupt` waits for are named this, then the position of its answer among the
+task's answers: `__interrupt__0`, `__interrupt__1`..."""
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    """A question a paused node asked with `interrupt(value)`: answer it with
+    `app.resume(thread, answer=...)` (several: `answer={id: ..., id: ...}`) or
+    `invoke(Command(resume=...), thread_id=...)`."""
+
+    id: str
+    node: str
+    value: Any
+
+
+def interrupt(value: Any) -> Any:
+    """Pause the run here, durably, asking `value` (any JSON-able data: a question, a draft
+    to approve); return the answer given on resume. Like `wait_for`, the node runs again from
+    its start on resume and each `interrupt` returns, in order, the answers given so far: keep
+    what comes before it idempotent."""
+    answers = current_answers.get()
+    if answers is None:
+        raise RuntimeError("interrupt() can only be called inside a running node.")
+    if answers.position < len(answers.answers):
+        answer = answers.answers[answers.position]
+        answers.position += 1
+        return answer
+    raise WaitingForEvent(f"{INTERRUPT_EVENT}{answers.position}", value)
 
 
 def wait_for(event: str) -> Any:

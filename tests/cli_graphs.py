@@ -28,7 +28,7 @@ from typing import Annotated
 
 from pydantic import BaseModel
 
-from statemachine import END, START, StateGraph, wait_for
+from statemachine import END, START, StateGraph, interrupt, wait_for
 
 
 class State(BaseModel):
@@ -278,3 +278,19 @@ not_a_graph = 42
 
 def make_graph() -> StateGraph:
     return passing
+
+
+class ReviewState(BaseModel):
+    draft: str = "v1"
+    approved: bool | None = None
+
+
+def review(state: ReviewState) -> dict:
+    verdict = interrupt({"question": "approve?", "draft": state.draft})
+    return {"approved": {"yes": True, "no": False}[verdict]}  # anything else: a KeyError
+
+
+asking = StateGraph(ReviewState)
+asking.add_node(review)
+asking.add_edge(START, "review")
+asking.add_edge("review", END)

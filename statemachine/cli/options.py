@@ -81,14 +81,14 @@ def prog(ctx: click.Context) -> str:
 
 def json_object(value: str, option: str) -> dict[str, Any]:
     """The JSON object an option gives (text, @file or -); CliError saying what is wrong."""
-    data = _read_json(value, option)
+    data = read_json(value, option)
     if not isinstance(data, dict):
         raise CliError(f"{option} must be a JSON object ({{...}}), not {type(data).__name__}",
                        EXIT_USAGE)
     return data
 
 
-def _read_json(value: str, option: str) -> Any:
+def read_json(value: str, option: str) -> Any:
     """JSON text, `@file.json`, or `-`/`@-` for stdin."""
     source = "text"
     if value in ("-", "@-"):

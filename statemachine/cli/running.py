@@ -19,11 +19,13 @@ from rich.text import Text
 
 from checkpoints.base import FINISHED
 
+from ..commands import NO_RESUME
 from ..compiled import CompiledGraph
 from ..errors import ThreadNotFoundError, ThreadStateError
 from ..store_reader import DEFAULT_SCHEMA
 from ..terminal import safe
 from ..types import Snapshot
+from ..waiting import INTERRUPT_EVENT, Interrupt
 from .display import RunDisplay, fmt_seconds
 from .errors import (
     EPILOG,
@@ -41,6 +43,7 @@ from .options import (
     json_object,
     pg_schema,
     prog,
+    read_json,
     shown_db,
     with_options,
 )
@@ -96,16 +99,21 @@ def run(ctx: click.Context, target: str, input_: str, db: Db | None, thread: str
 @click.option("--thread", required=True, help="The thread to continue.")
 @click.option("--event", metavar="JSON",
               help='Events for a run waiting in wait_for(): {"name": value}; text, @file or -.')
+@click.option("--answer", metavar="JSON",
+              help="The answer to what a node asked with interrupt() (any JSON value; several "
+                   'questions: {"interrupt id": answer}); text, @file or -. Given to a run '
+                   "that failed after an answer, it replaces that answer.")
 @with_options(RUN_OPTIONS)
 @click.pass_context
 def resume(ctx: click.Context, target: str, db: Db | None, thread: str, event: str | None,
-           max_steps: int, quiet: bool, show_traceback: bool) -> None:
+           answer: str | None, max_steps: int, quiet: bool, show_traceback: bool) -> None:
     """Continue a failed, interrupted, waiting or crashed run of GRAPH; print its final state.
 
     Only what had not finished runs: committed steps and the kept updates of a failed step
     are not run again.
     """
     events = json_object(event, "--event") if event is not None else None
+    answered = read_json(answer, "--answer") if answer is not None else NO_RESUME
     with contextlib.ExitStack() as stack, library_errors():
         app = build_app(target, db, stack, create=False)
         if app.checkpointer is None:
@@ -114,8 +122,15 @@ def resume(ctx: click.Context, target: str, db: Db | None, thread: str, event: s
         snapshot = _latest(app, thread)
         if snapshot is None:
             raise no_thread(thread, app.threads(), db)
-        waits_for = snapshot.metadata.get("waits_for", []) \
-            if snapshot.status == "interrupted" else []
+        waits_for = _events(snapshot) if snapshot.status == "interrupted" else []
+        asks = snapshot.status == "interrupted" and _asks(snapshot)
+        if asks and answered is NO_RESUME:
+            raise CliError(
+                f"thread {thread!r} waits for an answer: "
+                + "; ".join(f"{i.id} (node {i.node!r}): {json.dumps(i.value, default=str)}"
+                            for i in snapshot.interrupts if _is_question(i))
+                + "; give it with --answer", EXIT_USAGE,
+                hint=_resume_command(ctx, target, db, thread, waits_for, asks=True))
         if waits_for and not (events and all(name in events for name in waits_for)):
             missing = [n for n in waits_for if not events or n not in events]
             raise CliError(
@@ -137,7 +152,8 @@ def resume(ctx: click.Context, target: str, db: Db | None, thread: str, event: s
                                      + (f", next: {', '.join(snapshot.next)}" if snapshot.next
                                         else ""), style="dim"))
         _execute(ctx, app, target, db, thread,
-                 lambda: app.resume(thread, event=events, max_steps=max_steps),
+                 lambda: app.resume(thread, event=events, answer=answered,
+                                    max_steps=max_steps),
                  quiet=quiet, show_traceback=show_traceback)
 
 
@@ -190,9 +206,8 @@ def _thread_hint(ctx: click.Context, app: CompiledGraph, target: str, db: Db | N
     if snapshot is None:
         return None
     if snapshot.status in ("failed", "interrupted", "running"):
-        events = snapshot.metadata.get("waits_for", ())
         return f"thread {thread!r} is {snapshot.status}; continue it with: " \
-            + _resume_command(ctx, target, db, thread, events)
+            + _resume_command(ctx, target, db, thread, _events(snapshot), asks=_asks(snapshot))
     return None
 
 
@@ -204,14 +219,18 @@ def _report_end(ctx: click.Context, err: Console, app: CompiledGraph, target: st
            f"{fmt_seconds(display.elapsed())}"
     where = f" (thread {show_id(thread)})" if thread is not None else ""
     if status == "interrupted" and snapshot is not None:
-        events = snapshot.metadata.get("waits_for", [])
-        why = f"waiting for event {', '.join(map(repr, events))}" if events else \
+        events, asks = _events(snapshot), _asks(snapshot)
+        questions = [i for i in snapshot.interrupts if _is_question(i)]
+        why = "asking " + "; ".join(f"{i.node}: {json.dumps(i.value, default=str)}"
+                                    for i in questions) if questions else \
+            f"waiting for event {', '.join(map(repr, events))}" if events else \
             f"before {', '.join(snapshot.next)} (an interrupt)" if snapshot.next else \
             "(an interrupt)"
         err.print(Text.assemble(("⏸ ", "yellow"), f"paused at step {snapshot.step} {why}"
                                 f"{where}; {took}"))
         if thread is not None and _durable(app):
-            err.print(Text("  resume with: " + _resume_command(ctx, target, db, thread, events)))
+            err.print(Text("  resume with: " + _resume_command(ctx, target, db, thread, events,
+                                                               asks=asks)), soft_wrap=True)
         return
     if not quiet:
         err.print(Text.assemble(("✓ ", "green"), f"{status}: {took}{where}"))
@@ -248,8 +267,24 @@ def _report_failure(ctx: click.Context, err: Console, app: CompiledGraph, target
                        "process"))
 
 
+def _is_question(interrupt: Interrupt) -> bool:
+    """An `interrupt` question (the others are `wait_for` events)."""
+    value = interrupt.value
+    return not (isinstance(value, dict) and list(value) == ["wait_for"])
+
+
+def _asks(snapshot: Snapshot) -> bool:
+    return any(_is_question(i) for i in snapshot.interrupts)
+
+
+def _events(snapshot: Snapshot) -> list[str]:
+    """The wait_for events the snapshot waits for (not the interrupt questions)."""
+    return [e for e in snapshot.metadata.get("waits_for", [])
+            if not e.startswith(INTERRUPT_EVENT)]
+
+
 def _resume_command(ctx: click.Context, target: str, db: Db | None, thread: str,
-                    events: Sequence[str] = ()) -> str:
+                    events: Sequence[str] = (), *, asks: bool = False) -> str:
     words = ["resume", target]
     if db is not None:
         words += ["--db", shown_db(db)]
@@ -259,6 +294,8 @@ def _resume_command(ctx: click.Context, target: str, db: Db | None, thread: str,
     if events:
         template = "{" + ", ".join(f"{json.dumps(name)}: ..." for name in events) + "}"
         command += f" --event {shlex.quote(template)}"
+    if asks:
+        command += " --answer '...'"
     if db is not None and shown_db(db) != str(db):
         command += "  # the --db password is hidden: put it back, or set PGPASSWORD"
     return command

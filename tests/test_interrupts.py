@@ -1,0 +1,195 @@
+"""interrupt(): a node pauses the run, durably, asking a question, and gets the answer back on
+resume; the pause is visible in what invoke's stream and get_state return; a wrong answer
+never leaves a thread stuck."""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import pytest
+from pydantic import BaseModel
+from test_cli import OK, RUN_FAILED, USAGE, cli
+
+from checkpoints import MemoryCheckpointer, SQLiteCheckpointer
+from statemachine import (
+    END,
+    START,
+    Command,
+    Interrupt,
+    StateGraph,
+    ThreadStateError,
+    interrupt,
+    wait_for,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class S(BaseModel):
+    draft: str = "v1"
+    log: Annotated[list[str], operator.add] = []
+
+
+def one_node(fn) -> StateGraph:
+    g = StateGraph(S)
+    g.add_node("ask", fn)
+    g.add_edge(START, "ask")
+    g.add_edge("ask", END)
+    return g
+
+
+def test_a_node_asks_the_run_pauses_and_the_answer_comes_back():
+    runs = []
+
+    def ask(state: S) -> dict:
+        runs.append("ran")
+        first = interrupt({"question": "approve?", "draft": state.draft})
+        second = interrupt("a note?")  # answers are replayed in order on each resume
+        return {"log": [f"{first} / {second}"]}
+
+    app = one_node(ask).compile(checkpointer=MemoryCheckpointer())
+    events = list(app.stream({}, thread_id="t"))
+    assert [e.status for e in events] == ["interrupted"]  # the pause is in the stream
+    [asked] = events[-1].interrupts
+    assert isinstance(asked, Interrupt) and asked.node == "ask"
+    assert asked.value == {"question": "approve?", "draft": "v1"}
+    assert app.get_state("t").interrupts == (asked,)
+
+    app.invoke(Command(resume="yes"), thread_id="t")
+    [second] = app.get_state("t").interrupts
+    assert second.value == "a note?" and second.id != asked.id
+    assert app.resume("t", answer="ship it").log == ["yes / ship it"]
+    assert len(runs) == 3 and app.get_state("t").interrupts == ()
+    with pytest.raises(ThreadStateError, match="asked nothing"):
+        app.resume("t", answer="late")
+
+
+def test_parallel_questions_are_answered_by_id_and_updates_mode_shows_the_pause():
+    def asker(name: str):
+        def ask(state: S) -> dict:
+            return {"log": [f"{name}: {interrupt(f'{name}?')}"]}
+        return ask
+
+    g = StateGraph(S)
+    for name in ("legal", "finance"):
+        g.add_node(name, asker(name))
+        g.add_edge(START, name)
+        g.add_edge(name, END)
+    app = g.compile(checkpointer=MemoryCheckpointer())
+    updates = list(app.stream({}, thread_id="t", stream_mode="updates"))
+    [paused] = [u for u in updates if "__interrupt__" in u]
+    assert sorted(i.value for i in paused["__interrupt__"]) == ["finance?", "legal?"]
+    ids = {i.node: i.id for i in app.get_state("t").interrupts}
+    with pytest.raises(ThreadStateError, match="waits for 2 answers: answer each by its id"):
+        app.resume("t", answer="yes")
+    final = app.resume("t", answer={ids["legal"]: "ok", ids["finance"]: "no budget"})
+    assert sorted(final.log) == ["finance: no budget", "legal: ok"]
+
+
+def test_a_wrong_answer_fails_the_node_and_a_new_answer_finishes_the_run(tmp_path):
+    def ask(state: S) -> dict:
+        verdict = interrupt("approve? yes/no")
+        return {"log": [{"yes": "approved", "no": "rejected"}[verdict]]}
+
+    with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
+        app = one_node(ask).compile(checkpointer=saver)
+        app.invoke({}, thread_id="t")
+        with pytest.raises(KeyError):
+            app.resume("t", answer="yse")  # a typo: the node fails with it
+        with pytest.raises(KeyError):
+            app.resume("t")  # resuming alone repeats the stored answer
+        assert app.resume("t", answer="yes").log == ["approved"]  # a new one replaces it
+        kinds = [(s.kind, s.status) for s in reversed(app.history("t"))]
+        assert kinds == [("input", "interrupted"), ("event", "failed"), ("resume", "failed"),
+                         ("event", "running"), ("step", "done")]
+
+
+def test_wait_for_shows_up_as_an_interrupt_and_without_a_store_a_question_is_refused():
+    g = one_node(lambda state: {"log": [str(wait_for("approval"))]})
+    app = g.compile(checkpointer=MemoryCheckpointer())
+    app.invoke({}, thread_id="t")
+    [waiting] = app.get_state("t").interrupts
+    assert waiting.value == {"wait_for": "approval"}
+    assert app.resume("t", answer={waiting.id: "ok"}).log == ["ok"]  # or event=...
+    with pytest.raises(ThreadStateError, match=r"called interrupt\(...\), which pauses"):
+        one_node(lambda state: {"log": [interrupt("?")]}).compile().invoke({})
+
+
+CHILD = """
+import os, sys
+from checkpoints import SQLiteCheckpointer
+from tests.cli_graphs import asking
+app = asking.compile(checkpointer=SQLiteCheckpointer(sys.argv[1]))
+if sys.argv[2] == "answer-and-die":
+    import dataclasses
+    from tests.cli_graphs import review
+    def dying(state):
+        review(state)  # the answer is in: the node runs with it...
+        os._exit(9)    # ...and the process dies before the step commits
+    node = app.spec.nodes["review"]
+    app.spec.nodes["review"] = dataclasses.replace(
+        node, call=dataclasses.replace(node.call, fn=dying))
+    app.resume("t", answer="yes")
+else:
+    print(app.resume("t").approved)
+"""
+
+
+def test_an_answer_delivered_before_a_crash_is_kept(tmp_path):
+    db = tmp_path / "runs.db"
+    paused = cli("run", "tests.cli_graphs:asking", "--db", str(db), "--thread", "t")
+    assert paused.returncode == OK, paused.stderr
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    died = subprocess.run([sys.executable, "-c", CHILD, str(db), "answer-and-die"], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert died.returncode == 9, died.stderr
+    again = subprocess.run([sys.executable, "-c", CHILD, str(db), "resume"], env=env,
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "True"
+
+
+def test_the_command_line_shows_the_question_and_takes_the_answer(tmp_path):
+    db, graph = tmp_path / "runs.db", "tests.cli_graphs:asking"
+    paused = cli("run", graph, "--db", str(db), "--thread", "t")
+    assert paused.returncode == OK, paused.stderr
+    assert 'asking review: {"question": "approve?", "draft": "v1"}' in paused.stderr
+    assert "--answer '...'" in paused.stderr
+    missing = cli("resume", graph, "--db", str(db), "--thread", "t")
+    assert missing.returncode == USAGE and "give it with --answer" in missing.stderr
+    wrong = cli("resume", graph, "--db", str(db), "--thread", "t", "--answer", '"maybe"')
+    assert wrong.returncode == RUN_FAILED and "KeyError" in wrong.stderr
+    fixed = cli("resume", graph, "--db", str(db), "--thread", "t", "--answer", '"yes"')
+    assert fixed.returncode == OK, fixed.stderr
+    assert json.loads(fixed.stdout) == {"draft": "v1", "approved": True}
+
+
+def test_resuming_a_question_without_an_answer_says_how_to_give_one():
+    app = one_node(lambda state: {"log": [interrupt("which plan?")]}).compile(
+        checkpointer=MemoryCheckpointer())
+    app.invoke({}, thread_id="t")
+    with pytest.raises(ThreadStateError, match=r"waits for an answer: .*'which plan\?'. Give "
+                                               r"it with app.resume\('t', answer=...\)"):
+        app.resume("t")
+    assert app.get_state("t").status == "interrupted"  # nothing changed
+
+
+def test_a_question_asked_inside_a_subgraph_is_the_parents_to_answer():
+    inner = one_node(lambda state: {"log": [f"answer {interrupt('inner question?')}"]})
+    g = StateGraph(S)
+    g.add_node("pre", lambda state: {"log": ["pre"]})
+    g.add_node("sub", inner.compile(name="inner"))
+    g.add_edge(START, "pre")
+    g.add_edge("pre", "sub")
+    g.add_edge("sub", END)
+    app = g.compile(checkpointer=MemoryCheckpointer())
+    app.invoke({}, thread_id="t")
+    [asked] = app.get_state("t").interrupts
+    assert (asked.node, asked.value) == ("sub", "inner question?")
+    assert app.resume("t", answer=42).log == ["pre", "answer 42"]
