@@ -682,3 +682,28 @@ def test_scale_out_failure_is_retried_from_the_failed_node_not_from_scratch(post
         assert trail == ["fetch", "extract", "classify", "store"]
         # the failed attempt is in the history: fetch committed once, before the failure
         assert [s.status for s in app.history("doc-3")].count("failed") == 1
+
+
+# -- chat_agent -----------------------------------------------------------------------------------
+
+def test_chat_agent_streams_uses_tools_asks_for_approval_and_remembers(tmp_path, capsys):
+    db = tmp_path / "chat.db"
+    final = load("chat_agent").main(db)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:5] == [
+        "user: hi",
+        "assistant: Hello Ada! That is message 1 you sent me.",
+        "user: what is the weather in Paris?",
+        "assistant: Let me check.",
+        "assistant: Done: the weather in Paris is 18°C and sunny.",
+    ]
+    assert lines[5:10] == ["user: please refund order 7", "assistant: I'll ask for a refund.",
+                           "(paused: refund order 7?)", "approver: yes",
+                           "assistant: Done: order 7 was refunded."]
+    assert final.refunded == ["7"]
+    roles = [m.role for m in final.messages]
+    assert roles == ["user", "assistant", "user", "assistant", "tool", "assistant", "user",
+                     "assistant", "tool", "assistant"]
+    assert len({m.id for m in final.messages}) == 10
+    assert b"u-17" not in b"".join(p.read_bytes() for p in tmp_path.iterdir()
+                                   if p.name.startswith("chat.db"))  # context is not stored
