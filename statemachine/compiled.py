@@ -183,8 +183,8 @@ class CompiledGraph:
         finally:
             if not producer.done():  # the caller stopped reading: stop the run
                 producer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await producer
+            with contextlib.suppress(BaseException):  # its error, if any, is the caller's
+                await producer
 
     # -- the work queue (statemachine worker) ------------------------------------------------------
 

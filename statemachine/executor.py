@@ -77,6 +77,7 @@ class Executor:
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}.")
         run = Run(self, thread_id, max_steps, inline_sync, max_concurrency)
+        run.runner.raw_context = context
         run.runner.call_context = context if self.spec.context is None else \
             self.spec.context.validate(context)
         return run

@@ -28,6 +28,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 Role = Literal["system", "user", "assistant", "tool", "remove"]
+"""A message's role; "remove" is only `RemoveMessage`'s, in updates."""
+CHAT_ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 
 _ROLE_ALIASES = {"human": "user", "ai": "assistant", "developer": "system"}
 
@@ -37,10 +39,10 @@ class Message(BaseModel):
     or a list of parts (images, tool results) as your model's API takes them; tool calls
     and the id of the call a tool message answers ride along."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="allow")  # a provider's extra keys stay
 
     role: Role
-    content: str | list[Any] = ""
+    content: str | list[Any] | None = ""
     id: str | None = None
     """Set by `add_messages` when missing; give one to replace the message later."""
     name: str | None = None

@@ -11,7 +11,7 @@ context its own call passes: nothing of it is stored with the thread.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, is_typeddict
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -23,11 +23,20 @@ class ContextSchema:
 
     def __init__(self, schema: type) -> None:
         self.schema = schema
-        self._adapter: TypeAdapter[Any] = TypeAdapter(schema)
+        self._checks_instances = _has_instances(schema)
+        self._adapter: TypeAdapter[Any] | None
+        try:
+            self._adapter = TypeAdapter(schema)
+        except Exception:  # pydantic cannot read it (a class holding an API client, say):
+            self._adapter = None  # its instances are taken as they are
 
     def validate(self, value: Any) -> Any:
-        if value is None or isinstance(value, self.schema):
+        if value is None or (self._checks_instances and isinstance(value, self.schema)):
             return value
+        if self._adapter is None:
+            raise InvalidContextError(
+                f"context= must be a {self.schema.__name__} (the graph's context_schema), got "
+                f"{type(value).__name__}.")
         try:
             return self._adapter.validate_python(value)
         except ValidationError as exc:
@@ -39,13 +48,27 @@ class ContextSchema:
                 f"{problems}.") from None
 
 
+def _has_instances(schema: type) -> bool:
+    """Whether isinstance() works with `schema` (a TypedDict, of any flavour, refuses it)."""
+    if is_typeddict(schema):
+        return False
+    try:
+        isinstance(None, schema)
+    except TypeError:
+        return False
+    return True
+
+
 def check_context_schema(schema: object) -> str | None:
-    """Why `schema` cannot be a context_schema; None when it can."""
+    """Why `schema` cannot be a context_schema; None when it can: any class (a pydantic
+    model, dataclass or TypedDict validates dicts; others take their instances only)."""
     if not isinstance(schema, type):
         return f"context_schema must be a class (a pydantic model, dataclass or TypedDict), " \
                f"got {schema!r}."
-    try:
-        TypeAdapter(schema)
-    except Exception as exc:  # pydantic's schema errors vary by type
-        return f"context_schema {schema.__name__} cannot validate a context: {exc}"
+    if not _has_instances(schema):  # a TypedDict: dicts are all it can take, so it must read
+        try:
+            TypeAdapter(schema)
+        except Exception as exc:
+            return f"context_schema {schema.__name__} cannot validate a context: " \
+                   f"{str(exc).splitlines()[0]}"
     return None

@@ -141,8 +141,7 @@ class StateSchema:
 
     def _with_message_ids(self, state: BaseModel) -> BaseModel:
         changes = {name: add_messages([], getattr(state, name)) for name, reducer in
-                   self.reducers.items() if reducer is add_messages
-                   and any(m.id is None for m in getattr(state, name) or ())}
+                   self.reducers.items() if reducer is add_messages and getattr(state, name)}
         return state.model_copy(update=changes) if changes else state
 
     def validate_update(
@@ -299,6 +298,9 @@ class StateSchema:
         for update in updates:
             for name, value in update.items():
                 reducer = self.reducers.get(name)
+                if reducer is add_messages:  # its entries, in order: removals and replaced
+                    combined[name] = [*combined.get(name, ()), *_entries(value)]  # ids may
+                    continue  # name messages the subgraph's own updates do not hold
                 combined[name] = reducer(combined[name], value) \
                     if reducer is not None and name in combined else value
         return combined
@@ -386,6 +388,11 @@ class StateSchema:
             except Exception:
                 return name
         return None
+
+
+def _entries(value: Any) -> list[Any]:
+    """An `add_messages` update as a list of entries (one message may be given alone)."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 _APPENDS = (operator.add, append)

@@ -16,7 +16,6 @@ and nothing else when nobody streams `custom`.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -39,18 +38,39 @@ class StreamChannel:
         self.values = "values" in self.modes
         self.several = len(self.modes) > 1
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._custom_only: StreamChannel | None = None
 
     def put(self, mode: str, payload: Any) -> None:
-        item = (mode, payload)
-        if threading.get_ident() == self._thread:
+        self._put((mode, payload))
+
+    def _put(self, item: Any) -> None:
+        """Into the queue from the loop itself, or handed to the loop from any other thread
+        (the loop may move between threads: a sync stream read by a web server's pool), so
+        items keep their order, the end marker last."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
             self._queue.put_nowait(item)
         else:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
     def close(self) -> None:
-        self._queue.put_nowait(_END)
+        self._put(_END)
+
+    def custom_only(self) -> StreamChannel:
+        """This channel as a subgraph's run sees it: its nodes' emitted chunks go to the
+        caller; its steps and updates are the parent's own to report."""
+        if self._custom_only is None:
+            view = object.__new__(StreamChannel)
+            view.__dict__.update(self.__dict__)
+            view.modes = frozenset({"custom"} & self.modes)
+            view.updates = view.values = False
+            view._custom_only = view
+            self._custom_only = view
+        return self._custom_only
 
     async def items(self) -> AsyncIterator[tuple[str, Any]]:
         while (item := await self._queue.get()) is not _END:

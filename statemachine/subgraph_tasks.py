@@ -18,6 +18,7 @@ from .spec import NodeSpec
 from .waiting import INTERRUPT_EVENT, WaitingForEvent, current_answers
 
 if TYPE_CHECKING:
+    from .executor import Executor
     from .task_runner import StepInput, TaskRunner
 
 
@@ -31,7 +32,8 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
     saver = runner.saver
     if saver is None:
         run = child.new_run(runner.thread_id, inline_sync=runner.inline_sync,
-                            context=runner.call_context)
+                            context=_context_for(child, runner))
+        run.runner.channel = runner.channel and runner.channel.custom_only()
         run.collected = []
         async for _ in run.execute(child_input):
             pass
@@ -50,7 +52,8 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
                 name = waits[0][2]
                 event = {name: _newest_answer(name)}
             run = child.new_run(thread, inline_sync=runner.inline_sync,
-                                context=runner.call_context)
+                                context=_context_for(child, runner))
+            run.runner.channel = runner.channel and runner.channel.custom_only()
             if head is None and not task.sent and at.base is not None and arg is at.state \
                     and child.spec.schema.model is runner.spec.schema.model:
                 # its input is this thread's state at the head: refer to it, not a copy
@@ -86,3 +89,9 @@ def _newest_answer(event: str) -> Any:
     if answers is None or not answers.answers:
         raise WaitingForEvent(event)
     return answers.answers[-1]
+
+
+def _context_for(child: Executor, runner: TaskRunner) -> Any:
+    """The call's context for a subgraph: as the call gave it when the subgraph has a
+    `context_schema` of its own (it validates it), else as the parent's nodes see it."""
+    return runner.raw_context if child.spec.context is not None else runner.call_context

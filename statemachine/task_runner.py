@@ -9,6 +9,7 @@ that it waits for an event.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -113,6 +114,8 @@ class TaskRunner:
         self.max_concurrency = max_concurrency
         self.call_context: Any = None
         """The call's run-scoped context, handed to every node (`RunContext.context`)."""
+        self.raw_context: Any = None
+        """That context as the call gave it: a subgraph validates it into its own schema."""
         self.channel: StreamChannel | None = None
         """Where a streamed run's updates and emitted chunks go (`streaming`)."""
         self.results = StepResults()
@@ -154,9 +157,12 @@ class TaskRunner:
         return [o if isinstance(o, BaseException) else None for o in outcomes]
 
     def context(self, task: Task, at: StepInput) -> RunContext:
+        channel = self.channel
         return RunContext(self.thread_id, at.step, task.node,
                           task_id(self.thread_id, at.origin, task.node, task.index),
-                          index=task.index, context=self.call_context)
+                          index=task.index, context=self.call_context,
+                          emitter=Emitter(channel, task.node)
+                          if channel is not None and channel.custom else None)
 
     async def _execute(self, task: Task, at: StepInput, *, inline: bool) -> None:
         """Run one task through its cache, timeout and retry policy.
@@ -295,8 +301,8 @@ class TaskRunner:
             results.meta[task.key] = meta
         results.timings[task.node] = results.timings.get(task.node, 0.0) + seconds
         results.pending[task.key] = update
-        if self.channel is not None and self.channel.updates:
-            self.channel.put("updates", {task.node: update})
+        if self.channel is not None and self.channel.updates:  # a copy: the reader's to keep
+            self.channel.put("updates", {task.node: copy.deepcopy(update)})
         if self.observing:
             await self.executor.observer.node_end(self.thread_id, step, task.node, update,
                                                   seconds, meta)

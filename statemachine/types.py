@@ -44,9 +44,17 @@ class RunContext:
     """The call's `context=` (validated into the graph's `context_schema`): per-call
     dependencies, never checkpointed."""
 
+    emitter: Any = field(default=None, repr=False, compare=False)
+    """Where `emit` sends chunks (None: nobody streams them)."""
+
     def emit(self, chunk: Any) -> None:
-        """Stream `chunk` to a caller reading stream_mode="custom" (`streaming.emit`)."""
-        emit(chunk)
+        """Stream `chunk` to a caller reading stream_mode="custom" (`streaming.emit`); from
+        any thread, including ones the node starts itself (plain `emit` works only in the
+        node's own thread and tasks)."""
+        if self.emitter is not None:
+            self.emitter(chunk)
+        else:
+            emit(chunk)
 
 
 @dataclass(frozen=True, slots=True)

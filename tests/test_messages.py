@@ -120,7 +120,7 @@ class Chat(MessagesState):
 
 def chat_graph() -> StateGraph:
     def reply(state: Chat) -> dict:
-        text = f"re: {state.messages[-1].content}"
+        text = f"re: {state.messages[-1].content}" if state.messages else "hello"
         return {"messages": [Message(role="assistant", content=text)], "turns": state.turns + 1}
 
     g = StateGraph(Chat)
@@ -152,3 +152,34 @@ def test_a_chat_keeps_its_ids_across_processes_and_an_edit_stores_only_the_messa
     with SQLiteCheckpointer(db) as saver:  # a fresh process rebuilds the same ids
         again = chat_graph().compile(checkpointer=saver).get_state("c").state
     assert [m.id for m in again.messages] == ids
+
+
+def test_a_subgraph_on_the_same_messages_may_remove_and_replace_the_parents_messages():
+    def trim(state: MessagesState) -> dict:
+        return {"messages": [RemoveMessage(id=m.id) for m in state.messages[:-1]]
+                + [Message(role="system", content="summary")]}
+
+    inner = StateGraph(MessagesState)
+    inner.add_node("trim", trim)
+    inner.add_edge(START, "trim")
+    inner.add_edge("trim", END)
+    g = StateGraph(MessagesState)
+    g.add_node("summarize", inner.compile(name="summarize"))
+    g.add_edge(START, "summarize")
+    g.add_edge("summarize", END)
+    final = g.compile().invoke({"messages": [{"role": "user", "content": c} for c in "abc"]})
+    assert [(m.role, m.content) for m in final.messages] == [("user", "c"),
+                                                             ("system", "summary")]
+
+
+def test_provider_dicts_keep_their_extra_keys_and_may_have_no_content():
+    message = Message.model_validate({"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function"}], "response_metadata": {"model": "m"}})
+    assert message.content is None and message.model_dump()["response_metadata"] == {
+        "model": "m"}
+
+
+def test_the_testing_toolkit_generates_chat_states():
+    from statemachine.testing import check_runs
+
+    check_runs(chat_graph().compile(), max_examples=20)

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import pytest
 from pydantic import BaseModel
+from typing_extensions import TypedDict  # pydantic reads typing's only from Python 3.12
 
 from checkpoints import SQLiteCheckpointer
 from statemachine import (
@@ -128,6 +129,10 @@ def test_without_a_schema_any_object_is_handed_on_to_nodes_subgraphs_and_compens
     assert app.get_state("t").status == "compensated"
 
 
+class TD(TypedDict):
+    user_id: str
+
+
 @dataclass
 class DataDeps:
     tenant: str
@@ -147,3 +152,32 @@ def test_a_dataclass_schema_validates_and_a_bad_schema_is_a_compile_problem():
         bad.compile()
     assert [p.code for p in info.value.problems] == ["invalid_option"]
     assert "context_schema must be a class" in str(info.value)
+
+
+def test_typeddicts_plain_classes_and_a_subgraphs_own_schema():
+    def graph_with(schema: type) -> StateGraph:
+        g = StateGraph(S, context_schema=schema)
+        g.add_node("n", lambda state, ctx: {"log": [type(ctx.context).__name__]})
+        g.add_edge(START, "n")
+        g.add_edge("n", END)
+        return g
+
+    assert graph_with(TD).compile().invoke({}, context={"user_id": "u"}).log == ["dict"]
+    client = ApiClient("tok")
+    app = graph_with(ApiClient).compile()  # pydantic cannot read it: instances only
+    assert app.invoke({}, context=client).log == ["ApiClient"]
+    with pytest.raises(InvalidContextError, match="must be a ApiClient"):
+        app.invoke({}, context={"token": "tok"})
+
+    class ChildDeps(BaseModel):
+        user_id: str
+
+    inner = StateGraph(S, context_schema=ChildDeps)
+    inner.add_node("inner", lambda state, ctx: {"log": [f"child {ctx.context.user_id}"]})
+    inner.add_edge(START, "inner")
+    inner.add_edge("inner", END)
+    outer = StateGraph(S, context_schema=Deps)
+    outer.add_node("sub", inner.compile(name="child"))
+    outer.add_edge(START, "sub")
+    outer.add_edge("sub", END)
+    assert outer.compile().invoke({}, context={"user_id": "u9"}).log == ["child u9"]

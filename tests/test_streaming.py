@@ -196,3 +196,39 @@ def test_emit_does_nothing_when_nobody_streams_custom():
     assert app.invoke({}).n == 2
     assert [m for m, _ in app.stream({}, stream_mode=["values", "updates"])].count(
         "custom") == 0
+
+
+def test_a_sync_stream_read_from_a_different_thread_each_time_loses_nothing():
+    """What a web server does with a sync generator: each next() in a pool thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = busy_graph().compile()
+    expected = list(app.stream({}, stream_mode=["updates", "custom"]))
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(10):
+            stream = app.stream({}, stream_mode=["updates", "custom"])
+            got = []
+            while (item := pool.submit(next, stream, None).result()) is not None:
+                got.append(item)
+            assert sorted(map(str, got)) == sorted(map(str, expected))
+
+
+def test_ctx_emit_works_from_threads_the_node_starts_and_updates_are_the_readers_copy():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fan(state: S, ctx: RunContext) -> dict:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda i: ctx.emit(f"from worker {i}"), range(2)))
+        return {"log": ["fanned"]}
+
+    g = StateGraph(S)
+    g.add_node("fan", fan)
+    g.add_edge(START, "fan")
+    g.add_edge("fan", END)
+    app = g.compile(checkpointer=MemoryCheckpointer())
+    items = list(app.stream({}, thread_id="t", stream_mode=["custom", "updates"]))
+    assert sorted(p for m, p in items if m == "custom") == [
+        ("fan", "from worker 0"), ("fan", "from worker 1")]
+    [(_, update)] = [(m, p) for m, p in items if m == "updates"]
+    update["fan"]["log"].append("changed by the reader")
+    assert app.get_state("t").state.log == ["fanned"]

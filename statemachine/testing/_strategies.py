@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from ..errors import did_you_mean
+from ..messages import CHAT_ROLES, Message
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -147,6 +148,9 @@ class _Builder:
             return st.one_of([self._of(a, plain) for a in members])
         if isinstance(tp, type) and issubclass(tp, enum.Enum):
             return st.sampled_from(list(tp))
+        if isinstance(tp, type) and issubclass(tp, Message):  # chat messages, not removals
+            return st.builds(Message, role=st.sampled_from(CHAT_ROLES), content=_text(c),
+                             id=st.none())
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             return self.model(tp)
         if tp is bool:
