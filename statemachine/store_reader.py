@@ -30,6 +30,7 @@ from .compiled import CompiledGraph
 from .graph_binding import GraphIdentity, decode_identity
 from .records import decode_tasks, finished_tasks, ran_nodes, stored_writes
 from .types import Snapshot
+from .waiting import INTERRUPT_EVENT
 
 if TYPE_CHECKING:
     from .graph import StateGraph
@@ -225,8 +226,14 @@ def make_row(checkpoint_id: str, parent_id: str | None, step: int, kind: str, st
             "status": status, "nodes": nodes, "nodes_step": step - 1 if nodes else None,
             "failed_nodes": failed_nodes, "next": next_nodes,
             "pending_writes": kept,
-            "waits_for": waits_for, "compensates": compensates, "error": error,
+            "waits_for": [_shown_wait(name) for name in waits_for],
+            "compensates": compensates, "error": error,
             "created_at": created_at, "time": format_time(created_at)}
+
+
+def _shown_wait(event: str) -> str:
+    """A waited-for event as people read it: an `interrupt` waits for an answer."""
+    return "an answer" if event.startswith(INTERRUPT_EVENT) else event
 
 
 def format_time(created_at: float) -> str:

@@ -161,6 +161,8 @@ def test_the_command_line_shows_the_question_and_takes_the_answer(tmp_path):
     assert paused.returncode == OK, paused.stderr
     assert 'asking review: {"question": "approve?", "draft": "v1"}' in paused.stderr
     assert "--answer '...'" in paused.stderr
+    rows = json.loads(cli("history", "--db", str(db), "--thread", "t", "--json").stdout)
+    assert rows[0]["waits_for"] == ["an answer"]
     missing = cli("resume", graph, "--db", str(db), "--thread", "t")
     assert missing.returncode == USAGE and "give it with --answer" in missing.stderr
     wrong = cli("resume", graph, "--db", str(db), "--thread", "t", "--answer", '"maybe"')
