@@ -133,11 +133,7 @@ def decode_extra(text: str | None) -> CheckpointExtra:
         elif key == "carried":
             extra.carried = [list(w) for w in value]
         elif key == "carried_meta":
-            carried_meta = {}
-            for task, meta in value.items():
-                node, _, index = task.rpartition("|")
-                carried_meta[(node, int(index))] = dict(meta)
-            extra.carried_meta = carried_meta
+            extra.carried_meta = {_task_key(task): dict(meta) for task, meta in value.items()}
         elif key == "origin":
             extra.origin = str(value)
         elif key == "joins":
@@ -155,14 +151,16 @@ def decode_extra(text: str | None) -> CheckpointExtra:
             extra.questions = [(str(i), str(n), int(x), str(e), v, int(p))
                                for i, n, x, e, v, p in value]
         elif key == "answers":
-            answers = {}
-            for task, values in value.items():
-                node, _, index = task.rpartition("|")
-                answers[(node, int(index))] = list(values)
-            extra.answers = answers
+            extra.answers = {_task_key(task): list(values) for task, values in value.items()}
         else:
             extra.other[key] = value
     return extra
+
+
+def _task_key(text: str) -> TaskKey:
+    """A task's key as stored: "node|index"."""
+    node, _, index = text.rpartition("|")
+    return node, int(index)
 
 
 def extra_of(record: CheckpointRecord) -> CheckpointExtra:

@@ -56,14 +56,8 @@ def interrupt(value: Any) -> Any:
     to approve); return the answer given on resume. Like `wait_for`, the node runs again from
     its start on resume and each `interrupt` returns, in order, the answers given so far: keep
     what comes before it idempotent."""
-    answers = current_answers.get()
-    if answers is None:
-        raise RuntimeError("interrupt() can only be called inside a running node.")
-    if answers.position < len(answers.answers):
-        answer = answers.answers[answers.position]
-        answers.position += 1
-        return answer
-    raise WaitingForEvent(f"{INTERRUPT_EVENT}{answers.position}", value)
+    answers = _task_answers("interrupt()")
+    return _next(answers, WaitingForEvent(f"{INTERRUPT_EVENT}{answers.position}", value))
 
 
 def wait_for(event: str) -> Any:
@@ -73,11 +67,20 @@ def wait_for(event: str) -> Any:
     values delivered so far; only the first unanswered one pauses it. Everything the node does
     before its last wait therefore runs again on each resume: keep it idempotent.
     """
+    return _next(_task_answers("wait_for()"), WaitingForEvent(event))
+
+
+def _task_answers(call: str) -> TaskAnswers:
     answers = current_answers.get()
     if answers is None:
-        raise RuntimeError("wait_for() can only be called inside a running node.")
+        raise RuntimeError(f"{call} can only be called inside a running node.")
+    return answers
+
+
+def _next(answers: TaskAnswers, pause: WaitingForEvent) -> Any:
+    """The next answer given to the task, in order; `pause` when there is none yet."""
     if answers.position < len(answers.answers):
-        value = answers.answers[answers.position]
+        answer = answers.answers[answers.position]
         answers.position += 1
-        return value
-    raise WaitingForEvent(event)
+        return answer
+    raise pause
