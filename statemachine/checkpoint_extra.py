@@ -9,14 +9,33 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from checkpoints.base import CheckpointRecord
 from checkpoints.rows import damaged
 
-Interrupt = Literal["before", "after", "wait"]
+from .waiting import INTERRUPT_EVENT, Interrupt
+
+PauseKind = Literal["before", "after", "wait"]
 TaskKey = tuple[str, int]
-Question = tuple[str, str, int, str, Any, int]
+
+
+class Question(NamedTuple):
+    """What a paused task waits for, as callers see it (`Interrupt`)."""
+
+    id: str
+    node: str
+    task_index: int
+    event: str
+    value: Any
+    """What `interrupt` asked, or {"wait_for": event}."""
+    position: int
+    """Where its answer goes among the task's answers."""
+
+    def shown(self) -> Interrupt:
+        """As `Snapshot.interrupts` and the stream show it."""
+        waits_for = None if self.event.startswith(INTERRUPT_EVENT) else self.event
+        return Interrupt(self.id, self.node, self.value, waits_for)
 
 
 @dataclass(slots=True)
@@ -40,7 +59,7 @@ class CheckpointExtra:
     """Set by update_state: the checkpoint the due tasks were scheduled at (their ids)."""
     joins: dict[int, set[str]] = field(default_factory=dict)
     """Progress of the graph's joins: join index -> sources seen."""
-    interrupt: Interrupt | None = None
+    interrupt: PauseKind | None = None
     """Why the run paused here: before the next tasks, after this step, waiting for events."""
     failed: list[str] = field(default_factory=list)
     """On a checkpoint marked failed: the nodes whose tasks raised (none when a router, a merge
@@ -50,9 +69,8 @@ class CheckpointExtra:
     answers: dict[TaskKey, list[Any]] = field(default_factory=dict)
     """Events delivered to the due tasks, in order."""
     questions: list[Question] = field(default_factory=list)
-    """What the paused tasks wait for, as callers see it (`Interrupt`): (id, node, index,
-    event, what `interrupt` asked or {"wait_for": event}, the answer's position). Kept on
-    the checkpoint delivering the answers, so a wrong answer can be replaced."""
+    """What the paused tasks wait for. Kept on the checkpoint delivering the answers, so a
+    wrong answer can be replaced."""
     other: dict[str, Any] = field(default_factory=dict)
     """Keys this version does not know, kept as they are."""
 
@@ -148,7 +166,7 @@ def decode_extra(text: str | None) -> CheckpointExtra:
         elif key == "waiting":
             extra.waiting = [(str(n), int(i), str(e)) for n, i, e in value]
         elif key == "questions":
-            extra.questions = [(str(i), str(n), int(x), str(e), v, int(p))
+            extra.questions = [Question(str(i), str(n), int(x), str(e), v, int(p))
                                for i, n, x, e, v, p in value]
         elif key == "answers":
             extra.answers = {_task_key(task): list(values) for task, values in value.items()}

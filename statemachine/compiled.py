@@ -18,7 +18,7 @@ import networkx as nx
 from pydantic import BaseModel
 
 from ._sync import iterate_sync, run_sync
-from .commands import NO_RESUME, Command
+from .commands import NO_RESUME
 from .constants import DEFAULT_MAX_STEPS
 from .executor import Executor
 from .graph_binding import GraphIdentity
@@ -144,10 +144,8 @@ class CompiledGraph:
                        context: Any = None) -> Any:
         run = self._executor.new_run(thread_id, max_steps=max_steps, inline_sync=inline_sync,
                                      max_concurrency=max_concurrency, context=context)
-        if answer is not NO_RESUME:
-            input = Command(resume=answer)
-        async for _ in run.execute(input, checkpoint_id=checkpoint_id, resume=resume and
-                                   answer is NO_RESUME, event=event):
+        async for _ in run.execute(input, checkpoint_id=checkpoint_id, resume=resume,
+                                   event=event, answer=answer):
             pass
         return run.state
 

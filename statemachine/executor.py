@@ -40,7 +40,6 @@ from .spec import GraphSpec, NodeSpec
 from .state_cache import StateCache
 from .thread_errors import needs_checkpointer, not_found
 from .types import Snapshot
-from .waiting import Interrupt
 
 
 class Executor:
@@ -251,7 +250,7 @@ class Executor:
             status=record.status,  # type: ignore[arg-type]
             error=record.error, created_at=record.created_at, pending_writes=pending_updates,
             kind=record.kind, metadata=extra.metadata(),
-            interrupts=tuple(Interrupt(q[0], q[1], q[4]) for q in extra.questions)
+            interrupts=tuple(q.shown() for q in extra.questions)
             if record.status == "interrupted" else ())
 
     def require_saver(self, what: str, blocking: bool) -> Checkpointer:

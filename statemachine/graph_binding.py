@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING
 from checkpoints.base import FINISHED, Checkpointer, Owner
 from checkpoints.errors import CheckpointError
 
-from .checkpoint_extra import extra_of
 from .committer import holding
 from .errors import GraphMismatchError, ThreadStateError
-from .records import decode_tasks
+from .records import unknown_due_nodes
 from .thread_errors import not_found
 
 if TYPE_CHECKING:
@@ -128,6 +127,13 @@ def mismatch(thread_id: str, stored: GraphIdentity, current: GraphIdentity) -> s
             f"--db ... --thread {thread_id}.")
 
 
+def runs(thread_id: str, stored: str, current: GraphIdentity) -> bool:
+    """Whether `current` may run a thread bound to `stored` (the stored text); a
+    `CheckpointError` if that text is damaged."""
+    return stored == current.encode() or \
+        mismatch(thread_id, decode_identity(stored, thread_id), current) is None
+
+
 async def check_binding(saver: Checkpointer, thread_id: str, current: GraphIdentity) -> bool:
     """Raise `GraphMismatchError` if `thread_id` is bound to another graph than `current`;
     whether `current` should bind it once it wrote to it (`bind`): the thread was never
@@ -183,10 +189,8 @@ async def rebind(saver: Checkpointer, thread_id: str, current: GraphIdentity,
             raise not_found(thread_id, None)
         head = records[0]
         if head.status not in FINISHED:
-            due = [t.node for t in decode_tasks(head.next)]
-            due += [w.node for w in (await saver.list_pending([head.id])).get(head.id, [])]
-            due += [str(w[0]) for w in extra_of(head).carried]
-            unknown = [n for n in dict.fromkeys(due) if n not in node_names]
+            pending = (await saver.list_pending([head.id])).get(head.id, [])
+            unknown = unknown_due_nodes(head, pending, node_names)
             if unknown:
                 raise ThreadStateError(
                     f"thread {thread_id!r} is due to run node{'s' * (len(unknown) != 1)} "

@@ -16,7 +16,7 @@ from checkpoints.base import FINISHED, Checkpointer, Owner, Removed
 
 from .committer import release_after
 from .errors import CheckpointError, ThreadBusyError
-from .graph_binding import decode_identity, mismatch
+from .graph_binding import runs
 
 if TYPE_CHECKING:
     from .executor import Executor
@@ -80,11 +80,8 @@ async def _snapshot_oldest_kept(executor: Executor, saver: Checkpointer, thread_
 
 def _ours(executor: Executor, thread_id: str, stored: str) -> bool:
     """Whether the thread bound to `stored` is this graph's (a damaged binding is not)."""
-    current = executor.identity
-    if stored == current.encode():
-        return True
     try:
-        return mismatch(thread_id, decode_identity(stored, thread_id), current) is None
+        return runs(thread_id, stored, executor.identity)
     except CheckpointError:
         return False
 

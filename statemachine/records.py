@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,3 +131,15 @@ def finished_tasks(record: CheckpointRecord,
     """Tasks of `record`'s step whose writes are already kept (pending or carried)."""
     done = {(w.node, w.index) for w in pending.get(record.id, [])}
     return done | {(w[0], w[1]) for w in extra_of(record).carried}
+
+
+def unknown_due_nodes(record: CheckpointRecord, pending: Sequence[PendingWrite] | None,
+                      nodes: Collection[str]) -> list[str]:
+    """Nodes `record`'s step is due to run, or holds kept work of (`pending`, and what was
+    carried onto it; None: its due tasks alone, as a fork runs them), that are not among
+    `nodes`: a graph lacking them cannot continue the thread."""
+    named = [t.node for t in decode_tasks(record.next)]
+    if pending is not None:
+        named += [w.node for w in pending]
+        named += [str(w[0]) for w in extra_of(record).carried]
+    return [name for name in dict.fromkeys(named) if name not in nodes]

@@ -27,8 +27,8 @@ from pydantic_core import to_jsonable_python
 
 from checkpoints.base import CheckpointRecord, Owner, PendingWrite
 
-from .checkpoint_extra import CheckpointExtra
-from .commands import Command
+from .checkpoint_extra import CheckpointExtra, Question
+from .commands import NO_RESUME, Command
 from .committer import Committer, release_after
 from .constants import INTERRUPTS, START
 from .errors import (
@@ -41,7 +41,7 @@ from .graph_binding import bind, check_binding
 from .mutation import Fingerprint, mutated
 from .records import Task
 from .routing import Joins, next_tasks
-from .run_start import NO_ANSWER, deliver, start_on_thread
+from .run_start import deliver, start_on_thread
 from .task_runner import StepInput, StepResults, TaskRunner
 from .thread_errors import needs_checkpointer
 from .types import StepEvent, task_id
@@ -97,7 +97,7 @@ class Run:
 
     async def execute(self, input: Any, *, checkpoint_id: str | None = None,
                       resume: bool = False, event: dict[str, Any] | None = None,
-                      answer: Any = NO_ANSWER) -> AsyncIterator[StepEvent]:
+                      answer: Any = NO_RESUME) -> AsyncIterator[StepEvent]:
         """Run (or resume) the thread; yields one event per committed step.
 
         `event` delivers values to tasks paused in `wait_for` ({event name: value}), `answer`
@@ -116,7 +116,7 @@ class Run:
                 f"{self.thread_id!r}: pass thread_id={str(self.thread_id)!r}.")
         if self.saver is None:
             if resume or checkpoint_id is not None or event is not None or \
-                    answer is not NO_ANSWER:
+                    answer is not NO_RESUME:
                 raise needs_checkpointer("resume or fork a run")
             if self.spec.on_failure == "compensate":
                 raise needs_checkpointer(
@@ -324,16 +324,17 @@ class Run:
                 "with resume(); that needs a checkpointer to keep the run: "
                 "compile(checkpointer=...).")
         questions = [
-            (task_id(self.thread_id, origin, n, i, e), n, i, e,
-             to_jsonable_python(results.questions[(n, i)]) if (n, i) in results.questions
-             else {"wait_for": e}, len(results.answers.get((n, i), ())))
+            Question(task_id(self.thread_id, origin, n, i, e), n, i, e,
+                     to_jsonable_python(results.questions[(n, i)])
+                     if (n, i) in results.questions else {"wait_for": e},
+                     len(results.answers.get((n, i), ())))
             for (n, i), e in results.waiting.items()]
         await self.committer.keep_finished(self.tasks, results)
         await self.committer.mark("interrupted", self.committer.extra_with(
             joins=self.joins, interrupt="wait", answers=dict(results.answers), failed=[],
             waiting=[(n, i, e) for (n, i), e in results.waiting.items()],
             questions=questions))
-        return tuple(Interrupt(q[0], q[1], q[4]) for q in questions)
+        return tuple(q.shown() for q in questions)
 
     async def _fail(self, exc: BaseException, *, state_changed: bool = False,
                     nodes: Sequence[str] = ()) -> None:

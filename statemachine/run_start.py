@@ -23,7 +23,7 @@ from .commands import NO_RESUME
 from .constants import CONTINUATIONS, INPUT, START
 from .errors import ThreadStateError
 from .migrations import UnknownStoredFields
-from .records import Task, decode_goto, decode_tasks
+from .records import Task, decode_goto, decode_tasks, unknown_due_nodes
 from .replay import stale
 from .task_runner import StepResults
 from .thread_errors import not_found, rollback_stopped_message, unfinished_message
@@ -91,18 +91,14 @@ async def start_on_thread(run: Run, input: Any, checkpoint_id: str | None, resum
     run.head_record, run.head_pending = head, chain.pending.get(head.id, [])
 
 
-NO_ANSWER: Any = NO_RESUME
-"""`answer` not given (None is an answer)."""
-
-
-async def deliver(run: Run, event: dict[str, Any] | None, answer: Any = NO_ANSWER) -> None:
+async def deliver(run: Run, event: dict[str, Any] | None, answer: Any = NO_RESUME) -> None:
     """Hand delivered event values (and answers to `interrupt` questions) to the tasks
     waiting for them, durably, before running; a paused or failed step is continued on a
     checkpoint of its own (see the module). An answer given to a step that failed after its
     questions were answered replaces the answer (a wrong one must not leave it stuck)."""
     waiting = run.head_extra.waiting if run.head_status == "interrupted" else None
     by_task: dict[tuple[str, int, str], Any] = {}
-    if answer is not NO_ANSWER:
+    if answer is not NO_RESUME:
         if not waiting and run.head_status == "failed" and run.head_extra.questions:
             run.runner.results.answers = _replaced(run, answer)
             await _continue(run, "event", run.runner.results.answers)
@@ -118,10 +114,10 @@ async def deliver(run: Run, event: dict[str, Any] | None, answer: Any = NO_ANSWE
         return
     missing = [name for n, i, name in waiting
                if (n, i, name) not in by_task and (event is None or name not in event)]
-    asked = [q for q in run.head_extra.questions if q[3] in missing
-             and q[3].startswith(INTERRUPT_EVENT)]
+    asked = [q for q in run.head_extra.questions if q.event in missing
+             and q.event.startswith(INTERRUPT_EVENT)]
     if asked:
-        questions = "; ".join(f"{q[0]} (node {q[1]!r}): {q[4]!r}" for q in asked)
+        questions = "; ".join(f"{q.id} (node {q.node!r}): {q.value!r}" for q in asked)
         raise ThreadStateError(
             f"thread {run.thread_id!r} waits for an answer: {questions}. Give it with "
             f"app.resume({run.thread_id!r}, answer=...) or invoke(Command(resume=...), "
@@ -144,20 +140,21 @@ async def deliver(run: Run, event: dict[str, Any] | None, answer: Any = NO_ANSWE
 def _pending(run: Run, waiting: list[tuple[str, int, str]]) -> list[Question]:
     """The questions of the head still waiting for an answer (all, on a failed head)."""
     names = {(n, i, e) for n, i, e in waiting}
-    return [q for q in run.head_extra.questions if not names or (q[1], q[2], q[3]) in names]
+    return [q for q in run.head_extra.questions
+            if not names or (q.node, q.task_index, q.event) in names]
 
 
 def _by_id(run: Run, answer: Any, pending: list[Question]) -> dict[str, Any]:
     """`answer` as {interrupt id: answer}: a dict of pending ids, or the one answer."""
-    ids = {q[0] for q in pending}
+    ids = {q.id for q in pending}
     if isinstance(answer, dict) and answer and set(answer) <= ids:
         return answer
     if len(pending) == 1:
-        return {pending[0][0]: answer}
+        return {pending[0].id: answer}
     if not pending:
         raise ThreadStateError(f"thread {run.thread_id!r} asked nothing, so answer= has "
                                "nowhere to go; resume it without one.")
-    asked = "; ".join(f"{q[0]} (node {q[1]!r}: {q[4]!r})" for q in pending)
+    asked = "; ".join(f"{q.id} (node {q.node!r}: {q.value!r})" for q in pending)
     raise ThreadStateError(
         f"thread {run.thread_id!r} waits for {len(pending)} answers: answer each by its id, "
         f"answer={{id: ..., ...}}. Waiting: {asked}.")
@@ -168,7 +165,7 @@ def _as_events(run: Run, answer: Any, waiting: list[tuple[str, int, str]]
     """Answers to a paused head's questions, by the waiting task and event they answer."""
     pending = _pending(run, waiting)
     by_id = _by_id(run, answer, pending)
-    return {(q[1], q[2], q[3]): by_id[q[0]] for q in pending if q[0] in by_id}
+    return {(q.node, q.task_index, q.event): by_id[q.id] for q in pending if q.id in by_id}
 
 
 def _replaced(run: Run, answer: Any) -> dict[tuple[str, int], list[Any]]:
@@ -178,9 +175,9 @@ def _replaced(run: Run, answer: Any) -> dict[tuple[str, int], list[Any]]:
     by_id = _by_id(run, answer, pending)
     answers = {k: list(v) for k, v in run.runner.results.answers.items()}
     for q in pending:
-        if q[0] in by_id:
-            key = (q[1], q[2])
-            answers[key] = [*answers.get(key, [])[:q[5]], to_jsonable_python(by_id[q[0]])]
+        if q.id in by_id:
+            key = (q.node, q.task_index)
+            answers[key] = [*answers.get(key, [])[:q.position], to_jsonable_python(by_id[q.id])]
     run.skip_interrupt_before = True
     return answers
 
@@ -223,10 +220,8 @@ def _check_nodes_known(run: Run, head: CheckpointRecord, chain: Chain | None) ->
     """The head's due tasks and kept work name only nodes of this graph: a thread run by
     another graph is refused before anything runs, its stored error left as it is."""
     nodes = run.spec.nodes
-    named = [t.node for t in decode_tasks(head.next)]
-    if chain is not None:
-        named += [w.node for w in chain.pending.get(head.id, [])]
-    unknown = [name for name in dict.fromkeys(named) if name not in nodes]
+    unknown = unknown_due_nodes(head, None if chain is None else chain.pending.get(head.id, []),
+                                nodes)
     if unknown:
         raise ThreadStateError(
             f"thread {run.thread_id!r} is due to run node"

@@ -31,14 +31,17 @@ class StreamChannel:
     """What a streamed run produces, in order, for the caller: (mode, payload) items. Safe to
     put into from the run's loop and from worker threads."""
 
-    def __init__(self, modes: Sequence[str]) -> None:
+    def __init__(self, modes: Sequence[str], *, feeds: StreamChannel | None = None) -> None:
+        """`feeds`: the caller's channel this one puts into (a subgraph's view of it)."""
         self.modes = frozenset(modes)
         self.custom = "custom" in self.modes
         self.updates = "updates" in self.modes
         self.values = "values" in self.modes
-        self.several = len(self.modes) > 1
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.several: bool = feeds.several if feeds is not None else len(self.modes) > 1
+        self._loop: asyncio.AbstractEventLoop = feeds._loop if feeds is not None else \
+            asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Any] = feeds._queue if feeds is not None else \
+            asyncio.Queue()
         self._custom_only: StreamChannel | None = None
 
     def put(self, mode: str, payload: Any) -> None:
@@ -64,12 +67,7 @@ class StreamChannel:
         """This channel as a subgraph's run sees it: its nodes' emitted chunks go to the
         caller; its steps and updates are the parent's own to report."""
         if self._custom_only is None:
-            view = object.__new__(StreamChannel)
-            view.__dict__.update(self.__dict__)
-            view.modes = frozenset({"custom"} & self.modes)
-            view.updates = view.values = False
-            view._custom_only = view
-            self._custom_only = view
+            self._custom_only = StreamChannel(tuple({"custom"} & self.modes), feeds=self)
         return self._custom_only
 
     async def items(self) -> AsyncIterator[tuple[str, Any]]:

@@ -68,9 +68,9 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
             waiting = ended_extra.waiting
             if ended.head.status == "interrupted":
                 if waiting:  # what the subgraph's node asked is what the parent asks
-                    asked = [q[4] for q in ended_extra.questions
-                             if (q[1], q[2], q[3]) == waiting[0]
-                             and q[3].startswith(INTERRUPT_EVENT)]
+                    asked = [q.value for q in ended_extra.questions
+                             if (q.node, q.task_index, q.event) == waiting[0]
+                             and q.event.startswith(INTERRUPT_EVENT)]
                     raise WaitingForEvent(waiting[0][2], asked[0] if asked else None)
                 raise ThreadStateError(
                     f"subgraph node {node.name!r} paused on an interrupt of its own; "

@@ -49,6 +49,9 @@ class Interrupt:
     id: str
     node: str
     value: Any
+    waits_for: str | None = None
+    """For a `wait_for` pause: the event (its value is {"wait_for": event}); None for an
+    `interrupt` question."""
 
 
 def interrupt(value: Any) -> Any:

@@ -269,8 +269,7 @@ def _report_failure(ctx: click.Context, err: Console, app: CompiledGraph, target
 
 def _is_question(interrupt: Interrupt) -> bool:
     """An `interrupt` question (the others are `wait_for` events)."""
-    value = interrupt.value
-    return not (isinstance(value, dict) and list(value) == ["wait_for"])
+    return interrupt.waits_for is None
 
 
 def _asks(snapshot: Snapshot) -> bool:
@@ -278,7 +277,10 @@ def _asks(snapshot: Snapshot) -> bool:
 
 
 def _events(snapshot: Snapshot) -> list[str]:
-    """The wait_for events the snapshot waits for (not the interrupt questions)."""
+    """The wait_for events the snapshot waits for (not the interrupt questions); a pause an
+    older version stored lists only its events."""
+    if snapshot.interrupts:
+        return [i.waits_for for i in snapshot.interrupts if i.waits_for is not None]
     return [e for e in snapshot.metadata.get("waits_for", [])
             if not e.startswith(INTERRUPT_EVENT)]
 
