@@ -23,7 +23,7 @@ from .constants import DEFAULT_MAX_STEPS
 from .executor import Executor
 from .graph_binding import GraphIdentity
 from .spec import GraphSpec
-from .streaming import StreamChannel, check_modes
+from .streaming import StreamChannel, check_modes, shape
 from .types import Snapshot
 
 if TYPE_CHECKING:
@@ -96,25 +96,31 @@ class CompiledGraph:
     def stream(self, input: Any, thread_id: str | None = None, *,
                checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
                max_concurrency: int | None = None, context: Any = None,
-               stream_mode: str | Sequence[str] = "steps") -> Iterator[Any]:
+               stream_mode: str | Sequence[str] = "steps",
+               subgraphs: bool = False) -> Iterator[Any]:
         """Run, yielding as it goes. `stream_mode`: "steps" (one `StepEvent` per committed
         step), "values" (the state where the run starts and after each step), "updates"
         ({node: update} as each task finishes), "custom" (what nodes `emit`, as they emit
-        it), or a list of them (then `(mode, payload)` pairs; see `streaming`)."""
+        it), or a list of them (then `(mode, payload)` pairs; see `streaming`).
+        `subgraphs=True` also streams what subgraph nodes' runs produce, each item prefixed by
+        its namespace: `(namespace, payload)`, or `(namespace, mode, payload)` with several
+        modes; the namespace is `()` for this graph, `("node:<task id>",)` inside a subgraph."""
         check_modes(stream_mode)
         return iterate_sync(lambda: self._astream(
             input, thread_id, checkpoint_id=checkpoint_id, max_steps=max_steps,
             max_concurrency=max_concurrency, inline_sync=True, context=context,
-            stream_mode=stream_mode))
+            stream_mode=stream_mode, subgraphs=subgraphs))
 
     def astream(self, input: Any, thread_id: str | None = None, *,
                 checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
                 max_concurrency: int | None = None, context: Any = None,
-                stream_mode: str | Sequence[str] = "steps") -> AsyncIterator[Any]:
+                stream_mode: str | Sequence[str] = "steps",
+                subgraphs: bool = False) -> AsyncIterator[Any]:
         check_modes(stream_mode)
         return self._astream(input, thread_id, checkpoint_id=checkpoint_id,
                              max_steps=max_steps, max_concurrency=max_concurrency,
-                             inline_sync=False, context=context, stream_mode=stream_mode)
+                             inline_sync=False, context=context, stream_mode=stream_mode,
+                             subgraphs=subgraphs)
 
     def resume(self, thread_id: str, *, event: dict[str, Any] | None = None,
                answer: Any = NO_RESUME, max_steps: int = DEFAULT_MAX_STEPS,
@@ -152,31 +158,28 @@ class CompiledGraph:
     async def _astream(self, input: Any, thread_id: str | None, *, inline_sync: bool,
                        checkpoint_id: str | None, max_steps: int,
                        max_concurrency: int | None, context: Any = None,
-                       stream_mode: str | Sequence[str] = "steps") -> AsyncIterator[Any]:
+                       stream_mode: str | Sequence[str] = "steps",
+                       subgraphs: bool = False) -> AsyncIterator[Any]:
         run = self._executor.new_run(thread_id, max_steps=max_steps, inline_sync=inline_sync,
                                      max_concurrency=max_concurrency, context=context)
-        if stream_mode == "steps":
+        if stream_mode == "steps" and not subgraphs:
             async for event in run.execute(input, checkpoint_id=checkpoint_id):
                 yield event
             return
         modes, single = check_modes(stream_mode)
-        channel = run.runner.channel = StreamChannel(modes)
+        channel = run.runner.channel = StreamChannel(modes, subgraphs=subgraphs)
 
         async def produce() -> None:  # the run, in a task of its own: the caller reads
             try:
-                async for event in run.execute(input, checkpoint_id=checkpoint_id):
-                    if "steps" in channel.modes:
-                        channel.put("steps", event)
-                    if channel.values:
-                        channel.put("values", event.state)
-                    await channel.drained()
+                async for _ in run.execute(input, checkpoint_id=checkpoint_id):
+                    pass  # the run reports each step into the channel (`Run.steps`)
             finally:
                 channel.close()
 
         producer = asyncio.ensure_future(produce())
         try:
-            async for mode, payload in channel.items():
-                yield payload if single else (mode, payload)
+            async for item in channel.items():
+                yield shape(item, single, subgraphs)
             await producer  # the run's own error, if it failed
         finally:
             if not producer.done():  # the caller stopped reading: stop the run

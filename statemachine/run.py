@@ -192,6 +192,9 @@ class Run:
             if event is None:  # a task waits for an event
                 return
             steps_run += 1
+            if channel is not None:  # streamed: reported, and read before the next step
+                channel.report(event)
+                await channel.drained()
             yield event
             if event.status == "interrupted":
                 return

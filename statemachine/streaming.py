@@ -4,13 +4,17 @@
     for upd in app.stream(inp, thread_id="t", stream_mode="updates"): ...    # {node: update}
     for chunk in app.stream(inp, thread_id="t", stream_mode="custom"): ...   # what nodes emit
     for mode, payload in app.stream(inp, stream_mode=["updates", "custom"]): ...
+    for ns, payload in app.stream(inp, stream_mode="updates", subgraphs=True): ...
 
 The run goes on in a task of its own while the caller reads; what it produces goes through one
 queue (`StreamChannel`), so a chunk a node emits reaches the caller while the node still runs,
 from async nodes, sync nodes (run in threads while `custom` is streamed) and parallel tasks.
 The run starts a step only once the caller has read what the previous one produced.
-With several modes, custom chunks come as `(node, chunk)`. `emit` is a context-variable read
-and nothing else when nobody streams `custom`.
+With several modes, or with `subgraphs=True`, custom chunks come as `(node, chunk)`.
+Without `subgraphs`, a subgraph's steps are its parent task's business: only its nodes' chunks
+reach the caller. With it, every item is prefixed by its namespace: `()` for the parent's,
+`("node:<task id>",)` for those of the subgraph that node runs (one more element per level).
+`emit` is a context-variable read and nothing else when nobody streams `custom`.
 """
 
 from __future__ import annotations
@@ -31,13 +35,20 @@ class StreamChannel:
     """What a streamed run produces, in order, for the caller: (mode, payload) items. Safe to
     put into from the run's loop and from worker threads."""
 
-    def __init__(self, modes: Sequence[str], *, feeds: StreamChannel | None = None) -> None:
-        """`feeds`: the caller's channel this one puts into (a subgraph's view of it)."""
+    def __init__(self, modes: Sequence[str], *, subgraphs: bool = False,
+                 feeds: StreamChannel | None = None, namespace: tuple[str, ...] = ()) -> None:
+        """`subgraphs`: items carry their namespace, and subgraphs report all their modes.
+        `feeds`: the caller's channel this one puts into (a subgraph's view of it), under
+        `namespace`."""
         self.modes = frozenset(modes)
         self.custom = "custom" in self.modes
         self.updates = "updates" in self.modes
         self.values = "values" in self.modes
-        self.several: bool = feeds.several if feeds is not None else len(self.modes) > 1
+        self.steps = "steps" in self.modes
+        self.subgraphs: bool = feeds.subgraphs if feeds is not None else subgraphs
+        self.several: bool = feeds.several if feeds is not None else \
+            len(self.modes) > 1 or subgraphs
+        self.namespace = namespace
         self._loop: asyncio.AbstractEventLoop = feeds._loop if feeds is not None else \
             asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = feeds._queue if feeds is not None else \
@@ -45,7 +56,14 @@ class StreamChannel:
         self._custom_only: StreamChannel | None = None
 
     def put(self, mode: str, payload: Any) -> None:
-        self._put((mode, payload))
+        self._put((self.namespace, mode, payload) if self.subgraphs else (mode, payload))
+
+    def report(self, event: Any) -> None:
+        """A committed step (a `StepEvent`), for the "steps" and "values" modes."""
+        if self.steps:
+            self.put("steps", event)
+        if self.values:
+            self.put("values", event.state)
 
     def _put(self, item: Any) -> None:
         """Into the queue from the loop itself, or handed to the loop from any other thread
@@ -63,14 +81,20 @@ class StreamChannel:
     def close(self) -> None:
         self._put(_END)
 
-    def custom_only(self) -> StreamChannel:
-        """This channel as a subgraph's run sees it: its nodes' emitted chunks go to the
-        caller; its steps and updates are the parent's own to report."""
+    def for_subgraph(self, node: str, task_id: str) -> StreamChannel | None:
+        """This channel as the run of the subgraph that `node`'s task runs sees it: with
+        `subgraphs`, all modes under the task's namespace; without, only its nodes' emitted
+        chunks (its steps and updates are the parent's own to report)."""
+        if self.subgraphs:
+            return StreamChannel(tuple(self.modes), feeds=self,
+                                 namespace=(*self.namespace, f"{node}:{task_id}"))
+        if not self.custom:
+            return None
         if self._custom_only is None:
-            self._custom_only = StreamChannel(tuple({"custom"} & self.modes), feeds=self)
+            self._custom_only = StreamChannel(("custom",), feeds=self)
         return self._custom_only
 
-    async def items(self) -> AsyncIterator[tuple[str, Any]]:
+    async def items(self) -> AsyncIterator[Any]:
         while (item := await self._queue.get()) is not _END:
             yield item
             self._queue.task_done()
@@ -102,6 +126,15 @@ def emit(chunk: Any) -> None:
     emitter = current_emitter.get()
     if emitter is not None:
         emitter(chunk)
+
+
+def shape(item: Any, single: bool, subgraphs: bool) -> Any:
+    """A channel's item as the caller reads it: the payload, `(mode, payload)` with several
+    modes, each prefixed by the namespace with `subgraphs`."""
+    if subgraphs:
+        namespace, mode, payload = item
+        return (namespace, payload) if single else (namespace, mode, payload)
+    return item[1] if single else item
 
 
 def check_modes(stream_mode: str | Sequence[str]) -> tuple[tuple[str, ...], bool]:

@@ -15,6 +15,8 @@ from .checkpoint_extra import extra_of
 from .errors import ThreadStateError
 from .records import Task
 from .spec import NodeSpec
+from .streaming import StreamChannel
+from .types import task_id
 from .waiting import INTERRUPT_EVENT, WaitingForEvent, current_answers
 
 if TYPE_CHECKING:
@@ -33,7 +35,7 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
     if saver is None:
         run = child.new_run(runner.thread_id, inline_sync=runner.inline_sync,
                             context=_context_for(child, runner))
-        run.runner.channel = runner.channel and runner.channel.custom_only()
+        run.runner.channel = _channel_for(runner, node, task, at)
         run.collected = []
         async for _ in run.execute(child_input):
             pass
@@ -53,7 +55,7 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
                 event = {name: _newest_answer(name)}
             run = child.new_run(thread, inline_sync=runner.inline_sync,
                                 context=_context_for(child, runner))
-            run.runner.channel = runner.channel and runner.channel.custom_only()
+            run.runner.channel = _channel_for(runner, node, task, at)
             if head is None and not task.sent and at.base is not None and arg is at.state \
                     and child.spec.schema.model is runner.spec.schema.model:
                 # its input is this thread's state at the head: refer to it, not a copy
@@ -89,6 +91,16 @@ def _newest_answer(event: str) -> Any:
     if answers is None or not answers.answers:
         raise WaitingForEvent(event)
     return answers.answers[-1]
+
+
+def _channel_for(runner: TaskRunner, node: NodeSpec, task: Task,
+                 at: StepInput) -> StreamChannel | None:
+    """Where the subgraph's run streams: into the caller's stream, under this task's namespace
+    (`streaming`)."""
+    if runner.channel is None:
+        return None
+    return runner.channel.for_subgraph(
+        node.name, task_id(runner.thread_id, at.origin, node.name, task.index))
 
 
 def _context_for(child: Executor, runner: TaskRunner) -> Any:

@@ -96,8 +96,25 @@ def test_astream_delivers_emitted_chunks_live_too():
                                         {"sync_node": {"log": ["sync"]}}]
 
 
+def side_graph() -> StateGraph:
+    """The subgraph busy_graph runs beside its loop: two steps, each emitting."""
+    def step(name: str) -> Any:
+        def node(state: S) -> dict:
+            emit(f"{name} chunk")
+            return {"log": [name]}
+        return node
+
+    g = StateGraph(S)
+    g.add_node("s1", step("s1"))
+    g.add_node("s2", step("s2"))
+    g.add_edge(START, "s1")
+    g.add_edge("s1", "s2")
+    g.add_edge("s2", END)
+    return g
+
+
 def busy_graph() -> StateGraph:
-    """A loop, a parallel step and a Send fan-out."""
+    """A loop, a parallel step, a Send fan-out and a subgraph."""
     def start(state: S) -> dict:
         return {"n": state.n + 1, "log": [f"start {state.n}"]}
 
@@ -110,7 +127,7 @@ def busy_graph() -> StateGraph:
 
     g = StateGraph(S)
     g.add_node("start", start)
-    g.add_node("side", lambda state: {"log": ["side"]})
+    g.add_node("side", side_graph().compile())
     g.add_node("part", part)
     g.add_node("again", lambda state: {})
     g.add_edge(START, "start")
@@ -147,7 +164,8 @@ def test_every_mode_agrees_with_the_others_and_with_the_history(tmp_path):
         assert {k: sorted(map(str, v)) for k, v in per_node.items()} == \
             {k: sorted(map(str, v)) for k, v in from_steps.items()}
         assert sorted(by_mode["custom"], key=str) == sorted(
-            [("part", f"part {i}") for i in range(3)] * 2, key=str)
+            [("part", f"part {i}") for i in range(3)] * 2
+            + [("s1", "s1 chunk"), ("s2", "s2 chunk")], key=str)  # a subgraph's live too
         # and the history holds the same states, step by step
         history = [s for s in reversed(app.history("t")) if s.kind == "step"]
         assert [s.state for s in history] == [e.state for e in steps]
@@ -232,3 +250,79 @@ def test_ctx_emit_works_from_threads_the_node_starts_and_updates_are_the_readers
     [(_, update)] = [(m, p) for m, p in items if m == "updates"]
     update["fan"]["log"].append("changed by the reader")
     assert app.get_state("t").state.log == ["fanned"]
+
+
+def test_subgraphs_true_streams_the_subgraphs_steps_under_their_namespace(tmp_path):
+    modes = ["steps", "values", "updates", "custom"]
+    with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
+        app = busy_graph().compile(checkpointer=saver)
+        items = list(app.stream({}, thread_id="t", stream_mode=modes, subgraphs=True))
+        assert all(len(item) == 3 for item in items)
+        # the parent's own items are exactly what a stream without subgraphs gives
+        plain = list(app.stream({}, thread_id="u", stream_mode=modes))
+        mine = [(mode, payload) for ns, mode, payload in items if ns == ()]
+        from_sub = [("s1", "s1 chunk"), ("s2", "s2 chunk")]
+        plain_mine = [(m, p) for m, p in plain if p not in from_sub]
+        assert sorted(str(p) for m, p in mine if m != "steps") == \
+            sorted(str(p) for m, p in plain_mine if m != "steps")
+        assert [p.nodes for m, p in mine if m == "steps"] == \
+            [p.nodes for m, p in plain if m == "steps"]
+        inner = [(ns, mode, payload) for ns, mode, payload in items if ns != ()]
+        [namespace] = {ns for ns, _, _ in inner}
+        [element] = namespace
+        node, _, task = element.partition(":")
+        assert node == "side" and len(task) == 32
+        # the subgraph's steps, values and updates, as its own history has them
+        [sub_thread] = [t.thread_id for t in app.threads() if t.thread_id.startswith("t::side")]
+        sub_history = [s for s in reversed(app.history(sub_thread)) if s.kind == "step"]
+        steps = [p for _, m, p in inner if m == "steps"]
+        assert [e.nodes for e in steps] == [("s1",), ("s2",)]
+        assert [e.state for e in steps] == [s.state for s in sub_history]
+        assert [p for _, m, p in inner if m == "values"] == [S()] + [e.state for e in steps]
+        assert [p for _, m, p in inner if m == "updates"] == [
+            {"s1": {"log": ["s1"]}}, {"s2": {"log": ["s2"]}}]
+        assert [p for _, m, p in inner if m == "custom"] == [
+            ("s1", "s1 chunk"), ("s2", "s2 chunk")]  # tagged with the subgraph's node
+        # one mode: (namespace, payload); parent chunks are tagged with their node too
+        custom = list(app.stream({}, thread_id="v", stream_mode="custom", subgraphs=True))
+        assert sorted(custom, key=str) == sorted(
+            [((), ("part", f"part {i}")) for i in range(3)] * 2
+            + [(ns, ("s1", "s1 chunk")) for ns, _ in custom if ns != ()][:1]
+            + [(ns, ("s2", "s2 chunk")) for ns, _ in custom if ns != ()][:1], key=str)
+        assert len({ns for ns, _ in custom}) == 2
+
+
+def test_nested_subgraphs_stream_under_a_namespace_per_level_and_match_the_task_id():
+    seen_ids: dict[str, str] = {}
+
+    def remember(name: str) -> Any:
+        def node(state: S, ctx: RunContext) -> dict:
+            seen_ids[name] = ctx.task_id
+            return {"log": [name]}
+        return node
+
+    leaf = StateGraph(S)
+    leaf.add_node("leaf", lambda state: {"log": ["leaf"]})
+    leaf.add_edge(START, "leaf")
+    leaf.add_edge("leaf", END)
+    middle = StateGraph(S)
+    middle.add_node("inner", leaf.compile())
+    middle.add_edge(START, "inner")
+    middle.add_edge("inner", END)
+    top = StateGraph(S)
+    top.add_node("outer", middle.compile())
+    top.add_edge(START, "outer")
+    top.add_edge("outer", END)
+
+    async def read(app: Any) -> list[Any]:
+        return [item async for item in app.astream({}, thread_id="t", stream_mode="updates",
+                                                   subgraphs=True)]
+
+    for saver in (None, MemoryCheckpointer()):
+        got = asyncio.run(read(top.compile(checkpointer=saver)))
+        assert [(len(ns), ns[0].split(":")[0] if ns else None, update)
+                for ns, update in got] == [
+            (2, "outer", {"leaf": {"log": ["leaf"]}}),
+            (1, "outer", {"inner": {"log": ["leaf"]}}),
+            (0, None, {"outer": {"log": ["leaf"]}})]
+        assert got[0][0][1].startswith("inner:") and got[0][0][0] == got[1][0][0]
