@@ -266,20 +266,23 @@ class CompiledGraph:
         return await self._executor.history(thread_id, limit, before)
 
     def update_state(self, thread_id: str, values: Any, as_node: str | None = None, *,
-                     checkpoint_id: str | None = None) -> Snapshot[Any]:
+                     checkpoint_id: str | None = None, context: Any = None) -> Snapshot[Any]:
         """Commit `values` as a new checkpoint (through the reducers) and return it.
 
-        With `as_node`, the values count as that node's output and `next` follows its edges;
-        without, `next` and the thread's status stay as they were. With `checkpoint_id`, the
-        new checkpoint branches off that older one.
+        With `as_node`, the values count as that node's output and `next` follows its edges
+        (its routers get `context` in their `RunContext`, as in a run); without, `next` and
+        the thread's status stay as they were. With `checkpoint_id`, the new checkpoint
+        branches off that older one.
         """
         return run_sync(lambda: self._executor.update_state(
-            thread_id, values, as_node=as_node, checkpoint_id=checkpoint_id, blocking=True))
+            thread_id, values, as_node=as_node, checkpoint_id=checkpoint_id, blocking=True,
+            context=context))
 
     async def aupdate_state(self, thread_id: str, values: Any, as_node: str | None = None, *,
-                            checkpoint_id: str | None = None) -> Snapshot[Any]:
+                            checkpoint_id: str | None = None,
+                            context: Any = None) -> Snapshot[Any]:
         return await self._executor.update_state(thread_id, values, as_node=as_node,
-                                                 checkpoint_id=checkpoint_id)
+                                                 checkpoint_id=checkpoint_id, context=context)
 
     def fork(self, thread_id: str, checkpoint_id: str, *,
              to_thread: str | None = None) -> Snapshot[Any]:

@@ -30,9 +30,11 @@ if TYPE_CHECKING:
 
 async def update_state(executor: Executor, thread_id: str, values: Any, *,
                        as_node: str | None = None, checkpoint_id: str | None = None,
-                       blocking: bool = False) -> Snapshot:
+                       blocking: bool = False, context: Any = None) -> Snapshot:
     saver = executor.require_saver("update a thread's state", blocking)
     spec = executor.spec
+    if spec.context is not None and as_node is not None:  # the routers after it see it
+        context = spec.context.validate(context)
     if as_node is not None and as_node not in spec.nodes:
         raise ThreadStateError(
             f"update_state(as_node={as_node!r}): no such node"
@@ -70,16 +72,19 @@ async def update_state(executor: Executor, thread_id: str, values: Any, *,
                 ran = [Task(as_node)]
             tasks, joins = await next_tasks(
                 spec, ran, new_state, head.step, head_extra.joins, gotos=results.gotos,
-                thread_id=thread_id, origin=f"{owner.token}-{head.step}")
+                thread_id=thread_id, origin=f"{owner.token}-{head.step}", context=context)
             step, next_json, error = head.step + 1, encode_tasks(tasks), None
             status = "interrupted" if tasks else "done"
             extra = CheckpointExtra(joins=joins, interrupt="after" if tasks else None)
         else:
             step, next_json, status, error = head.step, head.next, head.status, head.error
-            # the same tasks stay due: they keep their ids (idempotency keys)
+            # the same tasks stay due: they keep their ids (idempotency keys), what they
+            # wait for and the answers they were given
             extra = carried_on(head_extra, chain.pending.get(head.id, [])).copy(
                 origin=head_extra.origin or head.id, joins=head_extra.joins,
-                interrupt=head_extra.interrupt, failed=head_extra.failed)
+                interrupt=head_extra.interrupt, failed=head_extra.failed,
+                waiting=head_extra.waiting, answers=head_extra.answers,
+                questions=head_extra.questions)
         writes = spec.schema.encode_writes([(writer, index, encoded)])
         snapshot = None
         if cost.due(*counted(len(writes), spec.schema.appends_only(update)), saver.keep_last):

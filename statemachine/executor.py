@@ -193,9 +193,11 @@ class Executor:
     # -- editing (see editing) --------------------------------------------------------------
 
     async def update_state(self, thread_id: str, values: Any, *, as_node: str | None = None,
-                           checkpoint_id: str | None = None, blocking: bool = False) -> Snapshot:
+                           checkpoint_id: str | None = None, blocking: bool = False,
+                           context: Any = None) -> Snapshot:
         return await editing.update_state(self, thread_id, values, as_node=as_node,
-                                          checkpoint_id=checkpoint_id, blocking=blocking)
+                                          checkpoint_id=checkpoint_id, blocking=blocking,
+                                          context=context)
 
     def child_executor(self, node: NodeSpec) -> Executor:
         """The executor of a subgraph node: its graph, this store, these listeners."""

@@ -31,21 +31,27 @@ class ContextSchema:
             self._adapter = None  # its instances are taken as they are
 
     def validate(self, value: Any) -> Any:
-        if value is None or (self._checks_instances and isinstance(value, self.schema)):
+        """The call's context as nodes see it. No context (None) is the schema built from its
+        defaults, or an error naming the fields it needs; a class pydantic cannot read stays
+        None then."""
+        if self._checks_instances and isinstance(value, self.schema):
             return value
         if self._adapter is None:
+            if value is None:
+                return None
             raise InvalidContextError(
                 f"context= must be a {self.schema.__name__} (the graph's context_schema), got "
                 f"{type(value).__name__}.")
         try:
-            return self._adapter.validate_python(value)
+            return self._adapter.validate_python({} if value is None else value)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'the value'}: {e['msg']}"
                 for e in exc.errors(include_url=False, include_input=False))
-            raise InvalidContextError(
-                f"context= does not fit the graph's context_schema {self.schema.__name__}: "
-                f"{problems}.") from None
+            what = f"this graph needs context= (its context_schema {self.schema.__name__}" \
+                   f" has no default for everything)" if value is None else \
+                f"context= does not fit the graph's context_schema {self.schema.__name__}"
+            raise InvalidContextError(f"{what}: {problems}.") from None
 
 
 def _has_instances(schema: type) -> bool:

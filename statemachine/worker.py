@@ -142,12 +142,18 @@ class Worker:
     """
 
     def __init__(self, app: CompiledGraph, *, concurrency: int = 1, poll_interval: float = 0.5,
-                 retry_delay: float = 1.0, max_retry_delay: float = 60.0) -> None:
+                 retry_delay: float = 1.0, max_retry_delay: float = 60.0,
+                 context: Any = None) -> None:
+        """`context`: the run-scoped context every run this worker makes gets (an API
+        client, settings): jobs carry none, as no call's context is stored. It is validated
+        into the graph's `context_schema` now."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         from checkpoints.base import Owner
 
         self.app = app
+        spec_context = app.spec.context
+        self.context = context if spec_context is None else spec_context.validate(context)
         self.saver = _saver(app)
         self.concurrency = concurrency
         self.poll_interval = poll_interval
@@ -157,9 +163,9 @@ class Worker:
         self.stats = WorkerStats()
         self._stopping = asyncio.Event()
         self._claiming = 0
+        """Claims in progress: they count against `max_jobs` until they return."""
         self._foreign: set[str] = set()
         """Threads found bound to another graph (their jobs are left to its workers)."""
-        """Claims in progress: they count against `max_jobs` until they return."""
 
     def stop(self) -> None:
         """Claim nothing more; runs in progress are cancelled and their jobs queued again
@@ -285,17 +291,18 @@ class Worker:
         head = None if chain is None else chain.head
         if (None if head is None else head.id) == job.base:  # nothing ran since submission
             if job.event is not None:
-                await self.app.aresume(thread, event=json.loads(job.event))
+                await self.app.aresume(thread, event=json.loads(job.event),
+                                       context=self.context)
             elif job.input is not None:
                 value = schema.decode_state(job.input) if job.base is None \
                     else schema.decode_update(job.input)
-                await self.app.ainvoke(value, thread_id=thread)
+                await self.app.ainvoke(value, thread_id=thread, context=self.context)
             else:
-                await self.app.aresume(thread)
+                await self.app.aresume(thread, context=self.context)
         elif head is not None and head.status in FINISHED | {"interrupted"}:
             return "interrupted" if head.status == "interrupted" else "done"  # ran already
         else:  # an earlier attempt started it: continue from its last committed step
-            await self.app.aresume(thread)
+            await self.app.aresume(thread, context=self.context)
         snapshot = await self.app.aget_state(thread)
         return "interrupted" if snapshot.status == "interrupted" else "done"
 

@@ -16,6 +16,9 @@
 - `invalid`: a StateGraph with several problems (compile() refuses it).
 - `research`: a subgraph node (`research` runs `inner`, its own two-node graph).
 - `chat`: one `reply` node appending to `messages` (every turn an append: rare snapshots).
+- `personal`: a graph with a `context_schema` (`Account`: a user and an API key): `greet` uses
+  the user, asks for approval (`interrupt`), and a router sends blocked users to END; `send`
+  fails while the file named by the state's `flag` exists.
 - `not_a_graph`, `make_graph`: things that are not graphs.
 """
 
@@ -28,7 +31,7 @@ from typing import Annotated
 
 from pydantic import BaseModel
 
-from statemachine import END, START, StateGraph, interrupt, wait_for
+from statemachine import END, START, RunContext, StateGraph, interrupt, wait_for
 
 
 class State(BaseModel):
@@ -294,3 +297,37 @@ asking = StateGraph(ReviewState)
 asking.add_node(review)
 asking.add_edge(START, "review")
 asking.add_edge("review", END)
+
+
+class Account(BaseModel):
+    user: str
+    api_key: str
+
+
+class LetterState(BaseModel):
+    flag: str = ""
+    log: Annotated[list[str], operator.add] = []
+
+
+def greet(state: LetterState, ctx: RunContext) -> dict:
+    if interrupt(f"send a letter to {ctx.context.user}?") != "yes":
+        return {"log": ["not approved"]}
+    return {"log": [f"dear {ctx.context.user}"]}
+
+
+def send(state: LetterState, ctx: RunContext) -> dict:
+    if state.flag and Path(state.flag).exists():
+        raise ConnectionError("post office closed")
+    return {"log": [f"sent with key ending {ctx.context.api_key[-2:]}"]}
+
+
+def addressee(state: LetterState, ctx: RunContext) -> str:
+    return END if ctx.context.user == "blocked" else "send"
+
+
+personal = StateGraph(LetterState, context_schema=Account)
+personal.add_node(greet)
+personal.add_node(send)
+personal.add_edge(START, "greet")
+personal.add_conditional_edges("greet", addressee, ["send", END])
+personal.add_edge("send", END)

@@ -195,3 +195,21 @@ def test_a_question_asked_inside_a_subgraph_is_the_parents_to_answer():
     [asked] = app.get_state("t").interrupts
     assert (asked.node, asked.value) == ("sub", "inner question?")
     assert app.resume("t", answer=42).log == ["pre", "answer 42"]
+
+
+def test_an_update_to_a_paused_thread_keeps_its_question_and_earlier_answers():
+    def ask_twice(state: S) -> dict:
+        first = interrupt("first?")
+        second = interrupt("second?")
+        return {"log": [f"{first}/{second}"]}
+
+    app = one_node(ask_twice).compile(checkpointer=MemoryCheckpointer())
+    app.invoke({}, thread_id="t")
+    app.resume("t", answer="a")
+    [asked] = app.get_state("t").interrupts
+    assert asked.value == "second?"
+    after = app.update_state("t", {"log": ["operator note"]})
+    assert after.status == "interrupted"
+    assert [i.value for i in after.interrupts] == ["second?"]  # still asks, same id
+    assert after.interrupts[0].id == asked.id
+    assert app.resume("t", answer="b").log == ["operator note", "a/b"]  # "a" kept

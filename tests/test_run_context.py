@@ -181,3 +181,167 @@ def test_typeddicts_plain_classes_and_a_subgraphs_own_schema():
     outer.add_edge(START, "sub")
     outer.add_edge("sub", END)
     assert outer.compile().invoke({}, context={"user_id": "u9"}).log == ["child u9"]
+
+
+def test_no_context_is_the_schemas_defaults_or_an_error_naming_what_it_needs(tmp_path):
+    class Settings(BaseModel):
+        model: str = "small"
+
+    g = StateGraph(S, context_schema=Settings)
+    g.add_node("n", lambda state, ctx: {"log": [ctx.context.model]})
+    g.add_edge(START, "n")
+    g.add_edge("n", END)
+    assert g.compile().invoke({}).log == ["small"]  # built from its defaults
+    with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
+        app = graph().compile(checkpointer=saver)
+        with pytest.raises(InvalidContextError, match=r"this graph needs context= \(its "
+                                                      r"context_schema Deps.*user_id: Field "
+                                                      r"required"):
+            app.invoke({}, thread_id="t")
+        assert app.threads() == []  # refused before anything was stored
+    plain = StateGraph(S, context_schema=ApiClient)  # pydantic cannot build one: None
+    plain.add_node("n", lambda state, ctx: {"log": [repr(ctx.context)]})
+    plain.add_edge(START, "n")
+    plain.add_edge("n", END)
+    assert plain.compile().invoke({}).log == ["None"]
+
+
+def test_update_state_as_a_node_routes_on_with_the_calls_context(tmp_path):
+    with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
+        app = graph().compile(checkpointer=saver, interrupt_before=["answer"])
+        app.invoke({}, thread_id="t", context={"user_id": "u1"})
+        assert app.get_state("t").next == ("answer",)
+        # greet's update, as an operator gives it: its router reads the context
+        after = app.update_state("t", {"log": ["manual"]}, as_node="greet",
+                                 context={"user_id": "blocked"})
+        assert after.next == () and after.status == "done"
+        again = app.update_state("t", {"log": ["manual"]}, as_node="greet",
+                                 context=Deps(user_id="u2"))
+        assert again.next == ("answer",)
+        with pytest.raises(InvalidContextError, match="this graph needs context="):
+            app.update_state("t", {"log": ["x"]}, as_node="greet")
+        # without as_node no router runs: no context needed
+        assert app.update_state("t", {"log": ["note"]}).next == ("answer",)
+
+
+def test_a_worker_gives_every_job_its_context(tmp_path):
+    from statemachine._sync import run_sync
+    from statemachine.worker import Worker
+
+    with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
+        app = graph().compile(checkpointer=saver)
+        with pytest.raises(InvalidContextError, match="this graph needs context="):
+            Worker(app)  # refused when it starts, not job by job
+        for thread in ("a", "b"):
+            app.submit({}, thread)
+        worker = Worker(app, context={"user_id": "w1"}, poll_interval=0.01)
+        stats = run_sync(lambda: worker.run(drain=True))
+        assert stats.done == 2
+        assert app.get_state("a").state.log == ["hello w1", "answered with small"]
+
+
+def test_the_property_checkers_take_a_context_value_or_a_strategy():
+    from hypothesis import strategies as st
+
+    from statemachine.testing import (
+        PropertyCheckError,
+        check_nodes,
+        check_resume,
+        check_runs,
+        check_transitions,
+    )
+
+    app = graph().compile()
+    deps = {"user_id": "u1"}
+    check_nodes(app, context=deps, max_examples=5)
+    check_runs(app, context=deps, max_examples=5)
+    check_transitions(app, context=deps, max_examples=5)
+    durable = graph().compile(checkpointer=SQLiteCheckpointer(":memory:"))
+    check_resume(durable, context=deps, max_examples=5)
+    with pytest.raises(InvalidContextError):  # a value is checked at once
+        check_runs(app, context={"model": "big"}, max_examples=5)
+
+    def strict(state: S, ctx: RunContext) -> dict:
+        assert ctx.context.user_id.isidentifier(), "user ids are identifiers"
+        return {"log": [ctx.context.user_id]}
+
+    g = StateGraph(S, context_schema=Deps)
+    g.add_node("strict", strict)
+    g.add_edge(START, "strict")
+    g.add_edge("strict", END)
+    with pytest.raises(PropertyCheckError) as info:
+        check_runs(g.compile(), context=st.builds(Deps, user_id=st.text(max_size=5)),
+                   max_examples=50)
+    assert "user ids are identifiers" in str(info.value)
+    assert "minimal context: Deps(user_id=" in str(info.value)  # what it failed with
+
+
+def test_the_command_line_takes_a_context_and_never_shows_it(tmp_path):
+    import json
+    import shlex
+
+    from tests.test_cli import OK, RUN_FAILED, USAGE, cli, run_words
+
+    db, graph = str(tmp_path / "runs.db"), "tests.cli_graphs:personal"
+    secret = "sk-live-0123456789"
+    account = json.dumps({"user": "ann", "api_key": secret})
+    missing = cli("run", graph, "--db", db, "--thread", "t")
+    assert missing.returncode == USAGE
+    assert "this graph needs context= (its context_schema Account" in missing.stderr
+    assert "user: Field required" in missing.stderr
+    # given as text: the printed resume command leaves a place for it, never the value
+    paused = cli("run", graph, "--db", db, "--thread", "t", "--context", account)
+    assert paused.returncode == OK, paused.stderr
+    assert "send a letter to ann?" in paused.stderr
+    assert "--context '...'" in paused.stderr and "give the same --context again" in paused.stderr
+    assert secret not in paused.stdout + paused.stderr
+    # a file: repeated by name; the run goes on with it
+    file = tmp_path / "account.json"
+    file.write_text(account)
+    flag = tmp_path / "closed"
+    flag.touch()
+    cli("update", graph, "--db", db, "--thread", "t", "--values", json.dumps({"flag": str(flag)}))
+    failed = cli("resume", graph, "--db", db, "--thread", "t", "--answer", '"yes"',
+                 "--context", f"@{file}")
+    assert failed.returncode == RUN_FAILED and "post office closed" in failed.stderr
+    [line] = [x for x in failed.stderr.splitlines() if "resume with: " in x]
+    words = shlex.split(line.split("resume with: ", 1)[1])
+    assert words[words.index("--context") + 1] == f"@{file}"
+    flag.unlink()
+    done = run_words(words)
+    assert done.returncode == OK, done.stderr
+    assert json.loads(done.stdout)["log"] == ["dear ann", "sent with key ending 89"]
+    assert secret not in failed.stderr + done.stderr + done.stdout
+    # a mistake in it is described without echoing it
+    typo = cli("run", graph, "--db", db, "--thread", "u", "--context",
+               '{"user": "ann", "api_key": ' + secret + "}")
+    assert typo.returncode == USAGE and "--context is not valid JSON" in typo.stderr
+    assert secret not in typo.stderr
+    wrong = cli("run", graph, "--db", db, "--thread", "u", "--context", '{"user": "ann"}')
+    assert wrong.returncode == USAGE and "api_key: Field required" in wrong.stderr
+    # update --as-node routes with it: a blocked user's letter is not sent
+    cli("run", graph, "--db", db, "--thread", "v", "--context", account)
+    routed = cli("update", graph, "--db", db, "--thread", "v", "--values", '{"log": ["ok"]}',
+                 "--as-node", "greet", "--context",
+                 json.dumps({"user": "blocked", "api_key": secret}), "--json")
+    assert routed.returncode == OK, routed.stderr
+    assert json.loads(routed.stdout)["next"] == [] and secret not in routed.stdout
+
+
+def test_a_worker_started_from_the_command_line_runs_jobs_with_its_context(tmp_path):
+    import json
+
+    from tests.test_cli import OK, USAGE, cli
+
+    db, graph = str(tmp_path / "runs.db"), "tests.cli_graphs:personal"
+    queued = cli("submit", graph, "--db", db, "--thread", "job", "--input", "{}")
+    assert queued.returncode == OK, queued.stderr
+    refused = cli("worker", graph, "--db", db, "--drain", "-q")
+    assert refused.returncode == USAGE and "this graph needs context=" in refused.stderr
+    file = tmp_path / "account.json"
+    file.write_text(json.dumps({"user": "bob", "api_key": "k-42"}))
+    worked = cli("worker", graph, "--db", db, "--drain", "-q", "--context", f"@{file}")
+    assert worked.returncode == OK, worked.stderr
+    assert "1 interrupted" in worked.stderr  # greet asks; the job's run paused there
+    rows = json.loads(cli("history", "--db", db, "--thread", "job", "--json").stdout)
+    assert rows[0]["status"] == "interrupted" and rows[0]["waits_for"] == ["an answer"]

@@ -4,7 +4,7 @@
     statemachine draw GRAPH [-o flow.svg] [--format mermaid|dot|svg|png|pdf]
                             [--db runs.db --thread t1] [--xray]
     statemachine run GRAPH [--input JSON|@file.json|-] [--db runs.db] [--thread t1]
-    statemachine resume GRAPH --db runs.db --thread t1 [--event JSON|@file.json]
+    statemachine resume GRAPH --db runs.db --thread t1 [--event JSON|@file.json] [--answer JSON]
     statemachine threads --db runs.db [--limit 100] [--offset N]   threads with their status
     statemachine history --db runs.db --thread t1 [--limit 50] [--before ID]   its checkpoints
     statemachine show --db runs.db --thread t1 [--checkpoint ID]   its state as JSON
@@ -30,7 +30,9 @@ is compiled with it, a CompiledGraph is rebuilt on it with the same spec and nam
 options kept).
 
 `run` and `resume` show each step on stderr (nodes, step, time) and print the final state as
-JSON on stdout; what nodes print goes to stderr too, so stdout stays JSON. `threads`,
+JSON on stdout; what nodes print goes to stderr too, so stdout stays JSON. Commands that run
+nodes (`run`, `resume`, `update --as-node`, `rollback`, `worker`) take `--context JSON|@file`,
+the graph's run-scoped context, which is never stored nor printed. `threads`,
 `history` and `show` read the database without importing any user code; they never create a
 database file. `threads` and `history` show a page (newest first) and, when there is more, the
 command for the next page on stderr; `--json` pages the same way.

@@ -14,6 +14,7 @@ from ..constants import INPUT
 from ..errors import (
     CheckpointError,
     GraphValidationError,
+    InvalidContextError,
     InvalidUpdateError,
     Problem,
     ThreadBusyError,
@@ -95,7 +96,7 @@ def library_errors() -> Iterator[None]:
         raise CliError(str(exc), EXIT_NOT_FOUND) from exc
     except ThreadBusyError as exc:
         raise CliError(str(exc), EXIT_BUSY) from exc
-    except (ThreadStateError, CheckpointError) as exc:
+    except (ThreadStateError, CheckpointError, InvalidContextError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
     except sqlite3.Error as exc:  # a damaged file, or one of an incompatible version
         raise CliError(f"cannot read the checkpoint database: {type(exc).__name__}: {exc}",
@@ -108,7 +109,7 @@ def setup_exit_code(exc: BaseException) -> int | None:
         return EXIT_BUSY
     if isinstance(exc, ThreadNotFoundError):
         return EXIT_NOT_FOUND
-    if isinstance(exc, (ThreadStateError, CheckpointError)):
+    if isinstance(exc, (ThreadStateError, CheckpointError, InvalidContextError)):
         return EXIT_USAGE
     if isinstance(exc, InvalidUpdateError) and exc.node in (None, INPUT):
         return EXIT_USAGE

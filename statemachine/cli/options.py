@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,6 +56,33 @@ DB_OPTION = with_options([
 GRAPH_ARGUMENT = click.argument("target", metavar="GRAPH")
 
 
+def _parse_context(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    ctx.meta["statemachine.context"] = value
+    return read_json(value, "--context", secret=True)
+
+
+CONTEXT_OPTION = click.option(
+    "--context", "context_", callback=_parse_context, metavar="JSON",
+    help="The run's context (the graph's context_schema: a user id, settings): JSON text, "
+         "@file.json or -. Never stored, printed or echoed in errors; give it to each "
+         "command that runs nodes.")
+
+
+def repeat_context() -> tuple[str, str | None]:
+    """How a printed command passes this command's --context on: a file again by name; a
+    value given as text or on stdin only as a place to put it back (it is never printed);
+    and the note saying so."""
+    context = click.get_current_context(silent=True)
+    given = context.meta.get("statemachine.context") if context else None
+    if given is None:
+        return "", None
+    if given.startswith("@") and given != "@-":
+        return f" --context {shlex.quote(given)}", None
+    return " --context '...'", "give the same --context again (it is never stored or shown)"
+
+
 def need_db(db: Db | None) -> Db:
     """--db, which the command needs."""
     if db is None:
@@ -88,8 +116,9 @@ def json_object(value: str, option: str) -> dict[str, Any]:
     return data
 
 
-def read_json(value: str, option: str) -> Any:
-    """JSON text, `@file.json`, or `-`/`@-` for stdin."""
+def read_json(value: str, option: str, *, secret: bool = False) -> Any:
+    """JSON text, `@file.json`, or `-`/`@-` for stdin. `secret`: a mistake is described
+    without showing the text around it."""
     source = "text"
     if value in ("-", "@-"):
         text, source = sys.stdin.read(), "stdin"
@@ -110,6 +139,7 @@ def read_json(value: str, option: str) -> Any:
         line = text.splitlines()[exc.lineno - 1] if text.splitlines() else ""
         raise CliError(
             f"{option} is not valid JSON ({source}): {exc.msg} at line {exc.lineno} column "
-            f"{exc.colno}", EXIT_USAGE, details=[line, " " * (exc.colno - 1) + "^"],
+            f"{exc.colno}", EXIT_USAGE,
+            details=[] if secret else [line, " " * (exc.colno - 1) + "^"],
             hint=f"""quote it for the shell: {option} '{{"count": 0}}', or {option} @file.json"""
         ) from exc

@@ -13,7 +13,7 @@ from ..errors import InvalidUpdateError, ThreadBusyError, ThreadNotFoundError, T
 from ..store_reader import format_time
 from ..terminal import safe, visible
 from .errors import EPILOG, EXIT_USAGE, CliError, library_errors, setup_exit_code
-from .options import DB_OPTION, GRAPH_ARGUMENT, Db, json_object, need_db, shown_db
+from .options import CONTEXT_OPTION, DB_OPTION, GRAPH_ARGUMENT, Db, json_object, need_db, shown_db
 from .output import (
     STATUS_STYLE,
     echo_json,
@@ -71,8 +71,10 @@ def submit(target: str, db: Db | None, thread: str, input_: str | None, event: s
 @click.option("--drain", is_flag=True, help="Exit once no job is queued or running.")
 @click.option("--max-jobs", type=click.IntRange(1), help="Exit after claiming this many jobs.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary at the end.")
+@CONTEXT_OPTION
 def worker(target: str, db: Db | None, concurrency: int, poll: float, lease: float | None,
-           retry_delay: float, drain: bool, max_jobs: int | None, quiet: bool) -> None:
+           retry_delay: float, drain: bool, max_jobs: int | None, quiet: bool,
+           context_: Any) -> None:
     """Run queued runs of GRAPH (see `submit`), claiming them from the store's queue.
 
     Start as many workers as you like, on any machines that reach the database: each job goes
@@ -97,7 +99,7 @@ def worker(target: str, db: Db | None, concurrency: int, poll: float, lease: flo
 
         async def work() -> Any:
             runner = Worker(app, concurrency=concurrency, poll_interval=poll,
-                            retry_delay=retry_delay)
+                            retry_delay=retry_delay, context=context_)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, runner.stop)

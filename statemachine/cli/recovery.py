@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import sys
+from typing import Any
 
 import click
 from rich.text import Text
@@ -19,7 +20,17 @@ from ..store_reader import DEFAULT_SCHEMA, listed, row_from_snapshot
 from ..terminal import safe
 from ..types import Snapshot
 from .errors import EPILOG, EXIT_RUN_FAILED, EXIT_USAGE, CliError, library_errors
-from .options import DB_OPTION, GRAPH_ARGUMENT, Db, json_object, pg_schema, prog, shown_db
+from .options import (
+    CONTEXT_OPTION,
+    DB_OPTION,
+    GRAPH_ARGUMENT,
+    Db,
+    json_object,
+    pg_schema,
+    prog,
+    repeat_context,
+    shown_db,
+)
 from .output import echo_json, out_console, shell_word, show_id
 from .stores import build_app, check_thread_graph
 
@@ -39,10 +50,11 @@ JSON_OPTION = click.option("--json", "as_json", is_flag=True,
                    "for the one task a failed step still lacks, the step completes).")
 @click.option("--checkpoint", metavar="ID", help="Branch off this older checkpoint instead "
                                                  "of the latest.")
+@CONTEXT_OPTION
 @JSON_OPTION
 @click.pass_context
 def update(ctx: click.Context, target: str, db: Db | None, thread: str, values: str,
-           as_node: str | None, checkpoint: str | None, as_json: bool) -> None:
+           as_node: str | None, checkpoint: str | None, context_: Any, as_json: bool) -> None:
     """Change a thread's state: commit VALUES as a new checkpoint (app.update_state).
 
     Without --as-node the thread stays where it was (the same tasks due, a failed step's
@@ -53,7 +65,8 @@ def update(ctx: click.Context, target: str, db: Db | None, thread: str, values: 
         app = _app(target, db, stack, thread)
         before = app.get_state(thread, checkpoint)
         head = app.get_state(thread) if checkpoint is not None else before
-        after = app.update_state(thread, data, as_node=as_node, checkpoint_id=checkpoint)
+        after = app.update_state(thread, data, as_node=as_node, checkpoint_id=checkpoint,
+                                 context=context_)
     if as_json:
         echo_json(row_from_snapshot(after))
         return
@@ -110,9 +123,10 @@ def fork(ctx: click.Context, target: str, db: Db | None, thread: str, checkpoint
 @GRAPH_ARGUMENT
 @DB_OPTION
 @click.option("--thread", required=True, help="The thread whose failed run to undo.")
+@CONTEXT_OPTION
 @JSON_OPTION
 @click.pass_context
-def rollback(ctx: click.Context, target: str, db: Db | None, thread: str,
+def rollback(ctx: click.Context, target: str, db: Db | None, thread: str, context_: Any,
              as_json: bool) -> None:
     """Undo a failed run: run the compensations of its completed nodes, newest first
     (app.rollback). A rollback that stopped at a failing compensation continues where it
@@ -122,7 +136,7 @@ def rollback(ctx: click.Context, target: str, db: Db | None, thread: str,
         before = app.get_state(thread)
         failure: Exception | None = None
         try:
-            app.rollback(thread)
+            app.rollback(thread, context=context_)
         except Exception as exc:
             failure = exc
         after = app.get_state(thread)
@@ -143,7 +157,8 @@ def rollback(ctx: click.Context, target: str, db: Db | None, thread: str,
         out.print(safe(f"  {type(failure).__name__}: {failure}"))
         out.print(Text(f"  compensated before it: {ran}"))
         out.print(Text("  after fixing the cause, continue the rollback: "
-                       + _command(ctx, ["rollback", target], db, thread)), soft_wrap=True)
+                       + _command(ctx, ["rollback", target], db, thread, context=True)),
+                  soft_wrap=True)
         sys.exit(EXIT_RUN_FAILED)
     if before.status == "compensated":
         out.print(Text(f"thread {show_id(thread)} was already rolled back (status compensated); "
@@ -177,9 +192,12 @@ def _where(snapshot: Snapshot) -> str:
 
 
 def _continue(ctx: click.Context, target: str, db: Db | None, snapshot: Snapshot) -> None:
+    """The command that continues the thread: with the answers or events it waits for."""
+    from .running import resume_command
+
     if snapshot.next or snapshot.status not in ("done", "compensated"):
-        out_console().print(Text("  continue: " + _command(ctx, ["resume", target], db,
-                                                           snapshot.thread_id)), soft_wrap=True)
+        out_console().print(Text("  continue: " + resume_command(ctx, target, db, snapshot)),
+                            soft_wrap=True)
 
 
 def _undo(ctx: click.Context, target: str, db: Db | None, thread: str, head: Snapshot) -> str:
@@ -189,12 +207,19 @@ def _undo(ctx: click.Context, target: str, db: Db | None, thread: str, head: Sna
         f" --checkpoint {head.checkpoint_id} --values '{{}}'"
 
 
-def _command(ctx: click.Context, words: list[str], db: Db | None, thread: str) -> str:
+def _command(ctx: click.Context, words: list[str], db: Db | None, thread: str, *,
+             context: bool = False) -> str:
+    """A command on `thread`; with `context`, one that runs nodes: given this command's
+    --context (`repeat_context`)."""
     if db is not None:
         words = [*words, "--db", shown_db(db)]
         if isinstance(db, str) and pg_schema() != DEFAULT_SCHEMA:
             words += ["--schema", pg_schema()]
-    return f"{prog(ctx)} {shlex.join(words)} --thread {shell_word(thread)}"
+    command = f"{prog(ctx)} {shlex.join(words)} --thread {shell_word(thread)}"
+    if context:
+        context_words, note = repeat_context()
+        command += context_words + (f"  # {note}" if note else "")
+    return command
 
 
 def _compensations_since(app: CompiledGraph, thread: str, since: str) -> list[tuple[int, str]]:

@@ -37,6 +37,7 @@ from .errors import (
     setup_exit_code,
 )
 from .options import (
+    CONTEXT_OPTION,
     DB_OPTION,
     GRAPH_ARGUMENT,
     Db,
@@ -44,6 +45,7 @@ from .options import (
     pg_schema,
     prog,
     read_json,
+    repeat_context,
     shown_db,
     with_options,
 )
@@ -65,10 +67,11 @@ RUN_OPTIONS = [
               help="The input state: JSON text, @file.json, or - for stdin.")
 @DB_OPTION
 @click.option("--thread", help="Thread id (with --db; generated when omitted).")
+@CONTEXT_OPTION
 @with_options(RUN_OPTIONS)
 @click.pass_context
 def run(ctx: click.Context, target: str, input_: str, db: Db | None, thread: str | None,
-        max_steps: int, quiet: bool, show_traceback: bool) -> None:
+        context_: Any, max_steps: int, quiet: bool, show_traceback: bool) -> None:
     """Run GRAPH and print its final state as JSON (progress on stderr).
 
     With --db every step is committed, so a failed run can be resumed, from any process, with
@@ -89,7 +92,8 @@ def run(ctx: click.Context, target: str, input_: str, db: Db | None, thread: str
             err_console().print(Text("note: the graph has interrupts, which pause a run only with "
                                      "--db", style="yellow"))
         _execute(ctx, app, target, db, thread,
-                 lambda: app.invoke(data, thread_id=thread, max_steps=max_steps),
+                 lambda: app.invoke(data, thread_id=thread, max_steps=max_steps,
+                                    context=context_),
                  quiet=quiet, show_traceback=show_traceback)
 
 
@@ -103,10 +107,12 @@ def run(ctx: click.Context, target: str, input_: str, db: Db | None, thread: str
               help="The answer to what a node asked with interrupt() (any JSON value; several "
                    'questions: {"interrupt id": answer}); text, @file or -. Given to a run '
                    "that failed after an answer, it replaces that answer.")
+@CONTEXT_OPTION
 @with_options(RUN_OPTIONS)
 @click.pass_context
 def resume(ctx: click.Context, target: str, db: Db | None, thread: str, event: str | None,
-           answer: str | None, max_steps: int, quiet: bool, show_traceback: bool) -> None:
+           answer: str | None, context_: Any, max_steps: int, quiet: bool,
+           show_traceback: bool) -> None:
     """Continue a failed, interrupted, waiting or crashed run of GRAPH; print its final state.
 
     Only what had not finished runs: committed steps and the kept updates of a failed step
@@ -153,7 +159,7 @@ def resume(ctx: click.Context, target: str, db: Db | None, thread: str, event: s
                                         else ""), style="dim"))
         _execute(ctx, app, target, db, thread,
                  lambda: app.resume(thread, event=events, answer=answered,
-                                    max_steps=max_steps),
+                                    max_steps=max_steps, context=context_),
                  quiet=quiet, show_traceback=show_traceback)
 
 
@@ -285,6 +291,14 @@ def _events(snapshot: Snapshot) -> list[str]:
             if not e.startswith(INTERRUPT_EVENT)]
 
 
+def resume_command(ctx: click.Context, target: str, db: Db | None, snapshot: Snapshot) -> str:
+    """The command continuing the thread at `snapshot`, asking for what it waits for."""
+    paused = snapshot.status == "interrupted"
+    return _resume_command(ctx, target, db, snapshot.thread_id,
+                           _events(snapshot) if paused else [],
+                           asks=paused and _asks(snapshot))
+
+
 def _resume_command(ctx: click.Context, target: str, db: Db | None, thread: str,
                     events: Sequence[str] = (), *, asks: bool = False) -> str:
     words = ["resume", target]
@@ -298,9 +312,13 @@ def _resume_command(ctx: click.Context, target: str, db: Db | None, thread: str,
         command += f" --event {shlex.quote(template)}"
     if asks:
         command += " --answer '...'"
+    context_words, context_note = repeat_context()
+    command += context_words
+    notes = [context_note] if context_note else []
     if db is not None and shown_db(db) != str(db):
-        command += "  # the --db password is hidden: put it back, or set PGPASSWORD"
-    return command
+        notes.append("the --db password is hidden: put it back, or set PGPASSWORD")
+    return command + "".join(f"  # {note}" for note in notes[:1]) + \
+        "".join(f"; {note}" for note in notes[1:])
 
 
 def _durable(app: CompiledGraph) -> bool:

@@ -11,6 +11,7 @@ import sysconfig
 import textwrap
 import traceback
 from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,9 +123,17 @@ class Abort(BaseException):
 _FOUND_KINDS: dict[str, type[_Found]] = {}
 
 
+_drawn_context: ContextVar[tuple[tuple[str, Any], ...]] = ContextVar(
+    "statemachine_check_context", default=())
+"""The context drawn for the current example, as a failure's detail (none when given)."""
+
+
 def fail(failure: Failure) -> None:
     """Raise `failure` for hypothesis to shrink. One raise site and one exception class per
     kind, so hypothesis tells kinds apart (reporting each) but not examples of one kind."""
+    drawn = _drawn_context.get()
+    if drawn:
+        failure = dataclasses.replace(failure, details=(*drawn, *failure.details))
     cls = _FOUND_KINDS.get(failure.kind)
     if cls is None:
         cls = _FOUND_KINDS[failure.kind] = type(f"Found_{failure.kind}", (_Found,), {})
@@ -150,7 +159,11 @@ def run_property(test: Callable[[Any], None], *, key: str, settings: Settings) -
     @settings
     @given(st.data())
     def property_(data: Any) -> None:
-        test(data)
+        token = _drawn_context.set(())
+        try:
+            test(data)
+        finally:
+            _drawn_context.reset(token)
 
     # a database key of its own, or every checker would replay every other one's examples
     inner = property_.hypothesis.inner_test  # type: ignore[attr-defined]
@@ -219,9 +232,28 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def run_context(node: str, step: int = 0) -> RunContext:
+def run_context(node: str, step: int = 0, context: Any = None) -> RunContext:
     task_id = hashlib.sha256(f"{CHECK_THREAD}\x1f{node}\x1f{step}".encode()).hexdigest()[:32]
-    return RunContext(thread_id=None, step=step, node=node, task_id=task_id)
+    return RunContext(thread_id=None, step=step, node=node, task_id=task_id, context=context)
+
+
+def context_source(spec: GraphSpec, context: Any) -> Callable[[Any], Any]:
+    """The checked calls' run-scoped context (`context=`): a value, checked against the
+    graph's `context_schema` now, or a strategy drawn once per example (as `data` allows)."""
+    if isinstance(context, SearchStrategy):
+        strategy = context
+
+        def draw(data: Any) -> Any:
+            value = data.draw(strategy, label="context")
+            _drawn_context.set((("minimal context", value),))  # a failure shows it
+            return _validated_context(spec, value)
+        return draw
+    fixed = _validated_context(spec, context)
+    return lambda data: fixed
+
+
+def _validated_context(spec: GraphSpec, value: Any) -> Any:
+    return value if spec.context is None else spec.context.validate(value)
 
 
 def route_problem(spec: GraphSpec, branch: Branch, item: Any) -> str | None:

@@ -34,6 +34,7 @@ from ._common import (
     PropertyCheckError,
     as_compiled,
     checking_spec,
+    context_source,
     describe_error,
     evaluate,
     graph_key,
@@ -90,6 +91,8 @@ class GraphStateMachine(RuleBasedStateMachine):
     routes: ClassVar[Routes] = "router"
     events: ClassVar[Mapping[str, SearchStrategy[Any]] | None] = None
     """Strategies of the values `wait_for(event)` receives, by event name."""
+    context: ClassVar[Any] = None
+    """The runs' `context=`: a value, or a strategy drawn at the start of each run."""
     max_steps: ClassVar[int] = 10_000
 
     def __init__(self) -> None:
@@ -102,6 +105,7 @@ class GraphStateMachine(RuleBasedStateMachine):
         self._run: Iterator[StepEvent] | None = None
         self._data: Any = None
         self._script: EventScript | None = None
+        self._shown_context: tuple[tuple[str, Any], ...] = ()
 
     # -- hooks a subclass may override ------------------------------------------------------------
 
@@ -119,7 +123,12 @@ class GraphStateMachine(RuleBasedStateMachine):
 
     @initialize(data=st.data())
     def start(self, data: Any) -> None:
-        self._begin(data.draw(self._initial_states(), label="initial state"))
+        state = data.draw(self._initial_states(), label="initial state")
+        context = type(self).context
+        drawn = context_source(self._app().spec, context)(data)
+        self._shown_context = (("context", drawn),) \
+            if isinstance(context, SearchStrategy) else ()
+        self._begin(state, drawn)
 
     @precondition(lambda self: not self.ended)
     @rule(data=st.data())
@@ -153,7 +162,7 @@ class GraphStateMachine(RuleBasedStateMachine):
                 cls._default_states = strategy
         return strategy
 
-    def _begin(self, state: Any) -> None:
+    def _begin(self, state: Any, context: Any = None) -> None:
         self._close()
         app = self._app()
         self.initial = self.state = app.spec.schema.validate_input(state)
@@ -164,7 +173,7 @@ class GraphStateMachine(RuleBasedStateMachine):
                               name=app.name)
         self._script = EventScript(type(self).events, None)
         self._run = run_events(graph, state, CHECK_THREAD if durable else None,
-                               type(self).max_steps, self._script.cursor())
+                               type(self).max_steps, self._script.cursor(), context)
 
     def _spec(self, spec: GraphSpec) -> GraphSpec:
         def wrap_router(branch: Branch) -> Callable[..., Any]:
@@ -254,7 +263,8 @@ class GraphStateMachine(RuleBasedStateMachine):
 
     def _failure(self, subject: str, kind: str, message: str,
                  *details: tuple[str, Any]) -> Failure:
-        context: list[tuple[str, Any]] = [("path", path_text(self.path, ended=self.ended))]
+        context: list[tuple[str, Any]] = [*self._shown_context,
+                                          ("path", path_text(self.path, ended=self.ended))]
         if self.choices:
             context.append(("routes chosen", "; ".join(self.choices)))
         return Failure(CHECK, subject, kind, message, example=self.initial,
@@ -290,6 +300,7 @@ def transition_machine(
     final: Callable[[Any], Any] | None = None,
     routes: Routes = "router",
     events: Mapping[str, SearchStrategy[Any]] | None = None,
+    context: Any = None,
 ) -> type[GraphStateMachine]:
     """A `GraphStateMachine` subclass for `app`: use `transition_machine(app).TestCase` as a
     test class, or `check_transitions(app, ...)` to run it at once.
@@ -297,13 +308,15 @@ def transition_machine(
     `states`: strategy of initial states (default `states(app's state model)`);
     `invariant(before, after)` is checked at every step, `final(state)` when a run ends;
     `routes="any"` lets hypothesis choose each conditional edge among its declared targets
-    instead of following the router; `events` give `wait_for` values.
+    instead of following the router; `events` give `wait_for` values; `context` is the runs'
+    `context=` (a value, or a strategy drawn per run).
     """
     app = as_compiled(app)
     if routes not in ("router", "any"):
         raise ValueError(f"routes must be 'router' or 'any', got {routes!r}")
     namespace = {
         "app": app, "initial_states": states, "routes": routes, "events": events,
+        "context": context,
         "_invariant": (invariant,) if invariant is not None else None,
         "_final": (final,) if final is not None else None,
         "__module__": __name__,
@@ -313,7 +326,7 @@ def transition_machine(
     machine = type(f"{name}Transitions", (GraphStateMachine,), namespace)
     # the example database tells state machines apart by their source, which this one lacks
     key = (f"{CHECK}:{graph_key(app)}:{routes}:{identity(invariant)}:{identity(final)}:"
-           f"{states!r}")
+           f"{states!r}:{context!r}")
     machine._hypothesis_internal_add_digest = key.encode()  # type: ignore[attr-defined]
     return machine
 
@@ -326,6 +339,7 @@ def check_transitions(
     final: Callable[[Any], Any] | None = None,
     routes: Routes = "router",
     events: Mapping[str, SearchStrategy[Any]] | None = None,
+    context: Any = None,
     max_examples: int | None = None,
     settings: Settings | None = None,
 ) -> None:
@@ -333,6 +347,6 @@ def check_transitions(
     minimal sequence of steps attached) when a path breaks a check. Like hypothesis' own state
     machine tests it runs without a deadline; every other setting comes from the profile."""
     machine = transition_machine(app, states=states, invariant=invariant, final=final,
-                                 routes=routes, events=events)
+                                 routes=routes, events=events, context=context)
     run_state_machine_as_test(machine,
                               settings=make_settings(max_examples, settings, deadline=None))

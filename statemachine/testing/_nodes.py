@@ -24,6 +24,7 @@ from ._common import (
     Invariant,
     as_compiled,
     call_user,
+    context_source,
     describe_error,
     evaluate,
     fail,
@@ -55,6 +56,7 @@ def check_nodes(
     skip: Iterable[str] = (),
     allowed_errors: tuple[type[BaseException], ...] = (),
     events: Mapping[str, SearchStrategy[Any]] | None = None,
+    context: Any = None,
     settings: Settings | None = None,
 ) -> None:
     """Run every node and every router of `app` alone on generated states; raise
@@ -84,7 +86,8 @@ def check_nodes(
     invariant. An unannotated Send-only node receives states: annotate it, give its payloads,
     or `skip` it. Subgraph nodes are skipped (check the subgraph's compiled graph itself), and
     so are the names in `skip`. A node calling `wait_for(event)` gets values drawn from
-    `events[event]`.
+    `events[event]`. Nodes and routers see `context` in their `RunContext.context` (a value,
+    or a strategy drawn per example), as `invoke(context=...)` gives it.
 
     `max_examples` examples per node and router (default: the loaded hypothesis profile's);
     every other setting comes from the profile, or from `settings`.
@@ -101,6 +104,7 @@ def check_nodes(
                             f"{did_you_mean(name, list(spec.nodes))}; the nodes of {app.name} "
                             f"are: {', '.join(spec.nodes)}.")
     run_settings = make_settings(max_examples, settings)
+    contexts = context_source(spec, context)
     failures: list[Failure] = []
     with use_clock(FakeClock()):
         for name, node in spec.nodes.items():
@@ -112,12 +116,13 @@ def check_nodes(
                 if annotation is not None:
                     payload = values_of(annotation)
             test = _node_test(app, node, state_strategy, payload, invariant, allowed_errors,
-                              events)
+                              events, contexts)
             failures += run_property(test, key=f"{CHECK}:{graph_key(app)}:node:{name}",
                                      settings=run_settings)
         for source, branches in spec.branches.items():
             for index, branch in enumerate(branches):
-                test = _router_test(app, branch, state_strategy, allowed_errors, events)
+                test = _router_test(app, branch, state_strategy, allowed_errors, events,
+                                    contexts)
                 failures += run_property(
                     test, key=f"{CHECK}:{graph_key(app)}:router:{source}:{index}",
                     settings=run_settings)
@@ -171,7 +176,8 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...], is_async: bool, who: st
 def _node_test(app: CompiledGraph, node: NodeSpec, state_strategy: SearchStrategy[Any],
                payload: SearchStrategy[Any] | None, invariant: Invariant | None,
                allowed_errors: tuple[type[BaseException], ...],
-               events: Mapping[str, SearchStrategy[Any]] | None) -> Callable[[Any], None]:
+               events: Mapping[str, SearchStrategy[Any]] | None,
+               contexts: Callable[[Any], Any]) -> Callable[[Any], None]:
     spec, schema = app.spec, app.spec.schema
     name, who = node.name, f"node {node.name!r}"
     storable = app.checkpointer is not None
@@ -184,7 +190,8 @@ def _node_test(app: CompiledGraph, node: NodeSpec, state_strategy: SearchStrateg
         else:
             arg = before = schema.validate_input(data.draw(state_strategy, label="state"))
             label, example = "state", arg
-        args = (arg, run_context(name)) if node.call.wants_context else (arg,)
+        args = (arg, run_context(name, context=contexts(data))) if node.call.wants_context \
+            else (arg,)
         fp = Fingerprint(arg)
         outcome, value = _call(node.call.fn, args, node.call.is_async, who,
                                EventScript(events, data))
@@ -257,7 +264,8 @@ def _strip_who(message: str, name: str) -> str:
 
 def _router_test(app: CompiledGraph, branch: Branch, state_strategy: SearchStrategy[Any],
                  allowed_errors: tuple[type[BaseException], ...],
-                 events: Mapping[str, SearchStrategy[Any]] | None) -> Callable[[Any], None]:
+                 events: Mapping[str, SearchStrategy[Any]] | None,
+                 contexts: Callable[[Any], Any]) -> Callable[[Any], None]:
     spec = app.spec
     who = router_label(branch)
     storable = app.checkpointer is not None
@@ -265,7 +273,8 @@ def _router_test(app: CompiledGraph, branch: Branch, state_strategy: SearchStrat
     def test(data: Any) -> None:
         state = spec.schema.validate_input(data.draw(state_strategy, label="state"))
         info = branch.router
-        args = (state, run_context(branch.source)) if info.wants_context else (state,)
+        args = (state, run_context(branch.source, context=contexts(data))) \
+            if info.wants_context else (state,)
         fp = Fingerprint(state)
         outcome, value = _call(info.fn, args, info.is_async, who, EventScript(events, data))
         failure = None

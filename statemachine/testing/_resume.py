@@ -31,6 +31,7 @@ from ._common import (
     Failure,
     as_compiled,
     checking_spec,
+    context_source,
     describe_error,
     fail,
     graph_key,
@@ -184,7 +185,7 @@ class _Outcome:
 
 
 def _drive(graph: CompiledGraph, input: Any, max_steps: int, next_event: Callable[[str], Any],
-           injector: _Injector | None = None) -> _Outcome:
+           injector: _Injector | None = None, context: Any = None) -> _Outcome:
     """Run a durable graph to its end: resuming after an injected crash, delivering events."""
     outcome = _Outcome()
     recorder = StepRecorder(CHECK_THREAD, injector.step_started if injector else None)
@@ -196,9 +197,9 @@ def _drive(graph: CompiledGraph, input: Any, max_steps: int, next_event: Callabl
         kind, event = call
         try:
             if kind == "invoke":
-                graph.invoke(input, thread_id=tid, max_steps=max_steps)
+                graph.invoke(input, thread_id=tid, max_steps=max_steps, context=context)
             else:
-                graph.resume(tid, event=event, max_steps=max_steps)
+                graph.resume(tid, event=event, max_steps=max_steps, context=context)
         except (SimulatedCrash, SimulatedFailure):
             call = ("resume", None)  # as a restarted process would
             continue
@@ -226,6 +227,7 @@ def check_resume(
     max_examples: int | None = None,
     events: Mapping[str, SearchStrategy[Any]] | None = None,
     storage: Literal["memory", "sqlite"] = "memory",
+    context: Any = None,
     settings: Settings | None = None,
 ) -> None:
     """Check that a run interrupted at any point and resumed ends exactly like an uninterrupted
@@ -243,19 +245,23 @@ def check_resume(
     Every run uses a fresh store: `storage="memory"` (a `MemoryCheckpointer`) or `"sqlite"` (a
     file in a temporary directory). Interrupts and automatic compensation are off; retry
     back-offs do not sleep; `wait_for` events get values from `events`, the same ones in every
-    run of an example. Subgraph nodes are never interrupted themselves.
+    run of an example. Every run of an example gets the same `context` (a value, or a strategy
+    drawn per example), as `invoke(context=...)` and `resume(context=...)` give it. Subgraph
+    nodes are never interrupted themselves.
     """
     app = as_compiled(app)
     spec = app.spec
     input_strategy = inputs if inputs is not None else states_of(spec.schema.model)
     plain = checking_spec(_with_positional_ids(spec))
+    contexts = context_source(spec, context)
 
     def test(data: Any) -> None:
         input = data.draw(input_strategy, label="input")
+        call_context = contexts(data)
         script = EventScript(events, data)
         with use_clock(FakeClock()), _Stores(storage) as stores:
             failure = _check_resume_once(app, spec, plain, input, script, stores, max_steps,
-                                         data)
+                                         data, call_context)
         if failure is not None:
             fail(failure)
 
@@ -297,7 +303,7 @@ class _Stores:
 
 def _check_resume_once(app: CompiledGraph, spec: GraphSpec, plain: GraphSpec, input: Any,
                        script: EventScript, stores: _Stores, max_steps: int,
-                       data: Any) -> Failure | None:
+                       data: Any, context: Any = None) -> Failure | None:
     def found(kind: str, subject: str, message: str, *details: tuple[str, Any],
               error: BaseException | None = None) -> Failure:
         return Failure("check_resume", subject, kind, message, example=input,
@@ -307,7 +313,7 @@ def _check_resume_once(app: CompiledGraph, spec: GraphSpec, plain: GraphSpec, in
         return CompiledGraph(run_spec, checkpointer=stores.new(), name=app.name)
 
     try:
-        reference = _drive(graph(plain), input, max_steps, script.cursor())
+        reference = _drive(graph(plain), input, max_steps, script.cursor(), context=context)
     except KeyError as exc:
         return found("needs_event", "the run", needs_event_message("a node", exc.args[0]))
     if reference.error is not None:
@@ -315,7 +321,7 @@ def _check_resume_once(app: CompiledGraph, spec: GraphSpec, plain: GraphSpec, in
                      f"final state to compare with: {describe_error(reference.error)} "
                      "(check_runs shows why; pass inputs= for the runs that should succeed)",
                      error=reference.error)
-    again = _drive(graph(plain), input, max_steps, script.cursor())
+    again = _drive(graph(plain), input, max_steps, script.cursor(), context=context)
     difference = _first_difference(reference, again)
     if difference is not None:
         step, nodes, first, second = difference
@@ -341,7 +347,8 @@ def _check_resume_once(app: CompiledGraph, spec: GraphSpec, plain: GraphSpec, in
     injector = _Injector(point)
     crashed_spec = checking_spec(plain, wrap_node=injector.wrap)
     try:
-        resumed = _drive(graph(crashed_spec), input, max_steps, script.cursor(), injector)
+        resumed = _drive(graph(crashed_spec), input, max_steps, script.cursor(), injector,
+                         context=context)
     except Abort as abort:
         return found(abort.failure.kind, abort.failure.subject, abort.failure.message)
     where = point.describe()

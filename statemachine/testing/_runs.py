@@ -24,6 +24,7 @@ from ._common import (
     Invariant,
     as_compiled,
     checking_spec,
+    context_source,
     describe_error,
     evaluate,
     fail,
@@ -49,10 +50,12 @@ class NeedsEvent(Exception):
 
 
 def run_events(graph: CompiledGraph, input: Any, thread_id: str | None, max_steps: int,
-               next_event: Callable[[str], Any]) -> Generator[StepEvent, None, None]:
+               next_event: Callable[[str], Any],
+               context: Any = None) -> Generator[StepEvent, None, None]:
     """The step events of a run to its end, delivering `wait_for` events from `next_event`."""
     steps = 0
-    for event in graph.stream(input, thread_id=thread_id, max_steps=max_steps):
+    for event in graph.stream(input, thread_id=thread_id, max_steps=max_steps,
+                              context=context):
         steps += 1
         yield event
     while graph.checkpointer is not None and thread_id is not None:
@@ -69,7 +72,8 @@ def run_events(graph: CompiledGraph, input: Any, thread_id: str | None, max_step
         recorder = StepRecorder(thread_id)
         graph.add_listener(recorder)
         try:
-            graph.resume(thread_id, event=values, max_steps=max(1, max_steps - steps))
+            graph.resume(thread_id, event=values, max_steps=max(1, max_steps - steps),
+                         context=context)
         finally:
             graph.remove_listener(recorder)
             steps += len(recorder.events)
@@ -112,6 +116,7 @@ def check_runs(
     max_steps: int = CHECK_MAX_STEPS,
     max_examples: int | None = None,
     events: Mapping[str, SearchStrategy[Any]] | None = None,
+    context: Any = None,
     settings: Settings | None = None,
 ) -> None:
     """Run `app` end to end on generated inputs; raise `PropertyCheckError` with the minimal
@@ -124,7 +129,8 @@ def check_runs(
 
     `inputs` is a strategy of input dicts or states (default `states(app's state model)`).
     Runs ignore `interrupt_before`/`interrupt_after` and `on_failure="compensate"`; a node
-    waiting in `wait_for(event)` is resumed with a value drawn from `events[event]`. When
+    waiting in `wait_for(event)` is resumed with a value drawn from `events[event]`. Runs get
+    `context` as `invoke(context=...)` does (a value, or a strategy drawn per example). When
     `app` has a checkpointer every run gets a fresh in-memory one instead (your store is never
     touched). Retry back-offs do not sleep (`FakeClock`).
     """
@@ -133,14 +139,16 @@ def check_runs(
     input_strategy = inputs if inputs is not None else states_of(spec.schema.model)
     checked = _mutation_guards(spec)
     durable = app.checkpointer is not None
+    contexts = context_source(spec, context)
 
     def test(data: Any) -> None:
         input = data.draw(input_strategy, label="input")
+        call_context = contexts(data)
         graph = CompiledGraph(checked, checkpointer=MemoryCheckpointer() if durable else None,
                               name=app.name)
         thread_id = CHECK_THREAD if durable else None
         failure = _run_once(graph, spec, input, thread_id, max_steps, invariant, final,
-                            EventScript(events, data).cursor())
+                            EventScript(events, data).cursor(), call_context)
         if failure is not None:
             fail(failure)
 
@@ -152,7 +160,7 @@ def check_runs(
 
 def _run_once(graph: CompiledGraph, spec: GraphSpec, input: Any, thread_id: str | None,
               max_steps: int, invariant: Invariant | None, final: Callable[[Any], Any] | None,
-              next_event: Callable[[str], Any]) -> Failure | None:
+              next_event: Callable[[str], Any], context: Any = None) -> Failure | None:
     def found(kind: str, message: str, *details: tuple[str, Any], subject: str = "the run",
               error: BaseException | None = None) -> Failure:
         return Failure("check_runs", subject, kind, message, example=input,
@@ -166,7 +174,7 @@ def _run_once(graph: CompiledGraph, spec: GraphSpec, input: Any, thread_id: str 
     failure: Failure | None = None
     ended = False
     with use_clock(FakeClock()):
-        events = run_events(graph, input, thread_id, max_steps, next_event)
+        events = run_events(graph, input, thread_id, max_steps, next_event, context)
         try:
             for event in events:
                 path.append(event.nodes)
