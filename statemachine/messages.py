@@ -72,32 +72,53 @@ def add_messages(current: Sequence[Message] | None,
     """`current` with `update` merged: same id replaces (in place), role "remove" removes
     (an unknown id is an error), anything else is appended with an id (see the module).
     Returns a new list; neither argument is changed."""
-    merged = list(current or ())
-    if update is None:
-        return merged
-    entries = [update] if isinstance(update, (Message, dict)) else list(update)
-    position: dict[str, int] = {m.id: i for i, m in enumerate(merged) if m.id is not None}
-    removed: set[int] = set()
-    for entry in entries:
-        message = entry if isinstance(entry, Message) else Message.model_validate(entry)
-        if message.role == "remove":
-            if message.id is None or message.id not in position or \
-                    position[message.id] in removed:
-                raise ValueError(f"RemoveMessage(id={message.id!r}): no message with that id "
-                                 f"(ids: {_shown(position, removed)})")
-            removed.add(position[message.id])
-            continue
-        if message.id is not None and message.id in position and \
-                position[message.id] not in removed:
-            merged[position[message.id]] = message
-            continue
-        key = message.id
-        if key is None:
-            key = _new_id(merged, removed, position, message)
-            message = message.model_copy(update={"id": key})
-        position[key] = len(merged)
-        merged.append(message)
-    return [m for i, m in enumerate(merged) if i not in removed]
+    merger = MessageMerger(current)
+    merger.add(update)
+    return merger.result()
+
+
+class MessageMerger:
+    """`add_messages` over many updates in a row (replaying a chat's history): the list and
+    its id index are built once, not once per update, so n updates cost what they hold."""
+
+    def __init__(self, current: Sequence[Message] | None) -> None:
+        self.merged: list[Message] = list(current or ())
+        self.position: dict[str, int] = {m.id: i for i, m in enumerate(self.merged)
+                                         if m.id is not None}
+        self.removed: set[int] = set()
+
+    def add(self, update: Sequence[Message | dict[str, Any]] | Message | None) -> None:
+        """Merge one update, exactly as `add_messages(result(), update)` would."""
+        if update is None:
+            return
+        merged, position, removed = self.merged, self.position, self.removed
+        entries = [update] if isinstance(update, (Message, dict)) else list(update)
+        for entry in entries:
+            message = entry if isinstance(entry, Message) else Message.model_validate(entry)
+            if message.role == "remove":
+                if message.id is None or message.id not in position or \
+                        position[message.id] in removed:
+                    raise ValueError(f"RemoveMessage(id={message.id!r}): no message with that "
+                                     f"id (ids: {_shown(position, removed)})")
+                removed.add(position[message.id])
+                continue
+            if message.id is not None and message.id in position and \
+                    position[message.id] not in removed:
+                merged[position[message.id]] = message
+                continue
+            key = message.id
+            if key is None:
+                key = _new_id(merged, removed, position, message)
+                message = message.model_copy(update={"id": key})
+            position[key] = len(merged)
+            merged.append(message)
+
+    def result(self) -> list[Message]:
+        """The merged list (a new one)."""
+        removed = self.removed
+        if not removed:
+            return list(self.merged)
+        return [m for i, m in enumerate(self.merged) if i not in removed]
 
 
 def _new_id(merged: list[Message], removed: set[int], position: dict[str, int],

@@ -29,7 +29,7 @@ from typing_extensions import TypedDict
 
 from .constants import INPUT, UPDATE
 from .errors import InvalidUpdateError, Problem, did_you_mean
-from .messages import add_messages, only_appends
+from .messages import MessageMerger, add_messages, only_appends
 from .migrations import Migration, UnknownStoredFields, migrate, old_names
 from .mutation import Sizer
 from .reducers import append
@@ -82,6 +82,8 @@ class StateSchema:
             reducers = [m for m in info.metadata if looks_like_reducer(m)]
             if reducers:
                 self.reducers[name] = reducers[0]
+                if reducers[0] is add_messages:  # one message may be returned alone
+                    constraints.insert(0, BeforeValidator(_one_or_many))
             annotations[name] = (
                 Annotated[(info.annotation, *constraints)] if constraints else info.annotation
             )
@@ -240,6 +242,7 @@ class StateSchema:
         changes: dict[str, Any] = {}
         lists: dict[str, list[Any]] = {}  # list values made here (changes holds them too)
         strings: dict[str, list[str]] = {}  # string values as parts, joined when read
+        chats: dict[str, MessageMerger] = {}  # add_messages fields, merged in one go
 
         def current(name: str) -> Any:
             if name in strings:
@@ -251,6 +254,12 @@ class StateSchema:
             for node, update in writes:
                 for name, value in update.items():
                     reducer = self.reducers.get(name)
+                    if reducer is add_messages:
+                        chat = chats.get(name)
+                        if chat is None:
+                            chat = chats[name] = MessageMerger(current(name))
+                        _merge(MessageMerger.add, chat, value, node, name, None, thread_id)
+                        continue
                     if reducer is None:
                         if name in writers:  # only a damaged or hand-made store has this
                             raise _two_writers(writers[name], node, name, None, thread_id)
@@ -280,6 +289,8 @@ class StateSchema:
                     changes[name] = _merge(reducer, old, value, node, name, None, thread_id)
         for name in list(strings):
             current(name)
+        for name, chat in chats.items():
+            changes[name] = chat.result()
         return state.model_copy(update=changes) if changes else state
 
     def appends_only(self, update: Mapping[str, Any]) -> bool:
@@ -388,6 +399,12 @@ class StateSchema:
             except Exception:
                 return name
         return None
+
+
+def _one_or_many(value: Any) -> Any:
+    """An `add_messages` update given as one message (a `Message` or a dict) as a list of
+    it; pydantic would otherwise read a message as the list of its fields."""
+    return [value] if isinstance(value, (BaseModel, Mapping)) else value
 
 
 def _entries(value: Any) -> list[Any]:

@@ -95,6 +95,12 @@ def test_add_messages_is_an_id_keyed_ordered_list(batches):
     for entries in updates:  # resume and history replay the stored updates: the same ids
         replayed = add_messages(replayed, entries)
     assert replayed == state
+    # a cold read replays them all in one go (one id index for all the steps): the same
+    from statemachine.state import StateSchema
+
+    schema = StateSchema(MessagesState)
+    steps = [[("node", {"messages": entries})] for entries in updates]
+    assert schema.replay(MessagesState(), steps).messages == state
 
 
 def test_remove_of_an_unknown_id_names_it_and_the_node():
@@ -183,3 +189,25 @@ def test_the_testing_toolkit_generates_chat_states():
     from statemachine.testing import check_runs
 
     check_runs(chat_graph().compile(), max_examples=20)
+
+
+@pytest.mark.parametrize("alone", [
+    Message(role="assistant", content="one"),
+    {"role": "assistant", "content": "one"},
+], ids=["Message", "dict"])
+def test_one_message_may_be_returned_alone_and_replays_the_same(alone, tmp_path):
+    g = StateGraph(MessagesState)
+    g.add_node("reply", lambda state: {"messages": alone})
+    g.add_edge(START, "reply")
+    g.add_edge("reply", END)
+    with SQLiteCheckpointer(tmp_path / "chat.db") as saver:
+        app = g.compile(checkpointer=saver)
+        state = app.invoke({"messages": [{"role": "user", "content": "hi"}]}, thread_id="c")
+        assert [(m.role, m.content) for m in state.messages] == [("user", "hi"),
+                                                                 ("assistant", "one")]
+        gone = app.update_state("c", {"messages": RemoveMessage(id=state.messages[0].id)})
+        assert [m.content for m in gone.state.messages] == ["one"]
+    with SQLiteCheckpointer(tmp_path / "chat.db") as saver:  # rebuilt from the stored writes
+        again = g.compile(checkpointer=saver)
+        assert again.get_state("c").state == gone.state
+        assert [s.state.messages for s in again.history("c")][-2] == state.messages
