@@ -7,6 +7,7 @@ Plain functions over JSON, shared by the executor, compensation and the tools th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Collection, Sequence
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic_core import to_jsonable_python
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from checkpoints.base import CheckpointRecord, PendingWrite
 from checkpoints.rows import damaged
@@ -63,7 +64,10 @@ def decode_goto(items: Sequence[Any]) -> list[str | Send]:
             for item in items]
 
 
-def cache_key_for(policy: CachePolicy, arg: Any) -> str:
+def cache_key_for(policy: CachePolicy, arg: Any, context: Any = None) -> str:
+    """The cache key of a task's input. The default key also covers the call's `context`
+    when the node reads one (a user id changes the answer) and it can be written as JSON;
+    an object that cannot (an API client) is left out. A `key` function decides alone."""
     if policy.key is not None:
         raw = policy.key(arg)
         text = raw if isinstance(raw, str) else json.dumps(to_jsonable_python(raw),
@@ -72,6 +76,9 @@ def cache_key_for(policy: CachePolicy, arg: Any) -> str:
         text = arg.model_dump_json()
     else:
         text = json.dumps(to_jsonable_python(arg), sort_keys=True)
+    if context is not None and policy.key is None:
+        with contextlib.suppress(TypeError, ValueError, PydanticSerializationError):
+            text += "\x1f" + json.dumps(to_jsonable_python(context), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -178,7 +178,8 @@ class TaskRunner:
             await observer.node_start(self.thread_id, step, task.node)
         cache_key = None
         if node.cache is not None:
-            cache_key = cache_key_for(node.cache, arg)
+            cache_key = cache_key_for(node.cache, arg, self.call_context
+                                      if node.call.wants_context else None)
             hit = await self.executor.cache_store().cache_get(
                 self._cache_space(node), cache_key, now=get_clock().time())
             if hit is not None:

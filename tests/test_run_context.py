@@ -345,3 +345,44 @@ def test_a_worker_started_from_the_command_line_runs_jobs_with_its_context(tmp_p
     assert "1 interrupted" in worked.stderr  # greet asks; the job's run paused there
     rows = json.loads(cli("history", "--db", db, "--thread", "job", "--json").stdout)
     assert rows[0]["status"] == "interrupted" and rows[0]["waits_for"] == ["an answer"]
+
+
+def test_a_cached_node_that_reads_the_context_does_not_answer_one_user_with_anothers():
+    from statemachine import CachePolicy
+
+    calls: list[str] = []
+
+    def personal(state: S, ctx: RunContext) -> dict:
+        calls.append(ctx.context.user_id)
+        return {"log": [f"for {ctx.context.user_id}"]}
+
+    def plain(state: S) -> dict:
+        calls.append("plain")
+        return {"log": ["same for all"]}
+
+    g = StateGraph(S, context_schema=Deps)
+    g.add_node("personal", personal, cache=CachePolicy())
+    g.add_node("plain", plain, cache=CachePolicy())
+    g.add_edge(START, "personal")
+    g.add_edge(START, "plain")  # both on the input state
+    g.add_edge("personal", END)
+    g.add_edge("plain", END)
+    app = g.compile()
+    for user in ("ann", "bob", "ann"):
+        assert app.invoke({}, context={"user_id": user}).log == [f"for {user}", "same for all"]
+    assert sorted(calls) == ["ann", "bob", "plain"]  # ann's second run, plain's: cached
+
+    client_calls: list[str] = []
+
+    def with_client(state: S, ctx: RunContext) -> dict:
+        client_calls.append(ctx.context.token)
+        return {"log": ["called"]}
+
+    h = StateGraph(S)  # no schema: an API client cannot be written as JSON, so it is no key
+    h.add_node("with_client", with_client, cache=CachePolicy())
+    h.add_edge(START, "with_client")
+    h.add_edge("with_client", END)
+    other = h.compile()
+    other.invoke({}, context=ApiClient("t1"))
+    other.invoke({}, context=ApiClient("t2"))
+    assert client_calls == ["t1"]
