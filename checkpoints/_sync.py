@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import contextvars
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -33,14 +34,35 @@ def run_sync(make: Callable[[], Awaitable[T]]) -> T:
 
 
 def iterate_sync(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
-    """Drive an async iterator from sync code; closing the iterator closes it too."""
+    """Drive an async iterator from sync code; closing the iterator closes it too.
+
+    Each iterator has an event loop of its own, so it may be advanced from a different
+    thread each time (a web server's pool hands every `next()` to whichever thread is free)
+    while other iterators and calls run on those threads' loops."""
     if not _loop_running():
-        runner = _thread_runner()
-        yield from _drive(make, lambda step: runner.run(
-            _boxed(step), context=contextvars.copy_context()).value)
+        loop = asyncio.new_event_loop()
+        loop.set_default_executor(_SHARED_EXECUTOR)  # no pool of threads per stream
+        try:
+            yield from _drive(make, lambda step: contextvars.copy_context().run(
+                loop.run_until_complete, _boxed(step)).value)
+        finally:
+            with contextlib.suppress(RuntimeError):  # a stream dropped at interpreter exit
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
         return
-    with _LoopThread() as loop:
-        yield from _drive(make, loop.run)
+    with _LoopThread() as loop_thread:
+        yield from _drive(make, loop_thread.run)
+
+
+class _KeptExecutor(ThreadPoolExecutor):
+    """The worker threads of every stream's loop: one pool for all, never shut down by a
+    loop that closes (its threads end with the process)."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        return None
+
+
+_SHARED_EXECUTOR = _KeptExecutor(thread_name_prefix="statemachine-stream")
 
 
 def _drive(make: Callable[[], AsyncIterator[T]],

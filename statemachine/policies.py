@@ -69,9 +69,9 @@ class CachePolicy:
     """Reuse a node's update when it runs again on the same input.
 
     `key(state)` names the input (default: a stable hash of the whole input state and, for
-    a node that takes a `RunContext`, of the call's context when it can be written as JSON:
-    a cached answer for one user is not another's; a `key` function must cover what the node
-    reads of the context itself);
+    a node that takes a `RunContext`, of the call's context as JSON, a part that cannot be
+    JSON (an API client) counting by its type: a cached answer for one user is not
+    another's; a `key` function must cover what the node reads of the context itself);
     `ttl` is how many seconds an entry lives (None: forever). The cache lives in the
     checkpointer's store (a table in the SQLite file) or, without one, in memory.
     """

@@ -66,8 +66,8 @@ def decode_goto(items: Sequence[Any]) -> list[str | Send]:
 
 def cache_key_for(policy: CachePolicy, arg: Any, context: Any = None) -> str:
     """The cache key of a task's input. The default key also covers the call's `context`
-    when the node reads one (a user id changes the answer) and it can be written as JSON;
-    an object that cannot (an API client) is left out. A `key` function decides alone."""
+    when the node reads one (a user id changes the answer): its JSON, each part that cannot
+    be JSON (an API client) standing in by its type's name. A `key` function decides alone."""
     if policy.key is not None:
         raw = policy.key(arg)
         text = raw if isinstance(raw, str) else json.dumps(to_jsonable_python(raw),
@@ -78,7 +78,9 @@ def cache_key_for(policy: CachePolicy, arg: Any, context: Any = None) -> str:
         text = json.dumps(to_jsonable_python(arg), sort_keys=True)
     if context is not None and policy.key is None:
         with contextlib.suppress(TypeError, ValueError, PydanticSerializationError):
-            text += "\x1f" + json.dumps(to_jsonable_python(context), sort_keys=True)
+            text += "\x1f" + json.dumps(to_jsonable_python(
+                context, fallback=lambda part: f"<{type(part).__qualname__}>"),
+                sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

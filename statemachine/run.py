@@ -42,6 +42,7 @@ from .mutation import Fingerprint, mutated
 from .records import Task
 from .routing import Joins, next_tasks
 from .run_start import deliver, start_on_thread
+from .state_cache import detached
 from .task_runner import StepInput, StepResults, TaskRunner
 from .thread_errors import needs_checkpointer
 from .types import StepEvent, task_id
@@ -177,7 +178,7 @@ class Run:
         steps_run = 0
         channel = self.runner.channel
         if channel is not None and channel.values:  # where the run starts from
-            channel.put("values", self.state)
+            channel.put("values", detached(self.state))
         while self.tasks:
             if steps_run >= self.max_steps:
                 await self._fail_step_limit()

@@ -130,8 +130,12 @@ class StateSchema:
                 f"the input must be a dict or a {expected}, not {got}"
                 f"{_where(None, thread_id)}.", thread_id=thread_id)
         self._reject_unknown_keys(value, "the input", node=None, step=None, thread_id=thread_id)
+        given = dict(value)
+        for name, reducer in self.reducers.items():  # one message may be given alone
+            if reducer is add_messages and name in given:
+                given[name] = _one_or_many(given[name])
         try:
-            state = self.model.model_validate(dict(value), by_alias=True, by_name=True)
+            state = self.model.model_validate(given, by_alias=True, by_name=True)
         except ValidationError as exc:
             field = _first_field(exc)
             reasons, hidden = _reasons(exc, self._secret_fields)

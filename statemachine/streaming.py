@@ -25,6 +25,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .state_cache import detached
+
 StreamMode = Literal["steps", "values", "updates", "custom"]
 STREAM_MODES: tuple[str, ...] = ("steps", "values", "updates", "custom")
 
@@ -63,7 +65,7 @@ class StreamChannel:
         if self.steps:
             self.put("steps", event)
         if self.values:
-            self.put("values", event.state)
+            self.put("values", detached(event.state))  # the reader's to keep, or to change
 
     def _put(self, item: Any) -> None:
         """Into the queue from the loop itself, or handed to the loop from any other thread

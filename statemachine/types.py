@@ -40,9 +40,9 @@ class RunContext:
     index: int = 0
     """Which of the step's tasks of this node it is: 0, or a `Send`'s position among the
     node's tasks of the step."""
-    context: Any = None
+    context: Any = field(default=None, repr=False)
     """The call's `context=` (validated into the graph's `context_schema`): per-call
-    dependencies, never checkpointed."""
+    dependencies, never checkpointed (nor shown in the repr: it may hold a key)."""
 
     emitter: Any = field(default=None, repr=False, compare=False)
     """Where `emit` sends chunks (None: nobody streams them)."""

@@ -7,6 +7,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
 
 @dataclass
 class TaskAnswers:
@@ -60,6 +62,13 @@ def interrupt(value: Any) -> Any:
     its start on resume and each `interrupt` returns, in order, the answers given so far: keep
     what comes before it idempotent."""
     answers = _task_answers("interrupt()")
+    if answers.position >= len(answers.answers):  # it will pause: what it asks is stored
+        try:
+            to_jsonable_python(value)
+        except (PydanticSerializationError, TypeError, ValueError) as exc:
+            raise TypeError(f"interrupt() was asked a value that cannot be stored as JSON "
+                            f"({str(exc).splitlines()[0]}): ask plain data, like "
+                            "{'question': ..., 'draft': ...}.") from None
     return _next(answers, WaitingForEvent(f"{INTERRUPT_EVENT}{answers.position}", value))
 
 

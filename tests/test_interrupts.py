@@ -213,3 +213,17 @@ def test_an_update_to_a_paused_thread_keeps_its_question_and_earlier_answers():
     assert [i.value for i in after.interrupts] == ["second?"]  # still asks, same id
     assert after.interrupts[0].id == asked.id
     assert app.resume("t", answer="b").log == ["operator note", "a/b"]  # "a" kept
+
+
+def test_asking_something_that_is_not_json_fails_the_node_with_a_clear_error():
+    class Thing:
+        pass
+
+    app = one_node(lambda state: {"log": [interrupt({"obj": Thing()})]}).compile(
+        checkpointer=MemoryCheckpointer())
+    with pytest.raises(TypeError, match=r"interrupt\(\) was asked a value that cannot be "
+                                        r"stored as JSON") as info:
+        app.invoke({}, thread_id="t")
+    assert any("node" in note for note in getattr(info.value, "__notes__", []))
+    snapshot = app.get_state("t")
+    assert snapshot.status == "failed" and "cannot be stored as JSON" in snapshot.error

@@ -211,3 +211,12 @@ def test_one_message_may_be_returned_alone_and_replays_the_same(alone, tmp_path)
         again = g.compile(checkpointer=saver)
         assert again.get_state("c").state == gone.state
         assert [s.state.messages for s in again.history("c")][-2] == state.messages
+
+
+def test_a_new_threads_first_input_may_be_one_message_alone():
+    g = StateGraph(MessagesState)
+    g.add_node("reply", lambda state: {"messages": {"role": "assistant", "content": "hello"}})
+    g.add_edge(START, "reply")
+    g.add_edge("reply", END)
+    state = g.compile().invoke({"messages": {"role": "user", "content": "hi"}})
+    assert [m.content for m in state.messages] == ["hi", "hello"]

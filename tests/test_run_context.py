@@ -386,3 +386,27 @@ def test_a_cached_node_that_reads_the_context_does_not_answer_one_user_with_anot
     other.invoke({}, context=ApiClient("t1"))
     other.invoke({}, context=ApiClient("t2"))
     assert client_calls == ["t1"]
+
+
+def test_a_context_holding_a_client_still_keys_the_cache_by_its_user_and_is_not_shown():
+    from statemachine import CachePolicy
+
+    @dataclass
+    class WithClient:
+        user_id: str
+        client: object = None
+
+    def balance(state: S, ctx: RunContext) -> dict:
+        return {"log": [f"balance of {ctx.context.user_id}"]}
+
+    g = StateGraph(S)
+    g.add_node("balance", balance, cache=CachePolicy())
+    g.add_edge(START, "balance")
+    g.add_edge("balance", END)
+    app = g.compile()
+    assert app.invoke({}, context=WithClient("carol", ApiClient("k1"))).log == [
+        "balance of carol"]
+    assert app.invoke({}, context=WithClient("dave", ApiClient("k2"))).log == [
+        "balance of dave"]
+    shown = repr(RunContext(None, 0, "n", "id", context=WithClient("x", "SECRET-KEY")))
+    assert "SECRET-KEY" not in shown

@@ -326,3 +326,11 @@ def test_nested_subgraphs_stream_under_a_namespace_per_level_and_match_the_task_
             (1, "outer", {"inner": {"log": ["leaf"]}}),
             (0, None, {"outer": {"log": ["leaf"]}})]
         assert got[0][0][1].startswith("inner:") and got[0][0][0] == got[1][0][0]
+
+
+def test_a_reader_changing_a_streamed_state_changes_nothing_the_run_keeps():
+    with MemoryCheckpointer() as saver:
+        app = busy_graph().compile(checkpointer=saver)
+        for state in app.stream({}, thread_id="t", stream_mode="values"):
+            state.log.append("READER")
+        assert "READER" not in app.get_state("t").state.log
