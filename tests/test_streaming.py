@@ -334,3 +334,25 @@ def test_a_reader_changing_a_streamed_state_changes_nothing_the_run_keeps():
         for state in app.stream({}, thread_id="t", stream_mode="values"):
             state.log.append("READER")
         assert "READER" not in app.get_state("t").state.log
+
+
+def test_many_sync_streams_read_by_one_thread_pool_at_once_each_get_all_their_items():
+    """A web server: many requests stream at once, every next() on whichever pool thread is
+    free, so threads take turns driving different streams."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = busy_graph().compile()
+    expected = sorted(map(str, app.stream({}, stream_mode=["updates", "custom"])))
+    pool = ThreadPoolExecutor(6)
+
+    def consume(_: int) -> list[str]:
+        stream = app.stream({}, stream_mode=["updates", "custom"])
+        got = []
+        while (item := pool.submit(next, stream, None).result()) is not None:
+            got.append(str(item))
+        return sorted(got)
+
+    with ThreadPoolExecutor(24) as requests:
+        results = list(requests.map(consume, range(60)))
+    pool.shutdown()
+    assert all(result == expected for result in results)
