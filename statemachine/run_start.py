@@ -10,6 +10,7 @@ stays in the history as it was, and a later pause or failure is marked on the ne
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +101,8 @@ async def deliver(run: Run, event: dict[str, Any] | None, answer: Any = NO_RESUM
     by_task: dict[tuple[str, int, str], Any] = {}
     if answer is not NO_RESUME:
         if not waiting and run.head_status == "failed" and run.head_extra.questions:
-            run.runner.results.answers = _replaced(run, answer)
+            run.runner.results.answers, redo = _replaced(run, answer)
+            _forget_kept(run, redo)
             await _continue(run, "event", run.runner.results.answers)
             return
         by_task = _as_events(run, answer, waiting or [])
@@ -112,24 +114,28 @@ async def deliver(run: Run, event: dict[str, Any] | None, answer: Any = NO_RESUM
         if run.head_status in ("interrupted", "failed") and run.tasks:
             await _continue(run, "resume", run.runner.results.answers)
         return
-    missing = [name for n, i, name in waiting
-               if (n, i, name) not in by_task and (event is None or name not in event)]
-    asked = [q for q in run.head_extra.questions if q.event in missing
-             and q.event.startswith(INTERRUPT_EVENT)]
-    if asked:
+    given = [(n, i, name) for n, i, name in waiting
+             if (n, i, name) in by_task or (event is not None and name in event)]
+    missing = [name for n, i, name in waiting if (n, i, name) not in given]
+    asked = [q for q in run.head_extra.questions
+             if (q.node, q.task_index, q.event) not in given
+             and q.event.startswith(INTERRUPT_EVENT) and q.event in missing]
+    if asked and not given:
         questions = "; ".join(f"{q.id} (node {q.node!r}): {q.value!r}" for q in asked)
         raise ThreadStateError(
             f"thread {run.thread_id!r} waits for an answer: {questions}. Give it with "
             f"app.resume({run.thread_id!r}, answer=...) or invoke(Command(resume=...), "
             f"thread_id={run.thread_id!r}).")
-    if missing:
+    events_missing = [name for name in missing if not name.startswith(INTERRUPT_EVENT)]
+    if events_missing and not given:
         raise ThreadStateError(
-            f"thread {run.thread_id!r} is waiting for event {missing[0]!r} (node "
+            f"thread {run.thread_id!r} is waiting for event {events_missing[0]!r} (node "
             f"{waiting[0][0]!r}); resume it with app.resume({run.thread_id!r}, "
-            f"event={{{missing[0]!r}: ...}}).")
+            f"event={{{events_missing[0]!r}: ...}}).")
+    # what is given goes on; a task still unanswered runs again and asks again (pauses)
     assert run.committer is not None
     answers = run.runner.results.answers
-    for node, index, name in waiting:
+    for node, index, name in given:
         value = by_task[(node, index, name)] if (node, index, name) in by_task else \
             (event or {})[name]
         answers.setdefault((node, index), []).append(to_jsonable_python(value))
@@ -144,11 +150,21 @@ def _pending(run: Run, waiting: list[tuple[str, int, str]]) -> list[Question]:
             if not names or (q.node, q.task_index, q.event) in names]
 
 
+_INTERRUPT_ID = re.compile(r"[0-9a-f]{32}")
+
+
 def _by_id(run: Run, answer: Any, pending: list[Question]) -> dict[str, Any]:
     """`answer` as {interrupt id: answer}: a dict of pending ids, or the one answer."""
     ids = {q.id for q in pending}
     if isinstance(answer, dict) and answer and set(answer) <= ids:
         return answer
+    if isinstance(answer, dict) and answer and all(
+            isinstance(k, str) and _INTERRUPT_ID.fullmatch(k) for k in answer):
+        unknown = sorted(set(answer) - ids)
+        asked = "; ".join(f"{q.id} (node {q.node!r}: {q.value!r})" for q in pending) or "none"
+        raise ThreadStateError(
+            f"thread {run.thread_id!r} asks no question with id {', '.join(unknown)} (an "
+            f"answered or older question's, or a subgraph's own); it waits for: {asked}.")
     if len(pending) == 1:
         return {pending[0].id: answer}
     if not pending:
@@ -168,18 +184,37 @@ def _as_events(run: Run, answer: Any, waiting: list[tuple[str, int, str]]
     return {(q.node, q.task_index, q.event): by_id[q.id] for q in pending if q.id in by_id}
 
 
-def _replaced(run: Run, answer: Any) -> dict[tuple[str, int], list[Any]]:
+def _replaced(run: Run, answer: Any
+              ) -> tuple[dict[tuple[str, int], list[Any]], set[tuple[str, int]]]:
     """The failed head's answers with those of `answer` replaced (and any given after them
-    dropped: they answered questions asked after the wrong answer)."""
+    dropped: they answered questions asked after the wrong answer), and the tasks whose
+    answers changed."""
     pending = _pending(run, [])
     by_id = _by_id(run, answer, pending)
     answers = {k: list(v) for k, v in run.runner.results.answers.items()}
+    changed: set[tuple[str, int]] = set()
     for q in pending:
         if q.id in by_id:
             key = (q.node, q.task_index)
             answers[key] = [*answers.get(key, [])[:q.position], to_jsonable_python(by_id[q.id])]
+            changed.add(key)
     run.skip_interrupt_before = True
-    return answers
+    return answers, changed
+
+
+def _forget_kept(run: Run, tasks: set[tuple[str, int]]) -> None:
+    """Drop what `tasks` finished with their old answers (their update was kept when the
+    step failed after them, in a router say): they run again with the new answers."""
+    results = run.runner.results
+    for key in tasks:
+        for kept in (results.pending, results.encoded, results.meta, results.gotos):
+            kept.pop(key, None)
+        results.committed.discard(key)
+    run.head_pending = [w for w in run.head_pending if (w.node, w.index) not in tasks]
+    extra = run.head_extra
+    run.head_extra = extra.copy(
+        carried=[c for c in extra.carried if (c[0], c[1]) not in tasks],
+        carried_meta={k: v for k, v in extra.carried_meta.items() if k not in tasks})
 
 
 async def _continue(run: Run, kind: str, answers: dict[tuple[str, int], list[Any]]) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from checkpoints.base import FINISHED
+from checkpoints.base import FINISHED, CheckpointRecord
 
-from .checkpoint_extra import extra_of
+from .checkpoint_extra import CheckpointExtra, Question, extra_of
+from .commands import NO_RESUME
 from .errors import ThreadStateError
 from .records import Task
 from .spec import NodeSpec
@@ -45,14 +46,10 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
         thread = f"{runner.thread_id}::{node.name}:{task.index}@{at.origin}"
         chain = await saver.load(thread)
         head = chain.head if chain is not None else None
-        waits = extra_of(head).waiting if head is not None else []
         if chain is not None and chain.head.status in FINISHED:
             final = child.replayer.rebuild(chain)
         else:
-            event = None
-            if head is not None and head.status == "interrupted" and waits:
-                name = waits[0][2]
-                event = {name: _newest_answer(name)}
+            event, answer = _continuation(head)
             run = child.new_run(thread, inline_sync=runner.inline_sync,
                                 context=_context_for(child, runner))
             run.runner.channel = _channel_for(runner, node, task, at)
@@ -61,7 +58,7 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
                 # its input is this thread's state at the head: refer to it, not a copy
                 run.input_base = (at.base[0], at.base[1].copy())
             async for _ in run.execute(child_input if head is None else None,
-                                       resume=head is not None, event=event):
+                                       resume=head is not None, event=event, answer=answer):
                 pass
             final = run.state
             ended = await saver.load(thread)
@@ -70,10 +67,11 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
             waiting = ended_extra.waiting
             if ended.head.status == "interrupted":
                 if waiting:  # what the subgraph's node asked is what the parent asks
-                    asked = [q.value for q in ended_extra.questions
-                             if (q.node, q.task_index, q.event) == waiting[0]
-                             and q.event.startswith(INTERRUPT_EVENT)]
-                    raise WaitingForEvent(waiting[0][2], asked[0] if asked else None)
+                    question = _question(ended_extra, waiting[0])
+                    if question is not None:  # named by the child's question: its own id
+                        raise WaitingForEvent(f"{INTERRUPT_EVENT}{question.id}",
+                                              question.value)
+                    raise WaitingForEvent(waiting[0][2])
                 raise ThreadStateError(
                     f"subgraph node {node.name!r} paused on an interrupt of its own; "
                     "interrupts inside subgraphs are not supported: use wait_for().")
@@ -83,14 +81,43 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
     return sub.output(final)
 
 
-def _newest_answer(event: str) -> Any:
-    """For a subgraph waiting for `event`: the value its parent's resume delivered last, or
-    pause the parent. Each pause of the parent stands for exactly one pause of the subgraph,
-    so the newest answer is the one for the subgraph's current wait."""
-    answers = current_answers.get()
-    if answers is None or not answers.answers:
-        raise WaitingForEvent(event)
-    return answers.answers[-1]
+def _continuation(head: CheckpointRecord | None) -> tuple[dict[str, Any] | None, Any]:
+    """What a re-run of the parent's task hands the subgraph's paused or failed run: (event,
+    answer) for its `resume`.
+
+    Each pause of the parent stands for exactly one question (or event) of the subgraph, so
+    the parent's newest answer is the one for the subgraph's current wait: it goes to the one
+    question the parent asked, by its id (parallel tasks of the subgraph each ask their own
+    and are asked one at a time). No answer yet: the parent pauses, asking it. A subgraph
+    that failed after an answer gets the parent's newest answer for its last question, so
+    an answer replaced on the parent replaces it there too."""
+    if head is None:
+        return None, NO_RESUME
+    extra = extra_of(head)
+    given = current_answers.get()
+    answers = given.answers if given is not None else []
+    if head.status == "failed" and extra.questions and answers:
+        return None, {extra.questions[-1].id: answers[-1]}
+    if head.status != "interrupted" or not extra.waiting:
+        return None, NO_RESUME
+    wait = extra.waiting[0]
+    question = _question(extra, wait)
+    if not answers:
+        if question is not None:
+            raise WaitingForEvent(f"{INTERRUPT_EVENT}{question.id}", question.value)
+        raise WaitingForEvent(wait[2])
+    if question is not None:
+        return None, {question.id: answers[-1]}
+    return {wait[2]: answers[-1]}, NO_RESUME
+
+
+def _question(extra: CheckpointExtra, wait: tuple[str, int, str]) -> Question | None:
+    """The `interrupt` question a waiting task asked (None: it waits in `wait_for`)."""
+    for question in extra.questions:
+        if (question.node, question.task_index, question.event) == wait and \
+                question.event.startswith(INTERRUPT_EVENT):
+            return question
+    return None
 
 
 def _channel_for(runner: TaskRunner, node: NodeSpec, task: Task,

@@ -227,3 +227,91 @@ def test_asking_something_that_is_not_json_fails_the_node_with_a_clear_error():
     assert any("node" in note for note in getattr(info.value, "__notes__", []))
     snapshot = app.get_state("t")
     assert snapshot.status == "failed" and "cannot be stored as JSON" in snapshot.error
+
+
+def test_a_wrong_answer_that_makes_the_router_fail_is_replaced_and_the_node_runs_again():
+    class Choice(BaseModel):
+        choice: str = ""
+
+    runs: list[str] = []
+
+    def ask(state: Choice) -> dict:
+        answer = interrupt("approve or reject?")
+        runs.append(answer)
+        return {"choice": answer}
+
+    def route(state: Choice) -> str:
+        return {"approve": "ok", "reject": "no"}[state.choice]
+
+    g = StateGraph(Choice)
+    g.add_node("ask", ask)
+    g.add_node("ok", lambda state: {})
+    g.add_node("no", lambda state: {})
+    g.add_edge(START, "ask")
+    g.add_conditional_edges("ask", route, ["ok", "no"])
+    g.add_edge("ok", END)
+    g.add_edge("no", END)
+    app = g.compile(checkpointer=MemoryCheckpointer())
+    app.invoke({}, thread_id="t")
+    with pytest.raises(KeyError, match="aprove"):
+        app.resume("t", answer="aprove")
+    assert app.resume("t", answer="approve").choice == "approve"
+    assert runs == ["aprove", "approve"] and app.get_state("t").status == "done"
+
+
+def parallel_askers() -> StateGraph:
+    def asker(name: str):
+        def node(state: S) -> dict:
+            return {"log": [f"{name}={interrupt(f'{name}: approve?')}"]}
+        return node
+
+    g = StateGraph(S)
+    g.add_node("legal", asker("legal"))
+    g.add_node("finance", asker("finance"))
+    g.add_edge(START, "legal")
+    g.add_edge(START, "finance")
+    g.add_edge("legal", END)
+    g.add_edge("finance", END)
+    return g
+
+
+def test_parallel_questions_inside_a_subgraph_are_each_asked_and_answered_on_their_own():
+    g = StateGraph(S)
+    g.add_node("sub", parallel_askers().compile(name="approvals"))
+    g.add_edge(START, "sub")
+    g.add_edge("sub", END)
+    app = g.compile(checkpointer=MemoryCheckpointer())
+    app.invoke({}, thread_id="t")
+    [first] = app.get_state("t").interrupts
+    app.invoke(Command(resume="OK-1"), thread_id="t")
+    [second] = app.get_state("t").interrupts  # the other one is asked now, not answered
+    assert {first.value, second.value} == {"legal: approve?", "finance: approve?"}
+    assert first.id != second.id
+    with pytest.raises(ThreadStateError, match="asks no question with id"):
+        app.resume("t", answer={first.id: "again"})  # an answered question's id
+    final = app.resume("t", answer={second.id: "OK-2"})
+    assert sorted(final.log) == sorted([f"{first.value.split(':')[0]}=OK-1",
+                                        f"{second.value.split(':')[0]}=OK-2"])
+
+
+def test_parallel_questions_may_be_answered_one_at_a_time():
+    app = parallel_askers().compile(checkpointer=MemoryCheckpointer())
+    app.invoke({}, thread_id="t")
+    questions = {i.value: i.id for i in app.get_state("t").interrupts}
+    app.resume("t", answer={questions["legal: approve?"]: "yes"})
+    [left] = app.get_state("t").interrupts
+    assert left.value == "finance: approve?"
+    assert sorted(app.resume("t", answer="no").log) == ["finance=no", "legal=yes"]
+
+
+def test_a_wrong_answer_inside_a_subgraph_is_replaced_from_the_parent():
+    inner = one_node(lambda state: {"log": [str(int(interrupt("a number?")))]})
+    g = StateGraph(S)
+    g.add_node("sub", inner.compile(name="inner"))
+    g.add_edge(START, "sub")
+    g.add_edge("sub", END)
+    app = g.compile(checkpointer=MemoryCheckpointer())
+    app.invoke({}, thread_id="t")
+    with pytest.raises(ValueError, match="not a number"):
+        app.resume("t", answer="not a number")
+    assert app.resume("t", answer="42").log == ["42"]
