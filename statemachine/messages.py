@@ -25,7 +25,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 Role = Literal["system", "user", "assistant", "tool", "remove"]
 """A message's role; "remove" is only `RemoveMessage`'s, in updates."""
@@ -54,10 +54,30 @@ class Message(BaseModel):
     def _known_role(cls, value: Any) -> Any:
         return _ROLE_ALIASES.get(value, value) if isinstance(value, str) else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthands(cls, value: Any) -> Any:
+        """Text is a user message; ("assistant", "hi") is a role and its content; a
+        LangChain-style dict names its role `type` ({"type": "human", "content": ...})."""
+        if isinstance(value, str):
+            return {"role": "user", "content": value}
+        if isinstance(value, tuple | list) and len(value) == 2 and isinstance(value[0], str):
+            return {"role": value[0], "content": value[1]}
+        if isinstance(value, dict) and "role" not in value and "type" in value:
+            value = dict(value)
+            value["role"] = value.pop("type")
+        return value
+
+
+REMOVE_ALL_MESSAGES = "__remove_all__"
+"""`RemoveMessage(id=REMOVE_ALL_MESSAGES)` removes every message before it (in the list and
+earlier in the same update): a summary that replaces the history."""
+
 
 class RemoveMessage(Message):
     """An update entry that removes the message with this `id` (stored as a message with
-    role "remove", so a replayed update removes it again)."""
+    role "remove", so a replayed update removes it again); `REMOVE_ALL_MESSAGES` removes all
+    before it."""
 
     role: Literal["remove"] = "remove"
     id: str
@@ -95,6 +115,9 @@ class MessageMerger:
         entries = [update] if isinstance(update, (Message, dict)) else list(update)
         for entry in entries:
             message = entry if isinstance(entry, Message) else Message.model_validate(entry)
+            if message.role == "remove" and message.id == REMOVE_ALL_MESSAGES:
+                removed.update(range(len(merged)))
+                continue
             if message.role == "remove":
                 if message.id is None or message.id not in position or \
                         position[message.id] in removed:
@@ -152,10 +175,12 @@ class MessagesState(BaseModel):
 def only_appends(update: Any) -> bool:
     """Whether an `add_messages` update can only append (no ids, no removals): replaying it
     reads no more than a snapshot would hold (see `StateSchema.appends_only`)."""
-    entries = [update] if isinstance(update, (Message, dict)) else update
+    entries = [update] if isinstance(update, (Message, dict, str)) else update
     if not isinstance(entries, Sequence):
         return False
     for entry in entries:
+        if isinstance(entry, str | tuple):
+            continue  # a shorthand: text or (role, content), never an id
         fields = entry if isinstance(entry, dict) else {"id": entry.id, "role": entry.role}
         if fields.get("id") is not None or fields.get("role") == "remove":
             return False
@@ -167,4 +192,12 @@ def messages_of(values: Iterable[Message | dict[str, Any]]) -> list[Message]:
     return [v if isinstance(v, Message) else Message.model_validate(v) for v in values]
 
 
-__all__ = ["Message", "MessagesState", "RemoveMessage", "Role", "add_messages", "messages_of"]
+__all__ = [
+    "REMOVE_ALL_MESSAGES",
+    "Message",
+    "MessagesState",
+    "RemoveMessage",
+    "Role",
+    "add_messages",
+    "messages_of",
+]

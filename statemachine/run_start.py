@@ -144,10 +144,16 @@ async def deliver(run: Run, event: dict[str, Any] | None, answer: Any = NO_RESUM
 
 
 def _pending(run: Run, waiting: list[tuple[str, int, str]]) -> list[Question]:
-    """The questions of the head still waiting for an answer (all, on a failed head)."""
+    """The questions of the head still waiting for an answer; on a failed head, those of
+    the tasks that did not finish (all, when every task finished and the step failed after
+    them, in a router say)."""
+    if not waiting:
+        done = run.runner.results.pending
+        unfinished = [q for q in run.head_extra.questions
+                      if (q.node, q.task_index) not in done]
+        return unfinished or list(run.head_extra.questions)
     names = {(n, i, e) for n, i, e in waiting}
-    return [q for q in run.head_extra.questions
-            if not names or (q.node, q.task_index, q.event) in names]
+    return [q for q in run.head_extra.questions if (q.node, q.task_index, q.event) in names]
 
 
 _INTERRUPT_ID = re.compile(r"[0-9a-f]{32}")

@@ -406,9 +406,9 @@ class StateSchema:
 
 
 def _one_or_many(value: Any) -> Any:
-    """An `add_messages` update given as one message (a `Message` or a dict) as a list of
-    it; pydantic would otherwise read a message as the list of its fields."""
-    return [value] if isinstance(value, (BaseModel, Mapping)) else value
+    """An `add_messages` update given as one message (a `Message`, a dict or text) as a list
+    of it; pydantic would otherwise read a message as the list of its fields."""
+    return [value] if isinstance(value, (BaseModel, Mapping, str)) else value
 
 
 def _entries(value: Any) -> list[Any]:

@@ -315,3 +315,24 @@ def test_a_wrong_answer_inside_a_subgraph_is_replaced_from_the_parent():
     with pytest.raises(ValueError, match="not a number"):
         app.resume("t", answer="not a number")
     assert app.resume("t", answer="42").log == ["42"]
+
+
+def test_replacing_the_wrong_one_of_two_parallel_answers_needs_only_that_answer():
+    def asker(name: str):
+        def node(state: S) -> dict:
+            return {"log": [f"{name}={int(interrupt({'who': name}))}"]}
+        return node
+
+    g = StateGraph(S)
+    g.add_node("a", asker("a"))
+    g.add_node("b", asker("b"))
+    g.add_edge(START, "a")
+    g.add_edge(START, "b")
+    g.add_edge("a", END)
+    g.add_edge("b", END)
+    app = g.compile(checkpointer=MemoryCheckpointer())
+    app.invoke({}, thread_id="t")
+    ids = {i.value["who"]: i.id for i in app.get_state("t").interrupts}
+    with pytest.raises(ValueError, match="'x'"):
+        app.resume("t", answer={ids["a"]: "1", ids["b"]: "x"})
+    assert sorted(app.resume("t", answer="5").log) == ["a=1", "b=5"]  # b's alone

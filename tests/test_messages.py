@@ -220,3 +220,23 @@ def test_a_new_threads_first_input_may_be_one_message_alone():
     g.add_edge("reply", END)
     state = g.compile().invoke({"messages": {"role": "user", "content": "hi"}})
     assert [m.content for m in state.messages] == ["hi", "hello"]
+
+
+def test_shorthands_langchain_dicts_and_remove_all():
+    from statemachine.messages import REMOVE_ALL_MESSAGES
+
+    merged = add_messages([], ["hi", ("assistant", "hello"), {"type": "human", "content": "x"},
+                               {"type": "ai", "content": "y"}])
+    assert [(m.role, m.content) for m in merged] == [
+        ("user", "hi"), ("assistant", "hello"), ("user", "x"), ("assistant", "y")]
+    assert not hasattr(merged[2], "type") or "type" not in (merged[2].model_extra or {})
+    summary = add_messages(merged, [RemoveMessage(id=REMOVE_ALL_MESSAGES),
+                                    ("system", "summary of four messages")])
+    assert [(m.role, m.content) for m in summary] == [("system", "summary of four messages")]
+
+    g = StateGraph(MessagesState)
+    g.add_node("reply", lambda state: {"messages": "text alone is a user message"})
+    g.add_edge(START, "reply")
+    g.add_edge("reply", END)
+    state = g.compile().invoke({"messages": "hi"})
+    assert [m.content for m in state.messages] == ["hi", "text alone is a user message"]
