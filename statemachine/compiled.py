@@ -190,24 +190,26 @@ class CompiledGraph:
     # -- the work queue (statemachine worker) ------------------------------------------------------
 
     def submit(self, input: Any, thread_id: str, *, event: dict[str, Any] | None = None,
-               max_attempts: int = 3) -> str:
+               answer: Any = NO_RESUME, max_attempts: int = 3) -> str:
         """Queue a run of `thread_id` for a worker (`statemachine worker`) and return at once.
 
         `input` starts a new thread, or a new run of a finished one; None continues an
-        unfinished thread (failed, crashed, or with `event`, one waiting in `wait_for`). The
-        input is checked against the state schema now. A run that fails is retried up to
-        `max_attempts` times in all. Returns the thread id.
+        unfinished thread (failed, crashed, with `event` one waiting in `wait_for`, with
+        `answer` one asking in `interrupt`: as `resume(answer=...)`; `Command(resume=...)` as
+        the input is the same). The input is checked against the state schema now. A run that
+        fails is retried up to `max_attempts` times in all. Returns the thread id.
         """
         from .worker import submit
 
-        return run_sync(lambda: submit(self, input, thread_id, event=event,
+        return run_sync(lambda: submit(self, input, thread_id, event=event, answer=answer,
                                        max_attempts=max_attempts))
 
     async def asubmit(self, input: Any, thread_id: str, *, event: dict[str, Any] | None = None,
-                      max_attempts: int = 3) -> str:
+                      answer: Any = NO_RESUME, max_attempts: int = 3) -> str:
         from .worker import submit
 
-        return await submit(self, input, thread_id, event=event, max_attempts=max_attempts)
+        return await submit(self, input, thread_id, event=event, answer=answer,
+                            max_attempts=max_attempts)
 
     def jobs(self) -> list[JobInfo]:
         """This graph's jobs in the queue with their status (queued, running, done,

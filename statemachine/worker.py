@@ -36,6 +36,8 @@ from pydantic_core import to_json
 
 from checkpoints.base import FINISHED
 
+from .checkpoint_extra import extra_of
+from .commands import NO_RESUME, Command
 from .constants import INPUT
 from .errors import (
     CheckpointerRequiredError,
@@ -48,6 +50,7 @@ from .errors import (
     ThreadStateError,
 )
 from .graph_binding import check_reader
+from .waiting import INTERRUPT_EVENT
 
 if TYPE_CHECKING:
     from checkpoints.base import Checkpointer, ClaimedJob
@@ -62,11 +65,25 @@ _PERMANENT = (InvalidUpdateError, ThreadStateError, ThreadNotFoundError, GraphVa
 """Failures that running the job again cannot fix."""
 
 
+ANSWER_KEY = "__answer__"
+"""A queued job's event holding an `interrupt` answer ({ANSWER_KEY: answer}): event names
+starting with "__" are the engine's own, so no `wait_for` event is taken for it."""
+
+
 async def submit(app: CompiledGraph, input: Any, thread_id: str, *,
-                 event: dict[str, Any] | None = None,
+                 event: dict[str, Any] | None = None, answer: Any = NO_RESUME,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> str:
     """Queue a run (see `CompiledGraph.submit`); checks the input now, not in the worker."""
     saver = _saver(app)
+    if isinstance(input, Command):
+        if not input.resumes or input.update is not None or input.goto:
+            raise ThreadStateError("a Command given to submit answers a paused run: "
+                                   "Command(resume=answer).")
+        input, answer = None, input.resume
+    if answer is not NO_RESUME:
+        if event is not None:
+            raise ThreadStateError("submit() takes an event or an answer, not both.")
+        event = {ANSWER_KEY: answer}
     if not isinstance(thread_id, str) or not thread_id:
         raise ThreadStateError("submit() needs a thread_id: any text naming the run.")
     if max_attempts < 1:
@@ -104,6 +121,15 @@ async def submit(app: CompiledGraph, input: Any, thread_id: str, *,
         raise await refuse(ThreadStateError(
             f"thread {thread_id!r} has finished (status {chain.head.status!r}); there is "
             "nothing to continue. Submit an input to run it again."))
+    if chain is not None and input is None and event is None and \
+            chain.head.status == "interrupted":
+        asked = [q for q in extra_of(chain.head).questions
+                 if q.event.startswith(INTERRUPT_EVENT)]
+        if asked:
+            raise ThreadStateError(
+                f"thread {thread_id!r} waits for an answer: "
+                + "; ".join(f"{q.id} (node {q.node!r}): {q.value!r}" for q in asked)
+                + f"; queue it with submit(None, thread_id={thread_id!r}, answer=...).")
     if event is not None and not isinstance(event, dict):
         raise ThreadStateError("event must be a dict: {event name: value}.")
     if event is not None and input is not None:
@@ -291,8 +317,12 @@ class Worker:
         head = None if chain is None else chain.head
         if (None if head is None else head.id) == job.base:  # nothing ran since submission
             if job.event is not None:
-                await self.app.aresume(thread, event=json.loads(job.event),
-                                       context=self.context)
+                delivered = json.loads(job.event)
+                if isinstance(delivered, dict) and set(delivered) == {ANSWER_KEY}:
+                    await self.app.aresume(thread, answer=delivered[ANSWER_KEY],
+                                           context=self.context)
+                else:
+                    await self.app.aresume(thread, event=delivered, context=self.context)
             elif job.input is not None:
                 value = schema.decode_state(job.input) if job.base is None \
                     else schema.decode_update(job.input)

@@ -336,3 +336,35 @@ def test_replacing_the_wrong_one_of_two_parallel_answers_needs_only_that_answer(
     with pytest.raises(ValueError, match="'x'"):
         app.resume("t", answer={ids["a"]: "1", ids["b"]: "x"})
     assert sorted(app.resume("t", answer="5").log) == ["a=1", "b=5"]  # b's alone
+
+
+def test_the_work_queue_answers_a_question(tmp_path):
+    from statemachine._sync import run_sync
+    from statemachine.worker import Worker
+
+    from tests.test_cli import OK, USAGE, cli
+
+    with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
+        app = one_node(lambda state: {"log": [f"answer={interrupt('go?')}"]}).compile(
+            checkpointer=saver)
+        for thread in ("a", "b"):
+            app.submit({}, thread)
+        run_sync(lambda: Worker(app, poll_interval=0.01).run(drain=True))
+        assert app.get_state("a").status == "interrupted"
+        with pytest.raises(ThreadStateError, match=r"waits for an answer: .*'go\?'.*answer="):
+            app.submit(None, "a")  # it would only fail in the worker
+        app.submit(None, "a", answer="yes")
+        app.submit(Command(resume="sure"), "b")
+        stats = run_sync(lambda: Worker(app, poll_interval=0.01).run(drain=True))
+        assert stats.done == 2
+        assert app.get_state("a").state.log == ["answer=yes"]
+        assert app.get_state("b").state.log == ["answer=sure"]
+    db, graph = str(tmp_path / "cli.db"), "tests.cli_graphs:asking"
+    assert cli("submit", graph, "--db", db, "--thread", "t", "--input", "{}").returncode == OK
+    assert cli("worker", graph, "--db", db, "--drain", "-q").returncode == OK
+    refused = cli("submit", graph, "--db", db, "--thread", "t")
+    assert refused.returncode == USAGE and "waits for an answer" in refused.stderr
+    assert cli("submit", graph, "--db", db, "--thread", "t", "--answer", '"yes"').returncode == OK
+    assert cli("worker", graph, "--db", db, "--drain", "-q").returncode == OK
+    shown = cli("show", "--db", db, "--thread", "t")
+    assert json.loads(shown.stdout)["approved"] is True

@@ -9,11 +9,21 @@ from typing import Any
 import click
 from rich.text import Text
 
+from ..commands import NO_RESUME
 from ..errors import InvalidUpdateError, ThreadBusyError, ThreadNotFoundError, ThreadStateError
 from ..store_reader import format_time
 from ..terminal import safe, visible
 from .errors import EPILOG, EXIT_USAGE, CliError, library_errors, setup_exit_code
-from .options import CONTEXT_OPTION, DB_OPTION, GRAPH_ARGUMENT, Db, json_object, need_db, shown_db
+from .options import (
+    CONTEXT_OPTION,
+    DB_OPTION,
+    GRAPH_ARGUMENT,
+    Db,
+    json_object,
+    need_db,
+    read_json,
+    shown_db,
+)
 from .output import (
     STATUS_STYLE,
     echo_json,
@@ -35,10 +45,13 @@ from .stores import build_app, open_store
                    "@file.json, or -. Without it the thread's unfinished run is continued.")
 @click.option("--event", metavar="JSON",
               help='Events for a run waiting in wait_for(): {"name": value}.')
+@click.option("--answer", metavar="JSON",
+              help="The answer to what a node asked with interrupt() (any JSON value; several "
+                   'questions: {"interrupt id": answer}); text, @file or -.')
 @click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(1),
               help="Runs of the job in all before it is given up as failed.")
 def submit(target: str, db: Db | None, thread: str, input_: str | None, event: str | None,
-           max_attempts: int) -> None:
+           answer: str | None, max_attempts: int) -> None:
     """Queue a run of GRAPH for a worker and return at once (prints the thread id).
 
     The input is checked against the state schema now; `statemachine worker` runs it.
@@ -46,10 +59,11 @@ def submit(target: str, db: Db | None, thread: str, input_: str | None, event: s
     db = need_db(db)
     data = json_object(input_, "--input") if input_ is not None else None
     events = json_object(event, "--event") if event is not None else None
+    answered = read_json(answer, "--answer") if answer is not None else NO_RESUME
     with contextlib.ExitStack() as stack, library_errors():
         app = build_app(target, db, stack, create=True)
         try:
-            app.submit(data, thread, event=events, max_attempts=max_attempts)
+            app.submit(data, thread, event=events, answer=answered, max_attempts=max_attempts)
         except (ThreadBusyError, ThreadStateError, ThreadNotFoundError,
                 InvalidUpdateError) as exc:
             raise CliError(str(exc), setup_exit_code(exc) or EXIT_USAGE) from exc
