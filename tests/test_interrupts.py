@@ -341,7 +341,6 @@ def test_replacing_the_wrong_one_of_two_parallel_answers_needs_only_that_answer(
 def test_the_work_queue_answers_a_question(tmp_path):
     from statemachine._sync import run_sync
     from statemachine.worker import Worker
-
     from tests.test_cli import OK, USAGE, cli
 
     with SQLiteCheckpointer(tmp_path / "runs.db") as saver:

@@ -770,3 +770,34 @@ def test_check_resume_passes_when_a_subgraph_node_keys_its_state_on_its_task_id(
     g.add_edge("pre", "checkout")
     g.add_edge("checkout", END)
     check_resume(g.compile(name="shop"), inputs=st.builds(Refs, n=st.just(0)), max_examples=30)
+
+
+def test_the_checkers_answer_interrupts_from_a_strategy():
+    from typing import Annotated as Ann
+
+    from statemachine import interrupt
+    from statemachine.testing import check_nodes, check_resume, check_runs, check_transitions
+
+    class Review(BaseModel):
+        approved: Ann[list[bool], operator.add] = []
+
+    def review(state: Review) -> dict:
+        verdict = interrupt("approve?")
+        assert verdict in ("yes", "no"), "answers are yes or no"
+        return {"approved": [verdict == "yes"]}
+
+    g = StateGraph(Review)
+    g.add_node("review", review)
+    g.add_edge(START, "review")
+    g.add_edge("review", END)
+    app = g.compile(checkpointer=MemoryCheckpointer())
+    answers = st.sampled_from(["yes", "no"])
+    check_nodes(app, answers=answers, max_examples=5)
+    check_runs(app, answers=answers, max_examples=5)
+    check_resume(app, answers=answers, max_examples=5)
+    check_transitions(app, answers=answers, max_examples=5)
+    with pytest.raises(PropertyCheckError, match=r"asks with interrupt\(\), and no answers "
+                                                 r"were given: pass answers="):
+        check_runs(app, max_examples=5)
+    with pytest.raises(PropertyCheckError, match="answers are yes or no"):
+        check_runs(app, answers=st.text(max_size=3), max_examples=50)

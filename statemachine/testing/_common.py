@@ -31,6 +31,7 @@ from ..mutation import Fingerprint, mutation_message
 from ..routing import RefusedRoute, resolve_route, route_items
 from ..spec import Branch, GraphSpec, NodeSpec
 from ..types import RunContext
+from ..waiting import INTERRUPT_EVENT
 
 Invariant = Callable[[Any, Any], Any]
 """`invariant(before, after)`: False (or an AssertionError) means the transition is wrong."""
@@ -285,20 +286,35 @@ class EventScript:
         positions: dict[str, int] = {}
 
         def next_value(event: str) -> Any:
-            if event not in self.strategies:
+            asks = event.startswith(INTERRUPT_EVENT)
+            strategy = self.strategies.get(INTERRUPT_EVENT if asks else event)
+            if strategy is None:
                 raise KeyError(event)
             drawn = self.values.setdefault(event, [])
             position = positions.get(event, 0)
             if position == len(drawn):
-                drawn.append(self.data.draw(self.strategies[event], label=f"event {event!r}"))
+                drawn.append(self.data.draw(strategy, label="answer" if asks else
+                                            f"event {event!r}"))
             positions[event] = position + 1
             return drawn[position]
         return next_value
 
 
 def needs_event_message(who: str, event: str) -> str:
+    if event.startswith(INTERRUPT_EVENT):
+        return (f"{who} asks with interrupt(), and no answers were given: pass "
+                "answers=<strategy of its answers>.")
     return (f"{who} waits for event {event!r}, and no values were given for it: pass "
             f"events={{{event!r}: <strategy of its values>}}.")
+
+
+def with_answers(events: Mapping[str, SearchStrategy[Any]] | None,
+                 answers: SearchStrategy[Any] | None) -> dict[str, SearchStrategy[Any]]:
+    """The strategies of `wait_for` events, and of `interrupt` answers (`answers=`)."""
+    merged = dict(events or {})
+    if answers is not None:
+        merged[INTERRUPT_EVENT] = answers
+    return merged
 
 
 # -- graphs rebuilt for checking ------------------------------------------------------------------

@@ -47,6 +47,7 @@ from ._common import (
     router_items,
     router_label,
     show,
+    with_answers,
 )
 from ._nodes import payload_type
 from ._runs import NeedsEvent, run_events
@@ -91,6 +92,8 @@ class GraphStateMachine(RuleBasedStateMachine):
     routes: ClassVar[Routes] = "router"
     events: ClassVar[Mapping[str, SearchStrategy[Any]] | None] = None
     """Strategies of the values `wait_for(event)` receives, by event name."""
+    answers: ClassVar[SearchStrategy[Any] | None] = None
+    """The strategy of the answers `interrupt()` receives."""
     context: ClassVar[Any] = None
     """The runs' `context=`: a value, or a strategy drawn at the start of each run."""
     max_steps: ClassVar[int] = 10_000
@@ -171,7 +174,7 @@ class GraphStateMachine(RuleBasedStateMachine):
         graph = CompiledGraph(self._spec(app.spec),
                               checkpointer=MemoryCheckpointer() if durable else None,
                               name=app.name)
-        self._script = EventScript(type(self).events, None)
+        self._script = EventScript(with_answers(type(self).events, type(self).answers), None)
         self._run = run_events(graph, state, CHECK_THREAD if durable else None,
                                type(self).max_steps, self._script.cursor(), context)
 
@@ -301,6 +304,7 @@ def transition_machine(
     routes: Routes = "router",
     events: Mapping[str, SearchStrategy[Any]] | None = None,
     context: Any = None,
+    answers: SearchStrategy[Any] | None = None,
 ) -> type[GraphStateMachine]:
     """A `GraphStateMachine` subclass for `app`: use `transition_machine(app).TestCase` as a
     test class, or `check_transitions(app, ...)` to run it at once.
@@ -308,15 +312,16 @@ def transition_machine(
     `states`: strategy of initial states (default `states(app's state model)`);
     `invariant(before, after)` is checked at every step, `final(state)` when a run ends;
     `routes="any"` lets hypothesis choose each conditional edge among its declared targets
-    instead of following the router; `events` give `wait_for` values; `context` is the runs'
-    `context=` (a value, or a strategy drawn per run).
+    instead of following the router; `events` give `wait_for` values and `answers` the
+    answers `interrupt` gets; `context` is the runs' `context=` (a value, or a strategy drawn
+    per run).
     """
     app = as_compiled(app)
     if routes not in ("router", "any"):
         raise ValueError(f"routes must be 'router' or 'any', got {routes!r}")
     namespace = {
         "app": app, "initial_states": states, "routes": routes, "events": events,
-        "context": context,
+        "context": context, "answers": answers,
         "_invariant": (invariant,) if invariant is not None else None,
         "_final": (final,) if final is not None else None,
         "__module__": __name__,
@@ -340,6 +345,7 @@ def check_transitions(
     routes: Routes = "router",
     events: Mapping[str, SearchStrategy[Any]] | None = None,
     context: Any = None,
+    answers: SearchStrategy[Any] | None = None,
     max_examples: int | None = None,
     settings: Settings | None = None,
 ) -> None:
@@ -347,6 +353,7 @@ def check_transitions(
     minimal sequence of steps attached) when a path breaks a check. Like hypothesis' own state
     machine tests it runs without a deadline; every other setting comes from the profile."""
     machine = transition_machine(app, states=states, invariant=invariant, final=final,
-                                 routes=routes, events=events, context=context)
+                                 routes=routes, events=events, context=context,
+                                 answers=answers)
     run_state_machine_as_test(machine,
                               settings=make_settings(max_examples, settings, deadline=None))

@@ -38,6 +38,7 @@ from ._common import (
     run_context,
     run_property,
     show,
+    with_answers,
 )
 from ._strategies import states as states_of
 from ._strategies import values_of
@@ -56,6 +57,7 @@ def check_nodes(
     skip: Iterable[str] = (),
     allowed_errors: tuple[type[BaseException], ...] = (),
     events: Mapping[str, SearchStrategy[Any]] | None = None,
+    answers: SearchStrategy[Any] | None = None,
     context: Any = None,
     settings: Settings | None = None,
 ) -> None:
@@ -86,13 +88,15 @@ def check_nodes(
     invariant. An unannotated Send-only node receives states: annotate it, give its payloads,
     or `skip` it. Subgraph nodes are skipped (check the subgraph's compiled graph itself), and
     so are the names in `skip`. A node calling `wait_for(event)` gets values drawn from
-    `events[event]`. Nodes and routers see `context` in their `RunContext.context` (a value,
+    `events[event]`, one asking with `interrupt` answers drawn from `answers`. Nodes and
+    routers see `context` in their `RunContext.context` (a value,
     or a strategy drawn per example), as `invoke(context=...)` gives it.
 
     `max_examples` examples per node and router (default: the loaded hypothesis profile's);
     every other setting comes from the profile, or from `settings`.
     """
     app = as_compiled(app)
+    events = with_answers(events, answers)
     spec = app.spec
     model = spec.schema.model
     state_strategy = states if states is not None else states_of(model)

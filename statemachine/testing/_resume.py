@@ -41,6 +41,7 @@ from ._common import (
     raise_report,
     run_property,
     show,
+    with_answers,
 )
 from ._runs import CHECK_MAX_STEPS, StepRecorder
 from ._strategies import states as states_of
@@ -226,6 +227,7 @@ def check_resume(
     max_steps: int = CHECK_MAX_STEPS,
     max_examples: int | None = None,
     events: Mapping[str, SearchStrategy[Any]] | None = None,
+    answers: SearchStrategy[Any] | None = None,
     storage: Literal["memory", "sqlite"] = "memory",
     context: Any = None,
     settings: Settings | None = None,
@@ -244,12 +246,14 @@ def check_resume(
 
     Every run uses a fresh store: `storage="memory"` (a `MemoryCheckpointer`) or `"sqlite"` (a
     file in a temporary directory). Interrupts and automatic compensation are off; retry
-    back-offs do not sleep; `wait_for` events get values from `events`, the same ones in every
-    run of an example. Every run of an example gets the same `context` (a value, or a strategy
-    drawn per example), as `invoke(context=...)` and `resume(context=...)` give it. Subgraph
-    nodes are never interrupted themselves.
+    back-offs do not sleep; `wait_for` events get values from `events` and `interrupt`s
+    answers from `answers`, the same ones in every run of an example. Every run of an
+    example gets the same `context` (a value, or a strategy drawn per example), as
+    `invoke(context=...)` and `resume(context=...)` give it. Subgraph nodes are never
+    interrupted themselves.
     """
     app = as_compiled(app)
+    events = with_answers(events, answers)
     spec = app.spec
     input_strategy = inputs if inputs is not None else states_of(spec.schema.model)
     plain = checking_spec(_with_positional_ids(spec))

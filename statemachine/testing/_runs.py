@@ -36,6 +36,7 @@ from ._common import (
     raise_report,
     router_label,
     run_property,
+    with_answers,
 )
 from ._strategies import states as states_of
 
@@ -116,6 +117,7 @@ def check_runs(
     max_steps: int = CHECK_MAX_STEPS,
     max_examples: int | None = None,
     events: Mapping[str, SearchStrategy[Any]] | None = None,
+    answers: SearchStrategy[Any] | None = None,
     context: Any = None,
     settings: Settings | None = None,
 ) -> None:
@@ -129,12 +131,14 @@ def check_runs(
 
     `inputs` is a strategy of input dicts or states (default `states(app's state model)`).
     Runs ignore `interrupt_before`/`interrupt_after` and `on_failure="compensate"`; a node
-    waiting in `wait_for(event)` is resumed with a value drawn from `events[event]`. Runs get
+    waiting in `wait_for(event)` is resumed with a value drawn from `events[event]`, one
+    asking with `interrupt` with one drawn from `answers`. Runs get
     `context` as `invoke(context=...)` does (a value, or a strategy drawn per example). When
     `app` has a checkpointer every run gets a fresh in-memory one instead (your store is never
     touched). Retry back-offs do not sleep (`FakeClock`).
     """
     app = as_compiled(app)
+    events = with_answers(events, answers)
     spec = app.spec
     input_strategy = inputs if inputs is not None else states_of(spec.schema.model)
     checked = _mutation_guards(spec)
