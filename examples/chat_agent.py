@@ -4,7 +4,8 @@
              agent --(a plain reply)--> END
 
 - `agent` asks a (fake, offline) LLM for the next message and streams its tokens with
-  `ctx.emit` as they come: the caller prints them live with stream_mode=["custom", ...].
+  `ctx.emit(Message(...))` as they come, each chunk under the reply's id: the caller prints
+  them live with stream_mode=["messages", ...], and the whole reply is not sent again.
 - A reply may call a tool; `tools` runs it and hands the result back with a `Command`.
   Refunds need a person: the tool asks with `interrupt(...)`, the run pauses durably, and the
   next call answers with `Command(resume="yes")`.
@@ -71,10 +72,12 @@ LLM = FakeLLM()
 
 def agent(state: Chat, ctx: RunContext) -> dict:
     reply = LLM.reply(state.messages, ctx.context)
-    for token in LLM.stream(reply.text):
-        ctx.emit(token)  # reaches a streaming caller now, while this node runs
+    reply_id = f"reply-{ctx.task_id[:16]}"  # the task's id: the same if the step runs again
+    for token in LLM.stream(reply.text):  # each reaches a streaming caller now, while this runs
+        ctx.emit(Message(role="assistant", content=token, id=reply_id))
     calls = [{"id": f"call-{len(state.messages)}", **reply.tool}] if reply.tool else []
-    return {"messages": [Message(role="assistant", content=reply.text, tool_calls=calls)]}
+    return {"messages": [Message(role="assistant", content=reply.text, tool_calls=calls,
+                                 id=reply_id)]}
 
 
 def route(state: Chat) -> str:
@@ -111,9 +114,11 @@ def turn(app: Any, text: Any, user: User, out: list[str]) -> None:
     value = {"messages": [{"role": "user", "content": text}]} if isinstance(text, str) else text
     line = ""
     for mode, payload in app.stream(value, thread_id=THREAD, context=user,
-                                    stream_mode=["custom", "updates"]):
-        if mode == "custom":
-            line += payload[1]
+                                    stream_mode=["messages", "updates"]):
+        if mode == "messages":
+            message, _ = payload  # (a token chunk or a whole message, its metadata)
+            if message.role == "assistant":
+                line += message.content
         elif "__interrupt__" in payload:
             if line:
                 out.append(f"assistant: {line.strip()}")

@@ -94,6 +94,9 @@ class StateSchema:
         config["extra"] = "forbid"
         update_type.__pydantic_config__ = cast(ConfigDict, config)  # type: ignore[attr-defined]
         self._annotations = annotations
+        self.message_fields: tuple[str, ...] = tuple(
+            name for name, reducer in self.reducers.items() if reducer is add_messages)
+        """The fields merged with `add_messages` (chat messages)."""
         self._aliases = {info.alias: name for name, info in model.model_fields.items()
                          if info.alias}
         self._stored_keys = frozenset((*self.fields, *self._aliases))

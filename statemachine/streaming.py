@@ -5,6 +5,7 @@
     for chunk in app.stream(inp, thread_id="t", stream_mode="custom"): ...   # what nodes emit
     for mode, payload in app.stream(inp, stream_mode=["updates", "custom"]): ...
     for ns, payload in app.stream(inp, stream_mode="updates", subgraphs=True): ...
+    for message, metadata in app.stream(inp, stream_mode="messages"): ...  # chat messages
 
 The run goes on in a task of its own while the caller reads; what it produces goes through one
 queue (`StreamChannel`), so a chunk a node emits reaches the caller while the node still runs,
@@ -15,6 +16,12 @@ Without `subgraphs`, a subgraph's steps are its parent task's business: only its
 reach the caller. With it, every item is prefixed by its namespace: `()` for the parent's,
 `("node:<task id>",)` for those of the subgraph that node runs (one more element per level).
 `emit` is a context-variable read and nothing else when nobody streams `custom`.
+
+"messages" streams chat messages as `(Message, metadata)` (metadata: thread_id, step, node,
+task_id): each `Message` a node emits (a token chunk, say: give the chunks of one reply the
+same id), and each message a node's update adds to an `add_messages` field, unless the node
+streamed chunks under its id already. Messages a node emits go to "messages" when it is
+streamed, else to "custom" like any chunk.
 """
 
 from __future__ import annotations
@@ -22,13 +29,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .messages import Message
 from .state_cache import detached
 
-StreamMode = Literal["steps", "values", "updates", "custom"]
-STREAM_MODES: tuple[str, ...] = ("steps", "values", "updates", "custom")
+StreamMode = Literal["steps", "values", "updates", "custom", "messages"]
+STREAM_MODES: tuple[str, ...] = ("steps", "values", "updates", "custom", "messages")
 
 _END = object()
 
@@ -44,6 +52,10 @@ class StreamChannel:
         `namespace`."""
         self.modes = frozenset(modes)
         self.custom = "custom" in self.modes
+        self.messages = "messages" in self.modes
+        self.live = self.custom or self.messages
+        """Whether nodes' emitted chunks are streamed (they then run where they can emit
+        while they run)."""
         self.updates = "updates" in self.modes
         self.values = "values" in self.modes
         self.steps = "steps" in self.modes
@@ -55,7 +67,7 @@ class StreamChannel:
             asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = feeds._queue if feeds is not None else \
             asyncio.Queue()
-        self._custom_only: StreamChannel | None = None
+        self._live_only: StreamChannel | None = None
 
     def put(self, mode: str, payload: Any) -> None:
         self._put((self.namespace, mode, payload) if self.subgraphs else (mode, payload))
@@ -90,11 +102,12 @@ class StreamChannel:
         if self.subgraphs:
             return StreamChannel(tuple(self.modes), feeds=self,
                                  namespace=(*self.namespace, f"{node}:{task_id}"))
-        if not self.custom:
+        if not self.live:
             return None
-        if self._custom_only is None:
-            self._custom_only = StreamChannel(("custom",), feeds=self)
-        return self._custom_only
+        if self._live_only is None:
+            self._live_only = StreamChannel(tuple({"custom", "messages"} & self.modes),
+                                            feeds=self)
+        return self._live_only
 
     async def items(self) -> AsyncIterator[Any]:
         while (item := await self._queue.get()) is not _END:
@@ -113,9 +126,33 @@ class Emitter:
 
     channel: StreamChannel
     node: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """What "messages" tags the task's messages with."""
+    streamed: set[str] = field(default_factory=set)
+    """Ids of the messages the task streamed: its update's messages with them are not
+    streamed again whole."""
 
     def __call__(self, chunk: Any) -> None:
-        self.channel.put("custom", (self.node, chunk) if self.channel.several else chunk)
+        channel = self.channel
+        if channel.messages and isinstance(chunk, Message):
+            if chunk.id is not None:
+                self.streamed.add(chunk.id)
+            channel.put("messages", (chunk, dict(self.metadata)))
+        elif channel.custom:
+            channel.put("custom", (self.node, chunk) if channel.several else chunk)
+
+    def finished(self, update: dict[str, Any], fields: Sequence[str]) -> None:
+        """Stream the messages the task's update adds (for "messages")."""
+        if not self.channel.messages:
+            return
+        for name in fields:
+            if name not in update:
+                continue
+            value = update[name]
+            for entry in value if isinstance(value, list | tuple) else [value]:
+                if isinstance(entry, Message) and entry.role != "remove" and \
+                        (entry.id is None or entry.id not in self.streamed):
+                    self.channel.put("messages", (entry, dict(self.metadata)))
 
 
 current_emitter: ContextVar[Emitter | None] = ContextVar("statemachine_emitter", default=None)

@@ -118,6 +118,8 @@ class TaskRunner:
         """That context as the call gave it: a subgraph validates it into its own schema."""
         self.channel: StreamChannel | None = None
         """Where a streamed run's updates and emitted chunks go (`streaming`)."""
+        self._emitters: dict[tuple[str, int], Emitter] = {}
+        """The running tasks' emitters, while chunks are streamed."""
         self.results = StepResults()
         self.observing = False
         """Whether listeners are attached: asked once a step, it is on the hot path."""
@@ -127,6 +129,8 @@ class TaskRunner:
                   ) -> list[BaseException | None]:
         """Run the tasks; each outcome is None (finished or waiting) or its exception.
         `finished` is called for each task that finished while others still run."""
+        if self._emitters:
+            self._emitters.clear()  # those of tasks that failed
         if len(tasks) == 1:
             try:
                 await self._execute(tasks[0], at, inline=self.inline_sync)
@@ -157,12 +161,20 @@ class TaskRunner:
         return [o if isinstance(o, BaseException) else None for o in outcomes]
 
     def context(self, task: Task, at: StepInput) -> RunContext:
-        channel = self.channel
         return RunContext(self.thread_id, at.step, task.node,
                           task_id(self.thread_id, at.origin, task.node, task.index),
                           index=task.index, context=self.call_context,
-                          emitter=Emitter(channel, task.node)
-                          if channel is not None and channel.custom else None)
+                          emitter=self._emitters.get(task.key))
+
+    def _emitter(self, task: Task, at: StepInput) -> Emitter | None:
+        """Where the task's emitted chunks go, while they are streamed."""
+        channel = self.channel
+        if channel is None or not channel.live:
+            return None
+        emitter = self._emitters[task.key] = Emitter(channel, task.node, {
+            "thread_id": self.thread_id, "step": at.step, "node": task.node,
+            "task_id": task_id(self.thread_id, at.origin, task.node, task.index)})
+        return emitter
 
     async def _execute(self, task: Task, at: StepInput, *, inline: bool) -> None:
         """Run one task through its cache, timeout and retry policy.
@@ -176,6 +188,8 @@ class TaskRunner:
         observer = self.executor.observer
         if self.observing:
             await observer.node_start(self.thread_id, step, task.node)
+        if self.channel is not None:
+            self._emitter(task, at)
         cache_key = None
         if node.cache is not None:
             cache_key = cache_key_for(node.cache, arg, self.call_context
@@ -243,10 +257,9 @@ class TaskRunner:
         args = (arg, context) if info.wants_context else (arg,)
         answers = self.results.answers.get(task.key)
         token = current_answers.set(TaskAnswers(list(answers)) if answers else NO_ANSWERS)
-        channel = self.channel
-        emitting = channel is not None and channel.custom
-        emitter = current_emitter.set(Emitter(channel, task.node)) \
-            if channel is not None and emitting else None
+        task_emitter = self._emitters.get(task.key)
+        emitting = task_emitter is not None
+        emitter = current_emitter.set(task_emitter) if task_emitter is not None else None
         try:
             if node.subgraph is not None:
                 call = run_subgraph(self, node, task, arg, at)
@@ -302,8 +315,13 @@ class TaskRunner:
             results.meta[task.key] = meta
         results.timings[task.node] = results.timings.get(task.node, 0.0) + seconds
         results.pending[task.key] = update
-        if self.channel is not None and self.channel.updates:  # a copy: the reader's to keep
-            self.channel.put("updates", {task.node: copy.deepcopy(update)})
+        if self.channel is not None:
+            if self.channel.updates:  # a copy: the reader's to keep
+                self.channel.put("updates", {task.node: copy.deepcopy(update)})
+            task_emitter = self._emitters.pop(task.key, None)
+            if task_emitter is not None and self.spec.nodes[task.node].subgraph is None:
+                # (a subgraph's nodes streamed their messages themselves)
+                task_emitter.finished(update, self.spec.schema.message_fields)
         if self.observing:
             await self.executor.observer.node_end(self.thread_id, step, task.node, update,
                                                   seconds, meta)

@@ -356,3 +356,83 @@ def test_many_sync_streams_read_by_one_thread_pool_at_once_each_get_all_their_it
         results = list(requests.map(consume, range(60)))
     pool.shutdown()
     assert all(result == expected for result in results)
+
+
+def chat_graph() -> StateGraph:
+    from statemachine.messages import Message, MessagesState
+
+    async def answer(state: MessagesState, ctx: RunContext) -> dict:
+        text = ""
+        for token in ("Hel", "lo", "!"):
+            text += token
+            ctx.emit(Message(role="assistant", content=token, id="reply-1"))
+        return {"messages": [Message(role="assistant", content=text, id="reply-1")]}
+
+    def tool(state: MessagesState) -> dict:
+        emit("progress: 100%")  # not a message: "custom" only
+        return {"messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}]}
+
+    g = StateGraph(MessagesState)
+    g.add_node("answer", answer)
+    g.add_node("tool", tool)
+    g.add_edge(START, "answer")
+    g.add_edge("answer", "tool")
+    g.add_edge("tool", END)
+    return g
+
+
+def test_messages_mode_streams_token_chunks_and_the_messages_updates_add_once():
+    from statemachine.messages import MessagesState
+
+    app = chat_graph().compile(checkpointer=MemoryCheckpointer())
+    got = list(app.stream({"messages": "hi"}, thread_id="t", stream_mode="messages"))
+    assert [(m.content, m.id, meta["node"], meta["step"]) for m, meta in got] == [
+        ("Hel", "reply-1", "answer", 0), ("lo", "reply-1", "answer", 0),
+        ("!", "reply-1", "answer", 0),  # the whole reply is not sent again: it was streamed
+        ("42", None, "tool", 1)]        # a message not streamed comes whole, as returned
+    assert {meta["thread_id"] for _, meta in got} == {"t"}
+    assert len(got[0][1]["task_id"]) == 32
+    # a subgraph's nodes stream their messages; the subgraph node does not repeat them
+    parent = StateGraph(MessagesState)
+    parent.add_node("chat", chat_graph().compile(name="chat"))
+    parent.add_edge(START, "chat")
+    parent.add_edge("chat", END)
+    inner = [m.content for m, _ in parent.compile().stream({"messages": "hi"},
+                                                           stream_mode="messages")]
+    assert inner == ["Hel", "lo", "!", "42"]
+    # with custom: a message emitted goes to "messages", anything else to "custom"
+    both = list(chat_graph().compile().stream({"messages": "hi"},
+                                              stream_mode=["messages", "custom"]))
+    assert [p for mode, p in both if mode == "custom"] == [("tool", "progress: 100%")]
+    # custom alone: emitted messages are chunks like any other
+    custom = list(chat_graph().compile().stream({"messages": "hi"}, stream_mode="custom"))
+    assert [getattr(c, "content", c) for c in custom] == ["Hel", "lo", "!", "progress: 100%"]
+
+
+@pytest.mark.parametrize("store", [None, "sqlite"])
+def test_a_sync_nodes_message_chunks_reach_the_caller_while_it_runs(store, tmp_path):
+    from statemachine.messages import Message, MessagesState
+
+    seen = threading.Event()
+
+    def answer(state: MessagesState) -> dict:
+        emit(Message(role="assistant", content="first token", id="r"))
+        if not seen.wait(WAIT):
+            raise TimeoutError("the caller never saw the first token while the node ran")
+        return {"messages": [Message(role="assistant", content="first token and more", id="r")]}
+
+    g = StateGraph(MessagesState)
+    g.add_node("answer", answer)
+    g.add_edge(START, "answer")
+    g.add_edge("answer", END)
+    saver = SQLiteCheckpointer(tmp_path / "runs.db") if store else None
+    app = g.compile(checkpointer=saver)
+    got = []
+    for message, _ in app.stream({"messages": "hi"}, thread_id="t" if saver else None,
+                                 stream_mode="messages"):
+        got.append(message.content)
+        seen.set()
+    assert got == ["first token"]
+    if saver is not None:
+        assert app.get_state("t").state.messages[-1].content == "first token and more"
+        saver.close()
