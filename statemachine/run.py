@@ -187,6 +187,8 @@ class Run:
                 if self.committer is not None:
                     await self.committer.mark("interrupted", self.committer.extra_with(
                         joins=self.joins, interrupt="before", failed=[]))
+                if channel is not None and channel.updates:  # paused, asking nothing
+                    channel.put("updates", {INTERRUPTS: ()})
                 return
             self.skip_interrupt_before = False
             event = await self._run_step()

@@ -436,3 +436,17 @@ def test_a_sync_nodes_message_chunks_reach_the_caller_while_it_runs(store, tmp_p
     if saver is not None:
         assert app.get_state("t").state.messages[-1].content == "first token and more"
         saver.close()
+
+
+def test_a_pause_before_a_node_shows_in_the_updates_stream():
+    g = StateGraph(S)
+    g.add_node("draft", lambda state: {"log": ["draft"]})
+    g.add_node("send", lambda state: {"log": ["send"]})
+    g.add_edge(START, "draft")
+    g.add_edge("draft", "send")
+    g.add_edge("send", END)
+    app = g.compile(checkpointer=MemoryCheckpointer(), interrupt_before=["send"])
+    assert list(app.stream({}, thread_id="t", stream_mode="updates")) == [
+        {"draft": {"log": ["draft"]}}, {"__interrupt__": ()}]
+    assert list(app.stream(None, thread_id="t", stream_mode="updates")) == [
+        {"send": {"log": ["send"]}}]
