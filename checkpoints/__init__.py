@@ -21,6 +21,10 @@ from .base import (
 )
 from .memory import MemoryCheckpointer
 from .sqlite import SQLiteCheckpointer
+from .store_base import BaseStore
+from .store_memory import MemoryStore
+from .store_sqlite import SQLiteStore
+from .store_types import Item, StoreError
 
 if TYPE_CHECKING:
     from .postgres import PostgresCheckpointer
@@ -48,16 +52,21 @@ def open_checkpointer(url: str, **options: Any) -> Checkpointer:
     return SQLiteCheckpointer(url, **options)
 
 __all__ = [
+    "BaseStore",
     "CheckpointRecord",
     "Checkpointer",
     "ClaimedJob",
+    "Item",
     "JobInfo",
     "MemoryCheckpointer",
+    "MemoryStore",
     "NewCheckpoint",
     "PendingWrite",
     "PostgresCheckpointer",
     "Removed",
     "SQLiteCheckpointer",
+    "SQLiteStore",
+    "StoreError",
     "ThreadInfo",
     "is_postgres_url",
     "open_checkpointer",

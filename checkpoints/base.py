@@ -14,9 +14,12 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 from .errors import ThreadBusyError
+
+if TYPE_CHECKING:
+    from .store_types import StoreWrite
 
 DEFAULT_LEASE_SECONDS = 30.0
 
@@ -232,12 +235,21 @@ class Checkpointer(ABC):
         thread is trimmed to it in the same transaction, only if `owner` still holds it."""
 
     @abstractmethod
-    async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint) -> str:
-        """Commit a checkpoint atomically and return its id."""
+    async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint, *,
+                  memory: Sequence[StoreWrite] = ()) -> str:
+        """Commit a checkpoint atomically and return its id; with `memory`, those store
+        writes in the same transaction (only asked of a store it `commits_memory_of`)."""
 
     @abstractmethod
-    async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite) -> None:
-        """Commit one task's update for the step leaving `write.checkpoint_id`."""
+    async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite, *,
+                          memory: Sequence[StoreWrite] = ()) -> None:
+        """Commit one task's update for the step leaving `write.checkpoint_id` (and its
+        `memory`, as `put` does)."""
+
+    def commits_memory_of(self, store: Any) -> bool:
+        """Whether this checkpointer writes `store`'s items in its own transactions (the
+        store lives in its database), so a step and its memories commit together."""
+        return False
 
     @abstractmethod
     async def mark(self, thread_id: str, owner: Owner, checkpoint_id: str, *, status: str,

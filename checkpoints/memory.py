@@ -42,6 +42,7 @@ from .retention import (
     removed_from,
 )
 from .rows import damaged
+from .store_types import StoreWrite
 
 
 @dataclass
@@ -143,7 +144,9 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
         thread.updated_at = time.time()
         return thread
 
-    async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint) -> str:
+    async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint, *,
+                  memory: Sequence[StoreWrite] = ()) -> str:
+        assert not memory, "a MemoryCheckpointer commits no store's writes"
         with self._lock:
             thread = self._fenced(thread_id, owner)
             self._next_id += 1
@@ -156,7 +159,9 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
             thread.checkpoints.append(cid)
             return cid
 
-    async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite) -> None:
+    async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite, *,
+                          memory: Sequence[StoreWrite] = ()) -> None:
+        assert not memory, "a MemoryCheckpointer commits no store's writes"
         with self._lock:
             self._fenced(thread_id, owner)
             self._pending.setdefault(write.checkpoint_id, []).append(write)

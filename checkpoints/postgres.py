@@ -43,9 +43,10 @@ from .redaction import redact_dsn, scrub
 from .rows import process_alive
 from .sql_dialect import POSTGRES
 from .sql_retention import Connection
-from .sql_schema import tables
+from .sql_schema import store_tables, tables
 from .sql_statements import Statements
 from .sql_store import Params, Rows, SQLCheckpointer
+from .store_sql import StoreSQL
 
 try:
     import psycopg
@@ -61,10 +62,11 @@ from .postgres_retention import RETENTION
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 READABLE_FROM = 1
 """Read-only checkpointers open schemas from this version on: version 2 only added a column
-the reads do without (threads.graph: an older schema's threads are bound to no graph)."""
+the reads do without (threads.graph: an older schema's threads are bound to no graph), 3 the
+store's tables (an older schema's store is empty)."""
 _NOW = POSTGRES.server_clock
 """Seconds since the epoch by the server's clock: leases and claims are judged by one clock."""
 
@@ -73,6 +75,7 @@ _TABLES = tables(POSTGRES)
 # version -> SQL that upgrades a store from that version to the next one
 _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE threads ADD COLUMN graph TEXT",
+    2: store_tables(POSTGRES),
 }
 
 
@@ -91,6 +94,7 @@ class PostgresCheckpointer(SQLCheckpointer):
 
     reuses_ids = False  # ids come from a sequence; created_at is the server's clock
     _sql = Statements(POSTGRES)
+    _store_sql = StoreSQL(POSTGRES)
     _graphs_from = 2
     _retention = RETENTION
     _prune_batch = 100

@@ -57,6 +57,10 @@ class Dialect:
     id_key: str
     without_rowid: str
     """What follows a table keyed by its primary key alone."""
+    bytes_type: str
+    """Column type of raw bytes (stored vectors)."""
+    binary_text: str
+    """What makes a text column compare byte by byte (namespaces are searched by ranges)."""
 
     def render(self, template: str) -> str:
         """`template` (SQLite's spelling with the conventions above) in this dialect."""
@@ -105,13 +109,15 @@ class Dialect:
 SQLITE = Dialect(
     name="SQLite", server_clock=None, retry_keys=False, returns=False, lateral=False,
     arrays=False, strpos="instr", lock_rows="", unlimited=-1, float_type="REAL",
-    id_type="INTEGER", id_key="INTEGER PRIMARY KEY", without_rowid=" WITHOUT ROWID")
+    id_type="INTEGER", id_key="INTEGER PRIMARY KEY", without_rowid=" WITHOUT ROWID",
+    bytes_type="BLOB", binary_text="")
 
 POSTGRES = Dialect(
     name="PostgreSQL", server_clock="extract(epoch from clock_timestamp())", retry_keys=True,
     returns=True, lateral=True, arrays=True, strpos="strpos", lock_rows=" FOR UPDATE",
     unlimited=None, float_type="DOUBLE PRECISION", id_type="BIGINT",
-    id_key="BIGSERIAL PRIMARY KEY", without_rowid="")
+    id_key="BIGSERIAL PRIMARY KEY", without_rowid="", bytes_type="BYTEA",
+    binary_text=' COLLATE "C"')
 
 
 __all__ = ["POSTGRES", "SQLITE", "Dialect"]

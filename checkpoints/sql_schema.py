@@ -55,7 +55,7 @@ CREATE TABLE pending_writes (
     meta TEXT,
     PRIMARY KEY (checkpoint, node, idx)
 ){d.without_rowid};
-{cache_table(d)}{jobs_table(d)}""" + (
+{cache_table(d)}{jobs_table(d)}{store_tables(d)}""" + (
         "ALTER TABLE jobs ADD COLUMN claim_seconds REAL;\n" if local_clock else "")
 
 
@@ -97,8 +97,35 @@ CREATE INDEX jobs_ready ON jobs(graph, available_at) WHERE status IN ('queued', 
 """
 
 
+def store_tables(d: Dialect) -> str:
+    """Long-term memory (`BaseStore`): items by namespace (labels joined by \\x1f, so a
+    namespace prefix is one index range) and key, values as JSON, and the embeddings of
+    indexed items' fields."""
+    text = f"TEXT{d.binary_text}"
+    return f"""
+CREATE TABLE store_items (
+    namespace {text} NOT NULL,
+    key {text} NOT NULL,
+    value TEXT NOT NULL,
+    created_at {d.float_type} NOT NULL,
+    updated_at {d.float_type} NOT NULL,
+    ttl {d.float_type},
+    expires_at {d.float_type},
+    PRIMARY KEY (namespace, key)
+){d.without_rowid};
+CREATE INDEX store_items_expiring ON store_items(expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE store_vectors (
+    namespace {text} NOT NULL,
+    key {text} NOT NULL,
+    field TEXT NOT NULL,
+    vector {d.bytes_type} NOT NULL,
+    PRIMARY KEY (namespace, key, field)
+){d.without_rowid};
+"""
+
+
 def _column(definition: str, present: bool) -> str:
     return f",\n    {definition}" if present else ""
 
 
-__all__ = ["cache_table", "jobs_table", "tables"]
+__all__ = ["cache_table", "jobs_table", "store_tables", "tables"]

@@ -47,6 +47,8 @@ from .rows import (
 )
 from .sql_retention import Connection, RetentionSQL
 from .sql_statements import PENDING_COLUMNS, Statements
+from .store_sql import StoreSQL
+from .store_types import StoreWrite
 
 T = TypeVar("T")
 Params = Mapping[str, object] | Sequence[object]
@@ -57,6 +59,8 @@ class SQLCheckpointer(Checkpointer):
     """A checkpointer on a SQL database; subclasses run its statements (see the module)."""
 
     _sql: ClassVar[Statements]
+    _store_sql: ClassVar[StoreSQL]
+    """The store's statements, for memory written with a step."""
     _retention: ClassVar[RetentionSQL]
     _prune_batch: ClassVar[int]
     """Thread families a prune removes per transaction."""
@@ -87,29 +91,63 @@ class SQLCheckpointer(Checkpointer):
 
     # -- writes (each one statement: atomic and fenced) ---------------------------------------
 
-    async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint) -> str:
+    async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint, *,
+                  memory: Sequence[StoreWrite] = ()) -> str:
         cp = checkpoint
         now = time.time()
-        rows = await self._write_once(
-            f"commit step {cp.step} of thread {thread_id!r}", self._sql.put, self._sql.put_landed,
-            {"parent": None if cp.parent_id is None else int(cp.parent_id), "step": cp.step,
-             "kind": cp.kind, "status": cp.status, "next": cp.next, "writes": cp.writes,
-             "snapshot": cp.snapshot, "extra": cp.extra, "error": cp.error, "now": now,
-             "created_at": now if cp.created_at is None else cp.created_at,
-             "key": self._retry_key(), "thread": thread_id, "owner": owner.token})
+        doing = f"commit step {cp.step} of thread {thread_id!r}"
+        params = {
+            "parent": None if cp.parent_id is None else int(cp.parent_id), "step": cp.step,
+            "kind": cp.kind, "status": cp.status, "next": cp.next, "writes": cp.writes,
+            "snapshot": cp.snapshot, "extra": cp.extra, "error": cp.error, "now": now,
+            "created_at": now if cp.created_at is None else cp.created_at,
+            "key": self._retry_key(), "thread": thread_id, "owner": owner.token}
+        if memory:
+            return str(await self._with_memory(doing, thread_id, self._sql.put,
+                                               self._sql.put_landed, params, memory))
+        rows = await self._write_once(doing, self._sql.put, self._sql.put_landed, params)
         if not rows:
             raise busy_error(thread_id, lost=True)
         return str(rows[0][0])
 
-    async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite) -> None:
-        rows = await self._write_once(
-            f"save node {write.node!r}'s update of thread {thread_id!r}",
-            self._sql.put_pending, self._sql.fence,
-            {"checkpoint": int(write.checkpoint_id), "node": write.node, "idx": write.index,
-             "writes": write.writes, "meta": write.meta, "thread": thread_id,
-             "owner": owner.token})
+    async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite, *,
+                          memory: Sequence[StoreWrite] = ()) -> None:
+        doing = f"save node {write.node!r}'s update of thread {thread_id!r}"
+        params = {"checkpoint": int(write.checkpoint_id), "node": write.node,
+                  "idx": write.index, "writes": write.writes, "meta": write.meta,
+                  "thread": thread_id, "owner": owner.token}
+        if memory:
+            await self._with_memory(doing, thread_id, self._sql.put_pending, self._sql.fence,
+                                    params, memory)
+            return
+        rows = await self._write_once(doing, self._sql.put_pending, self._sql.fence, params)
         if not rows:  # fenced out (`landed`, the fence, found another owner)
             raise busy_error(thread_id, lost=True)
+
+    async def _with_memory(self, doing: str, thread_id: str, sql: str, landed: str,
+                           params: dict[str, Any], memory: Sequence[StoreWrite]) -> Any:
+        """The fenced write `sql` and the store writes `memory` in one transaction: both or
+        neither. A write found to have landed already (the transaction ran before a dropped
+        connection hid its commit) brought its memory with it: it is not applied again."""
+        store_sql = self._store_sql
+
+        def work(conn: Connection) -> Any:
+            cursor = conn.execute(sql, params)
+            if self._sql.dialect.returns:
+                rows = cursor.fetchall()
+                written = rows[0][0] if rows else None
+            else:
+                written = cursor.lastrowid if cursor.rowcount == 1 else None
+            if written is None:
+                rows = conn.execute(landed, params).fetchall() \
+                    if self._sql.dialect.retry_keys else []
+                if not rows:
+                    raise busy_error(thread_id, lost=True)
+                return rows[0][0]
+            store_sql.apply(conn, memory, time.time())
+            return written
+
+        return await self._transaction(doing, work)
 
     async def mark(self, thread_id: str, owner: Owner, checkpoint_id: str, *, status: str,
                    error: str | None = None, snapshot: str | None = None,

@@ -44,7 +44,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -73,6 +73,7 @@ from .sqlite_file import (
 )
 from .sqlite_file import SCHEMA_VERSION as SCHEMA_VERSION  # the file format this code writes
 from .sqlite_retention import RETENTION, file_bytes, shrink
+from .store_sql import StoreSQL
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,6 +87,7 @@ class SQLiteCheckpointer(SQLCheckpointer):
     """
 
     _sql = Statements(SQLITE)
+    _store_sql = StoreSQL(SQLITE)
     _graphs_from = GRAPHS_FROM
     _retention = RETENTION
     _prune_batch = 20
@@ -139,6 +141,11 @@ class SQLiteCheckpointer(SQLCheckpointer):
     def __repr__(self) -> str:
         mode = ", read_only=True" if self.read_only else ""
         return f"SQLiteCheckpointer({str(self.path)!r}{mode})"
+
+    def commits_memory_of(self, store: Any) -> bool:
+        from .store_sqlite import SQLiteStore
+
+        return isinstance(store, SQLiteStore) and same_file(store.path, self.path)
 
     @property
     def _where(self) -> str:
@@ -390,6 +397,14 @@ class SQLiteCheckpointer(SQLCheckpointer):
             self._direct.close()
             self._direct, self._immutable = connect_read_only(self.path, self.busy_timeout)
         return self._direct
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (links and relative paths resolved)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
 
 
 def renewed(expires: float | None, period: float) -> bool:

@@ -18,15 +18,18 @@ import aiosqlite
 
 from .errors import CheckpointError
 from .sql_dialect import SQLITE
-from .sql_schema import cache_table, jobs_table
+from .sql_schema import cache_table, jobs_table, store_tables
 from .sql_schema import tables as new_tables
 from .sqlite_errors import storage_error
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 READABLE_FROM = 3
 """Read-only opening reads files from this version on: later versions only added columns that
 the reads do not need (4: threads.lease_seconds, jobs.claim_seconds) or do without (5:
-threads.graph: an older file's threads are bound to no graph)."""
+threads.graph: an older file's threads are bound to no graph; 6: the store's tables, which
+an older file has none of: its store is empty)."""
+STORE_FROM = 6
+"""The version whose file holds the store's tables."""
 GRAPHS_FROM = 5
 """The version whose threads record their graph."""
 APPLICATION_ID = 0x53544D43  # "STMC": marks a file as ours, so a foreign database is refused
@@ -43,6 +46,7 @@ ALTER TABLE checkpoints ADD COLUMN marked_at REAL;
     3: "ALTER TABLE threads ADD COLUMN lease_seconds REAL; "
        "ALTER TABLE jobs ADD COLUMN claim_seconds REAL",
     4: "ALTER TABLE threads ADD COLUMN graph TEXT",
+    5: store_tables(SQLITE),
 }
 
 

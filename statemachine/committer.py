@@ -18,6 +18,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from checkpoints.base import Checkpointer, CheckpointRecord, NewCheckpoint, Owner, PendingWrite
+from checkpoints.store_base import BaseStore
+from checkpoints.store_types import StoreWrite
 
 from .checkpoint_extra import decode_extra
 from .constants import INPUT
@@ -32,8 +34,12 @@ class Committer:
     """Writes one run's checkpoints on its thread, under the run's lease."""
 
     def __init__(self, saver: Checkpointer, thread_id: str, owner: Owner,
-                 schema: StateSchema) -> None:
+                 schema: StateSchema, store: BaseStore | None = None) -> None:
         self.saver = saver
+        self.store = store
+        """Where the tasks' memory writes go: in the transaction of their commit when the
+        checkpointer holds the store (`commits_memory_of`), else right after it."""
+        self.memory_with_commit = store is not None and saver.commits_memory_of(store)
         self.thread_id = thread_id
         self.owner = owner
         self.schema = schema
@@ -54,12 +60,23 @@ class Committer:
         self.head_id, self.head_created, self.replay = head.id, head.created_at, cost
         self.head_extra = head.extra
 
-    async def put(self, checkpoint: NewCheckpoint) -> None:
-        """Commit `checkpoint` (made with `created_at=time.time()`) as the new head."""
+    async def put(self, checkpoint: NewCheckpoint,
+                  memory: Sequence[StoreWrite] = ()) -> None:
+        """Commit `checkpoint` (made with `created_at=time.time()`) as the new head, and the
+        store writes of the tasks it commits."""
         assert checkpoint.created_at is not None
-        self.head_id = await self.saver.put(self.thread_id, self.owner, checkpoint)
+        together = bool(memory) and self.memory_with_commit
+        self.head_id = await self.saver.put(self.thread_id, self.owner, checkpoint,
+                                            memory=memory if together else ())
         self.head_created, self.head_extra = checkpoint.created_at, checkpoint.extra
         self.wrote = True
+        await self._memory_after(memory, together)
+
+    async def _memory_after(self, memory: Sequence[StoreWrite], together: bool) -> None:
+        """Apply store writes the commit did not carry (a store in this process)."""
+        if memory and not together:
+            assert self.store is not None
+            await self.store.aapply(memory)
 
     def snapshot_if_due(self, size: int, appends: bool, state: BaseModel) -> str | None:
         """`state` as a snapshot for the next checkpoint (with `size` bytes of writes that
@@ -96,21 +113,25 @@ class Committer:
         writes = self.schema.encode_writes(inline) if inline else None
         size = len(writes or "") + sum(len(encoded[key]) for key in results.committed)
         appends = self.schema.appends_only
+        memory = [w for t in ran for w in results.memory.pop(t.key, ())]
         await self.put(NewCheckpoint(
             parent_id=self.head_id, step=step + 1, kind="step", status=status,
             next=encode_tasks(tasks), writes=writes,
             snapshot=self.snapshot_if_due(
                 size, all(appends(results.pending[t.key]) for t in ran), state),
-            extra=extra, created_at=time.time()))
+            extra=extra, created_at=time.time()), memory)
 
     async def put_pending(self, task: Task, results: StepResults) -> None:
         """Store a finished task's writes before its step commits."""
         assert self.head_id is not None
         meta = results.meta.get(task.key)
+        memory = results.memory.pop(task.key, [])
+        together = bool(memory) and self.memory_with_commit
         await self.saver.put_pending(self.thread_id, self.owner, PendingWrite(
             self.head_id, task.node, task.index, results.encoded[task.key],
-            json.dumps(meta) if meta else None))
+            json.dumps(meta) if meta else None), memory=memory if together else ())
         results.committed.add(task.key)
+        await self._memory_after(memory, together)
 
     async def keep_finished(self, tasks: Sequence[Task], results: StepResults) -> None:
         """Store the writes of `tasks` that finished and are not stored yet."""

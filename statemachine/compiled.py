@@ -22,23 +22,28 @@ from .commands import NO_RESUME
 from .constants import DEFAULT_MAX_STEPS
 from .executor import Executor
 from .graph_binding import GraphIdentity
+from .memory import check_store
 from .spec import GraphSpec
 from .streaming import StreamChannel, check_modes, shape
 from .types import Snapshot
 
 if TYPE_CHECKING:
     from checkpoints.base import Checkpointer, JobInfo, Removed, ThreadInfo
+    from checkpoints.store_base import BaseStore
 
 
 class CompiledGraph:
     """A graph that passed validation. Run it with `invoke`, `stream`, `resume`."""
 
     def __init__(self, spec: GraphSpec, *, checkpointer: Checkpointer | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, store: BaseStore | None = None) -> None:
         self.spec = spec
         self.checkpointer = checkpointer
+        self.store = check_store(store, checkpointer)
+        """The long-term memory nodes reach as `ctx.store` (`statemachine.memory`)."""
         self.name = name or f"{spec.schema.model.__name__}Graph"
-        self._executor = Executor(spec, checkpointer, name=self.name, named=name is not None)
+        self._executor = Executor(spec, checkpointer, name=self.name, named=name is not None,
+                                  store=self.store)
 
     def __repr__(self) -> str:
         return (f"<CompiledGraph {self.name!r}: {len(self.spec.nodes)} nodes, "

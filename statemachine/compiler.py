@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import mutation
 from .callables import inspect_callable
@@ -85,12 +85,13 @@ def compile_graph(
     max_concurrency: int | None = None,
     on_failure: str = "raise",
     check_mutation: str | None = None,
+    store: Any = None,
 ) -> CompiledGraph:
     """Check `builder` and make it runnable; raises `GraphValidationError` with every problem."""
     spec = build_spec(builder, interrupt_before=interrupt_before, interrupt_after=interrupt_after,
                       retry=retry, max_concurrency=max_concurrency, on_failure=on_failure,
                       check_mutation=check_mutation)
-    return CompiledGraph(spec, checkpointer=checkpointer, name=name)
+    return CompiledGraph(spec, checkpointer=checkpointer, name=name, store=store)
 
 
 def build_spec(

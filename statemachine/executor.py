@@ -46,9 +46,11 @@ class Executor:
     """Runs one compiled graph, with or without a checkpointer."""
 
     def __init__(self, spec: GraphSpec, checkpointer: Checkpointer | None, *,
-                 name: str = "graph", named: bool = True) -> None:
+                 name: str = "graph", named: bool = True, store: Any = None) -> None:
         self.spec = spec
         self.saver = checkpointer
+        self.store = store
+        """The compiled store (`statemachine.memory`), or None."""
         self.name = name
         self.observer = Observer()
         self._memory_cache = MemoryCache()
@@ -205,7 +207,8 @@ class Executor:
         child = self._children.get(node.name)
         if child is None:
             graph = node.subgraph.graph
-            child = Executor(graph.spec, self.saver, name=f"{self.name}/{graph.name}")
+            child = Executor(graph.spec, self.saver, name=f"{self.name}/{graph.name}",
+                             store=self.store if self.store is not None else graph.store)
             child.observer = self.observer
             child._memory_cache = self._memory_cache
             child.remember_states = False

@@ -15,6 +15,7 @@ from .migrations import Migration
 
 if TYPE_CHECKING:
     from checkpoints.base import Checkpointer
+    from checkpoints.store_base import BaseStore
 
     from .compiled import CompiledGraph
     from .policies import CachePolicy, RetryPolicy
@@ -151,6 +152,7 @@ class StateGraph:
         max_concurrency: int | None = None,
         on_failure: Literal["raise", "compensate"] = "raise",
         check_mutation: Literal["sizes", "full", "off"] | None = None,
+        store: BaseStore | None = None,
     ) -> CompiledGraph:
         """Check the whole graph and freeze it; raises `GraphValidationError` with every problem.
 
@@ -160,7 +162,10 @@ class StateGraph:
         `check_mutation` says how each step checks that its nodes did not change the state
         they were given in place: "sizes" (the default, about 1 µs a step), "full" (the
         whole state compared, for tests) or "off"; the STATEMACHINE_CHECK_MUTATION
-        environment variable sets the default (see `statemachine.mutation`).
+        environment variable sets the default (see `statemachine.mutation`). `store` is
+        the long-term memory nodes reach as `ctx.store` (`statemachine.memory`): their writes
+        commit with their step, so it must be a `MemoryStore` or live in the checkpointer's
+        database.
         """
         return compile_graph(
             self,
@@ -172,4 +177,5 @@ class StateGraph:
             max_concurrency=max_concurrency,
             on_failure=on_failure,
             check_mutation=check_mutation,
+            store=store,
         )

@@ -67,7 +67,8 @@ class Run:
         self.thread_id = thread_id
         self.max_steps = max_steps
         self.owner = Owner.new()
-        self.committer = Committer(saver, thread_id, self.owner, self.spec.schema) \
+        self.committer = Committer(saver, thread_id, self.owner, self.spec.schema,
+                                   executor.store) \
             if saver is not None and isinstance(thread_id, str) and thread_id else None
         self.runner = TaskRunner(executor, thread_id, saver, inline_sync=inline_sync,
                                  max_concurrency=max_concurrency)
@@ -285,6 +286,9 @@ class Run:
                     cache_hits=metadata.get("cache_hits", []), joins=joins,
                     interrupt="after" if status == "interrupted" else None).encode()
             await committer.put_step(step, tasks, results, new_state, next_up, status, extra)
+        elif results.memory:  # nothing is stored: the step's memory applies as it merges
+            assert runner.store is not None
+            await runner.store.aapply([w for t in tasks for w in results.memory.get(t.key, ())])
         self.state, self.tasks, self.joins, self.step = new_state, next_up, joins, step + 1
         runner.results = StepResults()
         self.step_origin = None

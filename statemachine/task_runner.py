@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from checkpoints.base import Checkpointer
+from checkpoints.store_types import StoreWrite
 
 from .calls import call_user_function
 from .clock import get_clock
 from .commands import Command, Send
 from .constants import END
 from .errors import InvalidRouteError, InvalidUpdateError, NodeTimeoutError
+from .memory import Buffered, TaskStore
 from .records import Task, cache_key_for, decode_goto, encode_goto
 from .secret_types import mentions_secret
 from .snapshots import ReplayCost
@@ -63,6 +65,8 @@ class StepResults:
     """What the tasks paused in `interrupt` asked."""
     answers: dict[Key, list[Any]] = field(default_factory=dict)
     """Events delivered to the tasks, in order (what `wait_for` returns)."""
+    memory: dict[Key, list[StoreWrite]] = field(default_factory=dict)
+    """Store writes of finished tasks not committed yet (`statemachine.memory`)."""
 
     def metadata(self, tasks: list[Task]) -> dict[str, Any]:
         """What the step's checkpoint records about its tasks (in step order): retries and
@@ -120,6 +124,9 @@ class TaskRunner:
         """Where a streamed run's updates and emitted chunks go (`streaming`)."""
         self._emitters: dict[tuple[str, int], Emitter] = {}
         """The running tasks' emitters, while chunks are streamed."""
+        self.store = executor.store
+        self._buffers: dict[tuple[str, int], list[Buffered]] = {}
+        """The running tasks' store writes, until they finish (`statemachine.memory`)."""
         self.results = StepResults()
         self.observing = False
         """Whether listeners are attached: asked once a step, it is on the hot path."""
@@ -131,6 +138,8 @@ class TaskRunner:
         `finished` is called for each task that finished while others still run."""
         if self._emitters:
             self._emitters.clear()  # those of tasks that failed
+        if self._buffers:
+            self._buffers.clear()
         if len(tasks) == 1:
             try:
                 await self._execute(tasks[0], at, inline=self.inline_sync)
@@ -161,10 +170,13 @@ class TaskRunner:
         return [o if isinstance(o, BaseException) else None for o in outcomes]
 
     def context(self, task: Task, at: StepInput) -> RunContext:
+        store = None
+        if self.store is not None:
+            store = TaskStore(self.store, self._buffers.setdefault(task.key, []))
         return RunContext(self.thread_id, at.step, task.node,
                           task_id(self.thread_id, at.origin, task.node, task.index),
                           index=task.index, context=self.call_context,
-                          emitter=self._emitters.get(task.key))
+                          emitter=self._emitters.get(task.key), store=store)
 
     def _emitter(self, task: Task, at: StepInput) -> Emitter | None:
         """Where the task's emitted chunks go, while they are streamed."""
@@ -207,8 +219,11 @@ class TaskRunner:
         attempt = 0
         captured = False
         started = time.perf_counter()
+        buffer = self._buffers.get(task.key)
         while True:
             attempt += 1
+            if buffer:
+                buffer.clear()  # a failed attempt's writes are not the task's
             try:
                 result = await self._call_node(node, task, arg, context, inline, at)
                 break
@@ -228,6 +243,8 @@ class TaskRunner:
                 await observer.node_error(self.thread_id, step, task.node, exc, attempt)
                 if node.on_error == "capture":
                     captured = True
+                    if buffer:
+                        buffer.clear()
                     result = {node.error_field: [NodeFailure(
                         node=task.node, error_type=type(exc).__name__, message=str(exc),
                         step=step, thread_id=self.thread_id)]}
@@ -305,6 +322,9 @@ class TaskRunner:
     async def _finish(self, task: Task, update: dict[str, Any], goto: list[str | Send],
                       meta: dict[str, Any], step: int, seconds: float) -> None:
         results = self.results
+        buffer = self._buffers.pop(task.key, None)
+        if buffer and self.store is not None:  # embedded now: a failure is the node's
+            results.memory[task.key] = await self.store.prepare(buffer)
         if self.saver is not None:  # unstorable values fail here, as this node's failure
             results.encoded[task.key] = self.spec.schema.encode_update(
                 update, node=task.node, step=step, thread_id=self.thread_id)

@@ -46,6 +46,9 @@ class RunContext:
 
     emitter: Any = field(default=None, repr=False, compare=False)
     """Where `emit` sends chunks (None: nobody streams them)."""
+    store: Any = field(default=None, repr=False, compare=False)
+    """The compiled store as this task sees it (`statemachine.memory.TaskStore`): writes
+    commit with the task, exactly once; None when the graph was compiled without one."""
 
     def emit(self, chunk: Any) -> None:
         """Stream `chunk` to a caller reading stream_mode="custom" (`streaming.emit`); from

@@ -152,7 +152,8 @@ def loop(limit: int, on_step=None) -> StateGraph:
 
 # -- the schema ------------------------------------------------------------------------------
 
-TABLES = {"schema_version", "threads", "checkpoints", "pending_writes", "cache", "jobs"}
+TABLES = {"schema_version", "threads", "checkpoints", "pending_writes", "cache", "jobs",
+          "store_items", "store_vectors"}
 
 
 def test_a_new_schema_gets_the_tables_and_the_current_version(dsn, schema, savers):
@@ -311,6 +312,7 @@ def test_a_version_1_schema_gets_the_graph_column_and_its_threads_are_bound_by_t
         loop(2).compile(checkpointer=saver).invoke({}, thread_id="old")
     with connect(dsn, schema) as conn:  # as release 1 left it
         conn.execute("ALTER TABLE threads DROP COLUMN graph")
+        conn.execute("DROP TABLE store_items, store_vectors")
         conn.execute("UPDATE schema_version SET version = 1")
     reader = savers(dsn, schema, read_only=True)
     assert loop(2).compile(checkpointer=reader).get_state("old").state.n == 2

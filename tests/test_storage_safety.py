@@ -489,6 +489,8 @@ def schema_3_file(path: Path) -> None:
         conn.execute("ALTER TABLE threads DROP COLUMN lease_seconds")
         conn.execute("ALTER TABLE threads DROP COLUMN graph")
         conn.execute("ALTER TABLE jobs DROP COLUMN claim_seconds")
+        conn.execute("DROP TABLE store_items")
+        conn.execute("DROP TABLE store_vectors")
         conn.execute("UPDATE schema_version SET version = 3")
 
 

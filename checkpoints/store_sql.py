@@ -1,0 +1,217 @@
+"""The store's SQL, for SQLite and PostgreSQL alike, run on a DB-API connection in a
+transaction the caller holds: a `SQLiteStore` or `PostgresStore` on its own connection, or a
+checkpointer applying a step's memory writes in the transaction that commits the step.
+
+A filter condition the database can decide exactly is pushed down (a top-level field of a
+JSON type the condition names: text or a number); every row is still checked in Python, so
+a condition it cannot decide (booleans, null, objects) only costs the rows it reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from .sql_dialect import Dialect
+from .store_types import (
+    Condition,
+    Item,
+    Namespace,
+    StoreWrite,
+    decode_namespace,
+    encode_namespace,
+    matches,
+    prefix_range,
+)
+from .store_vectors import VectorTable, to_bytes
+
+_COLUMNS = "namespace, key, value, created_at, updated_at, ttl, expires_at"
+_SQL_OPS = {"$eq": "=", "$ne": "<>", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+
+
+class StoreSQL:
+    """The store's statements in one dialect, and what is done with their rows."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        d = self.dialect = dialect
+        r = d.render
+        self._upsert = r(
+            f"INSERT INTO store_items({_COLUMNS}) VALUES (:ns, :key, :value, :at, :at, :ttl, "
+            ":expires) ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
+            "created_at = CASE WHEN store_items.expires_at IS NOT NULL AND "
+            "store_items.expires_at <= excluded.updated_at THEN excluded.created_at "
+            "ELSE store_items.created_at END, updated_at = excluded.updated_at, "
+            "ttl = excluded.ttl, expires_at = excluded.expires_at")
+        self._delete = r("DELETE FROM store_items WHERE namespace = :ns AND key = :key")
+        self._delete_vectors = r("DELETE FROM store_vectors WHERE namespace = :ns AND "
+                                 "key = :key")
+        self._insert_vector = r("INSERT INTO store_vectors(namespace, key, field, vector) "
+                                "VALUES (:ns, :key, :field, :vector)")
+        self._get = r(f"SELECT {_COLUMNS} FROM store_items WHERE namespace = :ns AND "
+                      "key = :key AND (expires_at IS NULL OR expires_at > :at)")
+        self._touch = r("UPDATE store_items SET expires_at = :at + ttl WHERE namespace = :ns "
+                        "AND key = :key AND ttl IS NOT NULL")
+        self._sweep = r("DELETE FROM store_items WHERE expires_at IS NOT NULL AND "
+                        "expires_at <= :at")
+        self._orphans = r("DELETE FROM store_vectors WHERE NOT EXISTS (SELECT 1 FROM "
+                          "store_items i WHERE i.namespace = store_vectors.namespace AND "
+                          "i.key = store_vectors.key)")
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def apply(self, conn: Any, writes: Sequence[StoreWrite], at: float) -> None:
+        """The writes, in order, on `conn` (in the caller's transaction)."""
+        for write in writes:
+            address = {"ns": encode_namespace(write.namespace), "key": write.key}
+            conn.execute(self._delete_vectors, address)
+            if write.value is None:
+                conn.execute(self._delete, address)
+                continue
+            conn.execute(self._upsert, {
+                **address, "value": write.value, "at": at, "ttl": write.ttl,
+                "expires": None if write.ttl is None else at + write.ttl})
+            for field, vector in (write.vectors or {}).items():
+                conn.execute(self._insert_vector,
+                             {**address, "field": field, "vector": to_bytes(vector)})
+
+    def sweep(self, conn: Any, at: float) -> int:
+        removed = int(conn.execute(self._sweep, {"at": at}).rowcount or 0)
+        if removed:
+            conn.execute(self._orphans, {})
+        return removed
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, conn: Any, namespace: Namespace, key: str, at: float,
+            refresh: bool) -> Item | None:
+        address = {"ns": encode_namespace(namespace), "key": key}
+        row = conn.execute(self._get, {**address, "at": at}).fetchone()
+        if row is None:
+            return None
+        item = _item(row)
+        if refresh and item.expires_at is not None:
+            return self._touched(conn, [item], at)[0]
+        return item
+
+    def search(self, conn: Any, prefix: Namespace, conditions: list[Condition], limit: int,
+               offset: int, at: float, refresh: bool) -> list[Item]:
+        """Live items under `prefix` meeting the conditions, newest first, one page."""
+        where, params, exact = self._where(prefix, conditions, at)
+        sql = f"SELECT {_COLUMNS} FROM store_items WHERE {where} " \
+              "ORDER BY updated_at DESC, namespace, key"
+        if exact:
+            sql += " LIMIT :limit OFFSET :offset"
+            params.update(limit=limit, offset=offset)
+        rows = conn.execute(self.dialect.render(sql), params).fetchall()
+        items = [_item(row) for row in rows]
+        if not exact:
+            items = [i for i in items if matches(i.value, conditions)][offset:offset + limit]
+        return self._touched(conn, items, at) if refresh else items
+
+    def vector_search(self, conn: Any, prefix: Namespace, conditions: list[Condition],
+                      vector: list[float], dims: int, limit: int, offset: int, at: float,
+                      refresh: bool) -> list[Item]:
+        """Live items under `prefix` meeting the conditions, most similar first, scored."""
+        where, params, _ = self._where(prefix, conditions, at)
+        rows = conn.execute(self.dialect.render(
+            f"SELECT {_COLUMNS} FROM store_items WHERE {where}"), params).fetchall()
+        found = {(i.namespace, i.key): i for i in map(_item, rows)
+                 if matches(i.value, conditions)}
+        if not found:
+            return []
+        ranged, range_params = self._prefix(prefix, "v.")
+        vectors = conn.execute(self.dialect.render(
+            f"SELECT v.namespace, v.key, v.vector FROM store_vectors v WHERE {ranged}"),
+            range_params).fetchall()
+        owners = [(decode_namespace(ns), key) for ns, key, _ in vectors]
+        table = VectorTable(owners, [bytes(v) for _, _, v in vectors], dims)
+        best = table.best(vector, keep=found.__contains__)
+        ranked = sorted(found, key=lambda a: (-best.get(a, float("-inf")),
+                                              -found[a].updated_at, a))
+        page = [Item(*_fields(found[a]), score=best.get(a), expires_at=found[a].expires_at)
+                for a in ranked[offset:offset + limit]]
+        return self._touched(conn, page, at) if refresh else page
+
+    def namespaces(self, conn: Any, prefix: Namespace, at: float) -> list[Namespace]:
+        ranged, params = self._prefix(prefix)
+        rows = conn.execute(self.dialect.render(
+            f"SELECT DISTINCT namespace FROM store_items WHERE {ranged} AND "
+            "(expires_at IS NULL OR expires_at > :at)"), {**params, "at": at}).fetchall()
+        return [decode_namespace(row[0]) for row in rows]
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _touched(self, conn: Any, items: list[Item], at: float) -> list[Item]:
+        """The items with their time to live restarted (those that have one)."""
+        out = []
+        for item in items:
+            if item.expires_at is not None:
+                address = {"ns": encode_namespace(item.namespace), "key": item.key, "at": at}
+                conn.execute(self._touch, address)
+                row = conn.execute(self._get, address).fetchone()
+                if row is None:  # deleted meanwhile
+                    continue
+                item = Item(*_fields(item), score=item.score, expires_at=_item(row).expires_at)
+            out.append(item)
+        return out
+
+    def _prefix(self, prefix: Namespace, alias: str = "") -> tuple[str, dict[str, Any]]:
+        bounds = prefix_range(prefix)
+        if bounds is None:
+            return "1 = 1", {}
+        low, high = bounds
+        column = f"{alias}namespace"
+        return (f"({column} = :prefix OR ({column} >= :low AND {column} < :high))",
+                {"prefix": low, "low": low + "\x1f", "high": high})
+
+    def _where(self, prefix: Namespace, conditions: list[Condition], at: float
+               ) -> tuple[str, dict[str, Any], bool]:
+        """The WHERE of a search, its parameters, and whether it decides every condition."""
+        ranged, params = self._prefix(prefix)
+        clauses = [ranged, "(expires_at IS NULL OR expires_at > :at)"]
+        params["at"] = at
+        exact = True
+        for n, (name, op, wanted) in enumerate(conditions):
+            clause = self._condition(name, op, wanted, n, params)
+            if clause is None:
+                exact = False
+            else:
+                clauses.append(clause)
+        return " AND ".join(clauses), params, exact
+
+    def _condition(self, name: str, op: str, wanted: Any, n: int,
+                   params: dict[str, Any]) -> str | None:
+        """SQL deciding one condition exactly, or None (it is then checked in Python)."""
+        if isinstance(wanted, bool) or not isinstance(wanted, str | int | float) or \
+                '"' in name or "\\" in name:
+            return None
+        text = isinstance(wanted, str)
+        params[f"f{n}"] = name
+        params[f"v{n}"] = wanted
+        if self.dialect.arrays:  # PostgreSQL: jsonb
+            field = f"(value::jsonb -> :f{n}::text)"
+            typed = f"jsonb_typeof({field}) = '{'string' if text else 'number'}'"
+            got = f"(value::jsonb ->> :f{n}::text)" + (' COLLATE "C"' if text else "::float8")
+            compare = f"{got} {_SQL_OPS[op] if op != '$ne' else '='} :v{n}"
+        else:  # SQLite: json1
+            params[f"f{n}"] = f'$."{name}"'
+            kinds = "('text')" if text else "('integer', 'real')"
+            typed = f"json_type(value, :f{n}) IN {kinds}"
+            compare = f"json_extract(value, :f{n}) {_SQL_OPS[op] if op != '$ne' else '='} :v{n}"
+        decided = f"({typed} AND {compare})"
+        return f"NOT coalesce({decided}, false)" if op == "$ne" else decided
+
+
+def _item(row: Sequence[Any]) -> Item:
+    namespace, key, value, created, updated, _ttl, expires = row
+    return Item(decode_namespace(namespace), key,
+                value if isinstance(value, dict) else json.loads(value), created, updated,
+                None, expires)
+
+
+def _fields(item: Item) -> tuple[Namespace, str, dict[str, Any], float, float]:
+    return item.namespace, item.key, item.value, item.created_at, item.updated_at
+
+
+__all__ = ["StoreSQL"]

@@ -1,0 +1,202 @@
+"""The long-term store on its own (`checkpoints.MemoryStore`, `SQLiteStore`): namespaces,
+get/put/delete, search with filters (against a model, as a hypothesis property), TTL,
+semantic search with a deterministic toy embedding, and what it refuses."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from checkpoints import MemoryStore, SQLiteStore
+from checkpoints.store_types import StoreError, matches
+
+DIMS = 256
+
+
+def toy_embed(texts: list[str]) -> list[list[float]]:
+    """Bag of words hashed into DIMS buckets: texts sharing words are similar."""
+    out = []
+    for text in texts:
+        vector = [0.0] * DIMS
+        for word in text.lower().replace("?", " ").replace(".", " ").split():
+            vector[int(hashlib.md5(word.encode()).hexdigest(), 16) % DIMS] += 1.0
+        out.append(vector)
+    return out
+
+
+async def atoy_embed(texts: list[str]) -> list[list[float]]:
+    await asyncio.sleep(0)
+    return toy_embed(texts)
+
+
+INDEX = {"embed": toy_embed, "dims": DIMS, "fields": ["text"]}
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make(request, tmp_path):
+    opened: list[Any] = []
+
+    def make_store(**options: Any) -> Any:
+        store = MemoryStore(**options) if request.param == "memory" else \
+            SQLiteStore(tmp_path / f"store{len(opened)}.db", **options)
+        opened.append(store)
+        return store
+
+    yield make_store
+    for store in opened:
+        if hasattr(store, "close"):
+            store.close()
+
+
+NS = ("users", "u1", "memories")
+
+
+def test_put_get_delete_and_namespaces(make):
+    store = make()
+    assert store.get(NS, "diet") is None
+    store.put(NS, "diet", {"text": "vegetarian", "kind": "pref"})
+    item = store.get(NS, "diet")
+    assert (item.namespace, item.key, item.value) == (NS, "diet", {"text": "vegetarian",
+                                                                   "kind": "pref"})
+    first = item.created_at
+    time.sleep(0.01)
+    store.put(NS, "diet", {"text": "vegan", "kind": "pref"})
+    again = store.get(NS, "diet")
+    assert again.value["text"] == "vegan" and again.created_at == first
+    assert again.updated_at > first
+    store.put(("users", "u2"), "city", {"text": "Paris"})
+    store.put(("teams", "t1"), "name", {"text": "core"})
+    assert store.list_namespaces() == [("teams", "t1"), ("users", "u1", "memories"),
+                                       ("users", "u2")]
+    assert store.list_namespaces(prefix=("users",), max_depth=2) == [("users", "u1"),
+                                                                      ("users", "u2")]
+    assert store.list_namespaces(suffix=("memories",)) == [NS]
+    store.delete(NS, "diet")
+    assert store.get(NS, "diet") is None
+    assert asyncio.run(store.aget(("users", "u2"), "city")).value == {"text": "Paris"}
+
+
+def test_prefixes_are_whole_labels(make):
+    store = make()
+    store.put(("user",), "a", {"n": 1})
+    store.put(("users",), "b", {"n": 2})
+    store.put(("user", "x"), "c", {"n": 3})
+    assert sorted(i.key for i in store.search(("user",))) == ["a", "c"]
+    assert [i.key for i in store.search(("users",))] == ["b"]
+
+
+def test_search_filters_and_pages_newest_first(make):
+    store = make()
+    for n in range(6):
+        store.put(("notes",), f"k{n}", {"n": n, "kind": "even" if n % 2 == 0 else "odd",
+                                        "flag": n == 3})
+        time.sleep(0.002)
+    assert [i.key for i in store.search(("notes",), limit=3)] == ["k5", "k4", "k3"]
+    assert [i.key for i in store.search(("notes",), limit=2, offset=2)] == ["k3", "k2"]
+    assert [i.key for i in store.search(("notes",), filter={"kind": "even"})] == [
+        "k4", "k2", "k0"]
+    assert [i.key for i in store.search(filter={"n": {"$gte": 2, "$lt": 4}})] == ["k3", "k2"]
+    assert [i.key for i in store.search(filter={"flag": True})] == ["k3"]
+    assert [i.key for i in store.search(filter={"kind": {"$ne": "odd"}}, limit=1)] == ["k4"]
+
+
+values = st.fixed_dictionaries({}, optional={
+    "n": st.one_of(st.integers(-3, 3), st.floats(-3, 3, allow_nan=False), st.booleans(),
+                   st.none(), st.text("ab", max_size=2)),
+    "s": st.one_of(st.text("abc", max_size=3), st.integers(0, 2))})
+conditions = st.dictionaries(
+    st.sampled_from(["n", "s", "missing"]),
+    st.one_of(st.integers(-3, 3), st.text("abc", max_size=2), st.booleans(),
+              st.dictionaries(st.sampled_from(["$eq", "$ne", "$gt", "$gte", "$lt", "$lte"]),
+                              st.one_of(st.integers(-3, 3), st.floats(-3, 3),
+                                        st.text("ab", max_size=2)),
+                              min_size=1, max_size=2)),
+    max_size=2)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=st.lists(values, max_size=8), filter=conditions)
+def test_a_filter_selects_what_the_python_model_selects(make, items, filter):
+    """SQLite pushes conditions down to SQL; the answer must be the model's."""
+    store = make()
+    for n, value in enumerate(items):
+        store.put(("p",), f"k{n}", value)
+    from checkpoints.store_types import check_filter
+
+    expected = {f"k{n}" for n, v in enumerate(items) if matches(v, check_filter(filter))}
+    assert {i.key for i in store.search(("p",), filter=filter, limit=100)} == expected
+
+
+def test_ttl_expires_items_refreshes_on_read_and_is_swept(make):
+    store = make(ttl=0.2)
+    store.put(NS, "short", {"text": "soon gone"})
+    store.put(NS, "kept", {"text": "stays"}, ttl=None)
+    store.put(NS, "read", {"text": "read often"}, ttl=0.3)
+    time.sleep(0.15)
+    assert store.get(NS, "read", refresh_ttl=True) is not None  # lives 0.3 s from now
+    time.sleep(0.2)
+    assert store.get(NS, "short") is None
+    assert [i.key for i in store.search(NS)] == ["read", "kept"]
+    assert store.list_namespaces() == [NS]
+    assert store.sweep() == 1
+    time.sleep(0.35)
+    assert store.get(NS, "read") is None and store.get(NS, "kept") is not None
+
+
+@pytest.mark.parametrize("embed", [toy_embed, atoy_embed])
+def test_semantic_search_ranks_by_the_embedded_fields(make, embed):
+    store = make(index={**INDEX, "embed": embed})
+    store.put(NS, "diet", {"text": "vegetarian food only please", "kind": "pref"})
+    store.put(NS, "city", {"text": "lives in Paris", "kind": "fact"})
+    store.put(NS, "pet", {"text": "has a cat named Tom", "kind": "fact"})
+    store.put(NS, "raw", {"text": "not indexed food"}, index=False)
+    hits = store.search(("users",), query="what food do they eat?")
+    assert hits[0].key == "diet" and hits[0].score > 0
+    assert hits[-1].key == "raw" and hits[-1].score is None  # no vector: last
+    facts = store.search(("users",), query="Paris", filter={"kind": "fact"})
+    assert [i.key for i in facts] == ["city", "pet"]
+    assert math.isclose(facts[0].score, 1 / math.sqrt(3), rel_tol=1e-5)  # 1 word of 3 shared
+    got = asyncio.run(store.asearch(NS, query="cat", limit=1))
+    assert [i.key for i in got] == ["pet"]
+
+
+def test_refusals_name_the_namespace_and_key(make):
+    store = make()
+    with pytest.raises(StoreError, match=r"'k' in namespace \('a',\) cannot be stored as "
+                                          r"JSON: it holds a object"):
+        store.put(("a",), "k", {"x": object()})
+    with pytest.raises(StoreError, match="must be a dict"):
+        store.put(("a",), "k", ["not", "a", "dict"])
+    with pytest.raises(StoreError, match="non-empty text"):
+        store.put(("a", ""), "k", {})
+    with pytest.raises(StoreError, match="tuple of text labels"):
+        store.put("users", "k", {})
+    with pytest.raises(StoreError, match="at least one label"):
+        store.put((), "k", {})
+    with pytest.raises(StoreError, match="unknown operator '\\$in'"):
+        store.search(filter={"n": {"$in": [1]}})
+    with pytest.raises(StoreError, match="needs a store made with an index"):
+        store.search(query="anything")
+    with pytest.raises(StoreError, match="ttl must be positive"):
+        store.put(("a",), "k", {}, ttl=-1)
+    assert store.search(("a",)) == []  # nothing half-written
+
+
+def test_a_sqlite_store_shares_the_file_with_a_checkpointer_and_reads_it_read_only(tmp_path):
+    from checkpoints import SQLiteCheckpointer
+
+    db = tmp_path / "runs.db"
+    with SQLiteCheckpointer(db), SQLiteStore(db) as store:
+        store.put(NS, "diet", {"text": "vegetarian"})
+    with SQLiteStore(db, read_only=True) as reader:
+        assert reader.get(NS, "diet").value == {"text": "vegetarian"}
+        with pytest.raises(StoreError, match="read-only"):
+            reader.put(NS, "x", {})
