@@ -28,6 +28,7 @@ from .store_types import Item, StoreError
 
 if TYPE_CHECKING:
     from .postgres import PostgresCheckpointer
+    from .store_postgres import PostgresStore
 
 
 def __getattr__(name: str) -> Any:
@@ -35,6 +36,10 @@ def __getattr__(name: str) -> Any:
         from .postgres import PostgresCheckpointer
 
         return PostgresCheckpointer
+    if name == "PostgresStore":
+        from .store_postgres import PostgresStore
+
+        return PostgresStore
     raise AttributeError(f"module 'checkpoints' has no attribute {name!r}")
 
 
@@ -63,6 +68,7 @@ __all__ = [
     "NewCheckpoint",
     "PendingWrite",
     "PostgresCheckpointer",
+    "PostgresStore",
     "Removed",
     "SQLiteCheckpointer",
     "SQLiteStore",

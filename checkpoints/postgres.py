@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .base import DEFAULT_LEASE_SECONDS, ClaimedJob, Owner, Removed, busy_error
 from .errors import CheckpointError, StorageUnavailableError
@@ -156,6 +156,11 @@ class PostgresCheckpointer(SQLCheckpointer):
     def where(self) -> str:
         """The DSN without its password, for messages."""
         return redact_dsn(self.dsn)
+
+    def commits_memory_of(self, store: Any) -> bool:
+        from .store_postgres import PostgresStore
+
+        return isinstance(store, PostgresStore) and store.holds(self)
 
     @property
     def _where(self) -> str:
@@ -413,4 +418,20 @@ def _migrate(saver: PostgresCheckpointer, conn: psycopg.Connection) -> None:
             conn.execute("UPDATE schema_version SET version = %s", (version + 1,))
 
 
-__all__ = ["PostgresCheckpointer"]
+
+def same_database(a: str, b: str) -> bool:
+    """Whether two DSNs name one database (host, port, database; user and password aside)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    def place(dsn: str) -> tuple[Any, ...]:
+        info = conninfo_to_dict(dsn)
+        return (info.get("host") or "localhost", str(info.get("port") or "5432"),
+                info.get("dbname") or info.get("user"))
+
+    try:
+        return place(a) == place(b)
+    except Exception:
+        return a == b
+
+
+__all__ = ["PostgresCheckpointer", "same_database"]

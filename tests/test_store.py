@@ -39,13 +39,22 @@ async def atoy_embed(texts: list[str]) -> list[list[float]]:
 INDEX = {"embed": toy_embed, "dims": DIMS, "fields": ["text"]}
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def make(request, tmp_path):
     opened: list[Any] = []
+    dsn = request.getfixturevalue("postgres_dsn") if request.param == "postgres" else None
 
     def make_store(**options: Any) -> Any:
-        store = MemoryStore(**options) if request.param == "memory" else \
-            SQLiteStore(tmp_path / f"store{len(opened)}.db", **options)
+        if request.param == "memory":
+            store: Any = MemoryStore(**options)
+        elif request.param == "sqlite":
+            store = SQLiteStore(tmp_path / f"store{len(opened)}.db", **options)
+        else:
+            from conftest import postgres_schema
+
+            from checkpoints import PostgresStore
+
+            store = PostgresStore(dsn, schema=postgres_schema(), **options)
         opened.append(store)
         return store
 
@@ -200,3 +209,49 @@ def test_a_sqlite_store_shares_the_file_with_a_checkpointer_and_reads_it_read_on
         assert reader.get(NS, "diet").value == {"text": "vegetarian"}
         with pytest.raises(StoreError, match="read-only"):
             reader.put(NS, "x", {})
+
+
+WRITER = """
+import sys
+from checkpoints import SQLiteStore
+kind, where, schema, me = sys.argv[1:5]
+if kind == "sqlite":
+    store = SQLiteStore(where)
+else:
+    from checkpoints import PostgresStore
+    store = PostgresStore(where, schema=schema)
+for n in range(40):
+    store.put(("shared",), "key", {"writer": me, "n": n, "payload": me * 2000})
+store.close()
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_writers_in_several_processes_on_one_key_leave_one_whole_value(kind, tmp_path,
+                                                                        request):
+    import subprocess
+    import sys
+
+    if kind == "sqlite":
+        where, schema = str(tmp_path / "shared.db"), ""
+        SQLiteStore(where).close()
+    else:
+        from conftest import postgres_schema
+
+        from checkpoints import PostgresStore
+
+        where, schema = request.getfixturevalue("postgres_dsn"), postgres_schema()
+        PostgresStore(where, schema=schema).close()
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, kind, where, schema, me])
+               for me in "abcd"]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0, 0]
+    if kind == "sqlite":
+        store: Any = SQLiteStore(where, read_only=True)
+    else:
+        from checkpoints import PostgresStore
+
+        store = PostgresStore(where, schema=schema, read_only=True)
+    with store:
+        item = store.get(("shared",), "key")
+    assert item.value["n"] == 39  # the last write of whichever writer committed last
+    assert item.value["payload"] == item.value["writer"] * 2000  # whole, never torn

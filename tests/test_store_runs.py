@@ -33,16 +33,26 @@ class S(BaseModel):
     log: Annotated[list[str], operator.add] = []
 
 
-@pytest.fixture(params=["none", "memory", "sqlite"])
+@pytest.fixture(params=["none", "memory", "sqlite", "postgres"])
 def pair(request, tmp_path):
     """(checkpointer, store) as users pair them."""
     if request.param == "none":
         yield None, MemoryStore()
     elif request.param == "memory":
         yield MemoryCheckpointer(), MemoryStore()
-    else:
+    elif request.param == "sqlite":
         db = tmp_path / "runs.db"
         with SQLiteCheckpointer(db) as saver, SQLiteStore(db) as store:
+            yield saver, store
+    else:
+        from conftest import postgres_schema
+
+        from checkpoints import PostgresCheckpointer, PostgresStore
+
+        dsn, schema = request.getfixturevalue("postgres_dsn"), postgres_schema()
+        with PostgresCheckpointer(dsn, schema=schema) as saver, \
+                PostgresStore(dsn, schema=schema) as store:
+            assert saver.commits_memory_of(store)
             yield saver, store
 
 
