@@ -61,6 +61,33 @@ def check_store(store: object, checkpointer: Checkpointer | None) -> BaseStore |
     return store
 
 
+def store_beside(saver: Checkpointer, like: BaseStore | None = None) -> BaseStore | None:
+    """A store in `saver`'s database, configured as `like` (its index, ttl): what a graph
+    gets when it is put on another checkpointer (the command line's --db). A `MemoryStore`
+    stays itself; None for a checkpointer in memory, or when `saver` is read-only and no
+    store was asked for."""
+    if isinstance(like, MemoryStore):
+        return like
+    read_only = bool(getattr(saver, "read_only", False))
+    if like is None and read_only:
+        return None
+    options: dict[str, Any] = {"read_only": read_only}
+    if like is not None:
+        options.update(index=like.index, ttl=like.default_ttl,
+                       refresh_on_read=like.refresh_on_read)
+    from checkpoints.sqlite import SQLiteCheckpointer
+
+    if isinstance(saver, SQLiteCheckpointer):
+        from checkpoints.store_sqlite import SQLiteStore
+
+        return SQLiteStore(saver.path, busy_timeout=saver.busy_timeout, **options)
+    if type(saver).__name__ == "PostgresCheckpointer":
+        from checkpoints.store_postgres import PostgresStore
+
+        return PostgresStore(saver.dsn, schema=saver.schema, **options)  # type: ignore[attr-defined]
+    return None
+
+
 class TaskStore:
     """`ctx.store`: reads see the store and this task's own writes; writes wait for the
     task to finish and commit with it (see the module). Sync calls block; async nodes
@@ -231,4 +258,4 @@ def _scores(vectors: list[list[float]], owners: list[tuple[Namespace, str]]
     return best
 
 
-__all__ = ["Buffered", "TaskStore", "check_store"]
+__all__ = ["Buffered", "TaskStore", "check_store", "store_beside"]

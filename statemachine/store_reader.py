@@ -28,6 +28,7 @@ from ._sync import run_sync
 from .checkpoint_extra import extra_of
 from .compiled import CompiledGraph
 from .graph_binding import GraphIdentity, decode_identity
+from .memory import store_beside
 from .records import decode_tasks, finished_tasks, ran_nodes, stored_writes
 from .types import Snapshot
 from .waiting import INTERRUPT_EVENT
@@ -114,11 +115,13 @@ def bind_graph(graph: StateGraph | CompiledGraph, saver: Checkpointer | None) ->
     """`graph` on the store `saver`: a StateGraph compiled with it, a CompiledGraph rebuilt on
     it with the same spec and name (its compile options kept). Without a store, a StateGraph
     is compiled and a CompiledGraph stays as it is. `GraphValidationError` if it is invalid."""
-    if isinstance(graph, CompiledGraph):
-        return graph if saver is None else \
-            CompiledGraph(graph.spec, checkpointer=saver,
-                          name=graph.name if graph.identity.named else None)
-    return graph.compile(checkpointer=saver)
+    if saver is None:
+        return graph if isinstance(graph, CompiledGraph) else graph.compile()
+    if isinstance(graph, CompiledGraph):  # its store moves to the database too
+        store = store_beside(saver, graph.store) if graph.store is not None else None
+        return CompiledGraph(graph.spec, checkpointer=saver, store=store,
+                             name=graph.name if graph.identity.named else None)
+    return graph.compile(checkpointer=saver, store=store_beside(saver))
 
 
 # -- threads and checkpoints as rows ------------------------------------------------------------

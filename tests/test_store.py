@@ -255,3 +255,40 @@ def test_writers_in_several_processes_on_one_key_leave_one_whole_value(kind, tmp
         item = store.get(("shared",), "key")
     assert item.value["n"] == 39  # the last write of whichever writer committed last
     assert item.value["payload"] == item.value["writer"] * 2000  # whole, never torn
+
+
+def test_the_command_line_lists_reads_searches_and_removes_items(tmp_path):
+    import json as jsonlib
+
+    from tests.test_cli import NOT_FOUND, OK, USAGE, cli
+
+    db = tmp_path / "runs.db"
+    missing = cli("store", "ls", "--db", str(db))
+    assert missing.returncode == NOT_FOUND and not db.exists()  # reading creates nothing
+    with SQLiteStore(db) as store:
+        store.put(NS, "diet", {"text": "vegetarian", "kind": "pref"})
+        store.put(("users", "u2"), "evil", {"text": "\x1b[2J[bold]boom[/bold]"})
+        store.put(("a/b", "c"), "slash", {"n": 1})
+    listed = cli("store", "ls", "--db", str(db), "--prefix", "users", "--max-depth", "2")
+    assert listed.returncode == OK and listed.stdout.split() == ["users/u1", "users/u2"]
+    assert jsonlib.loads(cli("store", "ls", "--db", str(db), "--json").stdout) == [
+        ["a/b", "c"], ["users", "u1", "memories"], ["users", "u2"]]
+    got = cli("store", "get", "--db", str(db), "--namespace", "users/u1/memories", "--key",
+              "diet", "--json")
+    assert jsonlib.loads(got.stdout)["value"] == {"text": "vegetarian", "kind": "pref"}
+    slash = cli("store", "get", "--db", str(db), "--namespace", '["a/b", "c"]', "--key",
+                "slash", "--json")
+    assert jsonlib.loads(slash.stdout)["value"] == {"n": 1}
+    found = cli("store", "search", "--db", str(db), "--prefix", "users", "--filter",
+                '{"kind": "pref"}', "--json")
+    assert [i["key"] for i in jsonlib.loads(found.stdout)] == ["diet"]
+    shown = cli("store", "search", "--db", str(db))
+    assert shown.returncode == OK and "\x1b" not in shown.stdout and "[bold]" in shown.stdout
+    bad = cli("store", "search", "--db", str(db), "--filter", '{"n": {"$in": [1]}}')
+    assert bad.returncode == USAGE and "unknown operator" in bad.stderr
+    removed = cli("store", "rm", "--db", str(db), "--namespace", "users/u1/memories",
+                  "--key", "diet")
+    assert removed.returncode == OK
+    again = cli("store", "rm", "--db", str(db), "--namespace", "users/u1/memories", "--key",
+                "diet")
+    assert again.returncode == NOT_FOUND and "no item 'diet'" in again.stderr

@@ -18,6 +18,7 @@
     statemachine prune --db runs.db --keep-last N [--thread t1] [--finished-before DATE]
                        [--dry-run]                     drop old checkpoints or finished threads
     statemachine delete --db runs.db --thread t1 [--dry-run]   delete a thread whole
+    statemachine store ls|get|search|rm --db runs.db ...   long-term memory items
 
 --db takes a SQLite file or a PostgreSQL URL (postgresql://user@host/database; --schema names
 the schema holding the tables, default statemachine).

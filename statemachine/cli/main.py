@@ -13,6 +13,7 @@ import click
 
 from .errors import EPILOG, EXIT_OK
 from .graphs import draw, validate
+from .memory import store
 from .queue import jobs, submit, worker
 from .reading import history, show, threads
 from .recovery import fork, rebind, rollback, update
@@ -51,7 +52,7 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
                                               "max_content_width": 100},
              commands=[validate, draw, run, resume, threads, history, show, update, fork,
-                       rollback, rebind, submit, worker, jobs, prune, delete, ui])
+                       rollback, rebind, submit, worker, jobs, prune, delete, store, ui])
 @click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
               callback=_print_version, help="Show the version and exit.")
 def cli() -> None:
