@@ -707,3 +707,18 @@ def test_chat_agent_streams_uses_tools_asks_for_approval_and_remembers(tmp_path,
     assert len({m.id for m in final.messages}) == 10
     assert b"u-17" not in b"".join(p.read_bytes() for p in tmp_path.iterdir()
                                    if p.name.startswith("chat.db"))  # context is not stored
+
+
+# -- memory_assistant ------------------------------------------------------------------------------
+
+def test_memory_assistant_remembers_a_user_across_threads(tmp_path, capsys):
+    db = tmp_path / "memory.db"
+    out = load("memory_assistant").main(db)
+    assert "[friday] assistant: How about a vegetarian curry?" in out
+    assert "[friday] assistant: I'll check the weather in oslo." in out
+    assert out[-1] == "memories: diet=eats vegetarian food; city=lives in oslo"
+    from checkpoints import SQLiteStore
+
+    with SQLiteStore(db, read_only=True) as store:  # written once each, with their step
+        assert [i.key for i in store.search(("users", "ada"))] == ["city", "diet"]
+        assert store.get(("users", "ada", "memories"), "diet").value["from_thread"] == "monday"
