@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from .postgres import PostgresCheckpointer, same_database
 from .sql_dialect import POSTGRES
 from .store_base import BaseStore
-from .store_sql import StoreSQL
+from .store_sql import StoreSQL, VectorCache
 from .store_types import Condition, Item, Namespace, StoreError, StoreWrite
 
 T = TypeVar("T")
@@ -31,6 +31,7 @@ class PostgresStore(BaseStore):
                                         reconnect_seconds=reconnect_seconds,
                                         connect_timeout=connect_timeout)
         self.dsn, self.schema, self.read_only = dsn, schema, read_only
+        self._vectors = VectorCache()
         self._has_tables = self._db._version >= 3
 
     def __repr__(self) -> str:
@@ -72,7 +73,8 @@ class PostgresStore(BaseStore):
         assert self.index is not None
         dims = self.index.dims
         return self._read(refresh, lambda conn: SQL.vector_search(
-            conn, prefix, conditions, vector, dims, limit, offset, now, refresh), [])
+            conn, prefix, conditions, vector, dims, limit, offset, now, refresh,
+            self._vectors), [])
 
     def _namespaces(self, prefix: Namespace, now: float) -> list[Namespace]:
         return self._read(False, lambda conn: SQL.namespaces(conn, prefix, now), [])

@@ -10,6 +10,7 @@ a condition it cannot decide (booleans, null, objects) only costs the rows it re
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -111,27 +112,61 @@ class StoreSQL:
 
     def vector_search(self, conn: Any, prefix: Namespace, conditions: list[Condition],
                       vector: list[float], dims: int, limit: int, offset: int, at: float,
-                      refresh: bool) -> list[Item]:
-        """Live items under `prefix` meeting the conditions, most similar first, scored."""
-        where, params, _ = self._where(prefix, conditions, at)
-        rows = conn.execute(self.dialect.render(
-            f"SELECT {_COLUMNS} FROM store_items WHERE {where}"), params).fetchall()
-        found = {(i.namespace, i.key): i for i in map(_item, rows)
-                 if matches(i.value, conditions)}
-        if not found:
-            return []
-        ranged, range_params = self._prefix(prefix, "v.")
-        vectors = conn.execute(self.dialect.render(
-            f"SELECT v.namespace, v.key, v.vector FROM store_vectors v WHERE {ranged}"),
-            range_params).fetchall()
-        owners = [(decode_namespace(ns), key) for ns, key, _ in vectors]
-        table = VectorTable(owners, [bytes(v) for _, _, v in vectors], dims)
-        best = table.best(vector, keep=found.__contains__)
-        ranked = sorted(found, key=lambda a: (-best.get(a, float("-inf")),
-                                              -found[a].updated_at, a))
-        page = [Item(*_fields(found[a]), score=best.get(a), expires_at=found[a].expires_at)
-                for a in ranked[offset:offset + limit]]
+                      refresh: bool, cache: VectorCache) -> list[Item]:
+        """Live items under `prefix` meeting the conditions, most similar first, scored
+        (items without a vector after them, newest first).
+
+        The vectors under the prefix are ranked first, from `cache` while the items there
+        are unchanged (their count and update times say so); the best are then read one by
+        one, for their value, their expiry and the filter, until the page is full."""
+        table = self._vectors(conn, prefix, dims, cache)
+        allowed = None
+        if conditions:  # the items meeting the filter, read once (their values checked)
+            where, params, _ = self._where(prefix, conditions, at)
+            rows = conn.execute(self.dialect.render(
+                f"SELECT {_COLUMNS} FROM store_items WHERE {where}"), params).fetchall()
+            allowed = {(i.namespace, i.key) for i in map(_item, rows)
+                       if matches(i.value, conditions)}
+        best = table.best(vector, keep=None if allowed is None else allowed.__contains__)
+        ranked = sorted(best, key=lambda a: -best[a])
+        page: list[Item] = []
+        wanted = offset + limit
+        for address in ranked:
+            if len(page) >= wanted:
+                break
+            row = conn.execute(self._get, {"ns": encode_namespace(address[0]),
+                                           "key": address[1], "at": at}).fetchone()
+            if row is None:
+                continue
+            item = _item(row)
+            if matches(item.value, conditions):
+                page.append(Item(*_fields(item), score=best[address],
+                                 expires_at=item.expires_at))
+        if len(page) < wanted:  # then the items without a vector (not indexed)
+            for item in self.search(conn, prefix, conditions, wanted + len(best), 0, at,
+                                    False):
+                if (item.namespace, item.key) not in best and len(page) < wanted:
+                    page.append(item)
+        page = page[offset:offset + limit]
         return self._touched(conn, page, at) if refresh else page
+
+    def _vectors(self, conn: Any, prefix: Namespace, dims: int,
+                 cache: VectorCache) -> VectorTable:
+        ranged, params = self._prefix(prefix)
+        seen = tuple(conn.execute(self.dialect.render(
+            f"SELECT count(*), sum(updated_at) FROM store_items WHERE {ranged}"),
+            params).fetchone())
+        kept = cache.get(prefix)
+        if kept is not None and kept[0] == seen:
+            return kept[1]
+        ranged, params = self._prefix(prefix, "v.")
+        rows = conn.execute(self.dialect.render(
+            f"SELECT v.namespace, v.key, v.vector FROM store_vectors v WHERE {ranged}"),
+            params).fetchall()
+        table = VectorTable([(decode_namespace(ns), key) for ns, key, _ in rows],
+                            [bytes(v) for _, _, v in rows], dims)
+        cache.put(prefix, seen, table)
+        return table
 
     def namespaces(self, conn: Any, prefix: Namespace, at: float) -> list[Namespace]:
         ranged, params = self._prefix(prefix)
@@ -203,6 +238,27 @@ class StoreSQL:
         return f"NOT coalesce({decided}, false)" if op == "$ne" else decided
 
 
+class VectorCache:
+    """The vectors last read under a few prefixes, with what the items there looked like
+    then (count, sum of update times): a put or delete under the prefix changes that."""
+
+    def __init__(self, size: int = 8) -> None:
+        self._kept: dict[Namespace, tuple[tuple[Any, ...], VectorTable]] = {}
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, prefix: Namespace) -> tuple[tuple[Any, ...], VectorTable] | None:
+        with self._lock:
+            return self._kept.get(prefix)
+
+    def put(self, prefix: Namespace, seen: tuple[Any, ...], table: VectorTable) -> None:
+        with self._lock:
+            self._kept.pop(prefix, None)
+            self._kept[prefix] = (seen, table)
+            while len(self._kept) > self._size:
+                del self._kept[next(iter(self._kept))]
+
+
 def _item(row: Sequence[Any]) -> Item:
     namespace, key, value, created, updated, _ttl, expires = row
     return Item(decode_namespace(namespace), key,
@@ -214,4 +270,4 @@ def _fields(item: Item) -> tuple[Namespace, str, dict[str, Any], float, float]:
     return item.namespace, item.key, item.value, item.created_at, item.updated_at
 
 
-__all__ = ["StoreSQL"]
+__all__ = ["StoreSQL", "VectorCache"]

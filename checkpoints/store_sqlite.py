@@ -16,7 +16,7 @@ from .sql_dialect import SQLITE
 from .sqlite_errors import bad_value_error, storage_error
 from .sqlite_file import STORE_FROM, connect_direct, open_read_only, prepare_file
 from .store_base import BaseStore
-from .store_sql import StoreSQL
+from .store_sql import StoreSQL, VectorCache
 from .store_types import Condition, Item, Namespace, StoreError, StoreWrite
 
 T = TypeVar("T")
@@ -36,6 +36,7 @@ class SQLiteStore(BaseStore):
         self.busy_timeout = busy_timeout
         self.read_only = read_only
         self._lock = threading.Lock()
+        self._vectors = VectorCache()
         if read_only:
             self._conn, _, version = open_read_only(self.path, busy_timeout)
             self._has_tables = version >= STORE_FROM
@@ -83,7 +84,8 @@ class SQLiteStore(BaseStore):
         assert self.index is not None
         dims = self.index.dims
         return self._read("search the store", refresh, lambda conn: SQL.vector_search(
-            conn, prefix, conditions, vector, dims, limit, offset, now, refresh), [])
+            conn, prefix, conditions, vector, dims, limit, offset, now, refresh,
+            self._vectors), [])
 
     def _namespaces(self, prefix: Namespace, now: float) -> list[Namespace]:
         return self._read("list the store's namespaces", False,

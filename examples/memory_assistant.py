@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from checkpoints import SQLiteCheckpointer, SQLiteStore
 from statemachine import END, START, RunContext, StateGraph
@@ -53,7 +53,7 @@ class User(BaseModel):
 
 
 class Chat(MessagesState):
-    recalled: list[str] = []
+    recalled: list[str] = Field(default_factory=list)
 
 
 def memories(ctx: RunContext) -> tuple[str, ...]:

@@ -83,7 +83,7 @@ def test_only_refuses_an_unknown_workload():
 
 def test_benchmark_modules_do_not_import_langgraph():
     code = ("import sys, benchmarks.__main__, benchmarks.workloads, benchmarks.compare, "
-            "benchmarks.crash, benchmarks.appending; "
+            "benchmarks.crash, benchmarks.appending, benchmarks.store; "
             "assert not any(m.startswith('langgraph') for m in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
@@ -96,3 +96,21 @@ def test_compare_without_langgraph_says_how_to_install_it():
     result = _run("--quick", "--compare", "langgraph")
     assert result.returncode == 2
     assert "pip install" in result.stderr and "langgraph" in result.stderr
+
+
+def test_the_store_benchmark_runs_in_quick_mode(tmp_path):
+    """benchmarks/store.py end to end at tiny sizes (LangGraph is not needed for it)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "store.json"
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "benchmarks.store", "--quick", "--json",
+                           str(out)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["sizes"]["items"] == 200 and result["put_get_ours"] > 0
+    assert {t["target"].split(" ")[0] for t in result["targets"]} == {"a", "filtered",
+                                                                       "semantic"}
