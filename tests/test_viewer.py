@@ -516,3 +516,36 @@ def test_each_thread_is_shown_with_the_graph_that_ran_it_or_says_which_that_was(
         assert json.loads(page.inner_text("#state"))["n"] == 3  # rebuilt exactly
     finally:
         both.stop()
+
+
+def test_the_memory_page_browses_the_store_read_only_and_shows_values_inert(tmp_path, page):
+    from checkpoints import SQLiteStore
+
+    db = tmp_path / "runs.db"
+    prepare_db(db)
+    with SQLiteStore(db) as store:
+        store.put(("users", "u1", "memories"), "diet", {"text": "vegetarian"})
+        store.put(("users", "u2"), "evil", {"text": "<img src=x onerror=alert(1)>"})
+    before = sha256(db)
+    s = Server(db)
+    try:
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(s.url + "/#/memory")
+        page.locator("#memory-namespaces a.namespace", has_text="users").click()
+        page.locator("#memory-namespaces a.namespace", has_text="users / u2").wait_for()
+        keys = page.locator("#memory-items tbody tr")
+        assert sorted(keys.nth(i).get_attribute("data-key") for i in range(keys.count())) == [
+            "diet", "evil"]
+        value = page.locator("#memory-items tr[data-key=evil] pre.value").inner_text()
+        assert "<img src=x onerror=alert(1)>" in value  # shown as text, never markup
+        assert page.locator("#memory-items img").count() == 0 and dialogs == []
+        page.locator("#memory-namespaces a.namespace", has_text="users / u1").click()
+        page.locator("#memory-path", has_text="u1").wait_for()
+        page.locator("#memory-items tr[data-key=diet]").wait_for()
+        assert page.locator("#memory-items tbody tr").count() == 1
+        bad = s.get("/api/memory", params={"namespace": "users"})
+        assert bad.status_code == 400 and "JSON list" in bad.json()["error"]
+    finally:
+        s.stop()
+    assert sha256(db) == before  # the page changed nothing

@@ -10,6 +10,9 @@
     GET  /api/threads/{id}/checkpoints/{cp}          the state there, and its diff
     GET  /api/threads/{id}/diagram.svg               the graph with the run path (needs graph;
                                                      sanitised SVG)
+    GET  /api/memory[?namespace=["users","u1"]][&limit=N&offset=K]
+                                                     the store: the namespaces one level
+                                                     under it, and a page of its items (read-only)
     POST /api/threads/{id}/resume | /rollback        only with allow_actions (and a graph)
     POST /api/threads/{id}/update  {"values": {...}, "as_node"?, "checkpoint"?}   (the same)
     POST /api/threads/{id}/fork    {"checkpoint": "7", "to"?: "new-thread"}         (the same)
@@ -125,11 +128,37 @@ class Viewer:
         self.apps = [(bind_graph(g, self.store.saver), name) for g, name in given]
         self._actions_apps: dict[int, CompiledGraph] = {}
         self._writer: Store | None = None  # the store actions write to
+        self._memory: Any = None  # the long-term store, read-only, opened on first use
 
     def close(self) -> None:
         self.store.close()
         if self._writer is not None:
             self._writer.close()
+        if self._memory is not None:
+            self._memory.close()
+
+    def memory(self, namespace: tuple[str, ...], *, limit: int, offset: int) -> dict[str, Any]:
+        """The store's namespaces one level under `namespace`, and a page of the items in
+        and under it, newest first (read-only: no time to live is refreshed)."""
+        if self._memory is None:
+            if isinstance(self.db, str):
+                from checkpoints.store_postgres import PostgresStore
+
+                self._memory = PostgresStore(self.db, schema=self.schema, read_only=True)
+            else:
+                from checkpoints.store_sqlite import SQLiteStore
+
+                self._memory = SQLiteStore(self.db, read_only=True)
+        store = self._memory
+        children = store.list_namespaces(prefix=namespace or None,
+                                         max_depth=len(namespace) + 1, limit=MAX_PAGE)
+        items = store.search(namespace, limit=limit + 1, offset=offset, refresh_ttl=False)
+        return {"namespace": list(namespace),
+                "namespaces": [list(ns) for ns in children if len(ns) > len(namespace)],
+                "items": [{"namespace": list(i.namespace), "key": i.key, "value": i.value,
+                           "created_at": i.created_at, "updated_at": i.updated_at,
+                           "expires_at": i.expires_at} for i in items[:limit]],
+                "more": len(items) > limit}
 
     def graph_for(self, thread_id: str) -> tuple[int | None, str | None]:
         """Which of the given graphs runs the thread (its index), or why none may: the thread
@@ -484,8 +513,27 @@ def create_app(db: str | Path, *, graph: Any = None, graph_name: str | None = No
         return JSONResponse({"error": exc.detail, "status": exc.status_code},
                             status_code=exc.status_code)
 
+    async def memory(request: Request) -> Response:
+        raw = request.query_params.get("namespace") or "[]"
+        try:
+            namespace = json.loads(raw)
+        except ValueError:
+            raise HTTPException(400, "namespace must be a JSON list of labels") from None
+        if not isinstance(namespace, list) or len(namespace) > 32 or not all(
+                isinstance(x, str) and 0 < len(x) <= 512 for x in namespace):
+            raise HTTPException(400, "namespace must be a JSON list of labels")
+        query = request.query_params
+        limit, offset = _limit(query), _number(query, "offset", int)
+        try:
+            body = await run_in_threadpool(viewer.memory, tuple(namespace), limit=limit,
+                                           offset=offset)
+        except StateMachineError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        return JSONResponse(body)
+
     routes = [
         Route("/", index),
+        Route("/api/memory", memory),
         Route("/api/info", info),
         Route("/api/threads", threads),
         Route("/api/threads/{thread_id}", thread),

@@ -76,6 +76,22 @@ function route() {
   const match = location.hash.match(/^#\/thread\/(.+)$/);
   clearTimeout(state.timer);
   showError(null);
+  const memory = location.hash.match(/^#\/memory(?:\/(.*))?$/);
+  if (memory) {
+    let namespace = [];
+    try {
+      namespace = memory[1] ? JSON.parse(decodeURIComponent(memory[1])) : [];
+      if (!Array.isArray(namespace) || !namespace.every((x) => typeof x === "string")) {
+        namespace = [];
+      }
+    } catch {
+      namespace = [];
+    }
+    state.threadId = null;
+    showView("memory");
+    loadMemory(namespace, 0);
+    return;
+  }
   let id = null;
   try {
     id = match ? decodeURIComponent(match[1]) : null;
@@ -108,6 +124,47 @@ function showView(name) {
   state.view = name;
   $("list-view").hidden = name !== "list";
   $("thread-view").hidden = name !== "thread";
+  $("memory-view").hidden = name !== "memory";
+}
+
+// -- the long-term store (read-only) -----------------------------------------------------------
+
+function memoryHref(namespace) {
+  return namespace.length ? `#/memory/${encodeURIComponent(JSON.stringify(namespace))}`
+                          : "#/memory";
+}
+
+async function loadMemory(namespace, offset) {
+  const query = new URLSearchParams({ namespace: JSON.stringify(namespace), limit: PAGE,
+                                      offset });
+  let data;
+  try {
+    data = await api(`/api/memory?${query}`);
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  const path = $("memory-path");
+  path.replaceChildren(el("a", { href: "#/memory" }, "(all)"));
+  namespace.forEach((label, i) => {
+    path.append(" / ", el("a", { href: memoryHref(namespace.slice(0, i + 1)) }, label));
+  });
+  const list = $("memory-namespaces");
+  list.replaceChildren(...data.namespaces.map((ns) =>
+    el("li", {}, el("a", { href: memoryHref(ns), class: "namespace" }, ns.join(" / ")))));
+  $("no-namespaces").hidden = data.namespaces.length > 0;
+  const body = $("memory-items").tBodies[0];
+  if (offset === 0) body.replaceChildren();
+  for (const item of data.items) {
+    body.append(el("tr", { "data-key": item.key },
+      el("td", {}, item.namespace.join(" / ")), el("td", {}, item.key),
+      el("td", {}, new Date(item.updated_at * 1000).toLocaleString()),
+      el("td", {}, el("pre", { class: "value" }, JSON.stringify(item.value, null, 2)))));
+  }
+  $("no-items").hidden = body.rows.length > 0;
+  const more = $("more-items");
+  more.hidden = !data.more;
+  more.onclick = () => loadMemory(namespace, offset + data.items.length);
 }
 
 function schedule(fn) {
