@@ -99,11 +99,13 @@ CREATE INDEX jobs_ready ON jobs(graph, available_at) WHERE status IN ('queued', 
 
 def store_tables(d: Dialect) -> str:
     """Long-term memory (`BaseStore`): items by namespace (labels joined by \\x1f, so a
-    namespace prefix is one index range) and key, values as JSON, and the embeddings of
-    indexed items' fields."""
+    namespace prefix is one index range) and key, values as JSON, each write numbered (`seq`:
+    a cached view of a prefix sees any change by its count and highest number), and the
+    embeddings of indexed items' fields."""
     text = f"TEXT{d.binary_text}"
+    sequence = "" if d.server_clock is None else "CREATE SEQUENCE store_seq;\n"
     return f"""
-CREATE TABLE store_items (
+{sequence}CREATE TABLE store_items (
     namespace {text} NOT NULL,
     key {text} NOT NULL,
     value TEXT NOT NULL,
@@ -111,9 +113,11 @@ CREATE TABLE store_items (
     updated_at {d.float_type} NOT NULL,
     ttl {d.float_type},
     expires_at {d.float_type},
+    seq {d.id_type} NOT NULL,
     PRIMARY KEY (namespace, key)
 ){d.without_rowid};
 CREATE INDEX store_items_expiring ON store_items(expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX store_items_seq ON store_items(seq);
 CREATE TABLE store_vectors (
     namespace {text} NOT NULL,
     key {text} NOT NULL,

@@ -47,6 +47,7 @@ from .rows import (
 )
 from .sql_retention import Connection, RetentionSQL
 from .sql_statements import PENDING_COLUMNS, Statements
+from .store_base import SWEEP_SECONDS
 from .store_sql import StoreSQL
 from .store_types import StoreWrite
 
@@ -74,6 +75,7 @@ class SQLCheckpointer(Checkpointer):
         self.read_only = read_only
         self._in_caller_thread = False
         self._closed = threading.Event()  # an object, so in_caller_thread() views share it
+        self._store_swept_at = 0.0
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -144,7 +146,11 @@ class SQLCheckpointer(Checkpointer):
                 if not rows:
                     raise busy_error(thread_id, lost=True)
                 return rows[0][0]
-            store_sql.apply(conn, memory, time.time())
+            now = time.time()
+            store_sql.apply(conn, memory, now)
+            if now - self._store_swept_at >= SWEEP_SECONDS:  # expired items go, now and then
+                self._store_swept_at = now
+                store_sql.sweep(conn, now)
             return written
 
         return await self._transaction(doing, work)

@@ -45,6 +45,9 @@ class _NotGiven:
 
 
 NOT_GIVEN: Final[Any] = _NotGiven()
+
+SWEEP_SECONDS = 60.0
+"""How often (at most) writes also delete expired items."""
 """An argument left out (`ttl=None` means "never expires", so it cannot mean that)."""
 
 
@@ -56,10 +59,12 @@ class BaseStore(ABC):
         """`index`: embed put values for `search(query=...)` (see `store_vectors`). `ttl`:
         seconds an item lives when its put gives none (None: for ever). `refresh_on_read`:
         a read (get, search) restarts the time to live of what it returns, unless it says
-        otherwise with `refresh_ttl=`."""
+        otherwise with `refresh_ttl=`. Expired items are never returned; writes sweep them
+        away at most every `SWEEP_SECONDS` (and `sweep()` does it now)."""
         self.index = IndexConfig.of(index)
         self.default_ttl = check_ttl(ttl, what="the store's ttl")
         self.refresh_on_read = bool(refresh_on_read)
+        self._swept_at = 0.0
 
     # -- what a put becomes ------------------------------------------------------------------------
 
@@ -157,9 +162,14 @@ class BaseStore(ABC):
         return self._sweep(time.time())
 
     def apply(self, writes: Sequence[StoreWrite]) -> None:
-        """Apply prepared writes together (what a committed step does with its memories)."""
+        """Apply prepared writes together (what a committed step does with its memories),
+        and sweep expired items away when the last sweep is `SWEEP_SECONDS` old."""
         if writes:
-            self._apply(list(writes), time.time())
+            now = time.time()
+            self._apply(list(writes), now)
+            if now - self._swept_at >= SWEEP_SECONDS:
+                self._swept_at = now
+                self._sweep(now)
 
     # -- the async twins --------------------------------------------------------------------------
 
@@ -273,4 +283,4 @@ def _fields(namespace: Namespace, key: str, index: object) -> list[str]:
     return list(index)
 
 
-__all__ = ["NOT_GIVEN", "BaseStore", "select_namespaces"]
+__all__ = ["NOT_GIVEN", "SWEEP_SECONDS", "BaseStore", "select_namespaces"]

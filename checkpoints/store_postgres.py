@@ -87,8 +87,8 @@ class PostgresStore(BaseStore):
     def _read(self, refresh: bool, work: Callable[[Any], T], empty: T) -> T:
         if not self._has_tables:
             return empty
-        if refresh and self.read_only:
-            raise StoreError(f"{self!r} is read-only: a read cannot refresh a time to live.")
+        if refresh and self.read_only:  # refreshes nothing: a read-only store changes nothing
+            return self._transaction(lambda conn: work(_NoRefresh(conn)))
         return self._transaction(work)
 
     def _transaction(self, work: Callable[[Any], T]) -> T:
@@ -97,6 +97,19 @@ class PostgresStore(BaseStore):
                 return work(conn)
 
         return self._db._direct(run)
+
+
+class _NoRefresh:
+    """A read-only connection as a refreshing read sees it: the refresh changes nothing."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: Any, params: Any = ()) -> Any:
+        text = sql.decode() if isinstance(sql, bytes) else str(sql)
+        if text.lstrip().upper().startswith("UPDATE"):
+            return self._conn.execute("SELECT 0 WHERE false")
+        return self._conn.execute(sql, params)
 
 
 __all__ = ["PostgresStore"]

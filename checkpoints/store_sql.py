@@ -3,8 +3,9 @@ transaction the caller holds: a `SQLiteStore` or `PostgresStore` on its own conn
 checkpointer applying a step's memory writes in the transaction that commits the step.
 
 A filter condition the database can decide exactly is pushed down (a top-level field of a
-JSON type the condition names: text or a number); every row is still checked in Python, so
-a condition it cannot decide (booleans, null, objects) only costs the rows it reads.
+JSON type the condition names: text or a number); when one it cannot decide (booleans,
+null, objects, integers beyond 64 bits) is there too, the rows read are checked in Python
+and the page is taken there.
 """
 
 from __future__ import annotations
@@ -37,13 +38,17 @@ class StoreSQL:
     def __init__(self, dialect: Dialect) -> None:
         d = self.dialect = dialect
         r = d.render
+        # each write takes the next number: a sequence on PostgreSQL, the highest plus one on
+        # SQLite (one writer at a time there)
+        seq = "(SELECT coalesce(max(seq), 0) + 1 FROM store_items)" if d.server_clock is None \
+            else "nextval('store_seq')"
         self._upsert = r(
-            f"INSERT INTO store_items({_COLUMNS}) VALUES (:ns, :key, :value, :at, :at, :ttl, "
-            ":expires) ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
-            "created_at = CASE WHEN store_items.expires_at IS NOT NULL AND "
-            "store_items.expires_at <= excluded.updated_at THEN excluded.created_at "
+            f"INSERT INTO store_items({_COLUMNS}, seq) VALUES (:ns, :key, :value, :at, :at, "
+            f":ttl, :expires, {seq}) ON CONFLICT (namespace, key) DO UPDATE SET "
+            "value = excluded.value, created_at = CASE WHEN store_items.expires_at IS NOT NULL "
+            "AND store_items.expires_at <= excluded.updated_at THEN excluded.created_at "
             "ELSE store_items.created_at END, updated_at = excluded.updated_at, "
-            "ttl = excluded.ttl, expires_at = excluded.expires_at")
+            "ttl = excluded.ttl, expires_at = excluded.expires_at, seq = excluded.seq")
         self._delete = r("DELETE FROM store_items WHERE namespace = :ns AND key = :key")
         self._delete_vectors = r("DELETE FROM store_vectors WHERE namespace = :ns AND "
                                  "key = :key")
@@ -117,8 +122,8 @@ class StoreSQL:
         (items without a vector after them, newest first).
 
         The vectors under the prefix are ranked first, from `cache` while the items there
-        are unchanged (their count and update times say so); the best are then read one by
-        one, for their value, their expiry and the filter, until the page is full."""
+        are unchanged (their count and highest write number say so); the best are then read
+        one by one, for their value, their expiry and the filter, until the page is full."""
         table = self._vectors(conn, prefix, dims, cache)
         allowed = None
         if conditions:  # the items meeting the filter, read once (their values checked)
@@ -154,7 +159,7 @@ class StoreSQL:
                  cache: VectorCache) -> VectorTable:
         ranged, params = self._prefix(prefix)
         seen = tuple(conn.execute(self.dialect.render(
-            f"SELECT count(*), sum(updated_at) FROM store_items WHERE {ranged}"),
+            f"SELECT count(*), max(seq) FROM store_items WHERE {ranged}"),
             params).fetchone())
         kept = cache.get(prefix)
         if kept is not None and kept[0] == seen:
@@ -219,7 +224,8 @@ class StoreSQL:
                    params: dict[str, Any]) -> str | None:
         """SQL deciding one condition exactly, or None (it is then checked in Python)."""
         if isinstance(wanted, bool) or not isinstance(wanted, str | int | float) or \
-                '"' in name or "\\" in name:
+                '"' in name or "\\" in name or "\x00" in name or \
+                (isinstance(wanted, int) and not -2**63 <= wanted < 2**63):
             return None
         text = isinstance(wanted, str)
         params[f"f{n}"] = name
@@ -227,8 +233,9 @@ class StoreSQL:
         if self.dialect.arrays:  # PostgreSQL: jsonb
             field = f"(value::jsonb -> :f{n}::text)"
             typed = f"jsonb_typeof({field}) = '{'string' if text else 'number'}'"
-            got = f"(value::jsonb ->> :f{n}::text)" + (' COLLATE "C"' if text else "::float8")
-            compare = f"{got} {_SQL_OPS[op] if op != '$ne' else '='} :v{n}"
+            got = f"(value::jsonb ->> :f{n}::text)" + (' COLLATE "C"' if text else "::numeric")
+            compare = f"{got} {_SQL_OPS[op] if op != '$ne' else '='} :v{n}" + \
+                ("" if text else "::numeric")
         else:  # SQLite: json1
             params[f"f{n}"] = f'$."{name}"'
             kinds = "('text')" if text else "('integer', 'real')"
@@ -240,7 +247,8 @@ class StoreSQL:
 
 class VectorCache:
     """The vectors last read under a few prefixes, with what the items there looked like
-    then (count, sum of update times): a put or delete under the prefix changes that."""
+    then (their count and highest write number): a put or delete under the prefix changes
+    that."""
 
     def __init__(self, size: int = 8) -> None:
         self._kept: dict[Namespace, tuple[tuple[Any, ...], VectorTable]] = {}

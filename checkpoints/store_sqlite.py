@@ -98,17 +98,16 @@ class SQLiteStore(BaseStore):
 
     # -- transactions --------------------------------------------------------------------------
 
-    def _read(self, doing: str, refresh: bool, work: Callable[[sqlite3.Connection], T],
-              empty: T) -> T:
+    def _read(self, doing: str, refresh: bool, work: Callable[[Any], T], empty: T) -> T:
         """`work` in one transaction: a write one when it refreshes times to live."""
         if not self._has_tables:  # an older file, opened read-only: nothing stored yet
             return empty
         if refresh and not self.read_only:
             return self._write(doing, work)
         with self._failures(doing), self._lock:
-            return work(self._conn)
+            return work(_NoRefresh(self._conn) if refresh else self._conn)
 
-    def _write(self, doing: str, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _write(self, doing: str, work: Callable[[Any], T]) -> T:
         with self._failures(doing), self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
@@ -129,6 +128,19 @@ class SQLiteStore(BaseStore):
             raise storage_error(self.path, exc, doing, busy_timeout=self.busy_timeout) from exc
         except UnicodeEncodeError as exc:
             raise bad_value_error(self.path, exc, doing) from None
+
+
+class _NoRefresh:
+    """A read-only connection as a refreshing read sees it: the refresh changes nothing (a
+    read-only store refreshes no time to live)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        if sql.lstrip().upper().startswith("UPDATE"):
+            return self._conn.execute("SELECT 0 WHERE 0")
+        return self._conn.execute(sql, params)
 
 
 __all__ = ["SQLiteStore"]

@@ -78,7 +78,19 @@ def check_namespace(namespace: object, *, what: str = "namespace") -> Namespace:
         if SEPARATOR in label:
             raise StoreError(f"{what} {labels!r}: a label may not contain the control "
                              "character \\x1f.")
+        _storable_text(label, f"{what} {labels!r}")
     return labels
+
+
+def _storable_text(text: str, where: str) -> None:
+    """Text every store keeps as it is: UTF-8 (no lone surrogates) and no NUL character,
+    which PostgreSQL cannot hold in text."""
+    if "\x00" in text:
+        raise StoreError(f"{where}: holds a NUL character (\\x00), which cannot be stored.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreError(f"{where}: holds a lone surrogate, which is not UTF-8 text.") from None
 
 
 def check_item_namespace(namespace: object) -> Namespace:
@@ -92,6 +104,7 @@ def check_key(namespace: Namespace, key: object) -> str:
     if not isinstance(key, str) or not key:
         raise StoreError(f"the key in namespace {namespace!r} must be non-empty text, got "
                          f"{key!r}.")
+    _storable_text(key, f"the key {key!r} in namespace {namespace!r}")
     return key
 
 
@@ -102,10 +115,15 @@ def encode_value(namespace: Namespace, key: str, value: object) -> str:
                          f"got {type(value).__name__}.")
     try:
         plain = to_jsonable_python(value)
-        return json.dumps(plain, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(plain, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (PydanticSerializationError, TypeError, ValueError) as exc:
         raise StoreError(f"the value of {key!r} in namespace {namespace!r} cannot be stored as "
                          f"JSON: {_reason(exc)}") from None
+    if "\\u0000" in text:  # JSON has it; PostgreSQL's jsonb (and text) do not
+        raise StoreError(f"the value of {key!r} in namespace {namespace!r} holds a NUL "
+                         "character (\\u0000), which cannot be stored.")
+    _storable_text(text, f"the value of {key!r} in namespace {namespace!r}")
+    return text
 
 
 def _reason(exc: Exception) -> str:

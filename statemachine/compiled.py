@@ -22,7 +22,7 @@ from .commands import NO_RESUME
 from .constants import DEFAULT_MAX_STEPS
 from .executor import Executor
 from .graph_binding import GraphIdentity
-from .memory import check_store
+from .memory import check_store, check_subgraph_stores
 from .spec import GraphSpec
 from .streaming import StreamChannel, check_modes, shape
 from .types import Snapshot
@@ -40,6 +40,7 @@ class CompiledGraph:
         self.spec = spec
         self.checkpointer = checkpointer
         self.store = check_store(store, checkpointer)
+        check_subgraph_stores(spec, checkpointer, self.store)
         """The long-term memory nodes reach as `ctx.store` (`statemachine.memory`)."""
         self.name = name or f"{spec.schema.model.__name__}Graph"
         self._executor = Executor(spec, checkpointer, name=self.name, named=name is not None,

@@ -50,6 +50,10 @@ def check_store(store: object, checkpointer: Checkpointer | None) -> BaseStore |
         raise GraphValidationError([Problem(
             "invalid_option", f"store must be a checkpoints store (MemoryStore, SQLiteStore, "
             f"PostgresStore), got {type(store).__name__}.")])
+    if getattr(store, "read_only", False):
+        raise GraphValidationError([Problem(
+            "invalid_option", f"store {store!r} is read-only: nodes could not write to it. "
+            "Compile with a store opened for writing.")])
     durable = checkpointer is not None and type(checkpointer).__name__ != "MemoryCheckpointer"
     if durable and not isinstance(store, MemoryStore) and \
             not checkpointer.commits_memory_of(store):  # type: ignore[union-attr]
@@ -86,6 +90,19 @@ def store_beside(saver: Checkpointer, like: BaseStore | None = None) -> BaseStor
 
         return PostgresStore(saver.dsn, schema=saver.schema, **options)  # type: ignore[attr-defined]
     return None
+
+
+def check_subgraph_stores(spec: Any, checkpointer: Checkpointer | None,
+                          store: BaseStore | None) -> None:
+    """A subgraph's own store runs with this graph's checkpointer (when this graph has no
+    store of its own): it must pass the same check."""
+    for node in spec.nodes.values():
+        if node.subgraph is None:
+            continue
+        child = node.subgraph.graph
+        if store is None and child.store is not None:
+            check_store(child.store, checkpointer)
+        check_subgraph_stores(child.spec, checkpointer, store or child.store)
 
 
 class TaskStore:
@@ -170,8 +187,13 @@ class TaskStore:
         """The store's namespaces and those this task put items in (a namespace this task
         emptied with deletes is still listed until it commits)."""
         stored = self.store.list_namespaces(prefix=prefix, max_depth=None, limit=10**9)
+        return self._namespaces(stored, prefix, suffix, max_depth, limit, offset)
+
+    def _namespaces(self, stored: list[Namespace], prefix: Sequence[str] | None,
+                    suffix: Sequence[str] | None, max_depth: int | None, limit: int,
+                    offset: int) -> list[Namespace]:
         start = check_namespace(prefix or (), what="prefix")
-        mine = [w.namespace for w, _ in self._buffer
+        mine = [w.namespace for w in self._latest().values()
                 if w.value is not None and under(w.namespace, start)]
         return select_namespaces([*stored, *mine], check_namespace(suffix or (), what="suffix"),
                                  max_depth, *check_page(limit, offset))
@@ -180,8 +202,8 @@ class TaskStore:
                                suffix: Sequence[str] | None = None,
                                max_depth: int | None = None, limit: int = 100,
                                offset: int = 0) -> list[Namespace]:
-        return self.list_namespaces(prefix=prefix, suffix=suffix, max_depth=max_depth,
-                                    limit=limit, offset=offset)
+        stored = await self.store.alist_namespaces(prefix=prefix, max_depth=None, limit=10**9)
+        return self._namespaces(stored, prefix, suffix, max_depth, limit, offset)
 
     # -- the overlay ---------------------------------------------------------------------------
 

@@ -172,11 +172,16 @@ class TaskRunner:
     def context(self, task: Task, at: StepInput) -> RunContext:
         store = None
         if self.store is not None:
-            store = TaskStore(self.store, self._buffers.setdefault(task.key, []))
+            store = TaskStore(self.store, self._new_buffer(task))
         return RunContext(self.thread_id, at.step, task.node,
                           task_id(self.thread_id, at.origin, task.node, task.index),
                           index=task.index, context=self.call_context,
                           emitter=self._emitters.get(task.key), store=store)
+
+    def _new_buffer(self, task: Task) -> list[Buffered]:
+        buffer: list[Buffered] = []
+        self._buffers[task.key] = buffer
+        return buffer
 
     def _emitter(self, task: Task, at: StepInput) -> Emitter | None:
         """Where the task's emitted chunks go, while they are streamed."""
@@ -215,17 +220,19 @@ class TaskRunner:
                                    {"cache_hit": True}, step, 0.0)
                 return
         policy = node.retry or self.spec.retry
-        context = self.context(task, at) if node.call.wants_context else None
+        wants_context = node.call.wants_context
         attempt = 0
         captured = False
         started = time.perf_counter()
-        buffer = self._buffers.get(task.key)
+        memory: list[StoreWrite] = []
         while True:
             attempt += 1
-            if buffer:
-                buffer.clear()  # a failed attempt's writes are not the task's
+            # each attempt has a context (and store buffer) of its own: an attempt abandoned
+            # at its timeout, still running, writes where nothing reads any more
+            context = self.context(task, at) if wants_context else None
             try:
                 result = await self._call_node(node, task, arg, context, inline, at)
+                memory = await self._memory_of(task)  # embedded: a failure is this attempt's
                 break
             except WaitingForEvent as waiting:
                 self.results.waiting[task.key] = waiting.event
@@ -243,8 +250,7 @@ class TaskRunner:
                 await observer.node_error(self.thread_id, step, task.node, exc, attempt)
                 if node.on_error == "capture":
                     captured = True
-                    if buffer:
-                        buffer.clear()
+                    self._buffers.pop(task.key, None)
                     result = {node.error_field: [NodeFailure(
                         node=task.node, error_type=type(exc).__name__, message=str(exc),
                         step=step, thread_id=self.thread_id)]}
@@ -257,7 +263,9 @@ class TaskRunner:
                 raise
         seconds = time.perf_counter() - started
         update, goto = self._split_result(node, result, step)
-        if cache_key is not None and not captured:  # a failure is not a result to reuse
+        if cache_key is not None and not captured and not memory:
+            # a failure is not a result to reuse, nor one that wrote memories (a hit would
+            # skip them: a step that failed to commit them would never write them)
             value = json.dumps({"update": json.loads(self.spec.schema.encode_update(
                 update, node=task.node, step=step, thread_id=self.thread_id)),
                 "goto": encode_goto(goto)})
@@ -266,7 +274,14 @@ class TaskRunner:
                 self._cache_space(node), cache_key, value, node.cache.ttl,
                 now=get_clock().time())
         await self._finish(task, update, goto, {"attempts": attempt} if attempt > 1 else {},
-                           step, seconds)
+                           step, seconds, memory)
+
+    async def _memory_of(self, task: Task) -> list[StoreWrite]:
+        """The task's store writes, embedded and ready to commit with it."""
+        buffer = self._buffers.pop(task.key, None)
+        if not buffer or self.store is None:
+            return []
+        return await self.store.prepare(buffer)
 
     async def _call_node(self, node: NodeSpec, task: Task, arg: Any, context: RunContext | None,
                          inline: bool, at: StepInput) -> Any:
@@ -320,11 +335,11 @@ class TaskRunner:
         return update, goto
 
     async def _finish(self, task: Task, update: dict[str, Any], goto: list[str | Send],
-                      meta: dict[str, Any], step: int, seconds: float) -> None:
+                      meta: dict[str, Any], step: int, seconds: float,
+                      memory: list[StoreWrite] | None = None) -> None:
         results = self.results
-        buffer = self._buffers.pop(task.key, None)
-        if buffer and self.store is not None:  # embedded now: a failure is the node's
-            results.memory[task.key] = await self.store.prepare(buffer)
+        if memory:
+            results.memory[task.key] = memory
         if self.saver is not None:  # unstorable values fail here, as this node's failure
             results.encoded[task.key] = self.spec.schema.encode_update(
                 update, node=task.node, step=step, thread_id=self.thread_id)

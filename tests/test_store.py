@@ -292,3 +292,41 @@ def test_the_command_line_lists_reads_searches_and_removes_items(tmp_path):
     again = cli("store", "rm", "--db", str(db), "--namespace", "users/u1/memories", "--key",
                 "diet")
     assert again.returncode == NOT_FOUND and "no item 'diet'" in again.stderr
+
+
+def test_text_no_store_can_keep_is_refused_at_put(make):
+    store = make()
+    for bad in ({"t": "nul \x00 here"}, {"t": "\ud800"}):
+        with pytest.raises(StoreError, match=r"'k' in namespace \('a',\)"):
+            store.put(("a",), "k", bad)
+    with pytest.raises(StoreError, match="NUL"):
+        store.put(("a",), "k\x00", {})
+    with pytest.raises(StoreError, match="surrogate"):
+        store.put(("a\ud800",), "k", {})
+    store.put(("a",), "big", {"n": 2**64})
+    assert [i.key for i in store.search(("a",), filter={"n": 2**64})] == ["big"]
+    assert store.search(("a",), filter={"n": 2**64 + 1}) == []
+
+
+def test_a_cached_semantic_view_sees_a_change_made_in_the_same_microsecond(make, monkeypatch):
+    import checkpoints.store_base as base
+
+    store = make(index=INDEX)
+    monkeypatch.setattr(base.time, "time", lambda: 1_700_000_000.0)
+    store.put(NS, "c", {"text": "sport"})
+    assert store.search(NS, query="food", limit=1)[0].score == 0
+    store.put(NS, "c", {"text": "food"})
+    assert store.search(NS, query="food", limit=1)[0].score == pytest.approx(1.0)
+
+
+def test_writes_sweep_expired_items_away(make, monkeypatch):
+    import checkpoints.store_base as base
+
+    store = make()
+    now = [1_700_000_000.0]
+    monkeypatch.setattr(base.time, "time", lambda: now[0])
+    store.put(NS, "old", {"text": "gone soon"}, ttl=5)
+    now[0] += base.SWEEP_SECONDS + 10
+    store.put(NS, "new", {"text": "here"})  # sweeps on the way
+    now[0] -= base.SWEEP_SECONDS + 10  # even seen from before it expired, it is gone
+    assert store.get(NS, "old") is None and store.sweep() == 0

@@ -186,3 +186,77 @@ def test_killed_mid_step_and_resumed_every_memory_is_written_exactly_once(tmp_pa
     # a ran once, b once, each branch once: every increment exactly once
     assert counts == {"total": 2, "left": 1, "right": 1}
     assert sorted(i.key.split("-")[0] for i in seen) == ["a", "b", "left", "right"]
+
+
+def test_an_attempt_abandoned_at_its_timeout_writes_nothing_that_commits(pair):
+    import time as clock
+
+    saver, store = pair
+    attempts = []
+
+    def slow_then_quick(state: S, ctx: RunContext) -> dict:
+        attempts.append(1)
+        me = len(attempts)
+        clock.sleep(0.5 if me == 1 else 0.05)  # the first outlives its timeout, then writes
+        ctx.store.put(("a",), f"from-attempt-{me}", {"n": me})
+        return {"log": [f"attempt {me}"]}
+
+    g = StateGraph(S)
+    g.add_node("work", slow_then_quick, timeout=0.3,
+               retry=RetryPolicy(max_attempts=2, initial_interval=0))
+    g.add_edge(START, "work")
+    g.add_edge("work", END)
+    g.compile(checkpointer=saver, store=store).invoke({}, thread_id="t")
+    clock.sleep(0.4)  # the abandoned attempt has written into its own buffer by now
+    assert [i.key for i in store.search(("a",))] == ["from-attempt-2"]
+
+
+def test_an_embedding_that_fails_is_retried_and_a_node_that_writes_is_not_cached(tmp_path):
+    from statemachine import CachePolicy
+
+    failures = {"left": 1}
+    runs = []
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionError("embedding API: 429")
+        return [[1.0, 0.0] for _ in texts]
+
+    def remember(state: S, ctx: RunContext) -> dict:
+        runs.append(1)
+        ctx.store.put(("m",), "k", {"text": "hello"})
+        return {"log": ["remembered"]}
+
+    g = StateGraph(S)
+    g.add_node("remember", remember, cache=CachePolicy(),
+               retry=RetryPolicy(max_attempts=2, initial_interval=0))
+    g.add_edge(START, "remember")
+    g.add_edge("remember", END)
+    db = tmp_path / "runs.db"
+    with SQLiteCheckpointer(db) as saver, \
+            SQLiteStore(db, index={"embed": embed, "dims": 2, "fields": ["text"]}) as store:
+        app = g.compile(checkpointer=saver, store=store)
+        app.invoke({}, thread_id="t")
+        assert len(runs) == 2 and store.get(("m",), "k").value == {"text": "hello"}
+        app.invoke({}, thread_id="u")  # no cache hit: a hit would skip its memory
+        assert len(runs) == 3
+
+
+def test_read_only_stores_and_a_subgraphs_store_elsewhere_are_refused(tmp_path):
+    inner = StateGraph(S)
+    inner.add_node("n", lambda state: {})
+    inner.add_edge(START, "n")
+    inner.add_edge("n", END)
+    db = tmp_path / "runs.db"
+    with SQLiteCheckpointer(db) as saver, SQLiteStore(db) as store, \
+            SQLiteStore(tmp_path / "other.db") as elsewhere:
+        with pytest.raises(GraphValidationError, match="read-only"):
+            inner.compile(checkpointer=saver, store=SQLiteStore(db, read_only=True))
+        outer = StateGraph(S)
+        outer.add_node("sub", inner.compile(store=elsewhere))
+        outer.add_edge(START, "sub")
+        outer.add_edge("sub", END)
+        with pytest.raises(GraphValidationError, match="not in the database"):
+            outer.compile(checkpointer=saver)
+        assert outer.compile(checkpointer=saver, store=store) is not None

@@ -25,7 +25,7 @@ from rich.text import Text
 from checkpoints.store_base import BaseStore
 from checkpoints.store_types import Item, Namespace, StoreError
 
-from ..terminal import safe
+from ..terminal import safe, visible
 from .errors import EPILOG, EXIT_NOT_FOUND, EXIT_USAGE, CliError, library_errors
 from .options import DB_OPTION, Db, need_db, pg_schema, read_json
 from .output import echo_json, new_table, out_console
@@ -58,7 +58,7 @@ def ls(db: Db | None, prefix: str | None, max_depth: int | None, limit: int, off
     if not found:
         out.print(Text("no namespaces hold items" + (f" under {prefix}" if prefix else "")))
     for ns in found:
-        out.print(safe(_shown(ns)))
+        out.print(safe(_shown(ns), one_line=True))
 
 
 @store.command(epilog=EPILOG)
@@ -77,7 +77,7 @@ def get(db: Db | None, namespace: str, key: str, as_json: bool) -> None:
         echo_json(_row(item))
         return
     out = out_console()
-    out.print(safe(f"{_shown(item.namespace)}  {item.key}", "bold"))
+    out.print(safe(f"{_shown(item.namespace)}  {json.dumps(item.key)}", "bold", one_line=True))
     out.print(safe(f"created {_time(item.created_at)}, updated {_time(item.updated_at)}"
                    + (f", expires {_time(item.expires_at)}" if item.expires_at else ""), "dim"))
     out.print(safe(json.dumps(item.value, indent=2, ensure_ascii=False)))
@@ -105,8 +105,9 @@ def search(db: Db | None, prefix: str | None, filter_: str | None, limit: int, o
     for column in ("namespace", "key", "updated", "value"):
         table.add_column(column, overflow="fold")
     for item in items:
-        table.add_row(safe(_shown(item.namespace)), safe(item.key), _time(item.updated_at),
-                      safe(_preview(item.value)))
+        table.add_row(safe(_shown(item.namespace), one_line=True),
+                      safe(item.key, one_line=True), _time(item.updated_at),
+                      safe(_preview(item.value), one_line=True))
     out = out_console()
     out.print(table)
     if len(items) == limit:
@@ -175,7 +176,11 @@ def _namespace(text: str | None, option: str) -> Namespace | None:
 
 
 def _shown(ns: Namespace) -> str:
-    return json.dumps(list(ns), ensure_ascii=False) if any("/" in x for x in ns) else "/".join(ns)
+    """a/b, or the JSON list when a label could read as something else (a "/", a leading
+    "[", a control character, surrounding spaces)."""
+    plain = all("/" not in x and not x.startswith("[") and x == x.strip() and
+                visible(x, one_line=True) == x for x in ns)
+    return "/".join(ns) if plain else json.dumps(list(ns))
 
 
 def _row(item: Item) -> dict[str, Any]:
