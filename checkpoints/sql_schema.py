@@ -99,13 +99,12 @@ CREATE INDEX jobs_ready ON jobs(graph, available_at) WHERE status IN ('queued', 
 
 def store_tables(d: Dialect) -> str:
     """Long-term memory (`BaseStore`): items by namespace (labels joined by \\x1f, so a
-    namespace prefix is one index range) and key, values as JSON, each write numbered (`seq`:
-    a cached view of a prefix sees any change by its count and highest number), and the
-    embeddings of indexed items' fields."""
+    namespace prefix is one index range) and key, values as JSON, each write tagged with a
+    random number (`seq`: a cached view of a prefix sees any change by the items' count and
+    the sum of their tags), and the embeddings of indexed items' fields."""
     text = f"TEXT{d.binary_text}"
-    sequence = "" if d.server_clock is None else "CREATE SEQUENCE store_seq;\n"
     return f"""
-{sequence}CREATE TABLE store_items (
+CREATE TABLE store_items (
     namespace {text} NOT NULL,
     key {text} NOT NULL,
     value TEXT NOT NULL,
@@ -117,7 +116,6 @@ def store_tables(d: Dialect) -> str:
     PRIMARY KEY (namespace, key)
 ){d.without_rowid};
 CREATE INDEX store_items_expiring ON store_items(expires_at) WHERE expires_at IS NOT NULL;
-CREATE INDEX store_items_seq ON store_items(seq);
 CREATE TABLE store_vectors (
     namespace {text} NOT NULL,
     key {text} NOT NULL,

@@ -108,6 +108,8 @@ class BaseStore(ABC):
 
     async def prepare(self, writes: Sequence[tuple[StoreWrite, dict[str, str]]]
                       ) -> list[StoreWrite]:
+        if self.index is None:  # nothing to embed (a step's hot path)
+            return [write for write, _ in writes]
         texts = [t for _, fields in writes for t in fields.values()]
         vectors = await self.index.embed_async(texts) if self.index is not None else []
         return self.embedded(writes, vectors)

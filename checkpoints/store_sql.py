@@ -11,6 +11,7 @@ and the page is taken there.
 from __future__ import annotations
 
 import json
+import random
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -38,13 +39,10 @@ class StoreSQL:
     def __init__(self, dialect: Dialect) -> None:
         d = self.dialect = dialect
         r = d.render
-        # each write takes the next number: a sequence on PostgreSQL, the highest plus one on
-        # SQLite (one writer at a time there)
-        seq = "(SELECT coalesce(max(seq), 0) + 1 FROM store_items)" if d.server_clock is None \
-            else "nextval('store_seq')"
+        # each write is tagged with a random number (`VectorCache`: no counter to contend for)
         self._upsert = r(
             f"INSERT INTO store_items({_COLUMNS}, seq) VALUES (:ns, :key, :value, :at, :at, "
-            f":ttl, :expires, {seq}) ON CONFLICT (namespace, key) DO UPDATE SET "
+            ":ttl, :expires, :seq) ON CONFLICT (namespace, key) DO UPDATE SET "
             "value = excluded.value, created_at = CASE WHEN store_items.expires_at IS NOT NULL "
             "AND store_items.expires_at <= excluded.updated_at THEN excluded.created_at "
             "ELSE store_items.created_at END, updated_at = excluded.updated_at, "
@@ -76,7 +74,8 @@ class StoreSQL:
                 continue
             conn.execute(self._upsert, {
                 **address, "value": write.value, "at": at, "ttl": write.ttl,
-                "expires": None if write.ttl is None else at + write.ttl})
+                "expires": None if write.ttl is None else at + write.ttl,
+                "seq": random.getrandbits(31)})
             for field, vector in (write.vectors or {}).items():
                 conn.execute(self._insert_vector,
                              {**address, "field": field, "vector": to_bytes(vector)})
@@ -122,8 +121,8 @@ class StoreSQL:
         (items without a vector after them, newest first).
 
         The vectors under the prefix are ranked first, from `cache` while the items there
-        are unchanged (their count and highest write number say so); the best are then read
-        one by one, for their value, their expiry and the filter, until the page is full."""
+        are unchanged (`VectorCache`); the best are then read one by one, for their value,
+        their expiry and the filter, until the page is full."""
         table = self._vectors(conn, prefix, dims, cache)
         allowed = None
         if conditions:  # the items meeting the filter, read once (their values checked)
@@ -159,7 +158,7 @@ class StoreSQL:
                  cache: VectorCache) -> VectorTable:
         ranged, params = self._prefix(prefix)
         seen = tuple(conn.execute(self.dialect.render(
-            f"SELECT count(*), max(seq) FROM store_items WHERE {ranged}"),
+            f"SELECT count(*), sum(seq) FROM store_items WHERE {ranged}"),
             params).fetchone())
         kept = cache.get(prefix)
         if kept is not None and kept[0] == seen:
@@ -247,8 +246,8 @@ class StoreSQL:
 
 class VectorCache:
     """The vectors last read under a few prefixes, with what the items there looked like
-    then (their count and highest write number): a put or delete under the prefix changes
-    that."""
+    then: their count and the sum of their writes' random tags. A put or delete under the
+    prefix changes that (a put leaves the sum as it was once in 2**31)."""
 
     def __init__(self, size: int = 8) -> None:
         self._kept: dict[Namespace, tuple[tuple[Any, ...], VectorTable]] = {}

@@ -313,7 +313,6 @@ def test_a_version_1_schema_gets_the_graph_column_and_its_threads_are_bound_by_t
     with connect(dsn, schema) as conn:  # as release 1 left it
         conn.execute("ALTER TABLE threads DROP COLUMN graph")
         conn.execute("DROP TABLE store_items, store_vectors")
-        conn.execute("DROP SEQUENCE store_seq")
         conn.execute("UPDATE schema_version SET version = 1")
     reader = savers(dsn, schema, read_only=True)
     assert loop(2).compile(checkpointer=reader).get_state("old").state.n == 2
