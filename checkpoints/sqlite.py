@@ -70,6 +70,7 @@ from .sqlite_file import (
     connect_read_only,
     open_read_only,
     prepare_file,
+    transaction,
 )
 from .sqlite_file import SCHEMA_VERSION as SCHEMA_VERSION  # the file format this code writes
 from .sqlite_retention import RETENTION, file_bytes, shrink
@@ -360,17 +361,9 @@ class SQLiteCheckpointer(SQLCheckpointer):
         self._check_usable(write=write)
 
         def run() -> T:
-            with self._failures(doing), self._direct_lock:
-                conn = self._reader()
-                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                try:
-                    result = work(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-                return result
+            with self._failures(doing), self._direct_lock, \
+                    transaction(self._reader(), write=write) as conn:
+                return work(conn)
 
         return run() if self._in_caller_thread else await asyncio.to_thread(run)
 

@@ -8,9 +8,11 @@ code: it is refused with `CheckpointError`, untouched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -132,6 +134,21 @@ def _prepare_file_once(path: Path, busy_timeout: float) -> None:
                             busy_timeout=busy_timeout) from exc
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+    """One transaction on `conn` (`write`: BEGIN IMMEDIATE takes the write lock at once, so
+    what is read is still true when it is changed): committed when the block ends, rolled
+    back when it raises."""
+    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 async def connect_async(path: Path, busy_timeout: float) -> aiosqlite.Connection:

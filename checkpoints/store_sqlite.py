@@ -14,16 +14,15 @@ from typing import Any, TypeVar
 
 from .sql_dialect import SQLITE
 from .sqlite_errors import bad_value_error, storage_error
-from .sqlite_file import STORE_FROM, connect_direct, open_read_only, prepare_file
-from .store_base import BaseStore
+from .sqlite_file import STORE_FROM, connect_direct, open_read_only, prepare_file, transaction
 from .store_sql import StoreSQL, VectorCache
-from .store_types import Condition, Item, Namespace, StoreError, StoreWrite
+from .store_sql_base import NoRefresh, SQLBackedStore
 
 T = TypeVar("T")
 SQL = StoreSQL(SQLITE)
 
 
-class SQLiteStore(BaseStore):
+class SQLiteStore(SQLBackedStore):
     """A store in a SQLite file (see `BaseStore` for the calls)."""
 
     def __init__(self, path: str | os.PathLike[str], *, index: Any = None,
@@ -32,6 +31,7 @@ class SQLiteStore(BaseStore):
         """`read_only=True` reads an existing file and changes nothing (for viewers); a
         read refreshes no time to live then."""
         super().__init__(index=index, ttl=ttl, refresh_on_read=refresh_on_read)
+        self._sql = SQL
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self.read_only = read_only
@@ -56,45 +56,6 @@ class SQLiteStore(BaseStore):
         with self._lock:
             self._conn.close()
 
-    def __enter__(self) -> SQLiteStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- the primitives ------------------------------------------------------------------------
-
-    def _apply(self, writes: list[StoreWrite], now: float) -> None:
-        if self.read_only:
-            raise StoreError(f"{self!r} is read-only: it cannot put or delete.")
-        self._write("write to the store", lambda conn: SQL.apply(conn, writes, now))
-
-    def _get(self, namespace: Namespace, key: str, now: float, refresh: bool) -> Item | None:
-        return self._read("read the store", refresh,
-                          lambda conn: SQL.get(conn, namespace, key, now, refresh), None)
-
-    def _search(self, prefix: Namespace, conditions: list[Condition], limit: int, offset: int,
-                now: float, refresh: bool) -> list[Item]:
-        return self._read("search the store", refresh, lambda conn: SQL.search(
-            conn, prefix, conditions, limit, offset, now, refresh), [])
-
-    def _vector_search(self, prefix: Namespace, conditions: list[Condition],
-                       vector: list[float], limit: int, offset: int, now: float,
-                       refresh: bool) -> list[Item]:
-        assert self.index is not None
-        dims = self.index.dims
-        return self._read("search the store", refresh, lambda conn: SQL.vector_search(
-            conn, prefix, conditions, vector, dims, limit, offset, now, refresh,
-            self._vectors), [])
-
-    def _namespaces(self, prefix: Namespace, now: float) -> list[Namespace]:
-        return self._read("list the store's namespaces", False,
-                          lambda conn: SQL.namespaces(conn, prefix, now), [])
-
-    def _sweep(self, now: float) -> int:
-        if self.read_only:
-            return 0
-        return self._write("sweep the store", lambda conn: SQL.sweep(conn, now))
 
     # -- transactions --------------------------------------------------------------------------
 
@@ -105,20 +66,11 @@ class SQLiteStore(BaseStore):
         if refresh and not self.read_only:
             return self._write(doing, work)
         with self._failures(doing), self._lock:
-            return work(_NoRefresh(self._conn) if refresh else self._conn)
+            return work(NoRefresh(self._conn) if refresh else self._conn)
 
     def _write(self, doing: str, work: Callable[[Any], T]) -> T:
-        with self._failures(doing), self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
+        with self._failures(doing), self._lock, transaction(self._conn) as conn:
+            return work(conn)
 
     @contextmanager
     def _failures(self, doing: str) -> Iterator[None]:
@@ -128,19 +80,6 @@ class SQLiteStore(BaseStore):
             raise storage_error(self.path, exc, doing, busy_timeout=self.busy_timeout) from exc
         except UnicodeEncodeError as exc:
             raise bad_value_error(self.path, exc, doing) from None
-
-
-class _NoRefresh:
-    """A read-only connection as a refreshing read sees it: the refresh changes nothing (a
-    read-only store refreshes no time to live)."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def execute(self, sql: str, params: Any = ()) -> Any:
-        if sql.lstrip().upper().startswith("UPDATE"):
-            return self._conn.execute("SELECT 0 WHERE 0")
-        return self._conn.execute(sql, params)
 
 
 __all__ = ["SQLiteStore"]
