@@ -222,8 +222,11 @@ class StoreSQL:
     def _condition(self, name: str, op: str, wanted: Any, n: int,
                    params: dict[str, Any]) -> str | None:
         """SQL deciding one condition exactly, or None (it is then checked in Python)."""
-        if isinstance(wanted, bool) or not isinstance(wanted, str | int | float) or \
-                '"' in name or "\\" in name or "\x00" in name or \
+        if '"' in name or "\\" in name or "\x00" in name:
+            return None
+        if wanted is None or isinstance(wanted, bool):
+            return self._constant_condition(name, op, wanted, n, params)
+        if not isinstance(wanted, str | int | float) or \
                 (isinstance(wanted, int) and not -2**63 <= wanted < 2**63):
             return None
         text = isinstance(wanted, str)
@@ -241,6 +244,22 @@ class StoreSQL:
             typed = f"json_type(value, :f{n}) IN {kinds}"
             compare = f"json_extract(value, :f{n}) {_SQL_OPS[op] if op != '$ne' else '='} :v{n}"
         decided = f"({typed} AND {compare})"
+        return f"NOT coalesce({decided}, false)" if op == "$ne" else decided
+
+
+    def _constant_condition(self, name: str, op: str, wanted: bool | None, n: int,
+                            params: dict[str, Any]) -> str:
+        """A condition on true, false or null: equal when the field holds that very JSON
+        value; an ordering of them is never true (as `matches` says)."""
+        if op not in ("$eq", "$ne"):
+            return "1 = 0"
+        kind = "null" if wanted is None else ("true" if wanted else "false")
+        if self.dialect.arrays:
+            params[f"f{n}"] = name
+            decided = f"((value::jsonb -> :f{n}::text) = '{kind}'::jsonb)"
+        else:
+            params[f"f{n}"] = f'$."{name}"'
+            decided = f"(json_type(value, :f{n}) = '{kind}')"
         return f"NOT coalesce({decided}, false)" if op == "$ne" else decided
 
 

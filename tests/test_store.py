@@ -122,10 +122,10 @@ values = st.fixed_dictionaries({}, optional={
     "s": st.one_of(st.text("abc", max_size=3), st.integers(0, 2))})
 conditions = st.dictionaries(
     st.sampled_from(["n", "s", "missing"]),
-    st.one_of(st.integers(-3, 3), st.text("abc", max_size=2), st.booleans(),
+    st.one_of(st.integers(-3, 3), st.text("abc", max_size=2), st.booleans(), st.none(),
               st.dictionaries(st.sampled_from(["$eq", "$ne", "$gt", "$gte", "$lt", "$lte"]),
                               st.one_of(st.integers(-3, 3), st.floats(-3, 3),
-                                        st.text("ab", max_size=2)),
+                                        st.text("ab", max_size=2), st.booleans(), st.none()),
                               min_size=1, max_size=2)),
     max_size=2)
 
