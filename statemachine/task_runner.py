@@ -232,7 +232,8 @@ class TaskRunner:
             context = self.context(task, at) if wants_context else None
             try:
                 result = await self._call_node(node, task, arg, context, inline, at)
-                memory = await self._memory_of(task)  # embedded: a failure is this attempt's
+                if self.store is not None:  # embedded: a failure is this attempt's
+                    memory = await self._memory_of(task)
                 break
             except WaitingForEvent as waiting:
                 self.results.waiting[task.key] = waiting.event
