@@ -152,6 +152,9 @@ class BaseStore(ABC):
         """The namespaces holding items (cut to `max_depth` labels), sorted."""
         start = check_namespace(prefix or (), what="prefix")
         end = check_namespace(suffix or (), what="suffix")
+        if "*" in start or "*" in end:
+            raise StoreError("list_namespaces takes whole labels: a '*' wildcard is not "
+                             "supported (list under the fixed part, then filter).")
         if max_depth is not None and (isinstance(max_depth, bool) or
                                       not isinstance(max_depth, int) or max_depth < 1):
             raise StoreError(f"max_depth must be a whole number from 1, got {max_depth!r}.")

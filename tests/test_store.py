@@ -330,3 +330,11 @@ def test_writes_sweep_expired_items_away(make, monkeypatch):
     store.put(NS, "new", {"text": "here"})  # sweeps on the way
     now[0] -= base.SWEEP_SECONDS + 10  # even seen from before it expired, it is gone
     assert store.get(NS, "old") is None and store.sweep() == 0
+
+
+def test_a_wildcard_in_list_namespaces_is_refused_not_silently_empty(make):
+    store = make()
+    store.put(("users", "u1"), "k", {})
+    with pytest.raises(StoreError, match="wildcard is not supported"):
+        store.list_namespaces(prefix=("users", "*"))
+    assert store.list_namespaces(prefix=("users",)) == [("users", "u1")]
