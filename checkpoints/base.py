@@ -251,6 +251,12 @@ class Checkpointer(ABC):
         store lives in its database), so a step and its memories commit together."""
         return False
 
+    def open_store(self, **options: Any) -> Any:
+        """A store in this checkpointer's database (`options` go to it: index, ttl,
+        refresh_on_read, read_only), whose writes it `commits_memory_of`; None for a
+        checkpointer kept in memory, beside which any `MemoryStore` will do."""
+        return None
+
     @abstractmethod
     async def mark(self, thread_id: str, owner: Owner, checkpoint_id: str, *, status: str,
                    error: str | None = None, snapshot: str | None = None,

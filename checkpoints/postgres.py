@@ -162,6 +162,11 @@ class PostgresCheckpointer(SQLCheckpointer):
 
         return isinstance(store, PostgresStore) and store.holds(self)
 
+    def open_store(self, **options: Any) -> Any:
+        from .store_postgres import PostgresStore
+
+        return PostgresStore(self.dsn, schema=self.schema, **options)
+
     @property
     def _where(self) -> str:
         return self.where

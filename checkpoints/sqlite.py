@@ -41,7 +41,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,7 +62,7 @@ from .sql_dialect import SQLITE
 from .sql_retention import Connection
 from .sql_statements import Statements
 from .sql_store import Params, Rows, SQLCheckpointer
-from .sqlite_errors import bad_value_error, storage_error
+from .sqlite_errors import failures, storage_error
 from .sqlite_file import (
     GRAPHS_FROM,
     connect_async,
@@ -147,6 +147,11 @@ class SQLiteCheckpointer(SQLCheckpointer):
         from .store_sqlite import SQLiteStore
 
         return isinstance(store, SQLiteStore) and same_file(store.path, self.path)
+
+    def open_store(self, **options: Any) -> Any:
+        from .store_sqlite import SQLiteStore
+
+        return SQLiteStore(self.path, busy_timeout=self.busy_timeout, **options)
 
     @property
     def _where(self) -> str:
@@ -367,15 +372,9 @@ class SQLiteCheckpointer(SQLCheckpointer):
 
         return run() if self._in_caller_thread else await asyncio.to_thread(run)
 
-    @contextlib.contextmanager
-    def _failures(self, doing: str) -> Iterator[None]:
+    def _failures(self, doing: str) -> contextlib.AbstractContextManager[None]:
         """SQLite's failures while `doing` something, as the errors a user can act on."""
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise storage_error(self.path, exc, doing, busy_timeout=self.busy_timeout) from exc
-        except UnicodeEncodeError as exc:
-            raise bad_value_error(self.path, exc, doing) from None
+        return failures(self.path, doing, self.busy_timeout)
 
     def _check_usable(self, *, write: bool) -> None:
         if self._closed.is_set():

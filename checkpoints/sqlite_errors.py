@@ -7,11 +7,25 @@ file as `sqlite3.OperationalError` and its kin, with a terse message and no path
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import CheckpointError, StorageUnavailableError
+
+
+@contextlib.contextmanager
+def failures(path: Path, doing: str, busy_timeout: float) -> Iterator[None]:
+    """SQLite's failures while `doing` something on `path`, as the errors a user can act
+    on."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise storage_error(path, exc, doing, busy_timeout=busy_timeout) from exc
+    except UnicodeEncodeError as exc:
+        raise bad_value_error(path, exc, doing) from None
 
 
 def storage_error(path: Path, exc: sqlite3.Error, doing: str, *,

@@ -65,6 +65,9 @@ class BaseStore(ABC):
         self.default_ttl = check_ttl(ttl, what="the store's ttl")
         self.refresh_on_read = bool(refresh_on_read)
         self._swept_at = 0.0
+        self.read_only = False
+        """A read-only store puts, deletes and refreshes nothing (set by the stores that can
+        open so)."""
 
     # -- what a put becomes ------------------------------------------------------------------------
 
@@ -225,6 +228,9 @@ class BaseStore(ABC):
     # -- helpers ----------------------------------------------------------------------------------
 
     def _refresh(self, refresh_ttl: bool | None) -> bool:
+        """Whether a read restarts times to live: never on a read-only store."""
+        if self.read_only:
+            return False
         return self.refresh_on_read if refresh_ttl is None else bool(refresh_ttl)
 
     def _search_args(self, prefix: Sequence[str], filter: Mapping[str, Any] | None,

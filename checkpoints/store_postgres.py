@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from .postgres import PostgresCheckpointer, same_database
 from .sql_dialect import POSTGRES
 from .store_sql import StoreSQL, VectorCache
-from .store_sql_base import NoRefresh, SQLBackedStore
+from .store_sql_base import SQLBackedStore
 
 T = TypeVar("T")
 SQL = StoreSQL(POSTGRES)
@@ -49,8 +49,6 @@ class PostgresStore(SQLBackedStore):
     def _read(self, doing: str, refresh: bool, work: Callable[[Any], T], empty: T) -> T:
         if not self._has_tables:
             return empty
-        if refresh and self.read_only:  # refreshes nothing: a read-only store changes nothing
-            return self._write(doing, lambda conn: work(NoRefresh(conn)))
         return self._write(doing, work)
 
     def _write(self, doing: str, work: Callable[[Any], T]) -> T:

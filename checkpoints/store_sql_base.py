@@ -19,7 +19,6 @@ class SQLBackedStore(BaseStore):
     """A store in a SQL database (see `BaseStore` for the calls)."""
 
     _sql: StoreSQL
-    read_only: bool
     _vectors: VectorCache
     """The vectors of the prefixes searched last (`VectorCache`)."""
 
@@ -67,27 +66,12 @@ class SQLBackedStore(BaseStore):
 
     @abstractmethod
     def _read(self, doing: str, refresh: bool, work: Callable[[Any], T], empty: T) -> T:
-        """`work(conn)` in one transaction (a writing one when it refreshes times to live, a
-        read-only store's refreshing nothing); `empty` when the database has no store
-        tables yet (an older one opened read-only)."""
+        """`work(conn)` in one transaction (a writing one when it refreshes times to live);
+        `empty` when the database has no store tables yet (an older one opened read-only)."""
 
     @abstractmethod
     def _write(self, doing: str, work: Callable[[Any], T]) -> T:
         """`work(conn)` in one writing transaction."""
 
 
-class NoRefresh:
-    """A connection as a refreshing read on a read-only store sees it: the refresh (an
-    UPDATE) changes nothing, the reads go through."""
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-
-    def execute(self, sql: Any, params: Any = ()) -> Any:
-        text = sql.decode() if isinstance(sql, bytes) else str(sql)
-        if text.lstrip().upper().startswith("UPDATE"):
-            return self._conn.execute("SELECT 0 WHERE 1 = 0")
-        return self._conn.execute(sql, params)
-
-
-__all__ = ["NoRefresh", "SQLBackedStore"]
+__all__ = ["SQLBackedStore"]

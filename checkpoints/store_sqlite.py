@@ -7,16 +7,16 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .sql_dialect import SQLITE
-from .sqlite_errors import bad_value_error, storage_error
+from .sqlite_errors import failures, storage_error
 from .sqlite_file import STORE_FROM, connect_direct, open_read_only, prepare_file, transaction
 from .store_sql import StoreSQL, VectorCache
-from .store_sql_base import NoRefresh, SQLBackedStore
+from .store_sql_base import SQLBackedStore
 
 T = TypeVar("T")
 SQL = StoreSQL(SQLITE)
@@ -63,23 +63,17 @@ class SQLiteStore(SQLBackedStore):
         """`work` in one transaction: a write one when it refreshes times to live."""
         if not self._has_tables:  # an older file, opened read-only: nothing stored yet
             return empty
-        if refresh and not self.read_only:
+        if refresh:
             return self._write(doing, work)
         with self._failures(doing), self._lock:
-            return work(NoRefresh(self._conn) if refresh else self._conn)
+            return work(self._conn)
 
     def _write(self, doing: str, work: Callable[[Any], T]) -> T:
         with self._failures(doing), self._lock, transaction(self._conn) as conn:
             return work(conn)
 
-    @contextmanager
-    def _failures(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise storage_error(self.path, exc, doing, busy_timeout=self.busy_timeout) from exc
-        except UnicodeEncodeError as exc:
-            raise bad_value_error(self.path, exc, doing) from None
+    def _failures(self, doing: str) -> AbstractContextManager[None]:
+        return failures(self.path, doing, self.busy_timeout)
 
 
 __all__ = ["SQLiteStore"]

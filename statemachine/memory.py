@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from checkpoints.base import Checkpointer
+from checkpoints.memory import MemoryCheckpointer
 from checkpoints.store_base import NOT_GIVEN, BaseStore, select_namespaces
 from checkpoints.store_memory import MemoryStore
 from checkpoints.store_types import (
@@ -34,6 +35,7 @@ from checkpoints.store_types import (
     matches,
     under,
 )
+from checkpoints.store_vectors import VectorTable
 
 from .errors import GraphValidationError, Problem
 
@@ -50,13 +52,12 @@ def check_store(store: object, checkpointer: Checkpointer | None) -> BaseStore |
         raise GraphValidationError([Problem(
             "invalid_option", f"store must be a checkpoints store (MemoryStore, SQLiteStore, "
             f"PostgresStore), got {type(store).__name__}.")])
-    if getattr(store, "read_only", False):
+    if store.read_only:
         raise GraphValidationError([Problem(
             "invalid_option", f"store {store!r} is read-only: nodes could not write to it. "
             "Compile with a store opened for writing.")])
-    durable = checkpointer is not None and type(checkpointer).__name__ != "MemoryCheckpointer"
-    if durable and not isinstance(store, MemoryStore) and \
-            not checkpointer.commits_memory_of(store):  # type: ignore[union-attr]
+    if checkpointer is not None and not isinstance(checkpointer, MemoryCheckpointer) and \
+            not isinstance(store, MemoryStore) and not checkpointer.commits_memory_of(store):
         raise GraphValidationError([Problem(
             "invalid_option", f"store {store!r} is not in the database of checkpointer "
             f"{checkpointer!r}, so a step's memories could not commit with the step: give "
@@ -79,17 +80,8 @@ def store_beside(saver: Checkpointer, like: BaseStore | None = None) -> BaseStor
     if like is not None:
         options.update(index=like.index, ttl=like.default_ttl,
                        refresh_on_read=like.refresh_on_read)
-    from checkpoints.sqlite import SQLiteCheckpointer
-
-    if isinstance(saver, SQLiteCheckpointer):
-        from checkpoints.store_sqlite import SQLiteStore
-
-        return SQLiteStore(saver.path, busy_timeout=saver.busy_timeout, **options)
-    if type(saver).__name__ == "PostgresCheckpointer":
-        from checkpoints.store_postgres import PostgresStore
-
-        return PostgresStore(saver.dsn, schema=saver.schema, **options)  # type: ignore[attr-defined]
-    return None
+    store: BaseStore | None = saver.open_store(**options)
+    return store
 
 
 def check_subgraph_stores(spec: Any, checkpointer: Checkpointer | None,
@@ -271,13 +263,9 @@ class TaskStore:
 
 def _scores(vectors: list[list[float]], owners: list[tuple[Namespace, str]]
             ) -> dict[tuple[Namespace, str], float]:
+    """Each buffered item's best similarity to the query (`vectors[0]`), as the stores rank."""
     query, rows = vectors[0], vectors[1:]
-    best: dict[tuple[Namespace, str], float] = {}
-    for owner, row in zip(owners, rows, strict=True):
-        score = sum(a * b for a, b in zip(query, row, strict=True))
-        if owner not in best or score > best[owner]:
-            best[owner] = score
-    return best
+    return VectorTable(owners, rows, len(query)).best(query)
 
 
 __all__ = ["Buffered", "TaskStore", "check_store", "store_beside"]
