@@ -7,25 +7,35 @@ file as `sqlite3.OperationalError` and its kin, with a terse message and no path
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
 
 from .errors import CheckpointError, StorageUnavailableError
 
 
-@contextlib.contextmanager
-def failures(path: Path, doing: str, busy_timeout: float) -> Iterator[None]:
+class failures:
     """SQLite's failures while `doing` something on `path`, as the errors a user can act
-    on."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise storage_error(path, exc, doing, busy_timeout=busy_timeout) from exc
-    except UnicodeEncodeError as exc:
-        raise bad_value_error(path, exc, doing) from None
+    on. A class, not a generator: every commit passes through it."""
+
+    __slots__ = ("busy_timeout", "doing", "path")
+
+    def __init__(self, path: Path, doing: str, busy_timeout: float) -> None:
+        self.path = path
+        self.doing = doing
+        self.busy_timeout = busy_timeout
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if isinstance(exc, sqlite3.Error):
+            raise storage_error(self.path, exc, self.doing,
+                                busy_timeout=self.busy_timeout) from exc
+        if isinstance(exc, UnicodeEncodeError):
+            raise bad_value_error(self.path, exc, self.doing) from None
 
 
 def storage_error(path: Path, exc: sqlite3.Error, doing: str, *,

@@ -8,12 +8,11 @@ code: it is refused with `CheckpointError`, untouched.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
 from urllib.parse import quote
 
 import aiosqlite
@@ -136,19 +135,34 @@ def _prepare_file_once(path: Path, busy_timeout: float) -> None:
         conn.close()
 
 
-@contextlib.contextmanager
-def transaction(conn: sqlite3.Connection, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+class transaction:
     """One transaction on `conn` (`write`: BEGIN IMMEDIATE takes the write lock at once, so
     what is read is still true when it is changed): committed when the block ends, rolled
-    back when it raises."""
-    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-    try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
+    back when it (or the COMMIT) raises. A class, not a generator: a step commits through it."""
+
+    __slots__ = ("conn", "write")
+
+    def __init__(self, conn: sqlite3.Connection, *, write: bool = True) -> None:
+        self.conn = conn
+        self.write = write
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE" if self.write else "BEGIN")
+        return self.conn
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        conn = self.conn
+        if kind is None:
+            try:
+                conn.execute("COMMIT")
+                return
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        raise
 
 
 async def connect_async(path: Path, busy_timeout: float) -> aiosqlite.Connection:

@@ -8,7 +8,7 @@ import json
 import math
 import operator
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +67,8 @@ class StoreWrite:
 
 def check_namespace(namespace: object, *, what: str = "namespace") -> Namespace:
     """`namespace` as a tuple of labels, or a StoreError saying what is wrong with it."""
-    if isinstance(namespace, str) or not isinstance(namespace, Sequence):
+    if type(namespace) is not tuple and (isinstance(namespace, str) or  # tuples: at once
+                                         not isinstance(namespace, Sequence)):
         raise StoreError(f"{what} must be a tuple of text labels, like ('users', 'u1'), "
                          f"not {type(namespace).__name__} {namespace!r}.")
     labels = tuple(namespace)
@@ -78,19 +79,22 @@ def check_namespace(namespace: object, *, what: str = "namespace") -> Namespace:
         if SEPARATOR in label:
             raise StoreError(f"{what} {labels!r}: a label may not contain the control "
                              "character \\x1f.")
-        _storable_text(label, f"{what} {labels!r}")
+        _storable_text(label, lambda: f"{what} {labels!r}")
     return labels
 
 
-def _storable_text(text: str, where: str) -> None:
+def _storable_text(text: str, where: Callable[[], str]) -> None:
     """Text every store keeps as it is: UTF-8 (no lone surrogates) and no NUL character,
-    which PostgreSQL cannot hold in text."""
+    which PostgreSQL cannot hold in text. `where()` says whose text it is (made only for an
+    error: this runs on every write)."""
     if "\x00" in text:
-        raise StoreError(f"{where}: holds a NUL character (\\x00), which cannot be stored.")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise StoreError(f"{where}: holds a lone surrogate, which is not UTF-8 text.") from None
+        raise StoreError(f"{where()}: holds a NUL character (\\x00), which cannot be stored.")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise StoreError(f"{where()}: holds a lone surrogate, which is not UTF-8 "
+                             "text.") from None
 
 
 def check_item_namespace(namespace: object) -> Namespace:
@@ -104,7 +108,7 @@ def check_key(namespace: Namespace, key: object) -> str:
     if not isinstance(key, str) or not key:
         raise StoreError(f"the key in namespace {namespace!r} must be non-empty text, got "
                          f"{key!r}.")
-    _storable_text(key, f"the key {key!r} in namespace {namespace!r}")
+    _storable_text(key, lambda: f"the key {key!r} in namespace {namespace!r}")
     return key
 
 
@@ -113,17 +117,22 @@ def encode_value(namespace: Namespace, key: str, value: object) -> str:
     if not isinstance(value, Mapping):
         raise StoreError(f"the value of {key!r} in namespace {namespace!r} must be a dict, "
                          f"got {type(value).__name__}.")
-    try:
-        plain = to_jsonable_python(value)
-        text = json.dumps(plain, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-    except (PydanticSerializationError, TypeError, ValueError) as exc:
-        raise StoreError(f"the value of {key!r} in namespace {namespace!r} cannot be stored as "
-                         f"JSON: {_reason(exc)}") from None
+    try:  # plain JSON types (the common case) need no conversion first
+        text = _dumps(value)
+    except (TypeError, ValueError):
+        try:
+            text = _dumps(to_jsonable_python(value))
+        except (PydanticSerializationError, TypeError, ValueError) as exc:
+            raise StoreError(f"the value of {key!r} in namespace {namespace!r} cannot be "
+                             f"stored as JSON: {_reason(exc)}") from None
     if "\\u0000" in text:  # JSON has it; PostgreSQL's jsonb (and text) do not
         raise StoreError(f"the value of {key!r} in namespace {namespace!r} holds a NUL "
                          "character (\\u0000), which cannot be stored.")
-    _storable_text(text, f"the value of {key!r} in namespace {namespace!r}")
+    _storable_text(text, lambda: f"the value of {key!r} in namespace {namespace!r}")
     return text
+
+
+_dumps = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _reason(exc: Exception) -> str:

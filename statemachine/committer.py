@@ -70,13 +70,13 @@ class Committer:
                                             memory=memory if together else ())
         self.head_created, self.head_extra = checkpoint.created_at, checkpoint.extra
         self.wrote = True
-        await self._memory_after(memory, together)
-
-    async def _memory_after(self, memory: Sequence[StoreWrite], together: bool) -> None:
-        """Apply store writes the commit did not carry (a store in this process)."""
         if memory and not together:
-            assert self.store is not None
-            await self.store.aapply(memory)
+            await self._memory_after(memory)
+
+    async def _memory_after(self, memory: Sequence[StoreWrite]) -> None:
+        """Apply store writes the commit did not carry (a store in this process)."""
+        assert self.store is not None
+        await self.store.aapply(memory)
 
     def snapshot_if_due(self, size: int, appends: bool, state: BaseModel) -> str | None:
         """`state` as a snapshot for the next checkpoint (with `size` bytes of writes that
@@ -131,7 +131,8 @@ class Committer:
             self.head_id, task.node, task.index, results.encoded[task.key],
             json.dumps(meta) if meta else None), memory=memory if together else ())
         results.committed.add(task.key)
-        await self._memory_after(memory, together)
+        if memory and not together:
+            await self._memory_after(memory)
 
     async def keep_finished(self, tasks: Sequence[Task], results: StepResults) -> None:
         """Store the writes of `tasks` that finished and are not stored yet."""

@@ -282,6 +282,8 @@ class TaskRunner:
         buffer = self._buffers.pop(task.key, None)
         if not buffer or self.store is None:
             return []
+        if self.store.index is None:  # nothing to embed: no await on a step's hot path
+            return [write for write, _ in buffer]
         return await self.store.prepare(buffer)
 
     async def _call_node(self, node: NodeSpec, task: Task, arg: Any, context: RunContext | None,

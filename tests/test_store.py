@@ -5,7 +5,10 @@ semantic search with a deterministic toy embedding, and what it refuses."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import enum
 import hashlib
+import json
 import math
 import time
 from typing import Any
@@ -13,9 +16,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from checkpoints import MemoryStore, SQLiteStore
-from checkpoints.store_types import StoreError, matches
+from checkpoints.store_types import StoreError, encode_value, matches
 
 DIMS = 256
 
@@ -175,6 +180,46 @@ def test_semantic_search_ranks_by_the_embedded_fields(make, embed):
     assert math.isclose(facts[0].score, 1 / math.sqrt(3), rel_tol=1e-5)  # 1 word of 3 shared
     got = asyncio.run(store.asearch(NS, query="cat", limit=1))
     assert [i.key for i in got] == ["pet"]
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class Point(BaseModel):
+    x: int
+    at: datetime.date
+
+
+storable_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                        max_size=4)  # no NUL, no lone surrogate (refused: see below)
+json_leaves = st.one_of(st.none(), st.booleans(), st.integers(), storable_text,
+                        st.floats(allow_nan=False, allow_infinity=False))
+convertible_leaves = st.one_of(  # what pydantic turns into JSON first
+    st.dates(), st.datetimes(), st.uuids(), st.just(Colour.RED), st.decimals(allow_nan=False),
+    st.builds(Point, x=st.integers(), at=st.dates()), st.frozensets(st.integers(), max_size=2))
+store_values = st.dictionaries(storable_text, st.recursive(
+    st.one_of(json_leaves, convertible_leaves),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.tuples(inner, inner),
+                            st.dictionaries(storable_text, inner, max_size=3)),
+    max_leaves=8), max_size=4)
+
+
+@given(value=store_values)
+@settings(max_examples=200, deadline=None)
+def test_a_value_is_stored_as_pydantic_would_write_it(value: dict[str, Any]) -> None:
+    """Plain JSON values skip the conversion (a step's hot path); anything else goes through
+    pydantic. Either way the stored text is pydantic's JSON of the value."""
+    expected = json.dumps(to_jsonable_python(value), ensure_ascii=False,
+                          separators=(",", ":"))
+    assert encode_value(("a",), "k", value) == expected
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_value_that_is_not_finite_is_refused_by_key(bad: float) -> None:
+    with pytest.raises(StoreError, match=r"'k' in namespace \('a',\) cannot be stored as "
+                                         r"JSON: Out of range float"):
+        encode_value(("a",), "k", {"deep": [1, {"x": bad}]})
 
 
 def test_refusals_name_the_namespace_and_key(make):
