@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Self, TypeVar
 
 from .base import (
@@ -153,7 +153,7 @@ class SQLCheckpointer(Checkpointer):
                 store_sql.sweep(conn, now)
             return written
 
-        return await self._transaction(doing, work)
+        return await self._transaction(doing, work, small=_small_memory(params, memory))
 
     async def mark(self, thread_id: str, owner: Owner, checkpoint_id: str, *, status: str,
                    error: str | None = None, snapshot: str | None = None,
@@ -378,8 +378,10 @@ class SQLCheckpointer(Checkpointer):
 
     @abstractmethod
     async def _transaction(self, doing: str, work: Callable[[Connection], T], *,
-                           write: bool = True) -> T:
-        """`work(conn)` in one transaction (`write`: it changes the store)."""
+                           write: bool = True, small: bool = False) -> T:
+        """`work(conn)` in one transaction (`write`: it changes the store). `small`: a short
+        one of few bytes, which a store may run without a thread hop (then `work` may run
+        twice, the first run rolled back whole)."""
 
     @abstractmethod
     async def _removal(self, dry_run: bool, remove: Callable[[], Awaitable[Removed]]
@@ -407,4 +409,27 @@ class SQLCheckpointer(Checkpointer):
         return job
 
 
-__all__ = ["Params", "Rows", "SQLCheckpointer"]
+SMALL_BYTES = 64 * 1024
+"""The most text a write may carry and still be done on the event loop's thread (where a
+store does that): copying more into the database holds up the loop's other tasks."""
+
+
+def small(params: Params) -> bool:
+    """Whether a statement's parameters are small enough to write on the event loop."""
+    values = params.values() if isinstance(params, Mapping) else params
+    return _text_bytes(values) <= SMALL_BYTES
+
+
+def _small_memory(params: Params, memory: Sequence[StoreWrite]) -> bool:
+    """Whether a commit carrying store writes is small: no embeddings, little text."""
+    if any(write.vectors for write in memory):
+        return False
+    values = params.values() if isinstance(params, Mapping) else params
+    return _text_bytes(values) + _text_bytes(w.value for w in memory) <= SMALL_BYTES
+
+
+def _text_bytes(values: Iterable[object]) -> int:
+    return sum(len(v) for v in values if isinstance(v, (str, bytes)))
+
+
+__all__ = ["SMALL_BYTES", "Params", "Rows", "SQLCheckpointer", "small"]

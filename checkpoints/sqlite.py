@@ -44,7 +44,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
@@ -61,7 +61,7 @@ from .rows import process_alive
 from .sql_dialect import SQLITE
 from .sql_retention import Connection
 from .sql_statements import Statements
-from .sql_store import Params, Rows, SQLCheckpointer
+from .sql_store import Params, Rows, SQLCheckpointer, small
 from .sqlite_errors import failures, storage_error
 from .sqlite_file import (
     GRAPHS_FROM,
@@ -73,6 +73,7 @@ from .sqlite_file import (
     transaction,
 )
 from .sqlite_file import SCHEMA_VERSION as SCHEMA_VERSION  # the file format this code writes
+from .sqlite_loop import LoopWriter, Missed
 from .sqlite_retention import RETENTION, file_bytes, shrink
 from .store_sql import StoreSQL
 
@@ -98,7 +99,8 @@ class SQLiteCheckpointer(SQLCheckpointer):
 
     def __init__(self, path: str | os.PathLike[str], *,
                  lease_seconds: float = DEFAULT_LEASE_SECONDS, read_only: bool = False,
-                 busy_timeout: float = 10.0, keep_last: int | None = None) -> None:
+                 busy_timeout: float = 10.0, keep_last: int | None = None,
+                 synchronous: Literal["normal", "full"] = "normal") -> None:
         """`read_only=True` opens an existing database with SQLite's read-only mode: every
         read works, every write (a run, a lease, the schema) is refused, and the file is never
         changed — for viewers and tools that only look. A file on read-only media, or in a
@@ -109,10 +111,19 @@ class SQLiteCheckpointer(SQLCheckpointer):
 
         `keep_last`: when set, each release trims the thread to its newest `keep_last`
         checkpoints (see `Checkpointer.keep_last`); the pages freed are reused by later steps,
-        so the file stops growing (`prune` also gives them back to the file system)."""
+        so the file stops growing (`prune` also gives them back to the file system).
+
+        `synchronous`: "normal" (the default) makes every commit survive the process being
+        killed at any moment, but on some file systems not a power loss or an OS crash, which
+        can take the last commits back (never corrupt the file). "full" survives those too:
+        each commit waits for an fsync (see benchmarks/RESULTS.md for its cost), and async
+        runs commit in a thread, so a slow disk never holds up the event loop."""
         from ._sync import run_sync
 
         super().__init__(lease_seconds=lease_seconds, read_only=read_only, keep_last=keep_last)
+        if synchronous not in ("normal", "full"):
+            raise ValueError(f"synchronous must be 'normal' or 'full', not {synchronous!r}.")
+        self.synchronous = synchronous
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self._direct_lock = threading.Lock()
@@ -129,18 +140,25 @@ class SQLiteCheckpointer(SQLCheckpointer):
             self._direct, self._immutable, self._version = open_read_only(self.path,
                                                                           busy_timeout)
             self._conn: aiosqlite.Connection | None = None
+            self._on_loop: LoopWriter | None = None
             self._in_caller_thread = True
             return
         prepare_file(self.path, busy_timeout)
+        pragma = synchronous.upper()
         try:
-            self._conn = run_sync(lambda: connect_async(self.path, busy_timeout))
-            self._direct = connect_direct(self.path, busy_timeout)
+            self._conn = run_sync(lambda: connect_async(self.path, busy_timeout, pragma))
+            self._direct = connect_direct(self.path, busy_timeout, pragma)
+            self._on_loop = LoopWriter(
+                self.path, lambda timeout: connect_direct(self.path, timeout, pragma)
+            ) if synchronous == "normal" else None
         except sqlite3.Error as exc:
             raise storage_error(self.path, exc, "open the checkpoint database",
                                 busy_timeout=busy_timeout) from exc
 
     def __repr__(self) -> str:
         mode = ", read_only=True" if self.read_only else ""
+        if self.synchronous != "normal":
+            mode += f", synchronous={self.synchronous!r}"
         return f"SQLiteCheckpointer({str(self.path)!r}{mode})"
 
     def commits_memory_of(self, store: Any) -> bool:
@@ -318,6 +336,8 @@ class SQLiteCheckpointer(SQLCheckpointer):
             self._heartbeat.stop()
             with self._direct_lock:
                 self._direct.close()
+            if self._on_loop is not None:
+                self._on_loop.close()
             if self._conn is not None:
                 # fold the write-ahead log back into the file, so it is whole and compact; a
                 # full disk or a reader in the way leaves it for later (every commit is
@@ -330,13 +350,19 @@ class SQLiteCheckpointer(SQLCheckpointer):
         return (await self._write(doing, sql, params))[0]
 
     async def _write(self, doing: str, sql: str, params: Params) -> tuple[int, int | None]:
-        """Run one statement (its own transaction): (rows changed, last row id)."""
+        """Run one statement (its own transaction): (rows changed, last row id). The async
+        API runs a small one on the event loop's thread when it need not wait
+        (sqlite_loop.py), else on aiosqlite's thread."""
         self._check_usable(write=True)
         with self._failures(doing):
             if self._in_caller_thread:
                 with self._direct_lock:
                     cursor = self._direct.execute(sql, params)
                     return cursor.rowcount, cursor.lastrowid
+            if self._on_loop is not None and small(params):
+                done = self._on_loop.run(lambda conn: _changed(conn.execute(sql, params)))
+                if not isinstance(done, Missed):
+                    return done
             assert self._conn is not None
             async_cursor = await self._conn.execute(sql, params)
             return async_cursor.rowcount, async_cursor.lastrowid
@@ -357,18 +383,24 @@ class SQLiteCheckpointer(SQLCheckpointer):
         return [(row_id,)] if changed == 1 else []
 
     async def _transaction(self, doing: str, work: Callable[[Connection], T], *,
-                           write: bool = True) -> T:
+                           write: bool = True, small: bool = False) -> T:
         """`work(conn)` in one transaction on this checkpointer's direct connection: in the
         calling thread for the sync API, else on a worker thread. Several statements must
         commit together here, which aiosqlite's connection cannot promise: another task's
         statement could land inside the transaction. `write` takes the write lock at the start
-        (BEGIN IMMEDIATE), so what is read is still true when it is changed."""
+        (BEGIN IMMEDIATE), so what is read is still true when it is changed. A `small` one
+        is tried on the event loop's thread first (sqlite_loop.py): `work` may then run twice,
+        the first run rolled back whole."""
         self._check_usable(write=write)
+        if small and not self._in_caller_thread and self._on_loop is not None:
+            with self._failures(doing):
+                done = self._on_loop.run(lambda conn: _in_transaction(conn, work, write))
+            if not isinstance(done, Missed):
+                return done
 
         def run() -> T:
-            with self._failures(doing), self._direct_lock, \
-                    transaction(self._reader(), write=write) as conn:
-                return work(conn)
+            with self._failures(doing), self._direct_lock:
+                return _in_transaction(self._reader(), work, write)
 
         return run() if self._in_caller_thread else await asyncio.to_thread(run)
 
@@ -389,6 +421,16 @@ class SQLiteCheckpointer(SQLCheckpointer):
             self._direct.close()
             self._direct, self._immutable = connect_read_only(self.path, self.busy_timeout)
         return self._direct
+
+
+def _changed(cursor: sqlite3.Cursor) -> tuple[int, int | None]:
+    return cursor.rowcount, cursor.lastrowid
+
+
+def _in_transaction(conn: sqlite3.Connection, work: Callable[[Connection], T],
+                    write: bool) -> T:
+    with transaction(conn, write=write) as held:
+        return work(held)
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -165,23 +165,27 @@ class transaction:
             conn.execute("ROLLBACK")
 
 
-async def connect_async(path: Path, busy_timeout: float) -> aiosqlite.Connection:
+async def connect_async(path: Path, busy_timeout: float,
+                        synchronous: str = "NORMAL") -> aiosqlite.Connection:
     """The connection `async` code writes through, on aiosqlite's thread."""
     pending = aiosqlite.connect(path, isolation_level=None)
     # aiosqlite's worker thread is not a daemon: a program that forgot close() would hang
     # at exit. Every commit is awaited, so at exit no write of ours is in flight.
     pending._thread.daemon = True
     conn = await pending
-    await conn.execute("PRAGMA synchronous=NORMAL")
+    await conn.execute(f"PRAGMA synchronous={synchronous}")
     await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     return conn
 
 
-def connect_direct(path: Path, busy_timeout: float) -> sqlite3.Connection:
-    """The connection of the sync API and of transactions, used from any thread."""
+def connect_direct(path: Path, busy_timeout: float,
+                   synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """The connection of the sync API and of transactions, used from any thread.
+    `synchronous`: NORMAL (a commit survives a killed process) or FULL (also a power loss:
+    an fsync per commit)."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout,
                            check_same_thread=False)
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
     return conn
 
 
