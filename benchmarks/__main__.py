@@ -317,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="alternating rounds of the throughput "
                         "workloads, of which the median is reported (default 5; 1 with --quick)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--plot", metavar="DIR", type=Path,
+                        help="also draw this run's charts there (PNG; benchmarks/plot.py: the "
+                        "server and PostgreSQL charts come from benchmarks/server.json and "
+                        "benchmarks/postgres.json when present)")
     parser.add_argument("--only", metavar="NAMES", type=_workload_names, default=WORKLOADS,
                         help="comma-separated workloads to run (default: all of "
                         f"{','.join(WORKLOADS)})")
@@ -372,17 +376,32 @@ def main(argv: list[str] | None = None) -> int:
     print_targets(checked, "Correctness checks of our resume and crash runs:")
     print(f"\n(ran in {elapsed:.0f} s; load average at end: {info['load_average_at_end']})")
 
+    document = {
+        "machine": info, "versions": packages, "params": asdict(params),
+        "compare": args.compare, "only": list(args.only), "seconds": elapsed,
+        "rows": [r.as_json() for r in results],
+        "comparisons": [c.as_json() for c in comparisons],
+        "targets": [t.as_json() for t in found],
+        "checks": [t.as_json() for t in checked],
+    }
     if args.json:
-        document = {
-            "machine": info, "versions": packages, "params": asdict(params),
-            "compare": args.compare, "only": list(args.only), "seconds": elapsed,
-            "rows": [r.as_json() for r in results],
-            "comparisons": [c.as_json() for c in comparisons],
-            "targets": [t.as_json() for t in found],
-            "checks": [t.as_json() for t in checked],
-        }
         with open(args.json, "w") as handle:
             json.dump(document, handle, indent=2)
+    if args.plot:
+        return _plot(args.plot, document)
+    return 0
+
+
+def _plot(out: Path, document: dict[str, Any]) -> int:
+    from . import plot
+
+    try:
+        written = plot.draw(out, document, *(plot.load(plot.DEFAULTS[name])
+                                              for name in ("server", "postgres")))
+    except ImportError as exc:
+        print(f"--plot needs matplotlib ({exc}): pip install -e '.[bench]'", file=sys.stderr)
+        return 2
+    print("charts: " + ", ".join(str(path) for path in written))
     return 0
 
 

@@ -24,9 +24,21 @@ from typing import Any
 
 OURS = "statemachine"
 THEIRS = "langgraph"
-WORKLOADS = ("loop", "chain", "fanout", "latest-read", "resume", "growth", "crash", "chat",
-             "big-append")
+WORKLOADS = ("loop", "chain", "fanout", "commit-limit", "latest-read", "resume", "growth",
+             "crash", "chat", "big-append")
 """Every workload, in the order they run; `--only` picks among these names."""
+
+
+def as_node(fn: Callable[[Any], Any], asynchronous: bool) -> Callable[[Any], Any]:
+    """`fn` as a node: itself, or (`asynchronous`) a coroutine function doing the same, as an
+    async application's nodes are (both engines run those on the event loop)."""
+    if not asynchronous:
+        return fn
+
+    async def node(state: Any) -> Any:
+        return fn(state)
+
+    return node
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,9 @@ THROUGHPUT_PAIRS = (
     ("sqlite-ainvoke", "aiosqlite:sync"),
     ("sqlite-ainvoke", "aiosqlite:async"),
 )
+LOOP_ONLY_PAIRS = (("sqlite-full", "sqlite:sync"),)
+"""Like for like in durability (both fsync every commit: SQLite's default, LangGraph's
+setting), on the loop alone: what our power-loss option costs."""
 READ_PAIRS = (("memory", "memory"), ("sqlite", "sqlite:sync"))
 RESUME_PAIRS = (("memory", "memory"), ("sqlite", "sqlite:sync"), ("sqlite", "sqlite:async"))
 CRASH_PAIRS = (("sqlite", "sqlite:async"), ("sqlite", "sqlite:sync"))
@@ -93,7 +96,8 @@ def run_comparison(p: Params, directory: Path, theirs: ModuleType, progress: Any
     round)."""
     run = _ComparisonRun(p, directory, theirs, progress)
     steps = (*((workload, run.throughput) for workload in THROUGHPUT),
-             ("latest-read", run.reads), ("resume", run.resumes), ("growth", run.growth),
+             ("commit-limit", run.commit_limit), ("latest-read", run.reads),
+             ("resume", run.resumes), ("growth", run.growth),
              ("crash", run.crashes), ("chat", run.chats), ("big-append", run.big_append))
     for workload, step in steps:
         if workload in only:
@@ -119,7 +123,8 @@ class _ComparisonRun:
 
     def throughput(self, workload: str) -> None:
         p, directory = self.p, self.directory
-        for our_mode, their_mode in THROUGHPUT_PAIRS:
+        pairs = THROUGHPUT_PAIRS + (LOOP_ONLY_PAIRS if workload == "loop" else ())
+        for our_mode, their_mode in pairs:
             self.note(f"{workload}: {our_mode} vs {their_mode}")
             mine, others = [], []
             for r in range(p.rounds):
@@ -127,6 +132,10 @@ class _ComparisonRun:
                 others.append(self.theirs.throughput(workload, their_mode, p, directory,
                                                      trace=r == 0))
             self.pair(workload, median_result(mine), median_result(others))
+
+    def commit_limit(self, workload: str) -> None:
+        self.note("commit-limit: a bare SQLite commit per step (no engine)")
+        self.rows.append(ours.commit_limit(self.p, self.directory))
 
     def reads(self, workload: str) -> None:
         for our_mode, their_mode in READ_PAIRS:
@@ -251,6 +260,8 @@ def targets(results: list[Result], comparisons: list[Comparison], p: Params) -> 
     found.append(Target("our storage growth exponent <= 1.1",
                         "not measured" if exponent is None else f"{exponent:.3f}",
                         None if exponent is None else exponent <= 1.1))
+    found += _async_targets(results, comparisons)
+    found.append(_commit_limit_target(results))
     found += _read_targets(results)
     start = [r for r in results if (r.workload, r.mode, r.engine) == ("resume", "sqlite", OURS)]
     found.append(Target("resume start-up (SQLite) <= 5 ms",
@@ -258,6 +269,48 @@ def targets(results: list[Result], comparisons: list[Comparison], p: Params) -> 
                         else "not measured",
                         max(r.seconds for r in start) <= 0.005 if start else None))
     return found + _chat_targets(results, comparisons, p) + _big_append_targets(results)
+
+
+ASYNC_SHARE = 0.8
+ASYNC_OVER_LANGGRAPH = 10
+COMMIT_SHARE = 0.5
+
+
+def _ours(results: list[Result], workload: str, mode: str) -> Result | None:
+    return next((r for r in results if (r.workload, r.mode, r.engine) == (workload, mode, OURS)),
+                None)
+
+
+def _async_targets(results: list[Result], comparisons: list[Comparison]) -> list[Target]:
+    """Per loop and chain: `ainvoke` with async nodes against `invoke` with sync ones, on our
+    durable SQLite in this run, and against LangGraph's AsyncSqliteSaver (durability=sync)."""
+    found = []
+    for workload in ("loop", "chain"):
+        sync, run_async = _ours(results, workload, "sqlite"), _ours(results, workload,
+                                                                     "sqlite-ainvoke")
+        name = f"SQLite {workload}: ainvoke (async nodes) >= {ASYNC_SHARE}x invoke, same run"
+        if sync is None or run_async is None:
+            found.append(Target(name, "not measured", None))
+        else:
+            share = run_async.steps_per_second / sync.steps_per_second
+            found.append(Target(name, f"{share:.2f}x ({run_async.steps_per_second:,.0f} vs "
+                                f"{sync.steps_per_second:,.0f} steps/s)", share >= ASYNC_SHARE))
+        found.append(_ratio_target(
+            f"SQLite {workload}: ainvoke >= {ASYNC_OVER_LANGGRAPH}x LangGraph AsyncSqliteSaver "
+            "durability=sync", _find(comparisons, workload, "sqlite-ainvoke", "aiosqlite:sync"),
+            ASYNC_OVER_LANGGRAPH))
+    return found
+
+
+def _commit_limit_target(results: list[Result]) -> Target:
+    """Our durable sync loop against a bare SQLite commit per step, in this run."""
+    loop, limit = _ours(results, "loop", "sqlite"), _ours(results, "commit-limit", "sqlite")
+    name = f"SQLite loop >= {COMMIT_SHARE:.0%} of a bare commit per step, same run"
+    if loop is None or limit is None:
+        return Target(name, "not measured", None)
+    share = loop.steps_per_second / limit.steps_per_second
+    return Target(name, f"{share:.0%} ({loop.steps_per_second:,.0f} vs "
+                  f"{limit.steps_per_second:,.0f} commits/s)", share >= COMMIT_SHARE)
 
 
 def _read_targets(results: list[Result]) -> list[Target]:

@@ -9,7 +9,7 @@ Modes (saver, `durability=` of invoke):
   sqlite:async         the same saver, their default durability ("async")
   sqlite:sync+normal   as sqlite:sync on a connection with PRAGMA synchronous=NORMAL, the
                        setting our checkpointer uses (SQLite's default, FULL, fsyncs each commit)
-  aiosqlite:sync       AsyncSqliteSaver over aiosqlite, through ainvoke, "sync"
+  aiosqlite:sync       AsyncSqliteSaver over aiosqlite, through ainvoke (async nodes), "sync"
   aiosqlite:async      the same, their default durability
 
 This module imports LangGraph at import time; `benchmarks` imports it only for --compare.
@@ -42,6 +42,7 @@ from .common import (
     InjectedFailure,
     Params,
     Result,
+    as_node,
     chat_message,
     check_loop_result,
     measure_closed,
@@ -76,7 +77,8 @@ class AppendState(TypedDict):
 
 def loop_graph(iterations: int, executions: Executions | None = None,
                log: ExecutionLog | None = None,
-               on_work: Callable[[int], None] | None = None) -> StateGraph:
+               on_work: Callable[[int], None] | None = None, *,
+               asynchronous: bool = False) -> StateGraph:
     """work -> check -> work ... ; exits after `iterations`; each iteration appends one item."""
     if executions is None and log is None:
         def work(state: LoopState) -> dict:
@@ -103,22 +105,22 @@ def loop_graph(iterations: int, executions: Executions | None = None,
         return END if state["count"] >= iterations else "work"
 
     g = StateGraph(LoopState)
-    g.add_node("work", work)
-    g.add_node("check", check)
+    g.add_node("work", as_node(work, asynchronous))
+    g.add_node("check", as_node(check, asynchronous))
     g.add_edge(START, "work")
     g.add_edge("work", "check")
     g.add_conditional_edges("check", route, ["work", END])
     return g
 
 
-def chain_graph(length: int) -> StateGraph:
+def chain_graph(length: int, *, asynchronous: bool = False) -> StateGraph:
     def stage(state: LoopState) -> dict:
         return {"count": state["count"] + 1, "items": [f"s{state['count']}"]}
 
     g = StateGraph(LoopState)
     names = [f"n{i}" for i in range(length)]
     for name in names:
-        g.add_node(name, stage)
+        g.add_node(name, as_node(stage, asynchronous))
     g.add_edge(START, names[0])
     for a, b in pairwise(names):
         g.add_edge(a, b)
@@ -126,13 +128,13 @@ def chain_graph(length: int) -> StateGraph:
     return g
 
 
-def fanout_graph(width: int) -> StateGraph:
+def fanout_graph(width: int, *, asynchronous: bool = False) -> StateGraph:
     g = StateGraph(FanState)
     names = [f"w{i}" for i in range(width)]
     for i, name in enumerate(names):
-        g.add_node(name, lambda state, _i=i: {"items": [_i]})
+        g.add_node(name, as_node(lambda state, _i=i: {"items": [_i]}, asynchronous))
         g.add_edge(START, name)
-    g.add_node("join", lambda state: {"total": sum(state["items"])})
+    g.add_node("join", as_node(lambda state: {"total": sum(state["items"])}, asynchronous))
     g.add_edge(names, "join")
     g.add_edge("join", END)
     return g
@@ -165,17 +167,19 @@ def big_append_graph(chunks: list[str]) -> StateGraph:
     return g
 
 
-def _workload(workload: str, p: Params) -> tuple[StateGraph, int, int, Any, Callable[[Any], bool]]:
+def _workload(workload: str, p: Params, *, asynchronous: bool = False
+              ) -> tuple[StateGraph, int, int, Any, Callable[[Any], bool]]:
     if workload == "loop":
-        return (loop_graph(p.iterations), 1, 2 * p.iterations, {"count": 0},
+        return (loop_graph(p.iterations, asynchronous=asynchronous), 1, 2 * p.iterations,
+                {"count": 0},
                 lambda s: check_loop_result(s["count"], s["items"], p.iterations))
     if workload == "chain":
         n = p.chain_length
-        return (chain_graph(n), p.invocations, n, {"count": 0},
+        return (chain_graph(n, asynchronous=asynchronous), p.invocations, n, {"count": 0},
                 lambda s: s["count"] == n and s["items"] == [f"s{i}" for i in range(n)])
     if workload == "fanout":
         w = p.fan_width
-        return (fanout_graph(w), p.invocations, 2, {"total": 0},
+        return (fanout_graph(w, asynchronous=asynchronous), p.invocations, 2, {"total": 0},
                 lambda s: s["total"] == w * (w - 1) // 2 and sorted(s["items"]) == list(range(w)))
     raise ValueError(f"unknown workload {workload!r}")
 
@@ -275,7 +279,8 @@ async def _arun_calls(graph: StateGraph, mode: str, directory: Path,
 
 def throughput(workload: str, mode: str, p: Params, directory: Path, *,
                trace: bool = True) -> Result:
-    graph, runs, steps_per_run, value, check = _workload(workload, p)
+    graph, runs, steps_per_run, value, check = _workload(
+        workload, p, asynchronous=mode.startswith("aiosqlite"))
     seconds, last, db_bytes = _run_calls(graph, mode, directory,
                                          [(value, f"{workload}-{i}") for i in range(runs)])
     if not check(last):

@@ -1,13 +1,15 @@
 """The benchmark workloads on statemachine (LangGraph's twins are in langgraph_workloads.py).
 
 Modes: "none" (no checkpointer), "memory" (MemoryCheckpointer), "sqlite" (SQLiteCheckpointer,
-one commit per step, through the sync API) and "sqlite-ainvoke" (the same through `ainvoke`).
+one commit per step, through the sync API) and "sqlite-ainvoke" (the same through `ainvoke`,
+with async nodes: an async application's shape).
 """
 
 from __future__ import annotations
 
 import asyncio
 import operator
+import sqlite3
 import statistics
 import time
 from collections.abc import Callable, Collection
@@ -32,6 +34,7 @@ from .common import (
     Params,
     Result,
     add_growth_exponent,
+    as_node,
     chat_message,
     check_loop_result,
     measure_closed,
@@ -40,7 +43,9 @@ from .common import (
     reply_turn,
 )
 
-MODES = ("none", "memory", "sqlite", "sqlite-ainvoke")
+MODES = ("none", "memory", "sqlite", "sqlite-ainvoke", "sqlite-full")
+LOOP_ONLY_MODES = ("sqlite-full",)
+"""Measured on the loop alone: what the power-loss setting costs."""
 MAX_STEPS = 1_000_000
 
 
@@ -64,7 +69,8 @@ class AppendState(BaseModel):
 
 def loop_graph(iterations: int, executions: Executions | None = None,
                log: ExecutionLog | None = None,
-               on_work: Callable[[int], None] | None = None) -> StateGraph:
+               on_work: Callable[[int], None] | None = None, *,
+               asynchronous: bool = False) -> StateGraph:
     """work -> check -> work ... ; exits after `iterations`; each iteration appends one item.
 
     `executions` counts the nodes' runs (and may inject a failure), `log` writes one line per
@@ -96,15 +102,15 @@ def loop_graph(iterations: int, executions: Executions | None = None,
         return END if state.count >= iterations else "work"
 
     g = StateGraph(LoopState)
-    g.add_node("work", work)
-    g.add_node("check", check)
+    g.add_node("work", as_node(work, asynchronous))
+    g.add_node("check", as_node(check, asynchronous))
     g.add_edge(START, "work")
     g.add_edge("work", "check")
     g.add_conditional_edges("check", route, ["work", END])
     return g
 
 
-def chain_graph(length: int) -> StateGraph:
+def chain_graph(length: int, *, asynchronous: bool = False) -> StateGraph:
     """A linear graph of `length` nodes; each increments and appends."""
     def stage(state: LoopState) -> dict:
         return {"count": state.count + 1, "items": [f"s{state.count}"]}
@@ -112,7 +118,7 @@ def chain_graph(length: int) -> StateGraph:
     g = StateGraph(LoopState)
     names = [f"n{i}" for i in range(length)]
     for name in names:
-        g.add_node(name, stage)
+        g.add_node(name, as_node(stage, asynchronous))
     g.add_edge(START, names[0])
     for a, b in pairwise(names):
         g.add_edge(a, b)
@@ -120,14 +126,14 @@ def chain_graph(length: int) -> StateGraph:
     return g
 
 
-def fanout_graph(width: int) -> StateGraph:
+def fanout_graph(width: int, *, asynchronous: bool = False) -> StateGraph:
     """START fans out to `width` parallel nodes; a join node sums their items."""
     g = StateGraph(FanState)
     names = [f"w{i}" for i in range(width)]
     for i, name in enumerate(names):
-        g.add_node(name, lambda state, _i=i: {"items": [_i]})
+        g.add_node(name, as_node(lambda state, _i=i: {"items": [_i]}, asynchronous))
         g.add_edge(START, name)
-    g.add_node("join", lambda state: {"total": sum(state.items)})
+    g.add_node("join", as_node(lambda state: {"total": sum(state.items)}, asynchronous))
     g.add_edge(names, "join")
     g.add_edge("join", END)
     return g
@@ -187,9 +193,10 @@ def _checkpointer(mode: str, directory: Path) -> tuple[Any, Path | None]:
         return None, None
     if mode == "memory":
         return MemoryCheckpointer(), None
-    if mode in ("sqlite", "sqlite-ainvoke"):
+    if mode in ("sqlite", "sqlite-ainvoke", "sqlite-full"):
         path = new_db_path(directory, "ours")
-        return SQLiteCheckpointer(path), path
+        return SQLiteCheckpointer(path, synchronous="full" if mode == "sqlite-full"
+                                  else "normal"), path
     raise ValueError(f"unknown mode {mode!r} (ours: {', '.join(MODES)})")
 
 
@@ -220,18 +227,20 @@ def _invoker(app: Any, mode: str) -> Callable[[list[tuple[Any, str]]], tuple[flo
     return run
 
 
-def _workload(workload: str, p: Params) -> tuple[StateGraph, int, int, Any, Callable[[Any], bool]]:
+def _workload(workload: str, p: Params, *, asynchronous: bool = False
+              ) -> tuple[StateGraph, int, int, Any, Callable[[Any], bool]]:
     """(graph, invocations, steps per invocation, input, check of the final state)."""
     if workload == "loop":
-        return (loop_graph(p.iterations), 1, 2 * p.iterations, {"count": 0},
+        return (loop_graph(p.iterations, asynchronous=asynchronous), 1, 2 * p.iterations,
+                {"count": 0},
                 lambda s: check_loop_result(s.count, s.items, p.iterations))
     if workload == "chain":
         n = p.chain_length
-        return (chain_graph(n), p.invocations, n, {"count": 0},
+        return (chain_graph(n, asynchronous=asynchronous), p.invocations, n, {"count": 0},
                 lambda s: s.count == n and s.items == [f"s{i}" for i in range(n)])
     if workload == "fanout":
         w = p.fan_width
-        return (fanout_graph(w), p.invocations, 2, {"total": 0},
+        return (fanout_graph(w, asynchronous=asynchronous), p.invocations, 2, {"total": 0},
                 lambda s: s.total == w * (w - 1) // 2 and sorted(s.items) == list(range(w)))
     raise ValueError(f"unknown workload {workload!r}")
 
@@ -240,7 +249,8 @@ def throughput(workload: str, mode: str, p: Params, directory: Path, *,
                trace: bool = True) -> Result:
     """Time the workload's invocations (each on a new thread); then, on a fresh checkpointer,
     one more invocation under tracemalloc for the peak memory."""
-    graph, runs, steps_per_run, value, check = _workload(workload, p)
+    graph, runs, steps_per_run, value, check = _workload(
+        workload, p, asynchronous=mode.endswith("ainvoke"))
     saver, path = _checkpointer(mode, directory)
     app = graph.compile(checkpointer=saver)
     seconds, last = _invoker(app, mode)([(value, f"{workload}-{i}") for i in range(runs)])
@@ -254,6 +264,35 @@ def throughput(workload: str, mode: str, p: Params, directory: Path, *,
         peak = peak_kib(lambda: run([(value, f"{workload}-traced")]))
         _close(saver, path)
     return Result(workload, mode, runs * steps_per_run, seconds, db_bytes, peak, engine=OURS)
+
+
+def commit_limit(p: Params, directory: Path) -> Result:
+    """SQLite's own limit for a durable loop: one bare commit per step, as our checkpointer
+    commits (WAL, synchronous=NORMAL, autocommit), with nothing else: one INSERT of a row the
+    size of the loop's checkpoint (~150 bytes) into an indexed table, as many as the loop has
+    steps, on a fresh file. The loop's steps/s over this is the share of the limit it reaches."""
+    path = new_db_path(directory, "commit-limit")
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("CREATE TABLE steps (id INTEGER PRIMARY KEY, thread INTEGER NOT NULL, "
+                     "step INTEGER NOT NULL, payload TEXT NOT NULL)")
+        conn.execute("CREATE INDEX steps_by_thread ON steps(thread, id)")
+        steps = 2 * p.iterations
+        payload = '{"count": 1, "items": ["item-0"]}' + " " * 110
+        runs = []
+        for _ in range(max(p.rounds, 1)):
+            started = time.perf_counter()
+            for step in range(steps):
+                conn.execute("INSERT INTO steps(thread, step, payload) VALUES (1, ?, ?)",
+                             (step, payload))
+            runs.append(time.perf_counter() - started)
+    finally:
+        conn.close()
+    return Result("commit-limit", "sqlite", steps, statistics.median(runs), engine=OURS,
+                  runs=runs, extra={"what": "a bare autocommit INSERT per step, WAL, "
+                                            "synchronous=NORMAL; median of the rounds"})
 
 
 def latest_read(mode: str, p: Params, directory: Path) -> Result:
@@ -360,8 +399,10 @@ def run_all(p: Params, directory: Path, only: Collection[str] = WORKLOADS) -> li
     results: list[Result] = []
     for mode in MODES:
         for workload in ("loop", "chain", "fanout"):
-            if workload in only:
+            if workload in only and (workload == "loop" or mode not in LOOP_ONLY_MODES):
                 results.append(throughput(workload, mode, p, directory))
+    if "commit-limit" in only:
+        results.append(commit_limit(p, directory))
     for mode in ("memory", "sqlite"):
         if "latest-read" in only:
             results.append(latest_read(mode, p, directory))

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ("loop", "chain", "fanout", "latest-read", "resume", "growth", "crash", "chat",
-             "big-append")
+WORKLOADS = ("loop", "chain", "fanout", "commit-limit", "latest-read", "resume", "growth",
+             "crash", "chat", "big-append")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -33,10 +33,18 @@ def test_quick_benchmark_prints_every_workload_and_writes_json(tmp_path):
     assert {(r["workload"], r["mode"]) for r in rows} >= {
         (w, m) for w in ("loop", "chain", "fanout")
         for m in ("none", "memory", "sqlite", "sqlite-ainvoke")}
+    assert ("loop", "sqlite-full") in {(r["workload"], r["mode"]) for r in rows}
+    assert ("chain", "sqlite-full") not in {(r["workload"], r["mode"]) for r in rows}
     assert {r["workload"] for r in rows} == set(WORKLOADS)
+    limit = next(r for r in rows if r["workload"] == "commit-limit")
+    assert limit["steps"] == 2 * document["params"]["iterations"] and limit["seconds"] > 0
+    names = {t["target"] for t in document["targets"]}
+    assert "SQLite loop: ainvoke (async nodes) >= 0.8x invoke, same run" in names
+    assert "SQLite loop >= 50% of a bare commit per step, same run" in names
     for row in rows:
         assert row["engine"] == "statemachine"
-        if row["mode"].startswith("sqlite") and row["workload"] != "latest-read":
+        if row["mode"].startswith("sqlite") and row["workload"] not in ("latest-read",
+                                                                        "commit-limit"):
             assert row["db_bytes"] > 0
     growth = [r for r in rows if r["workload"] == "growth"]
     assert all("growth_exponent" in r["extra"] for r in growth)
@@ -75,6 +83,34 @@ def test_quick_chat_and_big_append_alone_on_our_engine(tmp_path):
     assert any(name.startswith("big-append") for name in names)
 
 
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_draws_the_growth_charts_of_the_run(tmp_path):
+    charts = tmp_path / "charts"
+    result = _run("--quick", "--only", "growth,chat", "--plot", str(charts))
+    assert result.returncode == 0, result.stderr
+    assert (charts / "growth.png").read_bytes().startswith(PNG)
+    assert not (charts / "ratios.png").exists()  # no comparison ran: no ratio to draw
+
+
+def test_plot_draws_ratios_and_the_server_latencies_from_documents(tmp_path):
+    from benchmarks import plot
+
+    results = {"comparisons": [
+        {"workload": "loop", "ours_mode": "sqlite", "theirs_mode": "sqlite:sync",
+         "speed_ratio": 15.2},
+        {"workload": "fanout", "ours_mode": "memory", "theirs_mode": "memory",
+         "speed_ratio": 0.8}], "rows": []}
+    server = {"rows": [
+        {"engine": "statemachine", "database": "sqlite", "latencies_ms": [6.0, 9.5, 51.0]},
+        {"engine": "langgraph", "database": "sqlite", "latencies_ms": [30.0, 80.0, 400.0]}]}
+    written = plot.draw(tmp_path, results, server)
+    assert sorted(p.name for p in written) == ["ratios.png", "server_latency.png"]
+    assert all(p.read_bytes().startswith(PNG) for p in written)
+    assert plot.draw(tmp_path / "none", {"rows": [], "comparisons": []}) == []
+
+
 def test_only_refuses_an_unknown_workload():
     result = _run("--quick", "--only", "chat,nonsense")
     assert result.returncode == 2
@@ -83,7 +119,7 @@ def test_only_refuses_an_unknown_workload():
 
 def test_benchmark_modules_do_not_import_langgraph():
     code = ("import sys, benchmarks.__main__, benchmarks.workloads, benchmarks.compare, "
-            "benchmarks.crash, benchmarks.appending, benchmarks.store; "
+            "benchmarks.crash, benchmarks.appending, benchmarks.store, benchmarks.plot; "
             "assert not any(m.startswith('langgraph') for m in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
