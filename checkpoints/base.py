@@ -177,7 +177,19 @@ def process_space() -> str:
     """Where this process's pid means something: the host name, plus (on Linux) the boot and
     the pid namespace. A lease holder whose pid is gone may be taken over at once only when it
     ran in the same space: two containers with one host name, or a machine rebooted since,
-    must wait for the lease to expire instead."""
+    must wait for the lease to expire instead. Worked out once per process (each run asks,
+    and it reads /proc): a forked child works it out again."""
+    global _space
+    pid = os.getpid()
+    if _space is None or _space[0] != pid:
+        _space = (pid, _find_process_space())
+    return _space[1]
+
+
+_space: tuple[int, str] | None = None
+
+
+def _find_process_space() -> str:
     name = socket.gethostname()
     try:
         with open("/proc/sys/kernel/random/boot_id") as handle:
@@ -236,9 +248,11 @@ class Checkpointer(ABC):
 
     @abstractmethod
     async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint, *,
-                  memory: Sequence[StoreWrite] = ()) -> str:
+                  memory: Sequence[StoreWrite] = (), release: bool = False) -> str:
         """Commit a checkpoint atomically and return its id; with `memory`, those store
-        writes in the same transaction (only asked of a store it `commits_memory_of`)."""
+        writes in the same transaction (only asked of a store it `commits_memory_of`). With
+        `release`, the thread is given up in that transaction too, as `release` would (a
+        run's last write: a finished run saves a commit a turn)."""
 
     @abstractmethod
     async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite, *,

@@ -145,7 +145,7 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
         return thread
 
     async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint, *,
-                  memory: Sequence[StoreWrite] = ()) -> str:
+                  memory: Sequence[StoreWrite] = (), release: bool = False) -> str:
         assert not memory, "a MemoryCheckpointer commits no store's writes"
         with self._lock:
             thread = self._fenced(thread_id, owner)
@@ -157,7 +157,9 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
                 checkpoint.extra, checkpoint.error,
                 time.time() if checkpoint.created_at is None else checkpoint.created_at)
             thread.checkpoints.append(cid)
-            return cid
+        if release:  # the lock is not reentrant; nothing of another run can come between
+            await self.release(thread_id, owner)
+        return cid
 
     async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite, *,
                           memory: Sequence[StoreWrite] = ()) -> None:

@@ -69,6 +69,10 @@ round trip: rows tagged 'c' (checkpoint, with its distance from the head) or 'p'
 write). `known` ends the chain early, and its snapshot is left out (the caller has it)."""
 
 
+_RELEASE = ("UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, "
+            "lease_expires = NULL WHERE thread_id = :thread AND owner = :owner")
+
+
 class Statements:
     """The shared statements, rendered for `dialect`."""
 
@@ -76,20 +80,24 @@ class Statements:
         d = self.dialect = dialect
         keys = d.retry_keys
         self.fence = d.render(_FENCE)
-        self.release = d.render(
-            "UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, "
-            "lease_expires = NULL WHERE thread_id = :thread AND owner = :owner")
+        self.release = d.render(_RELEASE)
 
         # -- writes of a run, fenced ----------------------------------------------------------
         # PostgreSQL stamps checkpoints with the server's clock, whatever the run's says
-        self.put = d.render(
+        held = "FROM threads WHERE thread_id = :thread AND owner = :owner"
+        put = (
             "INSERT INTO checkpoints(thread, parent, step, kind, status, next, writes, "
             f"snapshot, extra, error, created_at{', commit_key' if keys else ''}) SELECT key, "
             ":parent, :step, :kind, :status, :next, :writes, :snapshot, :extra, :error, "
             f"{':now' if d.server_clock else ':created_at'}{', :key' if keys else ''} "
-            f"FROM threads WHERE thread_id = :thread AND owner = :owner{d.once('commit_key')}"
-            f"{d.returning('id')}")
+            f"{held}{d.once('commit_key')}{d.returning('id')}")
+        self.put = d.render(put)
         self.put_landed = d.render("SELECT id FROM checkpoints WHERE commit_key = :key")
+        # the same, giving the thread up in the same statement (where DML may sit in a WITH:
+        # one round trip; elsewhere put and release commit in one transaction)
+        self.put_releasing = d.render(
+            f"WITH released AS ({_RELEASE} RETURNING key) "
+            + put.replace(held, "FROM released")) if d.returns else None
         self.put_pending = d.render(
             "INSERT INTO pending_writes(checkpoint, node, idx, writes, meta) SELECT "
             f":checkpoint, :node, :idx, :writes, :meta WHERE EXISTS ({_FENCE})"

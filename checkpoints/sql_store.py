@@ -94,7 +94,18 @@ class SQLCheckpointer(Checkpointer):
     # -- writes (each one statement: atomic and fenced) ---------------------------------------
 
     async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint, *,
-                  memory: Sequence[StoreWrite] = ()) -> str:
+                  memory: Sequence[StoreWrite] = (), release: bool = False) -> str:
+        if release and self.keep_last is not None:  # trimming is a transaction of its own
+            checkpoint_id = await self.put(thread_id, owner, checkpoint, memory=memory)
+            await self.release(thread_id, owner)
+            return checkpoint_id
+        checkpoint_id = await self._put(thread_id, owner, checkpoint, memory, release)
+        if release:
+            self._heartbeat.drop(thread_id, owner.token)
+        return checkpoint_id
+
+    async def _put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint,
+                   memory: Sequence[StoreWrite], release: bool) -> str:
         cp = checkpoint
         now = time.time()
         doing = f"commit step {cp.step} of thread {thread_id!r}"
@@ -104,10 +115,12 @@ class SQLCheckpointer(Checkpointer):
             "snapshot": cp.snapshot, "extra": cp.extra, "error": cp.error, "now": now,
             "created_at": now if cp.created_at is None else cp.created_at,
             "key": self._retry_key(), "thread": thread_id, "owner": owner.token}
-        if memory:
-            return str(await self._with_memory(doing, thread_id, self._sql.put,
-                                               self._sql.put_landed, params, memory))
-        rows = await self._write_once(doing, self._sql.put, self._sql.put_landed, params)
+        if memory or (release and self._sql.put_releasing is None):
+            return str(await self._together(doing, thread_id, self._sql.put,
+                                            self._sql.put_landed, params, memory, release))
+        sql = self._sql.put_releasing if release else self._sql.put
+        assert sql is not None
+        rows = await self._write_once(doing, sql, self._sql.put_landed, params)
         if not rows:
             raise busy_error(thread_id, lost=True)
         return str(rows[0][0])
@@ -119,18 +132,20 @@ class SQLCheckpointer(Checkpointer):
                   "idx": write.index, "writes": write.writes, "meta": write.meta,
                   "thread": thread_id, "owner": owner.token}
         if memory:
-            await self._with_memory(doing, thread_id, self._sql.put_pending, self._sql.fence,
-                                    params, memory)
+            await self._together(doing, thread_id, self._sql.put_pending, self._sql.fence,
+                                 params, memory)
             return
         rows = await self._write_once(doing, self._sql.put_pending, self._sql.fence, params)
         if not rows:  # fenced out (`landed`, the fence, found another owner)
             raise busy_error(thread_id, lost=True)
 
-    async def _with_memory(self, doing: str, thread_id: str, sql: str, landed: str,
-                           params: dict[str, Any], memory: Sequence[StoreWrite]) -> Any:
-        """The fenced write `sql` and the store writes `memory` in one transaction: both or
-        neither. A write found to have landed already (the transaction ran before a dropped
-        connection hid its commit) brought its memory with it: it is not applied again."""
+    async def _together(self, doing: str, thread_id: str, sql: str, landed: str,
+                        params: dict[str, Any], memory: Sequence[StoreWrite],
+                        release: bool = False) -> Any:
+        """The fenced write `sql`, the store writes `memory` and (`release`) the thread's
+        release in one transaction: all or none. A write found to have landed already (the
+        transaction ran before a dropped connection hid its commit) brought the rest with it:
+        none of it is done again."""
         store_sql = self._store_sql
 
         def work(conn: Connection) -> Any:
@@ -146,11 +161,14 @@ class SQLCheckpointer(Checkpointer):
                 if not rows:
                     raise busy_error(thread_id, lost=True)
                 return rows[0][0]
-            now = time.time()
-            store_sql.apply(conn, memory, now)
-            if now - self._store_swept_at >= SWEEP_SECONDS:  # expired items go, now and then
-                self._store_swept_at = now
-                store_sql.sweep(conn, now)
+            if memory:
+                now = time.time()
+                store_sql.apply(conn, memory, now)
+                if now - self._store_swept_at >= SWEEP_SECONDS:  # expired items go, at times
+                    self._store_swept_at = now
+                    store_sql.sweep(conn, now)
+            if release:
+                conn.execute(self._sql.release, {"thread": thread_id, "owner": params["owner"]})
             return written
 
         return await self._transaction(doing, work, small=_small_memory(params, memory))

@@ -54,22 +54,26 @@ class Committer:
         """The head's extra data as stored (a mark adds to it)."""
         self.wrote = False
         """Whether this run committed anything yet."""
+        self.released = False
+        """Whether the thread was given up with the run's last commit (`put(release=True)`)."""
 
     def start_at(self, head: CheckpointRecord, cost: ReplayCost) -> None:
         """Continue the thread from `head`, whose state costs `cost` to rebuild."""
         self.head_id, self.head_created, self.replay = head.id, head.created_at, cost
         self.head_extra = head.extra
 
-    async def put(self, checkpoint: NewCheckpoint,
-                  memory: Sequence[StoreWrite] = ()) -> None:
+    async def put(self, checkpoint: NewCheckpoint, memory: Sequence[StoreWrite] = (), *,
+                  release: bool = False) -> None:
         """Commit `checkpoint` (made with `created_at=time.time()`) as the new head, and the
-        store writes of the tasks it commits."""
+        store writes of the tasks it commits; with `release`, give the thread up with it (the
+        run writes nothing after it)."""
         assert checkpoint.created_at is not None
         together = bool(memory) and self.memory_with_commit
         self.head_id = await self.saver.put(self.thread_id, self.owner, checkpoint,
-                                            memory=memory if together else ())
+                                            memory=memory if together else (), release=release)
         self.head_created, self.head_extra = checkpoint.created_at, checkpoint.extra
         self.wrote = True
+        self.released = release
         if memory and not together:
             await self._memory_after(memory)
 
@@ -105,9 +109,10 @@ class Committer:
 
     async def put_step(self, step: int, ran: Sequence[Task], results: StepResults,
                        state: BaseModel, tasks: Sequence[Task], status: str,
-                       extra: str | None) -> None:
+                       extra: str | None, *, release: bool = False) -> None:
         """Commit step `step`: the tasks `ran` made `state` and `tasks` run next. Their
-        writes already stored as pending writes become part of it as they are."""
+        writes already stored as pending writes become part of it as they are. `release`:
+        the run ends here, so the thread is given up in the same commit."""
         encoded = results.encoded
         inline = [(t.node, t.index, encoded[t.key]) for t in ran if t.key not in results.committed]
         writes = self.schema.encode_writes(inline) if inline else None
@@ -119,7 +124,7 @@ class Committer:
             next=encode_tasks(tasks), writes=writes,
             snapshot=self.snapshot_if_due(
                 size, all(appends(results.pending[t.key]) for t in ran), state),
-            extra=extra, created_at=time.time()), memory)
+            extra=extra, created_at=time.time()), memory, release=release)
 
     async def put_pending(self, task: Task, results: StepResults) -> None:
         """Store a finished task's writes before its step commits."""

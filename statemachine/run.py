@@ -153,7 +153,7 @@ class Run:
             failure = exc
             # the state is known from then on; a failed or paused head this run never got
             # past keeps its own error and status
-            if committer.head_id is not None and (
+            if committer.head_id is not None and not committer.released and (
                     committer.wrote or self.head_status in (None, "running")):
                 await asyncio.shield(committer.mark_storage_failure(exc, self.state))
             raise
@@ -161,7 +161,9 @@ class Run:
             failure = exc
             raise
         finally:
-            await asyncio.shield(release_after(self.saver, self.thread_id, self.owner, failure))
+            if not committer.released:
+                await asyncio.shield(release_after(self.saver, self.thread_id, self.owner,
+                                                   failure))
 
     # -- starting -----------------------------------------------------------------------------
 
@@ -285,7 +287,9 @@ class Run:
                     attempts=metadata.get("attempts", {}),
                     cache_hits=metadata.get("cache_hits", []), joins=joins,
                     interrupt="after" if status == "interrupted" else None).encode()
-            await committer.put_step(step, tasks, results, new_state, next_up, status, extra)
+            # a finished run writes nothing more: its last commit gives the thread up too
+            await committer.put_step(step, tasks, results, new_state, next_up, status, extra,
+                                     release=status == "done")
         elif results.memory:  # nothing is stored: the step's memory applies as it merges
             assert runner.store is not None
             await runner.store.aapply([w for t in tasks for w in results.memory.get(t.key, ())])
