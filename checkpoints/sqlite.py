@@ -374,6 +374,11 @@ class SQLiteCheckpointer(SQLCheckpointer):
             if self._in_caller_thread:
                 with self._direct_lock:
                     return self._reader().execute(sql, params).fetchall()
+            if self._on_loop is not None:  # see _write; a read's rows are decoded on the
+                # loop anyway, which takes longer than SQLite takes to hand them over
+                done = self._on_loop.run(lambda conn: conn.execute(sql, params).fetchall())
+                if not isinstance(done, Missed):
+                    return done
             assert self._conn is not None
             return [tuple(row) for row in await self._conn.execute_fetchall(sql, params)]
 

@@ -1,13 +1,14 @@
-"""Small SQLite writes done on the event loop's own thread, when SQLite can do them at once.
+"""SQLite reads and small writes done on the event loop's own thread, when SQLite can do them
+at once.
 
 A commit of a step takes ~20 µs here; handing it to a thread and back (aiosqlite, or
 `asyncio.to_thread`) costs several times that, which is why async runs went at a third of
-the speed of sync ones. So the async API first tries a small write (`sql_store.small`) on a
-connection of its own that never waits. If another thread is using that connection, or the
-file's write lock is held by someone else (SQLITE_BUSY, reported at once: its busy timeout is
-0), the write is not done here and the caller takes the usual path, in a thread with the full
-busy timeout. A statement or transaction that failed with SQLITE_BUSY was rolled back whole,
-so running it again there is safe.
+the speed of sync ones. So the async API first tries a read or a small write
+(`sql_store.small`) on a connection of its own that never waits. If another thread is using
+that connection, or the file's write lock is held by someone else (SQLITE_BUSY, reported at
+once: its busy timeout is 0), it is not done here and the caller takes the usual path, in a
+thread with the full busy timeout. A statement or transaction that failed with SQLITE_BUSY was
+rolled back whole, so running it again there is safe.
 
 Two things would block the loop for milliseconds and are kept off it:
 - folding the write-ahead log into the file (a checkpoint, with an fsync): this connection's

@@ -254,3 +254,34 @@ def test_synchronous_full_fsyncs_every_commit_and_runs_the_same(tmp_path):
     assert asyncio.run(main()).n == 5
     with pytest.raises(ValueError, match="synchronous must be 'normal' or 'full', not 'off'"):
         SQLiteCheckpointer(tmp_path / "x.db", synchronous="off")  # type: ignore[arg-type]
+
+
+def test_async_reads_run_on_the_loop_and_never_wait_for_a_writer(tmp_path):
+    """A read through the async API is done on the loop's own connection (a thread hop costs
+    more than the read) and, in WAL mode, never waits for another process's write lock."""
+    path = tmp_path / "runs.db"
+    saver = SQLiteCheckpointer(path)
+    app = counting(5).compile(checkpointer=saver)
+    on_loop = saver._on_loop
+    assert on_loop is not None
+    reads: list[int] = []
+    on_loop._conn.set_trace_callback(
+        lambda sql: reads.append(threading.get_ident()) if sql.lstrip().startswith(
+            ("SELECT", "WITH")) else None)
+
+    async def main() -> tuple[Any, float, int]:
+        await app.ainvoke({}, thread_id="t")
+        child = hold_write_lock(path, 1.0)
+        try:
+            started = time.perf_counter()
+            snapshot = await app.aget_state("t")
+            took = time.perf_counter() - started
+        finally:
+            child.wait(10)
+        await saver.aclose()
+        return snapshot, took, threading.get_ident()
+
+    snapshot, took, loop_thread = asyncio.run(main())
+    assert snapshot.state.n == 5 and snapshot.status == "done"
+    assert took < 0.2  # the writer's lock is not waited for
+    assert reads and set(reads) == {loop_thread}
