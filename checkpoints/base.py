@@ -212,21 +212,21 @@ class Owner:
 
     @classmethod
     def new(cls) -> Owner:
-        return cls(_new_token(), os.getpid(), process_space())
+        return cls(unique_key(), os.getpid(), process_space())
 
 
-def _new_token() -> str:
-    """A token no other run anywhere has: this process's random prefix (drawn once per
-    process: the system's randomness costs a system call, ~16 µs here, at every run) and a
-    count."""
-    global _tokens
+def unique_key() -> str:
+    """32 hex digits no other call anywhere returns: this process's random prefix and a count.
+    Owner tokens, commit keys and claim keys are made so, not from the system's randomness at
+    each call: that is a system call, 15-200 µs here, on the event loop, at every commit."""
+    global _keys
     pid = os.getpid()
-    if _tokens is None or _tokens[0] != pid:  # a forked child draws its own
-        _tokens = (pid, os.urandom(8).hex(), itertools.count())
-    return f"{_tokens[1]}{next(_tokens[2]):08x}"
+    if _keys is None or _keys[0] != pid:  # a forked child draws its own prefix
+        _keys = (pid, os.urandom(8).hex(), itertools.count())
+    return f"{_keys[1]}{next(_keys[2]):016x}"
 
 
-_tokens: tuple[int, str, itertools.count[int]] | None = None
+_keys: tuple[int, str, itertools.count[int]] | None = None
 
 
 class CacheStore(Protocol):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from .base import (
     ThreadInfo,
     busy_error,
     job_busy_error,
+    unique_key,
 )
 from .errors import ThreadNotFoundError
 from .retention import (
@@ -352,7 +352,7 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
                 return None
             job = min(due, key=lambda j: (j.available_at, j.submitted_at))
             job.status, job.claimed_by = "running", worker.token
-            job.claim_key = os.urandom(12).hex()
+            job.claim_key = unique_key()
             job.attempts += 1
             return ClaimedJob(job.thread_id, job.claim_key, job.input, job.event, job.base,
                               job.attempts, job.max_attempts)

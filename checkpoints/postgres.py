@@ -31,12 +31,11 @@ import contextlib
 import logging
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .base import DEFAULT_LEASE_SECONDS, ClaimedJob, Owner, Removed, busy_error
+from .base import DEFAULT_LEASE_SECONDS, ClaimedJob, Owner, Removed, busy_error, unique_key
 from .errors import CheckpointError, StorageUnavailableError
 from .heartbeat import LeaseHeartbeat
 from .redaction import redact_dsn, scrub
@@ -239,7 +238,7 @@ class PostgresCheckpointer(SQLCheckpointer):
     # clock ----------------------------------------------------------------------------------
 
     async def claim(self, worker: Owner, graph: str | None = None) -> ClaimedJob | None:
-        key = uuid.uuid4().hex
+        key = unique_key()
 
         def claim(conn: psycopg.Connection) -> tuple | None:
             row = conn.execute(

@@ -14,7 +14,6 @@ import copy
 import logging
 import threading
 import time
-import uuid
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Self, TypeVar
@@ -34,6 +33,7 @@ from .base import (
     busy_error,
     checkpoint_number,
     job_busy_error,
+    unique_key,
 )
 from .errors import CheckpointError, ThreadNotFoundError
 from .heartbeat import LeaseHeartbeat
@@ -413,7 +413,7 @@ class SQLCheckpointer(Checkpointer):
 
     def _retry_key(self) -> str | None:
         """A key for a write that may run twice (None where the store never runs it again)."""
-        return uuid.uuid4().hex if self._sql.dialect.retry_keys else None
+        return unique_key() if self._sql.dialect.retry_keys else None
 
     async def _release(self, thread_id: str, token: str) -> None:
         await self._execute(f"release thread {thread_id!r}", self._sql.release,

@@ -54,6 +54,7 @@ from .base import (
     Owner,
     Removed,
     busy_error,
+    unique_key,
 )
 from .errors import CheckpointError, StorageUnavailableError
 from .heartbeat import LeaseHeartbeat
@@ -280,7 +281,7 @@ class SQLiteCheckpointer(SQLCheckpointer):
         """The next due queued job; else a running one whose worker stopped renewing its claim,
         judged as leases are (see `acquire`): its claim must have stood still for the claim's
         period on this checkpointer's monotonic clock, over calls, whatever the clocks say."""
-        key, now = os.urandom(12).hex(), time.time()
+        key, now = unique_key(), time.time()
         rows = await self._fetchall(
             "claim a job",
             "UPDATE jobs SET status = 'running', claimed_by = ?, claim_key = ?, "
