@@ -41,8 +41,10 @@ class Missed:
 
 MISSED: Final = Missed()
 
-FOLD_EVERY = 256
-"""Commits between checkpoints (about 500 log pages for a step's commit)."""
+FOLD_EVERY = 500
+"""Commits between checkpoints: about 1,000 log pages for a step's commit, SQLite's own cadence
+(its automatic checkpoint, which the sync API's connection runs). A page written again and
+again between two is copied into the file once."""
 
 FOLD_WAIT = 0.05
 """Seconds a checkpoint waits for writers and readers before settling for what it can fold."""
