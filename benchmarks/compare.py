@@ -246,6 +246,8 @@ def targets(results: list[Result], comparisons: list[Comparison], p: Params) -> 
                             f"{worst.theirs.mode})", worst.speed_ratio >= 3))
     else:
         found.append(Target("fan-out >= 3x LangGraph in every mode", "not measured", None))
+    found.append(_ratio_target("fan-out on memory >= 3x LangGraph (InMemorySaver)",
+                               _find(comparisons, "fanout", "memory", "memory"), 3))
     loop_db = _find(comparisons, "loop", "sqlite", "sqlite:sync")
     if loop_db is not None and loop_db.bytes_ratio is not None:
         found.append(Target(f"{loop_db.ours.steps // 2:,}-iteration loop DB <= 1/10 of "
