@@ -361,7 +361,8 @@ class SQLiteCheckpointer(SQLCheckpointer):
                     cursor = self._direct.execute(sql, params)
                     return cursor.rowcount, cursor.lastrowid
             if self._on_loop is not None and small(params):
-                done = self._on_loop.run(lambda conn: _changed(conn.execute(sql, params)))
+                done = await self._on_loop.arun(
+                    lambda conn: _changed(conn.execute(sql, params)))
                 if not isinstance(done, Missed):
                     return done
             assert self._conn is not None
@@ -377,7 +378,8 @@ class SQLiteCheckpointer(SQLCheckpointer):
                     return self._reader().execute(sql, params).fetchall()
             if self._on_loop is not None:  # see _write; a read's rows are decoded on the
                 # loop anyway, which takes longer than SQLite takes to hand them over
-                done = self._on_loop.run(lambda conn: conn.execute(sql, params).fetchall())
+                done = await self._on_loop.arun(
+                    lambda conn: conn.execute(sql, params).fetchall())
                 if not isinstance(done, Missed):
                     return done
             assert self._conn is not None
@@ -400,7 +402,8 @@ class SQLiteCheckpointer(SQLCheckpointer):
         self._check_usable(write=write)
         if small and not self._in_caller_thread and self._on_loop is not None:
             with self._failures(doing):
-                done = self._on_loop.run(lambda conn: _in_transaction(conn, work, write))
+                done = await self._on_loop.arun(
+                    lambda conn: _in_transaction(conn, work, write))
             if not isinstance(done, Missed):
                 return done
 
