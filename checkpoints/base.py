@@ -179,15 +179,15 @@ def process_space() -> str:
     the pid namespace. A lease holder whose pid is gone may be taken over at once only when it
     ran in the same space: two containers with one host name, or a machine rebooted since,
     must wait for the lease to expire instead. Worked out once per process (each run asks,
-    and it reads /proc): a forked child works it out again."""
+    and it reads /proc); a forked child, maybe in a pid namespace of its own, works it out
+    again (`_forget_after_fork`)."""
     global _space
-    pid = os.getpid()
-    if _space is None or _space[0] != pid:
-        _space = (pid, _find_process_space())
-    return _space[1]
+    if _space is None:
+        _space = _find_process_space()
+    return _space
 
 
-_space: tuple[int, str] | None = None
+_space: str | None = None
 
 
 def _find_process_space() -> str:
@@ -218,15 +218,29 @@ class Owner:
 def unique_key() -> str:
     """32 hex digits no other call anywhere returns: this process's random prefix and a count.
     Owner tokens, commit keys and claim keys are made so, not from the system's randomness at
-    each call: that is a system call, 15-200 µs here, on the event loop, at every commit."""
+    each call: that is a system call, 15-200 µs here, on the event loop, at every commit. A
+    forked child draws a prefix of its own (`_forget_after_fork`), whatever its pid."""
     global _keys
-    pid = os.getpid()
-    if _keys is None or _keys[0] != pid:  # a forked child draws its own prefix
-        _keys = (pid, os.urandom(8).hex(), itertools.count())
-    return f"{_keys[1]}{next(_keys[2]):016x}"
+    if _keys is None:
+        _keys = (os.urandom(8).hex(), itertools.count())
+    return f"{_keys[0]}{next(_keys[1]):016x}"
 
 
-_keys: tuple[int, str, itertools.count[int]] | None = None
+_keys: tuple[str, itertools.count[int]] | None = None
+
+
+def _forget_after_fork() -> None:
+    """A forked child shares its parent's memory, so it must not keep the parent's key prefix
+    (two live processes would make the same keys: two owners of one thread) nor its process
+    space (it may be in a pid namespace of its own). A pid check would not do: in nested pid
+    namespaces a child can have its parent's pid."""
+    global _keys, _space
+    _keys = None
+    _space = None
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 class CacheStore(Protocol):

@@ -84,20 +84,25 @@ class Statements:
 
         # -- writes of a run, fenced ----------------------------------------------------------
         # PostgreSQL stamps checkpoints with the server's clock, whatever the run's says
-        held = "FROM threads WHERE thread_id = :thread AND owner = :owner"
         put = (
             "INSERT INTO checkpoints(thread, parent, step, kind, status, next, writes, "
             f"snapshot, extra, error, created_at{', commit_key' if keys else ''}) SELECT key, "
             ":parent, :step, :kind, :status, :next, :writes, :snapshot, :extra, :error, "
             f"{':now' if d.server_clock else ':created_at'}{', :key' if keys else ''} "
-            f"{held}{d.once('commit_key')}{d.returning('id')}")
-        self.put = d.render(put)
-        self.put_landed = d.render("SELECT id FROM checkpoints WHERE commit_key = :key")
-        # the same, giving the thread up in the same statement (where DML may sit in a WITH:
-        # one round trip; elsewhere put and release commit in one transaction)
+            "FROM threads WHERE thread_id = :thread AND owner = :owner"
+            f"{d.once('commit_key')}")
+        self.put = d.render(put + d.returning("id"))
+        self.put_landed = d.render(  # this thread's only: a key is never another's commit
+            "SELECT id FROM checkpoints WHERE commit_key = :key AND thread = "
+            "(SELECT key FROM threads WHERE thread_id = :thread)")
+        # the same, giving the thread up in the same statement where DML may sit in a WITH
+        # (one round trip; elsewhere put and release commit in one transaction): released
+        # only if the checkpoint was written, by the owner the INSERT's fence found
         self.put_releasing = d.render(
-            f"WITH released AS ({_RELEASE} RETURNING key) "
-            + put.replace(held, "FROM released")) if d.returns else None
+            f"WITH written AS ({put} RETURNING id, thread), released AS (UPDATE threads SET "
+            "owner = NULL, owner_pid = NULL, owner_host = NULL, lease_expires = NULL WHERE "
+            "key IN (SELECT thread FROM written) AND owner = :owner) SELECT id FROM written"
+        ) if d.returns else None
         self.put_pending = d.render(
             "INSERT INTO pending_writes(checkpoint, node, idx, writes, meta) SELECT "
             f":checkpoint, :node, :idx, :writes, :meta WHERE EXISTS ({_FENCE})"

@@ -95,10 +95,6 @@ class SQLCheckpointer(Checkpointer):
 
     async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint, *,
                   memory: Sequence[StoreWrite] = (), release: bool = False) -> str:
-        if release and self.keep_last is not None:  # trimming is a transaction of its own
-            checkpoint_id = await self.put(thread_id, owner, checkpoint, memory=memory)
-            await self.release(thread_id, owner)
-            return checkpoint_id
         checkpoint_id = await self._put(thread_id, owner, checkpoint, memory, release)
         if release:
             self._heartbeat.drop(thread_id, owner.token)
@@ -115,7 +111,8 @@ class SQLCheckpointer(Checkpointer):
             "snapshot": cp.snapshot, "extra": cp.extra, "error": cp.error, "now": now,
             "created_at": now if cp.created_at is None else cp.created_at,
             "key": self._retry_key(), "thread": thread_id, "owner": owner.token}
-        if memory or (release and self._sql.put_releasing is None):
+        if memory or (release and (self._sql.put_releasing is None or
+                                   self.keep_last is not None)):
             return str(await self._together(doing, thread_id, self._sql.put,
                                             self._sql.put_landed, params, memory, release))
         sql = self._sql.put_releasing if release else self._sql.put
@@ -143,10 +140,10 @@ class SQLCheckpointer(Checkpointer):
                         params: dict[str, Any], memory: Sequence[StoreWrite],
                         release: bool = False) -> Any:
         """The fenced write `sql`, the store writes `memory` and (`release`) the thread's
-        release in one transaction: all or none. A write found to have landed already (the
-        transaction ran before a dropped connection hid its commit) brought the rest with it:
-        none of it is done again."""
-        store_sql = self._store_sql
+        release, trimmed to `keep_last` if set, in one transaction: all or none. A write
+        found to have landed already (the transaction ran before a dropped connection hid its
+        commit) brought the rest with it: none of it is done again."""
+        store_sql, keep_last = self._store_sql, self.keep_last
 
         def work(conn: Connection) -> Any:
             cursor = conn.execute(sql, params)
@@ -167,11 +164,16 @@ class SQLCheckpointer(Checkpointer):
                 if now - self._store_swept_at >= SWEEP_SECONDS:  # expired items go, at times
                     self._store_swept_at = now
                     store_sql.sweep(conn, now)
-            if release:
+            if release and keep_last is not None:
+                self._retention.trim_and_release(conn, thread_id, params["owner"], keep_last,
+                                                 self._log)
+            elif release:
                 conn.execute(self._sql.release, {"thread": thread_id, "owner": params["owner"]})
             return written
 
-        return await self._transaction(doing, work, small=_small_memory(params, memory))
+        trims = release and keep_last is not None  # may delete many rows: not on the loop
+        return await self._transaction(doing, work,
+                                       small=not trims and _small_memory(params, memory))
 
     async def mark(self, thread_id: str, owner: Owner, checkpoint_id: str, *, status: str,
                    error: str | None = None, snapshot: str | None = None,

@@ -337,8 +337,8 @@ class SQLiteCheckpointer(SQLCheckpointer):
             self._heartbeat.stop()
             with self._direct_lock:
                 self._direct.close()
-            if self._on_loop is not None:
-                self._on_loop.close()
+            if self._on_loop is not None:  # waits for a fold of the log under way
+                await asyncio.to_thread(self._on_loop.close)
             if self._conn is not None:
                 # fold the write-ahead log back into the file, so it is whole and compact; a
                 # full disk or a reader in the way leaves it for later (every commit is
@@ -379,7 +379,7 @@ class SQLiteCheckpointer(SQLCheckpointer):
             if self._on_loop is not None:  # see _write; a read's rows are decoded on the
                 # loop anyway, which takes longer than SQLite takes to hand them over
                 done = await self._on_loop.arun(
-                    lambda conn: conn.execute(sql, params).fetchall())
+                    lambda conn: conn.execute(sql, params).fetchall(), write=write)
                 if not isinstance(done, Missed):
                     return done
             assert self._conn is not None

@@ -62,50 +62,63 @@ class LoopWriter:
         self._conn = connect(0.0)
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
         self._lock = threading.Lock()
+        self._closed = False
         self._commits = 0
         self._folder: concurrent.futures.ThreadPoolExecutor | None = None
         self._folding: concurrent.futures.Future[None] | None = None
 
-    def run(self, work: Callable[[sqlite3.Connection], T]) -> T | Missed:
+    def run(self, work: Callable[[sqlite3.Connection], T], *,
+            write: bool = True) -> T | Missed:
         """`work(conn)` now, in this thread, or MISSED if it cannot be done without waiting.
-        `work` must be one statement or one transaction (so SQLITE_BUSY leaves nothing)."""
+        `work` must be one statement or one transaction (so SQLITE_BUSY leaves nothing);
+        `write`: it commits (and so counts towards the next fold of the log)."""
         if not self._lock.acquire(blocking=False):
             return MISSED  # another thread's loop is using it
         try:
-            result = work(self._conn)
-        except sqlite3.OperationalError as exc:
-            if not _busy(exc):
-                raise
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            return MISSED
+            if self._closed:
+                return MISSED  # the caller's own path says it is closed
+            try:
+                result = work(self._conn)
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                return MISSED
+            if write:
+                self._commits += 1
+                if self._commits % FOLD_EVERY == 0:
+                    self._fold()
+            return result
         finally:
             self._lock.release()
-        self._commits += 1
-        if self._commits % FOLD_EVERY == 0:
-            self._fold()
-        return result
 
-    async def arun(self, work: Callable[[sqlite3.Connection], T]) -> T | Missed:
+    async def arun(self, work: Callable[[sqlite3.Connection], T], *,
+                   write: bool = True) -> T | Missed:
         """`run`; if it missed while our own checkpoint held the file, again once that is
         done (a few milliseconds), rather than in a thread whose busy handler sleeps in steps
         of up to 100 ms."""
-        done = self.run(work)
+        done = self.run(work, write=write)
         folding = self._folding
         if isinstance(done, Missed) and folding is not None and not folding.done():
             await asyncio.wait([asyncio.wrap_future(folding)])
-            done = self.run(work)
+            done = self.run(work, write=write)
         return done
 
     def close(self) -> None:
-        """Wait for a checkpoint under way, then close the connection."""
-        if self._folder is not None:
-            self._folder.shutdown(wait=True)
+        """Wait for a checkpoint under way, then close the connection; nothing runs on it
+        afterwards, and no checkpoint starts."""
+        with self._lock:
+            self._closed = True
+            folder, self._folder = self._folder, None
+        if folder is not None:
+            folder.shutdown(wait=True)
         with self._lock:
             self._conn.close()
 
     def _fold(self) -> None:
-        """Start a checkpoint on the folder's thread, unless one is still going."""
+        """Start a checkpoint on the folder's thread, unless one is still going (called under
+        the lock, so one at a time)."""
         if self._folding is not None and not self._folding.done():
             return
         if self._folder is None:
@@ -129,7 +142,9 @@ class LoopWriter:
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
     """SQLITE_BUSY (another connection holds the lock) or SQLITE_LOCKED, any extended code."""
-    return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    # some errors carry no code (Python 3.11's "Could not decode to UTF-8"): not busy
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 __all__ = ["MISSED", "LoopWriter", "Missed"]

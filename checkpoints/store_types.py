@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic_core import PydanticSerializationError, to_jsonable_python
+from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
 
 from .errors import StateMachineError
 
@@ -117,9 +117,13 @@ def encode_value(namespace: Namespace, key: str, value: object) -> str:
     if not isinstance(value, Mapping):
         raise StoreError(f"the value of {key!r} in namespace {namespace!r} must be a dict, "
                          f"got {type(value).__name__}.")
-    try:  # plain JSON types (the common case) need no conversion first
-        text = _dumps(value)
-    except (TypeError, ValueError):
+    try:  # pydantic's JSON in one call (a step's hot path)
+        raw: bytes | None = to_json(value)
+    except (PydanticSerializationError, TypeError, ValueError):
+        raw = None  # the conversion below says what is wrong
+    if raw is not None and b"NaN" not in raw and b"Infinity" not in raw:
+        text = raw.decode()
+    else:  # pydantic writes NaN and infinities as bare words (not JSON): refuse those
         try:
             text = _dumps(to_jsonable_python(value))
         except (PydanticSerializationError, TypeError, ValueError) as exc:

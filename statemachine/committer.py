@@ -69,8 +69,11 @@ class Committer:
         run writes nothing after it)."""
         assert checkpoint.created_at is not None
         together = bool(memory) and self.memory_with_commit
-        self.head_id = await self.saver.put(self.thread_id, self.owner, checkpoint,
-                                            memory=memory if together else (), release=release)
+        # memory applied after the commit is applied before the thread is given up
+        release = release and (together or not memory)
+        self.head_id = await self.saver.put(  # `release` only when asked: a checkpointer
+            self.thread_id, self.owner, checkpoint,  # of a user's own may predate it
+            memory=memory if together else (), **({"release": True} if release else {}))
         self.head_created, self.head_extra = checkpoint.created_at, checkpoint.extra
         self.wrote = True
         self.released = release

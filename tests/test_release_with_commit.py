@@ -115,3 +115,36 @@ def test_keep_last_trims_when_the_run_ends(store):
         app.invoke({"turns": [f"q{turn}"]}, thread_id="t")
     assert len(app.history("t")) == 2
     assert app.get_state("t").state.turns[-1] == "answer 7"
+
+
+@pytest.mark.parametrize("keep_last", [None, 2])
+def test_a_finished_run_does_not_release_again_and_a_failed_one_does(durable_store, keep_last):
+    """The finished run's release is its last commit (with keep_last, its trim too): no
+    second release call. A failed run's release is its own call."""
+    saver = durable_store.open(keep_last=keep_last)
+    released: list[str] = []
+    real = saver.release
+
+    async def recorded(thread_id: str, owner: Owner) -> None:
+        released.append(thread_id)
+        await real(thread_id, owner)
+
+    saver.release = recorded
+    app = chat().compile(checkpointer=saver)
+    for turn in range(3):
+        app.invoke({"turns": [f"q{turn}"]}, thread_id="t")
+    assert released == []
+    assert owner_of(durable_store, "t") is None
+    if keep_last is not None:
+        assert len(app.history("t")) == keep_last
+
+    def broken(state: Chat) -> dict:
+        raise RuntimeError("model down")
+
+    g = StateGraph(Chat)
+    g.add_node("reply", broken)
+    g.add_edge(START, "reply")
+    g.add_edge("reply", END)
+    with pytest.raises(RuntimeError):
+        g.compile(checkpointer=saver).invoke({"turns": ["q"]}, thread_id="f")
+    assert released == ["f"]
