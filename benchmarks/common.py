@@ -29,6 +29,16 @@ WORKLOADS = ("loop", "chain", "fanout", "commit-limit", "latest-read", "resume",
 """Every workload, in the order they run; `--only` picks among these names."""
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def as_node(fn: Callable[[Any], Any], asynchronous: bool) -> Callable[[Any], Any]:
     """`fn` as a node: itself, or (`asynchronous`) a coroutine function doing the same, as an
     async application's nodes are (both engines run those on the event loop)."""

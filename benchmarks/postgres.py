@@ -64,7 +64,6 @@ from .common import (
     check_loop_result,
     expected_chat,
     median_result,
-    reply_turn,
     timed_median,
     versions,
 )
@@ -149,38 +148,6 @@ def _drop_schema(dsn: str, schema: str) -> None:
 
 # -- the graphs --------------------------------------------------------------------------------
 
-def _ours_async_chat() -> Any:
-    """workloads.chat_graph with an `async def` reply (same body; no clock)."""
-    from statemachine import END, START, StateGraph
-
-    from .workloads import ChatState
-
-    async def reply(state: ChatState) -> dict:
-        return {"messages": [chat_message("assistant", reply_turn(len(state.messages)))]}
-
-    g = StateGraph(ChatState)
-    g.add_node("reply", reply)
-    g.add_edge(START, "reply")
-    g.add_edge("reply", END)
-    return g
-
-
-def _theirs_async_chat() -> Any:
-    """langgraph_workloads.chat_graph with an `async def` reply (same body; no clock)."""
-    from langgraph.graph import END, START, StateGraph
-
-    from .langgraph_workloads import ChatState
-
-    async def reply(state: ChatState) -> dict:
-        return {"messages": [chat_message("assistant", reply_turn(len(state["messages"])))]}
-
-    g = StateGraph(ChatState)
-    g.add_node("reply", reply)
-    g.add_edge(START, "reply")
-    g.add_edge("reply", END)
-    return g
-
-
 @dataclass(frozen=True)
 class Workload:
     """One workload: its invocations (input, thread), steps in all, and the final-state check
@@ -229,9 +196,7 @@ def graph(engine: str, side: ModuleType, name: str, s: Sizes, asynchronous: bool
     if name == "fanout":
         return side.fanout_graph(s.fan_width, asynchronous=asynchronous)
     if name == "chat":
-        if not asynchronous:
-            return side.chat_graph(None)
-        return _ours_async_chat() if engine == OURS else _theirs_async_chat()
+        return side.chat_graph(None, asynchronous=asynchronous)
     raise ValueError(f"unknown workload {name!r}")
 
 

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import versions
+from .common import positive_int, versions
 from .scale_out_graph import DSN_VARIABLE, NODE, TABLE_VARIABLE, build
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -497,24 +497,17 @@ def _workers(text: str) -> tuple[int, ...]:
     return values
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scale_out", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=_workers,
                         help="worker processes; a list runs one sweep per count "
                              f"(default {','.join(map(str, DEFAULT.workers))})")
-    parser.add_argument("--threads", type=_positive, help=f"threads (jobs) submitted "
+    parser.add_argument("--threads", type=positive_int, help=f"threads (jobs) submitted "
                         f"(default {DEFAULT.threads})")
-    parser.add_argument("--steps", type=_positive, help=f"steps per thread "
+    parser.add_argument("--steps", type=positive_int, help=f"steps per thread "
                         f"(default {DEFAULT.steps})")
-    parser.add_argument("--concurrency", type=_positive, help=f"runs per worker at once "
+    parser.add_argument("--concurrency", type=positive_int, help=f"runs per worker at once "
                         f"(default {DEFAULT.concurrency})")
     parser.add_argument("--dsn", help="a PostgreSQL URL (default: start a throwaway server)")
     parser.add_argument("--no-fsync", action="store_true",

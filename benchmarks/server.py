@@ -67,7 +67,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel
 
-from .common import versions
+from .common import positive_int, versions
 
 OURS = "statemachine"
 THEIRS = "langgraph"
@@ -580,13 +580,6 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             print(f"    error x{count}: {line}")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.server", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -599,9 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, metavar="PATH",
                         help="also write the results (per-turn latencies included) as JSON")
     parser.add_argument("--dsn", help="a PostgreSQL URL (default: start a throwaway server)")
-    parser.add_argument("--conversations", type=_positive,
+    parser.add_argument("--conversations", type=positive_int,
                         help=f"conversations at once (default {CONVERSATIONS})")
-    parser.add_argument("--turns", type=_positive,
+    parser.add_argument("--turns", type=positive_int,
                         help=f"turns per conversation (default {TURNS})")
     args = parser.parse_args(argv)
     compare = args.compare == "langgraph"

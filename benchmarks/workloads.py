@@ -139,7 +139,7 @@ def fanout_graph(width: int, *, asynchronous: bool = False) -> StateGraph:
     return g
 
 
-def chat_graph(clock: FirstNodeClock | None) -> StateGraph:
+def chat_graph(clock: FirstNodeClock | None, *, asynchronous: bool = False) -> StateGraph:
     """START -> reply -> END: the reply appends the turn's 1,000-character answer."""
     def reply(state: ChatState) -> dict:
         if clock is not None:
@@ -147,7 +147,7 @@ def chat_graph(clock: FirstNodeClock | None) -> StateGraph:
         return {"messages": [chat_message("assistant", reply_turn(len(state.messages)))]}
 
     g = StateGraph(ChatState)
-    g.add_node("reply", reply)
+    g.add_node("reply", as_node(reply, asynchronous))
     g.add_edge(START, "reply")
     g.add_edge("reply", END)
     return g

@@ -89,7 +89,7 @@ def test_the_last_commit_and_the_release_are_one_sqlite_transaction(tmp_path):
         assert conn.execute("SELECT owner FROM threads").fetchall() == [(None,)]
 
 
-def test_a_failed_run_still_gives_its_thread_up(store):
+def failing_chat() -> StateGraph:
     def broken(state: Chat) -> dict:
         raise RuntimeError("model down")
 
@@ -97,7 +97,11 @@ def test_a_failed_run_still_gives_its_thread_up(store):
     g.add_node("reply", broken)
     g.add_edge(START, "reply")
     g.add_edge("reply", END)
-    app = g.compile(checkpointer=store.open())
+    return g
+
+
+def test_a_failed_run_still_gives_its_thread_up(store):
+    app = failing_chat().compile(checkpointer=store.open())
     with pytest.raises(RuntimeError, match="model down"):
         app.invoke({"turns": ["hello"]}, thread_id="t")
     if store.kind != "memory":
@@ -138,13 +142,6 @@ def test_a_finished_run_does_not_release_again_and_a_failed_one_does(durable_sto
     if keep_last is not None:
         assert len(app.history("t")) == keep_last
 
-    def broken(state: Chat) -> dict:
-        raise RuntimeError("model down")
-
-    g = StateGraph(Chat)
-    g.add_node("reply", broken)
-    g.add_edge(START, "reply")
-    g.add_edge("reply", END)
     with pytest.raises(RuntimeError):
-        g.compile(checkpointer=saver).invoke({"turns": ["q"]}, thread_id="f")
+        failing_chat().compile(checkpointer=saver).invoke({"turns": ["q"]}, thread_id="f")
     assert released == ["f"]
