@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sqlite3
 import sys
 import tempfile
 import time
@@ -24,6 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from .about import describe, load_average, machine
 from .common import OURS, THEIRS, WORKLOADS, Params, Result, versions
 
 FULL = Params(iterations=1000, chain_length=100, fan_width=50, invocations=20,
@@ -44,59 +42,6 @@ MISSING_LANGGRAPH = (
     "--compare langgraph needs LangGraph and its SQLite checkpointer, which are not installed "
     "here ({error}).\nInstall them with: pip install -e '.[bench]' "
     "(or: pip install langgraph langgraph-checkpoint-sqlite)")
-
-
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        model = platform.processor() or "unknown"
-    return {"cores": os.cpu_count(), "cpu": model, "machine": platform.machine(),
-            "system": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-            "source": source(), "load_average_at_start": _load()}
-
-
-def source() -> dict[str, Any]:
-    """The engine's git commit, and whether statemachine/ or checkpoints/ had local changes."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                                  timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    dirty = git("status", "--porcelain", "--", "statemachine", "checkpoints")
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "engine_changes_uncommitted": None if dirty is None else bool(dirty)}
-
-
-def _load() -> list[float] | None:
-    """The 1, 5 and 15 minute load averages: other work on the machine skews timings."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-
-def _describe(info: dict[str, Any], packages: dict[str, str]) -> list[str]:
-    return [f"machine: {info['cores']} cores, {info['cpu']}, {info['machine']}, {info['system']}",
-            f"Python {info['python']}, SQLite {info['sqlite']}; "
-            + ", ".join(f"{k} {v}" for k, v in packages.items()),
-            f"engine source: git {info['source']['commit']}"
-            + (" (statemachine/ or checkpoints/ with uncommitted changes)"
-               if info["source"]["engine_changes_uncommitted"] else "")
-            + f"; load average at start: {info['load_average_at_start']}"]
 
 
 def _num(value: float | None, fmt: str = ",.0f") -> str:
@@ -338,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     info, packages = machine(), versions(PACKAGES)
-    for line in _describe(info, packages):
+    for line in describe(info, packages):
         print(line)
     print(f"sizes: {asdict(params)}")
     sys.stdout.flush()
@@ -359,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             results, comparisons = compare.run_comparison(params, Path(tmp), theirs, progress,
                                                           args.only)
     elapsed = time.perf_counter() - started
-    info["load_average_at_end"] = _load()
+    info["load_average_at_end"] = load_average()
 
     print()
     if comparisons:

@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any
 
+from .about import describe, load_average, machine
 from .common import (
     OURS,
     THEIRS,
@@ -609,10 +610,8 @@ def main(argv: list[str] | None = None) -> int:
             print(MISSING_LANGGRAPH.format(error=exc), file=sys.stderr)
             return 2
 
-    from .__main__ import _describe, _load, machine
-
     info, packages = machine(), versions(PACKAGES)
-    for line in _describe(info, packages):
+    for line in describe(info, packages):
         print(line)
     sys.stdout.flush()
 
@@ -640,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         result = run(args.quick, compare, dsn, args.rounds, progress)
     result["server"]["throwaway"] = not args.dsn
-    info["load_average_at_end"] = _load()
+    info["load_average_at_end"] = load_average()
     print_report(result)
     found = targets(result)
     print(f"\nTargets (computed from this run{'' if compare else '; ours alone'}"

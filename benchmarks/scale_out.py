@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .about import describe, load_average, machine
 from .common import positive_int, versions
 from .scale_out_graph import DSN_VARIABLE, NODE, TABLE_VARIABLE, build
 
@@ -528,10 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes(args.workers or base.workers, args.threads or base.threads,
                   args.steps or base.steps, args.concurrency or base.concurrency)
 
-    from .__main__ import _describe, _load, machine
-
     info = machine()
-    for line in _describe(info, versions(PACKAGES)):
+    for line in describe(info, versions(PACKAGES)):
         print(line)
 
     def progress(message: str) -> None:
@@ -563,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
                             keep=args.keep or own, progress=progress)
                    for n in sizes.workers]
         elapsed = time.perf_counter() - started
-    info["load_average_at_end"] = _load()
+    info["load_average_at_end"] = load_average()
     print()
     print_table(results)
     passed = all(r.passed for r in results)

@@ -67,6 +67,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel
 
+from .about import describe, load_average, machine
 from .common import positive_int, versions
 
 OURS = "statemachine"
@@ -609,10 +610,8 @@ def main(argv: list[str] | None = None) -> int:
             print(MISSING_LANGGRAPH.format(error=exc), file=sys.stderr)
             return 2
 
-    from .__main__ import _describe, _load, machine
-
     info, packages = machine(), versions(PACKAGES)
-    for line in _describe(info, packages):
+    for line in describe(info, packages):
         print(line)
     n, t, delay_range = sizes(args.quick, args.conversations, args.turns)
     print(f"sizes: {n} conversations at once x {t} turns each in one event loop; sleeps "
@@ -627,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="statemachine-server-") as tmp:
         result = run(args.quick, compare, args.dsn, n, t, Path(tmp), progress)
     elapsed = time.perf_counter() - started
-    info["load_average_at_end"] = _load()
+    info["load_average_at_end"] = load_average()
 
     print(f"zero-overhead bound (each turn only its sleep): "
           f"{result['sizes']['bound_turns_per_second']:,.0f} turns/s")
