@@ -16,8 +16,9 @@ server that many machines share. What changes with many machines:
 
 Tables live in their own PostgreSQL schema (default `statemachine`), created on first use and
 upgraded by numbered migrations under an advisory lock, so workers starting together do not
-race. Calls from `async` code run on a small thread pool (one per checkpointer), so one pool
-of connections serves every event loop; the sync API does its I/O in the calling thread.
+race. The sync API does its I/O in the calling thread, on a pool of connections. The async
+API runs its simple statements on connections of the running event loop, with no thread hop
+(postgres_async.py), and its transactions on a small thread pool.
 
 The SQL both SQL stores share, and what is done with its answers, is `SQLCheckpointer`'s
 (sql_store.py); here are the connections and retries, the schema and its migrations, and the
@@ -30,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +58,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "PostgresCheckpointer needs psycopg 3 and psycopg_pool: "
         "pip install 'statemachine[postgres]'") from exc
 
+from .postgres_async import LoopConnections
 from .postgres_retention import RETENTION
 
 T = TypeVar("T")
@@ -112,6 +115,11 @@ class PostgresCheckpointer(SQLCheckpointer):
         self.dsn = dsn
         self.schema = schema
         self.reconnect_seconds = reconnect_seconds
+        self._connect_timeout = max(1, int(connect_timeout))
+        self._max_connections = max_connections
+        self._loops: dict[asyncio.AbstractEventLoop, LoopConnections] = {}
+        """The async API's connections, per event loop (postgres_async.py)."""
+        self._loops_lock = threading.Lock()
         self._threads = ThreadPoolExecutor(max_workers=max_connections,
                                            thread_name_prefix="statemachine-pg")
         self._pool = ConnectionPool(
@@ -182,20 +190,17 @@ class PostgresCheckpointer(SQLCheckpointer):
     # -- leases ------------------------------------------------------------------------------
 
     async def acquire(self, thread_id: str, owner: Owner) -> None:
-        def acquire(conn: psycopg.Connection) -> bool:
-            # the same owner asking again (a retry after a lost acknowledgement) succeeds
-            return conn.execute(
-                "INSERT INTO threads(thread_id, owner, owner_pid, owner_host, lease_expires) "
-                f"VALUES (%s, %s, %s, %s, {_NOW} + %s) ON CONFLICT (thread_id) DO UPDATE SET "
-                "owner = excluded.owner, owner_pid = excluded.owner_pid, "
-                "owner_host = excluded.owner_host, lease_expires = excluded.lease_expires "
-                f"WHERE threads.owner IS NULL OR threads.lease_expires < {_NOW} "
-                "OR threads.owner = excluded.owner RETURNING 1",
-                (thread_id, owner.token, owner.pid, owner.host, self.lease_seconds)
-            ).fetchone() is not None
-
-        if not await self._call(acquire) and not await self._take_from_dead_owner(
-                thread_id, owner):
+        # the same owner asking again (a retry after a lost acknowledgement) succeeds
+        taken = await self._fetchall(
+            f"take thread {thread_id!r}",
+            "INSERT INTO threads(thread_id, owner, owner_pid, owner_host, lease_expires) "
+            f"VALUES (%s, %s, %s, %s, {_NOW} + %s) ON CONFLICT (thread_id) DO UPDATE SET "
+            "owner = excluded.owner, owner_pid = excluded.owner_pid, "
+            "owner_host = excluded.owner_host, lease_expires = excluded.lease_expires "
+            f"WHERE threads.owner IS NULL OR threads.lease_expires < {_NOW} "
+            "OR threads.owner = excluded.owner RETURNING 1",
+            (thread_id, owner.token, owner.pid, owner.host, self.lease_seconds), write=True)
+        if not taken and not await self._take_from_dead_owner(thread_id, owner):
             raise busy_error(thread_id)
         self._heartbeat.hold(thread_id, owner.token)
 
@@ -262,6 +267,11 @@ class PostgresCheckpointer(SQLCheckpointer):
     # -- plumbing -------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
+        running = asyncio.get_running_loop()
+        with self._loops_lock:
+            mine = self._loops.pop(running, None)
+        if mine is not None:
+            await mine.aclose()
         self.close()
 
     def close(self) -> None:
@@ -270,6 +280,10 @@ class PostgresCheckpointer(SQLCheckpointer):
             self._heartbeat.stop()
             self._pool.close()
             self._threads.shutdown(wait=False)
+            with self._loops_lock:
+                loops, self._loops = list(self._loops.values()), {}
+            for connections in loops:
+                connections.discard()
 
     async def _call(self, operation: Callable[[psycopg.Connection], T]) -> T:
         """Run `operation` on a pooled connection: here for the sync API, else on our threads."""
@@ -279,6 +293,62 @@ class PostgresCheckpointer(SQLCheckpointer):
             return self._direct(operation)
         return await asyncio.get_running_loop().run_in_executor(
             self._threads, self._direct, operation)
+
+    async def _on_loop(self, statement: Callable[[psycopg.AsyncConnection], Awaitable[T]]
+                       ) -> T:
+        """Run `statement` on the running loop's own connections (postgres_async.py), retried
+        on a new connection while the server is unreachable, as `_direct` does."""
+        deadline = time.monotonic() + self.reconnect_seconds
+        delay = 0.05
+        while True:
+            if self._closed.is_set():
+                raise CheckpointError(f"{self!r} is closed.")
+            try:
+                async with self._loop_connections().connection() as conn:
+                    return await statement(conn)
+            except psycopg.errors.InsufficientResources as exc:
+                raise self._unavailable(exc) from exc
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                self._retry_or_raise(exc, delay, deadline)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except psycopg.errors.ReadOnlySqlTransaction as exc:
+                raise self._read_only_error() from exc
+
+    def _loop_connections(self) -> LoopConnections:
+        loop = asyncio.get_running_loop()
+        with self._loops_lock:
+            connections = self._loops.get(loop)
+            if connections is None:
+                for gone in [other for other in self._loops if other.is_closed()]:
+                    self._loops.pop(gone).discard()  # an earlier asyncio.run's, say
+                connections = self._loops[loop] = LoopConnections(self._connect_async,
+                                                                  self._max_connections)
+        return connections
+
+    async def _connect_async(self) -> psycopg.AsyncConnection:
+        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True,
+                                                     connect_timeout=self._connect_timeout)
+        await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+        if self.read_only:
+            await conn.execute("SET default_transaction_read_only = on")
+        return conn
+
+    def _unavailable(self, exc: Exception) -> StorageUnavailableError:
+        """A disk full or out of memory on the server, as an error a user can act on."""
+        return StorageUnavailableError(
+            f"PostgreSQL at {self.where} could not do it: {exc}. Every committed step is "
+            "kept; free the server's resources, then resume the thread.")
+
+    def _retry_or_raise(self, exc: Exception, delay: float, deadline: float) -> None:
+        """After a lost connection: return to try again after `delay`, or raise if closed or
+        out of time."""
+        if self._closed.is_set():
+            raise CheckpointError(f"{self!r} is closed.") from exc
+        if time.monotonic() + delay > deadline:
+            raise StorageUnavailableError(
+                f"lost the connection to PostgreSQL at {self.where} and could not get it back "
+                f"within {self.reconnect_seconds:g} s: {exc}") from exc
 
     def _direct(self, operation: Callable[[psycopg.Connection], T]) -> T:
         """Run `operation`, retrying on a new connection while the server is unreachable.
@@ -293,16 +363,9 @@ class PostgresCheckpointer(SQLCheckpointer):
                 with self._pool.connection() as conn:
                     return operation(conn)
             except psycopg.errors.InsufficientResources as exc:  # disk full, out of memory
-                raise StorageUnavailableError(
-                    f"PostgreSQL at {self.where} could not do it: {exc}. Every committed step "
-                    "is kept; free the server's resources, then resume the thread.") from exc
+                raise self._unavailable(exc) from exc
             except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
-                if self._closed.is_set():
-                    raise CheckpointError(f"{self!r} is closed.") from exc
-                if time.monotonic() + delay > deadline:
-                    raise StorageUnavailableError(
-                        f"lost the connection to PostgreSQL at {self.where} and could not get "
-                        f"it back within {self.reconnect_seconds:g} s: {exc}") from exc
+                self._retry_or_raise(exc, delay, deadline)
                 # the other idle connections likely broke too (a restart drops them all):
                 # test them now, so the retry gets a live one or a new one
                 with contextlib.suppress(Exception):
@@ -313,16 +376,33 @@ class PostgresCheckpointer(SQLCheckpointer):
                 raise self._read_only_error() from exc
 
     async def _execute(self, doing: str, query: str, params: Params) -> int:
+        if not self._in_caller_thread:
+            async def changed(conn: psycopg.AsyncConnection) -> int:
+                return (await conn.execute(query.encode(), params)).rowcount
+
+            return await self._on_loop(changed)
         return await self._call(lambda conn: conn.execute(query.encode(), params).rowcount)
 
     async def _fetchall(self, doing: str, query: str, params: Params, *,
                         write: bool = False) -> Rows:
+        if not self._in_caller_thread:
+            async def rows(conn: psycopg.AsyncConnection) -> Rows:
+                return await (await conn.execute(query.encode(), params)).fetchall()
+
+            return await self._on_loop(rows)
         return await self._call(lambda conn: conn.execute(query.encode(), params).fetchall())
 
     async def _write_once(self, doing: str, query: str, landed: str, params: Params) -> Rows:
+        # nothing written: refused (fenced out, say), or this very write landed before a
+        # retry, which `landed` finds by its key
+        if not self._in_caller_thread:
+            async def awrite(conn: psycopg.AsyncConnection) -> Rows:
+                return await (await conn.execute(query.encode(), params)).fetchall() or \
+                    await (await conn.execute(landed.encode(), params)).fetchall()
+
+            return await self._on_loop(awrite)
+
         def write(conn: psycopg.Connection) -> Rows:
-            # nothing written: refused (fenced out, say), or this very write landed before a
-            # retry, which `landed` finds by its key
             return conn.execute(query.encode(), params).fetchall() or \
                 conn.execute(landed.encode(), params).fetchall()
 

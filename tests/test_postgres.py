@@ -787,3 +787,36 @@ async def test_a_repeated_requeue_lands_once(dsn, schema, savers, twice):
     assert await saver.finish(job, status="queued", retry_in=0, count_attempt=False)
     [info] = await saver.jobs()
     assert (info.status, info.attempts) == ("queued", 0)
+
+
+def connections_of(dsn: str, application_name: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                            (application_name,)).fetchone()[0]
+
+
+def test_async_runs_use_their_own_loops_connections_and_a_closed_loops_are_closed(
+        dsn, schema, savers):
+    """The async API's statements run on connections of the running event loop (no thread
+    hop). A checkpointer used by one asyncio.run after another serves each loop; the
+    connections of a loop that has closed are closed when the next loop starts."""
+    tagged_dsn, name = tagged(dsn)
+    saver = savers(tagged_dsn, schema, min_connections=1, max_connections=3)
+    app = loop(3).compile(checkpointer=saver)
+    pooled = connections_of(dsn, name)  # the sync API's pool
+
+    async def turns(thread: str) -> tuple[Items, int]:
+        finals = await asyncio.gather(*(app.ainvoke({}, thread_id=f"{thread}{i}")
+                                        for i in range(6)))
+        return finals[0], connections_of(dsn, name)
+
+    first, during_first = asyncio.run(turns("a"))
+    second, during_second = asyncio.run(turns("b"))
+    assert first == second == Items(n=3, items=["item-0", "item-1", "item-2"])
+    assert pooled < during_first <= pooled + 3  # at most max_connections of the loop's own
+    assert during_second <= pooled + 3  # the first loop's were closed, not kept beside
+    saver.close()
+    deadline = time.monotonic() + 5  # a backend leaves the list a moment after its client
+    while connections_of(dsn, name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert connections_of(dsn, name) == 0
