@@ -267,8 +267,11 @@ class Checkpointer(ABC):
     checkpoint forever, and the executor's state cache also compares the creation time."""
 
     @abstractmethod
-    async def acquire(self, thread_id: str, owner: Owner) -> None:
-        """Take the thread for `owner`, or raise `ThreadBusyError` if a live run holds it."""
+    async def acquire(self, thread_id: str, owner: Owner) -> str | None:
+        """Take the thread for `owner`, or raise `ThreadBusyError` if a live run holds it.
+        Returns what `thread_graphs` would say of it, read in the same statement when the
+        store can (a run checks it next: one round trip fewer): the graph it is bound to, ""
+        when it is bound to none, or None when it was not read."""
 
     @abstractmethod
     async def release(self, thread_id: str, owner: Owner) -> None:

@@ -118,7 +118,7 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
         self._jobs: dict[str, _Job] = {}
         self._next_id = 0
 
-    async def acquire(self, thread_id: str, owner: Owner) -> None:
+    async def acquire(self, thread_id: str, owner: Owner) -> str | None:
         # A run can only end with this process, and then its memory ends too: a thread is held
         # until its run releases it, however long that takes (no lease to expire).
         with self._lock:
@@ -126,6 +126,7 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
             if thread.owner is not None and thread.owner != owner.token:
                 raise busy_error(thread_id)
             thread.owner = owner.token
+        return None  # its graph is read from memory, at no cost
 
     async def release(self, thread_id: str, owner: Owner) -> None:
         with self._lock:

@@ -189,7 +189,7 @@ class PostgresCheckpointer(SQLCheckpointer):
 
     # -- leases ------------------------------------------------------------------------------
 
-    async def acquire(self, thread_id: str, owner: Owner) -> None:
+    async def acquire(self, thread_id: str, owner: Owner) -> str | None:
         # the same owner asking again (a retry after a lost acknowledgement) succeeds
         taken = await self._fetchall(
             f"take thread {thread_id!r}",
@@ -198,11 +198,13 @@ class PostgresCheckpointer(SQLCheckpointer):
             "owner = excluded.owner, owner_pid = excluded.owner_pid, "
             "owner_host = excluded.owner_host, lease_expires = excluded.lease_expires "
             f"WHERE threads.owner IS NULL OR threads.lease_expires < {_NOW} "
-            "OR threads.owner = excluded.owner RETURNING 1",
+            "OR threads.owner = excluded.owner RETURNING coalesce(graph, '')",
             (thread_id, owner.token, owner.pid, owner.host, self.lease_seconds), write=True)
+        graph: str | None = str(taken[0][0]) if taken else None
         if not taken and not await self._take_from_dead_owner(thread_id, owner):
             raise busy_error(thread_id)
         self._heartbeat.hold(thread_id, owner.token)
+        return graph
 
     def _renew(self, leases: list[tuple[str, str]], claims: list[tuple[str, str]]) -> None:
         """One beat of the heartbeat: every held lease and claim in one statement each."""

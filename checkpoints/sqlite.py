@@ -178,7 +178,7 @@ class SQLiteCheckpointer(SQLCheckpointer):
 
     # -- leases ------------------------------------------------------------------------------
 
-    async def acquire(self, thread_id: str, owner: Owner) -> None:
+    async def acquire(self, thread_id: str, owner: Owner) -> str | None:
         """Take a free thread at once; a held one only when its holder's process is gone (on
         this machine) or its heartbeat has stood still for a whole lease (then this call waits
         that long: it is logged at INFO).
@@ -191,18 +191,21 @@ class SQLiteCheckpointer(SQLCheckpointer):
         if self._unreleased:
             await self._release_left_over()
         now = time.time()
-        changed = await self._execute(
+        taken = await self._fetchall(
             f"take thread {thread_id!r}",
             "INSERT INTO threads(thread_id, owner, owner_pid, owner_host, lease_expires, "
             "lease_seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(thread_id) "
             "DO UPDATE SET owner = excluded.owner, owner_pid = excluded.owner_pid, "
             "owner_host = excluded.owner_host, lease_expires = excluded.lease_expires, "
-            "lease_seconds = excluded.lease_seconds WHERE threads.owner IS NULL",
+            "lease_seconds = excluded.lease_seconds WHERE threads.owner IS NULL "
+            "RETURNING coalesce(graph, '')",
             (thread_id, owner.token, owner.pid, owner.host, now + self.lease_seconds,
-             self.lease_seconds, now))
-        if changed != 1 and not await self._take_held(thread_id, owner):
+             self.lease_seconds, now), write=True)
+        graph: str | None = str(taken[0][0]) if taken else None
+        if not taken and not await self._take_held(thread_id, owner):
             raise busy_error(thread_id)
         self._heartbeat.hold(thread_id, owner.token)
+        return graph
 
     async def _take_held(self, thread_id: str, owner: Owner) -> bool:
         watched: tuple[str, float | None] | None = None

@@ -134,13 +134,16 @@ def runs(thread_id: str, stored: str, current: GraphIdentity) -> bool:
         mismatch(thread_id, decode_identity(stored, thread_id), current) is None
 
 
-async def check_binding(saver: Checkpointer, thread_id: str, current: GraphIdentity) -> bool:
+async def check_binding(saver: Checkpointer, thread_id: str, current: GraphIdentity,
+                        known: str | None = None) -> bool:
     """Raise `GraphMismatchError` if `thread_id` is bound to another graph than `current`;
     whether `current` should bind it once it wrote to it (`bind`): the thread was never
     bound (a new thread, or one stored before threads recorded their graph), or has no
     checkpoint (a first run refused its input, say), which makes it anyone's. Writes nothing:
-    a run or edit refused later must not bind the thread to the graph it refused."""
-    text = (await saver.thread_graphs([thread_id])).get(thread_id)
+    a run or edit refused later must not bind the thread to the graph it refused. `known`:
+    what `acquire` read of the binding ("" for none), if it did."""
+    text = (await saver.thread_graphs([thread_id])).get(thread_id) if known is None \
+        else known or None
     if text is None:
         return True
     if text == current.encode():  # the common case, without decoding

@@ -135,12 +135,12 @@ class Run:
         if resume and input is not None:
             raise ThreadStateError("resume takes no input; use invoke(input, thread_id=...).")
         committer = self.committer
-        await self.saver.acquire(self.thread_id, self.owner)
+        bound = await self.saver.acquire(self.thread_id, self.owner)
         failure: BaseException | None = None
         try:
             identity = self.executor.identity
             unbound = self.executor.binds_threads and \
-                await check_binding(self.saver, self.thread_id, identity)
+                await check_binding(self.saver, self.thread_id, identity, bound)
             await start_on_thread(self, input, checkpoint_id, resume)
             await deliver(self, event, answer)
             await bind(self.saver, self.thread_id, self.owner, identity, unbound)

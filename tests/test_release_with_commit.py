@@ -85,6 +85,9 @@ def test_the_last_commit_and_the_release_are_one_sqlite_transaction(tmp_path):
         "INSERT", "UPDATE", "BEGIN", "COMMIT", "DELETE")]
     # take the lease; the input step; then the reply's step and the release, together
     assert writes == ["INSERT", "INSERT", "BEGIN", "INSERT", "UPDATE", "COMMIT"], statements
+    # the thread's graph came back from taking the lease: no read of its own
+    assert "RETURNING coalesce(graph, '')" in statements[0]
+    assert not [s for s in statements if s.startswith("SELECT") and "graph" in s], statements
     with sqlite3.connect(tmp_path / "runs.db") as conn:
         assert conn.execute("SELECT owner FROM threads").fetchall() == [(None,)]
 
