@@ -21,8 +21,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from .about import describe, load_average, machine
-from .common import OURS, THEIRS, WORKLOADS, Params, Result, versions
+from .about import head, load_average, progress
+from .common import OURS, THEIRS, WORKLOADS, Params, Result
 
 FULL = Params(iterations=1000, chain_length=100, fan_width=50, invocations=20,
               growth_sizes=(250, 500, 1000, 2000, 4000), reads=50, fail_at=500,
@@ -282,9 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             print(MISSING_LANGGRAPH.format(error=exc), file=sys.stderr)
             return 2
 
-    info, packages = machine(), versions(PACKAGES)
-    for line in describe(info, packages):
-        print(line)
+    info, packages = head(PACKAGES)
     print(f"sizes: {asdict(params)}")
     sys.stdout.flush()
 
@@ -298,9 +296,6 @@ def main(argv: list[str] | None = None) -> int:
 
             results = run_all(params, Path(tmp), args.only)
         else:
-            def progress(message: str) -> None:
-                print(f"  ... {message}", file=sys.stderr, flush=True)
-
             results, comparisons = compare.run_comparison(params, Path(tmp), theirs, progress,
                                                           args.only)
     elapsed = time.perf_counter() - started

@@ -4,11 +4,16 @@ benchmark's output and kept in its JSON."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import sqlite3
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .common import versions
 
 
 def machine() -> dict[str, Any]:
@@ -64,4 +69,30 @@ def describe(info: dict[str, Any], packages: dict[str, str]) -> list[str]:
             + f"; load average at start: {info['load_average_at_start']}"]
 
 
-__all__ = ["describe", "load_average", "machine", "source"]
+def head(packages: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The machine and the versions of `packages`, printed as a benchmark's first lines."""
+    info, found = machine(), versions(packages)
+    for line in describe(info, found):
+        print(line)
+    sys.stdout.flush()
+    return info, found
+
+
+def lacks(modules: Sequence[str], message: str) -> bool:
+    """Whether one of `modules` (what --compare langgraph needs) cannot be imported; then
+    `message`, with the import's error in it, went to stderr."""
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except ImportError as exc:
+        print(message.format(error=exc), file=sys.stderr)
+        return True
+    return False
+
+
+def progress(message: str) -> None:
+    """A benchmark's progress, on stderr (its results go to stdout)."""
+    print(f"  ... {message}", file=sys.stderr, flush=True)
+
+
+__all__ = ["describe", "head", "lacks", "load_average", "machine", "progress", "source"]

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import json
 import statistics
 import sys
@@ -56,7 +55,7 @@ from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any
 
-from .about import describe, load_average, machine
+from .about import head, lacks, load_average, progress
 from .common import (
     OURS,
     THEIRS,
@@ -66,7 +65,6 @@ from .common import (
     expected_chat,
     median_result,
     timed_median,
-    versions,
 )
 
 PACKAGES = ("statemachine", "pydantic", "psycopg", "psycopg-pool", "langgraph",
@@ -601,23 +599,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
     compare = args.compare == "langgraph"
-    if compare:
-        try:
-            for module in ("langgraph.checkpoint.postgres", "langgraph.checkpoint.postgres.aio",
-                           "benchmarks.langgraph_workloads"):
-                importlib.import_module(module)
-        except ImportError as exc:
-            print(MISSING_LANGGRAPH.format(error=exc), file=sys.stderr)
-            return 2
+    if compare and lacks(("langgraph.checkpoint.postgres", "langgraph.checkpoint.postgres.aio",
+                          "benchmarks.langgraph_workloads"), MISSING_LANGGRAPH):
+        return 2
 
-    info, packages = machine(), versions(PACKAGES)
-    for line in describe(info, packages):
-        print(line)
-    sys.stdout.flush()
-
-    def progress(message: str) -> None:
-        print(f"  ... {message}", file=sys.stderr, flush=True)
-
+    info, packages = head(PACKAGES)
     from statemachine.testing.postgres import PostgresNotFoundError
 
     with contextlib.ExitStack() as stack:

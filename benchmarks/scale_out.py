@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .about import describe, load_average, machine
+from .about import head, load_average, progress
 from .common import positive_int, versions
 from .scale_out_graph import DSN_VARIABLE, NODE, TABLE_VARIABLE, build
 
@@ -529,13 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes(args.workers or base.workers, args.threads or base.threads,
                   args.steps or base.steps, args.concurrency or base.concurrency)
 
-    info = machine()
-    for line in describe(info, versions(PACKAGES)):
-        print(line)
-
-    def progress(message: str) -> None:
-        print(f"  ... {message}", file=sys.stderr, flush=True)
-
+    info, _ = head(PACKAGES)
     with contextlib.ExitStack() as stack:
         if args.dsn:
             dsn, own = args.dsn, False

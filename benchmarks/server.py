@@ -67,8 +67,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel
 
-from .about import describe, load_average, machine
-from .common import positive_int, versions
+from .about import head, lacks, load_average, progress
+from .common import positive_int
 
 OURS = "statemachine"
 THEIRS = "langgraph"
@@ -600,27 +600,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     compare = args.compare == "langgraph"
     if compare:
-        try:
-            import aiosqlite  # noqa: F401
-            import langgraph.graph  # noqa: F401
-            from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver  # noqa: F401
-        except ImportError as exc:
-            from .__main__ import MISSING_LANGGRAPH
+        from .__main__ import MISSING_LANGGRAPH
 
-            print(MISSING_LANGGRAPH.format(error=exc), file=sys.stderr)
+        if lacks(("aiosqlite", "langgraph.graph", "langgraph.checkpoint.sqlite.aio"),
+                 MISSING_LANGGRAPH):
             return 2
 
-    info, packages = machine(), versions(PACKAGES)
-    for line in describe(info, packages):
-        print(line)
+    info, packages = head(PACKAGES)
     n, t, delay_range = sizes(args.quick, args.conversations, args.turns)
     print(f"sizes: {n} conversations at once x {t} turns each in one event loop; sleeps "
           f"{delay_range[0] * 1000:g}-{delay_range[1] * 1000:g} ms (seed {SEED}); messages "
           f"of {MESSAGE_CHARS} characters")
     sys.stdout.flush()
-
-    def progress(message: str) -> None:
-        print(f"  ... {message}", file=sys.stderr, flush=True)
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="statemachine-server-") as tmp:
