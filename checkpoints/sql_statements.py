@@ -69,8 +69,9 @@ round trip: rows tagged 'c' (checkpoint, with its distance from the head) or 'p'
 write). `known` ends the chain early, and its snapshot is left out (the caller has it)."""
 
 
-_RELEASE = ("UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, "
-            "lease_expires = NULL WHERE thread_id = :thread AND owner = :owner")
+_GIVE_UP = ("UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, "
+            "lease_expires = NULL WHERE ")
+"""A release, with the rows it applies to still to say."""
 
 
 class Statements:
@@ -80,7 +81,7 @@ class Statements:
         d = self.dialect = dialect
         keys = d.retry_keys
         self.fence = d.render(_FENCE)
-        self.release = d.render(_RELEASE)
+        self.release = d.render(_GIVE_UP + "thread_id = :thread AND owner = :owner")
 
         # -- writes of a run, fenced ----------------------------------------------------------
         # PostgreSQL stamps checkpoints with the server's clock, whatever the run's says
@@ -99,8 +100,7 @@ class Statements:
         # (one round trip; elsewhere put and release commit in one transaction): released
         # only if the checkpoint was written, by the owner the INSERT's fence found
         self.put_releasing = d.render(
-            f"WITH written AS ({put} RETURNING id, thread), released AS (UPDATE threads SET "
-            "owner = NULL, owner_pid = NULL, owner_host = NULL, lease_expires = NULL WHERE "
+            f"WITH written AS ({put} RETURNING id, thread), released AS ({_GIVE_UP}"
             "key IN (SELECT thread FROM written) AND owner = :owner) SELECT id FROM written"
         ) if d.returns else None
         self.put_pending = d.render(
