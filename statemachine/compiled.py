@@ -23,6 +23,7 @@ from .constants import DEFAULT_MAX_STEPS
 from .executor import Executor
 from .graph_binding import GraphIdentity
 from .memory import check_store, check_subgraph_stores
+from .runners import Runner, check_runner
 from .spec import GraphSpec
 from .streaming import StreamChannel, check_modes, shape
 from .types import Snapshot
@@ -36,7 +37,8 @@ class CompiledGraph:
     """A graph that passed validation. Run it with `invoke`, `stream`, `resume`."""
 
     def __init__(self, spec: GraphSpec, *, checkpointer: Checkpointer | None = None,
-                 name: str | None = None, store: BaseStore | None = None) -> None:
+                 name: str | None = None, store: BaseStore | None = None,
+                 runner: Runner | None = None) -> None:
         self.spec = spec
         self.checkpointer = checkpointer
         self.store = check_store(store, checkpointer)
@@ -44,7 +46,7 @@ class CompiledGraph:
         """The long-term memory nodes reach as `ctx.store` (`statemachine.memory`)."""
         self.name = name or f"{spec.schema.model.__name__}Graph"
         self._executor = Executor(spec, checkpointer, name=self.name, named=name is not None,
-                                  store=self.store)
+                                  store=self.store, runner=check_runner(spec, runner))
 
     def __repr__(self) -> str:
         return (f"<CompiledGraph {self.name!r}: {len(self.spec.nodes)} nodes, "
@@ -84,26 +86,30 @@ class CompiledGraph:
 
     def invoke(self, input: Any, thread_id: str | None = None, *,
                checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
-               max_concurrency: int | None = None, context: Any = None) -> Any:
+               max_concurrency: int | None = None, context: Any = None,
+               runner: Runner | None = None) -> Any:
         """Run to the end (or to an interrupt) and return the final state. `context`: the
         call's run-scoped dependencies, in every node's `RunContext.context`, never stored
-        (validated into the graph's `context_schema` when it has one)."""
+        (validated into the graph's `context_schema` when it has one). `runner`: where this
+        call's node tasks run (`statemachine.runners`), instead of the graph's."""
         return run_sync(lambda: self._ainvoke(
             input, thread_id, checkpoint_id=checkpoint_id, max_steps=max_steps,
-            max_concurrency=max_concurrency, inline_sync=True, context=context))
+            max_concurrency=max_concurrency, inline_sync=True, context=context,
+            runner=runner))
 
     async def ainvoke(self, input: Any, thread_id: str | None = None, *,
                       checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
-                      max_concurrency: int | None = None, context: Any = None) -> Any:
+                      max_concurrency: int | None = None, context: Any = None,
+                      runner: Runner | None = None) -> Any:
         return await self._ainvoke(input, thread_id, checkpoint_id=checkpoint_id,
                                    max_steps=max_steps, max_concurrency=max_concurrency,
-                                   inline_sync=False, context=context)
+                                   inline_sync=False, context=context, runner=runner)
 
     def stream(self, input: Any, thread_id: str | None = None, *,
                checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
                max_concurrency: int | None = None, context: Any = None,
                stream_mode: str | Sequence[str] = "steps",
-               subgraphs: bool = False) -> Iterator[Any]:
+               subgraphs: bool = False, runner: Runner | None = None) -> Iterator[Any]:
         """Run, yielding as it goes. `stream_mode`: "steps" (one `StepEvent` per committed
         step), "values" (the state where the run starts and after each step), "updates"
         ({node: update} as each task finishes), "custom" (what nodes `emit`, as they emit
@@ -115,22 +121,23 @@ class CompiledGraph:
         return iterate_sync(lambda: self._astream(
             input, thread_id, checkpoint_id=checkpoint_id, max_steps=max_steps,
             max_concurrency=max_concurrency, inline_sync=True, context=context,
-            stream_mode=stream_mode, subgraphs=subgraphs))
+            stream_mode=stream_mode, subgraphs=subgraphs, runner=runner))
 
     def astream(self, input: Any, thread_id: str | None = None, *,
                 checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
                 max_concurrency: int | None = None, context: Any = None,
                 stream_mode: str | Sequence[str] = "steps",
-                subgraphs: bool = False) -> AsyncIterator[Any]:
+                subgraphs: bool = False, runner: Runner | None = None) -> AsyncIterator[Any]:
         check_modes(stream_mode)
         return self._astream(input, thread_id, checkpoint_id=checkpoint_id,
                              max_steps=max_steps, max_concurrency=max_concurrency,
                              inline_sync=False, context=context, stream_mode=stream_mode,
-                             subgraphs=subgraphs)
+                             subgraphs=subgraphs, runner=runner)
 
     def resume(self, thread_id: str, *, event: dict[str, Any] | None = None,
                answer: Any = NO_RESUME, max_steps: int = DEFAULT_MAX_STEPS,
-               max_concurrency: int | None = None, context: Any = None) -> Any:
+               max_concurrency: int | None = None, context: Any = None,
+               runner: Runner | None = None) -> Any:
         """Continue a failed, interrupted, waiting or crashed run; returns its final state.
 
         `event` delivers values to a run paused in `wait_for`: {event name: value}. `answer`
@@ -140,22 +147,26 @@ class CompiledGraph:
         """
         return run_sync(lambda: self._ainvoke(
             None, thread_id, max_steps=max_steps, max_concurrency=max_concurrency,
-            inline_sync=True, resume=True, event=event, answer=answer, context=context))
+            inline_sync=True, resume=True, event=event, answer=answer, context=context,
+            runner=runner))
 
     async def aresume(self, thread_id: str, *, event: dict[str, Any] | None = None,
                       answer: Any = NO_RESUME, max_steps: int = DEFAULT_MAX_STEPS,
-                      max_concurrency: int | None = None, context: Any = None) -> Any:
+                      max_concurrency: int | None = None, context: Any = None,
+                      runner: Runner | None = None) -> Any:
         return await self._ainvoke(None, thread_id, max_steps=max_steps,
                                    max_concurrency=max_concurrency, inline_sync=False,
-                                   resume=True, event=event, answer=answer, context=context)
+                                   resume=True, event=event, answer=answer, context=context,
+                                   runner=runner)
 
     async def _ainvoke(self, input: Any, thread_id: str | None, *, inline_sync: bool,
                        checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
                        max_concurrency: int | None = None, resume: bool = False,
                        event: dict[str, Any] | None = None, answer: Any = NO_RESUME,
-                       context: Any = None) -> Any:
+                       context: Any = None, runner: Runner | None = None) -> Any:
         run = self._executor.new_run(thread_id, max_steps=max_steps, inline_sync=inline_sync,
-                                     max_concurrency=max_concurrency, context=context)
+                                     max_concurrency=max_concurrency, context=context,
+                                     runner=runner)
         async for _ in run.execute(input, checkpoint_id=checkpoint_id, resume=resume,
                                    event=event, answer=answer):
             pass
@@ -165,9 +176,11 @@ class CompiledGraph:
                        checkpoint_id: str | None, max_steps: int,
                        max_concurrency: int | None, context: Any = None,
                        stream_mode: str | Sequence[str] = "steps",
-                       subgraphs: bool = False) -> AsyncIterator[Any]:
+                       subgraphs: bool = False, runner: Runner | None = None
+                       ) -> AsyncIterator[Any]:
         run = self._executor.new_run(thread_id, max_steps=max_steps, inline_sync=inline_sync,
-                                     max_concurrency=max_concurrency, context=context)
+                                     max_concurrency=max_concurrency, context=context,
+                                     runner=runner)
         if stream_mode == "steps" and not subgraphs:
             async for event in run.execute(input, checkpoint_id=checkpoint_id):
                 yield event

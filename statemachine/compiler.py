@@ -86,12 +86,14 @@ def compile_graph(
     on_failure: str = "raise",
     check_mutation: str | None = None,
     store: Any = None,
+    runner: Any = None,
 ) -> CompiledGraph:
     """Check `builder` and make it runnable; raises `GraphValidationError` with every problem."""
     spec = build_spec(builder, interrupt_before=interrupt_before, interrupt_after=interrupt_after,
                       retry=retry, max_concurrency=max_concurrency, on_failure=on_failure,
                       check_mutation=check_mutation)
-    return CompiledGraph(spec, checkpointer=checkpointer, name=name, store=store)
+    return CompiledGraph(spec, checkpointer=checkpointer, name=name, store=store,
+                         runner=runner)
 
 
 def build_spec(

@@ -24,9 +24,11 @@ __all__ = [
     "InvalidUpdateError",
     "NodeTimeoutError",
     "Problem",
+    "RemoteTaskError",
     "StateMachineError",
     "StepLimitError",
     "StorageUnavailableError",
+    "TaskSerializationError",
     "ThreadBusyError",
     "ThreadNotFoundError",
     "ThreadStateError",
@@ -39,7 +41,7 @@ ProblemCode = Literal[
     "schema_not_model", "invalid_reducer", "reserved_name", "duplicate_node",
     "node_not_callable", "bad_signature", "invalid_edge", "unknown_node", "invalid_path_map",
     "invalid_option", "invalid_error_field", "subgraph_schema", "invalid_migration",
-    "secret_field", "no_entry",
+    "secret_field", "no_entry", "unserializable_node",
     "unreachable_node", "dead_end", "no_path_to_end",
 ]
 """Every code a `Problem` can have; the type checker holds the compiler to this list."""
@@ -130,8 +132,28 @@ class NodeTimeoutError(StateMachineError, TimeoutError):
         super().__init__(message)
 
 
+class TaskSerializationError(StateMachineError, TypeError):
+    """A task bound for a cluster (`statemachine.runners`) could not be serialised: its node's
+    function, its input (the state or a `Send`'s payload) or the call's context. Raised in
+    the driver before any task of the step is submitted; the message names the node, what
+    could not be sent and why."""
+
+    def __init__(self, message: str, *, node: str, part: str, step: int | None = None,
+                 thread_id: str | None = None) -> None:
+        self.node, self.part, self.step, self.thread_id = node, part, step, thread_id
+        super().__init__(message)
 
 
+class RemoteTaskError(StateMachineError):
+    """A node running on a cluster raised an exception that could not be sent back as itself
+    (its type cannot be pickled or imported in the driver). `error_type` is the remote
+    exception's qualified type name and `remote_traceback` its traceback as text."""
+
+    def __init__(self, message: str, *, node: str, error_type: str, remote_traceback: str,
+                 where: str = "") -> None:
+        self.node, self.error_type, self.where = node, error_type, where
+        self.remote_traceback = remote_traceback
+        super().__init__(message)
 
 
 class ThreadStateError(StateMachineError):

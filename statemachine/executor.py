@@ -35,6 +35,7 @@ from .observe import Observer
 from .records import decode_tasks, ran_nodes
 from .replay import Replayer
 from .run import Run, merged_updates
+from .runners import Runner, check_runner
 from .snapshots import ReplayCost
 from .spec import GraphSpec, NodeSpec
 from .state_cache import StateCache
@@ -46,8 +47,11 @@ class Executor:
     """Runs one compiled graph, with or without a checkpointer."""
 
     def __init__(self, spec: GraphSpec, checkpointer: Checkpointer | None, *,
-                 name: str = "graph", named: bool = True, store: Any = None) -> None:
+                 name: str = "graph", named: bool = True, store: Any = None,
+                 runner: Runner | None = None) -> None:
         self.spec = spec
+        self.cluster = runner
+        """Where node tasks run unless a call says otherwise (`statemachine.runners`)."""
         self.saver = checkpointer
         self.store = store
         """The compiled store (`statemachine.memory`), or None."""
@@ -70,7 +74,7 @@ class Executor:
 
     def new_run(self, thread_id: str | None, *, max_steps: int = DEFAULT_MAX_STEPS,
                 inline_sync: bool = False, max_concurrency: int | None = None,
-                context: Any = None) -> Run:
+                context: Any = None, runner: Runner | None = None) -> Run:
         """A call on one thread: iterate `run.execute(...)`, then read `run.state`.
         `context` is the call's run-scoped context (`run_context`), validated here."""
         if max_steps < 1:
@@ -78,6 +82,8 @@ class Executor:
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}.")
         run = Run(self, thread_id, max_steps, inline_sync, max_concurrency)
+        run.runner.cluster = check_runner(self.spec, runner) if runner is not None \
+            else self.cluster
         run.runner.raw_context = context
         run.runner.call_context = context if self.spec.context is None else \
             self.spec.context.validate(context)
@@ -208,7 +214,8 @@ class Executor:
         if child is None:
             graph = node.subgraph.graph
             child = Executor(graph.spec, self.saver, name=f"{self.name}/{graph.name}",
-                             store=self.store if self.store is not None else graph.store)
+                             store=self.store if self.store is not None else graph.store,
+                             runner=graph._executor.cluster)
             child.observer = self.observer
             child._memory_cache = self._memory_cache
             child.remember_states = False

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from .compiled import CompiledGraph
     from .policies import CachePolicy, RetryPolicy
+    from .runners import Runner
 
 PathMap = Mapping[Hashable, str] | Sequence[str]
 
@@ -36,6 +37,7 @@ class NodeDeclaration:
     error_field: Any = "errors"
     subgraph_input: Any = None
     subgraph_output: Any = None
+    runner: Any = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class StateGraph:
         error_field: str = "errors",
         input: Callable[[Any], Any] | None = None,
         output: Callable[[Any], Any] | None = None,
+        runner: Literal["local"] | None = None,
     ) -> Self:
         """Add a node: `add_node("name", fn)` or `add_node(fn)` (named after the function).
 
@@ -99,11 +102,15 @@ class StateGraph:
         `fn` may also be a compiled graph (a subgraph). With the parent's state schema it runs
         on the parent's state and its nodes' writes pass up; with another schema give
         `input(parent_state)` (its input) and `output(final_state)` (the parent's update).
+
+        `runner="local"` keeps the node in the driver when the graph or a call runs its
+        tasks on a cluster (`statemachine.runners`): a light node not worth a round trip,
+        or one that reads `ctx.store`.
         """
         options = dict(retry=retry, timeout=timeout, cache=cache, compensate=compensate,
                        destinations=tuple(destinations) if not isinstance(destinations, str)
                        else (destinations,), on_error=on_error, error_field=error_field,
-                       subgraph_input=input, subgraph_output=output)
+                       subgraph_input=input, subgraph_output=output, runner=runner)
         if fn is None and not isinstance(node, str):
             name = getattr(node, "__name__", None) or repr(node)
             self.node_declarations.append(NodeDeclaration(name, node, **options))
@@ -153,6 +160,7 @@ class StateGraph:
         on_failure: Literal["raise", "compensate"] = "raise",
         check_mutation: Literal["sizes", "full", "off"] | None = None,
         store: BaseStore | None = None,
+        runner: Runner | None = None,
     ) -> CompiledGraph:
         """Check the whole graph and freeze it; raises `GraphValidationError` with every problem.
 
@@ -165,7 +173,8 @@ class StateGraph:
         environment variable sets the default (see `statemachine.mutation`). `store` is
         the long-term memory nodes reach as `ctx.store` (`statemachine.memory`): their writes
         commit with their step, so it must be a `MemoryStore` or live in the checkpointer's
-        database.
+        database. `runner` runs the graph's node tasks on a cluster (`DaskRunner`,
+        `RayRunner` from `statemachine.runners`); a call's own `runner=` overrides it.
         """
         return compile_graph(
             self,
@@ -178,4 +187,5 @@ class StateGraph:
             on_failure=on_failure,
             check_mutation=check_mutation,
             store=store,
+            runner=runner,
         )

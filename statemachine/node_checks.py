@@ -138,6 +138,10 @@ def _check_node_options(decl: NodeDeclaration, name: str,
     else:
         options["on_error"] = decl.on_error
     options["error_field"] = decl.error_field
+    if decl.runner not in (None, "local"):
+        bad("runner", "'local' (to keep the node in the driver) or None", decl.runner)
+    else:
+        options["local"] = decl.runner == "local"
     if decl.compensate is not None:
         info = inspect_callable(decl.compensate, f"compensate of {name}") \
             if callable(decl.compensate) else "it is not callable"

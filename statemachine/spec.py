@@ -46,6 +46,8 @@ class NodeSpec:
     """Validates a Send's payload into the type the node's parameter declares."""
     code_fingerprint: str = ""
     """Changes when the node's code changes: part of its cache namespace."""
+    local: bool = False
+    """Runs in the driver even when the run's tasks go to a cluster (`runner="local"`)."""
 
 
 @dataclass(frozen=True)

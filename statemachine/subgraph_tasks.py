@@ -37,6 +37,8 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
         run = child.new_run(runner.thread_id, inline_sync=runner.inline_sync,
                             context=_context_for(child, runner))
         run.runner.channel = _channel_for(runner, node, task, at)
+        if runner.cluster is not None:  # the call's cluster runs the subgraph's nodes too
+            run.runner.cluster = runner.cluster
         run.collected = []
         async for _ in run.execute(child_input):
             pass
@@ -53,6 +55,8 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
             run = child.new_run(thread, inline_sync=runner.inline_sync,
                                 context=_context_for(child, runner))
             run.runner.channel = _channel_for(runner, node, task, at)
+            if runner.cluster is not None:
+                run.runner.cluster = runner.cluster
             if head is None and not task.sent and at.base is not None and arg is at.state \
                     and child.spec.schema.model is runner.spec.schema.model:
                 # its input is this thread's state at the head: refer to it, not a copy

@@ -38,6 +38,7 @@ from .waiting import NO_ANSWERS, TaskAnswers, WaitingForEvent, current_answers
 
 if TYPE_CHECKING:
     from .executor import Executor
+    from .runners import Runner
 
 Key = tuple[str, int]
 """A task of a step: (node, task index)."""
@@ -130,6 +131,12 @@ class TaskRunner:
         self.results = StepResults()
         self.observing = False
         """Whether listeners are attached: asked once a step, it is on the hot path."""
+        self.cluster: Runner | None = None
+        """Where node tasks run instead of here (`statemachine.runners`), if anywhere."""
+        self._packed: dict[Key, bytes] = {}
+        """The step's tasks bound for the cluster, packed (each attempt submits them)."""
+        self._inputs: dict[Key, Any] = {}
+        """Their inputs (a Send's payload validated), checked while packing."""
 
     async def run(self, tasks: list[Task], at: StepInput,
                   finished: Callable[[Task], Awaitable[None]] | None = None
@@ -140,6 +147,10 @@ class TaskRunner:
             self._emitters.clear()  # those of tasks that failed
         if self._buffers:
             self._buffers.clear()
+        if self.cluster is not None:  # all are packed before any is submitted
+            unsent = self._pack(tasks, at)
+            if unsent:
+                return [unsent.get(task.key) for task in tasks]
         if len(tasks) == 1:
             try:
                 await self._execute(tasks[0], at, inline=self.inline_sync)
@@ -201,7 +212,8 @@ class TaskRunner:
         """
         node = self.spec.nodes[task.node]
         step = at.step
-        arg = self._payload_input(node, task) if task.sent else at.state
+        arg = self._inputs.pop(task.key) if task.key in self._inputs else \
+            self._payload_input(node, task) if task.sent else at.state
         observer = self.executor.observer
         if self.observing:
             await observer.node_start(self.thread_id, step, task.node)
@@ -296,7 +308,10 @@ class TaskRunner:
         emitting = task_emitter is not None
         emitter = current_emitter.set(task_emitter) if task_emitter is not None else None
         try:
-            if node.subgraph is not None:
+            packed = self._packed.get(task.key) if self._packed else None
+            if packed is not None:
+                call = self._run_remote(task, packed, context)
+            elif node.subgraph is not None:
                 call = run_subgraph(self, node, task, arg, at)
             else:  # with a timeout a sync node runs in a thread, so it can be abandoned; so
                 # does one whose emitted chunks are streamed, so they reach the caller live
@@ -315,6 +330,50 @@ class TaskRunner:
             current_answers.reset(token)
             if emitter is not None:
                 current_emitter.reset(emitter)
+
+    def _pack(self, tasks: list[Task], at: StepInput) -> dict[Key, BaseException]:
+        """Pack the tasks bound for the cluster (all but subgraph nodes and those added with
+        runner="local"); the tasks that cannot be, with why (then none is submitted)."""
+        from .runners.remote_task import RemoteTask
+
+        cluster = self.cluster
+        assert cluster is not None
+        self._packed.clear()
+        self._inputs.clear()
+        unsent: dict[Key, BaseException] = {}
+        streams = self.channel is not None and self.channel.live
+        where = f"(step {at.step}{self.of_thread()})"
+        for task in tasks:
+            node = self.spec.nodes[task.node]
+            if node.subgraph is not None or node.local:
+                continue
+            try:
+                arg = self._payload_input(node, task) if task.sent else at.state
+                self._packed[task.key] = cluster.pack(RemoteTask(
+                    node.call.fn, arg, node.call.is_async, node.call.wants_context, task.node,
+                    self.thread_id, at.step,
+                    task_id(self.thread_id, at.origin, task.node, task.index), task.index,
+                    self.call_context, tuple(self.results.answers.get(task.key, ())),
+                    streams, self.store is not None), where=where)
+            except Exception as exc:
+                unsent[task.key] = exc
+                continue
+            self._inputs[task.key] = arg
+        return unsent
+
+    async def _run_remote(self, task: Task, packed: bytes, context: RunContext | None) -> Any:
+        """Run a packed task on the cluster; its return value, once its emitted chunks are
+        in. Its store writes join this attempt's buffer, as a local task's would."""
+        cluster = self.cluster
+        assert cluster is not None
+        outcome = await cluster.run(packed, node=task.node, deliver=self._emitters.get(task.key))
+        if outcome.waiting is not None:
+            raise WaitingForEvent(*outcome.waiting)
+        if outcome.writes:
+            assert context is not None and context.store is not None
+            for kind, args, options in outcome.writes:
+                getattr(context.store, kind)(*args, **options)
+        return outcome.value
 
     def _split_result(self, node: NodeSpec, result: Any, step: int
                       ) -> tuple[dict[str, Any], list[str | Send]]:
