@@ -204,8 +204,17 @@ def test_capture_turns_a_remote_failure_into_a_node_failure(runner):
         (NodeFailure, "ValueError", "bad input 3")]
 
 
-def test_a_remote_timeout_fails_the_node_and_cancels_the_task(runner, tmp_path):
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_remote_timeout_fails_the_node_and_cancels_the_task(runner, engine, tmp_path):
     files = rg.Files(tmp_path)
+    rg.fan_graph().compile(runner=runner).invoke({"n": 2})  # workers up: the timeout is the node's
     app = rg.single(rg.sleepy, timeout=1.0).compile(runner=runner)
     started = time.monotonic()
     try:
@@ -213,6 +222,12 @@ def test_a_remote_timeout_fails_the_node_and_cancels_the_task(runner, tmp_path):
             app.invoke({}, context={"files": str(tmp_path)})
         assert time.monotonic() - started < 15
         assert files.marks("sleepy")  # it did start on the cluster
+        if engine == "ray":  # Ray stops the task by killing its worker process
+            pid = _worker_pid(files, "sleepy")
+            deadline = time.monotonic() + 15
+            while _alive(pid):
+                assert time.monotonic() < deadline, "the timed-out task's process still runs"
+                time.sleep(0.05)
     finally:
         files.give("stop")
 
