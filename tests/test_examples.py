@@ -722,3 +722,14 @@ def test_memory_assistant_remembers_a_user_across_threads(tmp_path, capsys):
     with SQLiteStore(db, read_only=True) as store:  # written once each, with their step
         assert [i.key for i in store.search(("users", "ada"))] == ["city", "diet"]
         assert store.get(("users", "ada", "memories"), "diet").value["from_thread"] == "monday"
+
+
+# -- a step on a cluster ----------------------------------------------------------------------
+
+def test_cluster_map_scores_every_document_in_the_clusters_worker_processes():
+    pytest.importorskip("distributed")
+    result = run_script("cluster_map")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines == ["scored 4 documents in 2 worker processes",
+                     "doc 3: +3, doc 0: +2, doc 1: -1, doc 2: -1"]
