@@ -1,0 +1,32 @@
+"""MkDocs hooks for the docs site (mkdocs.yml `hooks:`): pages that list what the code
+defines are filled from the code at build time, so they cannot drift from it.
+
+`{{ problem_codes }}` in a page becomes the compiler's problem codes
+(`statemachine.errors.PROBLEM_CODES`) as a list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def on_page_markdown(markdown: str, **_: Any) -> str:
+    if "{{ problem_codes }}" in markdown:
+        from statemachine.errors import PROBLEM_CODES
+
+        listing = "\n".join(f"- `{code}`" for code in PROBLEM_CODES)
+        markdown = markdown.replace("{{ problem_codes }}", listing)
+    return markdown
+
+
+def on_files(files: Any, config: Any) -> Any:
+    """The examples' diagrams (examples/*.svg) are served as assets/<name>.svg, read from
+    where the examples keep them (no copy in docs/ to drift)."""
+    from pathlib import Path
+
+    from mkdocs.structure.files import File
+
+    root = Path(config["config_file_path"]).parent
+    for svg in sorted((root / "examples").glob("*.svg")):
+        files.append(File.generated(config, f"assets/{svg.name}", abs_src_path=str(svg)))
+    return files
