@@ -6,6 +6,9 @@ with `invoke`/`stream`, checkpointed to SQLite (or PostgreSQL) step by step when
 checkpointer. `app.submit()` queues runs for `Worker`s (`statemachine worker`) to execute.
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
 from . import reducers
 from .clock import FakeClock, use_clock
 from .commands import Command, Send
@@ -38,6 +41,11 @@ from .streaming import emit
 from .types import NodeFailure, RunContext, Snapshot, StepEvent
 from .waiting import Interrupt, interrupt, wait_for
 from .worker import Worker, WorkerStats
+
+try:  # the version lives in pyproject.toml only; an installed package reports it
+    __version__ = _distribution_version("statemachine")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "unknown (not installed)"
 
 __all__ = [
     "END",

@@ -34,18 +34,11 @@ def module_main() -> NoReturn:
     main(prog_name=_module_prog())
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("statemachine")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
-
-
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value and not ctx.resilient_parsing:
-        click.echo(f"statemachine {_version()}")
+        from statemachine import __version__
+
+        click.echo(f"statemachine {__version__}")
         ctx.exit()
 
 
