@@ -147,12 +147,14 @@ class TaskSerializationError(StateMachineError, TypeError):
 class RemoteTaskError(StateMachineError):
     """A node running on a cluster raised an exception that could not be sent back as itself
     (its type cannot be pickled or imported in the driver). `error_type` is the remote
-    exception's qualified type name and `remote_traceback` its traceback as text."""
+    exception's qualified type name, `remote_message` its text and `remote_traceback` its
+    traceback. The default retry policy retries it as it would the remote exception itself
+    (by its type's name), and `on_error="capture"` records the remote type."""
 
     def __init__(self, message: str, *, node: str, error_type: str, remote_traceback: str,
-                 where: str = "") -> None:
+                 where: str = "", remote_message: str = "") -> None:
         self.node, self.error_type, self.where = node, error_type, where
-        self.remote_traceback = remote_traceback
+        self.remote_traceback, self.remote_message = remote_traceback, remote_message
         super().__init__(message)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import random
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -14,15 +15,26 @@ _NOT_TRANSIENT = (StateMachineError, TypeError, ValueError, AttributeError, Look
                   SyntaxError)
 
 
+_NOT_TRANSIENT_NAMES = frozenset(
+    name for name, value in vars(builtins).items()
+    if isinstance(value, type) and issubclass(value, _NOT_TRANSIENT))
+"""The built-in exception types among those, by name (a remote exception's type, when only
+its name came back)."""
+
+
 def default_retry_on(exc: BaseException) -> bool:
     """Retry what looks transient; never programming errors or invalid updates.
 
     `TimeoutError`, `ConnectionError` and other `OSError`s, and any exception of your own, are
     retried; `TypeError`, `ValueError`, `KeyError` and the like would fail the same way again.
-    `NodeTimeoutError` is a `TimeoutError`, so a timed-out node is retried.
+    `NodeTimeoutError` is a `TimeoutError`, so a timed-out node is retried. A node's
+    exception that came back from a cluster only by name (`RemoteTaskError`) is judged by
+    that name.
     """
-    from .errors import NodeTimeoutError
+    from .errors import NodeTimeoutError, RemoteTaskError
 
+    if isinstance(exc, RemoteTaskError):  # came back from a cluster as its type's name only
+        return exc.error_type not in _NOT_TRANSIENT_NAMES
     return isinstance(exc, NodeTimeoutError) or not isinstance(exc, _NOT_TRANSIENT)
 
 

@@ -37,8 +37,8 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
         run = child.new_run(runner.thread_id, inline_sync=runner.inline_sync,
                             context=_context_for(child, runner))
         run.runner.channel = _channel_for(runner, node, task, at)
-        if runner.cluster is not None:  # the call's cluster runs the subgraph's nodes too
-            run.runner.cluster = runner.cluster
+        if runner.cluster is not None and not node.local:  # the call's cluster runs the
+            run.runner.cluster = runner.cluster  # subgraph's nodes too, unless kept local
         run.collected = []
         async for _ in run.execute(child_input):
             pass
@@ -55,7 +55,7 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
             run = child.new_run(thread, inline_sync=runner.inline_sync,
                                 context=_context_for(child, runner))
             run.runner.channel = _channel_for(runner, node, task, at)
-            if runner.cluster is not None:
+            if runner.cluster is not None and not node.local:
                 run.runner.cluster = runner.cluster
             if head is None and not task.sent and at.base is not None and arg is at.state \
                     and child.spec.schema.model is runner.spec.schema.model:

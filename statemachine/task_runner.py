@@ -25,7 +25,7 @@ from .calls import call_user_function
 from .clock import get_clock
 from .commands import Command, Send
 from .constants import END
-from .errors import InvalidRouteError, InvalidUpdateError, NodeTimeoutError
+from .errors import InvalidRouteError, InvalidUpdateError, NodeTimeoutError, RemoteTaskError
 from .memory import Buffered, TaskStore
 from .records import Task, cache_key_for, decode_goto, encode_goto
 from .secret_types import mentions_secret
@@ -264,8 +264,11 @@ class TaskRunner:
                 if node.on_error == "capture":
                     captured = True
                     self._buffers.pop(task.key, None)
+                    kind, message = type(exc).__name__, str(exc)
+                    if isinstance(exc, RemoteTaskError):  # as the remote exception says
+                        kind, message = exc.error_type.rsplit(".", 1)[-1], exc.remote_message
                     result = {node.error_field: [NodeFailure(
-                        node=task.node, error_type=type(exc).__name__, message=str(exc),
+                        node=task.node, error_type=kind, message=message,
                         step=step, thread_id=self.thread_id)]}
                     break
                 if attempt > 1:
@@ -366,14 +369,14 @@ class TaskRunner:
         in. Its store writes join this attempt's buffer, as a local task's would."""
         cluster = self.cluster
         assert cluster is not None
-        outcome = await cluster.run(packed, node=task.node, deliver=self._emitters.get(task.key))
-        if outcome.waiting is not None:
-            raise WaitingForEvent(*outcome.waiting)
-        if outcome.writes:
+        done = await cluster.run(packed, node=task.node, deliver=self._emitters.get(task.key))
+        if done.waiting is not None:
+            raise WaitingForEvent(*done.waiting)
+        if done.writes:
             assert context is not None and context.store is not None
-            for kind, args, options in outcome.writes:
+            for kind, args, options in done.writes:
                 getattr(context.store, kind)(*args, **options)
-        return outcome.value
+        return done.value
 
     def _split_result(self, node: NodeSpec, result: Any, step: int
                       ) -> tuple[dict[str, Any], list[str | Send]]:

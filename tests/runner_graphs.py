@@ -199,6 +199,40 @@ def raises_odd(state: S) -> dict:
     raise Odd(state.n, 2)
 
 
+def raises_worker_only(state: S) -> dict:
+    from workeronly import WorkerOnlyError  # importable on the workers only
+
+    raise WorkerOnlyError(f"only workers know this type ({state.n})")
+
+
+def returns_worker_only(state: S) -> Any:
+    from workeronly import WorkerOnlyValue
+
+    return {"errors": [WorkerOnlyValue(state.n)]}
+
+
+def exits(state: S) -> dict:
+    import sys
+
+    sys.exit(3)
+
+
+class ApiError(Exception):
+    """Like many client libraries' errors: a keyword-only argument, so its pickle does not load."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def rate_limited_once(state: S, ctx: RunContext) -> dict:
+    files = Files(ctx.context["files"])
+    files.mark("api")
+    if len(files.marks("api")) == 1:
+        raise ApiError("rate limited", status=429)
+    return {"log": ["api ok"]}
+
+
 def single(node: Any, **options: Any) -> StateGraph:
     g = StateGraph(S)
     g.add_node("node", node, **options)

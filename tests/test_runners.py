@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 EXAMPLES = ROOT / "examples"
 ENGINES = ["dask", "ray"]
+WORKER_ONLY = TESTS / "data" / "worker_path"  # on the workers' path, never on the driver's
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,13 @@ def dask_cluster():
     for path in (str(TESTS), str(EXAMPLES)):  # worker processes start with this path
         if path not in sys.path:
             sys.path.insert(0, path)
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, worker_dashboard_address=None)
+    sys.path.insert(0, str(WORKER_ONLY))
+    try:
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=None,
+                                           worker_dashboard_address=None)
+    finally:
+        sys.path.remove(str(WORKER_ONLY))
     client = distributed.Client(cluster)
     yield client
     client.close()
@@ -49,7 +55,7 @@ def dask_cluster():
 def ray_instance():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
-                 [str(TESTS), str(EXAMPLES), str(ROOT)])}})
+                 [str(TESTS), str(EXAMPLES), str(ROOT), str(WORKER_ONLY)])}})
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -195,6 +201,42 @@ def test_an_exception_that_cannot_travel_names_its_type_and_traceback(runner):
     error = raised.value
     assert error.node == "node" and error.error_type == "runner_graphs.Odd"
     assert "odd 5/2" in str(error) and "raises_odd" in error.remote_traceback
+    assert "could not be sent back as itself (TypeError" in str(error)
+
+
+def test_types_the_driver_cannot_import_are_errors_naming_the_node(runner):
+    with pytest.raises(ModuleNotFoundError):
+        import workeronly  # noqa: F401  # the premise: only the workers have it
+    with pytest.raises(RemoteTaskError) as raised:
+        rg.single(rg.raises_worker_only).compile(runner=runner).invoke({"n": 4})
+    error = raised.value
+    assert error.error_type == "workeronly.WorkerOnlyError"
+    assert "only workers know this type (4)" in str(error)
+    assert "cannot be rebuilt here: ModuleNotFoundError" in str(error)
+    assert "raises_worker_only" in error.remote_traceback
+    with pytest.raises(TypeError, match=r"node 'node' ran on .*return value cannot be loaded "
+                                        r"in the driver: ModuleNotFoundError"):
+        rg.single(rg.returns_worker_only).compile(runner=runner).invoke({"n": 4})
+
+
+def test_sys_exit_in_a_remote_node_fails_the_node_not_the_worker_or_the_driver(runner):
+    app = rg.single(rg.exits).compile(runner=runner)
+    with pytest.raises(RemoteTaskError, match="raised SystemExit: 3") as raised:
+        app.invoke({})
+    assert raised.value.error_type == "SystemExit"
+    assert rg.fan_graph().compile(runner=runner).invoke({"n": 2}).items == [0, 1]
+
+
+def test_an_exception_that_comes_back_by_name_is_retried_and_captured_as_itself(runner,
+                                                                                tmp_path):
+    app = rg.single(rg.rate_limited_once, retry=rg.RetryPolicy(initial_interval=0.01,
+                                                                jitter=False)).compile(
+        runner=runner)
+    assert app.invoke({}, context={"files": str(tmp_path)}).log == ["api ok"]
+    assert len(rg.Files(tmp_path).marks("api")) == 2  # the default retry_on judged it by name
+    captured = rg.single(rg.raises_odd, on_error="capture").compile(runner=runner)
+    failure = captured.invoke({"n": 1}).errors[0]
+    assert (failure.error_type, failure.message) == ("Odd", "odd 1/2")
 
 
 def test_capture_turns_a_remote_failure_into_a_node_failure(runner):
@@ -296,6 +338,9 @@ def test_an_unpicklable_node_is_a_compile_error_naming_it(runner):
         builder.compile(runner=runner)
     assert raised.value.codes == ["unserializable_node"]
     assert "node 'node'" in str(raised.value) and "runner='local'" in str(raised.value)
+    parent = rg.single(builder.compile())  # the same node inside a subgraph
+    with pytest.raises(GraphValidationError, match="subgraph 'node''s node 'node' cannot run"):
+        parent.compile(runner=runner)
     # with the node kept in the driver, the graph runs on the cluster as it is
     assert rg.single(guarded, runner="local").compile(runner=runner).invoke({}) is not None
 
@@ -415,3 +460,13 @@ def test_a_driver_killed_mid_step_resume_submits_only_the_unfinished_tasks(engin
     assert [len(files.marks(f"run-{i}")) for i in (0, 1)] == [1, 1]
     assert all(files.marks(f"run-{i}") for i in (2, 3))
     saver.close()
+
+
+def test_a_subgraphs_nodes_run_on_the_calls_cluster_unless_the_subgraph_is_local(runner):
+    inner = rg.fan_graph().compile()
+    remote = rg.single(inner).compile(runner=runner).invoke({"n": 3})
+    local = rg.single(inner, runner="local").compile(runner=runner).invoke({"n": 3})
+    for final, here in ((remote, False), (local, True)):
+        assert sorted(final.items) == [0, 1, 4]
+        pids = {int(line.rsplit(" ", 1)[1]) for line in final.log if line.startswith("square")}
+        assert (pids == {os.getpid()}) is here, pids

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import GraphValidationError, Problem, RemoteTaskError, TaskSerializationError
@@ -68,39 +69,78 @@ class Runner(ABC):
                 step=task.step, thread_id=task.thread_id) from None
 
     async def run(self, blob: bytes, *, node: str,
-                  deliver: Callable[[Any], None] | None) -> Any:
-        """Run a packed task and return its outcome (`remote_task.Outcome`) once every chunk
-        it emitted has reached `deliver` (None: nobody streams them); its exception is
-        re-raised as itself when it came back whole, else as `RemoteTaskError` with its
+                  deliver: Callable[[Any], None] | None) -> Completed:
+        """Run a packed task and return what it came to (`Completed`) once every chunk its
+        run emitted has reached `deliver` (None: nobody streams them); its exception is
+        re-raised as itself when it can be rebuilt here, else as `RemoteTaskError` with its
         type name and traceback text."""
         import cloudpickle
 
         stream = ChunkStream(deliver) if deliver is not None else None
         try:
             outcome = cloudpickle.loads(await self.submit(blob, node=node, stream=stream))
-            if stream is not None:
-                await stream.complete(outcome.chunks)
+            if stream is not None and not self.chunks_in_order:
+                await stream.complete(outcome.attempt, outcome.chunks)
         finally:
             if stream is not None:
                 stream.close()
-        return self.raise_for(outcome, node=node)
+        return self.completed(outcome, node=node)
 
-    def raise_for(self, outcome: Any, *, node: str) -> Any:
-        """The outcome, unless the task raised: then its exception."""
-        if outcome.error is not None:
-            error = outcome.error
-            error.add_note(f"it ran on {outcome.where or f'the {self.engine} cluster'}; "
-                           f"the remote traceback:\n{outcome.remote_traceback.rstrip()}")
-            raise error
+    chunks_in_order: ClassVar[bool] = False
+    """Whether a task's chunks reach the driver before its outcome (Ray's streaming task);
+    else the driver waits for the count its outcome reports (Dask's events travel apart)."""
+
+    def completed(self, outcome: Any, *, node: str) -> Completed:
+        """What the outcome says, each part loaded here; the task's exception raised."""
+        where = outcome.where or f"the {self.engine} cluster"
         if outcome.error_type:
+            if outcome.error is not None:
+                try:
+                    error = _loads(outcome.error)
+                except Exception as exc:
+                    outcome.unsent = f"it cannot be rebuilt here: {type(exc).__name__}: {exc}"
+                else:
+                    error.add_note(f"it ran on {where}; the remote traceback:\n"
+                                   f"{outcome.remote_traceback.rstrip()}")
+                    raise error
             raise RemoteTaskError(
-                f"node {node!r} raised {outcome.error_type}: {outcome.error_text} on "
-                f"{outcome.where or f'the {self.engine} cluster'} (the exception could not be "
-                f"sent back as itself: its type cannot be pickled or imported here); the "
+                f"node {node!r} raised {outcome.error_type}: {outcome.error_text} on {where}; "
+                f"the exception could not be sent back as itself ({outcome.unsent}); the "
                 f"remote traceback:\n{outcome.remote_traceback.rstrip()}", node=node,
                 error_type=outcome.error_type, remote_traceback=outcome.remote_traceback,
-                where=outcome.where)
-        return outcome
+                where=outcome.where, remote_message=outcome.error_text)
+        parts = {}
+        for part in ("value", "waiting", "writes"):
+            data = getattr(outcome, part)
+            if data is None:
+                continue
+            try:
+                parts[part] = _loads(data)
+            except Exception as exc:
+                raise TypeError(
+                    f"node {node!r} ran on {where}, but its "
+                    f"{'return value' if part == 'value' else part} cannot be loaded in the "
+                    f"driver: {type(exc).__name__}: {exc} (the driver must be able to import "
+                    f"every type a node returns)") from None
+        return Completed(parts.get("value"), parts.get("waiting"), parts.get("writes") or [])
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A remote task's result, loaded in the driver."""
+
+    value: Any
+    """What the node returned."""
+    waiting: tuple[str, Any] | None
+    """(event, question) when it paused in `wait_for` or `interrupt`."""
+    writes: list[tuple[str, tuple[Any, ...], dict[str, Any]]]
+    """Its store writes, to replay into the task's buffer."""
+
+
+def _loads(data: bytes) -> Any:
+    import cloudpickle
+
+    return cloudpickle.loads(data)
 
 
 def check_runner(spec: Any, runner: Any) -> Runner | None:
@@ -113,21 +153,33 @@ def check_runner(spec: Any, runner: Any) -> Runner | None:
                         f"got {type(runner).__name__}.")
     import cloudpickle
 
-    problems = []
-    for node in spec.nodes.values():
-        if node.subgraph is not None or node.local:
-            continue
-        try:
-            cloudpickle.dumps(node.call.fn)
-        except Exception as exc:
-            problems.append(Problem(
-                "unserializable_node", f"node {node.name!r} cannot run on the {runner.engine} "
-                f"cluster: its function cannot be serialised ({type(exc).__name__}: {exc}).",
-                nodes=(node.name,), hint="define it at module level in a module the workers "
-                "can import, or keep it in the driver: add_node(..., runner='local')."))
+    problems: list[Problem] = []
+    _check_nodes(spec, runner, problems, cloudpickle.dumps, "")
     if problems:
         raise GraphValidationError(problems)
     return runner
+
+
+def _check_nodes(spec: Any, runner: Runner, problems: list[Problem], dumps: Callable[[Any], Any],
+                 inside: str) -> None:
+    """Every node of `spec` bound for the cluster, and those of its subgraphs (their nodes
+    run on the call's runner too), must pickle."""
+    for node in spec.nodes.values():
+        if node.local:
+            continue
+        where = f"{inside}node {node.name!r}"
+        if node.subgraph is not None:
+            _check_nodes(node.subgraph.graph.spec, runner, problems, dumps,
+                         f"subgraph {node.name!r}'s ")
+            continue
+        try:
+            dumps(node.call.fn)
+        except Exception as exc:
+            problems.append(Problem(
+                "unserializable_node", f"{where} cannot run on the {runner.engine} cluster: "
+                f"its function cannot be serialised ({type(exc).__name__}: {exc}).",
+                nodes=(node.name,), hint="define it at module level in a module the workers "
+                "can import, or keep it in the driver: add_node(..., runner='local')."))
 
 
 def _unpicklable_part(task: Any, first: Exception) -> tuple[str, Exception]:
@@ -147,13 +199,15 @@ def _unpicklable_part(task: Any, first: Exception) -> tuple[str, Exception]:
 class ChunkStream:
     """The chunks one remote task emits, as they arrive (from any thread): each is unpickled
     and handed to the task's emitter on the driver's event loop, in order; `complete` waits
-    until all the task sent have arrived."""
+    until all that the finishing run of the task sent have arrived. Chunks are counted per
+    run (`attempt`): a run lost with its worker may have sent some, which were streamed live
+    and do not count for the run that finished."""
 
     def __init__(self, deliver: Callable[[Any], None]) -> None:
         self._deliver = deliver
         self._loop = asyncio.get_running_loop()
-        self._received = 0
-        self._expected: int | None = None
+        self._received: dict[str, int] = {}
+        self._waiting: tuple[str, int] | None = None
         self._all_in = asyncio.Event()
         self._closers: list[Callable[[], None]] = []
 
@@ -166,22 +220,23 @@ class ChunkStream:
             closer()
         self._closers.clear()
 
-    def put(self, data: bytes) -> None:
-        """One chunk's bytes arrived (any thread)."""
-        self._loop.call_soon_threadsafe(self._on_loop, data)
+    def put(self, attempt: str, data: bytes) -> None:
+        """One chunk of run `attempt` arrived (any thread)."""
+        self._loop.call_soon_threadsafe(self._on_loop, attempt, data)
 
-    def _on_loop(self, data: bytes) -> None:
+    def _on_loop(self, attempt: str, data: bytes) -> None:
         import cloudpickle
 
-        self._received += 1
+        self._received[attempt] = self._received.get(attempt, 0) + 1
         self._deliver(cloudpickle.loads(data))
-        if self._expected is not None and self._received >= self._expected:
+        if self._waiting is not None and self._received[attempt] >= self._waiting[1] and \
+                attempt == self._waiting[0]:
             self._all_in.set()
 
-    async def complete(self, count: int, timeout: float = CHUNK_WAIT) -> None:
-        """Wait (at most `timeout` seconds) until `count` chunks have arrived."""
-        self._expected = count
-        if self._received >= count:
+    async def complete(self, attempt: str, count: int, timeout: float = CHUNK_WAIT) -> None:
+        """Wait (at most `timeout` seconds) until run `attempt`'s `count` chunks arrived."""
+        self._waiting = (attempt, count)
+        if self._received.get(attempt, 0) >= count:
             return
         # chunks are live output, not state: past the wait, the task's update is what counts
         with contextlib.suppress(TimeoutError):

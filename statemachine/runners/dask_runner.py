@@ -19,25 +19,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 from typing import Any, ClassVar
+
+from checkpoints.base import unique_key
 
 from .base import ChunkStream, Runner
 from .remote_task import execute
 
-_tokens = itertools.count()
+_topic: str | None = None
+
+
+def _process_topic() -> str:
+    """This process's chunk topic (a forked child makes its own)."""
+    global _topic
+    if _topic is None:
+        _topic = f"statemachine-emit-{unique_key()}"
+    return _topic
+
+
+def _forget_topic_after_fork() -> None:
+    global _topic
+    _topic = None
+
+
+os.register_at_fork(after_in_child=_forget_topic_after_fork)
 
 
 class DaskRunner(Runner):
     """Run node tasks on a Dask cluster through `client` (a `distributed.Client`, or the
     address of a scheduler to connect to; a client this runner opens, `close` closes).
-    `resources` (e.g. {"GPU": 1}) and `retries` are passed to every `client.submit`."""
+    `resources` (e.g. {"GPU": 1}) is passed to every `client.submit`. A task lost with its
+    worker is rerun by the scheduler (its `allowed-failures`, 3 by default); a node's own
+    failures come back to the driver, where its `RetryPolicy` decides."""
 
     engine: ClassVar[str] = "Dask"
 
-    def __init__(self, client: Any, *, resources: dict[str, float] | None = None,
-                 retries: int | None = None) -> None:
+    def __init__(self, client: Any, *, resources: dict[str, float] | None = None) -> None:
         try:
             import distributed
         except ImportError:
@@ -55,10 +73,10 @@ class DaskRunner(Runner):
         self._options: dict[str, Any] = {}
         if resources:
             self._options["resources"] = dict(resources)
-        if retries is not None:
-            self._options["retries"] = retries
-        self._topic = f"statemachine-emit-{os.getpid()}-{id(self):x}"
-        """Where this runner's tasks send the chunks they emit, each tagged by its task."""
+        self._topic = _process_topic()
+        """Where this process's tasks send the chunks they emit, each tagged by its task:
+        one topic per driver process, so what the scheduler keeps of it is bounded (its
+        last `distributed.admin.low-level-log-length` events, 1,000 by default)."""
         self._streams: dict[str, ChunkStream] = {}
         self._subscribed = False
 
@@ -66,7 +84,7 @@ class DaskRunner(Runner):
         message = event[1]
         stream = self._streams.get(message.get("task", ""))
         if stream is not None:
-            stream.put(message["chunk"])
+            stream.put(message["attempt"], message["chunk"])
 
     def _forget(self, token: str) -> None:
         self._streams.pop(token, None)
@@ -80,7 +98,7 @@ class DaskRunner(Runner):
         client = self.client
         token = None
         if stream is not None:
-            token = f"{os.getpid()}-{next(_tokens)}"
+            token = unique_key()
             self._streams[token] = stream
             stream.on_close(lambda: self._forget(token))
             if not self._subscribed:
@@ -102,7 +120,7 @@ class DaskRunner(Runner):
 
         future = client.submit(_run_on_worker, blob, self._topic if token else None, token,
                                pure=False,
-                               key=f"statemachine-{node}-{os.getpid()}-{next(_tokens)}",
+                               key=f"statemachine-{node}-{unique_key()}",
                                **self._options)
         try:
             future.add_done_callback(finished)
@@ -118,7 +136,8 @@ class DaskRunner(Runner):
     def close(self) -> None:
         if self._subscribed:
             self._subscribed = False
-            self.client.unsubscribe_topic(self._topic)
+            if self.client.status == "running":
+                self.client.unsubscribe_topic(self._topic)
         if self._owned:
             self.client.close()
 
@@ -131,6 +150,6 @@ def _run_on_worker(blob: bytes, topic: str | None, token: str | None) -> bytes:
     worker = get_worker()
     sink = None
     if topic is not None:
-        def sink(data: bytes) -> None:
-            worker.log_event(topic, {"task": token, "chunk": data})
+        def sink(attempt: str, data: bytes) -> None:
+            worker.log_event(topic, {"task": token, "attempt": attempt, "chunk": data})
     return execute(blob, sink, f"Dask worker {worker.address}")

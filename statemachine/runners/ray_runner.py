@@ -36,6 +36,7 @@ class RayRunner(Runner):
     `resources`, `max_retries` and `runtime_env` are each task's Ray options."""
 
     engine: ClassVar[str] = "Ray"
+    chunks_in_order: ClassVar[bool] = True  # a streaming task yields them before its outcome
 
     def __init__(self, *, address: str | None = None, num_cpus: float | None = None,
                  resources: dict[str, float] | None = None, max_retries: int | None = None,
@@ -76,11 +77,11 @@ class RayRunner(Runner):
         generator: Any = self._streaming.remote(blob)  # an ObjectRefGenerator
         try:
             async for ref in generator:
-                kind, data = await ref
-                if kind == "chunk":
-                    stream.put(data)
+                item = await ref
+                if item[0] == "chunk":
+                    stream.put(item[1], item[2])
                 else:
-                    return bytes(data)
+                    return bytes(item[1])
         except BaseException as exc:
             _cancel_or_note(ray, generator, exc, node)
             raise
@@ -117,22 +118,25 @@ def _run_on_worker(blob: bytes) -> bytes:
     return execute(blob, None, _where())
 
 
-def _run_streaming(blob: bytes) -> Iterator[tuple[str, bytes]]:
+def _run_streaming(blob: bytes) -> Iterator[tuple[Any, ...]]:
     """The streaming Ray task: the node runs in a thread; each chunk it emits is yielded as
-    it comes ("chunk", bytes), then its outcome ("outcome", bytes)."""
+    it comes ("chunk", attempt, bytes), then its outcome ("outcome", bytes)."""
     items: queue.SimpleQueue[Any] = queue.SimpleQueue()
     where = _where()
     box: dict[str, bytes] = {}
 
     def run() -> None:
         try:
-            box["outcome"] = execute(blob, items.put, where)
+            box["outcome"] = execute(blob, lambda attempt, data: items.put((attempt, data)),
+                                     where)
         finally:
             items.put(_DONE)
 
     thread = threading.Thread(target=run, name="statemachine-node", daemon=True)
     thread.start()
     while (item := items.get()) is not _DONE:
-        yield "chunk", item
+        yield "chunk", *item
     thread.join()
+    if "outcome" not in box:  # execute itself failed (it catches what a node raises)
+        raise RuntimeError("the node's task ended without an outcome")
     yield "outcome", box["outcome"]

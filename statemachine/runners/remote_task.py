@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import traceback
+import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
@@ -31,8 +32,9 @@ from ..streaming import current_emitter
 from ..types import RunContext
 from ..waiting import NO_ANSWERS, TaskAnswers, WaitingForEvent, current_answers
 
-Sink = Callable[[bytes], None]
-"""Where a worker sends the bytes of each chunk a task emits (the engine's channel)."""
+Sink = Callable[[str, bytes], None]
+"""Where a worker sends each chunk a task emits (the engine's channel): the run's attempt tag
+and the chunk's bytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,23 +63,32 @@ class RemoteTask:
 
 @dataclass(slots=True)
 class Outcome:
-    """What a task came to, as it travels back to the driver."""
+    """What a task came to, as it travels back to the driver. What the user's code made (the
+    return value, the exception, the question, the store writes) is pickled apart, each in
+    its own bytes, so the outcome itself always loads in the driver, and a part that does
+    not (a type the driver cannot import) is an error naming the node, not a bare
+    `ModuleNotFoundError`."""
 
-    value: Any = None
-    """The node's return value (when it returned)."""
-    error: BaseException | None = None
-    """The exception it raised, when that survives pickling."""
+    value: bytes | None = None
+    """The node's return value, pickled (when it returned)."""
+    error: bytes | None = None
+    """The exception it raised, pickled, when that loaded back as itself on the worker."""
     error_type: str = ""
     """The raised exception's qualified type name (always set when it raised)."""
     error_text: str = ""
     """str() of the exception."""
+    unsent: str = ""
+    """Why the exception could not travel as itself, when it could not."""
     remote_traceback: str = ""
-    waiting: tuple[str, Any] | None = None
-    """(event, question) when the task paused in `wait_for` or `interrupt`."""
-    writes: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
-    """The task's store writes: ("put" | "delete", args, keyword arguments)."""
+    waiting: bytes | None = None
+    """(event, question), pickled, when the task paused in `wait_for` or `interrupt`."""
+    writes: bytes | None = None
+    """The task's store writes, pickled: [("put" | "delete", args, keyword arguments)]."""
     chunks: int = 0
-    """How many chunks the task emitted (the driver waits for all of them to arrive)."""
+    """How many chunks this attempt emitted (the driver waits for all of them to arrive)."""
+    attempt: str = ""
+    """Which run of the task this is: its chunks carry the same tag (a task whose worker was
+    lost runs again, and the lost run's chunks may still arrive)."""
     where: str = ""
     """The worker that ran it, as the engine names it."""
 
@@ -85,8 +96,8 @@ class Outcome:
 class RemoteEmitter:
     """`emit` in a task on a worker: each chunk is pickled and sent to the driver."""
 
-    def __init__(self, sink: Sink, node: str) -> None:
-        self.sink, self.node = sink, node
+    def __init__(self, sink: Sink, node: str, attempt: str) -> None:
+        self.sink, self.node, self.attempt = sink, node, attempt
         self.sent = 0
 
     def __call__(self, chunk: Any) -> None:
@@ -95,7 +106,7 @@ class RemoteEmitter:
         except Exception as exc:
             raise TypeError(f"node {self.node!r} emitted a chunk that cannot be sent to the "
                             f"driver from the cluster: {type(exc).__name__}: {exc}") from None
-        self.sink(data)
+        self.sink(self.attempt, data)
         self.sent += 1
 
 
@@ -136,73 +147,72 @@ class RemoteTaskStore:
 def execute(blob: bytes, sink: Sink | None, where: str) -> bytes:
     """Run the packed task on this worker; the bytes of its `Outcome`."""
     task: RemoteTask = cloudpickle.loads(blob)
-    emitter = RemoteEmitter(sink, task.node) if task.streams and sink is not None else None
+    attempt = uuid.uuid4().hex[:12]
+    emitter = RemoteEmitter(sink, task.node, attempt) if task.streams and sink is not None \
+        else None
     store = RemoteTaskStore(task.node) if task.has_store else None
-    outcome = Outcome(where=where)
+    outcome = Outcome(attempt=attempt, where=where)
     answers = current_answers.set(TaskAnswers(list(task.answers)) if task.answers
                                   else NO_ANSWERS)
     emitting = current_emitter.set(emitter)  # type: ignore[arg-type]  # a callable will do
+    value: Any = None
     try:
         context = RunContext(task.thread_id, task.step, task.node, task.task_id,
                              index=task.index, context=task.context, emitter=emitter,
                              store=store)
         args = (task.arg, context) if task.wants_context else (task.arg,)
         if task.is_async:
-            outcome.value = asyncio.run(task.fn(*args))
+            value = asyncio.run(task.fn(*args))
         else:
-            result = _call_sync(task.fn, args)
-            if inspect.isawaitable(result):
-                result = asyncio.run(_awaited(result))
-            outcome.value = result
+            value = _call_sync(task.fn, args)
+            if inspect.isawaitable(value):
+                value = asyncio.run(_awaited(value))
+        _put(outcome, "value", value, task.node, "returned a value")
     except WaitingForEvent as waiting:
-        outcome.waiting = (waiting.event, waiting.question)
-    except Exception as exc:
-        outcome.error = exc
-        outcome.error_type = _qualified_name(type(exc))
-        outcome.error_text = str(exc)
-        outcome.remote_traceback = traceback.format_exc()
+        _put(outcome, "waiting", (waiting.event, waiting.question), task.node,
+             "paused with a question")
+    except BaseException as exc:  # SystemExit too: a node's, not the worker's, to end
+        _failed(outcome, exc)
     finally:
         current_emitter.reset(emitting)
         current_answers.reset(answers)
-    if store is not None:
-        outcome.writes = store.writes
+    if store is not None and store.writes and not outcome.error_type:
+        _put(outcome, "writes", store.writes, task.node, "wrote to the store a value")
     if emitter is not None:
         outcome.chunks = emitter.sent
-    return _dumped(outcome, task.node)
+    return cloudpickle.dumps(outcome)
 
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
 
 
-def _dumped(outcome: Outcome, node: str) -> bytes:
-    """The outcome's bytes. An exception that does not come back as itself (its pickle
-    fails, or loads as something else) travels as its type name, text and traceback; a
-    return value that cannot be pickled becomes the node's error."""
-    error = outcome.error
-    if error is not None:
-        try:
-            again = cloudpickle.loads(cloudpickle.dumps(error))
-            if type(again) is not type(error):
-                raise TypeError(f"it came back as {type(again).__name__}")
-        except Exception:
-            outcome.error = None
+def _put(outcome: Outcome, part: str, value: Any, node: str, what: str) -> None:
+    """Pickle `value` into the outcome's `part`; one that cannot be becomes the node's error."""
     try:
-        return cloudpickle.dumps(outcome)
+        setattr(outcome, part, cloudpickle.dumps(value))
     except Exception as exc:
-        problem = f"{type(exc).__name__}: {exc}"
-    if error is None:  # its return value (or its question) is what would not pickle
-        what = "paused with a question" if outcome.waiting is not None else "returned a value"
-        failed = TypeError(f"node {node!r} {what} that cannot be sent back from the cluster: "
-                           f"{problem}")
-        outcome.error, outcome.error_type = failed, "TypeError"
-        outcome.error_text = str(failed)
-    outcome.value, outcome.waiting, outcome.writes = None, None, []
+        _failed(outcome, TypeError(f"node {node!r} {what} that cannot be sent back from the "
+                                   f"cluster: {type(exc).__name__}: {exc}"))
+
+
+def _failed(outcome: Outcome, exc: BaseException) -> None:
+    """Record the exception: its words always, itself when it loads back as itself (an
+    exception whose constructor needs more than its message does not)."""
+    outcome.value = outcome.waiting = outcome.writes = None
+    outcome.error_type = _qualified_name(type(exc))
+    outcome.error_text = str(exc)
+    outcome.remote_traceback = "".join(traceback.format_exception(exc))
     try:
-        return cloudpickle.dumps(outcome)
-    except Exception:  # the error itself, after all: send its words only
-        outcome.error = None
-        return cloudpickle.dumps(outcome)
+        if not isinstance(exc, Exception):  # SystemExit in a node ends the node, not the driver
+            raise TypeError(f"{type(exc).__name__} is not an Exception")
+        data = cloudpickle.dumps(exc)
+        again = cloudpickle.loads(data)
+        if type(again) is not type(exc):
+            raise TypeError(f"it loads back as {type(again).__name__}")
+        outcome.error = data
+    except Exception as unsent:
+        outcome.unsent = f"{type(unsent).__name__}: {unsent}"
 
 
 def _qualified_name(kind: type) -> str:
