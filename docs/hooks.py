@@ -2,7 +2,9 @@
 defines are filled from the code at build time, so they cannot drift from it.
 
 `{{ problem_codes }}` in a page becomes the compiler's problem codes
-(`statemachine.errors.PROBLEM_CODES`) as a list.
+(`statemachine.errors.PROBLEM_CODES`) as a list; `{{ storage_versions }}` the schema versions
+each store writes, and `{{ sqlite_tables }}` / `{{ postgres_tables }}` the statements that
+create a new store's tables.
 """
 
 from __future__ import annotations
@@ -16,6 +18,21 @@ def on_page_markdown(markdown: str, **_: Any) -> str:
 
         listing = "\n".join(f"- `{code}`" for code in PROBLEM_CODES)
         markdown = markdown.replace("{{ problem_codes }}", listing)
+    if "{{ storage_versions }}" in markdown:
+        from checkpoints import postgres, sqlite_file
+
+        markdown = markdown.replace(
+            "{{ storage_versions }}",
+            f"| store | schema version this code writes |\n| --- | ---: |\n"
+            f"| SQLite file (`PRAGMA user_version`) | {sqlite_file.SCHEMA_VERSION} |\n"
+            f"| PostgreSQL schema (`schema_version` table) | {postgres.SCHEMA_VERSION} |")
+    for name, dialect in (("sqlite_tables", "SQLITE"), ("postgres_tables", "POSTGRES")):
+        if f"{{{{ {name} }}}}" in markdown:
+            from checkpoints import sql_dialect
+            from checkpoints.sql_schema import tables
+
+            ddl = tables(getattr(sql_dialect, dialect)).strip()
+            markdown = markdown.replace(f"{{{{ {name} }}}}", f"```sql\n{ddl}\n```")
     return markdown
 
 
