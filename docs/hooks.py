@@ -24,7 +24,8 @@ def on_page_markdown(markdown: str, **_: Any) -> str:
         markdown = markdown.replace(
             "{{ storage_versions }}",
             f"| store | schema version this code writes |\n| --- | ---: |\n"
-            f"| SQLite file (`PRAGMA user_version`) | {sqlite_file.SCHEMA_VERSION} |\n"
+            f"| SQLite file (its `schema_version` table; `PRAGMA application_id` marks "
+            f"the file as ours) | {sqlite_file.SCHEMA_VERSION} |\n"
             f"| PostgreSQL schema (`schema_version` table) | {postgres.SCHEMA_VERSION} |")
     for name, dialect in (("sqlite_tables", "SQLITE"), ("postgres_tables", "POSTGRES")):
         if f"{{{{ {name} }}}}" in markdown:
@@ -37,8 +38,9 @@ def on_page_markdown(markdown: str, **_: Any) -> str:
 
 
 def on_files(files: Any, config: Any) -> Any:
-    """The examples' diagrams (examples/*.svg) are served as assets/<name>.svg, read from
-    where the examples keep them (no copy in docs/ to drift)."""
+    """The examples' diagrams (examples/*.svg) are served as assets/<name>.svg, and the
+    benchmarks' charts (benchmarks/charts/*.png) as assets/charts/<name>.png, read from where
+    they are kept (no copy in docs/ to drift)."""
     from pathlib import Path
 
     from mkdocs.structure.files import File
@@ -46,4 +48,7 @@ def on_files(files: Any, config: Any) -> Any:
     root = Path(config["config_file_path"]).parent
     for svg in sorted((root / "examples").glob("*.svg")):
         files.append(File.generated(config, f"assets/{svg.name}", abs_src_path=str(svg)))
+    for chart in sorted((root / "benchmarks" / "charts").glob("*.png")):
+        files.append(File.generated(config, f"assets/charts/{chart.name}",
+                                    abs_src_path=str(chart)))
     return files

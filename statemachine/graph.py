@@ -50,11 +50,11 @@ class BranchDeclaration:
 class StateGraph:
     """A workflow under construction: nodes, edges and conditional edges over a state model.
 
-    >>> g = StateGraph(State)
-    >>> g.add_node("work", work)
-    >>> g.add_edge(START, "work")
-    >>> g.add_conditional_edges("work", route, {"again": "work", "done": END})
-    >>> app = g.compile()
+        g = StateGraph(State)
+        g.add_node("work", work)
+        g.add_edge(START, "work")
+        g.add_conditional_edges("work", route, {"again": "work", "done": END})
+        app = g.compile()
     """
 
     def __init__(self, state_schema: type, *, migrations: Sequence[Migration] = (),

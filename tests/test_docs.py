@@ -277,3 +277,43 @@ def test_every_included_file_is_tested_code():
         for path in re.findall(rf'{INCLUDE} "([^"]+)"', page.read_text()):
             assert path.startswith(allowed), f"{page.relative_to(DOCS)} includes {path}"
             assert (ROOT / path.split(":")[0]).exists(), path
+
+
+# -- command lines shown on the pages --------------------------------------------------------
+
+def _shown_command_lines() -> list[tuple[str, str]]:
+    """(page, line) for every `statemachine ...` line in a bash block of the docs or the
+    README, with its trailing comment and its [optional parts] taken off."""
+    found = []
+    for page in [*pages(), ROOT / "README.md", ROOT / "CONTRIBUTING.md"]:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+            for line in block.splitlines():
+                line = re.sub(r"\s{2,}#.*$", "", line).strip()
+                words = line.split()
+                while words and "=" in words[0]:
+                    words.pop(0)
+                if words and words[0] == "statemachine":
+                    found.append((page.name, re.sub(r"\s*\[[^\]]*\]", "", " ".join(words))))
+    return found
+
+
+@pytest.mark.parametrize("page,line", _shown_command_lines())
+def test_every_command_line_shown_parses_with_todays_options(page, line):
+    """A command or option renamed since the page was written fails here: each line is
+    parsed by the real command (not run: some need a server or a cluster)."""
+    import shlex
+
+    import click
+
+    from statemachine.cli.main import cli
+
+    words = shlex.split(line)[1:]
+    command: click.Command = cli
+    context = click.Context(cli, info_name="statemachine")
+    while isinstance(command, click.Group):  # the shown lines give groups no options
+        name, *words = words
+        sub = command.get_command(context, name)
+        assert sub is not None, f"{page}: no command {name!r} in {line!r}"
+        command = sub
+        context = click.Context(sub, info_name=name, parent=context)
+    command.make_context(context.info_name, list(words), parent=context.parent)
