@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .about import head, load_average, progress
-from .cluster_graph import chain_graph, fan_graph, noop_fan_graph, spin
+from .cluster_graph import chain_graph, fan_graph, noop_task, spin
 
 PACKAGES = ("statemachine", "pydantic", "distributed", "dask", "ray", "cloudpickle")
 ENGINES = ("dask", "ray")
@@ -127,7 +127,7 @@ def overhead_runs(directory: Path, label: str, steps: int, parallel: int, runner
         chain_seconds, final = _timed(lambda: chain.invoke({"steps": steps}, thread_id="c"))
         if final.done != steps:
             raise AssertionError(f"{label}: the chain ran {final.done} steps, not {steps}")
-        fan = noop_fan_graph().compile(checkpointer=saver, runner=runner)
+        fan = fan_graph(noop_task).compile(checkpointer=saver, runner=runner)
         fan_seconds, fanned = _timed(lambda: fan.invoke({"tasks": parallel}, thread_id="f"))
         if sorted(fanned.results) != list(range(parallel)):
             raise AssertionError(f"{label}: the no-op fan-out's results are wrong")

@@ -5,6 +5,7 @@ rounds, and a chain of steps of one no-op task each."""
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from typing import Annotated
 
 from pydantic import BaseModel
@@ -40,10 +41,10 @@ def fan_out(state: FanState) -> list[Send]:
     return [Send("work", (i, state.rounds)) for i in range(state.tasks)]
 
 
-def fan_graph() -> StateGraph:
-    """START -> `tasks` Sends to `work` (each `rounds` of spin) -> END."""
+def fan_graph(node: Callable[[tuple[int, int]], dict] = work) -> StateGraph:
+    """START -> `tasks` Sends to `work` (by default each `rounds` of spin) -> END."""
     g = StateGraph(FanState)
-    g.add_node("work", work)
+    g.add_node("work", node)
     g.add_conditional_edges(START, fan_out, ["work"])
     g.add_edge("work", END)
     return g
@@ -68,12 +69,3 @@ def chain_graph() -> StateGraph:
 
 def noop_task(payload: tuple[int, int]) -> dict:
     return {"results": [payload[0]]}
-
-
-def noop_fan_graph() -> StateGraph:
-    """START -> `tasks` no-op Sends -> END: what a task costs when it does nothing."""
-    g = StateGraph(FanState)
-    g.add_node("work", noop_task)
-    g.add_conditional_edges(START, fan_out, ["work"])
-    g.add_edge("work", END)
-    return g
