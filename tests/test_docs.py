@@ -267,6 +267,24 @@ def test_the_site_builds_strictly_and_lists_every_problem_code(tmp_path):
     cli_page = (site / "reference" / "cli" / "index.html").read_text()
     assert "statemachine resume" in cli_page and "--db" in cli_page
     assert (site / "assets" / "quickstart.svg").exists()  # the examples' diagrams are served
+    _every_public_name_is_documented(site)
+
+
+def _every_public_name_is_documented(site: Path) -> None:
+    """Each name in a public package's `__all__` has an entry in the API or errors page."""
+    import importlib
+
+    pages = "".join((site / "reference" / name / "index.html").read_text()
+                    for name in ("api", "errors"))
+    anchors = set(re.findall(r'id="([A-Za-z_.]+)"', pages))
+    for package in ("statemachine", "statemachine.reducers", "statemachine.messages",
+                    "statemachine.runners", "statemachine.testing", "checkpoints",
+                    "visualize"):
+        module = importlib.import_module(package)
+        missing = [name for name in module.__all__
+                   if not any(a == f"{package}.{name}" or a.endswith(f".{name}")
+                              for a in anchors)]
+        assert missing == [], f"{package}: not in the API reference: {missing}"
 
 
 def test_every_included_file_is_tested_code():
