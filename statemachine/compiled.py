@@ -88,10 +88,13 @@ class CompiledGraph:
                checkpoint_id: str | None = None, max_steps: int = DEFAULT_MAX_STEPS,
                max_concurrency: int | None = None, context: Any = None,
                runner: Runner | None = None) -> Any:
-        """Run to the end (or to an interrupt) and return the final state. `context`: the
-        call's run-scoped dependencies, in every node's `RunContext.context`, never stored
-        (validated into the graph's `context_schema` when it has one). `runner`: where this
-        call's node tasks run (`statemachine.runners`), instead of the graph's."""
+        """Run to the end and return the final state. A run that pauses (an interrupt, a
+        `wait_for`, `interrupt_before`/`after`) returns normally too, with the state as of
+        the pause: the state its paused step started from (`get_state(thread_id)` then says
+        what waits, and `resume` continues). `context`: the call's run-scoped dependencies,
+        in every node's `RunContext.context`, never stored (validated into the graph's
+        `context_schema` when it has one). `runner`: where this call's node tasks run
+        (`statemachine.runners`), instead of the graph's."""
         return run_sync(lambda: self._ainvoke(
             input, thread_id, checkpoint_id=checkpoint_id, max_steps=max_steps,
             max_concurrency=max_concurrency, inline_sync=True, context=context,

@@ -733,3 +733,23 @@ def test_cluster_map_scores_every_document_in_the_clusters_worker_processes():
     lines = result.stdout.splitlines()
     assert lines == ["scored 4 documents in 2 worker processes",
                      "doc 3: +3, doc 0: +2, doc 1: -1, doc 2: -1"]
+
+
+# -- human approval ---------------------------------------------------------------------------
+
+def test_human_approval_pauses_at_the_question_and_the_answer_decides(tmp_path, capsys):
+    module = load("human_approval")
+    final = module.main(tmp_path / "approvals.db")
+    assert (final.approved, final.sent) == (True, True)
+    assert capsys.readouterr().out.splitlines() == [
+        "paused at 'review', asking: send this reply?",
+        "invoke returned the state as of the pause: approved=None",
+        "answered 'yes': approved=True, sent=True"]
+    rejected = module.main(tmp_path / "rejected.db", answer="no")
+    assert (rejected.approved, rejected.sent) == (False, False)
+
+
+def test_human_approval_runs_as_a_script():
+    result = run_script("human_approval")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "answered 'yes': approved=True, sent=True"
