@@ -250,6 +250,34 @@ def test_the_docs_scripts_run(script, tmp_path):
     ran = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert ran.returncode == 0, ran.stderr
+    for page in pages():  # a page that includes the script and shows what it prints
+        text = page.read_text()
+        if f'{INCLUDE} "docs/snippets/{script.name}"' in text and "It prints:" in text:
+            shown = re.search(r"It prints:\n\n```text\n(.*?)```", text, re.S)
+            assert shown is not None and ran.stdout == shown[1], page.name
+
+
+def test_the_history_the_resume_page_shows_is_what_the_command_prints(tmp_path):
+    """get-started/resume.md shows `statemachine history` after the checkout's failed run."""
+    page = (DOCS / "get-started" / "resume.md").read_text()
+    shown = re.search(r"```text\n(.*?)```", page, re.S)[1].splitlines()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    run = [sys.executable, "-m", "statemachine", "run", "examples.resume_after_crash:graph",
+           "--input", '{"order_id": "1", "items": ["lamp"], "total": 20}', "--db", "runs.db",
+           "--thread", "order-1"]
+    failed = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={**env, "PAYMENT_GATEWAY_DOWN": "1"})
+    assert failed.returncode == 1, failed.stderr
+    printed = subprocess.run([sys.executable, "-m", "statemachine", "history", "--db",
+                              "runs.db", "--thread", "order-1"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60, env=env).stdout
+
+    def cells(line: str) -> list[str]:  # the columns but the time
+        return re.split(r"\s{2,}", line.strip())[:6]
+
+    rows = [cells(line) for line in printed.splitlines() if re.match(r"\s+\d+\s+\d+\s", line)]
+    assert rows == [cells(line) for line in shown[1:]]
+    assert cells(shown[0]) == ["id", "step", "kind", "nodes", "status", "next"]
 
 
 def test_the_site_builds_strictly_and_lists_every_problem_code(tmp_path):
