@@ -33,6 +33,10 @@ class Runner(ABC):
     engine: ClassVar[str] = "cluster"
     """The engine's name, as messages say it ("Dask", "Ray")."""
 
+    chunks_in_order: ClassVar[bool] = False
+    """Whether a task's chunks reach the driver before its outcome (Ray's streaming task);
+    else the driver waits for the count its outcome reports (Dask's events travel apart)."""
+
     @abstractmethod
     async def submit(self, blob: bytes, *, node: str, stream: ChunkStream | None) -> bytes:
         """Run the packed task on the cluster and return its outcome's bytes (those
@@ -85,10 +89,6 @@ class Runner(ABC):
             if stream is not None:
                 stream.close()
         return self.completed(outcome, node=node)
-
-    chunks_in_order: ClassVar[bool] = False
-    """Whether a task's chunks reach the driver before its outcome (Ray's streaming task);
-    else the driver waits for the count its outcome reports (Dask's events travel apart)."""
 
     def completed(self, outcome: Any, *, node: str) -> Completed:
         """What the outcome says, each part loaded here; the task's exception raised."""
