@@ -282,3 +282,17 @@ def random_graph(layers: list[list[str]], sends: dict[int, int]) -> StateGraph:
             previous = [mapper]
     g.add_edge(previous if len(previous) > 1 else previous[0], END)
     return g
+
+
+def streams_then_dies_once(state: S, ctx: RunContext) -> dict:
+    """Emits three chunks; its first run then kills its own worker process (the engine runs
+    it again elsewhere), the second returns."""
+    files = Files(ctx.context["files"])
+    first = not files.marks("streamer")
+    files.mark("streamer")
+    run = "first" if first else "second"
+    for i in range(3):
+        ctx.emit(f"{run}-{i}")
+    if first:
+        os._exit(1)
+    return {"log": ["streamed twice"]}

@@ -470,3 +470,19 @@ def test_a_subgraphs_nodes_run_on_the_calls_cluster_unless_the_subgraph_is_local
         assert sorted(final.items) == [0, 1, 4]
         pids = {int(line.rsplit(" ", 1)[1]) for line in final.log if line.startswith("square")}
         assert (pids == {os.getpid()}) is here, pids
+
+
+def test_a_task_rerun_after_its_worker_died_finishes_its_stream_without_waiting(runner,
+                                                                                 tmp_path):
+    """The lost run's chunks were streamed as they came; the finishing run's chunks are
+    counted apart, so the driver neither stops early nor waits out CHUNK_WAIT."""
+    rg.fan_graph().compile(runner=runner).invoke({"n": 2})  # workers up
+    app = rg.single(rg.streams_then_dies_once).compile(runner=runner)
+    started = time.monotonic()
+    chunks = list(app.stream({}, stream_mode="custom", context={"files": str(tmp_path)}))
+    assert time.monotonic() - started < 25  # CHUNK_WAIT is 30 s
+    assert len(rg.Files(tmp_path).marks("streamer")) == 2
+    # the finishing run's chunks all arrived, in order; the lost run's, if any got out first
+    # (here they die with the process), were streamed as they came and are not counted
+    assert chunks[-3:] == ["second-0", "second-1", "second-2"]
+    assert set(chunks[:-3]) <= {"first-0", "first-1", "first-2"}
