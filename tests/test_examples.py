@@ -753,3 +753,20 @@ def test_human_approval_runs_as_a_script():
     result = run_script("human_approval")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "answered 'yes': approved=True, sent=True"
+
+
+# -- the get-started pages' examples -------------------------------------------------------------
+
+def test_durable_run_commits_reads_back_and_continues_the_thread(tmp_path, capsys):
+    final = load("durable_run").main(tmp_path / "runs.db")
+    assert final.count == 6 and final.log == [f"step {i}" for i in range(6)]
+    assert capsys.readouterr().out.splitlines()[:2] == ["done 3 3", "4 checkpoints"]
+
+
+def test_draw_run_writes_the_diagram_and_the_run_path(tmp_path):
+    written = load("draw_run").main(tmp_path)
+    svg = ElementTree.parse(written[0]).getroot()
+    ids = {g.get("id") for g in svg.iter("{http://www.w3.org/2000/svg}g")}
+    assert {"check", "review", "ship"} <= ids
+    dot = written[1].read_text()
+    assert "order-42" in dot and "review" in dot
