@@ -803,7 +803,11 @@ def test_async_runs_use_their_own_loops_connections_and_a_closed_loops_are_close
     tagged_dsn, name = tagged(dsn)
     saver = savers(tagged_dsn, schema, min_connections=1, max_connections=3)
     app = loop(3).compile(checkpointer=saver)
-    pooled = connections_of(dsn, name)  # the sync API's pool
+    deadline = time.monotonic() + 10  # the sync API's pool opens its minimum in the background
+    while connections_of(dsn, name) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pooled = connections_of(dsn, name)
+    assert pooled == 1  # min_connections, before any async run
 
     async def turns(thread: str) -> tuple[Items, int]:
         finals = await asyncio.gather(*(app.ainvoke({}, thread_id=f"{thread}{i}")
