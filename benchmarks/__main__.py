@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from .about import head, load_average, progress
+from .about import head, load_average, print_head, progress
 from .common import OURS, THEIRS, WORKLOADS, Params, Result
 
 FULL = Params(iterations=1000, chain_length=100, fan_width=50, invocations=20,
@@ -78,8 +78,7 @@ def _print_throughput(throughput: list[Any]) -> None:
     head = (f"{'workload':<8} {'ours':<15} {'langgraph':<19} {'ours st/s':>10} "
             f"{'theirs st/s':>11} {'speed':>7} {'ours bytes':>11} {'theirs bytes':>12} "
             f"{'bytes':>6} {'ours KiB':>9} {'theirs KiB':>10} {'mem':>5}")
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for c in throughput:
         print(f"{c.workload:<8} {c.ours.mode:<15} {c.theirs.mode:<19} "
               f"{c.ours.steps_per_second:>10,.0f} {c.theirs.steps_per_second:>11,.0f} "
@@ -94,8 +93,7 @@ def _print_latency(latency: list[Any]) -> None:
     print("Latency (ms; ratio ours/theirs, lower is better for us)")
     head = (f"{'workload':<12} {'ours':<8} {'langgraph':<14} {'ours ms':>9} {'theirs ms':>10} "
             f"{'ratio':>7}  ours checks | theirs checks")
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for c in latency:
         def checks(r: Result) -> str:
             e = r.extra or {}
@@ -117,8 +115,7 @@ def _print_growth_and_crash(comparisons: list[Any]) -> None:
               f"LangGraph: {growth[0].theirs.mode})")
         head = (f"{'iterations':>10} {'ours bytes':>12} {'theirs bytes':>13} {'ours/theirs':>11} "
                 f"{'ours st/s':>10} {'theirs st/s':>11}")
-        print(head)
-        print("-" * len(head))
+        print_head(head)
         for c in growth:
             print(f"{c.ours.extra['iterations']:>10,} {c.ours.db_bytes:>12,} "
                   f"{c.theirs.db_bytes:>13,} {c.bytes_ratio:>11.4f} "
@@ -133,8 +130,7 @@ def _print_growth_and_crash(comparisons: list[Any]) -> None:
               "process)")
         head = (f"{'engine':<13} {'mode':<13} {'finished':>8} {'recovered':>9} {'lost':>5} "
                 f"{'finished re-run':>15} {'crashed runs':>12} {'result ok':>9}")
-        print(head)
-        print("-" * len(head))
+        print_head(head)
         for c in crash:
             for r in (c.ours, c.theirs):
                 e = r.extra or {}
@@ -160,8 +156,7 @@ def print_chat(results: list[Result]) -> None:
     head = (f"{'engine':<13} {'mode':<12} {'turns':>6} {'file bytes':>13} {'WAL':>6} "
             f"{'B/turn':>8} {'turns/s':>8} {'first node (turns: ms)':>28} {'warm ms':>8} "
             f"{'open ms':>8} {'cold 1st':>8} {'cold 2nd':>8} {'ok':>5}")
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for r in chats:
         print(_chat_row(r))
     print(_chat_growth_line(chats))
@@ -222,8 +217,7 @@ def print_big_append(results: list[Result]) -> None:
     print(f"  state: the appended bytes; {FILE_BYTES}; read: median get_state")
     head = (f"{'engine':<13} {'mode':<12} {'state bytes':>12} {'file bytes':>13} {'WAL':>6} "
             f"{'file/state':>10} {'wall s':>7} {'read ms':>9} {'ok':>5}")
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for r in rows:
         e = r.extra or {}
         print(f"{r.engine:<13} {r.mode:<12} {e['state_bytes']:>12,} {_num(r.db_bytes):>13} "

@@ -90,9 +90,16 @@ def lacks(modules: Sequence[str], message: str) -> bool:
     return False
 
 
+def print_head(head: str) -> None:
+    """A table's column headings, ruled underneath."""
+    print(head)
+    print("-" * len(head))
+
+
 def progress(message: str) -> None:
     """A benchmark's progress, on stderr (its results go to stdout)."""
     print(f"  ... {message}", file=sys.stderr, flush=True)
 
 
-__all__ = ["describe", "head", "lacks", "load_average", "machine", "progress", "source"]
+__all__ = ["describe", "head", "lacks", "load_average", "machine", "print_head", "progress",
+           "source"]

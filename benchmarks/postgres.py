@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any
 
-from .about import head, lacks, load_average, progress
+from .about import head, lacks, load_average, print_head, progress
 from .common import (
     OURS,
     THEIRS,
@@ -549,8 +549,7 @@ def print_report(result: dict[str, Any]) -> None:
     head = (f"{'workload':<8} {'mode':<5} {'langgraph':<32} {'ours st/s':>10} "
             f"{'theirs st/s':>11} {'speed':>7} {'ours bytes':>12} {'theirs bytes':>13} "
             f"{'bytes':>7}  {'turns/s ours|theirs':<19}  state ours|theirs")
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for r in result["rows"]:
         if r["engine"] == OURS:
             pairs = [c for c in result["comparisons"]
@@ -563,8 +562,7 @@ def print_report(result: dict[str, Any]) -> None:
     print()
     print("Latest-state reads (median ms): sync mode get_state, async mode aget_state")
     head = f"{'after':<8} {'mode':<5} {'api':<10} {'ours ms':>9} {'theirs ms':>10}  state"
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     reads = result["reads"]
     for r in reads:
         if r["engine"] != OURS:

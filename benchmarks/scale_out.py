@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .about import head, load_average, progress
+from .about import head, load_average, print_head, progress
 from .common import positive_int, versions
 from .scale_out_graph import DSN_VARIABLE, NODE, TABLE_VARIABLE, build
 
@@ -461,8 +461,7 @@ def print_table(results: list[RunResult]) -> None:
             f"{'wall s':>7} {'steps/s':>8} {'active s':>8} {'act st/s':>8} {'kills':>5} "
             f"{'lost':>4} {'dup':>3} {'rerun':>5} {'result':>6}  jobs per worker "
             "(steps per worker)")
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for r in results:
         print(f"{r.workers:>7} {r.concurrency:>4} {r.threads:>7} {r.steps:>9} "
               f"{r.total_steps:>11,} {r.wall_seconds:>7.2f} {r.steps_per_second:>8,.0f} "

@@ -67,7 +67,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel
 
-from .about import head, lacks, load_average, progress
+from .about import head, lacks, load_average, print_head, progress
 from .common import positive_int
 
 OURS = "statemachine"
@@ -561,8 +561,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     head = (f"{'engine':<13} {'database':<9} {'convs':>5} {'turns':>6} {'turns/s':>8} "
             f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>8} {'ovh p50':>7} "
             f"{'ovh p99':>7} {'wrong':>5} {'failed':>6} {'locked':>6}")
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for r in rows:
         print(f"{r['engine']:<13} {r['database']:<9} {r['conversations']:>5} "
               f"{r['total_turns']:>6,} {r['turns_per_second']:>8,.1f} {r['p50_ms']:>7.1f} "

@@ -8,6 +8,7 @@ the layers, the commit protocol and its guarantees.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import replace
 from itertools import pairwise
@@ -52,6 +53,8 @@ class Executor:
         self.spec = spec
         self.cluster = runner
         """Where node tasks run unless a call says otherwise (`statemachine.runners`)."""
+        self._checked_runners: weakref.WeakSet[Runner] = weakref.WeakSet()
+        """Per-call runners whose check of this graph's nodes (they pickle) has passed."""
         self.saver = checkpointer
         self.store = store
         """The compiled store (`statemachine.memory`), or None."""
@@ -82,8 +85,10 @@ class Executor:
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}.")
         run = Run(self, thread_id, max_steps, inline_sync, max_concurrency)
-        run.runner.cluster = check_runner(self.spec, runner) if runner is not None \
-            else self.cluster
+        if runner is not None and runner not in self._checked_runners:
+            check_runner(self.spec, runner)  # pickles every node: once a runner, not per call
+            self._checked_runners.add(runner)
+        run.runner.cluster = runner if runner is not None else self.cluster
         run.runner.raw_context = context
         run.runner.call_context = context if self.spec.context is None else \
             self.spec.context.validate(context)

@@ -22,6 +22,7 @@ from .waiting import INTERRUPT_EVENT, WaitingForEvent, current_answers
 
 if TYPE_CHECKING:
     from .executor import Executor
+    from .run import Run
     from .task_runner import StepInput, TaskRunner
 
 
@@ -34,11 +35,7 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
     child_input = arg if sub.input is None else sub.input(arg)  # None: the same schema
     saver = runner.saver
     if saver is None:
-        run = child.new_run(runner.thread_id, inline_sync=runner.inline_sync,
-                            context=_context_for(child, runner))
-        run.runner.channel = _channel_for(runner, node, task, at)
-        if runner.cluster is not None and not node.local:  # the call's cluster runs the
-            run.runner.cluster = runner.cluster  # subgraph's nodes too, unless kept local
+        run = _child_run(child, runner.thread_id, runner, node, task, at)
         run.collected = []
         async for _ in run.execute(child_input):
             pass
@@ -52,11 +49,7 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
             final = child.replayer.rebuild(chain)
         else:
             event, answer = _continuation(head)
-            run = child.new_run(thread, inline_sync=runner.inline_sync,
-                                context=_context_for(child, runner))
-            run.runner.channel = _channel_for(runner, node, task, at)
-            if runner.cluster is not None and not node.local:
-                run.runner.cluster = runner.cluster
+            run = _child_run(child, thread, runner, node, task, at)
             if head is None and not task.sent and at.base is not None and arg is at.state \
                     and child.spec.schema.model is runner.spec.schema.model:
                 # its input is this thread's state at the head: refer to it, not a copy
@@ -83,6 +76,19 @@ async def run_subgraph(runner: TaskRunner, node: NodeSpec, task: Task, arg: Any,
     if sub.output is None:  # the same schema: its writes pass up
         return runner.spec.schema.combine(writes)
     return sub.output(final)
+
+
+def _child_run(child: Executor, thread_id: str | None, runner: TaskRunner, node: NodeSpec,
+               task: Task, at: StepInput) -> Run:
+    """The subgraph's run on `thread_id`, as the parent's call runs: its context, its stream
+    (under this task's namespace) and its cluster, which runs the subgraph's nodes too unless
+    the subgraph node was added with runner="local"."""
+    run = child.new_run(thread_id, inline_sync=runner.inline_sync,
+                        context=_context_for(child, runner))
+    run.runner.channel = _channel_for(runner, node, task, at)
+    if runner.cluster is not None and not node.local:
+        run.runner.cluster = runner.cluster
+    return run
 
 
 def _continuation(head: CheckpointRecord | None) -> tuple[dict[str, Any] | None, Any]:

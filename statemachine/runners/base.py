@@ -78,11 +78,9 @@ class Runner(ABC):
         run emitted has reached `deliver` (None: nobody streams them); its exception is
         re-raised as itself when it can be rebuilt here, else as `RemoteTaskError` with its
         type name and traceback text."""
-        import cloudpickle
-
         stream = ChunkStream(deliver) if deliver is not None else None
         try:
-            outcome = cloudpickle.loads(await self.submit(blob, node=node, stream=stream))
+            outcome = _loads(await self.submit(blob, node=node, stream=stream))
             if stream is not None and not self.chunks_in_order:
                 await stream.complete(outcome.attempt, outcome.chunks)
         finally:
@@ -225,10 +223,8 @@ class ChunkStream:
         self._loop.call_soon_threadsafe(self._on_loop, attempt, data)
 
     def _on_loop(self, attempt: str, data: bytes) -> None:
-        import cloudpickle
-
         self._received[attempt] = self._received.get(attempt, 0) + 1
-        self._deliver(cloudpickle.loads(data))
+        self._deliver(_loads(data))
         if self._waiting is not None and self._received[attempt] >= self._waiting[1] and \
                 attempt == self._waiting[0]:
             self._all_in.set()
