@@ -411,7 +411,8 @@ class PostgresCheckpointer(SQLCheckpointer):
         return await self._call(write)
 
     async def _transaction(self, doing: str, work: Callable[[Connection], T], *,
-                           write: bool = True, small: bool = False) -> T:
+                           write: bool = True, small: bool = False,
+                           writes_first: bool = False) -> T:
         def run(conn: psycopg.Connection) -> T:
             with conn.transaction():
                 return work(conn)

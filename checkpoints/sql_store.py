@@ -172,8 +172,9 @@ class SQLCheckpointer(Checkpointer):
             return written
 
         trims = release and keep_last is not None  # may delete many rows: not on the loop
-        return await self._transaction(doing, work,
-                                       small=not trims and _small_memory(params, memory))
+        # the sync API runs in the caller's thread: nothing to decide (a step's hot path)
+        small = not trims and not self._in_caller_thread and _small_memory(params, memory)
+        return await self._transaction(doing, work, small=small, writes_first=True)
 
     async def mark(self, thread_id: str, owner: Owner, checkpoint_id: str, *, status: str,
                    error: str | None = None, snapshot: str | None = None,
@@ -398,10 +399,12 @@ class SQLCheckpointer(Checkpointer):
 
     @abstractmethod
     async def _transaction(self, doing: str, work: Callable[[Connection], T], *,
-                           write: bool = True, small: bool = False) -> T:
+                           write: bool = True, small: bool = False,
+                           writes_first: bool = False) -> T:
         """`work(conn)` in one transaction (`write`: it changes the store). `small`: a short
         one of few bytes, which a store may run without a thread hop (then `work` may run
-        twice, the first run rolled back whole)."""
+        twice, the first run rolled back whole). `writes_first`: work's first statement
+        writes, so a store whose writes lock may lock at it rather than at the start."""
 
     @abstractmethod
     async def _removal(self, dry_run: bool, remove: Callable[[], Awaitable[Removed]]

@@ -186,7 +186,19 @@ def connect_direct(path: Path, busy_timeout: float,
     conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout,
                            check_same_thread=False)
     conn.execute(f"PRAGMA synchronous={synchronous}")
+    for trigger in VECTORS_FOLLOW_ITEMS:
+        conn.execute(trigger)
     return conn
+
+
+VECTORS_FOLLOW_ITEMS = tuple(
+    f"CREATE TEMP TRIGGER IF NOT EXISTS store_item_{name} AFTER {event} ON main.store_items "
+    "BEGIN DELETE FROM store_vectors WHERE namespace = old.namespace AND key = old.key; END"
+    for name, event in (("changed", "UPDATE OF value"), ("removed", "DELETE")))
+"""An item's embeddings go when its value changes or it is removed, inside SQLite: a memory
+written with a step costs one statement, not two (a DELETE of stale vectors). The triggers
+are TEMP, on each connection that writes (`connect_direct`), so the file's schema is
+unchanged; a connection opened after `prepare_file` has the store's tables."""
 
 
 def open_read_only(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, bool, int]:

@@ -36,8 +36,12 @@ _SQL_OPS = {"$eq": "=", "$ne": "<>", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte
 class StoreSQL:
     """The store's statements in one dialect, and what is done with their rows."""
 
-    def __init__(self, dialect: Dialect) -> None:
+    def __init__(self, dialect: Dialect, *, vectors_follow_items: bool = False) -> None:
+        """`vectors_follow_items`: the database removes an item's vectors when its value
+        changes or it is deleted (SQLite's connections carry triggers that do), so a write
+        without vectors of its own need not."""
         d = self.dialect = dialect
+        self._vectors_follow = vectors_follow_items
         r = d.render
         # each write is tagged with a random number (`VectorCache`: no counter to contend for)
         self._upsert = r(
@@ -66,19 +70,24 @@ class StoreSQL:
 
     def apply(self, conn: Any, writes: Sequence[StoreWrite], at: float) -> None:
         """The writes, in order, on `conn` (in the caller's transaction)."""
+        execute, follow = conn.execute, self._vectors_follow
         for write in writes:
-            address = {"ns": encode_namespace(write.namespace), "key": write.key}
-            conn.execute(self._delete_vectors, address)
+            address: dict[str, Any] = {"ns": encode_namespace(write.namespace),
+                                       "key": write.key}
+            if not follow or write.vectors:  # a new item's may replace orphans
+                execute(self._delete_vectors, address)
             if write.value is None:
-                conn.execute(self._delete, address)
+                execute(self._delete, address)
                 continue
-            conn.execute(self._upsert, {
-                **address, "value": write.value, "at": at, "ttl": write.ttl,
-                "expires": None if write.ttl is None else at + write.ttl,
-                "seq": random.getrandbits(31)})
-            for field, vector in (write.vectors or {}).items():
-                conn.execute(self._insert_vector,
-                             {**address, "field": field, "vector": to_bytes(vector)})
+            ttl = write.ttl
+            address.update(value=write.value, at=at, ttl=ttl,
+                           expires=None if ttl is None else at + ttl,
+                           seq=random.getrandbits(31))
+            execute(self._upsert, address)
+            if write.vectors:
+                for field, vector in write.vectors.items():
+                    execute(self._insert_vector, {"ns": address["ns"], "key": write.key,
+                                                  "field": field, "vector": to_bytes(vector)})
 
     def sweep(self, conn: Any, at: float) -> int:
         removed = int(conn.execute(self._sweep, {"at": at}).rowcount or 0)

@@ -46,7 +46,7 @@ class Item:
     """When it expires (None: never); a read with `refresh_ttl` moves it on."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made on every put, where a frozen init costs 4x
 class StoreWrite:
     """A put (value given) or a delete (value None), ready to apply: checked, its value as
     JSON, its embeddings made."""
@@ -98,10 +98,21 @@ def _storable_text(text: str, where: Callable[[], str]) -> None:
 
 
 def check_item_namespace(namespace: object) -> Namespace:
+    if type(namespace) is tuple and namespace in _ITEM_NAMESPACES:  # checked before
+        return namespace
     labels = check_namespace(namespace)
     if not labels:
         raise StoreError("an item's namespace needs at least one label, like ('memories',).")
+    if type(namespace) is tuple:
+        if len(_ITEM_NAMESPACES) >= 4096:
+            _ITEM_NAMESPACES.clear()
+        _ITEM_NAMESPACES.add(labels)
     return labels
+
+
+_ITEM_NAMESPACES: set[Namespace] = set()
+"""Item namespaces found good (a tuple of text labels is immutable): a node writing memories
+puts under a few namespaces again and again, so each is checked once, not on every put."""
 
 
 def check_key(namespace: Namespace, key: object) -> str:

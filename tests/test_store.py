@@ -182,6 +182,27 @@ def test_semantic_search_ranks_by_the_embedded_fields(make, embed):
     assert [i.key for i in got] == ["pet"]
 
 
+def test_an_items_vectors_go_when_its_value_changes_or_it_is_deleted(make):
+    """A stale embedding never ranks an item: re-put without indexing, deleted and put again,
+    expired and swept, or re-put with other text, the item is scored by what it holds now."""
+    store = make(index=INDEX)
+    store.put(NS, "diet", {"text": "vegetarian food"})
+    store.put(NS, "gone", {"text": "vegetarian food"})
+    store.put(NS, "swept", {"text": "vegetarian food"}, ttl=0.1)
+    store.put(NS, "moved", {"text": "vegetarian food"})
+    assert all(i.score for i in store.search(NS, query="vegetarian food"))
+    store.put(NS, "diet", {"text": "vegetarian food"}, index=False)
+    store.delete(NS, "gone")
+    store.put(NS, "gone", {"text": "vegetarian food"}, index=False)
+    store.put(NS, "moved", {"text": "lives in Paris"})
+    time.sleep(0.15)
+    assert store.sweep() == 1
+    store.put(NS, "swept", {"text": "vegetarian food"}, index=False)
+    scores = {i.key: i.score for i in store.search(NS, query="vegetarian food")}
+    assert scores == {"moved": pytest.approx(0.0), "diet": None, "gone": None, "swept": None}
+    assert store.search(NS, query="Paris", limit=1)[0].key == "moved"
+
+
 class Colour(enum.Enum):
     RED = "red"
 

@@ -243,6 +243,32 @@ def test_an_embedding_that_fails_is_retried_and_a_node_that_writes_is_not_cached
         assert len(runs) == 3
 
 
+def test_a_node_rewriting_an_indexed_item_leaves_no_stale_vector(tmp_path):
+    """A memory a step writes again (its commit's connection, not the store's) drops the old
+    item's embedding with it: the item then ranks by its new text only."""
+    def embed(texts: list[str]) -> list[list[float]]:
+        return [[1.0, 0.0] if "tea" in text else [0.0, 1.0] for text in texts]
+
+    def rewrite(state: S, ctx: RunContext) -> dict:
+        ctx.store.put(("m",), "drink", {"text": "coffee"}, index=False)
+        ctx.store.put(("m",), "food", {"text": "coffee cake"})
+        return {"log": ["rewrote"]}
+
+    g = StateGraph(S)
+    g.add_node("rewrite", rewrite)
+    g.add_edge(START, "rewrite")
+    g.add_edge("rewrite", END)
+    db = tmp_path / "runs.db"
+    with SQLiteCheckpointer(db) as saver, \
+            SQLiteStore(db, index={"embed": embed, "dims": 2, "fields": ["text"]}) as store:
+        store.put(("m",), "drink", {"text": "tea"})
+        store.put(("m",), "food", {"text": "tea cake"})
+        assert [i.score for i in store.search(("m",), query="tea")] == [1.0, 1.0]
+        g.compile(checkpointer=saver, store=store).invoke({}, thread_id="t")
+        scores = {i.key: i.score for i in store.search(("m",), query="tea")}
+        assert scores == {"food": 0.0, "drink": None}
+
+
 def test_read_only_stores_and_a_subgraphs_store_elsewhere_are_refused(tmp_path):
     inner = StateGraph(S)
     inner.add_node("n", lambda state: {})
