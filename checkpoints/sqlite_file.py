@@ -184,11 +184,22 @@ def connect_direct(path: Path, busy_timeout: float,
     `synchronous`: NORMAL (a commit survives a killed process) or FULL (also a power loss:
     an fsync per commit)."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout,
-                           check_same_thread=False)
+                           check_same_thread=False, factory=DirectConnection)
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    for trigger in VECTORS_FOLLOW_ITEMS:
-        conn.execute(trigger)
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                    "name = 'store_items'").fetchone():
+        for trigger in VECTORS_FOLLOW_ITEMS:
+            conn.execute(trigger)
+        conn.vectors_follow_items = True
     return conn
+
+
+class DirectConnection(sqlite3.Connection):
+    """A connection `connect_direct` opened: it may carry the triggers below."""
+
+    vectors_follow_items = False
+    """Whether this connection removes an item's vectors itself when the item changes or
+    goes (`VECTORS_FOLLOW_ITEMS`), so a write of the item need not (`StoreSQL.apply`)."""
 
 
 VECTORS_FOLLOW_ITEMS = tuple(
@@ -197,8 +208,9 @@ VECTORS_FOLLOW_ITEMS = tuple(
     for name, event in (("changed", "UPDATE OF value"), ("removed", "DELETE")))
 """An item's embeddings go when its value changes or it is removed, inside SQLite: a memory
 written with a step costs one statement, not two (a DELETE of stale vectors). The triggers
-are TEMP, on each connection that writes (`connect_direct`), so the file's schema is
-unchanged; a connection opened after `prepare_file` has the store's tables."""
+are TEMP, made on each connection that writes (`connect_direct`) when the file has the
+store's tables, so the file's schema is unchanged; a connection without them (an in-memory
+database has its own, empty) deletes stale vectors itself."""
 
 
 def open_read_only(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, bool, int]:

@@ -36,12 +36,8 @@ _SQL_OPS = {"$eq": "=", "$ne": "<>", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte
 class StoreSQL:
     """The store's statements in one dialect, and what is done with their rows."""
 
-    def __init__(self, dialect: Dialect, *, vectors_follow_items: bool = False) -> None:
-        """`vectors_follow_items`: the database removes an item's vectors when its value
-        changes or it is deleted (SQLite's connections carry triggers that do), so a write
-        without vectors of its own need not."""
+    def __init__(self, dialect: Dialect) -> None:
         d = self.dialect = dialect
-        self._vectors_follow = vectors_follow_items
         r = d.render
         # each write is tagged with a random number (`VectorCache`: no counter to contend for)
         self._upsert = r(
@@ -70,7 +66,10 @@ class StoreSQL:
 
     def apply(self, conn: Any, writes: Sequence[StoreWrite], at: float) -> None:
         """The writes, in order, on `conn` (in the caller's transaction)."""
-        execute, follow = conn.execute, self._vectors_follow
+        execute = conn.execute
+        # a connection whose triggers remove an item's vectors when it changes or goes
+        # (sqlite_file.VECTORS_FOLLOW_ITEMS) spares a write without vectors the DELETE
+        follow = getattr(conn, "vectors_follow_items", False)
         for write in writes:
             address: dict[str, Any] = {"ns": encode_namespace(write.namespace),
                                        "key": write.key}

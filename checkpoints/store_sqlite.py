@@ -19,7 +19,7 @@ from .store_sql import StoreSQL, VectorCache
 from .store_sql_base import SQLBackedStore
 
 T = TypeVar("T")
-SQL = StoreSQL(SQLITE, vectors_follow_items=True)
+SQL = StoreSQL(SQLITE)
 
 
 class SQLiteStore(SQLBackedStore):
