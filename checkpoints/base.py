@@ -53,6 +53,25 @@ class CheckpointRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class HeadMark:
+    """Which checkpoint is a thread's head, as read when it was taken: its id (None: the
+    thread has none), creation time and the time it was last marked (None: never)."""
+
+    id: str | None
+    created_at: float | None
+    marked_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What taking a thread read on the way (`Checkpointer.lease`): the graph it is bound to
+    ("" none, None not read) and its head (None: not read)."""
+
+    graph: str | None
+    head: HeadMark | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NewCheckpoint:
     """What the executor asks storage to commit as one checkpoint."""
 
@@ -272,6 +291,12 @@ class Checkpointer(ABC):
         Returns what `thread_graphs` would say of it, read in the same statement when the
         store can (a run checks it next: one round trip fewer): the graph it is bound to, ""
         when it is bound to none, or None when it was not read."""
+
+    async def lease(self, thread_id: str, owner: Owner) -> Lease:
+        """Take the thread as `acquire` does, and say what the taking read: a store that
+        also reads the head's identity in that statement spares a run that continues the
+        thread from this process's cached state its read of the head (a chat's next turn)."""
+        return Lease(await self.acquire(thread_id, owner))
 
     @abstractmethod
     async def release(self, thread_id: str, owner: Owner) -> None:

@@ -37,7 +37,15 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .base import DEFAULT_LEASE_SECONDS, ClaimedJob, Owner, Removed, busy_error, unique_key
+from .base import (
+    DEFAULT_LEASE_SECONDS,
+    ClaimedJob,
+    Lease,
+    Owner,
+    Removed,
+    busy_error,
+    unique_key,
+)
 from .errors import CheckpointError, StorageUnavailableError
 from .heartbeat import LeaseHeartbeat
 from .redaction import redact_dsn, scrub
@@ -45,7 +53,7 @@ from .rows import process_alive
 from .sql_dialect import POSTGRES
 from .sql_retention import Connection
 from .sql_schema import store_tables, tables
-from .sql_statements import Statements
+from .sql_statements import HEAD_MARK, Statements, lease_of
 from .sql_store import Params, Rows, SQLCheckpointer
 from .store_sql import StoreSQL
 
@@ -190,6 +198,9 @@ class PostgresCheckpointer(SQLCheckpointer):
     # -- leases ------------------------------------------------------------------------------
 
     async def acquire(self, thread_id: str, owner: Owner) -> str | None:
+        return (await self.lease(thread_id, owner)).graph
+
+    async def lease(self, thread_id: str, owner: Owner) -> Lease:
         # the same owner asking again (a retry after a lost acknowledgement) succeeds
         taken = await self._fetchall(
             f"take thread {thread_id!r}",
@@ -198,13 +209,12 @@ class PostgresCheckpointer(SQLCheckpointer):
             "owner = excluded.owner, owner_pid = excluded.owner_pid, "
             "owner_host = excluded.owner_host, lease_expires = excluded.lease_expires "
             f"WHERE threads.owner IS NULL OR threads.lease_expires < {_NOW} "
-            "OR threads.owner = excluded.owner RETURNING coalesce(graph, '')",
+            f"OR threads.owner = excluded.owner RETURNING coalesce(graph, ''), {HEAD_MARK}",
             (thread_id, owner.token, owner.pid, owner.host, self.lease_seconds), write=True)
-        graph: str | None = str(taken[0][0]) if taken else None
         if not taken and not await self._take_from_dead_owner(thread_id, owner):
             raise busy_error(thread_id)
         self._heartbeat.hold(thread_id, owner.token)
-        return graph
+        return lease_of(taken[0]) if taken else Lease(None)
 
     def _renew(self, leases: list[tuple[str, str]], claims: list[tuple[str, str]]) -> None:
         """One beat of the heartbeat: every held lease and claim in one statement each."""

@@ -51,6 +51,7 @@ import aiosqlite
 from .base import (
     DEFAULT_LEASE_SECONDS,
     ClaimedJob,
+    Lease,
     Owner,
     Removed,
     busy_error,
@@ -61,7 +62,7 @@ from .heartbeat import LeaseHeartbeat
 from .rows import process_alive
 from .sql_dialect import SQLITE
 from .sql_retention import Connection
-from .sql_statements import Statements
+from .sql_statements import HEAD_MARK, Statements, lease_of
 from .sql_store import Params, Rows, SQLCheckpointer, small
 from .sqlite_errors import failures, storage_error
 from .sqlite_file import (
@@ -90,7 +91,7 @@ class SQLiteCheckpointer(SQLCheckpointer):
     """
 
     _sql = Statements(SQLITE)
-    _store_sql = StoreSQL(SQLITE, vectors_follow_items=True)
+    _store_sql = StoreSQL(SQLITE)
     _graphs_from = GRAPHS_FROM
     _retention = RETENTION
     _prune_batch = 20
@@ -179,6 +180,9 @@ class SQLiteCheckpointer(SQLCheckpointer):
     # -- leases ------------------------------------------------------------------------------
 
     async def acquire(self, thread_id: str, owner: Owner) -> str | None:
+        return (await self.lease(thread_id, owner)).graph
+
+    async def lease(self, thread_id: str, owner: Owner) -> Lease:
         """Take a free thread at once; a held one only when its holder's process is gone (on
         this machine) or its heartbeat has stood still for a whole lease (then this call waits
         that long: it is logged at INFO).
@@ -198,14 +202,13 @@ class SQLiteCheckpointer(SQLCheckpointer):
             "DO UPDATE SET owner = excluded.owner, owner_pid = excluded.owner_pid, "
             "owner_host = excluded.owner_host, lease_expires = excluded.lease_expires, "
             "lease_seconds = excluded.lease_seconds WHERE threads.owner IS NULL "
-            "RETURNING coalesce(graph, '')",
+            f"RETURNING coalesce(graph, ''), {HEAD_MARK}",
             (thread_id, owner.token, owner.pid, owner.host, now + self.lease_seconds,
              self.lease_seconds, now), write=True)
-        graph: str | None = str(taken[0][0]) if taken else None
         if not taken and not await self._take_held(thread_id, owner):
             raise busy_error(thread_id)
         self._heartbeat.hold(thread_id, owner.token)
-        return graph
+        return lease_of(taken[0]) if taken else Lease(None)
 
     async def _take_held(self, thread_id: str, owner: Owner) -> bool:
         watched: tuple[str, float | None] | None = None

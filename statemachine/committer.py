@@ -56,6 +56,8 @@ class Committer:
         """Whether this run committed anything yet."""
         self.released = False
         """Whether the thread was given up with the run's last commit (`put(release=True)`)."""
+        self._last_put: NewCheckpoint | None = None
+        """The head as this run committed it, until a mark changes it in place."""
 
     def start_at(self, head: CheckpointRecord, cost: ReplayCost) -> None:
         """Continue the thread from `head`, whose state costs `cost` to rebuild."""
@@ -75,6 +77,7 @@ class Committer:
             self.thread_id, self.owner, checkpoint,  # of a user's own may predate it
             memory=memory if together else (), **({"release": True} if release else {}))
         self.head_created, self.head_extra = checkpoint.created_at, checkpoint.extra
+        self._last_put = checkpoint
         self.wrote = True
         self.released = release
         if memory and not together:
@@ -84,6 +87,16 @@ class Committer:
         """Apply store writes the commit did not carry (a store in this process)."""
         assert self.store is not None
         await self.store.aapply(memory)
+
+    def finished_head(self) -> CheckpointRecord | None:
+        """The head's record as committed, if the run finished there (status done, never
+        marked since): what the state cache keeps so the next turn need not read it."""
+        cp = self._last_put
+        if cp is None or cp.status != "done" or self.head_id is None:
+            return None
+        return CheckpointRecord(self.head_id, self.thread_id, cp.parent_id, cp.step, cp.kind,
+                                cp.status, cp.next, cp.writes, cp.snapshot, cp.extra, cp.error,
+                                self.head_created)
 
     def snapshot_if_due(self, size: int, appends: bool, state: BaseModel) -> str | None:
         """`state` as a snapshot for the next checkpoint (with `size` bytes of writes that
@@ -156,6 +169,7 @@ class Committer:
     async def mark(self, status: str, extra: str | None) -> None:
         """Set the head's status (and extra data) in place: a pause, a delivered event."""
         assert self.head_id is not None
+        self._last_put = None
         await self.saver.mark(self.thread_id, self.owner, self.head_id, status=status,
                               extra=extra)
         if extra is not None:
@@ -167,6 +181,7 @@ class Committer:
         often without the graph (statemachine show): it gets its `state` whole, once (a
         thread takes no new input until it is resumed)."""
         assert self.head_id is not None
+        self._last_put = None
         error = f"{type(exc).__name__}: {exc}"
         # the failed row of a history names what failed, not what ran before it (none: a
         # router, a merge or the step limit; the error says which)

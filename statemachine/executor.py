@@ -21,6 +21,7 @@ from checkpoints.base import (
     Chain,
     Checkpointer,
     CheckpointRecord,
+    HeadMark,
     Owner,
     PendingWrite,
     Removed,
@@ -112,13 +113,21 @@ class Executor:
         return self.snapshot(chain.head, state, chain.pending.get(chain.head.id, []))
 
     async def load_state(self, saver: Checkpointer, thread_id: str, checkpoint_id: str | None,
-                         *, own: bool) -> tuple[BaseModel, Chain, ReplayCost | None] | None:
+                         *, own: bool, head: HeadMark | None = None
+                         ) -> tuple[BaseModel, Chain, ReplayCost | None] | None:
         """The thread's latest (or given) checkpoint with its state and what rebuilding it from
         storage replays — from this process's cache when it holds the state at that checkpoint
         or one on its chain, else from the nearest stored snapshot. `own`: the caller takes the
         cached state (a run continuing the thread) instead of a copy (a reader); the cost is
         None when the state came whole from the cache (nothing new to remember). None if the
-        thread (or checkpoint) does not exist."""
+        thread (or checkpoint) does not exist. `head`: the head as read when the caller
+        took the thread; if it is the checkpoint a run here finished at, nothing is read."""
+        if head is not None and own and checkpoint_id is None:
+            entry = self.states.take_at_head(thread_id, head)
+            if entry is not None and entry.head is not None and head.created_at is not None:
+                # as stored: PostgreSQL stamps a checkpoint with its server's clock
+                record = replace(entry.head, created_at=head.created_at)
+                return entry.state, Chain([record], {}), entry.cost
         known = self.states.known(thread_id)
         chain = await saver.load(thread_id, checkpoint_id, known=known)
         if chain is None:

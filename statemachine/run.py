@@ -135,20 +135,21 @@ class Run:
         if resume and input is not None:
             raise ThreadStateError("resume takes no input; use invoke(input, thread_id=...).")
         committer = self.committer
-        bound = await self.saver.acquire(self.thread_id, self.owner)
+        lease = await self.saver.lease(self.thread_id, self.owner)
         failure: BaseException | None = None
         try:
             identity = self.executor.identity
             unbound = self.executor.binds_threads and \
-                await check_binding(self.saver, self.thread_id, identity, bound)
-            await start_on_thread(self, input, checkpoint_id, resume)
+                await check_binding(self.saver, self.thread_id, identity, lease.graph)
+            await start_on_thread(self, input, checkpoint_id, resume, lease.head)
             await deliver(self, event, answer)
             await bind(self.saver, self.thread_id, self.owner, identity, unbound)
             async for step_event in self.steps():
                 yield step_event
             if self.executor.remember_states and committer.head_id is not None:
                 self.executor.states.put(self.thread_id, committer.head_id,
-                                         committer.head_created, self.state, committer.replay)
+                                         committer.head_created, self.state, committer.replay,
+                                         committer.finished_head())
         except StorageUnavailableError as exc:
             failure = exc
             # the state is known from then on; a failed or paused head this run never got

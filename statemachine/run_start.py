@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
-from checkpoints.base import FINISHED, Chain, CheckpointRecord, NewCheckpoint, PendingWrite
+from checkpoints.base import (
+    FINISHED,
+    Chain,
+    CheckpointRecord,
+    HeadMark,
+    NewCheckpoint,
+    PendingWrite,
+)
 
 from .checkpoint_extra import CheckpointExtra, Question, extra_of
 from .commands import NO_RESUME
@@ -35,14 +42,17 @@ if TYPE_CHECKING:
     from .run import Run
 
 
-async def start_on_thread(run: Run, input: Any, checkpoint_id: str | None, resume: bool
-                          ) -> None:
+async def start_on_thread(run: Run, input: Any, checkpoint_id: str | None, resume: bool,
+                          lease_head: HeadMark | None = None) -> None:
     """Load the thread's head and set `run` up from it: a new thread, new input on a
-    finished one, a fork, or the head's due tasks (with the work its step already kept)."""
+    finished one, a fork, or the head's due tasks (with the work its step already kept).
+    `lease_head`: the head as read when the run took the thread; new input on the checkpoint a
+    run here finished at then starts from the cached state, reading nothing."""
     assert run.saver is not None and run.thread_id is not None and run.committer
     schema = run.spec.schema
     loaded = await run.executor.load_state(run.saver, run.thread_id, checkpoint_id,
-                                            own=True)
+                                            own=True,
+                                            head=lease_head if input is not None else None)
     if loaded is None:
         if checkpoint_id is not None or resume:
             raise not_found(run.thread_id, checkpoint_id)

@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from checkpoints.base import CheckpointRecord, HeadMark
+
 from .snapshots import ReplayCost
 
 MAX_BYTES = 64 * 1024 * 1024
@@ -34,6 +36,9 @@ class CachedState:
     state: BaseModel
     cost: ReplayCost
     """How far the checkpoint is from its stored snapshot (the next snapshot decision)."""
+    head: CheckpointRecord | None = None
+    """The checkpoint as this process committed it, when a run finished there: the next run
+    on the thread that finds it still the head (`HeadMark`) need not read it back."""
 
     @property
     def size(self) -> int:
@@ -72,6 +77,20 @@ class StateCache:
             self._remove(thread_id)
             return entry
 
+    def take_at_head(self, thread_id: str, head: HeadMark) -> CachedState | None:
+        """The cached state and record of the thread's head, taken as `take` does, if the
+        head read when the thread was taken is the checkpoint this process committed last
+        and left as it was: same id (and creation time, where ids may be reused), never
+        marked since. Anything else (a run, fork, edit or mark elsewhere) reads it back."""
+        with self._lock:
+            entry = self._entries.get(thread_id)
+            if entry is None or entry.head is None or head.id is None or \
+                    head.marked_at is not None or head.created_at is None or \
+                    not self._matches(entry, head.id, head.created_at):
+                return None
+            self._remove(thread_id)
+            return entry
+
     def copy_of(self, thread_id: str, checkpoint_id: str, created_at: float
                 ) -> CachedState | None:
         """The cached state of that checkpoint as a new copy, for a reader to keep."""
@@ -86,9 +105,10 @@ class StateCache:
                                entry.cost.copy())
 
     def put(self, thread_id: str, checkpoint_id: str, created_at: float, state: BaseModel,
-            cost: ReplayCost) -> None:
-        """Remember a private copy of `state` as the thread's state at that checkpoint."""
-        entry = CachedState(checkpoint_id, created_at, detached(state), cost.copy())
+            cost: ReplayCost, head: CheckpointRecord | None = None) -> None:
+        """Remember a private copy of `state` as the thread's state at that checkpoint
+        (`head`: the checkpoint's record, as committed by a run that ended there)."""
+        entry = CachedState(checkpoint_id, created_at, detached(state), cost.copy(), head)
         with self._lock:
             self._remove(thread_id)
             if entry.size > self.max_bytes:

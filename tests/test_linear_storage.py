@@ -9,6 +9,7 @@ written by the engine before snapshots followed the thread.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import operator
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from checkpoints import MemoryCheckpointer, SQLiteCheckpointer
-from statemachine import END, START, Send, StateGraph, reducers
+from statemachine import END, START, Send, StateGraph, ThreadStateError, reducers
 from statemachine.snapshots import GROWTH
 from statemachine.state import StateSchema
 
@@ -225,6 +226,73 @@ def test_a_thread_moved_on_by_another_process_is_read_from_storage(tmp_path):
         with sqlite3.connect(path) as conn:
             assert conn.execute("SELECT max(id) FROM checkpoints").fetchone()[0] <= head
         assert app.get_state("t").state.messages[0] == "fresh"
+
+
+def counting_loads(saver: Any) -> list[str]:
+    """The thread ids `saver.load` is called with from now on (the real load runs)."""
+    calls: list[str] = []
+    load = saver.load
+
+    async def counted(thread_id: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(thread_id)
+        return await load(thread_id, *args, **kwargs)
+
+    saver.load = counted
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_chats_next_turn_starts_from_the_cached_head_without_reading_it(kind, tmp_path,
+                                                                           request):
+    """Taking the thread reads the head's identity in the same statement: a turn after one
+    this process finished starts from the cached state and reads no checkpoint back; what
+    it commits is what a cold reader (another checkpointer) rebuilds."""
+    from conftest import make_checkpointer
+
+    saver = make_checkpointer(kind, tmp_path, request)
+    with saver:
+        loads = counting_loads(saver)
+        app = chat_graph(10).compile(checkpointer=saver)
+        for turn in range(6):
+            app.invoke(message(turn, 10), thread_id="t")
+        assert loads == ["t"]  # the first turn only: a new thread
+        assert asyncio.run(app.ainvoke(message(6, 10), thread_id="t")).messages[-2:] == [
+            message(6, 10)["messages"][0], "00013" + "r" * 5]
+        assert loads == ["t"]
+        last = app.get_state("t")
+    cold = make_checkpointer(kind, tmp_path, request) if kind == "sqlite" else None
+    if cold is not None:
+        with cold:
+            snapshot = chat_graph(10).compile(checkpointer=cold).get_state("t")
+            assert snapshot.state == last.state and len(snapshot.state.messages) == 14
+            assert snapshot.checkpoint_id == last.checkpoint_id
+
+
+def test_a_head_changed_elsewhere_is_read_back_before_the_next_turn(tmp_path):
+    """The cached head is used only while it is the thread's head as this process left it:
+    a turn run by another process, a mark on the head (here a pause, made by hand) or a new
+    thread in its place is read from storage, and the run acts on what it reads."""
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path) as mine, SQLiteCheckpointer(path) as theirs:
+        loads = counting_loads(mine)
+        app, other = (chat_graph(10).compile(checkpointer=c) for c in (mine, theirs))
+        app.invoke(message(0, 10), thread_id="t")
+        other.invoke(message(1, 10), thread_id="t")
+        assert len(app.invoke(message(2, 10), thread_id="t").messages) == 6
+        assert loads == ["t", "t"]
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE checkpoints SET status = 'interrupted', marked_at = 1 "
+                         "WHERE id = (SELECT max(id) FROM checkpoints)")
+        with pytest.raises(ThreadStateError, match="is paused"):
+            app.invoke(message(3, 10), thread_id="t")
+        assert loads == ["t", "t", "t"]
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE checkpoints SET status = 'done'")
+        assert len(app.invoke(message(3, 10), thread_id="t").messages) == 8
+        other.delete_thread("t")
+        assert app.invoke(message(9, 10), thread_id="t").messages[0] == message(9, 10)[
+            "messages"][0]
+        assert len(app.get_state("t").state.messages) == 2
 
 
 def test_every_checkpoint_reads_the_same_cold_warm_and_through_history(tmp_path):
