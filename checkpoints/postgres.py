@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from .base import (
     DEFAULT_LEASE_SECONDS,
     ClaimedJob,
+    HeadMark,
     Lease,
     Owner,
     Removed,
@@ -53,7 +54,7 @@ from .rows import process_alive
 from .sql_dialect import POSTGRES
 from .sql_retention import Connection
 from .sql_schema import store_tables, tables
-from .sql_statements import HEAD_MARK, Statements, lease_of
+from .sql_statements import Statements
 from .sql_store import Params, Rows, SQLCheckpointer
 from .store_sql import StoreSQL
 
@@ -72,20 +73,39 @@ from .postgres_retention import RETENTION
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 READABLE_FROM = 1
 """Read-only checkpointers open schemas from this version on: version 2 only added a column
 the reads do without (threads.graph: an older schema's threads are bound to no graph), 3 the
-store's tables (an older schema's store is empty)."""
+store's tables (an older schema's store is empty), 4 a function only taking a lease calls
+(`head_mark`)."""
 _NOW = POSTGRES.server_clock
 """Seconds since the epoch by the server's clock: leases and claims are judged by one clock."""
 
-_TABLES = tables(POSTGRES)
+HEAD_MARK_FUNCTION = """
+CREATE OR REPLACE FUNCTION head_mark(of_thread bigint) RETURNS text LANGUAGE plpgsql VOLATILE
+SET search_path FROM CURRENT AS $$
+DECLARE
+    found text;
+BEGIN
+    SELECT id || ' ' || created_at || ' ' || coalesce(marked_at::text, '') INTO found
+    FROM checkpoints WHERE thread = of_thread ORDER BY id DESC LIMIT 1;
+    RETURN found;
+END $$;
+"""
+"""The thread's head as "id created_at marked_at", read when called. Taking a lease returns
+it: a subquery there would read the statement's snapshot, taken before the statement waited
+for the thread's row, so a run that committed its last step and gave the thread up while
+we waited would go unseen (its new head not in the snapshot). A query inside a VOLATILE
+function takes a snapshot of its own, after the wait."""
+
+_TABLES = tables(POSTGRES) + HEAD_MARK_FUNCTION
 
 # version -> SQL that upgrades a store from that version to the next one
 _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE threads ADD COLUMN graph TEXT",
     2: store_tables(POSTGRES),
+    3: HEAD_MARK_FUNCTION,
 }
 
 
@@ -209,12 +229,13 @@ class PostgresCheckpointer(SQLCheckpointer):
             "owner = excluded.owner, owner_pid = excluded.owner_pid, "
             "owner_host = excluded.owner_host, lease_expires = excluded.lease_expires "
             f"WHERE threads.owner IS NULL OR threads.lease_expires < {_NOW} "
-            f"OR threads.owner = excluded.owner RETURNING coalesce(graph, ''), {HEAD_MARK}",
+            "OR threads.owner = excluded.owner RETURNING coalesce(graph, ''), "
+            "head_mark(threads.key)",
             (thread_id, owner.token, owner.pid, owner.host, self.lease_seconds), write=True)
         if not taken and not await self._take_from_dead_owner(thread_id, owner):
             raise busy_error(thread_id)
         self._heartbeat.hold(thread_id, owner.token)
-        return lease_of(taken[0]) if taken else Lease(None)
+        return Lease(str(taken[0][0]), head_of(taken[0][1])) if taken else Lease(None)
 
     def _renew(self, leases: list[tuple[str, str]], claims: list[tuple[str, str]]) -> None:
         """One beat of the heartbeat: every held lease and claim in one statement each."""
@@ -514,6 +535,19 @@ def _migrate(saver: PostgresCheckpointer, conn: psycopg.Connection) -> None:
             conn.execute(_MIGRATIONS[version].encode())
             conn.execute("UPDATE schema_version SET version = %s", (version + 1,))
 
+
+
+def head_of(mark: str | None) -> HeadMark | None:
+    """`head_mark`'s text as a `HeadMark` (None, saying nothing, if it does not parse: a
+    damaged head is reported by the load that follows)."""
+    if mark is None:
+        return HeadMark(None, None, None)
+    try:
+        head_id, created_at, marked_at = str(mark).split(" ")
+        return HeadMark(str(int(head_id)), float(created_at),
+                        float(marked_at) if marked_at else None)
+    except ValueError:
+        return None
 
 
 def same_database(a: str, b: str) -> bool:

@@ -76,8 +76,10 @@ write). `known` ends the chain early, and its snapshot is left out (the caller h
 HEAD_MARK = ", ".join(
     f"(SELECT {column} FROM checkpoints WHERE thread = threads.key ORDER BY id DESC LIMIT 1)"
     for column in ("id", "created_at", "marked_at"))
-"""The head's identity (`HeadMark`), for a statement taking the thread to return with it:
-three lookups of one index entry each, in the statement that runs anyway."""
+"""The head's identity (`HeadMark`), for SQLite's statement taking the thread to return
+with it: three lookups of one index entry each, in the statement that runs anyway. (SQLite
+runs one writer at a time on a snapshot taken with the write lock, so these read the head as
+it is; PostgreSQL's statement may have waited for the row, and reads it with `head_mark`.)"""
 
 
 def lease_of(row: Sequence[Any]) -> Lease:

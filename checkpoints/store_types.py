@@ -98,8 +98,12 @@ def _storable_text(text: str, where: Callable[[], str]) -> None:
 
 
 def check_item_namespace(namespace: object) -> Namespace:
-    if type(namespace) is tuple and namespace in _ITEM_NAMESPACES:  # checked before
-        return namespace
+    if type(namespace) is tuple:
+        try:
+            if namespace in _ITEM_NAMESPACES:  # checked before
+                return namespace
+        except TypeError:
+            pass  # an unhashable label: the check below says what is wrong with it
     labels = check_namespace(namespace)
     if not labels:
         raise StoreError("an item's namespace needs at least one label, like ('memories',).")

@@ -15,6 +15,7 @@ import math
 import operator
 import shutil
 import sqlite3
+import time
 from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any
@@ -293,6 +294,37 @@ def test_a_head_changed_elsewhere_is_read_back_before_the_next_turn(tmp_path):
         assert app.invoke(message(9, 10), thread_id="t").messages[0] == message(9, 10)[
             "messages"][0]
         assert len(app.get_state("t").state.messages) == 2
+
+
+def test_a_head_committed_while_the_lease_waits_is_read_not_dropped(tmp_path):
+    """SQLite: a transaction giving the thread up and moving its head on together (an edit
+    made by hand) holds the file's write lock when our turn takes the thread; the lease
+    waits, then reads the head as it is after the wait, and the turn builds on the edit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "runs.db"
+    with SQLiteCheckpointer(path) as saver:
+        app = chat_graph(10).compile(checkpointer=saver)
+        app.invoke(message(0, 10), thread_id="t")  # this process caches its head
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE threads SET owner = NULL WHERE thread_id = 't'")
+        conn.execute(
+            "INSERT INTO checkpoints(thread, parent, step, kind, status, next, writes, extra, "
+            "created_at) SELECT thread, id, step, 'update', 'done', '[]', "
+            """'[["__update__",0,{"messages":["edited"]}]]', '{"origin": "' || id || '"}', """
+            "created_at + 1 FROM checkpoints ORDER BY id DESC LIMIT 1")
+        with ThreadPoolExecutor(1) as pool:
+            turn = pool.submit(app.invoke, message(1, 10), thread_id="t")
+            time.sleep(0.3)  # the turn waits for the write lock meanwhile
+            assert not turn.done()
+            conn.execute("COMMIT")
+            conn.close()
+            final = turn.result(timeout=10)
+        assert final.messages[:3] == [*message(0, 10)["messages"], "00001rrrrr", "edited"]
+        assert len(final.messages) == 5
+    with SQLiteCheckpointer(path) as cold:
+        assert chat_graph(10).compile(checkpointer=cold).get_state("t").state == final
 
 
 def test_every_checkpoint_reads_the_same_cold_warm_and_through_history(tmp_path):

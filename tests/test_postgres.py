@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import os
 import socket
 import subprocess
@@ -313,6 +314,7 @@ def test_a_version_1_schema_gets_the_graph_column_and_its_threads_are_bound_by_t
     with connect(dsn, schema) as conn:  # as release 1 left it
         conn.execute("ALTER TABLE threads DROP COLUMN graph")
         conn.execute("DROP TABLE store_items, store_vectors")
+        conn.execute("DROP FUNCTION head_mark(bigint)")
         conn.execute("UPDATE schema_version SET version = 1")
     reader = savers(dsn, schema, read_only=True)
     assert loop(2).compile(checkpointer=reader).get_state("old").state.n == 2
@@ -824,3 +826,46 @@ def test_async_runs_use_their_own_loops_connections_and_a_closed_loops_are_close
     while connections_of(dsn, name) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert connections_of(dsn, name) == 0
+
+
+# -- the head read with the lease -----------------------------------------------------------
+
+class ChatLog(BaseModel):
+    messages: Annotated[list[str], operator.add] = []
+
+
+def chat() -> StateGraph:
+    g = StateGraph(ChatLog)
+    g.add_node("reply", lambda s: {"messages": [f"reply{len(s.messages)}"]})
+    g.add_edge(START, "reply")
+    g.add_edge("reply", END)
+    return g
+
+
+def test_a_head_committed_while_our_lease_waits_is_read_not_dropped(dsn, schema, savers):
+    """A transaction that gives the thread up and moves its head on together (an edit, here
+    made by hand) is in flight when our turn takes the thread: the lease waits for its row,
+    and must then see the new head (read after the wait, not from the statement's snapshot)
+    rather than start from this process's cached state and drop the edit."""
+    saver = savers(dsn, schema)
+    app = chat().compile(checkpointer=saver)
+    app.invoke({"messages": ["u0"]}, thread_id="t")  # this process caches its head
+    with connect(dsn, schema) as conn:
+        conn.autocommit = False
+        conn.execute("UPDATE threads SET owner = NULL WHERE thread_id = 't'")  # its row held
+        conn.execute(
+            "INSERT INTO checkpoints(thread, parent, step, kind, status, next, writes, extra, "
+            "created_at, commit_key) SELECT thread, id, step, 'update', 'done', '[]', "
+            """'[["__update__",0,{"messages":["edited"]}]]', '{"origin": "' || id || '"}', """
+            "created_at + 1, 'edit' FROM checkpoints ORDER BY id DESC LIMIT 1")
+        turn = ThreadPoolExecutor(1).submit(app.invoke, {"messages": ["u1"]}, thread_id="t")
+        deadline = time.monotonic() + 10
+        while query(dsn, schema, "SELECT count(*) FROM pg_stat_activity WHERE "
+                    "wait_event_type = 'Lock'") != [(1,)]:  # our lease waits for the row
+            assert time.monotonic() < deadline and not turn.done()
+            time.sleep(0.01)
+        conn.commit()
+    final = turn.result(timeout=10)
+    assert final.messages == ["u0", "reply1", "edited", "u1", "reply4"]
+    cold = chat().compile(checkpointer=savers(dsn, schema))  # a reader without the cache
+    assert cold.get_state("t").state.messages == final.messages

@@ -263,6 +263,9 @@ def test_refusals_name_the_namespace_and_key(make):
         store.put(("a", ""), "k", {})
     with pytest.raises(StoreError, match="tuple of text labels"):
         store.put("users", "k", {})
+    for unhashable in ((["users"],), ("users", {"id": 1})):  # refused, not a TypeError
+        with pytest.raises(StoreError, match="non-empty text"):
+            store.put(unhashable, "k", {})
     with pytest.raises(StoreError, match="at least one label"):
         store.put((), "k", {})
     with pytest.raises(StoreError, match="unknown operator '\\$in'"):
