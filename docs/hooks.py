@@ -33,6 +33,10 @@ def on_page_markdown(markdown: str, **_: Any) -> str:
             from checkpoints.sql_schema import tables
 
             ddl = tables(getattr(sql_dialect, dialect)).strip()
+            if dialect == "POSTGRES":  # and the function taking a lease reads the head with
+                from checkpoints.postgres import HEAD_MARK_FUNCTION
+
+                ddl += "\n" + HEAD_MARK_FUNCTION.strip()
             markdown = markdown.replace(f"{{{{ {name} }}}}", f"```sql\n{ddl}\n```")
     return markdown
 
