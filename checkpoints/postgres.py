@@ -217,10 +217,7 @@ class PostgresCheckpointer(SQLCheckpointer):
 
     # -- leases ------------------------------------------------------------------------------
 
-    async def acquire(self, thread_id: str, owner: Owner) -> str | None:
-        return (await self.lease(thread_id, owner)).graph
-
-    async def lease(self, thread_id: str, owner: Owner) -> Lease:
+    async def _take(self, thread_id: str, owner: Owner) -> Lease:
         # the same owner asking again (a retry after a lost acknowledgement) succeeds
         taken = await self._fetchall(
             f"take thread {thread_id!r}",

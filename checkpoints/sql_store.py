@@ -24,6 +24,7 @@ from .base import (
     CheckpointRecord,
     ClaimedJob,
     JobInfo,
+    Lease,
     NewCheckpoint,
     Owner,
     PendingByCheckpoint,
@@ -90,6 +91,20 @@ class SQLCheckpointer(Checkpointer):
             self._retention.trim_and_release(conn, thread_id, token, keep_last, self._log)
 
         await self._transaction(f"release thread {thread_id!r}", trim_and_release)
+
+    # -- leases ------------------------------------------------------------------------------
+
+    async def acquire(self, thread_id: str, owner: Owner) -> str | None:
+        return (await self._take(thread_id, owner)).graph
+
+    async def lease(self, thread_id: str, owner: Owner) -> Lease:
+        if type(self).acquire is not SQLCheckpointer.acquire:  # a subclass's own: it runs
+            return Lease(await self.acquire(thread_id, owner))
+        return await self._take(thread_id, owner)
+
+    @abstractmethod
+    async def _take(self, thread_id: str, owner: Owner) -> Lease:
+        """Take the thread (see `Checkpointer.acquire`), reading what `lease` says."""
 
     # -- writes (each one statement: atomic and fenced) ---------------------------------------
 

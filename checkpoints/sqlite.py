@@ -179,10 +179,7 @@ class SQLiteCheckpointer(SQLCheckpointer):
 
     # -- leases ------------------------------------------------------------------------------
 
-    async def acquire(self, thread_id: str, owner: Owner) -> str | None:
-        return (await self.lease(thread_id, owner)).graph
-
-    async def lease(self, thread_id: str, owner: Owner) -> Lease:
+    async def _take(self, thread_id: str, owner: Owner) -> Lease:
         """Take a free thread at once; a held one only when its holder's process is gone (on
         this machine) or its heartbeat has stood still for a whole lease (then this call waits
         that long: it is logged at INFO).

@@ -327,6 +327,24 @@ def test_a_head_committed_while_the_lease_waits_is_read_not_dropped(tmp_path):
         assert chat_graph(10).compile(checkpointer=cold).get_state("t").state == final
 
 
+def test_a_checkpointer_whose_acquire_is_its_own_still_takes_every_run_through_it(tmp_path):
+    """A subclass overriding `acquire` (to count, to check access) is called for every run:
+    the lease that also reads the head is only taken where `acquire` is the store's own."""
+    taken: list[str] = []
+
+    class Counting(SQLiteCheckpointer):
+        async def acquire(self, thread_id: str, owner: Any) -> str | None:
+            taken.append(thread_id)
+            return await super().acquire(thread_id, owner)
+
+    with Counting(tmp_path / "runs.db") as saver:
+        app = chat_graph(10).compile(checkpointer=saver)
+        for turn in range(3):
+            app.invoke(message(turn, 10), thread_id="t")
+        assert taken == ["t", "t", "t"]
+        assert len(app.get_state("t").state.messages) == 6
+
+
 def test_every_checkpoint_reads_the_same_cold_warm_and_through_history(tmp_path):
     """States rebuilt by the one-fold replay (get_state), step by step (history), from the
     cache and by a fresh process agree, over a thread with interrupts and edits."""
