@@ -441,11 +441,13 @@ class PostgresCheckpointer(SQLCheckpointer):
     async def _transaction(self, doing: str, work: Callable[[Connection], T], *,
                            write: bool = True, small: bool = False,
                            writes_first: bool = False) -> T:
-        def run(conn: psycopg.Connection) -> T:
-            with conn.transaction():
-                return work(conn)
+        return await self._call(_in_transaction(work))
 
-        return await self._call(run)
+    def _transaction_here(self, doing: str, work: Callable[[Connection], T], *,
+                          write: bool = True, writes_first: bool = False) -> T:
+        if self._closed.is_set():
+            raise CheckpointError(f"{self!r} is closed.")
+        return self._direct(_in_transaction(work))
 
     async def _removal(self, dry_run: bool, remove: Callable[[], Awaitable[Removed]]
                        ) -> Removed:
@@ -532,6 +534,15 @@ def _migrate(saver: PostgresCheckpointer, conn: psycopg.Connection) -> None:
             conn.execute(_MIGRATIONS[version].encode())
             conn.execute("UPDATE schema_version SET version = %s", (version + 1,))
 
+
+
+def _in_transaction(work: Callable[[Connection], T]) -> Callable[[psycopg.Connection], T]:
+    """`work` as an operation run in one transaction on the connection it is given."""
+    def run(conn: psycopg.Connection) -> T:
+        with conn.transaction():
+            return work(conn)
+
+    return run
 
 
 def head_of(mark: str | None) -> HeadMark | None:

@@ -187,8 +187,10 @@ class SQLCheckpointer(Checkpointer):
             return written
 
         trims = release and keep_last is not None  # may delete many rows: not on the loop
-        # the sync API runs in the caller's thread: nothing to decide (a step's hot path)
-        small = not trims and not self._in_caller_thread and _small_memory(params, memory)
+        if self._in_caller_thread:  # the sync API: at once, no coroutine in between (a
+            # step's hot path)
+            return self._transaction_here(doing, work, writes_first=True)
+        small = not trims and _small_memory(params, memory)
         return await self._transaction(doing, work, small=small, writes_first=True)
 
     async def mark(self, thread_id: str, owner: Owner, checkpoint_id: str, *, status: str,
@@ -420,6 +422,11 @@ class SQLCheckpointer(Checkpointer):
         one of few bytes, which a store may run without a thread hop (then `work` may run
         twice, the first run rolled back whole). `writes_first`: work's first statement
         writes, so a store whose writes lock may lock at it rather than at the start."""
+
+    @abstractmethod
+    def _transaction_here(self, doing: str, work: Callable[[Connection], T], *,
+                          write: bool = True, writes_first: bool = False) -> T:
+        """`_transaction` in the caller's thread, for the sync API (`_in_caller_thread`)."""
 
     @abstractmethod
     async def _removal(self, dry_run: bool, remove: Callable[[], Awaitable[Removed]]

@@ -405,20 +405,24 @@ class SQLiteCheckpointer(SQLCheckpointer):
         the first run rolled back whole. `writes_first`: work's first statement writes, and
         takes the write lock there (with the same busy wait as a statement of its own), so a
         plain BEGIN does, which costs a step's commit less than BEGIN IMMEDIATE."""
+        if self._in_caller_thread:
+            return self._transaction_here(doing, work, write=write, writes_first=writes_first)
         self._check_usable(write=write)
         lock = write and not writes_first
-        if small and not self._in_caller_thread and self._on_loop is not None:
+        if small and self._on_loop is not None:
             with self._failures(doing):
                 done = await self._on_loop.arun(
                     lambda conn: _in_transaction(conn, work, lock))
             if not isinstance(done, Missed):
                 return done
+        return await asyncio.to_thread(self._transaction_here, doing, work, write=write,
+                                       writes_first=writes_first)
 
-        def run() -> T:
-            with self._failures(doing), self._direct_lock:
-                return _in_transaction(self._reader(), work, lock)
-
-        return run() if self._in_caller_thread else await asyncio.to_thread(run)
+    def _transaction_here(self, doing: str, work: Callable[[Connection], T], *,
+                          write: bool = True, writes_first: bool = False) -> T:
+        self._check_usable(write=write)
+        with self._failures(doing), self._direct_lock:
+            return _in_transaction(self._reader(), work, write and not writes_first)
 
     def _failures(self, doing: str) -> contextlib.AbstractContextManager[None]:
         """SQLite's failures while `doing` something, as the errors a user can act on."""
