@@ -10,10 +10,6 @@ statement again after a dropped connection asks there whether the first run land
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-from .base import HeadMark, Lease
 from .sql_dialect import Dialect
 
 COLUMNS = "c.id, t.thread_id, c.parent, c.step, c.kind, c.status, c.next, c.writes, " \
@@ -71,29 +67,6 @@ FROM pending_writes p WHERE p.checkpoint IN (SELECT id FROM chain)
 """A checkpoint, the checkpoints back to its nearest snapshot, and their pending writes, in one
 round trip: rows tagged 'c' (checkpoint, with its distance from the head) or 'p' (a pending
 write). `known` ends the chain early, and its snapshot is left out (the caller has it)."""
-
-
-HEAD_MARK = ", ".join(
-    f"(SELECT {column} FROM checkpoints WHERE thread = threads.key ORDER BY id DESC LIMIT 1)"
-    for column in ("id", "created_at", "marked_at"))
-"""The head's identity (`HeadMark`), for SQLite's statement taking the thread to return
-with it: three lookups of one index entry each, in the statement that runs anyway. (SQLite
-runs one writer at a time on a snapshot taken with the write lock, so these read the head as
-it is; PostgreSQL's statement may have waited for the row, and reads it with `head_mark`.)"""
-
-
-def lease_of(row: Sequence[Any]) -> Lease:
-    """The `Lease` a taking statement returned: the graph, then the `HEAD_MARK` columns (a
-    damaged head says nothing here: the load that follows reports it)."""
-    head_id, created_at, marked_at = row[1], row[2], row[3]
-    try:
-        head: HeadMark | None = HeadMark(
-            None if head_id is None else str(head_id),
-            None if created_at is None else float(created_at),
-            None if marked_at is None else float(marked_at))
-    except (TypeError, ValueError):
-        head = None
-    return Lease(str(row[0]), head)
 
 
 _GIVE_UP = ("UPDATE threads SET owner = NULL, owner_pid = NULL, owner_host = NULL, "

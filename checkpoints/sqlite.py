@@ -41,7 +41,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -51,6 +51,7 @@ import aiosqlite
 from .base import (
     DEFAULT_LEASE_SECONDS,
     ClaimedJob,
+    HeadMark,
     Lease,
     Owner,
     Removed,
@@ -62,7 +63,7 @@ from .heartbeat import LeaseHeartbeat
 from .rows import process_alive
 from .sql_dialect import SQLITE
 from .sql_retention import Connection
-from .sql_statements import HEAD_MARK, Statements, lease_of
+from .sql_statements import Statements
 from .sql_store import Params, Rows, SQLCheckpointer, small
 from .sqlite_errors import failures, storage_error
 from .sqlite_file import (
@@ -199,13 +200,13 @@ class SQLiteCheckpointer(SQLCheckpointer):
             "DO UPDATE SET owner = excluded.owner, owner_pid = excluded.owner_pid, "
             "owner_host = excluded.owner_host, lease_expires = excluded.lease_expires, "
             "lease_seconds = excluded.lease_seconds WHERE threads.owner IS NULL "
-            f"RETURNING coalesce(graph, ''), {HEAD_MARK}",
+            f"RETURNING coalesce(graph, ''), {_HEAD_MARK}",
             (thread_id, owner.token, owner.pid, owner.host, now + self.lease_seconds,
              self.lease_seconds, now), write=True)
         if not taken and not await self._take_held(thread_id, owner):
             raise busy_error(thread_id)
         self._heartbeat.hold(thread_id, owner.token)
-        return lease_of(taken[0]) if taken else Lease(None)
+        return _lease_of(taken[0]) if taken else Lease(None)
 
     async def _take_held(self, thread_id: str, owner: Owner) -> bool:
         watched: tuple[str, float | None] | None = None
@@ -441,6 +442,29 @@ class SQLiteCheckpointer(SQLCheckpointer):
             self._direct.close()
             self._direct, self._immutable = connect_read_only(self.path, self.busy_timeout)
         return self._direct
+
+
+_HEAD_MARK = ", ".join(
+    f"(SELECT {column} FROM checkpoints WHERE thread = threads.key ORDER BY id DESC LIMIT 1)"
+    for column in ("id", "created_at", "marked_at"))
+"""The head's identity (`HeadMark`), for the statement taking the thread to return with it:
+three lookups of one index entry each, in the statement that runs anyway. SQLite runs one
+writer at a time, on a snapshot taken with the write lock, so they read the head as it is
+(PostgreSQL's statement may have waited for the row: it reads the head with `head_mark`)."""
+
+
+def _lease_of(row: Sequence[Any]) -> Lease:
+    """The `Lease` a taking statement returned: the graph, then the `_HEAD_MARK` columns (a
+    damaged head says nothing here: the load that follows reports it)."""
+    head_id, created_at, marked_at = row[1], row[2], row[3]
+    try:
+        head: HeadMark | None = HeadMark(
+            None if head_id is None else str(head_id),
+            None if created_at is None else float(created_at),
+            None if marked_at is None else float(marked_at))
+    except (TypeError, ValueError):
+        head = None
+    return Lease(str(row[0]), head)
 
 
 def _changed(cursor: sqlite3.Cursor) -> tuple[int, int | None]:

@@ -123,11 +123,10 @@ class Executor:
         thread (or checkpoint) does not exist. `head`: the head as read when the caller
         took the thread; if it is the checkpoint a run here finished at, nothing is read."""
         if head is not None and own and checkpoint_id is None:
-            entry = self.states.take_at_head(thread_id, head)
-            if entry is not None and entry.head is not None and head.created_at is not None:
-                # as stored: PostgreSQL stamps a checkpoint with its server's clock
-                record = replace(entry.head, created_at=head.created_at)
-                return entry.state, Chain([record], {}), entry.cost
+            taken = self.states.take_at_head(thread_id, head)
+            if taken is not None:
+                at_head, record = taken
+                return at_head.state, Chain([record], {}), at_head.cost
         known = self.states.known(thread_id)
         chain = await saver.load(thread_id, checkpoint_id, known=known)
         if chain is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel
@@ -77,11 +77,13 @@ class StateCache:
             self._remove(thread_id)
             return entry
 
-    def take_at_head(self, thread_id: str, head: HeadMark) -> CachedState | None:
-        """The cached state and record of the thread's head, taken as `take` does, if the
-        head read when the thread was taken is the checkpoint this process committed last
-        and left as it was: same id (and creation time, where ids may be reused), never
-        marked since. Anything else (a run, fork, edit or mark elsewhere) reads it back."""
+    def take_at_head(self, thread_id: str, head: HeadMark
+                     ) -> tuple[CachedState, CheckpointRecord] | None:
+        """The cached state of the thread's head, taken as `take` does, and the head's record
+        as stored, if the head read when the thread was taken is the checkpoint this process
+        committed last and left as it was: same id (and creation time, where ids may be
+        reused), never marked since. Anything else (a run, fork, edit or mark elsewhere) is
+        read back from storage."""
         with self._lock:
             entry = self._entries.get(thread_id)
             if entry is None or entry.head is None or head.id is None or \
@@ -89,7 +91,8 @@ class StateCache:
                     not self._matches(entry, head.id, head.created_at):
                 return None
             self._remove(thread_id)
-            return entry
+            # its creation time as stored: PostgreSQL stamps a checkpoint with its clock
+            return entry, replace(entry.head, created_at=head.created_at)
 
     def copy_of(self, thread_id: str, checkpoint_id: str, created_at: float
                 ) -> CachedState | None:
