@@ -252,6 +252,30 @@ def test_a_value_that_is_not_finite_is_refused_by_key(bad: float) -> None:
         encode_value(("a",), "k", {"deep": [1, {"x": bad}]})
 
 
+
+slashed_text = st.lists(st.sampled_from(["\\", "u0000", "\x00", "a", "NaN"]),
+                        max_size=6).map("".join)
+
+
+@given(value=st.dictionaries(slashed_text, st.one_of(slashed_text, st.lists(slashed_text,
+                                                                             max_size=2)),
+                             max_size=3),
+       nan=st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_a_value_is_refused_for_a_nul_character_and_only_for_one(value: dict[str, Any],
+                                                                 nan: bool) -> None:
+    """A NUL anywhere in a value (key or text) is refused; the text backslash-u0000, which
+    JSON writes with its backslash escaped, is stored as it is (with or without a NaN beside
+    it, which takes the slower conversion)."""
+    if nan:
+        value = {**value, "nan": "NaN"}
+    texts = [*value, *(t for v in value.values() for t in (v if isinstance(v, list) else [v]))]
+    if any("\x00" in text for text in texts):
+        with pytest.raises(StoreError, match=r"'k' in namespace \('a',\) holds a NUL"):
+            encode_value(("a",), "k", value)
+    else:
+        assert json.loads(encode_value(("a",), "k", value)) == value
+
 def test_refusals_name_the_namespace_and_key(make):
     store = make()
     with pytest.raises(StoreError, match=r"'k' in namespace \('a',\) cannot be stored as "
