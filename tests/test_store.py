@@ -405,6 +405,9 @@ def test_text_no_store_can_keep_is_refused_at_put(make):
         store.put(("a",), "k\x00", {})
     with pytest.raises(StoreError, match="surrogate"):
         store.put(("a\ud800",), "k", {})
+    store.put(("a",), "slash", {"t": "\\u0000 is six characters", "\\u0000": 1})
+    assert store.get(("a",), "slash").value == {"t": "\\u0000 is six characters",
+                                                "\\u0000": 1}
     store.put(("a",), "big", {"n": 2**64})
     assert [i.key for i in store.search(("a",), filter={"n": 2**64})] == ["big"]
     assert store.search(("a",), filter={"n": 2**64 + 1}) == []
