@@ -317,6 +317,15 @@ class Checkpointer(ABC):
         """Commit one task's update for the step leaving `write.checkpoint_id` (and its
         `memory`, as `put` does)."""
 
+    async def put_pendings(self, thread_id: str, owner: Owner,
+                           writes: Sequence[tuple[PendingWrite, Sequence[StoreWrite]]]) -> None:
+        """Commit several tasks' updates, each with its memory, as `put_pending` would: what
+        tasks finishing together hand over at once. Each write lands with its memory or not
+        at all; this default commits them one by one, a database commits them in one
+        transaction (one commit, where it waits for the disk, instead of one each)."""
+        for write, memory in writes:
+            await self.put_pending(thread_id, owner, write, memory=memory)
+
     def commits_memory_of(self, store: Any) -> bool:
         """Whether this checkpointer writes `store`'s items in its own transactions (the
         store lives in its database), so a step and its memories commit together."""

@@ -37,6 +37,8 @@ class Connection(Protocol):
 
     def execute(self, query: str, params: Any = ..., /) -> Any: ...
 
+    def cursor(self) -> Any: ...
+
 
 _SHAPE = "id, parent, snapshot IS NOT NULL, status, kind, extra, coalesce(marked_at, created_at)"
 """A checkpoint's place in the tree, as `stored` reads it."""

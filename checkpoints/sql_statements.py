@@ -103,10 +103,12 @@ class Statements:
             f"WITH written AS ({put} RETURNING id, thread), released AS ({_GIVE_UP}"
             "key IN (SELECT thread FROM written) AND owner = :owner) SELECT id FROM written"
         ) if d.returns else None
-        self.put_pending = d.render(
+        put_pending = (
             "INSERT INTO pending_writes(checkpoint, node, idx, writes, meta) SELECT "
             f":checkpoint, :node, :idx, :writes, :meta WHERE EXISTS ({_FENCE})"
-            f"{d.once('checkpoint, node, idx')}{d.returning('1')}")
+            f"{d.once('checkpoint, node, idx')}")
+        self.put_pending = d.render(put_pending + d.returning("1"))
+        self.put_pendings = d.render(put_pending)  # run for many rows: counted, not returned
         self.mark = d.render(
             "UPDATE checkpoints SET status = :status, error = :error, snapshot = "
             "coalesce(snapshot, :snapshot), extra = coalesce(:extra, extra), marked_at = :now "

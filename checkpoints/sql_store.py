@@ -151,6 +151,44 @@ class SQLCheckpointer(Checkpointer):
         if not rows:  # fenced out (`landed`, the fence, found another owner)
             raise busy_error(thread_id, lost=True)
 
+    async def put_pendings(self, thread_id: str, owner: Owner,
+                           writes: Sequence[tuple[PendingWrite, Sequence[StoreWrite]]]) -> None:
+        if len(writes) == 1:
+            write, memory = writes[0]
+            await self.put_pending(thread_id, owner, write, memory=memory)
+            return
+        if not writes:
+            return
+        doing = (f"save the updates of nodes {', '.join(repr(w.node) for w, _ in writes)} "
+                 f"of thread {thread_id!r}")
+        rows = [{"checkpoint": int(w.checkpoint_id), "node": w.node, "idx": w.index,
+                 "writes": w.writes, "meta": w.meta, "thread": thread_id, "owner": owner.token}
+                for w, _ in writes]
+        memory = [m for _, ms in writes for m in ms]
+        store_sql, sql = self._store_sql, self._sql
+
+        def work(conn: Connection) -> None:
+            cursor = conn.cursor()
+            cursor.executemany(sql.put_pendings, rows)  # one round trip (psycopg: a pipeline)
+            if cursor.rowcount != len(rows) and not conn.execute(
+                    sql.fence, {"thread": thread_id, "owner": owner.token}).fetchall():
+                # fenced out; still the owner, the rows not written had landed before (a
+                # transaction that committed as the connection dropped, run again)
+                raise busy_error(thread_id, lost=True)
+            if memory:
+                now = time.time()
+                store_sql.apply(conn, memory, now)
+                if now - self._store_swept_at >= SWEEP_SECONDS:
+                    self._store_swept_at = now
+                    store_sql.sweep(conn, now)
+
+        if self._in_caller_thread:
+            self._transaction_here(doing, work, writes_first=True)
+            return
+        texts = [w.writes for w, _ in writes] + [w.meta for w, _ in writes]
+        await self._transaction(doing, work, small=_small_memory(texts, memory),
+                                writes_first=True)
+
     async def _together(self, doing: str, thread_id: str, sql: str, landed: str,
                         params: dict[str, Any], memory: Sequence[StoreWrite],
                         release: bool = False) -> Any:

@@ -24,6 +24,7 @@ from checkpoints.store_types import StoreWrite
 from .checkpoint_extra import decode_extra
 from .constants import INPUT
 from .errors import StateMachineError, StorageUnavailableError
+from .group_commit import GroupCommit
 from .records import Task, encode_tasks
 from .snapshots import ReplayCost
 from .state import StateSchema
@@ -58,6 +59,9 @@ class Committer:
         """Whether the thread was given up with the run's last commit (`put(release=True)`)."""
         self._last_put: NewCheckpoint | None = None
         """The head as this run committed it, until a mark changes it in place."""
+        self._finished: GroupCommit[tuple[Task, StepResults]] = GroupCommit(self._put_pendings)
+        """Finished tasks' writes on their way to storage, tasks finishing together in one
+        commit (`group_commit`)."""
 
     def start_at(self, head: CheckpointRecord, cost: ReplayCost) -> None:
         """Continue the thread from `head`, whose state costs `cost` to rebuild."""
@@ -143,23 +147,38 @@ class Committer:
             extra=extra, created_at=time.time()), memory, release=release)
 
     async def put_pending(self, task: Task, results: StepResults) -> None:
-        """Store a finished task's writes before its step commits."""
-        assert self.head_id is not None
-        meta = results.meta.get(task.key)
-        memory = results.memory.pop(task.key, [])
-        together = bool(memory) and self.memory_with_commit
-        await self.saver.put_pending(self.thread_id, self.owner, PendingWrite(
-            self.head_id, task.node, task.index, results.encoded[task.key],
-            json.dumps(meta) if meta else None), memory=memory if together else ())
-        results.committed.add(task.key)
-        if memory and not together:
-            await self._memory_after(memory)
+        """Store a finished task's writes before its step commits (with those of the tasks
+        finishing with it: one commit); return once they are stored."""
+        await self._finished.add((task, results))
 
     async def keep_finished(self, tasks: Sequence[Task], results: StepResults) -> None:
-        """Store the writes of `tasks` that finished and are not stored yet."""
-        for task in tasks:
-            if task.key in results.pending and task.key not in results.committed:
-                await self.put_pending(task, results)
+        """Store the writes of `tasks` that finished and are not stored yet (one commit)."""
+        await self._put_pendings([(task, results) for task in tasks
+                                  if task.key in results.pending
+                                  and task.key not in results.committed])
+
+    async def _put_pendings(self, finished: Sequence[tuple[Task, StepResults]]) -> None:
+        """Commit finished tasks' writes as pending writes, each with its memory."""
+        if not finished:
+            return
+        assert self.head_id is not None
+        writes: list[tuple[PendingWrite, Sequence[StoreWrite]]] = []
+        after: list[StoreWrite] = []
+        for task, results in finished:
+            meta = results.meta.get(task.key)
+            memory = results.memory.pop(task.key, [])
+            together = bool(memory) and self.memory_with_commit
+            writes.append((PendingWrite(self.head_id, task.node, task.index,
+                                        results.encoded[task.key],
+                                        json.dumps(meta) if meta else None),
+                           memory if together else ()))
+            if memory and not together:
+                after += memory
+        await self.saver.put_pendings(self.thread_id, self.owner, writes)
+        for task, results in finished:
+            results.committed.add(task.key)
+        if after:
+            await self._memory_after(after)
 
     def extra_with(self, **changes: Any) -> str | None:
         """The head's extra data with `changes` (fields of `CheckpointExtra`), encoded: a mark

@@ -529,6 +529,41 @@ async def test_a_run_that_lost_its_lease_cannot_commit(backend):
         assert backend.query("SELECT owner FROM threads") == [("someone-else",)]
 
 
+@pytest.mark.parametrize("api", ["sync", "async"])
+async def test_tasks_finishing_together_commit_together_each_with_its_memory(backend, api):
+    """Several finished tasks' updates go in one transaction, each task's memories with it;
+    fenced out, none of them lands (nor any memory)."""
+    from checkpoints.base import NewCheckpoint, Owner, PendingWrite
+    from checkpoints.store_types import StoreWrite
+
+    async with backend.open() as opened:
+        saver = opened.in_caller_thread() if api == "sync" else opened
+        owner = Owner.new()
+        await saver.acquire("t", owner)
+        head = await saver.put("t", owner, NewCheckpoint(None, 0, "input", "running", "[]",
+                                                         snapshot='{"n": 0}'))
+        store = saver.open_store()
+        assert saver.commits_memory_of(store)
+        writes = [(PendingWrite(head, f"n{i}", i, f'{{"n": {i}}}'),
+                   [StoreWrite(("mem",), f"k{i}", f'{{"i": {i}}}')] if i % 2 else [])
+                  for i in range(5)]
+        await saver.put_pendings("t", owner, writes)
+        assert sorted(backend.query("SELECT node, idx, writes FROM pending_writes")) == [
+            (f"n{i}", i, f'{{"n": {i}}}') for i in range(5)]
+        assert [(i.key, i.value) for i in sorted(store.search(("mem",)), key=lambda i: i.key)
+                ] == [("k1", {"i": 1}), ("k3", {"i": 3})]
+
+        await asyncio.to_thread(backend.change, "UPDATE threads SET owner = 'someone-else' "
+                                                "WHERE thread_id = 't'")
+        late = [(PendingWrite(head, f"late{i}", 10 + i, "{}"),
+                 [StoreWrite(("mem",), f"late{i}", "{}")]) for i in range(3)]
+        with pytest.raises(ThreadBusyError, match="taken over"):
+            await saver.put_pendings("t", owner, late)
+        assert backend.query("SELECT count(*) FROM pending_writes") == [(5,)]
+        assert sorted(i.key for i in store.search(("mem",))) == ["k1", "k3"]
+        store.close()
+
+
 def test_a_failed_run_resumes_from_a_reopened_store(backend):
     ran: list[str] = []
     with backend.open() as saver, pytest.raises(RuntimeError):
