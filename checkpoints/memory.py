@@ -169,6 +169,15 @@ class MemoryCheckpointer(MemoryCache, Checkpointer):
             self._fenced(thread_id, owner)
             self._pending.setdefault(write.checkpoint_id, []).append(write)
 
+    async def put_pendings(self, thread_id: str, owner: Owner,
+                           writes: Sequence[tuple[PendingWrite, Sequence[StoreWrite]]]) -> None:
+        assert not any(memory for _, memory in writes), \
+            "a MemoryCheckpointer commits no store's writes"
+        with self._lock:  # all or none
+            self._fenced(thread_id, owner)
+            for write, _ in writes:
+                self._pending.setdefault(write.checkpoint_id, []).append(write)
+
     async def mark(self, thread_id: str, owner: Owner, checkpoint_id: str, *, status: str,
                    error: str | None = None, snapshot: str | None = None,
                    extra: str | None = None) -> None:

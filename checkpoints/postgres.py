@@ -339,6 +339,8 @@ class PostgresCheckpointer(SQLCheckpointer):
             except psycopg.errors.InsufficientResources as exc:
                 raise self._unavailable(exc) from exc
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if not connection_lost(exc):
+                    raise self._refused(exc) from exc
                 self._retry_or_raise(exc, delay, deadline)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -370,6 +372,15 @@ class PostgresCheckpointer(SQLCheckpointer):
             f"PostgreSQL at {self.where} could not do it: {exc}. Every committed step is "
             "kept; free the server's resources, then resume the thread.")
 
+    def _refused(self, exc: Exception) -> CheckpointError:
+        """What the server refused for a reason of its own, not a lost connection (a value
+        past a limit, a statement cancelled): said as it is, never retried as if the
+        connection had dropped."""
+        reason = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else
+                       type(exc).__name__, self.dsn)
+        return CheckpointError(f"PostgreSQL at {self.where} refused it: {reason} "
+                               f"(SQLSTATE {getattr(exc, 'sqlstate', None)}).")
+
     def _retry_or_raise(self, exc: Exception, delay: float, deadline: float) -> None:
         """After a lost connection: return to try again after `delay`, or raise if closed or
         out of time."""
@@ -395,6 +406,8 @@ class PostgresCheckpointer(SQLCheckpointer):
             except psycopg.errors.InsufficientResources as exc:  # disk full, out of memory
                 raise self._unavailable(exc) from exc
             except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+                if not connection_lost(exc):
+                    raise self._refused(exc) from exc
                 self._retry_or_raise(exc, delay, deadline)
                 # the other idle connections likely broke too (a restart drops them all):
                 # test them now, so the retry gets a live one or a new one
@@ -534,6 +547,20 @@ def _migrate(saver: PostgresCheckpointer, conn: psycopg.Connection) -> None:
             conn.execute(_MIGRATIONS[version].encode())
             conn.execute("UPDATE schema_version SET version = %s", (version + 1,))
 
+
+
+_LOST = ("57P01", "57P02", "57P03")
+"""SQLSTATEs of a server going away: an administrator's or a crash's shutdown, not yet up."""
+
+
+def connection_lost(exc: Exception) -> bool:
+    """Whether `exc` says the connection was lost (retried on a new one), not that the server
+    refused what was asked: psycopg raises OperationalError for both (a value past a limit,
+    SQLSTATE 54000, is one)."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return True  # InterfaceError, PoolTimeout: no connection to use
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _LOST
 
 
 def _in_transaction(work: Callable[[Connection], T]) -> Callable[[psycopg.Connection], T]:

@@ -153,41 +153,66 @@ class SQLCheckpointer(Checkpointer):
 
     async def put_pendings(self, thread_id: str, owner: Owner,
                            writes: Sequence[tuple[PendingWrite, Sequence[StoreWrite]]]) -> None:
-        if len(writes) == 1:
-            write, memory = writes[0]
-            await self.put_pending(thread_id, owner, write, memory=memory)
-            return
-        if not writes:
+        """All the writes, with their memory, in one transaction. Run again after its commit
+        was lost (PostgreSQL retries on a new connection), it finds them all stored and adds
+        nothing, memory included."""
+        if len(writes) <= 1:
+            for write, memory in writes:
+                await self.put_pending(thread_id, owner, write, memory=memory)
             return
         doing = (f"save the updates of nodes {', '.join(repr(w.node) for w, _ in writes)} "
                  f"of thread {thread_id!r}")
         rows = [{"checkpoint": int(w.checkpoint_id), "node": w.node, "idx": w.index,
                  "writes": w.writes, "meta": w.meta, "thread": thread_id, "owner": owner.token}
                 for w, _ in writes]
-        memory = [m for _, ms in writes for m in ms]
-        store_sql, sql = self._store_sql, self._sql
+        sql = self._sql
 
         def work(conn: Connection) -> None:
             cursor = conn.cursor()
             cursor.executemany(sql.put_pendings, rows)  # one round trip (psycopg: a pipeline)
-            if cursor.rowcount != len(rows) and not conn.execute(
-                    sql.fence, {"thread": thread_id, "owner": owner.token}).fetchall():
-                # fenced out; still the owner, the rows not written had landed before (a
-                # transaction that committed as the connection dropped, run again)
-                raise busy_error(thread_id, lost=True)
-            if memory:
-                now = time.time()
-                store_sql.apply(conn, memory, now)
-                if now - self._store_swept_at >= SWEEP_SECONDS:
-                    self._store_swept_at = now
-                    store_sql.sweep(conn, now)
+            if cursor.rowcount == len(rows):
+                self._apply_memory(conn, [m for _, ms in writes for m in ms])
+                return
+            if not conn.execute(sql.fence, {"thread": thread_id, "owner": owner.token}
+                                ).fetchall():
+                raise busy_error(thread_id, lost=True)  # fenced out: none of it lands
+            if cursor.rowcount:  # some were there already: which ones, row by row
+                raise _SomeStored
+            # none written, still the owner: this transaction committed before (its
+            # acknowledgement lost), memory and all
 
-        if self._in_caller_thread:
-            self._transaction_here(doing, work, writes_first=True)
-            return
+        def one_by_one(conn: Connection) -> None:
+            for params, (_, memory) in zip(rows, writes, strict=True):
+                cursor = conn.execute(sql.put_pending, params)
+                written = bool(cursor.fetchall()) if sql.dialect.returns else \
+                    cursor.rowcount == 1
+                if written:
+                    self._apply_memory(conn, memory)
+                elif not conn.execute(sql.fence, params).fetchall():
+                    raise busy_error(thread_id, lost=True)
+
         texts = [w.writes for w, _ in writes] + [w.meta for w, _ in writes]
-        await self._transaction(doing, work, small=_small_memory(texts, memory),
-                                writes_first=True)
+        small = _small_memory(texts, [m for _, ms in writes for m in ms])
+        try:
+            if self._in_caller_thread:
+                self._transaction_here(doing, work, writes_first=True)
+            else:
+                await self._transaction(doing, work, small=small, writes_first=True)
+        except _SomeStored:
+            if self._in_caller_thread:
+                self._transaction_here(doing, one_by_one, writes_first=True)
+            else:
+                await self._transaction(doing, one_by_one, small=small, writes_first=True)
+
+    def _apply_memory(self, conn: Connection, memory: Sequence[StoreWrite]) -> None:
+        """Store writes in the caller's transaction; expired items are swept now and then."""
+        if not memory:
+            return
+        now = time.time()
+        self._store_sql.apply(conn, memory, now)
+        if now - self._store_swept_at >= SWEEP_SECONDS:
+            self._store_swept_at = now
+            self._store_sql.sweep(conn, now)
 
     async def _together(self, doing: str, thread_id: str, sql: str, landed: str,
                         params: dict[str, Any], memory: Sequence[StoreWrite],
@@ -196,7 +221,7 @@ class SQLCheckpointer(Checkpointer):
         release, trimmed to `keep_last` if set, in one transaction: all or none. A write
         found to have landed already (the transaction ran before a dropped connection hid its
         commit) brought the rest with it: none of it is done again."""
-        store_sql, keep_last = self._store_sql, self.keep_last
+        keep_last = self.keep_last
 
         def work(conn: Connection) -> Any:
             cursor = conn.execute(sql, params)
@@ -212,11 +237,7 @@ class SQLCheckpointer(Checkpointer):
                     raise busy_error(thread_id, lost=True)
                 return rows[0][0]
             if memory:
-                now = time.time()
-                store_sql.apply(conn, memory, now)
-                if now - self._store_swept_at >= SWEEP_SECONDS:  # expired items go, at times
-                    self._store_swept_at = now
-                    store_sql.sweep(conn, now)
+                self._apply_memory(conn, memory)
             if release and keep_last is not None:
                 self._retention.trim_and_release(conn, thread_id, params["owner"], keep_last,
                                                  self._log)
@@ -495,6 +516,10 @@ class SQLCheckpointer(Checkpointer):
 SMALL_BYTES = 64 * 1024
 """The most text a write may carry and still be done on the event loop's thread (where a
 store does that): copying more into the database holds up the loop's other tasks."""
+
+
+class _SomeStored(Exception):
+    """Some writes of a group were stored already: it is done again row by row."""
 
 
 def small(params: Params) -> bool:

@@ -23,7 +23,7 @@ from checkpoints.store_types import StoreWrite
 
 from .checkpoint_extra import decode_extra
 from .constants import INPUT
-from .errors import StateMachineError, StorageUnavailableError
+from .errors import StateMachineError, StorageUnavailableError, ThreadBusyError
 from .group_commit import GroupCommit
 from .records import Task, encode_tasks
 from .snapshots import ReplayCost
@@ -152,21 +152,51 @@ class Committer:
         await self._finished.add((task, results))
 
     async def keep_finished(self, tasks: Sequence[Task], results: StepResults) -> None:
-        """Store the writes of `tasks` that finished and are not stored yet (one commit)."""
-        await self._put_pendings([(task, results) for task in tasks
-                                  if task.key in results.pending
-                                  and task.key not in results.committed])
+        """Store the writes of `tasks` that finished and are not stored yet (one commit);
+        raise the first refusal after storing all the others."""
+        outcomes = await self._put_pendings([(task, results) for task in tasks
+                                             if task.key in results.pending
+                                             and task.key not in results.committed])
+        for outcome in outcomes:
+            if outcome is not None:
+                raise outcome
 
-    async def _put_pendings(self, finished: Sequence[tuple[Task, StepResults]]) -> None:
-        """Commit finished tasks' writes as pending writes, each with its memory."""
-        if not finished:
-            return
+    async def _put_pendings(self, finished: Sequence[tuple[Task, StepResults]]
+                            ) -> list[BaseException | None]:
+        """Commit finished tasks' writes as pending writes, each with its memory: together
+        where the checkpointer can (`put_pendings`), else, or when that is refused for
+        something one write may hold (not the lease, not the storage being unavailable),
+        one by one, so one bad write keeps none of the others from being stored. Each
+        task's outcome: None (stored) or what refused it."""
+        if len(finished) > 1 and type(self.saver).put_pendings is not Checkpointer.put_pendings:
+            try:
+                await self._store_pendings(finished)
+                return [None] * len(finished)
+            except (ThreadBusyError, StorageUnavailableError):
+                raise
+            except Exception:  # each alone, below, says which write was refused
+                pass
+        outcomes: list[BaseException | None] = []
+        for item in finished:
+            try:
+                await self._store_pendings([item])
+            except (ThreadBusyError, StorageUnavailableError):
+                raise
+            except Exception as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
+
+    async def _store_pendings(self, finished: Sequence[tuple[Task, StepResults]]) -> None:
+        """One commit of finished tasks' writes; each task's memory leaves `results` only
+        once it is stored (a refused commit keeps it for the write's next try)."""
         assert self.head_id is not None
         writes: list[tuple[PendingWrite, Sequence[StoreWrite]]] = []
         after: list[StoreWrite] = []
         for task, results in finished:
             meta = results.meta.get(task.key)
-            memory = results.memory.pop(task.key, [])
+            memory = results.memory.get(task.key, [])
             together = bool(memory) and self.memory_with_commit
             writes.append((PendingWrite(self.head_id, task.node, task.index,
                                         results.encoded[task.key],
@@ -174,9 +204,14 @@ class Committer:
                            memory if together else ()))
             if memory and not together:
                 after += memory
-        await self.saver.put_pendings(self.thread_id, self.owner, writes)
+        if len(writes) == 1:
+            only, its_memory = writes[0]
+            await self.saver.put_pending(self.thread_id, self.owner, only, memory=its_memory)
+        else:
+            await self.saver.put_pendings(self.thread_id, self.owner, writes)
         for task, results in finished:
             results.committed.add(task.key)
+            results.memory.pop(task.key, None)
         if after:
             await self._memory_after(after)
 

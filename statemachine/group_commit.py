@@ -3,10 +3,10 @@ commit, not one commit each.
 
 The first task to add an item commits; tasks adding items while that commit is under way wait,
 and their items go together in the next commit, which the first task makes too, until nothing
-is left. Every task returns once its own item is committed (or raises what its commit raised),
-so nothing is reported stored before it is: a commit that waits for the disk (PostgreSQL's
-fsync, ~0.2–0.3 ms) is paid once for all the tasks of a fan-out that finish together instead
-of once per task.
+is left. Every task returns once its own item is committed, or raises what refused its own
+item, so nothing is reported stored before it is: a commit that waits for the disk
+(PostgreSQL's fsync, ~0.2–0.3 ms) is paid once for all the tasks of a fan-out that finish
+together instead of once per task.
 """
 
 from __future__ import annotations
@@ -17,49 +17,63 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+Outcomes = Sequence[BaseException | None]
+"""Per item committed: None (stored) or what refused it."""
+
 
 class GroupCommit(Generic[T]):
-    """Items committed in groups by `commit(items)` (see the module). One per run of a thread:
-    its items all belong to the step under way."""
+    """Items committed in groups by `commit(items)`, which returns each item's outcome (see
+    the module), or raises for them all. One per run of a thread: its items all belong to
+    the step under way."""
 
-    def __init__(self, commit: Callable[[Sequence[T]], Awaitable[None]]) -> None:
+    def __init__(self, commit: Callable[[Sequence[T]], Awaitable[Outcomes]]) -> None:
         self._commit = commit
-        self._items: list[T] = []
-        """Those waiting for the next commit."""
-        self._next: asyncio.Future[None] | None = None
-        """Done when the next commit is (None: no item waits)."""
+        self._waiting: list[tuple[T, asyncio.Future[None]]] = []
+        """The items for the next commit, each with what its task awaits."""
         self._committing = False
 
     async def add(self, item: T) -> None:
         """Commit `item`, with any others added meanwhile; return when it is committed."""
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-        mine = self._next
-        self._items.append(item)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, mine))
         if self._committing:  # the task committing now commits this one next
-            await asyncio.shield(mine)
+            try:
+                await asyncio.shield(mine)
+            except asyncio.CancelledError:  # its outcome comes later: read it then
+                mine.add_done_callback(_read)
+                raise
             return
         self._committing = True
-        done: asyncio.Future[None] | None = None
+        group: list[tuple[T, asyncio.Future[None]]] = []
         try:
             # tasks finishing in this moment (their wake-ups queued) join this first commit;
             # a sync checkpointer's commit blocks the loop, so none could join during it
             await asyncio.sleep(0)
-            while self._next is not None:
-                items, done = self._items, self._next
-                self._items, self._next = [], None
+            while self._waiting:
+                group, self._waiting = self._waiting, []
                 try:
-                    await self._commit(items)
+                    outcomes: Outcomes = await self._commit([i for i, _ in group])
                 except Exception as exc:
-                    done.set_exception(exc)
-                else:
-                    done.set_result(None)
+                    outcomes = [exc] * len(group)
+                for (_, future), outcome in zip(group, outcomes, strict=True):
+                    if outcome is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(outcome)
+                group = []
         except BaseException:  # cancelled: the run ends, and nobody waits for the rest
-            for future in (done, self._next):
-                if future is not None and not future.done():
-                    future.cancel()
-            self._items, self._next = [], None
+            for _, future in [*group, *self._waiting]:
+                future.cancel()
+            self._waiting = []
+            if mine.done() and not mine.cancelled():
+                mine.exception()  # this task's own outcome: read, so it is not reported
             raise
         finally:
             self._committing = False
         await mine
+
+
+def _read(future: asyncio.Future[None]) -> None:
+    """Read an outcome nobody awaits any more (asyncio reports an unread exception)."""
+    if not future.cancelled():
+        future.exception()

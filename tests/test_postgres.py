@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import operator
 import os
+import random
 import socket
+import string
 import subprocess
 import sys
 import threading
@@ -32,11 +34,13 @@ from pydantic import BaseModel
 from checkpoints import PostgresCheckpointer
 from checkpoints import postgres as pg_module
 from checkpoints.base import NewCheckpoint, Owner, PendingWrite
+from checkpoints.store_types import StoreWrite
 from statemachine import (
     END,
     START,
     CheckpointError,
     GraphMismatchError,
+    RunContext,
     StateGraph,
     ThreadBusyError,
     reducers,
@@ -445,14 +449,21 @@ def test_a_run_survives_connections_dropping_at_random_moments(dsn, schema, save
     assert_history_is_one_clean_chain(app, "t", steps)
 
 
+TAGS = (b"INSERT 0 1\x00", b"UPDATE 1\x00")
+"""Completions of writes that changed a row: acquire, put, put_pending, mark, release."""
+
+
 class LossyProxy:
     """A TCP proxy in front of the server that can lose acknowledgements: armed (`lose()`), it
     cuts the connection when a reply carrying one of `TAGS` comes back — a write's completion,
     which the server sends only once the statement has committed — so the client never hears
     of its committed write."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, tags: tuple[bytes, ...] = TAGS) -> None:
         self.target = (host, port)
+        self.tags = tags
+        self.on_lose: Callable[[], None] | None = None
+        """Called when a reply is lost (the server committed; the client has not heard)."""
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.armed = 0
@@ -482,11 +493,13 @@ class LossyProxy:
             while data := source.recv(65536):
                 if replies:
                     with self.lock:
-                        lose = self.armed > 0 and any(tag in data for tag in TAGS)
+                        lose = self.armed > 0 and any(tag in data for tag in self.tags)
                         if lose:
                             self.armed -= 1
                             self.lost.append(data)
                     if lose:  # the server committed; the client will never know
+                        if self.on_lose is not None:
+                            self.on_lose()
                         break
                 sink.sendall(data)
         except OSError:
@@ -503,10 +516,6 @@ class LossyProxy:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
-
-
-TAGS = (b"INSERT 0 1\x00", b"UPDATE 1\x00")
-"""Completions of writes that changed a row: acquire, put, put_pending, mark, release."""
 
 
 @pytest.fixture
@@ -665,6 +674,58 @@ def twice(monkeypatch):
         return results
 
     return install
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_group_whose_commit_reply_was_lost_writes_its_memories_once(dsn, schema, savers,
+                                                                       api):
+    """Tasks finishing together commit in one transaction (`put_pendings`). Its COMMIT lands,
+    the reply is lost, the transaction runs again on a new connection: it finds its rows and
+    adds nothing, its memories included (another run's write made in between stays)."""
+    info = conninfo_to_dict(dsn)
+    if str(info.get("host", "")).startswith("/"):
+        pytest.skip("the proxy speaks TCP; this server is reached over a Unix socket")
+    lossy = LossyProxy(info.get("host") or "127.0.0.1", int(info.get("port") or 5432),
+                       tags=(b"COMMIT\x00",))
+    proxied = make_conninfo(dsn, host="127.0.0.1", hostaddr="127.0.0.1", port=lossy.port)
+    base = savers(proxied, schema)
+    saver = base.in_caller_thread() if api == "sync" else base
+    store = base.open_store()
+    with connect(dsn, schema) as conn:  # every write of an item, as the server saw it
+        conn.execute("CREATE TABLE applied(key text, value text)")
+        conn.execute("CREATE FUNCTION log_apply() RETURNS trigger AS $$ BEGIN INSERT INTO "
+                     "applied VALUES (NEW.key, NEW.value::text); RETURN NEW; END $$ "
+                     "LANGUAGE plpgsql")
+        conn.execute("CREATE TRIGGER log_apply AFTER INSERT OR UPDATE ON store_items FOR EACH "
+                     "ROW EXECUTE FUNCTION log_apply()")
+
+    def another_run_writes() -> None:
+        with connect(dsn, schema) as conn:
+            conn.execute("UPDATE store_items SET value = '{\"by\": \"other\"}' "
+                         "WHERE key = 'k0'")
+
+    async def main() -> None:
+        owner = Owner.new()
+        await saver.acquire("t", owner)
+        head = await saver.put("t", owner, NewCheckpoint(None, 0, "input", "running", "[]",
+                                                         snapshot='{"n": 0}'))
+        lossy.on_lose = another_run_writes
+        lossy.lose()
+        await saver.put_pendings("t", owner, [
+            (PendingWrite(head, f"n{i}", i, f'{{"n": {i}}}'),
+             [StoreWrite(("mem",), f"k{i}", f'{{"by": "task {i}"}}')]) for i in range(3)])
+
+    try:
+        asyncio.run(main())
+    finally:
+        lossy.close()
+    assert len(lossy.lost) == 1
+    assert query(dsn, schema, "SELECT count(*) FROM pending_writes") == [(3,)]
+    assert sorted(query(dsn, schema, "SELECT key, value FROM applied")) == [
+        ("k0", '{"by": "other"}'), ("k0", '{"by": "task 0"}'), ("k1", '{"by": "task 1"}'),
+        ("k2", '{"by": "task 2"}')]
+    assert store.get(("mem",), "k0").value == {"by": "other"}
+    store.close()
 
 
 async def test_a_repeated_write_lands_once(dsn, schema, savers, twice):
@@ -869,3 +930,48 @@ def test_a_head_committed_while_our_lease_waits_is_read_not_dropped(dsn, schema,
     assert final.messages == ["u0", "reply1", "edited", "u1", "reply4"]
     cold = chat().compile(checkpointer=savers(dsn, schema))  # a reader without the cache
     assert cold.get_state("t").state.messages == final.messages
+
+
+def test_a_write_the_server_refuses_fails_its_task_alone_and_at_once(dsn, schema, savers):
+    """b, c and d finish together; d's memory has a key past PostgreSQL's index limit. The
+    server's refusal is said as it is at once (not retried as a lost connection), and b's and c's
+    updates are stored with their memories: one bad write sinks none of its neighbours."""
+    barrier = threading.Barrier(3)
+    gate = threading.Event()
+    rng = random.Random(1)  # text that does not compress below the limit
+    too_long = "".join(rng.choice(string.ascii_letters) for _ in range(20_000))
+
+    class Log(BaseModel):
+        log: Annotated[list[str], operator.add] = []
+
+    def quick(name: str):
+        def node(state: Log, ctx: RunContext) -> dict:
+            ctx.store.put(("done",), too_long if name == "d" else name, {"by": name})
+            barrier.wait(5)
+            threading.Timer(0.3, gate.set).start()
+            return {"log": [name]}
+        return node
+
+    def slow(state: Log) -> dict:
+        gate.wait(5)
+        return {"log": ["slow"]}
+
+    g = StateGraph(Log)
+    for name in "bcd":
+        g.add_node(name, quick(name))
+        g.add_edge(START, name)
+        g.add_edge(name, END)
+    g.add_node("slow", slow)
+    g.add_edge(START, "slow")
+    g.add_edge("slow", END)
+    saver = savers(dsn, schema, reconnect_seconds=30)
+    store = saver.open_store()
+    app = g.compile(checkpointer=saver, store=store)
+    started = time.monotonic()
+    with pytest.raises(CheckpointError, match=r"refused it: index row .* \(SQLSTATE 54000\)"):
+        app.invoke({}, thread_id="t")
+    assert time.monotonic() - started < 10  # not retried for reconnect_seconds
+    assert sorted(i.key for i in store.search(("done",))) == ["b", "c"]
+    assert sorted(row[0] for row in query(dsn, schema, "SELECT node FROM pending_writes")) == [
+        "b", "c", "slow"]
+    store.close()
