@@ -975,3 +975,26 @@ def test_a_write_the_server_refuses_fails_its_task_alone_and_at_once(dsn, schema
     assert sorted(row[0] for row in query(dsn, schema, "SELECT node FROM pending_writes")) == [
         "b", "c", "slow"]
     store.close()
+
+
+async def test_a_group_with_a_write_stored_before_adds_only_the_others_and_their_memories(
+        dsn, schema, savers):
+    """A group of writes of which one is stored already (its own commit landed earlier): the
+    others land with their memories, the stored one's memory is not applied again."""
+    saver = savers(dsn, schema)
+    store = saver.open_store()
+    owner = Owner.new()
+    await saver.acquire("t", owner)
+    head = await saver.put("t", owner, NewCheckpoint(None, 0, "input", "running", "[]",
+                                                     snapshot='{"n": 0}'))
+    writes = [(PendingWrite(head, f"n{i}", i, f'{{"n": {i}}}'),
+               [StoreWrite(("mem",), f"k{i}", f'{{"by": "task {i}"}}')]) for i in range(3)]
+    await saver.put_pending("t", owner, writes[0][0], memory=writes[0][1])
+    store.put(("mem",), "k0", {"by": "another run"})  # after n0 landed
+    await saver.put_pendings("t", owner, writes)
+    assert sorted(query(dsn, schema, "SELECT node FROM pending_writes")) == [
+        ("n0",), ("n1",), ("n2",)]
+    assert {i.key: i.value for i in store.search(("mem",))} == {
+        "k0": {"by": "another run"}, "k1": {"by": "task 1"}, "k2": {"by": "task 2"}}
+    await saver.release("t", owner)
+    store.close()
