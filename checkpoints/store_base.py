@@ -28,6 +28,7 @@ from .store_types import (
     Namespace,
     StoreError,
     StoreWrite,
+    check_address,
     check_filter,
     check_item_namespace,
     check_key,
@@ -80,6 +81,7 @@ class BaseStore(ABC):
         key = check_key(ns, key)
         if value is None:
             return StoreWrite(ns, key, None), {}
+        check_address(ns, key)
         text = encode_value(ns, key, value)
         lives = self.default_ttl if ttl is NOT_GIVEN else check_ttl(ttl)
         texts: dict[str, str] = {}

@@ -110,13 +110,38 @@ def check_item_namespace(namespace: object) -> Namespace:
     if type(namespace) is tuple:
         if len(_ITEM_NAMESPACES) >= 4096:
             _ITEM_NAMESPACES.clear()
-        _ITEM_NAMESPACES.add(labels)
+        _ITEM_NAMESPACES[labels] = len(encode_namespace(labels).encode())
     return labels
 
 
-_ITEM_NAMESPACES: set[Namespace] = set()
-"""Item namespaces found good (a tuple of text labels is immutable): a node writing memories
-puts under a few namespaces again and again, so each is checked once, not on every put."""
+_ITEM_NAMESPACES: dict[Namespace, int] = {}
+"""Item namespaces found good (a tuple of text labels is immutable), with their size stored:
+a node writing memories puts under a few namespaces again and again, so each is checked once,
+not on every put."""
+
+ADDRESS_BYTES = 2_000
+"""The most a put's namespace (its labels joined) and key may take together, in UTF-8 bytes:
+the same in every store, where PostgreSQL's index on them holds about 2,700 bytes a row."""
+
+
+def check_address(namespace: Namespace, key: str) -> None:
+    """That an item's namespace and key are not too long to store (`ADDRESS_BYTES`)."""
+    stored = _ITEM_NAMESPACES.get(namespace)
+    if stored is None:
+        stored = len(encode_namespace(namespace).encode())
+    if stored + 4 * len(key) <= ADDRESS_BYTES:  # at once: a character is 4 bytes at most
+        return
+    size = stored + len(key.encode())
+    if size > ADDRESS_BYTES:
+        shown = key if len(key) <= 40 else f"{key[:40]!s}…"
+        raise StoreError(f"the key {shown!r} in namespace {_cut(namespace)} is too long: with "
+                         f"its namespace it takes {size:,} bytes of UTF-8, and a store keeps "
+                         f"at most {ADDRESS_BYTES:,}.")
+
+
+def _cut(namespace: Namespace) -> str:
+    text = repr(namespace)
+    return text if len(text) <= 80 else f"{text[:80]}…"
 
 
 def check_key(namespace: Namespace, key: object) -> str:
@@ -292,6 +317,7 @@ def check_page(limit: object, offset: object) -> tuple[int, int]:
 
 
 __all__ = [
+    "ADDRESS_BYTES",
     "OPERATORS",
     "SEPARATOR",
     "Condition",
@@ -299,6 +325,7 @@ __all__ = [
     "Namespace",
     "StoreError",
     "StoreWrite",
+    "check_address",
     "check_filter",
     "check_item_namespace",
     "check_key",

@@ -933,23 +933,24 @@ def test_a_head_committed_while_our_lease_waits_is_read_not_dropped(dsn, schema,
 
 
 def test_a_write_the_server_refuses_fails_its_task_alone_and_at_once(dsn, schema, savers):
-    """b, c and d finish together; d's memory has a key past PostgreSQL's index limit. The
-    server's refusal is said as it is at once (not retried as a lost connection), and b's and c's
-    updates are stored with their memories: one bad write sinks none of its neighbours."""
+    """b, c and a node whose name is past PostgreSQL's index limit (its pending write's key)
+    finish together, each writing a memory. The server's refusal is said as it is, at once
+    (not retried as a lost connection), and b's and c's updates are stored with their
+    memories: one bad write sinks none of its neighbours."""
     barrier = threading.Barrier(3)
     gate = threading.Event()
     rng = random.Random(1)  # text that does not compress below the limit
-    too_long = "".join(rng.choice(string.ascii_letters) for _ in range(20_000))
+    long_name = "".join(rng.choice(string.ascii_letters) for _ in range(20_000))
 
     class Log(BaseModel):
         log: Annotated[list[str], operator.add] = []
 
     def quick(name: str):
         def node(state: Log, ctx: RunContext) -> dict:
-            ctx.store.put(("done",), too_long if name == "d" else name, {"by": name})
+            ctx.store.put(("done",), name[:10], {"by": name[:10]})
             barrier.wait(5)
             threading.Timer(0.3, gate.set).start()
-            return {"log": [name]}
+            return {"log": [name[:10]]}
         return node
 
     def slow(state: Log) -> dict:
@@ -957,7 +958,7 @@ def test_a_write_the_server_refuses_fails_its_task_alone_and_at_once(dsn, schema
         return {"log": ["slow"]}
 
     g = StateGraph(Log)
-    for name in "bcd":
+    for name in ("b", "c", long_name):
         g.add_node(name, quick(name))
         g.add_edge(START, name)
         g.add_edge(name, END)

@@ -10,6 +10,7 @@ import enum
 import hashlib
 import json
 import math
+import random
 import time
 from typing import Any
 
@@ -443,3 +444,24 @@ def test_a_wildcard_in_list_namespaces_is_refused_not_silently_empty(make):
     with pytest.raises(StoreError, match="wildcard is not supported"):
         store.list_namespaces(prefix=("users", "*"))
     assert store.list_namespaces(prefix=("users",)) == [("users", "u1")]
+
+
+@pytest.mark.parametrize("alphabet", ["abcdefghijklmnopqrstuvwxyz", "éàüß", "😀🚀🌍"])
+def test_a_namespace_and_key_past_the_limit_are_refused_alike_by_every_store(make, alphabet):
+    """Every store keeps a namespace and key of up to ADDRESS_BYTES UTF-8 bytes together
+    (PostgreSQL's index holds about 2,700), and refuses one byte more at the put, naming it."""
+    from checkpoints.store_types import ADDRESS_BYTES
+
+    store = make()
+    rng = random.Random(alphabet)  # text that does not compress: PostgreSQL is tested honestly
+    ns = ("users", "u1")
+    room = ADDRESS_BYTES - len("users\x1fu1")
+    width = len(alphabet[0].encode())
+    key = "".join(rng.choice(alphabet) for _ in range(room // width))
+    key += "x" * (room - len(key.encode()))  # exactly at the limit
+    store.put(ns, key, {"fits": True})
+    assert store.get(ns, key).value == {"fits": True}
+    with pytest.raises(StoreError, match=r"in namespace \('users', 'u1'\) is too long: with "
+                                         rf"its namespace it takes {ADDRESS_BYTES + 1:,} bytes"):
+        store.put(ns, key + "y", {"fits": False})
+    assert [i.key for i in store.search(ns)] == [key]  # nothing of the refused one
