@@ -339,7 +339,7 @@ class PostgresCheckpointer(SQLCheckpointer):
             except psycopg.errors.InsufficientResources as exc:
                 raise self._unavailable(exc) from exc
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                if not connection_lost(exc):
+                if not worth_retrying(exc):
                     raise self._refused(exc) from exc
                 self._retry_or_raise(exc, delay, deadline)
                 await asyncio.sleep(delay)
@@ -406,7 +406,7 @@ class PostgresCheckpointer(SQLCheckpointer):
             except psycopg.errors.InsufficientResources as exc:  # disk full, out of memory
                 raise self._unavailable(exc) from exc
             except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
-                if not connection_lost(exc):
+                if not worth_retrying(exc):
                     raise self._refused(exc) from exc
                 self._retry_or_raise(exc, delay, deadline)
                 # the other idle connections likely broke too (a restart drops them all):
@@ -549,18 +549,24 @@ def _migrate(saver: PostgresCheckpointer, conn: psycopg.Connection) -> None:
 
 
 
-_LOST = ("57P01", "57P02", "57P03")
-"""SQLSTATEs of a server going away: an administrator's or a crash's shutdown, not yet up."""
+_GONE = ("57P01", "57P02", "57P03", "57P05")
+"""SQLSTATEs of a connection the server ended: an administrator's or a crash's shutdown, a
+server not yet up, an idle session timed out."""
+
+_PASSING = ("40001", "40P01", "55P03")
+"""SQLSTATEs of a transaction that may succeed run again: a serialization failure, a deadlock
+(the server picked this one to abort), a lock not available in time."""
 
 
-def connection_lost(exc: Exception) -> bool:
-    """Whether `exc` says the connection was lost (retried on a new one), not that the server
-    refused what was asked: psycopg raises OperationalError for both (a value past a limit,
-    SQLSTATE 54000, is one)."""
+def worth_retrying(exc: Exception) -> bool:
+    """Whether `exc` says the connection was lost or the transaction lost a race, so the
+    operation (safe to repeat) is run again, not that the server refused what was asked:
+    psycopg raises OperationalError for all of them (a value past a limit, SQLSTATE 54000, a
+    statement cancelled by statement_timeout, 57014, are refusals)."""
     if not isinstance(exc, psycopg.OperationalError):
         return True  # InterfaceError, PoolTimeout: no connection to use
     state = exc.sqlstate
-    return state is None or state.startswith("08") or state in _LOST
+    return state is None or state.startswith("08") or state in _GONE or state in _PASSING
 
 
 def _in_transaction(work: Callable[[Connection], T]) -> Callable[[psycopg.Connection], T]:

@@ -164,46 +164,50 @@ class Committer:
     async def _put_pendings(self, finished: Sequence[tuple[Task, StepResults]]
                             ) -> list[BaseException | None]:
         """Commit finished tasks' writes as pending writes, each with its memory: together
-        where the checkpointer can (`put_pendings`), else, or when that is refused for
-        something one write may hold (not the lease, not the storage being unavailable),
-        one by one, so one bad write keeps none of the others from being stored. Each
-        task's outcome: None (stored) or what refused it."""
+        where the checkpointer can (`put_pendings`), else, or when the checkpointer refuses
+        that for something one write may hold (not the lease, not the storage being
+        unavailable), one by one, so one bad write keeps none of the others from being
+        stored. Each task's outcome: None (stored) or what refused it."""
+        outcomes: list[BaseException | None] | None = None
         if len(finished) > 1 and type(self.saver).put_pendings is not Checkpointer.put_pendings:
             try:
                 await self._store_pendings(finished)
-                return [None] * len(finished)
+                outcomes = [None] * len(finished)
             except (ThreadBusyError, StorageUnavailableError):
                 raise
             except Exception:  # each alone, below, says which write was refused
-                pass
-        outcomes: list[BaseException | None] = []
-        for item in finished:
-            try:
-                await self._store_pendings([item])
-            except (ThreadBusyError, StorageUnavailableError):
-                raise
-            except Exception as exc:
-                outcomes.append(exc)
-            else:
-                outcomes.append(None)
+                outcomes = None
+        if outcomes is None:
+            outcomes = []
+            for item in finished:
+                try:
+                    await self._store_pendings([item])
+                except (ThreadBusyError, StorageUnavailableError):
+                    raise
+                except Exception as exc:
+                    outcomes.append(exc)
+                else:
+                    outcomes.append(None)
+        if not self.memory_with_commit:  # a store beside the checkpointer: after its write
+            for at, (task, results) in enumerate(finished):
+                memory = results.memory.pop(task.key, None) if outcomes[at] is None else None
+                if memory:
+                    try:
+                        await self._memory_after(memory)
+                    except Exception as exc:
+                        outcomes[at] = exc
         return outcomes
 
     async def _store_pendings(self, finished: Sequence[tuple[Task, StepResults]]) -> None:
-        """One commit of finished tasks' writes; each task's memory leaves `results` only
-        once it is stored (a refused commit keeps it for the write's next try)."""
+        """One commit of finished tasks' writes (with their memory, when it commits with
+        them); a task's memory leaves `results` only once stored."""
         assert self.head_id is not None
-        writes: list[tuple[PendingWrite, Sequence[StoreWrite]]] = []
-        after: list[StoreWrite] = []
-        for task, results in finished:
-            meta = results.meta.get(task.key)
-            memory = results.memory.get(task.key, [])
-            together = bool(memory) and self.memory_with_commit
-            writes.append((PendingWrite(self.head_id, task.node, task.index,
-                                        results.encoded[task.key],
-                                        json.dumps(meta) if meta else None),
-                           memory if together else ()))
-            if memory and not together:
-                after += memory
+        together = self.memory_with_commit
+        writes = [(PendingWrite(self.head_id, task.node, task.index, results.encoded[task.key],
+                                json.dumps(meta) if (meta := results.meta.get(task.key))
+                                else None),
+                   results.memory.get(task.key, ()) if together else ())
+                  for task, results in finished]
         if len(writes) == 1:
             only, its_memory = writes[0]
             await self.saver.put_pending(self.thread_id, self.owner, only, memory=its_memory)
@@ -211,9 +215,8 @@ class Committer:
             await self.saver.put_pendings(self.thread_id, self.owner, writes)
         for task, results in finished:
             results.committed.add(task.key)
-            results.memory.pop(task.key, None)
-        if after:
-            await self._memory_after(after)
+            if together:
+                results.memory.pop(task.key, None)
 
     def extra_with(self, **changes: Any) -> str | None:
         """The head's extra data with `changes` (fields of `CheckpointExtra`), encoded: a mark

@@ -999,3 +999,69 @@ async def test_a_group_with_a_write_stored_before_adds_only_the_others_and_their
         "k0": {"by": "another run"}, "k1": {"by": "task 1"}, "k2": {"by": "task 2"}}
     await saver.release("t", owner)
     store.close()
+
+
+def _operational_errors() -> list[type]:
+    import inspect
+
+    return sorted((c for _, c in inspect.getmembers(psycopg.errors, inspect.isclass)
+                   if issubclass(c, psycopg.OperationalError)), key=lambda c: c.__name__)
+
+
+@pytest.mark.parametrize("error", _operational_errors(), ids=lambda c: c.__name__)
+def test_what_is_retried_is_a_lost_connection_or_a_lost_race_never_a_refusal(error):
+    """psycopg raises OperationalError both for a dropped connection and for what the server
+    refuses; only the first kind, and a transaction that lost a race, is run again."""
+    state = getattr(error, "sqlstate", None)
+    expected = state is None or state.startswith("08") or state in (
+        "57P01", "57P02", "57P03", "57P05", "40001", "40P01", "55P03")
+    assert pg_module.worth_retrying(error("x")) is expected, state
+    if state in ("54000", "54001", "57014", "53100"):  # a limit, a cancel, a full disk
+        assert not pg_module.worth_retrying(error("x"))
+
+
+def test_a_group_chosen_as_a_deadlocks_victim_is_run_again_and_stored(dsn, schema, savers):
+    """Another connection holds one item a group writes and then asks for another the group
+    holds: PostgreSQL aborts one of the two. The group, run again, lands whole."""
+    saver = savers(dsn, schema)
+    store = saver.open_store()
+    store.put(("mem",), "a", {"v": 0})
+    store.put(("mem",), "b", {"v": 0})
+    sync = saver.in_caller_thread()
+    owner = Owner.new()
+    other = connect(dsn, schema)
+    other.autocommit = False
+    seen: list[str] = []
+
+    def later() -> None:
+        time.sleep(0.3)  # the group waits on b by now
+        try:
+            other.execute("UPDATE store_items SET value = '{\"v\": 9}' WHERE key = 'a'")
+            other.commit()
+            seen.append("committed")
+        except psycopg.Error as exc:
+            seen.append(type(exc).__name__)
+            other.rollback()
+
+    async def main() -> None:
+        await sync.acquire("t", owner)
+        head = await sync.put("t", owner, NewCheckpoint(None, 0, "input", "running", "[]",
+                                                        snapshot="{}"))
+        other.execute("UPDATE store_items SET value = '{\"v\": 9}' WHERE key = 'b'")
+        waiter = threading.Thread(target=later)
+        waiter.start()
+        await sync.put_pendings("t", owner, [
+            (PendingWrite(head, "n0", 0, "{}"), [StoreWrite(("mem",), "a", '{"v": 1}')]),
+            (PendingWrite(head, "n1", 1, "{}"), [StoreWrite(("mem",), "b", '{"v": 1}')])])
+        waiter.join(10)
+
+    try:
+        asyncio.run(main())
+    finally:
+        other.close()
+    assert sorted(query(dsn, schema, "SELECT node FROM pending_writes")) == [("n0",), ("n1",)]
+    assert seen in (["committed"], ["DeadlockDetected"])
+    values = {i.key: i.value for i in store.search(("mem",))}
+    if seen == ["committed"]:  # the group was the victim: run again after the other's commit
+        assert values == {"a": {"v": 1}, "b": {"v": 1}}
+    store.close()

@@ -5,7 +5,9 @@ reads its own buffered writes."""
 
 from __future__ import annotations
 
+import contextlib
 import operator
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -141,6 +143,44 @@ def test_a_finished_parallel_task_keeps_its_memory_and_is_not_run_again(tmp_path
         app.resume("t")
         assert sorted(i.key for i in store.search(("done",))) == ["left", "right"]
     assert sorted(runs) == ["left", "right", "right"]
+
+
+class RefusingStore(MemoryStore):
+    """A store in this process whose writes fail (a full disk, say)."""
+
+    async def aapply(self, writes) -> None:
+        if writes:
+            raise OSError(f"store down: {len(writes)} writes not applied")
+        await super().aapply(writes)
+
+
+def test_tasks_finishing_together_whose_memories_fail_fail_their_run_and_keep_their_writes(
+        tmp_path):
+    """A MemoryStore beside a SQLite checkpointer gets a task's memories right after its
+    pending write commits; when that fails for tasks finishing together (one commit), the run
+    fails with that failure, their writes stored once and nothing reported applied."""
+    import asyncio
+
+    async def node(state: S, ctx: RunContext) -> dict:
+        if ctx.node != "slow":
+            ctx.store.put(("mem",), ctx.node, {"by": ctx.node})
+        await asyncio.sleep(0.3 if ctx.node == "slow" else 0.01)
+        return {"log": [ctx.node]}
+
+    g = StateGraph(S)
+    for name in ("a", "b", "slow"):
+        g.add_node(name, node)
+        g.add_edge(START, name)
+        g.add_edge(name, END)
+    store = RefusingStore()
+    with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
+        app = g.compile(checkpointer=saver, store=store)
+        with pytest.raises(OSError, match="store down"):
+            asyncio.run(app.ainvoke({}, thread_id="t"))
+        assert store.search(("mem",)) == []
+    with contextlib.closing(sqlite3.connect(tmp_path / "runs.db")) as conn:
+        assert sorted(conn.execute("SELECT node FROM pending_writes").fetchall()) == [
+            ("a",), ("b",), ("slow",)]
 
 
 def test_a_store_outside_the_checkpointers_database_is_refused(tmp_path):
