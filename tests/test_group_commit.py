@@ -147,3 +147,64 @@ def test_a_refusal_nobody_waits_for_any_more_is_not_reported_as_unread():
     asyncio.run(main())
     gc.collect()
     assert reported == []
+
+
+def test_a_checkpointer_without_put_pendings_gets_its_writes_one_by_one_each_kept_once():
+    """A checkpointer of one's own implementing only `put_pending` (the interface's default
+    `put_pendings` commits one by one): tasks finishing together are stored one by one, each
+    marked stored as it lands, so one refused write stores none of the others twice."""
+    import operator
+    import threading
+    import time
+    from typing import Annotated
+
+    from pydantic import BaseModel
+
+    from checkpoints import MemoryCheckpointer
+    from checkpoints.base import Checkpointer
+    from statemachine import END, START, StateGraph
+
+    class OwnCheckpointer(MemoryCheckpointer):
+        put_pendings = Checkpointer.put_pendings  # as one that never heard of it
+        refused = False
+
+        async def put_pending(self, thread_id, owner, write, *, memory=()):
+            if write.node == "c" and not self.refused:
+                self.refused = True
+                raise ConnectionError("a passing failure")
+            await super().put_pending(thread_id, owner, write, memory=memory)
+
+    class S(BaseModel):
+        log: Annotated[list[str], operator.add] = []
+
+    barrier = threading.Barrier(3)
+    runs: list[str] = []
+
+    def quick(name: str):
+        def node(state: S) -> dict:
+            runs.append(name)
+            barrier.wait(5)
+            return {"log": [name]}
+        return node
+
+    def slow(state: S) -> dict:
+        runs.append("slow")
+        time.sleep(0.3)
+        return {"log": ["slow"]}
+
+    g = StateGraph(S)
+    for name in "abc":
+        g.add_node(name, quick(name))
+        g.add_edge(START, name)
+        g.add_edge(name, END)
+    g.add_node("slow", slow)
+    g.add_edge(START, "slow")
+    g.add_edge("slow", END)
+    saver = OwnCheckpointer()
+    app = g.compile(checkpointer=saver)
+    with pytest.raises(ConnectionError, match="a passing failure"):
+        asyncio.run(app.ainvoke({}, thread_id="t"))
+    stored = [w.node for writes in saver._pending.values() for w in writes]
+    assert sorted(stored) == ["a", "b", "c", "slow"]  # each once
+    assert sorted(app.resume("t").log) == ["a", "b", "c", "slow"]
+    assert sorted(runs) == ["a", "b", "c", "slow"]  # nothing stored ran again
