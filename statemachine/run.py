@@ -358,7 +358,14 @@ class Run:
         committer = self.committer
         if committer is not None and not isinstance(exc, ThreadBusyError):
             assert self.thread_id is not None and self.saver is not None
-            await committer.keep_finished(self.tasks, self.runner.results)
+            try:
+                await committer.keep_finished(self.tasks, self.runner.results)
+            except (ThreadBusyError, StorageUnavailableError):
+                raise
+            except Exception as refused:  # a finished task's update the store refused: that
+                # task runs again on resume; the step is marked failed all the same
+                if refused is not exc:
+                    exc.add_note(f"Storing a finished task's update failed too: {refused}")
             await committer.mark_failed(exc, None if state_changed else self.state, nodes)
             if self.spec.on_failure == "compensate":
                 await self.executor.rollback(self.thread_id, owner=self.owner, saver=self.saver,

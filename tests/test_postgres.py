@@ -975,6 +975,8 @@ def test_a_write_the_server_refuses_fails_its_task_alone_and_at_once(dsn, schema
     assert sorted(i.key for i in store.search(("done",))) == ["b", "c"]
     assert sorted(row[0] for row in query(dsn, schema, "SELECT node FROM pending_writes")) == [
         "b", "c", "slow"]
+    head = app.history("t")[0]  # marked failed for people to see, with the refusal
+    assert head.status == "failed" and "SQLSTATE 54000" in (head.error or "")
     store.close()
 
 
