@@ -376,8 +376,8 @@ class PostgresCheckpointer(SQLCheckpointer):
         """What the server refused for a reason of its own, not a lost connection (a value
         past a limit, a statement cancelled): said as it is, never retried as if the
         connection had dropped."""
-        reason = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else
-                       type(exc).__name__, self.dsn)
+        text = str(exc).strip()
+        reason = scrub(text.splitlines()[0] if text else type(exc).__name__, self.dsn)
         return CheckpointError(f"PostgreSQL at {self.where} refused it: {reason} "
                                f"(SQLSTATE {getattr(exc, 'sqlstate', None)}).")
 

@@ -194,15 +194,9 @@ class SQLCheckpointer(Checkpointer):
         texts = [w.writes for w, _ in writes] + [w.meta for w, _ in writes]
         small = _small_memory(texts, [m for _, ms in writes for m in ms])
         try:
-            if self._in_caller_thread:
-                self._transaction_here(doing, work, writes_first=True)
-            else:
-                await self._transaction(doing, work, small=small, writes_first=True)
+            await self._transaction(doing, work, small=small, writes_first=True)
         except _SomeStored:
-            if self._in_caller_thread:
-                self._transaction_here(doing, one_by_one, writes_first=True)
-            else:
-                await self._transaction(doing, one_by_one, small=small, writes_first=True)
+            await self._transaction(doing, one_by_one, small=small, writes_first=True)
 
     def _apply_memory(self, conn: Connection, memory: Sequence[StoreWrite]) -> None:
         """Store writes in the caller's transaction; expired items are swept now and then."""

@@ -176,7 +176,7 @@ class Committer:
             except (ThreadBusyError, StorageUnavailableError):
                 raise
             except Exception:  # each alone, below, says which write was refused
-                outcomes = None
+                pass
         if outcomes is None:
             outcomes = []
             for item in finished:
@@ -208,11 +208,7 @@ class Committer:
                                 else None),
                    results.memory.get(task.key, ()) if together else ())
                   for task, results in finished]
-        if len(writes) == 1:
-            only, its_memory = writes[0]
-            await self.saver.put_pending(self.thread_id, self.owner, only, memory=its_memory)
-        else:
-            await self.saver.put_pendings(self.thread_id, self.owner, writes)
+        await self.saver.put_pendings(self.thread_id, self.owner, writes)
         for task, results in finished:
             results.committed.add(task.key)
             if together:

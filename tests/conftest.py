@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from checkpoints import MemoryCheckpointer, SQLiteCheckpointer
+from statemachine import END, START, StateGraph
 
 settings.register_profile(
     "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
@@ -169,3 +170,13 @@ def sqlite_store(tmp_path):
     s = Store("sqlite", tmp_path / "runs.db")
     yield s
     s.close()
+
+
+def side_by_side(schema: type, nodes: dict) -> StateGraph:
+    """A graph running `nodes` (name -> function) in one step: each from START to END."""
+    g = StateGraph(schema)
+    for name, node in nodes.items():
+        g.add_node(name, node)
+        g.add_edge(START, name)
+        g.add_edge(name, END)
+    return g

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
+from conftest import side_by_side
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -162,7 +163,6 @@ def test_a_checkpointer_without_put_pendings_gets_its_writes_one_by_one_each_kep
 
     from checkpoints import MemoryCheckpointer
     from checkpoints.base import Checkpointer
-    from statemachine import END, START, StateGraph
 
     class OwnCheckpointer(MemoryCheckpointer):
         put_pendings = Checkpointer.put_pendings  # as one that never heard of it
@@ -192,16 +192,9 @@ def test_a_checkpointer_without_put_pendings_gets_its_writes_one_by_one_each_kep
         time.sleep(0.3)
         return {"log": ["slow"]}
 
-    g = StateGraph(S)
-    for name in "abc":
-        g.add_node(name, quick(name))
-        g.add_edge(START, name)
-        g.add_edge(name, END)
-    g.add_node("slow", slow)
-    g.add_edge(START, "slow")
-    g.add_edge("slow", END)
     saver = OwnCheckpointer()
-    app = g.compile(checkpointer=saver)
+    app = side_by_side(S, {**{n: quick(n) for n in "abc"}, "slow": slow}).compile(
+        checkpointer=saver)
     with pytest.raises(ConnectionError, match="a passing failure"):
         asyncio.run(app.ainvoke({}, thread_id="t"))
     stored = [w.node for writes in saver._pending.values() for w in writes]

@@ -27,7 +27,7 @@ from typing import Annotated
 
 import psycopg
 import pytest
-from conftest import postgres_schema
+from conftest import postgres_schema, side_by_side
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import BaseModel
 
@@ -957,17 +957,10 @@ def test_a_write_the_server_refuses_fails_its_task_alone_and_at_once(dsn, schema
         gate.wait(5)
         return {"log": ["slow"]}
 
-    g = StateGraph(Log)
-    for name in ("b", "c", long_name):
-        g.add_node(name, quick(name))
-        g.add_edge(START, name)
-        g.add_edge(name, END)
-    g.add_node("slow", slow)
-    g.add_edge(START, "slow")
-    g.add_edge("slow", END)
     saver = savers(dsn, schema, reconnect_seconds=30)
     store = saver.open_store()
-    app = g.compile(checkpointer=saver, store=store)
+    app = side_by_side(Log, {**{n: quick(n) for n in ("b", "c", long_name)},
+                             "slow": slow}).compile(checkpointer=saver, store=store)
     started = time.monotonic()
     with pytest.raises(CheckpointError, match=r"refused it: index row .* \(SQLSTATE 54000\)"):
         app.invoke({}, thread_id="t")

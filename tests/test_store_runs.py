@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import pytest
+from conftest import side_by_side
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -167,14 +168,10 @@ def test_tasks_finishing_together_whose_memories_fail_fail_their_run_and_keep_th
         await asyncio.sleep(0.3 if ctx.node == "slow" else 0.01)
         return {"log": [ctx.node]}
 
-    g = StateGraph(S)
-    for name in ("a", "b", "slow"):
-        g.add_node(name, node)
-        g.add_edge(START, name)
-        g.add_edge(name, END)
     store = RefusingStore()
     with SQLiteCheckpointer(tmp_path / "runs.db") as saver:
-        app = g.compile(checkpointer=saver, store=store)
+        app = side_by_side(S, dict.fromkeys(("a", "b", "slow"), node)).compile(
+            checkpointer=saver, store=store)
         with pytest.raises(OSError, match="store down"):
             asyncio.run(app.ainvoke({}, thread_id="t"))
         assert store.search(("mem",)) == []
