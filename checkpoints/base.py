@@ -298,6 +298,34 @@ class Checkpointer(ABC):
         thread from this process's cached state its read of the head (a chat's next turn)."""
         return Lease(await self.acquire(thread_id, owner))
 
+    @property
+    def takes_with_input(self) -> bool:
+        """Whether `lease_and_put` can commit in the transaction taking the thread (a run only
+        prepares its input checkpoint ahead of the lease for a store that can)."""
+        return False
+
+    async def lease_and_put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint, *,
+                            head: HeadMark, graph: str | None) -> tuple[Lease, str | None]:
+        """Take the thread as `lease` does and, in the same transaction, commit `checkpoint`
+        (a run's input, whose parent is `head`) if the thread's head is still `head` (same id;
+        same creation time where ids may be reused, `reuses_ids`), never marked since, and,
+        when `graph` is given, the thread is bound to it. A chat's next turn, run from this
+        process's cached state, then takes the thread and stores its input in one commit.
+
+        Returns the lease and the new checkpoint's id, or None when nothing was committed
+        (the head moved, or this store cannot): the caller goes on as after `lease`. Run
+        again after its commit was lost, it finds the checkpoint it committed."""
+        return await self.lease(thread_id, owner), None
+
+    def continues(self, lease: Lease, head: HeadMark, graph: str | None) -> bool:
+        """Whether the thread, as `lease` read it when it was taken, still has `head` as its
+        head, unmarked, and is bound to `graph` (None: any): `lease_and_put`'s condition."""
+        read = lease.head
+        return read is not None and read.id is not None and read.id == head.id and \
+            read.marked_at is None and \
+            (not self.reuses_ids or read.created_at == head.created_at) and \
+            (graph is None or lease.graph == graph)
+
     @abstractmethod
     async def release(self, thread_id: str, owner: Owner) -> None:
         """Give the thread up (no-op if `owner` no longer holds it). With `keep_last` set, the

@@ -101,6 +101,28 @@ function takes a snapshot of its own, after the wait."""
 
 _TABLES = tables(POSTGRES) + HEAD_MARK_FUNCTION
 
+_TAKE_AND_PUT = POSTGRES.render(
+    "WITH taken AS (INSERT INTO threads(thread_id, owner, owner_pid, owner_host, "
+    "lease_expires) VALUES (:thread, :owner, :pid, :host, :now + :seconds) "
+    "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, "
+    "owner_pid = excluded.owner_pid, owner_host = excluded.owner_host, "
+    "lease_expires = excluded.lease_expires WHERE threads.owner IS NULL "
+    "OR threads.lease_expires < :now OR threads.owner = excluded.owner "
+    "RETURNING key, coalesce(graph, '') AS graph, head_mark(threads.key) AS head), "
+    "written AS (INSERT INTO checkpoints(thread, parent, step, kind, status, next, writes, "
+    "snapshot, extra, error, created_at, commit_key) SELECT key, :parent, :step, :kind, "
+    ":status, :next, :writes, :snapshot, :extra, :error, :now, :key FROM taken "
+    "WHERE split_part(head, ' ', 1) = :head::text AND split_part(head, ' ', 3) = '' "
+    "AND (:graph::text IS NULL OR graph = :graph::text) RETURNING id) "
+    "SELECT graph, head, coalesce((SELECT id FROM written), (SELECT c.id FROM checkpoints c "
+    "JOIN taken t ON c.thread = t.key WHERE c.commit_key = :key)) FROM taken")
+"""Taking the thread (as `_take`) and committing a run's input on it if its head is still the
+one the run started from, unmarked, and it is bound to the run's graph (`lease_and_put`).
+The INSERT reads the thread's key from the take's own rows: a sub-statement would see the
+thread as it was before the statement, its owner not yet ours. Run again after a lost
+acknowledgement, the head is the input itself, so nothing is inserted and the last lookup
+finds the input by its commit key (the statement's snapshot holds the first run's commit)."""
+
 # version -> SQL that upgrades a store from that version to the next one
 _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE threads ADD COLUMN graph TEXT",
@@ -233,6 +255,23 @@ class PostgresCheckpointer(SQLCheckpointer):
             raise busy_error(thread_id)
         self._heartbeat.hold(thread_id, owner.token)
         return Lease(str(taken[0][0]), head_of(taken[0][1])) if taken else Lease(None)
+
+    async def _take_and_put(self, thread_id: str, owner: Owner, params: dict[str, Any],
+                            head: HeadMark, graph: str | None) -> tuple[Lease, str | None]:
+        """The take and the input's INSERT in one statement (`_TAKE_AND_PUT`): one round trip
+        and one commit, where a turn used to wait for two."""
+        rows = await self._fetchall(
+            f"take thread {thread_id!r} with its input", _TAKE_AND_PUT,
+            {**params, "pid": owner.pid, "host": owner.host, "seconds": self.lease_seconds,
+             "head": head.id, "graph": graph}, write=True)
+        if not rows:
+            if not await self._take_from_dead_owner(thread_id, owner):
+                raise busy_error(thread_id)
+            self._heartbeat.hold(thread_id, owner.token)
+            return Lease(None), None
+        self._heartbeat.hold(thread_id, owner.token)
+        graph_read, mark, written = rows[0]
+        return Lease(str(graph_read), head_of(mark)), None if written is None else str(written)
 
     def _renew(self, leases: list[tuple[str, str]], claims: list[tuple[str, str]]) -> None:
         """One beat of the heartbeat: every held lease and claim in one statement each."""

@@ -23,6 +23,7 @@ from .base import (
     Checkpointer,
     CheckpointRecord,
     ClaimedJob,
+    HeadMark,
     JobInfo,
     Lease,
     NewCheckpoint,
@@ -106,6 +107,28 @@ class SQLCheckpointer(Checkpointer):
     async def _take(self, thread_id: str, owner: Owner) -> Lease:
         """Take the thread (see `Checkpointer.acquire`), reading what `lease` says."""
 
+    @property
+    def takes_with_input(self) -> bool:
+        # a subclass taking threads or committing its own way (a test's, say) is asked as
+        # it asks to be: lease, then put
+        cls = type(self)
+        return all(getattr(cls, name) is getattr(SQLCheckpointer, name)
+                   for name in ("acquire", "lease", "put", "_put", "lease_and_put"))
+
+    async def lease_and_put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint, *,
+                            head: HeadMark, graph: str | None) -> tuple[Lease, str | None]:
+        if not self.takes_with_input:
+            return await super().lease_and_put(thread_id, owner, checkpoint, head=head,
+                                               graph=graph)
+        return await self._take_and_put(thread_id, owner,
+                                        self._put_params(thread_id, owner, checkpoint),
+                                        head, graph)
+
+    @abstractmethod
+    async def _take_and_put(self, thread_id: str, owner: Owner, params: dict[str, Any],
+                            head: HeadMark, graph: str | None) -> tuple[Lease, str | None]:
+        """`lease_and_put` in one transaction: `params` are the checkpoint's, as `put`'s."""
+
     # -- writes (each one statement: atomic and fenced) ---------------------------------------
 
     async def put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint, *,
@@ -117,15 +140,8 @@ class SQLCheckpointer(Checkpointer):
 
     async def _put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint,
                    memory: Sequence[StoreWrite], release: bool) -> str:
-        cp = checkpoint
-        now = time.time()
-        doing = f"commit step {cp.step} of thread {thread_id!r}"
-        params = {
-            "parent": None if cp.parent_id is None else int(cp.parent_id), "step": cp.step,
-            "kind": cp.kind, "status": cp.status, "next": cp.next, "writes": cp.writes,
-            "snapshot": cp.snapshot, "extra": cp.extra, "error": cp.error, "now": now,
-            "created_at": now if cp.created_at is None else cp.created_at,
-            "key": self._retry_key(), "thread": thread_id, "owner": owner.token}
+        doing = f"commit step {checkpoint.step} of thread {thread_id!r}"
+        params = self._put_params(thread_id, owner, checkpoint)
         if memory or (release and (self._sql.put_releasing is None or
                                    self.keep_last is not None)):
             return str(await self._together(doing, thread_id, self._sql.put,
@@ -136,6 +152,16 @@ class SQLCheckpointer(Checkpointer):
         if not rows:
             raise busy_error(thread_id, lost=True)
         return str(rows[0][0])
+
+    def _put_params(self, thread_id: str, owner: Owner, cp: NewCheckpoint) -> dict[str, Any]:
+        """The parameters of `put`'s statements for checkpoint `cp`."""
+        now = time.time()
+        return {
+            "parent": None if cp.parent_id is None else int(cp.parent_id), "step": cp.step,
+            "kind": cp.kind, "status": cp.status, "next": cp.next, "writes": cp.writes,
+            "snapshot": cp.snapshot, "extra": cp.extra, "error": cp.error, "now": now,
+            "created_at": now if cp.created_at is None else cp.created_at,
+            "key": self._retry_key(), "thread": thread_id, "owner": owner.token}
 
     async def put_pending(self, thread_id: str, owner: Owner, write: PendingWrite, *,
                           memory: Sequence[StoreWrite] = ()) -> None:

@@ -192,21 +192,44 @@ class SQLiteCheckpointer(SQLCheckpointer):
         and then finds the holder alive, instead of taking over a live run."""
         if self._unreleased:
             await self._release_left_over()
-        now = time.time()
-        taken = await self._fetchall(
-            f"take thread {thread_id!r}",
-            "INSERT INTO threads(thread_id, owner, owner_pid, owner_host, lease_expires, "
-            "lease_seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(thread_id) "
-            "DO UPDATE SET owner = excluded.owner, owner_pid = excluded.owner_pid, "
-            "owner_host = excluded.owner_host, lease_expires = excluded.lease_expires, "
-            "lease_seconds = excluded.lease_seconds WHERE threads.owner IS NULL "
-            f"RETURNING coalesce(graph, ''), {_HEAD_MARK}",
-            (thread_id, owner.token, owner.pid, owner.host, now + self.lease_seconds,
-             self.lease_seconds, now), write=True)
+        taken = await self._fetchall(f"take thread {thread_id!r}", _TAKE,
+                                     self._take_params(thread_id, owner), write=True)
         if not taken and not await self._take_held(thread_id, owner):
             raise busy_error(thread_id)
         self._heartbeat.hold(thread_id, owner.token)
         return _lease_of(taken[0]) if taken else Lease(None)
+
+    async def _take_and_put(self, thread_id: str, owner: Owner, params: dict[str, Any],
+                            head: HeadMark, graph: str | None) -> tuple[Lease, str | None]:
+        """The take, then the input's INSERT if the head read is `head`, in one transaction
+        (one commit); a thread held by another goes the way `_take` goes."""
+        if self._unreleased:
+            await self._release_left_over()
+        take, put = self._take_params(thread_id, owner), self._sql.put
+
+        def work(conn: Connection) -> tuple[Lease, str | None] | None:
+            taken = conn.execute(_TAKE, take).fetchall()
+            if not taken:
+                return None
+            lease = _lease_of(taken[0])
+            if not self.continues(lease, head, graph):
+                return lease, None
+            cursor = conn.execute(put, params)  # fenced on the lease just taken: it lands
+            return lease, str(cursor.lastrowid)
+
+        done = await self._transaction(f"take thread {thread_id!r} with its input", work,
+                                       small=small(params), writes_first=True)
+        if done is None:
+            if not await self._take_held(thread_id, owner):
+                raise busy_error(thread_id)
+            done = Lease(None), None
+        self._heartbeat.hold(thread_id, owner.token)
+        return done
+
+    def _take_params(self, thread_id: str, owner: Owner) -> tuple[Any, ...]:
+        now = time.time()
+        return (thread_id, owner.token, owner.pid, owner.host, now + self.lease_seconds,
+                self.lease_seconds, now)
 
     async def _take_held(self, thread_id: str, owner: Owner) -> bool:
         watched: tuple[str, float | None] | None = None
@@ -451,6 +474,16 @@ _HEAD_MARK = ", ".join(
 three lookups of one index entry each, in the statement that runs anyway. SQLite runs one
 writer at a time, on a snapshot taken with the write lock, so they read the head as it is
 (PostgreSQL's statement may have waited for the row: it reads the head with `head_mark`)."""
+
+
+_TAKE = (
+    "INSERT INTO threads(thread_id, owner, owner_pid, owner_host, lease_expires, "
+    "lease_seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(thread_id) "
+    "DO UPDATE SET owner = excluded.owner, owner_pid = excluded.owner_pid, "
+    "owner_host = excluded.owner_host, lease_expires = excluded.lease_expires, "
+    "lease_seconds = excluded.lease_seconds WHERE threads.owner IS NULL "
+    f"RETURNING coalesce(graph, ''), {_HEAD_MARK}")
+"""Taking a free thread, returning its binding and its head (`_lease_of`)."""
 
 
 def _lease_of(row: Sequence[Any]) -> Lease:

@@ -77,15 +77,22 @@ class Committer:
         together = bool(memory) and self.memory_with_commit
         # memory applied after the commit is applied before the thread is given up
         release = release and (together or not memory)
-        self.head_id = await self.saver.put(  # `release` only when asked: a checkpointer
-            self.thread_id, self.owner, checkpoint,  # of a user's own may predate it
-            memory=memory if together else (), **({"release": True} if release else {}))
-        self.head_created, self.head_extra = checkpoint.created_at, checkpoint.extra
-        self._last_put = checkpoint
-        self.wrote = True
+        self.committed(checkpoint, await self.saver.put(  # `release` only when asked: a
+            self.thread_id, self.owner, checkpoint,  # checkpointer of a user's own may
+            memory=memory if together else (),  # predate it
+            **({"release": True} if release else {})))
         self.released = release
         if memory and not together:
             await self._memory_after(memory)
+
+    def committed(self, checkpoint: NewCheckpoint, checkpoint_id: str) -> None:
+        """Note `checkpoint`, committed as `checkpoint_id`, as the run's head (`put` notes its
+        own; a run's input may be committed with the lease, `Checkpointer.lease_and_put`)."""
+        assert checkpoint.created_at is not None
+        self.head_id, self.head_created = checkpoint_id, checkpoint.created_at
+        self.head_extra = checkpoint.extra
+        self._last_put = checkpoint
+        self.wrote = True
 
     async def _memory_after(self, memory: Sequence[StoreWrite]) -> None:
         """Apply store writes the commit did not carry (a store in this process)."""
@@ -112,20 +119,26 @@ class Committer:
     async def put_input(self, parent_id: str | None, step: int, state: BaseModel,
                         tasks: Sequence[Task], update: tuple[dict[str, Any], str] | None,
                         extra: str | None) -> None:
-        """Start a run: its input checkpoint, with the input's `update` (validated, JSON)
-        when it continues the thread from `parent_id`. A new thread's first checkpoint is
-        where every replay starts, so it stores the state, unless `parent_id` is a parent
-        thread's checkpoint whose state this one starts from."""
+        """Commit a run's input checkpoint (`input_checkpoint`)."""
+        await self.put(self.input_checkpoint(parent_id, step, state, tasks, update, extra))
+
+    def input_checkpoint(self, parent_id: str | None, step: int, state: BaseModel,
+                         tasks: Sequence[Task], update: tuple[dict[str, Any], str] | None,
+                         extra: str | None) -> NewCheckpoint:
+        """A run's input checkpoint, with the input's `update` (validated, JSON) when it
+        continues the thread from `parent_id`. A new thread's first checkpoint is where every
+        replay starts, so it stores the state, unless `parent_id` is a parent thread's
+        checkpoint whose state this one starts from."""
         writes = None
         if update is not None:
             writes = self.schema.encode_writes([(INPUT, 0, update[1])])
         appends = update is None or self.schema.appends_only(update[0])
         snapshot = self.snapshot_if_due(len(writes or ""), appends, state) \
             if parent_id is not None else self.replay.stored(self.schema.encode_state(state))
-        await self.put(NewCheckpoint(
+        return NewCheckpoint(
             parent_id=parent_id, step=step, kind="input",
             status="running" if tasks else "done", next=encode_tasks(tasks), writes=writes,
-            snapshot=snapshot, extra=extra, created_at=time.time()))
+            snapshot=snapshot, extra=extra, created_at=time.time())
 
     async def put_step(self, step: int, ran: Sequence[Task], results: StepResults,
                        state: BaseModel, tasks: Sequence[Task], status: str,

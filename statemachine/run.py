@@ -41,7 +41,7 @@ from .graph_binding import bind, check_binding
 from .mutation import Fingerprint, mutated
 from .records import Task
 from .routing import Joins, next_tasks
-from .run_start import deliver, start_on_thread
+from .run_start import deliver, start_on_thread, take_with_input
 from .state_cache import detached
 from .task_runner import StepInput, StepResults, TaskRunner
 from .thread_errors import needs_checkpointer
@@ -135,15 +135,21 @@ class Run:
         if resume and input is not None:
             raise ThreadStateError("resume takes no input; use invoke(input, thread_id=...).")
         committer = self.committer
-        lease = await self.saver.lease(self.thread_id, self.owner)
+        started = False
+        if input is not None and checkpoint_id is None and event is None and \
+                answer is NO_RESUME and self.saver.takes_with_input:
+            lease, started = await take_with_input(self, input)
+        else:
+            lease = await self.saver.lease(self.thread_id, self.owner)
         failure: BaseException | None = None
         try:
-            identity = self.executor.identity
-            unbound = self.executor.binds_threads and \
-                await check_binding(self.saver, self.thread_id, identity, lease.graph)
-            await start_on_thread(self, input, checkpoint_id, resume, lease.head)
-            await deliver(self, event, answer)
-            await bind(self.saver, self.thread_id, self.owner, identity, unbound)
+            if not started:  # else the thread is bound to this graph: its head was ours
+                identity = self.executor.identity
+                unbound = self.executor.binds_threads and \
+                    await check_binding(self.saver, self.thread_id, identity, lease.graph)
+                await start_on_thread(self, input, checkpoint_id, resume, lease.head)
+                await deliver(self, event, answer)
+                await bind(self.saver, self.thread_id, self.owner, identity, unbound)
             async for step_event in self.steps():
                 yield step_event
             if self.executor.remember_states and committer.head_id is not None:

@@ -22,6 +22,7 @@ from checkpoints.base import (
     Chain,
     CheckpointRecord,
     HeadMark,
+    Lease,
     NewCheckpoint,
     PendingWrite,
 )
@@ -33,6 +34,7 @@ from .errors import ThreadStateError
 from .migrations import UnknownStoredFields
 from .records import Task, decode_goto, decode_tasks, unknown_due_nodes
 from .replay import stale
+from .snapshots import ReplayCost
 from .task_runner import StepResults
 from .thread_errors import not_found, rollback_stopped_message, unfinished_message
 from .waiting import INTERRUPT_EVENT
@@ -100,6 +102,41 @@ async def start_on_thread(run: Run, input: Any, checkpoint_id: str | None, resum
     run.runner.results.answers = {k: list(v) for k, v in extra.answers.items()}
     run.head_status, run.head_extra = head.status, extra
     run.head_record, run.head_pending = head, chain.pending.get(head.id, [])
+
+
+async def take_with_input(run: Run, input: Any) -> tuple[Lease, bool]:
+    """Take the thread for a run of new input; when the run before it finished here and its
+    state is cached, commit the input in the same transaction (`Checkpointer.lease_and_put`):
+    the state, the routes from START and the input checkpoint are made from the cached state
+    first, and stored only if the thread's head is still that run's last checkpoint. Returns
+    the lease and whether the input is committed; if not, the run starts as after `lease`
+    (the cached state was stale: it is read from storage)."""
+    saver, committer, thread_id = run.saver, run.committer, run.thread_id
+    assert saver is not None and committer is not None and thread_id is not None
+    executor = run.executor
+    cached = executor.states.take_finished(thread_id)
+    if cached is None or cached.head is None:
+        return await saver.lease(thread_id, run.owner), False
+    head, schema = cached.head, run.spec.schema
+    update = schema.validate_update(input, node=INPUT, step=head.step, thread_id=thread_id)
+    run.state = schema.apply(cached.state, [(INPUT, update)], step=head.step,
+                             thread_id=thread_id)
+    run.step = head.step
+    run.tasks, run.joins = await run.route([Task(START)], run.state, head.step, {})
+    committer.replay = cached.cost
+    checkpoint = committer.input_checkpoint(
+        head.id, head.step, run.state, run.tasks,
+        (update, schema.encode_update(update, node=INPUT, step=head.step, thread_id=thread_id)),
+        CheckpointExtra(joins=run.joins).encode())
+    lease, written = await saver.lease_and_put(
+        thread_id, run.owner, checkpoint,
+        head=HeadMark(cached.checkpoint_id, cached.created_at, None),
+        graph=executor.identity.encode() if executor.binds_threads else None)
+    if written is None:
+        committer.replay = ReplayCost()
+        return lease, False
+    committer.committed(checkpoint, written)
+    return lease, True
 
 
 async def deliver(run: Run, event: dict[str, Any] | None, answer: Any = NO_RESUME) -> None:

@@ -94,6 +94,17 @@ class StateCache:
             # its creation time as stored: PostgreSQL stamps a checkpoint with its clock
             return entry, replace(entry.head, created_at=head.created_at)
 
+    def take_finished(self, thread_id: str) -> CachedState | None:
+        """The thread's cached state if a run here finished at it (`CachedState.head`),
+        taken as `take` does: for a run that continues the thread from it only if storage
+        still has it as the head (`Checkpointer.lease_and_put` checks)."""
+        with self._lock:
+            entry = self._entries.get(thread_id)
+            if entry is None or entry.head is None:
+                return None
+            self._remove(thread_id)
+            return entry
+
     def copy_of(self, thread_id: str, checkpoint_id: str, created_at: float
                 ) -> CachedState | None:
         """The cached state of that checkpoint as a new copy, for a reader to keep."""

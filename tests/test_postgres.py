@@ -586,6 +586,50 @@ def test_a_commit_whose_acknowledgement_was_lost_is_not_made_twice(dsn, schema, 
     assert len({h.checkpoint_id for h in history}) == len(history)
 
 
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_a_turn_whose_lease_and_input_lost_their_acknowledgement_stores_the_input_once(
+        dsn, schema, savers, mode):
+    """A chat's next turn takes the thread and stores its input in one statement (a SELECT
+    over a WITH: its reply says SELECT 1). Its reply lost after the commit, the statement runs
+    again on a new connection, finds the input it stored by its commit key, and goes on."""
+    info = conninfo_to_dict(dsn)
+    if str(info.get("host", "")).startswith("/"):
+        pytest.skip("the proxy speaks TCP; this server is reached over a Unix socket")
+    lossy = LossyProxy(info.get("host") or "127.0.0.1", int(info.get("port") or 5432),
+                       tags=(b"SELECT 1\x00",))
+    try:
+        saver = savers(make_conninfo(dsn, host="127.0.0.1", hostaddr="127.0.0.1",
+                                     port=lossy.port), schema)
+
+        class Chat(BaseModel):
+            turns: Annotated[list[str], operator.add] = []
+
+        runs: list[int] = []
+
+        def reply(state: Chat) -> dict:
+            runs.append(len(state.turns))
+            return {"turns": [f"answer {len(state.turns)}"]}
+
+        app = side_by_side(Chat, {"reply": reply}).compile(checkpointer=saver)
+
+        def turn(text: str) -> Chat:
+            if mode == "invoke":
+                return app.invoke({"turns": [text]}, thread_id="t")
+            return asyncio.run(app.ainvoke({"turns": [text]}, thread_id="t"))
+
+        turn("q0")
+        lossy.lose()
+        final = turn("q1")
+        assert len(lossy.lost) == 1 and b"SELECT 1" in lossy.lost[0]
+    finally:
+        lossy.close()
+    assert final.turns == ["q0", "answer 1", "q1", "answer 3"]
+    assert runs == [1, 3]
+    assert [h.kind for h in app.history("t")] == ["step", "input", "step", "input"]
+    assert query(dsn, schema, "SELECT count(*) FROM checkpoints") == [(4,)]
+    assert query(dsn, schema, "SELECT owner FROM threads") == [(None,)]
+
+
 @pytest.mark.skipif(bool(os.environ.get("STATEMACHINE_TEST_POSTGRES")),
                     reason="restarts the server: only the tests' own throwaway server")
 @pytest.mark.parametrize("mode", ["invoke", "ainvoke"])

@@ -83,10 +83,12 @@ def test_the_last_commit_and_the_release_are_one_sqlite_transaction(tmp_path):
     saver.close()
     writes = [s.split()[0] for s in statements if s.split()[0] in (
         "INSERT", "UPDATE", "BEGIN", "COMMIT", "DELETE")]
-    # take the lease; the input step; then the reply's step and the release, together
-    assert writes == ["INSERT", "INSERT", "BEGIN", "INSERT", "UPDATE", "COMMIT"], statements
+    # taking the lease and the input step, together (the head was the last turn's, whose
+    # state this process kept); then the reply's step and the release, together
+    assert writes == ["BEGIN", "INSERT", "INSERT", "COMMIT",
+                      "BEGIN", "INSERT", "UPDATE", "COMMIT"], statements
     # the thread's graph came back from taking the lease: no read of its own
-    assert "RETURNING coalesce(graph, '')" in statements[0]
+    assert "RETURNING coalesce(graph, '')" in statements[1]
     assert not [s for s in statements if s.startswith("SELECT") and "graph" in s], statements
     with sqlite3.connect(tmp_path / "runs.db") as conn:
         assert conn.execute("SELECT owner FROM threads").fetchall() == [(None,)]

@@ -1,0 +1,193 @@
+"""A chat's next turn takes its thread and stores its input in one commit
+(`Checkpointer.lease_and_put`), when the turn before it finished in this process and its state
+is cached: the input checkpoint is made from that state first, and stored only if the thread's
+head is still that turn's, unmarked, and bound to the graph. Anything else (another process's
+turn, an edit, a mark) leaves nothing stored by it, and the turn runs from storage as before."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import threading
+from typing import Annotated
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from checkpoints import MemoryCheckpointer
+from checkpoints.base import HeadMark, NewCheckpoint, Owner
+from statemachine import END, START, StateGraph, ThreadBusyError, ThreadStateError
+
+
+class Chat(BaseModel):
+    turns: Annotated[list[str], operator.add] = []
+
+
+def chat() -> StateGraph:
+    g = StateGraph(Chat)
+    g.add_node("reply", lambda s: {"turns": [f"answer {len(s.turns)}"]})
+    g.add_edge(START, "reply")
+    g.add_edge("reply", END)
+    return g
+
+
+def expected(questions: list[str]) -> list[str]:
+    turns: list[str] = []
+    for question in questions:
+        turns += [question, f"answer {len(turns) + 1}"]
+    return turns
+
+
+def input_checkpoint(parent: str, step: int) -> NewCheckpoint:
+    return NewCheckpoint(parent, step, "input", "running", '[["reply",0]]',
+                         writes='[["__input__",0,{"turns":["q"]}]]', created_at=1.0)
+
+
+def test_the_input_lands_in_the_transaction_that_takes_the_thread(durable_store):
+    """While the reply runs, the thread's lease and the input checkpoint are one
+    transaction's on PostgreSQL (the same xmin); SQLite's statements are traced in
+    test_release_with_commit."""
+    if durable_store.kind != "postgres":
+        pytest.skip("PostgreSQL shows which transaction wrote a row; SQLite's trace is "
+                    "test_release_with_commit's")
+    entered, go = threading.Event(), threading.Event()
+
+    def reply(state: Chat) -> dict:
+        if len(state.turns) > 3:  # the third turn
+            entered.set()
+            assert go.wait(30)
+        return {"turns": [f"answer {len(state.turns)}"]}
+
+    g = StateGraph(Chat)
+    g.add_node("reply", reply)
+    g.add_edge(START, "reply")
+    g.add_edge("reply", END)
+    app = g.compile(checkpointer=durable_store.open())
+    app.invoke({"turns": ["q0"]}, thread_id="t")
+    app.invoke({"turns": ["q1"]}, thread_id="t")
+    turn = threading.Thread(target=app.invoke, args=({"turns": ["q2"]},),
+                            kwargs={"thread_id": "t"})
+    turn.start()
+    try:
+        assert entered.wait(30)
+        [(lease_xmin,)] = durable_store.query("SELECT xmin::text FROM threads")
+        [(input_xmin, kind)] = durable_store.query(
+            "SELECT xmin::text, kind FROM checkpoints ORDER BY id DESC LIMIT 1")
+        assert kind == "input" and input_xmin == lease_xmin
+    finally:
+        go.set()
+        turn.join()
+    assert app.get_state("t").state.turns == expected(["q0", "q1", "q2"])
+
+
+@settings(max_examples=8, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(turns=st.lists(st.tuples(st.sampled_from("ab"), st.booleans()), min_size=2,
+                      max_size=7))
+def test_two_processes_taking_turns_on_a_thread_lose_and_repeat_nothing(durable_store, turns):
+    """Two apps on one store (two processes' checkpointers), each keeping the state of the
+    turns it finished, take turns in any order, sync or async: every question and answer is
+    there once, in order, and each turn made exactly one input and one reply checkpoint."""
+    thread = f"t{id(turns)}-{len(durable_store._opened)}"
+    apps = {name: chat().compile(checkpointer=durable_store.open()) for name in "ab"}
+    questions = []
+    for number, (name, use_async) in enumerate(turns):
+        question = f"q{number} by {name}"
+        questions.append(question)
+        payload = {"turns": [question]}
+        result = asyncio.run(apps[name].ainvoke(payload, thread_id=thread)) if use_async \
+            else apps[name].invoke(payload, thread_id=thread)
+        assert result.turns == expected(questions)
+    for app in apps.values():
+        assert app.get_state(thread).state.turns == expected(questions)
+    kinds = [h.kind for h in reversed(apps["a"].history(thread))]
+    assert kinds == ["input", "step"] * len(turns)
+    for saver in durable_store._opened[-2:]:
+        saver.close()
+
+
+def test_a_head_marked_since_the_turn_is_read_back_not_run_past(durable_store):
+    """A mark after a run finished (an operator setting it failed, say) changes the head in
+    place: the next turn of the process that cached it reads it back, and a failed head takes
+    no new input."""
+    saver = durable_store.open()
+    app = chat().compile(checkpointer=saver)
+    app.invoke({"turns": ["q0"]}, thread_id="t")
+    head = app.get_state("t").checkpoint_id
+    operator_owner = Owner.new()
+
+    async def mark_failed() -> None:
+        await saver.acquire("t", operator_owner)
+        await saver.mark("t", operator_owner, head, status="failed", error="set by hand")
+        await saver.release("t", operator_owner)
+
+    asyncio.run(mark_failed())
+    with pytest.raises(ThreadStateError, match="failed"):
+        app.invoke({"turns": ["q1"]}, thread_id="t")
+    assert app.history("t")[0].checkpoint_id == head  # no input stored
+    assert durable_store.query("SELECT owner FROM threads") == [(None,)]
+
+
+def test_lease_and_put_commits_only_on_the_head_it_was_given(durable_store):
+    saver = durable_store.open()
+    app = chat().compile(checkpointer=saver)
+    app.invoke({"turns": ["q0"]}, thread_id="t")
+    snapshot = app.get_state("t")
+    head = HeadMark(snapshot.checkpoint_id, snapshot.created_at, None)
+    graph = durable_store.query("SELECT graph FROM threads")[0][0]
+    me, other = Owner.new(), Owner.new()
+    assert saver.takes_with_input
+
+    async def main() -> None:
+        # another head, another graph: the thread is taken, nothing is written
+        for other_head, bound in ((HeadMark("999999", head.created_at, None), graph),
+                                  (head, "another graph")):
+            lease, written = await saver.lease_and_put("t", me, input_checkpoint(head.id, 1),
+                                                       head=other_head, graph=bound)
+            assert written is None and lease.graph == graph and lease.head is not None
+            assert lease.head.id == head.id
+            with pytest.raises(ThreadBusyError):
+                await saver.acquire("t", other)
+            await saver.release("t", me)
+        # held by a live run: refused, nothing written
+        await saver.acquire("t", other)
+        with pytest.raises(ThreadBusyError):
+            await saver.lease_and_put("t", me, input_checkpoint(head.id, 1), head=head,
+                                      graph=graph)
+        await saver.release("t", other)
+        # the head it was given: taken and written at once, and the lease holds
+        lease, written = await saver.lease_and_put("t", me, input_checkpoint(head.id, 1),
+                                                   head=head, graph=graph)
+        assert written is not None and lease.head is not None and lease.head.id == head.id
+        with pytest.raises(ThreadBusyError):
+            await saver.acquire("t", other)
+        await saver.release("t", me)
+        return written
+
+    written = asyncio.run(main())
+    assert app.history("t")[0].checkpoint_id == written
+    assert len(app.history("t")) == 3
+
+
+def test_a_store_that_cannot_takes_the_thread_and_writes_nothing():
+    saver = MemoryCheckpointer()
+    app = chat().compile(checkpointer=saver)
+    app.invoke({"turns": ["q0"]}, thread_id="t")
+    snapshot = app.get_state("t")
+    assert not saver.takes_with_input
+
+    async def main() -> None:
+        me = Owner.new()
+        _, written = await saver.lease_and_put(
+            "t", me, input_checkpoint(snapshot.checkpoint_id, 1),
+            head=HeadMark(snapshot.checkpoint_id, snapshot.created_at, None), graph=None)
+        assert written is None
+        with pytest.raises(ThreadBusyError):
+            await saver.acquire("t", Owner.new())
+        await saver.release("t", me)
+
+    asyncio.run(main())
+    assert len(app.history("t")) == 2
+    app.invoke({"turns": ["q1"]}, thread_id="t")
+    assert app.get_state("t").state.turns == expected(["q0", "q1"])
