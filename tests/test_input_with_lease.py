@@ -12,6 +12,7 @@ import threading
 from typing import Annotated
 
 import pytest
+from conftest import make_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -45,13 +46,12 @@ def input_checkpoint(parent: str, step: int) -> NewCheckpoint:
                          writes='[["__input__",0,{"turns":["q"]}]]', created_at=1.0)
 
 
-def test_the_input_lands_in_the_transaction_that_takes_the_thread(durable_store):
+def test_the_input_lands_in_the_transaction_that_takes_the_thread(request, tmp_path):
     """While the reply runs, the thread's lease and the input checkpoint are one
     transaction's on PostgreSQL (the same xmin); SQLite's statements are traced in
     test_release_with_commit."""
-    if durable_store.kind != "postgres":
-        pytest.skip("PostgreSQL shows which transaction wrote a row; SQLite's trace is "
-                    "test_release_with_commit's")
+    postgres = make_store("postgres", tmp_path, request)
+    request.addfinalizer(postgres.close)
     entered, go = threading.Event(), threading.Event()
 
     def reply(state: Chat) -> dict:
@@ -64,7 +64,7 @@ def test_the_input_lands_in_the_transaction_that_takes_the_thread(durable_store)
     g.add_node("reply", reply)
     g.add_edge(START, "reply")
     g.add_edge("reply", END)
-    app = g.compile(checkpointer=durable_store.open())
+    app = g.compile(checkpointer=postgres.open())
     app.invoke({"turns": ["q0"]}, thread_id="t")
     app.invoke({"turns": ["q1"]}, thread_id="t")
     turn = threading.Thread(target=app.invoke, args=({"turns": ["q2"]},),
@@ -72,8 +72,8 @@ def test_the_input_lands_in_the_transaction_that_takes_the_thread(durable_store)
     turn.start()
     try:
         assert entered.wait(30)
-        [(lease_xmin,)] = durable_store.query("SELECT xmin::text FROM threads")
-        [(input_xmin, kind)] = durable_store.query(
+        [(lease_xmin,)] = postgres.query("SELECT xmin::text FROM threads")
+        [(input_xmin, kind)] = postgres.query(
             "SELECT xmin::text, kind FROM checkpoints ORDER BY id DESC LIMIT 1")
         assert kind == "input" and input_xmin == lease_xmin
     finally:
