@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from typing import Any
 
 from .spec import CallableInfo
+from .thread_pool import in_thread
 
 
 async def call_user_function(info: CallableInfo, args: tuple[Any, ...], inline: bool) -> Any:
@@ -14,7 +14,7 @@ async def call_user_function(info: CallableInfo, args: tuple[Any, ...], inline: 
     if info.is_async:
         return await info.fn(*args)
     result = _call_sync(info.fn, args) if inline else \
-        await asyncio.to_thread(_call_sync, info.fn, args)
+        await in_thread(_call_sync, info.fn, args)
     if inspect.isawaitable(result):
         result = await result
     return result
