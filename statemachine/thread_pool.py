@@ -9,7 +9,10 @@ the loop, and every call finishing before the loop runs goes back with it (0.2 m
 same 50).
 
 The pool is one per process, grown as calls wait, up to `MAX_WORKERS` threads: what asyncio's
-default executor allows (`min(32, cpus + 4)`), so as many blocking nodes overlap as before.
+default executor allows (`min(32, cpus + 4)`), so as many blocking nodes overlap as before. A
+call made from one of its own threads (a sync node that calls `invoke` on a graph with
+parallel sync nodes) gets a new thread when none is free, past that size: with every worker
+waiting for such calls, none would ever run.
 Each call runs in a copy of the caller's context, as `to_thread`'s do. A call whose caller
 stopped waiting (a timeout, a cancelled run) runs to its end; its result is dropped. Workers
 are daemon threads: a sync node still running when the interpreter exits (one abandoned by
@@ -43,7 +46,10 @@ class ThreadPool:
         self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._workers = 0
-        self._idle = 0
+        self._waiting = 0
+        """Workers waiting for a call, or started to take one."""
+        self._queued = 0
+        """Calls handed in and not yet taken by a worker."""
         self._done: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
         """Finished calls not yet handed to their loop, by loop."""
 
@@ -53,22 +59,27 @@ class ThreadPool:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._lock:
-            if self._idle:
-                self._idle -= 1  # this call is that worker's
-                start = False
-            else:
-                start = self._workers < self.max_workers
-                if start:
-                    self._workers += 1
+            self._queued += 1
+            # a worker's own call (a node calling invoke) never waits for a worker: they
+            # might all be waiting for it
+            start = self._queued > self._waiting and (
+                self._workers < self.max_workers or getattr(_worker, "is_one", False))
+            if start:
+                self._workers += 1
+                self._waiting += 1  # counted from now: it will take a call at once
         self._calls.put((loop, future, contextvars.copy_context(), fn, args))
         if start:
             threading.Thread(target=self._work, name="statemachine-node", daemon=True).start()
         return future
 
     def _work(self) -> None:
+        _worker.is_one = True
         calls, lock = self._calls, self._lock
         while True:
             loop, future, context, fn, args = calls.get()
+            with lock:
+                self._waiting -= 1
+                self._queued -= 1
             try:
                 done: _Done = (future, True, context.run(fn, *args))
             except BaseException as exc:  # handed to the caller, as a future would
@@ -78,7 +89,7 @@ class ThreadPool:
                 batch = self._done.setdefault(loop, [])
                 batch.append(done)
                 wake = len(batch) == 1  # the first since the loop last took them
-                self._idle += 1
+                self._waiting += 1
             del done
             if wake:
                 try:
@@ -99,6 +110,9 @@ class ThreadPool:
             else:
                 future.set_exception(value)
 
+
+_worker = threading.local()
+"""`is_one` on the pool's own threads."""
 
 _pool = ThreadPool()
 

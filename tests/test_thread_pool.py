@@ -174,3 +174,39 @@ def test_parallel_sync_nodes_of_a_graph_still_run_side_by_side():
     started = time.perf_counter()
     app.invoke({})
     assert time.perf_counter() - started < 0.3 * width * 0.6
+
+
+def test_nodes_that_invoke_graphs_of_parallel_nodes_never_wait_for_each_other():
+    """More parallel sync nodes than the pool has threads, each invoking a graph whose own
+    parallel sync nodes need worker threads too: the inner calls get threads of their own
+    instead of waiting for the outer ones, which wait for them."""
+    from pydantic import BaseModel
+
+    class S(BaseModel):
+        pass
+
+    def side_by_side(width: int, make) -> StateGraph:
+        g = StateGraph(S)
+        for i in range(width):
+            g.add_node(f"n{i}", make(i))
+            g.add_edge(START, f"n{i}")
+            g.add_edge(f"n{i}", END)
+        return g
+
+    inner = side_by_side(3, lambda i: lambda state: (time.sleep(0.05), {})[1]).compile()
+    ran: list[int] = []
+
+    def outer_node(i: int):
+        def node(state: S) -> dict:
+            time.sleep(0.05)  # every outer node holds its worker while the others start
+            inner.invoke({})
+            ran.append(i)
+            return {}
+        return node
+
+    outer = side_by_side(MAX_WORKERS + 2, outer_node).compile()
+    done = threading.Event()
+    runner = threading.Thread(target=lambda: (outer.invoke({}), done.set()), daemon=True)
+    runner.start()
+    assert done.wait(30), "the outer nodes waited for workers held by themselves"
+    assert sorted(ran) == list(range(MAX_WORKERS + 2))
