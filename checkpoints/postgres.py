@@ -114,14 +114,13 @@ _TAKE_AND_PUT = POSTGRES.render(
     ":status, :next, :writes, :snapshot, :extra, :error, :now, :key FROM taken "
     "WHERE split_part(head, ' ', 1) = :head::text AND split_part(head, ' ', 3) = '' "
     "AND (:graph::text IS NULL OR graph = :graph::text) RETURNING id) "
-    "SELECT graph, head, coalesce((SELECT id FROM written), (SELECT c.id FROM checkpoints c "
-    "JOIN taken t ON c.thread = t.key WHERE c.commit_key = :key)) FROM taken")
+    "SELECT graph, head, (SELECT id FROM written) FROM taken")
 """Taking the thread (as `_take`) and committing a run's input on it if its head is still the
 one the run started from, unmarked, and it is bound to the run's graph (`lease_and_put`).
 The INSERT reads the thread's key from the take's own rows: a sub-statement would see the
 thread as it was before the statement, its owner not yet ours. Run again after a lost
-acknowledgement, the head is the input itself, so nothing is inserted and the last lookup
-finds the input by its commit key (the statement's snapshot holds the first run's commit)."""
+acknowledgement, the head is the input itself, so nothing is inserted; `_take_and_put` then
+finds the input by its commit key, in a statement of its own."""
 
 # version -> SQL that upgrades a store from that version to the next one
 _MIGRATIONS: dict[int, str] = {
@@ -271,7 +270,15 @@ class PostgresCheckpointer(SQLCheckpointer):
             return Lease(None), None
         self._heartbeat.hold(thread_id, owner.token)
         graph_read, mark, written = rows[0]
-        return Lease(str(graph_read), head_of(mark)), None if written is None else str(written)
+        lease = Lease(str(graph_read), head_of(mark))
+        if written is None and lease.head is not None and lease.head.id != head.id:
+            # run again after a dropped connection, the first run may have committed while
+            # this one waited for the thread's row: after the wait, only a statement of its
+            # own sees that commit (this one's snapshot was taken before it)
+            landed = await self._fetchall(f"find the input of thread {thread_id!r}",
+                                          self._sql.put_landed, params)
+            written = landed[0][0] if landed else None
+        return lease, None if written is None else str(written)
 
     def _renew(self, leases: list[tuple[str, str]], claims: list[tuple[str, str]]) -> None:
         """One beat of the heartbeat: every held lease and claim in one statement each."""

@@ -88,6 +88,9 @@ class Run:
         self.head_pending: list[PendingWrite] = []
         """That checkpoint, and the writes its step kept (carried on if the run continues
         it on a checkpoint of its own)."""
+        self.bound_graph: str | None = None
+        """The thread's graph binding as stored when this run took it (or bound it): the text
+        the next turn expects to find (`take_with_input`); None when not known."""
         self.input_base: tuple[str, ReplayCost] | None = None
         """For a subgraph's new thread whose input is its parent thread's state at a stored
         checkpoint: that checkpoint and its replay cost. The thread's first checkpoint then
@@ -150,12 +153,13 @@ class Run:
                 await start_on_thread(self, input, checkpoint_id, resume, lease.head)
                 await deliver(self, event, answer)
                 await bind(self.saver, self.thread_id, self.owner, identity, unbound)
+                self.bound_graph = identity.encode() if unbound else lease.graph or None
             async for step_event in self.steps():
                 yield step_event
             if self.executor.remember_states and committer.head_id is not None:
                 self.executor.states.put(self.thread_id, committer.head_id,
                                          committer.head_created, self.state, committer.replay,
-                                         committer.finished_head())
+                                         committer.finished_head(), self.bound_graph)
         except StorageUnavailableError as exc:
             failure = exc
             # the state is known from then on; a failed or paused head this run never got

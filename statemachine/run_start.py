@@ -107,34 +107,50 @@ async def start_on_thread(run: Run, input: Any, checkpoint_id: str | None, resum
 async def take_with_input(run: Run, input: Any) -> tuple[Lease, bool]:
     """Take the thread for a run of new input; when the run before it finished here and its
     state is cached, commit the input in the same transaction (`Checkpointer.lease_and_put`):
-    the state, the routes from START and the input checkpoint are made from the cached state
-    first, and stored only if the thread's head is still that run's last checkpoint. Returns
-    the lease and whether the input is committed; if not, the run starts as after `lease`
-    (the cached state was stale: it is read from storage)."""
+    the state and the input checkpoint are made from the cached state first, and stored only
+    if the thread's head is still that run's last checkpoint, bound to the graph text that run
+    accepted. Returns the lease and whether the input is committed; if not, the run starts as
+    after `lease` (the cached state was stale: it is read from storage).
+
+    Only for a graph whose START has fixed edges: no router, nothing of the user's but the
+    input's validation and the reducers runs before the thread is taken. Whatever fails while
+    the input is made from the cached state (which may be stale) is left to the run from
+    storage, which fails the same way if it must."""
     saver, committer, thread_id = run.saver, run.committer, run.thread_id
     assert saver is not None and committer is not None and thread_id is not None
-    executor = run.executor
-    cached = executor.states.take_finished(thread_id)
+    executor, spec = run.executor, run.spec
+    cached = None if spec.branches.get(START) else executor.states.take_finished(thread_id)
+    graph = None
+    if cached is not None and executor.binds_threads:
+        graph = cached.graph
+        if graph is None:  # which binding the last run accepted is not known
+            cached = None
     if cached is None or cached.head is None:
         return await saver.lease(thread_id, run.owner), False
-    head, schema = cached.head, run.spec.schema
-    update = schema.validate_update(input, node=INPUT, step=head.step, thread_id=thread_id)
-    run.state = schema.apply(cached.state, [(INPUT, update)], step=head.step,
+    head, schema = cached.head, spec.schema
+    try:
+        update = schema.validate_update(input, node=INPUT, step=head.step,
+                                        thread_id=thread_id)
+        state = schema.apply(cached.state, [(INPUT, update)], step=head.step,
                              thread_id=thread_id)
-    run.step = head.step
-    run.tasks, run.joins = await run.route([Task(START)], run.state, head.step, {})
-    committer.replay = cached.cost
-    checkpoint = committer.input_checkpoint(
-        head.id, head.step, run.state, run.tasks,
-        (update, schema.encode_update(update, node=INPUT, step=head.step, thread_id=thread_id)),
-        CheckpointExtra(joins=run.joins).encode())
+        tasks, joins = await run.route([Task(START)], state, head.step, {})
+        committer.replay = cached.cost
+        checkpoint = committer.input_checkpoint(
+            head.id, head.step, state, tasks,
+            (update, schema.encode_update(update, node=INPUT, step=head.step,
+                                          thread_id=thread_id)),
+            CheckpointExtra(joins=joins).encode())
+    except Exception:
+        committer.replay = ReplayCost()
+        return await saver.lease(thread_id, run.owner), False
     lease, written = await saver.lease_and_put(
         thread_id, run.owner, checkpoint,
-        head=HeadMark(cached.checkpoint_id, cached.created_at, None),
-        graph=executor.identity.encode() if executor.binds_threads else None)
+        head=HeadMark(cached.checkpoint_id, cached.created_at, None), graph=graph)
     if written is None:
         committer.replay = ReplayCost()
         return lease, False
+    run.state, run.step, run.tasks, run.joins = state, head.step, tasks, joins
+    run.bound_graph = graph
     committer.committed(checkpoint, written)
     return lease, True
 

@@ -39,6 +39,8 @@ class CachedState:
     head: CheckpointRecord | None = None
     """The checkpoint as this process committed it, when a run finished there: the next run
     on the thread that finds it still the head (`HeadMark`) need not read it back."""
+    graph: str | None = None
+    """The thread's graph binding as the run that finished there found it (None: unknown)."""
 
     @property
     def size(self) -> int:
@@ -119,10 +121,13 @@ class StateCache:
                                entry.cost.copy())
 
     def put(self, thread_id: str, checkpoint_id: str, created_at: float, state: BaseModel,
-            cost: ReplayCost, head: CheckpointRecord | None = None) -> None:
+            cost: ReplayCost, head: CheckpointRecord | None = None,
+            graph: str | None = None) -> None:
         """Remember a private copy of `state` as the thread's state at that checkpoint
-        (`head`: the checkpoint's record, as committed by a run that ended there)."""
-        entry = CachedState(checkpoint_id, created_at, detached(state), cost.copy(), head)
+        (`head`: the checkpoint's record, as committed by a run that ended there, on a
+        thread bound to `graph`)."""
+        entry = CachedState(checkpoint_id, created_at, detached(state), cost.copy(), head,
+                            graph)
         with self._lock:
             self._remove(thread_id)
             if entry.size > self.max_bytes:

@@ -191,3 +191,99 @@ def test_a_store_that_cannot_takes_the_thread_and_writes_nothing():
     assert len(app.history("t")) == 2
     app.invoke({"turns": ["q1"]}, thread_id="t")
     assert app.get_state("t").state.turns == expected(["q0", "q1"])
+
+
+def guarded(current: list[str], new: list[str]) -> list[str]:
+    """A reducer refusing anything once the chat is closed, until it is reopened."""
+    if new == ["reopen"]:
+        return []
+    if "closed" in current:
+        raise ValueError("the chat is closed")
+    return current + new
+
+
+class Guarded(BaseModel):
+    turns: Annotated[list[str], guarded] = []
+
+
+def test_a_cached_state_that_went_stale_never_fails_a_turn_the_stored_one_runs(durable_store):
+    """Process A's turn closes the chat; an operator in process B reopens it. A's next turn
+    is made from A's cached (closed) state first, which its reducer refuses: the turn runs
+    from the stored state instead, as it did before the cache was used this way."""
+    g = StateGraph(Guarded)
+    g.add_node("reply", lambda s: {"turns": ["closed" if s.turns[-1] == "bye" else "ok"]})
+    g.add_edge(START, "reply")
+    g.add_edge("reply", END)
+    a = g.compile(checkpointer=durable_store.open())
+    b = g.compile(checkpointer=durable_store.open())
+    a.invoke({"turns": ["bye"]}, thread_id="t")
+    b.update_state("t", {"turns": ["reopen"]})
+    assert a.invoke({"turns": ["hello again"]}, thread_id="t").turns == ["hello again", "ok"]
+    with pytest.raises(ValueError, match="closed"):  # and a closed chat still refuses
+        a.invoke({"turns": ["bye"]}, thread_id="t")
+        a.invoke({"turns": ["more"]}, thread_id="t")
+
+
+def test_a_router_from_start_runs_once_a_turn_and_never_for_a_thread_it_cannot_take(
+        durable_store):
+    calls: list[int] = []
+
+    def classify(state: Chat) -> str:
+        calls.append(len(state.turns))
+        return "reply"
+
+    g = StateGraph(Chat)
+    g.add_node("reply", lambda s: {"turns": [f"answer {len(s.turns)}"]})
+    g.add_conditional_edges(START, classify, ["reply"])
+    g.add_edge("reply", END)
+    saver = durable_store.open()
+    app = g.compile(checkpointer=saver)
+    for turn in range(3):
+        app.invoke({"turns": [f"q{turn}"]}, thread_id="t")
+    assert calls == [1, 3, 5]
+    holder = Owner.new()
+    asyncio.run(saver.acquire("t", holder))
+    calls.clear()
+    with pytest.raises(ThreadBusyError):
+        app.invoke({"turns": ["q3"]}, thread_id="t")
+    with pytest.raises(ThreadBusyError):  # the busy thread is said first, as before
+        app.invoke({"turns": "not a list"}, thread_id="t")
+    assert calls == []
+    asyncio.run(saver.release("t", holder))
+
+
+def test_a_thread_bound_under_another_spelling_of_the_graph_keeps_the_one_commit_turn(
+        durable_store):
+    """A new deploy declaring the same nodes in another order is the same graph (the thread
+    is not rebound) under another text: the next turns still take the thread with their
+    input, reading nothing back."""
+    def graph(order: str) -> StateGraph:
+        g = StateGraph(Chat)
+        for name in order:
+            g.add_node(name, lambda s: {"turns": [f"answer {len(s.turns)}"]})
+        g.add_edge(START, "a")
+        g.add_edge("a", "b")
+        g.add_edge("b", END)
+        return g
+
+    old = graph("ab").compile(checkpointer=durable_store.open(), name="chat")
+    old.invoke({"turns": ["q0"]}, thread_id="t")
+    saver = durable_store.open()
+    loads: list[str] = []
+    original = type(saver).load
+
+    class Counting(type(saver)):  # type: ignore[misc]
+        async def load(self, thread_id, *args, **kwargs):
+            loads.append(thread_id)
+            return await original(self, thread_id, *args, **kwargs)
+
+    saver.__class__ = Counting
+    new = graph("ba").compile(checkpointer=saver, name="chat")
+    assert old.identity.encode() != new.identity.encode()
+    new.invoke({"turns": ["q1"]}, thread_id="t")  # a new process: read from storage
+    assert loads == ["t"]
+    for turn in range(2, 5):
+        loads.clear()
+        new.invoke({"turns": [f"q{turn}"]}, thread_id="t")
+        assert loads == []
+    assert len(new.get_state("t").state.turns) == 15

@@ -630,6 +630,109 @@ def test_a_turn_whose_lease_and_input_lost_their_acknowledgement_stores_the_inpu
     assert query(dsn, schema, "SELECT owner FROM threads") == [(None,)]
 
 
+class CuttingProxy:
+    """A TCP proxy that, armed, cuts the client's side of the connection just after sending a
+    statement containing `mark`, and keeps the server's side open: the statement goes on
+    running on the server, and its reply is lost."""
+
+    def __init__(self, host: str, port: int, mark: bytes) -> None:
+        self.target, self.mark = (host, port), mark
+        self.armed = False
+        self.cut: list[socket.socket] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            threading.Thread(target=self._up, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client), daemon=True).start()
+
+    def _up(self, client: socket.socket, server: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                server.sendall(data)
+                if self.armed and self.mark in data:
+                    self.armed = False
+                    time.sleep(0.3)  # the statement is running (waiting) on the server
+                    self.cut.append(server)
+                    client.shutdown(socket.SHUT_RDWR)
+                    client.close()
+                    return
+
+    def _down(self, server: socket.socket, client: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := server.recv(65536):
+                if server not in self.cut:
+                    client.sendall(data)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_a_turn_retried_while_its_first_try_still_waits_finds_the_input_it_stored(
+        dsn, schema, savers, mode):
+    """The statement taking the thread with the turn's input waits for the thread's row (held
+    by someone else a moment); its connection drops meanwhile, so it is sent again and waits
+    behind the first try, which commits once the row is free. The retry's own snapshot,
+    taken before it waited, cannot see that commit: the input is found by its commit key in
+    a statement of its own, and the turn goes on."""
+    info = conninfo_to_dict(dsn)
+    if str(info.get("host", "")).startswith("/"):
+        pytest.skip("the proxy speaks TCP; this server is reached over a Unix socket")
+    proxy = CuttingProxy(info.get("host") or "127.0.0.1", int(info.get("port") or 5432),
+                         b"WITH taken AS")
+    try:
+        saver = savers(make_conninfo(dsn, host="127.0.0.1", hostaddr="127.0.0.1",
+                                     port=proxy.port), schema)
+
+        class Chat(BaseModel):
+            turns: Annotated[list[str], operator.add] = []
+
+        app = side_by_side(Chat, {"reply": lambda s: {"turns": [f"answer {len(s.turns)}"]}}
+                           ).compile(checkpointer=saver)
+        app.invoke({"turns": ["q0"]}, thread_id="t")
+        holder = connect(dsn, schema)
+        holder.autocommit = False
+        holder.execute("SELECT 1 FROM threads WHERE thread_id = 't' FOR UPDATE")
+        proxy.armed = True
+        outcome: dict = {}
+
+        def turn() -> None:
+            try:
+                outcome["turns"] = (
+                    app.invoke({"turns": ["q1"]}, thread_id="t") if mode == "invoke" else
+                    asyncio.run(app.ainvoke({"turns": ["q1"]}, thread_id="t"))).turns
+            except Exception as exc:
+                outcome["error"] = exc
+
+        runner = threading.Thread(target=turn)
+        runner.start()
+        waiting = 0
+        for _ in range(200):  # the cut statement and its retry both wait for the row
+            [(waiting,)] = query(
+                dsn, schema, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                "'Lock' AND query LIKE %s", "WITH taken AS%")
+            if waiting >= 2:
+                break
+            time.sleep(0.05)
+        holder.commit()
+        holder.close()
+        runner.join(60)
+    finally:
+        proxy.close()
+    assert waiting == 2
+    assert outcome == {"turns": ["q0", "answer 1", "q1", "answer 3"]}
+    assert [h.kind for h in app.history("t")] == ["step", "input", "step", "input"]
+    assert app.invoke({"turns": ["q2"]}, thread_id="t").turns[-2:] == ["q2", "answer 5"]
+
+
 @pytest.mark.skipif(bool(os.environ.get("STATEMACHINE_TEST_POSTGRES")),
                     reason="restarts the server: only the tests' own throwaway server")
 @pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
