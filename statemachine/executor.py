@@ -121,8 +121,12 @@ class Executor:
         cached state (a run continuing the thread) instead of a copy (a reader); the cost is
         None when the state came whole from the cache (nothing new to remember). None if the
         thread (or checkpoint) does not exist. `head`: the head as read when the caller
-        took the thread; if it is the checkpoint a run here finished at, nothing is read."""
+        took the thread; if it is the checkpoint a run here finished at, or says the thread
+        has none, nothing is read."""
         if head is not None and own and checkpoint_id is None:
+            if head.id is None and head.created_at is None:  # read with the lease: no
+                self.states.forget(thread_id)  # checkpoint at all (a new thread)
+                return None
             taken = self.states.take_at_head(thread_id, head)
             if taken is not None:
                 at_head, record = taken

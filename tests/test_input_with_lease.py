@@ -287,3 +287,26 @@ def test_a_thread_bound_under_another_spelling_of_the_graph_keeps_the_one_commit
         new.invoke({"turns": [f"q{turn}"]}, thread_id="t")
         assert loads == []
     assert len(new.get_state("t").state.turns) == 15
+
+
+def test_a_new_threads_first_turn_reads_nothing_back(durable_store):
+    """Taking a thread says it has no checkpoint yet: its first run starts without asking
+    storage for a head it knows is not there."""
+    saver = durable_store.open()
+    loads: list[str] = []
+    original = type(saver).load
+
+    class Counting(type(saver)):  # type: ignore[misc]
+        async def load(self, thread_id, *args, **kwargs):
+            loads.append(thread_id)
+            return await original(self, thread_id, *args, **kwargs)
+
+    saver.__class__ = Counting
+    app = chat().compile(checkpointer=saver)
+    assert app.invoke({"turns": ["q0"]}, thread_id="new").turns == ["q0", "answer 1"]
+    assert asyncio.run(app.ainvoke({"turns": ["q0"]}, thread_id="new 2")).turns == [
+        "q0", "answer 1"]
+    assert loads == []
+    durable_store.change("DELETE FROM checkpoints")  # emptied by hand: still read as new
+    assert app.invoke({"turns": ["again"]}, thread_id="new").turns == ["again", "answer 1"]
+    assert loads == []
