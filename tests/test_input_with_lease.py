@@ -7,7 +7,6 @@ turn, an edit, a mark) leaves nothing stored by it, and the turn runs from stora
 from __future__ import annotations
 
 import asyncio
-import operator
 import threading
 from typing import Annotated
 
@@ -16,22 +15,25 @@ from conftest import make_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
+from test_release_with_commit import Chat, chat
 
 from checkpoints import MemoryCheckpointer
 from checkpoints.base import HeadMark, NewCheckpoint, Owner
 from statemachine import END, START, StateGraph, ThreadBusyError, ThreadStateError
 
 
-class Chat(BaseModel):
-    turns: Annotated[list[str], operator.add] = []
+def counting_loads(saver) -> list[str]:
+    """The threads `saver` is asked to load from now on, in order."""
+    loads: list[str] = []
+    original = type(saver).load
 
+    class Counting(type(saver)):  # type: ignore[misc]
+        async def load(self, thread_id, *args, **kwargs):
+            loads.append(thread_id)
+            return await original(self, thread_id, *args, **kwargs)
 
-def chat() -> StateGraph:
-    g = StateGraph(Chat)
-    g.add_node("reply", lambda s: {"turns": [f"answer {len(s.turns)}"]})
-    g.add_edge(START, "reply")
-    g.add_edge("reply", END)
-    return g
+    saver.__class__ = Counting
+    return loads
 
 
 def expected(questions: list[str]) -> list[str]:
@@ -269,15 +271,7 @@ def test_a_thread_bound_under_another_spelling_of_the_graph_keeps_the_one_commit
     old = graph("ab").compile(checkpointer=durable_store.open(), name="chat")
     old.invoke({"turns": ["q0"]}, thread_id="t")
     saver = durable_store.open()
-    loads: list[str] = []
-    original = type(saver).load
-
-    class Counting(type(saver)):  # type: ignore[misc]
-        async def load(self, thread_id, *args, **kwargs):
-            loads.append(thread_id)
-            return await original(self, thread_id, *args, **kwargs)
-
-    saver.__class__ = Counting
+    loads = counting_loads(saver)
     new = graph("ba").compile(checkpointer=saver, name="chat")
     assert old.identity.encode() != new.identity.encode()
     new.invoke({"turns": ["q1"]}, thread_id="t")  # a new process: read from storage
@@ -293,15 +287,7 @@ def test_a_new_threads_first_turn_reads_nothing_back(durable_store):
     """Taking a thread says it has no checkpoint yet: its first run starts without asking
     storage for a head it knows is not there."""
     saver = durable_store.open()
-    loads: list[str] = []
-    original = type(saver).load
-
-    class Counting(type(saver)):  # type: ignore[misc]
-        async def load(self, thread_id, *args, **kwargs):
-            loads.append(thread_id)
-            return await original(self, thread_id, *args, **kwargs)
-
-    saver.__class__ = Counting
+    loads = counting_loads(saver)
     app = chat().compile(checkpointer=saver)
     assert app.invoke({"turns": ["q0"]}, thread_id="new").turns == ["q0", "answer 1"]
     assert asyncio.run(app.ainvoke({"turns": ["q0"]}, thread_id="new 2")).turns == [

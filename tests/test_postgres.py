@@ -453,6 +453,18 @@ TAGS = (b"INSERT 0 1\x00", b"UPDATE 1\x00")
 """Completions of writes that changed a row: acquire, put, put_pending, mark, release."""
 
 
+def relay(listener: socket.socket, target: tuple[str, int],
+          connected: Callable[[socket.socket, socket.socket], None]) -> None:
+    """Accept connections on `listener` until it closes, open one to `target` for each, and
+    hand both to `connected` (which relays between them)."""
+    while True:
+        try:
+            client, _ = listener.accept()
+        except OSError:
+            return
+        connected(client, socket.create_connection(target))
+
+
 class LossyProxy:
     """A TCP proxy in front of the server that can lose acknowledgements: armed (`lose()`), it
     cuts the connection when a reply carrying one of `TAGS` comes back — a write's completion,
@@ -477,16 +489,13 @@ class LossyProxy:
             self.armed += count
 
     def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.target)
-            with self.lock:
-                self.sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+        relay(self.listener, self.target, self._connected)
+
+    def _connected(self, client: socket.socket, server: socket.socket) -> None:
+        with self.lock:
+            self.sockets += [client, server]
+        threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
         try:
@@ -644,14 +653,11 @@ class CuttingProxy:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.target)
-            threading.Thread(target=self._up, args=(client, server), daemon=True).start()
-            threading.Thread(target=self._down, args=(server, client), daemon=True).start()
+        relay(self.listener, self.target, self._connected)
+
+    def _connected(self, client: socket.socket, server: socket.socket) -> None:
+        threading.Thread(target=self._up, args=(client, server), daemon=True).start()
+        threading.Thread(target=self._down, args=(server, client), daemon=True).start()
 
     def _up(self, client: socket.socket, server: socket.socket) -> None:
         with contextlib.suppress(OSError):
