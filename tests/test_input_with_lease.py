@@ -15,25 +15,12 @@ from conftest import make_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
+from test_linear_storage import counting_loads
 from test_release_with_commit import Chat, chat
 
 from checkpoints import MemoryCheckpointer
 from checkpoints.base import HeadMark, NewCheckpoint, Owner
 from statemachine import END, START, StateGraph, ThreadBusyError, ThreadStateError
-
-
-def counting_loads(saver) -> list[str]:
-    """The threads `saver` is asked to load from now on, in order."""
-    loads: list[str] = []
-    original = type(saver).load
-
-    class Counting(type(saver)):  # type: ignore[misc]
-        async def load(self, thread_id, *args, **kwargs):
-            loads.append(thread_id)
-            return await original(self, thread_id, *args, **kwargs)
-
-    saver.__class__ = Counting
-    return loads
 
 
 def expected(questions: list[str]) -> list[str]:
