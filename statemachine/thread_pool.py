@@ -3,20 +3,20 @@ a node with a timeout, one whose chunks are streamed live, a compensation).
 
 `asyncio.to_thread` costs ~40 µs a call here, mostly not the thread: a `concurrent.futures`
 future chained to an asyncio one, and one wake-up of the event loop per finished call. A
-50-wide fan-out of small sync nodes spent 2 ms a step on that alone. This pool hands each
-call straight to a worker and gives results back in batches: the first call to finish wakes
-the loop, and every call finishing before the loop runs goes back with it (0.2 ms for the
-same 50).
+50-wide fan-out of small sync nodes spent 2 ms a step on that alone. Here each call goes
+straight to a worker and its result comes back in a batch: the first call to finish wakes the
+loop, and every call finishing before the loop runs goes back with it.
 
-The pool is one per process, grown as calls wait, up to `MAX_WORKERS` threads: what asyncio's
-default executor allows (`min(32, cpus + 4)`), so as many blocking nodes overlap as before. A
-call made from one of its own threads (a sync node that calls `invoke` on a graph with
-parallel sync nodes) gets a new thread when none is free, past that size: with every worker
-waiting for such calls, none would ever run.
+Each event loop has workers of its own, as it has its own default executor: up to
+`MAX_WORKERS` threads (`min(32, cpus + 4)`, the default executor's size). So a loop whose
+workers are all busy (with nodes abandoned by their timeouts, say) holds up only its own
+runs, and a node that runs a graph on a loop of its own (`invoke` from inside a node, or from
+a thread the node starts) never waits for the workers of the loop that runs it. A loop's
+workers end once the loop is gone and they are idle.
+
 Each call runs in a copy of the caller's context, as `to_thread`'s do. A call whose caller
-stopped waiting (a timeout, a cancelled run) runs to its end; its result is dropped. Workers
-are daemon threads: a sync node still running when the interpreter exits (one abandoned by
-its timeout, say) is stopped with it.
+stopped waiting before it started (a timeout, a cancelled run) is never started; one already
+running runs to its end, and its result is dropped.
 """
 
 from __future__ import annotations
@@ -24,84 +24,67 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
-import queue
 import threading
+import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 MAX_WORKERS = min(32, (os.cpu_count() or 1) + 4)
 
-_Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", contextvars.Context,
-              Callable[..., Any], tuple[Any, ...]]
-_Done = tuple["asyncio.Future[Any]", bool, Any]
+
+class _Batch(list[Any]):
+    """Finished calls on their way back to one loop (weakly referable)."""
+
+    __slots__ = ("__weakref__",)
 
 
-class ThreadPool:
-    """Sync calls on worker threads, awaited on an event loop (`run`)."""
+class _LoopWorkers:
+    """One loop's worker threads, and the batch of its finished calls not yet handed back.
+    The batch is held by the callback that hands it back, not here: a loop dropped before
+    it runs that callback drops the batch with it."""
 
-    def __init__(self, max_workers: int = MAX_WORKERS) -> None:
-        self.max_workers = max_workers
-        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+    def __init__(self, max_workers: int) -> None:
+        self.executor = ThreadPoolExecutor(max_workers, thread_name_prefix="statemachine-node")
         self._lock = threading.Lock()
-        self._workers = 0
-        self._waiting = 0
-        """Workers waiting for a call, or started to take one."""
-        self._queued = 0
-        """Calls handed in and not yet taken by a worker."""
-        self._done: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
-        """Finished calls not yet handed to their loop, by loop."""
+        self._open: weakref.ref[_Batch] | None = None
 
-    def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """`fn(*args)` on a worker thread, in a copy of the current context; the future is
-        the running loop's."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
+    def run(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
+            context: contextvars.Context, fn: Callable[..., Any], args: tuple[Any, ...]
+            ) -> None:
+        """On a worker: `fn(*args)`, its outcome handed back to `loop` with those of the
+        calls finishing before the loop runs (one wake-up for all). Once handed over, only
+        the batch holds the outcome: a caller that drops it frees it, even while this
+        worker is still on its way out."""
+        if future.cancelled():  # given up before it started: never run
+            return
+        entry: list[Any] = [future, True, None]
+        try:
+            entry[2] = context.run(fn, *args)
+        except BaseException as exc:  # handed to the caller, as a future would
+            entry[1:] = [False, exc]
         with self._lock:
-            self._queued += 1
-            # a worker's own call (a node calling invoke) never waits for a worker: they
-            # might all be waiting for it
-            start = self._queued > self._waiting and (
-                self._workers < self.max_workers or getattr(_worker, "is_one", False))
-            if start:
-                self._workers += 1
-                self._waiting += 1  # counted from now: it will take a call at once
-        self._calls.put((loop, future, contextvars.copy_context(), fn, args))
-        if start:
-            threading.Thread(target=self._work, name="statemachine-node", daemon=True).start()
-        return future
-
-    def _work(self) -> None:
-        _worker.is_one = True
-        calls, lock = self._calls, self._lock
-        while True:
-            loop, future, context, fn, args = calls.get()
-            with lock:
-                self._waiting -= 1
-                self._queued -= 1
+            batch = self._open() if self._open is not None else None
+            wake = batch is None
+            if batch is None:
+                batch = _Batch()
+                self._open = weakref.ref(batch)
+            batch.append(entry)
+        del entry
+        if wake:
             try:
-                done: _Done = (future, True, context.run(fn, *args))
-            except BaseException as exc:  # handed to the caller, as a future would
-                done = (future, False, exc)
-            del fn, args, context
-            with lock:
-                batch = self._done.setdefault(loop, [])
-                batch.append(done)
-                wake = len(batch) == 1  # the first since the loop last took them
-                self._waiting += 1
-            del done
-            if wake:
-                try:
-                    loop.call_soon_threadsafe(self._hand_back, loop)
-                except RuntimeError:  # the loop closed: nobody waits for these any more
-                    with lock:
-                        self._done.pop(loop, None)
+                loop.call_soon_threadsafe(self._hand_back, batch)
+            except RuntimeError:  # the loop closed: nobody waits for these any more
+                with self._lock:
+                    self._open = None
+                batch.clear()
 
-    def _hand_back(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On `loop`: the results of its calls finished since the last hand-back."""
+    def _hand_back(self, batch: _Batch) -> None:
         with self._lock:
-            batch = self._done.pop(loop, [])
+            if self._open is not None and self._open() is batch:
+                self._open = None
         for future, ok, value in batch:
             if future.cancelled():  # its caller stopped waiting
                 continue
@@ -109,23 +92,43 @@ class ThreadPool:
                 future.set_result(value)
             else:
                 future.set_exception(value)
+        batch.clear()
 
 
-_worker = threading.local()
-"""`is_one` on the pool's own threads."""
+class ThreadPool:
+    """Sync calls on worker threads, awaited on an event loop (`run`): each loop's calls on
+    workers of its own, at most `max_workers` of them."""
+
+    def __init__(self, max_workers: int = MAX_WORKERS) -> None:
+        self.max_workers = max_workers
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWorkers] = \
+            weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """`fn(*args)` on a worker thread of the running loop, in a copy of the current
+        context; the future is the loop's."""
+        loop = asyncio.get_running_loop()
+        workers = self._loops.get(loop)
+        if workers is None:
+            with self._lock:
+                workers = self._loops.get(loop)
+                if workers is None:
+                    workers = self._loops[loop] = _LoopWorkers(self.max_workers)
+        future: asyncio.Future[T] = loop.create_future()
+        workers.executor.submit(workers.run, loop, future, contextvars.copy_context(), fn,
+                                args)
+        return future
+
+    def forget(self) -> None:
+        """Drop every loop's workers (a forked child has none of its parent's threads)."""
+        self._loops = weakref.WeakKeyDictionary()
+
 
 _pool = ThreadPool()
-
-
-def _after_fork() -> None:
-    """A forked child has none of its parent's threads: it starts a pool of its own."""
-    global _pool
-    _pool = ThreadPool()
-
-
-os.register_at_fork(after_in_child=_after_fork)
+os.register_at_fork(after_in_child=_pool.forget)
 
 
 def in_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-    """`fn(*args)` on the process's pool of worker threads (see the module)."""
+    """`fn(*args)` on a worker thread of the running loop (see the module)."""
     return _pool.run(fn, *args)

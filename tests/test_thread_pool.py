@@ -53,15 +53,35 @@ def test_blocking_calls_overlap_up_to_the_pool_size():
         with lock:
             inside[0] -= 1
 
-    async def main() -> float:
+    async def main() -> tuple[float, int]:
         started = time.perf_counter()
         await asyncio.gather(*(pool.run(block) for _ in range(8)))
-        return time.perf_counter() - started
+        threads = len(pool._loops[asyncio.get_running_loop()].executor._threads)
+        return time.perf_counter() - started, threads
 
-    took = asyncio.run(main())
+    took, threads = asyncio.run(main())
     assert peak[0] == 4
     assert 0.4 <= took < 1.2  # two rounds of four, not eight one after another
-    assert pool._workers == 4  # grown to its size, no further
+    assert threads == 4  # grown to its size, no further
+
+
+def test_a_call_given_up_before_it_started_never_runs():
+    """A call queued behind busy workers whose caller stops waiting (a timeout, a cancelled
+    run) is not started later: its side effects never happen."""
+    pool = ThreadPool(max_workers=1)
+    release = threading.Event()
+    ran: list[str] = []
+
+    async def main() -> None:
+        busy = pool.run(release.wait, 10)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pool.run(ran.append, "charged"), 0.05)
+        release.set()
+        await busy
+        assert await pool.run(lambda: "next") == "next"
+
+    asyncio.run(main())
+    assert ran == []
 
 
 def test_a_call_whose_caller_stopped_waiting_runs_to_its_end_and_is_dropped():
@@ -174,6 +194,70 @@ def test_parallel_sync_nodes_of_a_graph_still_run_side_by_side():
     started = time.perf_counter()
     app.invoke({})
     assert time.perf_counter() - started < 0.3 * width * 0.6
+
+
+def test_a_loop_whose_workers_are_stuck_holds_up_no_other_loop():
+    """Sync nodes abandoned by their timeouts keep their worker threads; a graph run on
+    another OS thread (another loop) still runs at once."""
+    from pydantic import BaseModel
+
+    class S(BaseModel):
+        pass
+
+    stuck = threading.Event()
+    g = StateGraph(S)
+    g.add_node("hangs", lambda state: (stuck.wait(30), {})[1], timeout=0.05)
+    g.add_node("other", lambda state: {})
+    g.add_edge(START, "hangs")
+    g.add_edge(START, "other")
+    g.add_edge("hangs", END)
+    g.add_edge("other", END)
+    hanging = g.compile()
+    try:
+        for _ in range(MAX_WORKERS):  # every worker of this thread's loop stuck
+            with pytest.raises(Exception, match="timeout"):
+                hanging.invoke({})
+        done = threading.Event()
+        quick = side_by_side_graph(3, lambda i: lambda state: {}).compile()
+        threading.Thread(target=lambda: (quick.invoke({}), done.set()), daemon=True).start()
+        assert done.wait(10), "a graph on another loop waited for this loop's stuck workers"
+    finally:
+        stuck.set()
+
+
+def side_by_side_graph(width: int, make) -> StateGraph:
+    from pydantic import BaseModel
+
+    class S(BaseModel):
+        pass
+
+    g = StateGraph(S)
+    for i in range(width):
+        g.add_node(f"n{i}", make(i))
+        g.add_edge(START, f"n{i}")
+        g.add_edge(f"n{i}", END)
+    return g
+
+
+def test_nodes_mapping_a_graph_over_threads_of_their_own_never_wait_for_each_other():
+    """Parallel sync nodes, each running an inner graph (of parallel sync nodes) on threads
+    it starts itself, more of them than a loop has workers: the inner runs use loops and
+    workers of their own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    inner = side_by_side_graph(2, lambda i: lambda state: (time.sleep(0.02), {})[1]).compile()
+
+    def outer_node(i: int):
+        def node(state) -> dict:
+            with ThreadPoolExecutor(2) as helpers:
+                list(helpers.map(lambda _: inner.invoke({}), range(2)))
+            return {}
+        return node
+
+    outer = side_by_side_graph(MAX_WORKERS + 1, outer_node).compile()
+    done = threading.Event()
+    threading.Thread(target=lambda: (outer.invoke({}), done.set()), daemon=True).start()
+    assert done.wait(30), "the inner runs waited for workers held by the outer nodes"
 
 
 def test_nodes_that_invoke_graphs_of_parallel_nodes_never_wait_for_each_other():
