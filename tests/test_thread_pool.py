@@ -11,11 +11,18 @@ import threading
 import time
 
 import pytest
+from conftest import side_by_side
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from statemachine import END, START, StateGraph
 from statemachine.thread_pool import MAX_WORKERS, ThreadPool, in_thread
+
+
+class Empty(BaseModel):
+    pass
+
 
 marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="unset")
 
@@ -173,23 +180,8 @@ def test_parallel_sync_nodes_of_a_graph_still_run_side_by_side():
     """Nodes that block (a model call, say) overlap: the step takes about the longest one,
     not their sum."""
     width = min(MAX_WORKERS, 5)
-
-    def make(i: int):
-        def node(state: dict) -> dict:
-            time.sleep(0.3)
-            return {}
-        return node
-
-    from pydantic import BaseModel
-
-    class S(BaseModel):
-        pass
-
-    g = StateGraph(S)
-    for i in range(width):
-        g.add_node(f"n{i}", make(i))
-        g.add_edge(START, f"n{i}")
-        g.add_edge(f"n{i}", END)
+    g = side_by_side(Empty, {f"n{i}": lambda state: (time.sleep(0.3), {})[1]
+                             for i in range(width)})
     app = g.compile()
     started = time.perf_counter()
     app.invoke({})
@@ -199,13 +191,8 @@ def test_parallel_sync_nodes_of_a_graph_still_run_side_by_side():
 def test_a_loop_whose_workers_are_stuck_holds_up_no_other_loop():
     """Sync nodes abandoned by their timeouts keep their worker threads; a graph run on
     another OS thread (another loop) still runs at once."""
-    from pydantic import BaseModel
-
-    class S(BaseModel):
-        pass
-
     stuck = threading.Event()
-    g = StateGraph(S)
+    g = StateGraph(Empty)
     g.add_node("hangs", lambda state: (stuck.wait(30), {})[1], timeout=0.05)
     g.add_node("other", lambda state: {})
     g.add_edge(START, "hangs")
@@ -218,25 +205,11 @@ def test_a_loop_whose_workers_are_stuck_holds_up_no_other_loop():
             with pytest.raises(Exception, match="timeout"):
                 hanging.invoke({})
         done = threading.Event()
-        quick = side_by_side_graph(3, lambda i: lambda state: {}).compile()
+        quick = side_by_side(Empty, {f"n{i}": lambda state: {} for i in range(3)}).compile()
         threading.Thread(target=lambda: (quick.invoke({}), done.set()), daemon=True).start()
         assert done.wait(10), "a graph on another loop waited for this loop's stuck workers"
     finally:
         stuck.set()
-
-
-def side_by_side_graph(width: int, make) -> StateGraph:
-    from pydantic import BaseModel
-
-    class S(BaseModel):
-        pass
-
-    g = StateGraph(S)
-    for i in range(width):
-        g.add_node(f"n{i}", make(i))
-        g.add_edge(START, f"n{i}")
-        g.add_edge(f"n{i}", END)
-    return g
 
 
 def test_nodes_mapping_a_graph_over_threads_of_their_own_never_wait_for_each_other():
@@ -245,7 +218,8 @@ def test_nodes_mapping_a_graph_over_threads_of_their_own_never_wait_for_each_oth
     workers of their own."""
     from concurrent.futures import ThreadPoolExecutor
 
-    inner = side_by_side_graph(2, lambda i: lambda state: (time.sleep(0.02), {})[1]).compile()
+    inner = side_by_side(Empty, {f"n{i}": lambda state: (time.sleep(0.02), {})[1]
+                                 for i in range(2)}).compile()
 
     def outer_node(i: int):
         def node(state) -> dict:
@@ -254,7 +228,8 @@ def test_nodes_mapping_a_graph_over_threads_of_their_own_never_wait_for_each_oth
             return {}
         return node
 
-    outer = side_by_side_graph(MAX_WORKERS + 1, outer_node).compile()
+    outer = side_by_side(Empty, {f"n{i}": outer_node(i) for i in range(MAX_WORKERS + 1)}
+                         ).compile()
     done = threading.Event()
     threading.Thread(target=lambda: (outer.invoke({}), done.set()), daemon=True).start()
     assert done.wait(30), "the inner runs waited for workers held by the outer nodes"
@@ -264,31 +239,20 @@ def test_nodes_that_invoke_graphs_of_parallel_nodes_never_wait_for_each_other():
     """More parallel sync nodes than the pool has threads, each invoking a graph whose own
     parallel sync nodes need worker threads too: the inner calls get threads of their own
     instead of waiting for the outer ones, which wait for them."""
-    from pydantic import BaseModel
-
-    class S(BaseModel):
-        pass
-
-    def side_by_side(width: int, make) -> StateGraph:
-        g = StateGraph(S)
-        for i in range(width):
-            g.add_node(f"n{i}", make(i))
-            g.add_edge(START, f"n{i}")
-            g.add_edge(f"n{i}", END)
-        return g
-
-    inner = side_by_side(3, lambda i: lambda state: (time.sleep(0.05), {})[1]).compile()
+    inner = side_by_side(Empty, {f"n{i}": lambda state: (time.sleep(0.05), {})[1]
+                                 for i in range(3)}).compile()
     ran: list[int] = []
 
     def outer_node(i: int):
-        def node(state: S) -> dict:
+        def node(state: Empty) -> dict:
             time.sleep(0.05)  # every outer node holds its worker while the others start
             inner.invoke({})
             ran.append(i)
             return {}
         return node
 
-    outer = side_by_side(MAX_WORKERS + 2, outer_node).compile()
+    outer = side_by_side(Empty, {f"n{i}": outer_node(i) for i in range(MAX_WORKERS + 2)}
+                         ).compile()
     done = threading.Event()
     runner = threading.Thread(target=lambda: (outer.invoke({}), done.set()), daemon=True)
     runner.start()
