@@ -61,6 +61,15 @@ class HeadMark:
     created_at: float | None
     marked_at: float | None
 
+    def is_unmarked(self, checkpoint_id: str | None, created_at: float | None, *,
+                    check_created: bool) -> bool:
+        """Whether this head is that checkpoint (same id; same creation time too with
+        `check_created`, where ids may be reused) and was never marked since: the rule by
+        which a run continues from the state it cached there."""
+        return checkpoint_id is not None and self.id == checkpoint_id and \
+            self.marked_at is None and self.created_at is not None and \
+            (not check_created or self.created_at == created_at)
+
 
 @dataclass(frozen=True, slots=True)
 class Lease:
@@ -316,15 +325,6 @@ class Checkpointer(ABC):
         (the head moved, or this store cannot): the caller goes on as after `lease`. Run
         again after its commit was lost, it finds the checkpoint it committed."""
         return await self.lease(thread_id, owner), None
-
-    def continues(self, lease: Lease, head: HeadMark, graph: str | None) -> bool:
-        """Whether the thread, as `lease` read it when it was taken, still has `head` as its
-        head, unmarked, and is bound to `graph` (None: any): `lease_and_put`'s condition."""
-        read = lease.head
-        return read is not None and read.id is not None and read.id == head.id and \
-            read.marked_at is None and \
-            (not self.reuses_ids or read.created_at == head.created_at) and \
-            (graph is None or lease.graph == graph)
 
     @abstractmethod
     async def release(self, thread_id: str, owner: Owner) -> None:

@@ -212,7 +212,9 @@ class SQLiteCheckpointer(SQLCheckpointer):
             if not taken:
                 return None
             lease = _lease_of(taken[0])
-            if not self.continues(lease, head, graph):
+            read, bound = lease.head, graph is None or lease.graph == graph
+            if read is None or not bound or not read.is_unmarked(
+                    head.id, head.created_at, check_created=self.reuses_ids):
                 return lease, None
             cursor = conn.execute(put, params)  # fenced on the lease just taken: it lands
             return lease, str(cursor.lastrowid)

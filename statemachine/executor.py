@@ -124,8 +124,8 @@ class Executor:
         took the thread; if it is the checkpoint a run here finished at, or says the thread
         has none, nothing is read."""
         if head is not None and own and checkpoint_id is None:
-            if head.id is None and head.created_at is None:  # read with the lease: no
-                self.states.forget(thread_id)  # checkpoint at all (a new thread)
+            if head.id is None:  # read with the lease: no checkpoint at all (a new
+                self.states.forget(thread_id)  # thread)
                 return None
             taken = self.states.take_at_head(thread_id, head)
             if taken is not None:

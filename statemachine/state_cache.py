@@ -88,10 +88,10 @@ class StateCache:
         read back from storage."""
         with self._lock:
             entry = self._entries.get(thread_id)
-            if entry is None or entry.head is None or head.id is None or \
-                    head.marked_at is not None or head.created_at is None or \
-                    not self._matches(entry, head.id, head.created_at):
+            if entry is None or entry.head is None or not head.is_unmarked(
+                    entry.checkpoint_id, entry.created_at, check_created=self.check_created):
                 return None
+            assert head.created_at is not None
             self._remove(thread_id)
             # its creation time as stored: PostgreSQL stamps a checkpoint with its clock
             return entry, replace(entry.head, created_at=head.created_at)
