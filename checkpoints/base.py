@@ -70,6 +70,13 @@ class HeadMark:
             self.marked_at is None and self.created_at is not None and \
             (not check_created or self.created_at == created_at)
 
+    def is_as_expected(self, expected: HeadMark, *, check_created: bool) -> bool:
+        """Whether this head, as read, is the one `expected` names: no checkpoint at all when
+        `expected.id` is None (a new thread), else that checkpoint, unmarked (`is_unmarked`)."""
+        if expected.id is None:
+            return self.id is None
+        return self.is_unmarked(expected.id, expected.created_at, check_created=check_created)
+
 
 @dataclass(frozen=True, slots=True)
 class Lease:
@@ -320,6 +327,8 @@ class Checkpointer(ABC):
         same creation time where ids may be reused, `reuses_ids`), never marked since, and,
         when `graph` is given, the thread is bound to it. A chat's next turn, run from this
         process's cached state, then takes the thread and stores its input in one commit.
+        `head.id` None asks for a thread with no checkpoint at all (a new thread's first run,
+        its input the first checkpoint); a thread the take creates is bound to `graph` in it.
 
         Returns the lease and the new checkpoint's id, or None when nothing was committed
         (the head moved, or this store cannot): the caller goes on as after `lease`. Run

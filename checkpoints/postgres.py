@@ -103,7 +103,7 @@ _TABLES = tables(POSTGRES) + HEAD_MARK_FUNCTION
 
 _TAKE_AND_PUT = POSTGRES.render(
     "WITH taken AS (INSERT INTO threads(thread_id, owner, owner_pid, owner_host, "
-    "lease_expires) VALUES (:thread, :owner, :pid, :host, :now + :seconds) "
+    "lease_expires, graph) VALUES (:thread, :owner, :pid, :host, :now + :seconds, :graph) "
     "ON CONFLICT (thread_id) DO UPDATE SET owner = excluded.owner, "
     "owner_pid = excluded.owner_pid, owner_host = excluded.owner_host, "
     "lease_expires = excluded.lease_expires WHERE threads.owner IS NULL "
@@ -112,11 +112,14 @@ _TAKE_AND_PUT = POSTGRES.render(
     "written AS (INSERT INTO checkpoints(thread, parent, step, kind, status, next, writes, "
     "snapshot, extra, error, created_at, commit_key) SELECT key, :parent, :step, :kind, "
     ":status, :next, :writes, :snapshot, :extra, :error, :now, :key FROM taken "
-    "WHERE split_part(head, ' ', 1) = :head::text AND split_part(head, ' ', 3) = '' "
+    "WHERE CASE WHEN :head::text IS NULL THEN head IS NULL ELSE "
+    "split_part(head, ' ', 1) = :head::text AND split_part(head, ' ', 3) = '' END "
     "AND (:graph::text IS NULL OR graph = :graph::text) RETURNING id) "
     "SELECT graph, head, (SELECT id FROM written) FROM taken")
 """Taking the thread (as `_take`) and committing a run's input on it if its head is still the
-one the run started from, unmarked, and it is bound to the run's graph (`lease_and_put`).
+one the run started from, unmarked, and it is bound to the run's graph (`lease_and_put`); with
+no head given (:head NULL), if the thread has no checkpoint. A thread row the take creates is
+bound to the graph given, which its input then finds.
 The INSERT reads the thread's key from the take's own rows: a sub-statement would see the
 thread as it was before the statement, its owner not yet ours. Run again after a lost
 acknowledgement, the head is the input itself, so nothing is inserted; `_take_and_put` then

@@ -205,7 +205,7 @@ class SQLiteCheckpointer(SQLCheckpointer):
         (one commit); a thread held by another goes the way `_take` goes."""
         if self._unreleased:
             await self._release_left_over()
-        take, put = self._take_params(thread_id, owner), self._sql.put
+        take, put = self._take_params(thread_id, owner, graph), self._sql.put
 
         def work(conn: Connection) -> tuple[Lease, str | None] | None:
             taken = conn.execute(_TAKE, take).fetchall()
@@ -213,8 +213,8 @@ class SQLiteCheckpointer(SQLCheckpointer):
                 return None
             lease = _lease_of(taken[0])
             read, bound = lease.head, graph is None or lease.graph == graph
-            if read is None or not bound or not read.is_unmarked(
-                    head.id, head.created_at, check_created=self.reuses_ids):
+            if read is None or not bound or not read.is_as_expected(
+                    head, check_created=self.reuses_ids):
                 return lease, None
             cursor = conn.execute(put, params)  # fenced on the lease just taken: it lands
             return lease, str(cursor.lastrowid)
@@ -228,10 +228,12 @@ class SQLiteCheckpointer(SQLCheckpointer):
         self._heartbeat.hold(thread_id, owner.token)
         return done
 
-    def _take_params(self, thread_id: str, owner: Owner) -> tuple[Any, ...]:
+    def _take_params(self, thread_id: str, owner: Owner, graph: str | None = None
+                     ) -> tuple[Any, ...]:
+        """`_TAKE`'s parameters; `graph`: what a thread row the take creates is bound to."""
         now = time.time()
         return (thread_id, owner.token, owner.pid, owner.host, now + self.lease_seconds,
-                self.lease_seconds, now)
+                self.lease_seconds, now, graph)
 
     async def _take_held(self, thread_id: str, owner: Owner) -> bool:
         watched: tuple[str, float | None] | None = None
@@ -480,12 +482,13 @@ writer at a time, on a snapshot taken with the write lock, so they read the head
 
 _TAKE = (
     "INSERT INTO threads(thread_id, owner, owner_pid, owner_host, lease_expires, "
-    "lease_seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(thread_id) "
+    "lease_seconds, created_at, graph) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(thread_id) "
     "DO UPDATE SET owner = excluded.owner, owner_pid = excluded.owner_pid, "
     "owner_host = excluded.owner_host, lease_expires = excluded.lease_expires, "
     "lease_seconds = excluded.lease_seconds WHERE threads.owner IS NULL "
     f"RETURNING coalesce(graph, ''), {_HEAD_MARK}")
-"""Taking a free thread, returning its binding and its head (`_lease_of`)."""
+"""Taking a free thread, returning its binding and its head (`_lease_of`). A row it creates
+is bound to the graph given (None: to none); a row that exists keeps its binding."""
 
 
 def _lease_of(row: Sequence[Any]) -> Lease:

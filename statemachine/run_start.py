@@ -109,8 +109,10 @@ async def take_with_input(run: Run, input: Any) -> tuple[Lease, bool]:
     state is cached, commit the input in the same transaction (`Checkpointer.lease_and_put`):
     the state and the input checkpoint are made from the cached state first, and stored only
     if the thread's head is still that run's last checkpoint, bound to the graph text that run
-    accepted. Returns the lease and whether the input is committed; if not, the run starts as
-    after `lease` (the cached state was stale: it is read from storage).
+    accepted; when nothing of the thread is cached, as a new thread's first input
+    (`_take_as_new`). Returns the lease and whether the input is committed; if not, the run
+    starts as after `lease` (the cached state was stale, or the thread not new: it is read
+    from storage).
 
     Only for a graph whose START has fixed edges: no router, nothing of the user's but the
     input's validation and the reducers runs before the thread is taken. Whatever fails while
@@ -119,9 +121,13 @@ async def take_with_input(run: Run, input: Any) -> tuple[Lease, bool]:
     saver, committer, thread_id = run.saver, run.committer, run.thread_id
     assert saver is not None and committer is not None and thread_id is not None
     executor, spec = run.executor, run.spec
-    cached = None if spec.branches.get(START) else executor.states.take_finished(thread_id)
+    if spec.branches.get(START):
+        return await saver.lease(thread_id, run.owner), False
+    cached = executor.states.take_finished(thread_id)
+    if cached is None:
+        return await _take_as_new(run, input)
     graph = None
-    if cached is not None and executor.binds_threads:
+    if executor.binds_threads:
         graph = cached.graph
         if graph is None:  # which binding the last run accepted is not known
             cached = None
@@ -153,6 +159,42 @@ async def take_with_input(run: Run, input: Any) -> tuple[Lease, bool]:
     run.bound_graph = graph
     committer.committed(checkpoint, written)
     return lease, True
+
+
+async def _take_as_new(run: Run, input: Any) -> tuple[Lease, bool]:
+    """`take_with_input` for a thread this process has no state of: made as a new thread's
+    first checkpoint (the input validated as a whole state, routed from START), the input is
+    committed with the take only if the thread has no checkpoint, and the thread is bound to
+    this graph in it if the take creates it. A new conversation's first turn then waits for
+    one commit before its first step, not three (take, input, binding). A thread that exists
+    is read from storage as before; an input that is not a whole state fails there as before."""
+    saver, committer, thread_id = run.saver, run.committer, run.thread_id
+    assert saver is not None and committer is not None and thread_id is not None
+    if run.input_base is not None:  # a subgraph's thread starts from its parent's checkpoint
+        return await saver.lease(thread_id, run.owner), False
+    executor = run.executor
+    try:
+        state = run.spec.schema.validate_input(input, thread_id=thread_id)
+        tasks, joins = await run.route([Task(START)], state, 0, {})
+        checkpoint = committer.input_checkpoint(None, 0, state, tasks, None,
+                                                CheckpointExtra(joins=joins).encode())
+    except Exception:
+        committer.replay = ReplayCost()
+        return await saver.lease(thread_id, run.owner), False
+    graph = executor.identity.encode() if executor.binds_threads else None
+    lease, written = await saver.lease_and_put(thread_id, run.owner, checkpoint,
+                                               head=NO_HEAD, graph=graph)
+    if written is None:
+        committer.replay = ReplayCost()
+        return lease, False
+    run.state, run.step, run.tasks, run.joins = state, 0, tasks, joins
+    run.bound_graph = graph
+    committer.committed(checkpoint, written)
+    return lease, True
+
+
+NO_HEAD = HeadMark(None, None, None)
+"""The head of a thread with no checkpoint."""
 
 
 async def deliver(run: Run, event: dict[str, Any] | None, answer: Any = NO_RESUME) -> None:

@@ -7,6 +7,7 @@ turn, an edit, a mark) leaves nothing stored by it, and the turn runs from stora
 from __future__ import annotations
 
 import asyncio
+import operator
 import threading
 from typing import Annotated
 
@@ -20,7 +21,14 @@ from test_release_with_commit import Chat, chat
 
 from checkpoints import MemoryCheckpointer
 from checkpoints.base import HeadMark, NewCheckpoint, Owner
-from statemachine import END, START, StateGraph, ThreadBusyError, ThreadStateError
+from statemachine import (
+    END,
+    START,
+    InvalidUpdateError,
+    StateGraph,
+    ThreadBusyError,
+    ThreadStateError,
+)
 
 
 def expected(questions: list[str]) -> list[str]:
@@ -283,3 +291,136 @@ def test_a_new_threads_first_turn_reads_nothing_back(durable_store):
     durable_store.change("DELETE FROM checkpoints")  # emptied by hand: still read as new
     assert app.invoke({"turns": ["again"]}, thread_id="new").turns == ["again", "answer 1"]
     assert loads == []
+
+
+def spying(saver, names: tuple[str, ...]) -> list[str]:
+    """The names of `saver`'s methods among `names` called from now on, in order (each call
+    runs the real method)."""
+    calls: list[str] = []
+    for name in names:
+        method = getattr(saver, name)
+
+        async def spy(*args, _method=method, _name=name, **kwargs):
+            calls.append(_name)
+            return await _method(*args, **kwargs)
+
+        setattr(saver, name, spy)
+    return calls
+
+
+STORE_CALLS = ("acquire", "lease", "lease_and_put", "put", "bind_graph", "load")
+
+
+def test_a_new_threads_first_turn_takes_binds_and_stores_its_input_in_one_call(durable_store):
+    """A thread this process knows nothing of is tried as a new one: the take creates it,
+    bound to the graph, with its input as its first checkpoint; then the reply commits with
+    the release. Two commits, where there were four (take, input, binding, reply)."""
+    saver = durable_store.open()
+    calls = spying(saver, STORE_CALLS)
+    app = chat().compile(checkpointer=saver)
+    assert app.invoke({"turns": ["q0"]}, thread_id="t").turns == ["q0", "answer 1"]
+    assert asyncio.run(app.ainvoke({"turns": ["q0"]}, thread_id="u")).turns == [
+        "q0", "answer 1"]
+    assert calls == ["lease_and_put", "put"] * 2
+    assert durable_store.query("SELECT thread_id, graph FROM threads ORDER BY thread_id") == [
+        ("t", app.identity.encode()), ("u", app.identity.encode())]
+    assert [h.kind for h in app.history("t")] == ["step", "input"]
+    assert app.get_state("t").state.turns == ["q0", "answer 1"]
+    calls.clear()  # the next turn is the cached one's
+    assert app.invoke({"turns": ["q1"]}, thread_id="t").turns[-2:] == ["q1", "answer 3"]
+    assert calls == ["lease_and_put", "put"]
+
+
+def test_a_new_threads_take_and_input_are_one_sqlite_transaction(tmp_path):
+    from checkpoints import SQLiteCheckpointer
+
+    saver = SQLiteCheckpointer(tmp_path / "runs.db")
+    app = chat().compile(checkpointer=saver)
+    statements: list[str] = []
+    saver._direct.set_trace_callback(statements.append)
+    app.invoke({"turns": ["hello"]}, thread_id="t")
+    saver._direct.set_trace_callback(None)
+    saver.close()
+    writes = [s.split()[0] for s in statements if s.split()[0] in (
+        "INSERT", "UPDATE", "BEGIN", "COMMIT", "DELETE")]
+    assert writes == ["BEGIN", "INSERT", "INSERT", "COMMIT",
+                      "BEGIN", "INSERT", "UPDATE", "COMMIT"], statements
+    assert not [s for s in statements if "SET graph" in s], statements
+
+
+def test_a_new_threads_lease_and_input_are_one_postgres_transaction(request, tmp_path):
+    postgres = make_store("postgres", tmp_path, request)
+    request.addfinalizer(postgres.close)
+    entered, go = threading.Event(), threading.Event()
+
+    def reply(state: Chat) -> dict:
+        entered.set()
+        assert go.wait(30)
+        return {"turns": [f"answer {len(state.turns)}"]}
+
+    g = StateGraph(Chat)
+    g.add_node("reply", reply)
+    g.add_edge(START, "reply")
+    g.add_edge("reply", END)
+    app = g.compile(checkpointer=postgres.open())
+    turn = threading.Thread(target=app.invoke, args=({"turns": ["q0"]},),
+                            kwargs={"thread_id": "t"})
+    turn.start()
+    try:
+        assert entered.wait(30)
+        [(lease_xmin, graph)] = postgres.query("SELECT xmin::text, graph FROM threads")
+        [(input_xmin, kind)] = postgres.query("SELECT xmin::text, kind FROM checkpoints")
+        assert kind == "input" and input_xmin == lease_xmin
+        assert graph == app.identity.encode()
+    finally:
+        go.set()
+        turn.join()
+    assert app.get_state("t").state.turns == ["q0", "answer 1"]
+
+
+class Profile(BaseModel):
+    user: str
+    turns: Annotated[list[str], operator.add] = []
+
+
+def profile_chat() -> StateGraph:
+    g = StateGraph(Profile)
+    g.add_node("reply", lambda s: {"turns": [f"answer {len(s.turns)} to {s.user}"]})
+    g.add_edge(START, "reply")
+    g.add_edge("reply", END)
+    return g
+
+
+def test_a_stored_thread_this_process_never_ran_is_continued_not_started_again(durable_store):
+    """Another process's thread, new to this one: an input that is a whole state (and one
+    that is not) is taken as the next turn's, from the stored state; the try as a new thread
+    stores nothing."""
+    first = profile_chat().compile(checkpointer=durable_store.open())
+    first.invoke({"user": "ann", "turns": ["q0"]}, thread_id="t")
+    saver = durable_store.open()
+    calls = spying(saver, STORE_CALLS)
+    second = profile_chat().compile(checkpointer=saver)
+    # a whole state: tried as a new thread, which the thread is not
+    assert second.invoke({"user": "ann", "turns": ["q1"]}, thread_id="t").turns == [
+        "q0", "answer 1 to ann", "q1", "answer 3 to ann"]
+    assert calls == ["lease_and_put", "load", "put", "put"]
+    third = profile_chat().compile(checkpointer=durable_store.open())
+    # not a whole state (no user): taken and read as before
+    assert third.invoke({"turns": ["q2"]}, thread_id="t").turns[-2:] == [
+        "q2", "answer 5 to ann"]
+    assert [h.kind for h in third.history("t")] == ["step", "input"] * 3
+    with pytest.raises(InvalidUpdateError, match="user"):  # a new thread still needs one
+        third.invoke({"turns": ["q0"]}, thread_id="new")
+    assert durable_store.query("SELECT count(*) FROM checkpoints c JOIN threads t ON "
+                               "t.key = c.thread WHERE t.thread_id = ?", "new") == [(0,)]
+
+
+def test_an_emptied_thread_bound_to_another_graph_is_bound_by_the_next_graph_to_run_it(
+        durable_store):
+    other = profile_chat().compile(checkpointer=durable_store.open(), name="other")
+    other.invoke({"user": "ann", "turns": ["q0"]}, thread_id="t")
+    durable_store.change("DELETE FROM checkpoints")  # emptied by hand: anyone's
+    app = chat().compile(checkpointer=durable_store.open(), name="chat")
+    assert app.invoke({"turns": ["q0"]}, thread_id="t").turns == ["q0", "answer 1"]
+    assert durable_store.query("SELECT graph FROM threads") == [(app.identity.encode(),)]
+    assert [h.kind for h in app.history("t")] == ["step", "input"]

@@ -568,13 +568,16 @@ def test_a_commit_whose_acknowledgement_was_lost_is_not_made_twice(dsn, schema, 
     saver = savers(proxied, schema)
     runs: dict = {}
     # every step loses the acknowledgement of the next write that changes a row (the step's
-    # commit), and the run's first write (taking the thread) loses its own
+    # commit), and the run's first write (taking the new thread with its input: one
+    # statement, a SELECT over a WITH) loses its own
+    lossy.tags = (*TAGS, b"SELECT 1\x00")
     app = counting_loop(runs, dict.fromkeys(range(STEPS), lossy.lose)).compile(
         checkpointer=saver)
     lossy.lose()
     final = (app.invoke({}, thread_id="t") if mode == "invoke"
              else asyncio.run(app.ainvoke({}, thread_id="t")))
     assert len(lossy.lost) >= STEPS, len(lossy.lost)  # every step lost a commit's reply
+    assert b"SELECT 1" in lossy.lost[0]  # the take with the input
     assert final == Items(n=STEPS, items=[f"item-{i}" for i in range(STEPS)])
     assert runs == dict.fromkeys(range(STEPS), 1)
     assert_history_is_one_clean_chain(app, "t", STEPS)

@@ -237,8 +237,9 @@ def test_a_lock_held_too_long_is_a_clear_error_and_the_thread_is_released(tmp_pa
         app.invoke({}, thread_id="first")
         holder = hold_write_lock(path, 1.5)
         started = time.monotonic()
-        with pytest.raises(StorageUnavailableError, match=rf"cannot take thread 'second' in "
-                           rf"'{re.escape(str(path))}': the database is locked .*busy_timeout=0.3"):
+        with pytest.raises(StorageUnavailableError, match=rf"cannot take thread 'second' with "
+                           rf"its input in '{re.escape(str(path))}': the database is locked "
+                           r".*busy_timeout=0.3"):
             app.invoke({}, thread_id="second")
         assert time.monotonic() - started < 1.2
         holder.wait(10)
