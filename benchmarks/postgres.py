@@ -31,6 +31,10 @@ heap, TOAST and indexes); the final state checked against the expected one (ok/f
 After the loop and after the chat, the median of 50 latest-state reads of the thread: ours
 `app.get_state(thread_id)`, theirs `app.get_state({"configurable": {"thread_id": ...}})` in
 the sync mode (the target is on these); the async mode reads with `aget_state`, for the record.
+Last, the server's own limit: a bare autocommit INSERT per step on one connection, the loop's
+steps' worth, the median of the rounds. Its rate over LangGraph's is the highest speed ratio
+an engine that commits each step before running the next can reach on this server (printed
+per loop and chain comparison, with the share of the limit ours reaches; not a target).
 
 The server keeps fsync on: a throwaway cluster from the machine's PostgreSQL binaries
 (`statemachine.testing.postgres.postgres_server()`) unless --dsn names one (the schemas made
@@ -337,6 +341,57 @@ async def _run_theirs_async(dsn: str, schema: str, durability: str, app_graph: A
         await conn.close()
 
 
+# -- the server's own limit --------------------------------------------------------------------
+
+LIMIT_PAYLOAD = '[["work",0,{"count":1,"items":["item-0"]}]]' + " " * 100
+"""A row the size of the loop's step checkpoint (~150 bytes)."""
+
+
+def commit_limit(dsn: str, steps: int, rounds: int) -> Result:
+    """The server's own limit for a durable loop: one bare autocommit INSERT per step on one
+    connection (prepared after its first runs, as ours are), into an indexed table of its own,
+    nothing else; the median of `rounds`. No engine that commits each step before the next
+    runs can do more steps a second on this server, so this rate over LangGraph's is the
+    highest speed ratio any such engine can reach here (`limits`)."""
+    import psycopg
+
+    schema = f"bench_limit_{uuid.uuid4().hex[:10]}"
+    _create_schema(dsn, schema)
+    runs = []
+    try:
+        with psycopg.connect(dsn, autocommit=True,
+                             options=f"-c search_path={schema}") as conn:
+            conn.execute("CREATE TABLE steps (id bigserial PRIMARY KEY, thread bigint NOT NULL, "
+                         "step integer NOT NULL, payload text NOT NULL)")
+            conn.execute("CREATE INDEX steps_by_thread ON steps(thread, id)")
+            insert = "INSERT INTO steps(thread, step, payload) VALUES (1, %s, %s)"
+            for _ in range(max(rounds, 1)):
+                started = time.perf_counter()
+                for step in range(steps):
+                    conn.execute(insert, (step, LIMIT_PAYLOAD))
+                runs.append(time.perf_counter() - started)
+    finally:
+        _drop_schema(dsn, schema)
+    return Result("commit-limit", "sync", steps, statistics.median(runs), engine=OURS,
+                  runs=runs, extra={"what": "a bare autocommit INSERT per step on one "
+                                            "connection; median of the rounds"})
+
+
+def limits(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """For each throughput comparison: the bare commit rate over theirs (the ceiling of the
+    speed ratio for an engine committing every step) and our share of that rate. Chat and
+    fan-out commit less than once per step on our side, so only loop and chain are shown."""
+    limit = result.get("limit")
+    if not limit:
+        return []
+    rate = limit["steps_per_second"]
+    return [{"workload": c["workload"], "mode": c["mode"], "theirs_mode": c["theirs_mode"],
+             "ceiling_ratio": rate / c["theirs_steps_per_second"],
+             "ours_share": c["ours_steps_per_second"] / rate}
+            for c in result["comparisons"]
+            if c["target"] and c["workload"] in ("loop", "chain")]
+
+
 # -- results -----------------------------------------------------------------------------------
 
 def their_mode(api: str, durability: str) -> str:
@@ -466,13 +521,15 @@ def run(quick: bool, compare: bool, dsn: str | None, rounds: int | None = None,
                         comparisons.append({**_comparison(ours_row, theirs_row),
                                             "durability": durability,
                                             "target": durability == TARGET_DURABILITY})
+        say("the server's own limit: a bare commit per step")
+        limit = commit_limit(url, 2 * s.iterations, s.rounds)
         elapsed = time.perf_counter() - started
     checks = [{"workload": r.workload, "mode": r.mode, "engine": r.engine,
                "after": (r.extra or {}).get("after"),
                "ok": bool((r.extra or {}).get("state_ok"))} for r in (*rows, *reads)]
     return {"sizes": asdict(s), "compare": compare, "server": server, "seconds": elapsed,
             "rows": [r.as_json() for r in rows], "reads": [r.as_json() for r in reads],
-            "comparisons": comparisons, "checks": checks,
+            "limit": limit.as_json(), "comparisons": comparisons, "checks": checks,
             "all_states_ok": all(c["ok"] for c in checks)}
 
 
@@ -575,6 +632,15 @@ def print_report(result: dict[str, Any]) -> None:
               f"{'' if theirs is None else format(theirs['extra']['median_ms'], '.3f'):>10}  "
               f"{_ok(e['state_ok'])}"
               + ("" if theirs is None else f" | {_ok(theirs['extra']['state_ok'])}"))
+    limit = result.get("limit")
+    if limit:
+        print()
+        print(f"The server's own limit: a bare autocommit INSERT per step, one connection: "
+              f"{limit['steps_per_second']:,.0f} commits/s")
+        for row in limits(result):
+            print(f"  {row['workload']:<6} {row['mode']:<5} vs {row['theirs_mode']:<26} "
+                  f"ceiling {row['ceiling_ratio']:.2f}x (a commit per step, nothing else); "
+                  f"ours reaches {row['ours_share']:.0%} of the limit")
     print()
     failed = [c for c in result["checks"] if not c["ok"]]
     print(f"state checks: {len(result['checks']) - len(failed)} of {len(result['checks'])} ok"
@@ -646,4 +712,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-__all__ = ["DEFAULT", "QUICK", "Sizes", "main", "run", "targets"]
+__all__ = ["DEFAULT", "QUICK", "Sizes", "commit_limit", "limits", "main", "run", "targets"]

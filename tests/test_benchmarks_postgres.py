@@ -66,6 +66,11 @@ def test_quick_postgres_benchmark_runs_ours_in_every_mode(tmp_path: Path) -> Non
         assert read["extra"]["state_ok"] is True, key
     assert reads[("loop", "sync")]["extra"]["api"] == "get_state"
 
+    limit = document["limit"]  # the server's own rate: a bare commit per step
+    assert limit["workload"] == "commit-limit" and limit["steps"] == 2 * sizes["iterations"]
+    assert limit["steps_per_second"] > 0 and len(limit["runs"]) == sizes["rounds"]
+    assert "The server's own limit: a bare autocommit INSERT per step" in result.stdout
+
     targets = {t["target"]: t for t in document["targets"]}
     read_targets = [t for name, t in targets.items() if name.startswith("latest-state read")]
     assert len(read_targets) == 2
