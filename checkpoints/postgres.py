@@ -262,10 +262,9 @@ class PostgresCheckpointer(SQLCheckpointer):
                             head: HeadMark, graph: str | None) -> tuple[Lease, str | None]:
         """The take and the input's INSERT in one statement (`_TAKE_AND_PUT`): one round trip
         and one commit, where a turn used to wait for two."""
-        rows = await self._fetchall(
-            f"take thread {thread_id!r} with its input", _TAKE_AND_PUT,
-            {**params, "pid": owner.pid, "host": owner.host, "seconds": self.lease_seconds,
-             "head": head.id, "graph": graph}, write=True)
+        rows, runs = await self._fetchall_counted(
+            _TAKE_AND_PUT, {**params, "pid": owner.pid, "host": owner.host,
+                            "seconds": self.lease_seconds, "head": head.id, "graph": graph})
         if not rows:
             if not await self._take_from_dead_owner(thread_id, owner):
                 raise busy_error(thread_id)
@@ -274,10 +273,12 @@ class PostgresCheckpointer(SQLCheckpointer):
         self._heartbeat.hold(thread_id, owner.token)
         graph_read, mark, written = rows[0]
         lease = Lease(str(graph_read), head_of(mark))
-        if written is None and lease.head is not None and lease.head.id != head.id:
+        if written is None and runs > 1 and lease.head is not None and \
+                lease.head.id != head.id:
             # run again after a dropped connection, the first run may have committed while
             # this one waited for the thread's row: after the wait, only a statement of its
-            # own sees that commit (this one's snapshot was taken before it)
+            # own sees that commit (this one's snapshot was taken before it). Run once, a
+            # head it did not expect is another run's (a thread tried as new that is not)
             landed = await self._fetchall(f"find the input of thread {thread_id!r}",
                                           self._sql.put_landed, params)
             written = landed[0][0] if landed else None
@@ -483,6 +484,25 @@ class PostgresCheckpointer(SQLCheckpointer):
 
             return await self._on_loop(rows)
         return await self._call(lambda conn: conn.execute(query.encode(), params).fetchall())
+
+    async def _fetchall_counted(self, query: str, params: Params) -> tuple[Rows, int]:
+        """`_fetchall` of a write, and how many times it was sent (more than once: after a
+        dropped connection, so an earlier run may have landed)."""
+        runs = 0
+        if not self._in_caller_thread:
+            async def rows(conn: psycopg.AsyncConnection) -> Rows:
+                nonlocal runs
+                runs += 1
+                return await (await conn.execute(query.encode(), params)).fetchall()
+
+            return await self._on_loop(rows), runs
+
+        def run(conn: psycopg.Connection) -> Rows:
+            nonlocal runs
+            runs += 1
+            return conn.execute(query.encode(), params).fetchall()
+
+        return await self._call(run), runs
 
     async def _write_once(self, doing: str, query: str, landed: str, params: Params) -> Rows:
         # nothing written: refused (fenced out, say), or this very write landed before a

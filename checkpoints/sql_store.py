@@ -109,11 +109,12 @@ class SQLCheckpointer(Checkpointer):
 
     @property
     def takes_with_input(self) -> bool:
-        # a subclass taking threads or committing its own way (a test's, say) is asked as
-        # it asks to be: lease, then put
+        # a subclass taking threads, committing or binding them its own way (a test's, an
+        # audit's) is asked as it asks to be: lease, put, bind_graph
         cls = type(self)
         return all(getattr(cls, name) is getattr(SQLCheckpointer, name)
-                   for name in ("acquire", "lease", "put", "_put", "lease_and_put"))
+                   for name in ("acquire", "lease", "put", "_put", "lease_and_put",
+                                "bind_graph"))
 
     async def lease_and_put(self, thread_id: str, owner: Owner, checkpoint: NewCheckpoint, *,
                             head: HeadMark, graph: str | None) -> tuple[Lease, str | None]:

@@ -424,3 +424,48 @@ def test_an_emptied_thread_bound_to_another_graph_is_bound_by_the_next_graph_to_
     assert app.invoke({"turns": ["q0"]}, thread_id="t").turns == ["q0", "answer 1"]
     assert durable_store.query("SELECT graph FROM threads") == [(app.identity.encode(),)]
     assert [h.kind for h in app.history("t")] == ["step", "input"]
+
+
+def test_a_thread_tried_as_new_that_is_not_costs_no_lookup_of_a_retry(durable_store):
+    """Another process's thread, tried as new here: the take finds a head it did not ask for.
+    Sent once, that head is another run's, so nothing is looked up by commit key (the lookup
+    is for a statement sent again after a dropped connection; test_postgres loses one)."""
+    first = chat().compile(checkpointer=durable_store.open())
+    first.invoke({"turns": ["q0"]}, thread_id="t")
+    saver = durable_store.open()
+    statements: list[str] = []
+    fetchall = saver._fetchall
+
+    async def traced(doing, query, params, **kwargs):
+        statements.append(query)
+        return await fetchall(doing, query, params, **kwargs)
+
+    saver._fetchall = traced
+    second = chat().compile(checkpointer=saver)
+    assert second.invoke({"turns": ["q1"]}, thread_id="t").turns == [
+        "q0", "answer 1", "q1", "answer 3"]
+    assert saver._sql.put_landed not in statements
+
+
+def test_a_store_binding_threads_its_own_way_is_asked_to_bind_a_new_thread(durable_store):
+    """A subclass's own `bind_graph` (an audit, an access check) keeps being called for every
+    new thread: the store then takes the old path, binding after the input."""
+    from checkpoints import PostgresCheckpointer, SQLiteCheckpointer
+
+    base = PostgresCheckpointer if durable_store.kind == "postgres" else SQLiteCheckpointer
+    bound: list[str] = []
+
+    class Audited(base):
+        async def bind_graph(self, thread_id, owner, graph):
+            bound.append(thread_id)
+            await super().bind_graph(thread_id, owner, graph)
+
+    saver = Audited(durable_store.dsn, schema=durable_store.schema) \
+        if durable_store.kind == "postgres" else Audited(durable_store.path)
+    durable_store._opened.append(saver)
+    assert not saver.takes_with_input
+    app = chat().compile(checkpointer=saver)
+    app.invoke({"turns": ["q0"]}, thread_id="t")
+    app.invoke({"turns": ["q1"]}, thread_id="t")
+    assert bound == ["t"]
+    assert durable_store.query("SELECT graph FROM threads") == [(app.identity.encode(),)]
